@@ -1,0 +1,68 @@
+//! The client's side of its tracker session.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::connection::{Connection, ConnectionError};
+use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
+
+/// Why the tracker could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No connection could be made.
+    #[error("cannot reach the tracker at {addr}: {error} (is it running, and is that its address?)")]
+    Unreachable {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: ConnectionError,
+    },
+    /// The session broke.
+    #[error("lost the session with the tracker at {addr}: {error}")]
+    Lost {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: ConnectionError,
+    },
+    /// The tracker closed the session.
+    #[error("the tracker at {0} closed the session")]
+    Closed(SocketAddr),
+}
+
+/// An open session: one connection, one request at a time.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The connection to the tracker.
+    connection: Connection,
+    /// The tracker's address, for error messages.
+    addr: SocketAddr,
+}
+
+impl Session {
+    /// Connects to the tracker at `addr`.
+    pub(crate) async fn open(addr: SocketAddr, idle_timeout: Duration) -> Result<Session, SessionError> {
+        let connection = Connection::connect(addr, idle_timeout)
+            .await
+            .map_err(|error| SessionError::Unreachable { addr, error })?;
+        Ok(Session { connection, addr })
+    }
+
+    /// Sends `request` and waits for the reply.
+    pub(crate) async fn request(
+        &mut self,
+        trace: Trace,
+        request: TrackerRequest,
+    ) -> Result<TrackerReply, SessionError> {
+        let lost = |error| SessionError::Lost { addr: self.addr, error };
+        self.connection
+            .write(&Request { trace, body: request })
+            .await
+            .map_err(lost)?;
+        match self.connection.read().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(SessionError::Closed(self.addr)),
+            Err(error) => Err(SessionError::Lost { addr: self.addr, error }),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Fetching one file from one peer, verified against the tracker's record.
+
+use crate::connection::{Connection, ConnectionError};
+use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Request, Trace};
+use crate::server::Limits;
+use crate::storage::{Folder, Received, StorageError};
+
+use super::Source;
+
+/// Why a peer did not deliver a file.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The connection failed, was cut or stalled.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The peer said no.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The peer closed the connection instead of answering.
+    #[error("the peer closed the connection without answering")]
+    NoAnswer,
+    /// The peer offered a size other than the tracker's record.
+    #[error("offered {offered} bytes; the tracker's record says {expected}")]
+    WrongSize {
+        /// The size in the peer's header.
+        offered: u64,
+        /// The size the tracker recorded.
+        expected: u64,
+    },
+    /// The bytes that arrived do not hash to the tracker's record.
+    #[error("sent content with sha1 {received}; the tracker's record says {expected}")]
+    WrongContent {
+        /// SHA-1 of what arrived.
+        received: Digest,
+        /// SHA-1 the tracker recorded.
+        expected: Digest,
+    },
+    /// Storing what arrived failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Fetches `file` from `source` into a temporary file of `folder` and checks
+/// it against `source.info`. Nothing is left in the folder on failure.
+pub(crate) async fn fetch(
+    me: ClientId,
+    folder: &Folder,
+    file: &FileName,
+    source: &Source,
+    limits: Limits,
+    trace: &mut Trace,
+) -> Result<Received, TransferError> {
+    let expected = source.info;
+    let mut connection = Connection::connect(source.addr, limits.idle_timeout).await?;
+    let get = PeerRequest::Get {
+        file: file.clone(),
+        client: me,
+    };
+    connection
+        .write(&Request {
+            trace: trace.advance(),
+            body: get,
+        })
+        .await?;
+    match connection.read::<PeerReply>().await? {
+        Some(PeerReply::File { info }) if info.size == expected.size => {}
+        Some(PeerReply::File { info }) => {
+            return Err(TransferError::WrongSize {
+                offered: info.size,
+                expected: expected.size,
+            });
+        }
+        Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason)),
+        None => return Err(TransferError::NoAnswer),
+    }
+    let mut incoming = folder.incoming(file)?;
+    connection.read_body(expected.size, &mut incoming).await?;
+    let received = incoming.finish().await?;
+    if received.info().sha1 != expected.sha1 {
+        return Err(TransferError::WrongContent {
+            received: received.info().sha1,
+            expected: expected.sha1,
+        });
+    }
+    let confirm = PeerRequest::Received {
+        sha1: received.info().sha1,
+    };
+    connection
+        .write(&Request {
+            trace: trace.advance(),
+            body: confirm,
+        })
+        .await?;
+    // The peer records the transfer when it reads the confirmation, then
+    // closes. Waiting for the close orders its event before ours; the file is
+    // verified either way, so a peer that vanishes now costs nothing.
+    if let Err(error) = connection.read::<PeerReply>().await {
+        tracing::debug!(%error, "peer did not close cleanly after {file}");
+    }
+    Ok(received)
+}

@@ -1,0 +1,205 @@
+//! One TCP connection speaking the framed protocol, plus raw file bodies.
+//!
+//! [`Connection`] reads and writes whole messages ([`crate::protocol`]) and
+//! streams a file's bytes after its header. Every read and every write is
+//! bounded by the idle timeout, so a silent or stalled remote can never hang
+//! the task that talks to it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::protocol::{self, ProtocolError, MAX_FRAME_LEN};
+
+/// The size of one chunk of a file body in flight.
+///
+/// Big enough that per-chunk costs (a syscall, a channel hop, a hash update)
+/// vanish next to copying the bytes; small enough that a few in flight per
+/// transfer keep memory flat.
+pub const CHUNK_LEN: usize = 256 * 1024;
+
+/// Why talking to the remote side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The remote sent nothing, or took nothing, for the whole idle timeout.
+    #[error("no progress for {} s (idle timeout)", .0.as_secs_f32())]
+    Idle(Duration),
+    /// The connection closed in the middle of a message.
+    #[error("connection closed in the middle of a message")]
+    ClosedMidFrame,
+    /// The connection closed before a whole file body arrived.
+    #[error("connection closed after {received} of {expected} bytes")]
+    ClosedMidBody {
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced by the header.
+        expected: u64,
+    },
+    /// A frame's length prefix is over the limit.
+    #[error("frame over the {MAX_FRAME_LEN}-byte limit")]
+    FrameTooLarge,
+    /// A frame held something that is not a valid message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The socket (or the file being sent) failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where the bytes of a received file body go, chunk by chunk.
+pub trait BodySink {
+    /// Takes the next chunk of the body.
+    fn accept(&mut self, chunk: Bytes) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+/// A framed connection to a tracker or a peer.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket, cut into frames. The raw bytes of a file body are read
+    /// from and written to the same socket underneath.
+    frames: Framed<TcpStream, LengthDelimitedCodec>,
+    /// The longest wait for any read or write to make progress.
+    idle_timeout: Duration,
+    /// The remote address (for log lines and error messages).
+    peer_addr: SocketAddr,
+}
+
+impl Connection {
+    /// Wraps an open socket.
+    pub fn new(stream: TcpStream, idle_timeout: Duration) -> io::Result<Connection> {
+        // Requests and replies are small and answered at once: do not let
+        // Nagle's algorithm hold them back waiting for more.
+        stream.set_nodelay(true)?;
+        let peer_addr = stream.peer_addr()?;
+        Ok(Connection {
+            frames: Framed::new(stream, protocol::frame_codec()),
+            idle_timeout,
+            peer_addr,
+        })
+    }
+
+    /// Connects to `addr`, giving up after the idle timeout.
+    pub async fn connect(addr: SocketAddr, idle_timeout: Duration) -> Result<Connection, ConnectionError> {
+        let stream = timeout(idle_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectionError::Idle(idle_timeout))??;
+        Ok(Connection::new(stream, idle_timeout)?)
+    }
+
+    /// The address of the other side.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Reads the next message. `Ok(None)` means the remote closed the
+    /// connection cleanly, between two messages.
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
+        let next = timeout(self.idle_timeout, self.frames.next())
+            .await
+            .map_err(|_| ConnectionError::Idle(self.idle_timeout))?;
+        self.decode_next(next)
+    }
+
+    /// Like [`Connection::read`], but waits as long as it takes: for a
+    /// session that may rightly stay quiet for hours between requests.
+    pub async fn read_patiently<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
+        let next = self.frames.next().await;
+        self.decode_next(next)
+    }
+
+    fn decode_next<T: DeserializeOwned>(
+        &self,
+        next: Option<Result<BytesMut, io::Error>>,
+    ) -> Result<Option<T>, ConnectionError> {
+        match next {
+            None => Ok(None),
+            Some(Ok(payload)) => Ok(Some(protocol::decode(&payload)?)),
+            Some(Err(error)) if is_frame_too_large(&error) => Err(ConnectionError::FrameTooLarge),
+            // The decoder keeps what it could not use: bytes left over mean
+            // the stream ended (or broke) inside a frame.
+            Some(Err(_)) if !self.frames.read_buffer().is_empty() => Err(ConnectionError::ClosedMidFrame),
+            Some(Err(error)) => Err(ConnectionError::Io(error)),
+        }
+    }
+
+    /// Writes one message and flushes it.
+    pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
+        let payload = protocol::encode(message)?;
+        timeout(self.idle_timeout, self.frames.send(payload))
+            .await
+            .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;
+        Ok(())
+    }
+
+    /// Streams exactly `len` bytes from `source` after the frames already
+    /// written. Fails if `source` ends early.
+    pub async fn write_body<R: AsyncRead + Unpin>(&mut self, source: &mut R, len: u64) -> Result<(), ConnectionError> {
+        // Frames are flushed by `write`, so the socket is ours alone here.
+        let socket = self.frames.get_mut();
+        let mut buffer = vec![0u8; CHUNK_LEN.min(len as usize)];
+        let mut sent = 0u64;
+        while sent < len {
+            let want = buffer.len().min((len - sent) as usize);
+            let read = source.read(&mut buffer[..want]).await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the file ended after {sent} of {len} bytes"),
+                )
+                .into());
+            }
+            timeout(self.idle_timeout, socket.write_all(&buffer[..read]))
+                .await
+                .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;
+            sent += read as u64;
+        }
+        Ok(())
+    }
+
+    /// Receives exactly `len` raw bytes into `sink`.
+    pub async fn read_body<S: BodySink>(&mut self, len: u64, sink: &mut S) -> Result<(), ConnectionError> {
+        let mut received = 0u64;
+        // The frame decoder may already hold the first bytes of the body.
+        let buffered = self.frames.read_buffer_mut();
+        if !buffered.is_empty() {
+            let take = buffered.len().min(len as usize);
+            let chunk = buffered.split_to(take).freeze();
+            received += chunk.len() as u64;
+            sink.accept(chunk).await?;
+        }
+        let socket = self.frames.get_mut();
+        while received < len {
+            let want = CHUNK_LEN.min((len - received) as usize);
+            let mut chunk = BytesMut::with_capacity(want);
+            let mut limited = (&mut *socket).take(want as u64);
+            let read = timeout(self.idle_timeout, limited.read_buf(&mut chunk))
+                .await
+                .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;
+            if read == 0 {
+                return Err(ConnectionError::ClosedMidBody {
+                    received,
+                    expected: len,
+                });
+            }
+            received += read as u64;
+            sink.accept(chunk.freeze()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the frame decoder refused a length prefix over the limit.
+fn is_frame_too_large(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>())
+}

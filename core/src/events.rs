@@ -1,0 +1,162 @@
+//! What the tracker and peers report about what they do.
+//!
+//! Every node reports through a [`Reporter`]: it logs the event through
+//! `tracing` for humans and, when one is attached, hands it to an
+//! [`EventSink`] (the scenario runner's event log). Events carry the
+//! [`Trace`] of the request that caused them, never a time or a port, so a log
+//! built from them is the same on every run.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+
+use crate::protocol::{ClientId, Digest, FileName, Trace};
+
+/// Which node an event happened on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Node {
+    /// The tracker.
+    Tracker,
+    /// A client (its peer server, or its side of a download).
+    Client(ClientId),
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Node::Tracker => f.write_str("tracker"),
+            Node::Client(id) => id.fmt(f),
+        }
+    }
+}
+
+/// A node serialises as the event log writes it: `"tracker"` or `"10002"`.
+impl Serialize for Node {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Something that happened on a node. The serialised form is the event log's:
+/// `{"event": "file_sent", "file": ..., "to": ..., "bytes": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The tracker acknowledged a client's registration.
+    Registered {
+        /// Who registered.
+        client: ClientId,
+    },
+    /// The tracker recorded that a client holds a file.
+    Announced {
+        /// The holder.
+        client: ClientId,
+        /// The file.
+        file: FileName,
+    },
+    /// The tracker chose a holder to serve a client's download.
+    PeerChosen {
+        /// Who asked.
+        client: ClientId,
+        /// The file.
+        file: FileName,
+        /// The holder chosen.
+        peer: ClientId,
+    },
+    /// A peer finished sending a file and the receiver confirmed it.
+    FileSent {
+        /// The file.
+        file: FileName,
+        /// The receiver.
+        to: ClientId,
+        /// How many bytes were sent.
+        bytes: u64,
+    },
+    /// A client stored a verified file.
+    DownloadFinished {
+        /// The file.
+        file: FileName,
+        /// The peer that delivered it.
+        from: ClientId,
+        /// Its size.
+        bytes: u64,
+        /// Its SHA-1.
+        sha1: Digest,
+    },
+    /// A download ended without the file.
+    DownloadFailed {
+        /// The file.
+        file: FileName,
+        /// Why, for the user.
+        error: String,
+    },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Registered { client } => write!(f, "registered client {client}"),
+            Event::Announced { client, file } => write!(f, "recorded that {client} holds {file}"),
+            Event::PeerChosen { client, file, peer } => write!(f, "chose {peer} to serve {file} to {client}"),
+            Event::FileSent { file, to, bytes } => write!(f, "sent {file} ({bytes} bytes) to {to}"),
+            Event::DownloadFinished {
+                file,
+                from,
+                bytes,
+                sha1,
+            } => {
+                write!(f, "stored {file} ({bytes} bytes, sha1 {sha1}) from {from}")
+            }
+            Event::DownloadFailed { file, error } => write!(f, "download of {file} failed: {error}"),
+        }
+    }
+}
+
+/// Receives every event of the nodes it is attached to.
+///
+/// `record` is called on the task that caused the event, before that task
+/// answers anyone, so every event a request causes has been recorded by the
+/// time its reply is sent.
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes one event of `node`, caused by the request traced `trace`.
+    fn record(&self, trace: Trace, node: Node, event: Event);
+}
+
+/// The way one node reports its events: to `tracing`, and to the sink if any.
+#[derive(Clone)]
+pub struct Reporter {
+    /// The node every event is reported for.
+    node: Node,
+    /// Where events go besides the tracing log (the scenario's event log).
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl Reporter {
+    /// A reporter for `node` that hands events to `sink` when there is one.
+    pub fn new(node: Node, sink: Option<Arc<dyn EventSink>>) -> Reporter {
+        Reporter { node, sink }
+    }
+
+    /// The node this reporter speaks for.
+    pub fn node(&self) -> Node {
+        self.node
+    }
+
+    /// Reports `event`, caused by the request traced `trace`.
+    pub fn report(&self, trace: Trace, event: Event) {
+        tracing::info!(node = %self.node, op = trace.op, step = trace.step, "{event}");
+        if let Some(sink) = &self.sink {
+            sink.record(trace, self.node, event);
+        }
+    }
+}
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reporter")
+            .field("node", &self.node)
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}

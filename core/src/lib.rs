@@ -1,0 +1,23 @@
+//! phile's core: a tracker and peers that move whole files over TCP.
+//!
+//! - [`protocol`]: the messages and their framing, free of I/O;
+//! - [`connection`]: one framed TCP connection, plus raw file bodies;
+//! - [`server`]: the accept loop shared by tracker and peers (limits,
+//!   back-pressure, shutdown);
+//! - [`tracker`]: who holds which file, and the random choice of a holder;
+//! - [`client`]: a client's tracker session, peer server and downloads;
+//! - [`storage`]: a client's folder, where files only ever appear whole;
+//! - [`events`]: what nodes report, for logs and the scenario event log.
+
+pub mod client;
+pub mod connection;
+pub mod events;
+pub mod protocol;
+pub mod server;
+pub mod storage;
+pub mod tracker;
+
+pub use client::{Client, ClientConfig};
+pub use protocol::{ClientId, Digest, FileInfo, FileName, Trace};
+pub use server::Limits;
+pub use tracker::{Tracker, TrackerConfig};

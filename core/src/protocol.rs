@@ -1,0 +1,559 @@
+//! The wire protocol: message types and their encoding, free of I/O.
+//!
+//! Every message travels in one frame: a 4-byte big-endian length, then that
+//! many bytes of JSON (JSON so that a capture of the traffic can be read by a
+//! human; control messages are tiny, the file bytes are not JSON). A frame is
+//! at most [`MAX_FRAME_LEN`] bytes, checked before anything is buffered.
+//!
+//! A file's bytes are the one thing not framed: a peer answers
+//! [`PeerRequest::Get`] with a [`PeerReply::File`] header giving the size and
+//! SHA-1, then exactly that many raw bytes. The receiver knows where the file
+//! ends from the header, so no end marker is ever needed.
+//!
+//! The conversation of one download:
+//!
+//! ```text
+//! downloader -> tracker   Lookup { file }          tracker -> downloader  Peer { peer, addr, info } | NoPeer
+//! downloader -> peer      Get { file }             peer -> downloader     File { info } + info.size raw bytes
+//! downloader -> peer      Received { sha1 }        peer closes the connection
+//! downloader -> tracker   Announce { file, info }  tracker -> downloader  Ack
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The largest frame either side accepts or sends, in bytes.
+///
+/// Control messages are well under 1 KiB; the limit only has to leave room
+/// for a lookup's exclusion list, and it keeps a hostile length prefix from
+/// making a server buffer gigabytes.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// The longest file name, in bytes (the usual file-system limit).
+pub const MAX_FILE_NAME_LEN: usize = 255;
+
+/// The suffix of a download in progress. Such files are never listed, served
+/// or accepted as names, so a half-written file can never be mistaken for a
+/// whole one.
+pub const PARTIAL_SUFFIX: &str = ".phile-part";
+
+/// The codec that cuts a byte stream into frames (and back).
+pub fn frame_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME_LEN)
+        .new_codec()
+}
+
+/// Serialises a message into the payload of one frame.
+pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, ProtocolError> {
+    let payload = serde_json::to_vec(message).map_err(ProtocolError::Encode)?;
+    if payload.len() > MAX_FRAME_LEN {
+        return Err(ProtocolError::TooLarge(payload.len()));
+    }
+    Ok(payload.into())
+}
+
+/// Parses the payload of one frame into a message.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(payload).map_err(ProtocolError::Malformed)
+}
+
+/// Why a frame could not be turned into a message, or a message into a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The payload is not a message this side understands.
+    #[error("malformed message: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// A message could not be serialised (a bug, not bad input).
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A message would not fit in one frame.
+    #[error("message of {0} bytes exceeds the {MAX_FRAME_LEN}-byte frame limit")]
+    TooLarge(usize),
+}
+
+/// A client's identity: the integer a scenario gives it (`client(10000)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A file name that is safe to join to a client's folder: one plain path
+/// component, never a path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileName(String);
+
+impl FileName {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl TryFrom<String> for FileName {
+    type Error = InvalidFileName;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        if name.is_empty() {
+            return Err(InvalidFileName::Empty);
+        }
+        if name.len() > MAX_FILE_NAME_LEN {
+            return Err(InvalidFileName::TooLong(name.len()));
+        }
+        if name == "." || name == ".." {
+            return Err(InvalidFileName::Dots(name));
+        }
+        if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
+            return Err(InvalidFileName::Forbidden(name, c));
+        }
+        if name.ends_with(PARTIAL_SUFFIX) {
+            return Err(InvalidFileName::Reserved(name));
+        }
+        Ok(FileName(name))
+    }
+}
+
+impl FromStr for FileName {
+    type Err = InvalidFileName;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        name.to_owned().try_into()
+    }
+}
+
+impl From<FileName> for String {
+    fn from(name: FileName) -> String {
+        name.0
+    }
+}
+
+/// Why a string is not a valid [`FileName`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidFileName {
+    /// The empty string.
+    #[error("invalid file name \"\": a file name cannot be empty")]
+    Empty,
+    /// Longer than [`MAX_FILE_NAME_LEN`] bytes.
+    #[error("invalid file name: {0} bytes long, the limit is {MAX_FILE_NAME_LEN}")]
+    TooLong(usize),
+    /// `.` or `..`, which name folders, not files.
+    #[error("invalid file name {0:?}: `.` and `..` name folders, not files")]
+    Dots(String),
+    /// Contains a path separator or NUL.
+    #[error("invalid file name {0:?}: it contains {1:?}; a file name is one plain name, not a path")]
+    Forbidden(String, char),
+    /// Ends with the suffix reserved for downloads in progress.
+    #[error("invalid file name {0:?}: names ending in {PARTIAL_SUFFIX:?} are reserved for downloads in progress")]
+    Reserved(String),
+}
+
+/// A SHA-1 digest; written as 40 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(pub [u8; 20]);
+
+impl Digest {
+    /// The SHA-1 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        use sha1::Digest as _;
+        Digest(sha1::Sha1::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let mut digest = [0u8; 20];
+        hex::decode_to_slice(&text, &mut digest)
+            .map_err(|_| format!("invalid SHA-1 {text:?}: expected 40 hex digits"))?;
+        Ok(Digest(digest))
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> String {
+        digest.to_string()
+    }
+}
+
+/// What identifies a file's content: its size and SHA-1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-1 of the whole content.
+    pub sha1: Digest,
+}
+
+/// Where a request stands in the operation that caused it.
+///
+/// A scenario numbers its operations (`op`) in script order, and each request
+/// an operation makes gets the next `step`. Servers copy the trace of the
+/// request into the events it causes, so a log can order events by cause
+/// rather than by arrival, and the logs of a tracker and its peers can be
+/// joined on it. `Trace::default()` (op 0) means "not part of an operation".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Trace {
+    /// The operation's number.
+    pub op: u64,
+    /// The step within the operation.
+    pub step: u32,
+}
+
+impl Trace {
+    /// The first step of operation `op`.
+    pub fn new(op: u64) -> Trace {
+        Trace { op, step: 0 }
+    }
+
+    /// Returns this step and moves `self` on to the next one.
+    pub fn advance(&mut self) -> Trace {
+        let current = *self;
+        self.step += 1;
+        current
+    }
+}
+
+/// A request together with the trace of the operation that makes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request<T> {
+    /// The place of this request in its operation.
+    #[serde(default)]
+    pub trace: Trace,
+    /// What is asked.
+    pub body: T,
+}
+
+/// What a client asks of the tracker, over its session connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrackerRequest {
+    /// Opens the session: "I am `client`, my peer server listens on `port`".
+    /// The tracker reaches the peer at the session's source address with that
+    /// port, unless `advertise` gives a full address.
+    Register {
+        /// Who registers.
+        client: ClientId,
+        /// The port of the client's peer server.
+        port: u16,
+        /// An address to give out instead (behind NAT, or several interfaces).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        advertise: Option<SocketAddr>,
+    },
+    /// "I hold `file`, with this content".
+    Announce {
+        /// The file held.
+        file: FileName,
+        /// Its size and SHA-1.
+        info: FileInfo,
+    },
+    /// "Who holds `file`?" The answer never names the asker or anyone in
+    /// `exclude`.
+    Lookup {
+        /// The file wanted.
+        file: FileName,
+        /// Holders the asker does not want (they failed it before).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<ClientId>,
+    },
+}
+
+/// The tracker's answer to a [`TrackerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrackerReply {
+    /// Done (the seed's `ACK`).
+    Ack,
+    /// One holder, chosen at random, and the content it must deliver.
+    Peer {
+        /// The holder.
+        peer: ClientId,
+        /// Where its peer server listens.
+        addr: SocketAddr,
+        /// The size and SHA-1 the tracker recorded for the file.
+        info: FileInfo,
+    },
+    /// Nobody (else) holds the file.
+    NoPeer,
+    /// The request was understood and refused; `reason` says why.
+    Refused {
+        /// A sentence for the user.
+        reason: String,
+    },
+}
+
+/// What a downloader asks of a peer, on a fresh connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// "Send me `file`", from `client`.
+    Get {
+        /// The file wanted.
+        file: FileName,
+        /// Who asks (for the peer's records).
+        client: ClientId,
+    },
+    /// "I have all the bytes and their SHA-1 is `sha1`": the downloader
+    /// confirms a verified transfer; the peer then closes the connection.
+    Received {
+        /// The SHA-1 the downloader computed.
+        sha1: Digest,
+    },
+}
+
+/// A peer's answer to [`PeerRequest::Get`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerReply {
+    /// Exactly `info.size` raw bytes of the file follow this frame.
+    File {
+        /// The size and SHA-1 of what follows, as the peer believes them.
+        info: FileInfo,
+    },
+    /// The peer will not send the file; `reason` says why.
+    Refused {
+        /// A sentence for the user.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use tokio_util::codec::{Decoder, Encoder};
+
+    fn info() -> FileInfo {
+        FileInfo {
+            size: 5,
+            sha1: Digest::of(b"hello"),
+        }
+    }
+
+    fn file(name: &str) -> FileName {
+        name.parse().unwrap()
+    }
+
+    /// One sample of every message kind, by direction.
+    struct Samples {
+        tracker_requests: Vec<Request<TrackerRequest>>,
+        tracker_replies: Vec<TrackerReply>,
+        peer_requests: Vec<Request<PeerRequest>>,
+        peer_replies: Vec<PeerReply>,
+    }
+
+    fn every_message() -> Samples {
+        let trace = Trace { op: 7, step: 2 };
+        let tracker_requests = [
+            TrackerRequest::Register {
+                client: ClientId(10000),
+                port: 10000,
+                advertise: None,
+            },
+            TrackerRequest::Register {
+                client: ClientId(1),
+                port: 1,
+                advertise: Some("10.0.0.2:9000".parse().unwrap()),
+            },
+            TrackerRequest::Announce {
+                file: file("test1.txt"),
+                info: info(),
+            },
+            TrackerRequest::Lookup {
+                file: file("test1.txt"),
+                exclude: vec![],
+            },
+            TrackerRequest::Lookup {
+                file: file("é ü.txt"),
+                exclude: vec![ClientId(3), ClientId(4)],
+            },
+        ]
+        .into_iter()
+        .map(|body| Request { trace, body })
+        .collect();
+        let tracker_replies = vec![
+            TrackerReply::Ack,
+            TrackerReply::Peer {
+                peer: ClientId(10000),
+                addr: "127.0.0.1:10000".parse().unwrap(),
+                info: info(),
+            },
+            TrackerReply::NoPeer,
+            TrackerReply::Refused { reason: "no".into() },
+        ];
+        let peer_requests = [
+            PeerRequest::Get {
+                file: file("test1.txt"),
+                client: ClientId(10002),
+            },
+            PeerRequest::Received { sha1: info().sha1 },
+        ]
+        .into_iter()
+        .map(|body| Request { trace, body })
+        .collect();
+        let peer_replies = vec![
+            PeerReply::File { info: info() },
+            PeerReply::Refused { reason: "gone".into() },
+        ];
+        Samples {
+            tracker_requests,
+            tracker_replies,
+            peer_requests,
+            peer_replies,
+        }
+    }
+
+    /// Encodes `message` into a complete frame, length prefix included.
+    fn frame<T: Serialize>(message: &T) -> BytesMut {
+        let mut wire = BytesMut::new();
+        frame_codec().encode(encode(message).unwrap(), &mut wire).unwrap();
+        wire
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + fmt::Debug>(messages: &[T]) {
+        for message in messages {
+            let mut wire = frame(message);
+            let payload = frame_codec().decode(&mut wire).unwrap().expect("a whole frame");
+            assert_eq!(&decode::<T>(&payload).unwrap(), message);
+            assert!(wire.is_empty(), "the frame was not consumed whole");
+        }
+    }
+
+    #[test]
+    fn every_message_survives_a_round_trip() {
+        let samples = every_message();
+        round_trip(&samples.tracker_requests);
+        round_trip(&samples.tracker_replies);
+        round_trip(&samples.peer_requests);
+        round_trip(&samples.peer_replies);
+    }
+
+    #[test]
+    fn every_truncation_of_a_frame_is_incomplete_not_an_error() {
+        for request in &every_message().tracker_requests {
+            let whole = frame(request);
+            for cut in 0..whole.len() {
+                let mut partial = BytesMut::from(&whole[..cut]);
+                assert!(
+                    frame_codec().decode(&mut partial).unwrap().is_none(),
+                    "{cut} of {} bytes decoded as a frame",
+                    whole.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_prefix_is_refused_before_buffering() {
+        let mut wire = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, b'{'][..]);
+        assert!(frame_codec().decode(&mut wire).is_err());
+    }
+
+    #[test]
+    fn a_message_too_large_for_a_frame_is_refused() {
+        let exclude = (0..20_000).map(ClientId).collect();
+        let request = TrackerRequest::Lookup {
+            file: file("x"),
+            exclude,
+        };
+        assert!(matches!(encode(&request), Err(ProtocolError::TooLarge(_))));
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        for payload in [
+            &b""[..],
+            b"{",
+            b"\xff\xfe",
+            b"{\"type\":\"teleport\"}",
+            b"{\"type\":\"get\",\"file\":\"../x\",\"client\":1}",
+        ] {
+            assert!(decode::<PeerRequest>(payload).is_err(), "{payload:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_wire_form_is_readable_json() {
+        let request = Request {
+            trace: Trace { op: 3, step: 1 },
+            body: TrackerRequest::Lookup {
+                file: file("a.txt"),
+                exclude: vec![],
+            },
+        };
+        assert_eq!(
+            std::str::from_utf8(&encode(&request).unwrap()).unwrap(),
+            r#"{"trace":{"op":3,"step":1},"body":{"type":"lookup","file":"a.txt"}}"#
+        );
+    }
+
+    #[test]
+    fn file_names_are_single_plain_names() {
+        for good in ["test1.txt", ".hidden", "a b", "…", "x..y", &"n".repeat(255)] {
+            assert!(good.parse::<FileName>().is_ok(), "{good:?} was refused");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/etc/passwd",
+            "a\\b",
+            "a\0b",
+            "x.phile-part",
+            &"n".repeat(256),
+        ] {
+            assert!(bad.parse::<FileName>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn digests_are_lowercase_hex() {
+        let digest = Digest::of(b"hello");
+        assert_eq!(digest.to_string(), "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d");
+        assert_eq!(Digest::try_from(digest.to_string()).unwrap(), digest);
+        assert!(Digest::try_from("xyz".to_string()).is_err());
+    }
+
+    #[test]
+    fn trace_steps_advance() {
+        let mut trace = Trace::new(4);
+        assert_eq!(trace.advance(), Trace { op: 4, step: 0 });
+        assert_eq!(trace.advance(), Trace { op: 4, step: 1 });
+        assert_eq!(trace, Trace { op: 4, step: 2 });
+    }
+}

@@ -1,0 +1,521 @@
+//! A client's folder: the files it holds, and downloads on their way in.
+//!
+//! Nothing appears in a folder half-written. Every file, whether written
+//! locally or downloaded, is first written to a temporary file in the same
+//! folder (named `.NAME.XXXXXX.phile-part`), synced, and only then renamed
+//! into place, which the file system does atomically. A download whose size
+//! or SHA-1 turn out wrong is never renamed: dropping it deletes it.
+//!
+//! The folder also remembers each file's SHA-1 (keyed by size and
+//! modification time), so a file is hashed once, not on every upload.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use sha1::{Digest as _, Sha1};
+use tempfile::NamedTempFile;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::connection::{BodySink, CHUNK_LEN};
+use crate::protocol::{Digest, FileInfo, FileName, PARTIAL_SUFFIX};
+
+/// How many received chunks may wait for the disk before the network reader
+/// is held back.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Why a folder operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The folder holds no such file.
+    #[error("no file {name} in {}", .dir.display())]
+    NotFound {
+        /// The file asked for.
+        name: FileName,
+        /// The folder looked in.
+        dir: PathBuf,
+    },
+    /// The file system refused.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+/// Adds the path to an `io::Error`.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A client's folder.
+#[derive(Debug)]
+pub struct Folder {
+    /// The folder's path (`ROOT/<id>` in a scenario).
+    dir: PathBuf,
+    /// The SHA-1 of each file hashed so far, with the size and modification
+    /// time it had then. A std mutex: it is never held across an `.await`.
+    known: Mutex<HashMap<FileName, Known>>,
+}
+
+/// A file's content identity as of one look at its metadata.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// Size and modification time when `info` was computed.
+    stamp: Stamp,
+    /// Size and SHA-1.
+    info: FileInfo,
+}
+
+/// What tells us a file changed since we hashed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(metadata: &fs::Metadata) -> Stamp {
+        Stamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        }
+    }
+}
+
+impl Folder {
+    /// Creates the folder, or empties it if it exists: a scenario's client
+    /// starts with nothing.
+    pub fn create_empty(dir: impl Into<PathBuf>) -> Result<Folder, StorageError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+            let path = entry.map_err(at(&dir))?.path();
+            let removed = match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
+                Ok(_) => fs::remove_file(&path),
+                Err(error) => Err(error),
+            };
+            removed.map_err(at(&path))?;
+        }
+        Ok(Folder::at(dir))
+    }
+
+    /// Opens the folder as it is (creating it if missing), removing only what
+    /// a crashed download left behind.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Folder, StorageError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+            let entry = entry.map_err(at(&dir))?;
+            if entry.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(at(&path))?;
+            }
+        }
+        Ok(Folder::at(dir))
+    }
+
+    fn at(dir: PathBuf) -> Folder {
+        Folder {
+            dir,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The folder's path.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of file `name` in this folder.
+    pub fn path(&self, name: &FileName) -> PathBuf {
+        // A FileName is one plain component, so this never leaves the folder.
+        self.dir.join(name.as_str())
+    }
+
+    /// The files held, sorted: regular files with valid names. Downloads in
+    /// progress, folders and symbolic links are not listed.
+    pub fn list(&self) -> Result<Vec<FileName>, StorageError> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(at(&self.dir))? {
+            let entry = entry.map_err(at(&self.dir))?;
+            let is_file = entry.file_type().map_err(at(&entry.path()))?.is_file();
+            let name = entry.file_name().into_string().ok().and_then(|n| n.parse().ok());
+            if let (true, Some(name)) = (is_file, name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The metadata of a held file; `NotFound` unless it is a regular file.
+    fn metadata(&self, name: &FileName) -> Result<fs::Metadata, StorageError> {
+        let path = self.path(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(meta),
+            Ok(_) => Err(self.not_found(name)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(self.not_found(name)),
+            Err(error) => Err(StorageError::Io { path, source: error }),
+        }
+    }
+
+    fn not_found(&self, name: &FileName) -> StorageError {
+        StorageError::NotFound {
+            name: name.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Whether the folder holds `name`.
+    pub fn contains(&self, name: &FileName) -> bool {
+        self.metadata(name).is_ok()
+    }
+
+    /// The size and SHA-1 of a held file, hashing it only if it changed since
+    /// it was last hashed.
+    pub async fn info(&self, name: &FileName) -> Result<FileInfo, StorageError> {
+        let stamp = Stamp::of(&self.metadata(name)?);
+        if let Some(known) = self.known.lock().expect("digest cache poisoned").get(name) {
+            if known.stamp == stamp {
+                return Ok(known.info);
+            }
+        }
+        let path = self.path(name);
+        let info = tokio::task::spawn_blocking(move || hash_file(&path))
+            .await
+            .expect("hashing task panicked")?;
+        self.remember(name, stamp, info);
+        Ok(info)
+    }
+
+    fn remember(&self, name: &FileName, stamp: Stamp, info: FileInfo) {
+        let known = Known { stamp, info };
+        self.known
+            .lock()
+            .expect("digest cache poisoned")
+            .insert(name.clone(), known);
+    }
+
+    /// Records the identity of a file just put in place, so it is never
+    /// hashed again while unchanged.
+    fn remember_stored(&self, name: &FileName, info: FileInfo) -> Result<(), StorageError> {
+        let stamp = Stamp::of(&self.metadata(name)?);
+        self.remember(name, stamp, info);
+        Ok(())
+    }
+
+    /// Reads a held file whole.
+    pub async fn read(&self, name: &FileName) -> Result<Vec<u8>, StorageError> {
+        self.metadata(name)?;
+        let path = self.path(name);
+        tokio::fs::read(&path).await.map_err(at(&path))
+    }
+
+    /// Opens a held file for sending, with its size and SHA-1.
+    pub async fn open_file(&self, name: &FileName) -> Result<(tokio::fs::File, FileInfo), StorageError> {
+        let info = self.info(name).await?;
+        let path = self.path(name);
+        let file = tokio::fs::File::open(&path).await.map_err(at(&path))?;
+        Ok((file, info))
+    }
+
+    /// Creates or replaces file `name` with what `fill` writes, atomically.
+    pub async fn write_with<F>(&self, name: &FileName, fill: F) -> Result<FileInfo, StorageError>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
+    {
+        let temp = self.temp_file(name)?;
+        let target = self.path(name);
+        let info = tokio::task::spawn_blocking(move || -> Result<FileInfo, StorageError> {
+            let temp_path = temp.path().to_owned();
+            let mut writer = HashingWriter::new(temp.as_file());
+            fill(&mut writer).map_err(at(&temp_path))?;
+            let info = writer.finish().map_err(at(&temp_path))?;
+            temp.persist(&target).map_err(|e| StorageError::Io {
+                path: target,
+                source: e.error,
+            })?;
+            Ok(info)
+        })
+        .await
+        .expect("writing task panicked")?;
+        self.remember_stored(name, info)?;
+        Ok(info)
+    }
+
+    /// Creates or replaces file `name` with `content`, atomically.
+    pub async fn write(&self, name: &FileName, content: impl Into<Vec<u8>>) -> Result<FileInfo, StorageError> {
+        let content = content.into();
+        self.write_with(name, move |out| out.write_all(&content)).await
+    }
+
+    /// Starts receiving file `name` into a temporary file of this folder.
+    pub fn incoming(&self, name: &FileName) -> Result<Incoming, StorageError> {
+        let temp = self.temp_file(name)?;
+        let path = temp.path().to_owned();
+        let (chunks, mut arriving) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        // Hashing and writing run on a blocking thread, beside the task that
+        // reads the socket: the two overlap instead of taking turns.
+        let writer = tokio::task::spawn_blocking(move || -> Result<Received, StorageError> {
+            let mut writer = HashingWriter::new(temp.as_file());
+            while let Some(chunk) = arriving.blocking_recv() {
+                writer.write_all(&chunk).map_err(at(&path))?;
+            }
+            let info = writer.finish().map_err(at(&path))?;
+            Ok(Received { temp, info })
+        });
+        Ok(Incoming {
+            chunks: Some(chunks),
+            writer,
+        })
+    }
+
+    /// A new temporary file beside `name`, deleted when dropped.
+    fn temp_file(&self, name: &FileName) -> Result<NamedTempFile, StorageError> {
+        // Keep the temporary name within the usual 255-byte limit.
+        let mut cut = name.as_str().len().min(200);
+        while !name.as_str().is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let stem = &name.as_str()[..cut];
+        tempfile::Builder::new()
+            .prefix(&format!(".{stem}."))
+            .suffix(PARTIAL_SUFFIX)
+            .tempfile_in(&self.dir)
+            .map_err(at(&self.dir))
+    }
+
+    /// Moves a verified download into place as `name`.
+    pub fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
+        let target = self.path(name);
+        received.temp.persist(&target).map_err(|e| StorageError::Io {
+            path: target,
+            source: e.error,
+        })?;
+        self.remember_stored(name, received.info)
+    }
+}
+
+/// A download on its way into a folder. Dropping it before
+/// [`Incoming::finish`] deletes what arrived.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Chunks for the writer thread; `None` once finished.
+    chunks: Option<mpsc::Sender<Bytes>>,
+    /// The thread that hashes and writes the chunks.
+    writer: JoinHandle<Result<Received, StorageError>>,
+}
+
+impl Incoming {
+    /// Waits until every chunk is on disk and synced; returns the temporary
+    /// file with the size and SHA-1 of what arrived.
+    pub async fn finish(mut self) -> Result<Received, StorageError> {
+        self.chunks = None;
+        (&mut self.writer).await.expect("writing task panicked")
+    }
+}
+
+impl BodySink for Incoming {
+    async fn accept(&mut self, chunk: Bytes) -> io::Result<()> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped early: it failed, and its error says why.
+        self.chunks = None;
+        match (&mut self.writer).await.expect("writing task panicked") {
+            Err(StorageError::Io { source, .. }) => Err(source),
+            _ => Err(io::Error::other("the disk writer stopped")),
+        }
+    }
+}
+
+/// A whole download in a temporary file, not yet in place.
+#[derive(Debug)]
+pub struct Received {
+    /// The temporary file; deleted if dropped.
+    temp: NamedTempFile,
+    /// Size and SHA-1 of what arrived.
+    info: FileInfo,
+}
+
+impl Received {
+    /// Size and SHA-1 of what arrived.
+    pub fn info(&self) -> FileInfo {
+        self.info
+    }
+}
+
+/// Writes to a file and hashes what it writes, in one pass.
+struct HashingWriter<'a> {
+    out: BufWriter<&'a fs::File>,
+    hasher: Sha1,
+    len: u64,
+}
+
+impl<'a> HashingWriter<'a> {
+    fn new(file: &'a fs::File) -> Self {
+        HashingWriter {
+            out: BufWriter::with_capacity(CHUNK_LEN, file),
+            hasher: Sha1::new(),
+            len: 0,
+        }
+    }
+
+    /// Flushes and syncs the file, so a rename never exposes unsynced data.
+    fn finish(mut self) -> io::Result<FileInfo> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        Ok(FileInfo {
+            size: self.len,
+            sha1: Digest(self.hasher.finalize().into()),
+        })
+    }
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.out.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Size and SHA-1 of a file on disk.
+fn hash_file(path: &Path) -> Result<FileInfo, StorageError> {
+    let mut file = fs::File::open(path).map_err(at(path))?;
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; CHUNK_LEN];
+    let mut size = 0u64;
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(at(path)(error)),
+        };
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok(FileInfo {
+        size,
+        sha1: Digest(hasher.finalize().into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> FileName {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn written_files_are_listed_hashed_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path().join("10000")).unwrap();
+        let info = folder.write(&name("b.txt"), "hello").await.unwrap();
+        folder.write(&name("a.txt"), "world").await.unwrap();
+        assert_eq!(
+            info,
+            FileInfo {
+                size: 5,
+                sha1: Digest::of(b"hello")
+            }
+        );
+        assert_eq!(folder.list().unwrap(), vec![name("a.txt"), name("b.txt")]);
+        assert_eq!(folder.read(&name("b.txt")).await.unwrap(), b"hello");
+        assert_eq!(folder.info(&name("b.txt")).await.unwrap(), info);
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        folder.write(&name("a"), "one").await.unwrap();
+        fs::write(folder.path(&name("a")), "three").unwrap();
+        assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"three"));
+    }
+
+    #[tokio::test]
+    async fn create_empty_empties_and_open_keeps_all_but_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("old.txt"), "x").unwrap();
+        fs::write(dir.path().join(".old.txt.abc123.phile-part"), "half").unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        assert_eq!(folder.list().unwrap(), vec![name("old.txt")]);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the partial was not removed"
+        );
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        assert!(folder.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_download_is_invisible_until_stored_and_gone_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        let mut incoming = folder.incoming(&name("big.bin")).unwrap();
+        incoming.accept(Bytes::from_static(b"hel")).await.unwrap();
+        incoming.accept(Bytes::from_static(b"lo")).await.unwrap();
+        assert!(folder.list().unwrap().is_empty(), "a partial file is listed");
+        let received = incoming.finish().await.unwrap();
+        assert_eq!(
+            received.info(),
+            FileInfo {
+                size: 5,
+                sha1: Digest::of(b"hello")
+            }
+        );
+        folder.store(&name("big.bin"), received).unwrap();
+        assert_eq!(folder.list().unwrap(), vec![name("big.bin")]);
+
+        let mut dropped = folder.incoming(&name("other.bin")).unwrap();
+        dropped.accept(Bytes::from_static(b"partial")).await.unwrap();
+        drop(dropped.finish().await.unwrap());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "a dropped download left a file"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_regular_files_are_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(folder.list().unwrap().is_empty());
+        assert!(matches!(
+            folder.info(&name("sub")).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert!(matches!(
+            folder.info(&name("nope")).await,
+            Err(StorageError::NotFound { .. })
+        ));
+    }
+}

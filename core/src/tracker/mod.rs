@@ -1,0 +1,206 @@
+//! The tracker: knows which client holds which file, and picks a holder for
+//! each download.
+//!
+//! Each client keeps one connection to the tracker, its *session*: it
+//! registers on it, then announces and looks up files over it. When the
+//! session ends, for whatever reason, the tracker forgets the client and
+//! everything it held, so it never hands out a peer that is gone.
+
+mod records;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+
+pub use records::{Holder, Records, Refusal, SessionId};
+
+use crate::connection::Connection;
+use crate::events::{Event, EventSink, Node, Reporter};
+use crate::protocol::{ClientId, Request, Trace, TrackerReply, TrackerRequest};
+use crate::server::{self, Limits, ServerHandle};
+
+/// The port the seed's tracker listens on.
+pub const DEFAULT_PORT: u16 = 8000;
+
+/// How a tracker behaves.
+#[derive(Clone, Default)]
+pub struct TrackerConfig {
+    /// Seed of every random choice of a holder.
+    pub seed: u64,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+    /// Where events go besides the tracing log.
+    pub events: Option<Arc<dyn EventSink>>,
+}
+
+/// A running tracker.
+#[derive(Debug)]
+pub struct Tracker {
+    /// The server accepting sessions.
+    server: ServerHandle,
+}
+
+impl Tracker {
+    /// Binds `addr` and starts serving.
+    pub async fn bind(addr: impl ToSocketAddrs, config: TrackerConfig) -> std::io::Result<Tracker> {
+        Tracker::spawn(TcpListener::bind(addr).await?, config)
+    }
+
+    /// Serves sessions accepted on an already-bound `listener`.
+    pub fn spawn(listener: TcpListener, config: TrackerConfig) -> std::io::Result<Tracker> {
+        let shared = Arc::new(Shared {
+            records: Mutex::new(Records::new(config.seed)),
+            reporter: Reporter::new(Node::Tracker, config.events),
+            next_session: AtomicU64::new(1),
+        });
+        let server = server::spawn(listener, config.limits, move |connection| {
+            run_session(shared.clone(), connection)
+        })?;
+        Ok(Tracker { server })
+    }
+
+    /// The address the tracker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops the tracker, closing every session.
+    pub async fn shutdown(&self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// State shared by every session of one tracker.
+struct Shared {
+    /// The records. A std mutex: no `.await` happens while it is held, and
+    /// every critical section is a few map operations.
+    records: Mutex<Records>,
+    /// Reports the tracker's events.
+    reporter: Reporter,
+    /// Numbers sessions, so an old session's end cannot unregister a client
+    /// that registered again on a new one.
+    next_session: AtomicU64,
+}
+
+/// One client's session: what the connection has registered as.
+struct Session {
+    /// This session's number.
+    id: SessionId,
+    /// The client registered on this session, once it has registered.
+    client: Option<ClientId>,
+    /// Where the connection comes from: the peer address defaults to this
+    /// IP with the port the client registers.
+    remote: SocketAddr,
+}
+
+async fn run_session(shared: Arc<Shared>, mut connection: Connection) {
+    let mut session = Session {
+        id: shared.next_session.fetch_add(1, Ordering::Relaxed),
+        client: None,
+        remote: connection.peer_addr(),
+    };
+    loop {
+        // A registered client may stay quiet as long as it likes; a
+        // connection that never registers must do so within the idle timeout.
+        let next = if session.client.is_some() {
+            connection.read_patiently::<Request<TrackerRequest>>().await
+        } else {
+            connection.read::<Request<TrackerRequest>>().await
+        };
+        let request = match next {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(remote = %session.remote, %error, "dropping tracker session");
+                // Say why before hanging up; the remote may be gone already.
+                let reason = format!("bad request: {error}");
+                let _ = connection.write(&TrackerReply::Refused { reason }).await;
+                break;
+            }
+        };
+        let reply = shared.handle(&mut session, request.trace, request.body);
+        if let Err(error) = connection.write(&reply).await {
+            tracing::warn!(remote = %session.remote, %error, "dropping tracker session");
+            break;
+        }
+    }
+    if let Some(client) = session.client {
+        shared
+            .records
+            .lock()
+            .expect("records poisoned")
+            .forget(client, session.id);
+        tracing::info!(%client, "session ended; forgot the client and what it held");
+    }
+}
+
+impl Shared {
+    /// Answers one request, reporting its event before the reply goes out.
+    fn handle(&self, session: &mut Session, trace: Trace, request: TrackerRequest) -> TrackerReply {
+        let outcome = match request {
+            TrackerRequest::Register {
+                client,
+                port,
+                advertise,
+            } => {
+                let addr = advertise.unwrap_or(SocketAddr::new(session.remote.ip(), port));
+                self.register(session, client, addr, trace)
+            }
+            TrackerRequest::Announce { file, info } => session.registered().and_then(|client| {
+                self.records
+                    .lock()
+                    .expect("records poisoned")
+                    .announce(client, &file, info)?;
+                self.reporter.report(trace, Event::Announced { client, file });
+                Ok(TrackerReply::Ack)
+            }),
+            TrackerRequest::Lookup { file, exclude } => session.registered().map(|client| {
+                let holder = self
+                    .records
+                    .lock()
+                    .expect("records poisoned")
+                    .lookup(client, &file, &exclude);
+                match holder {
+                    Some(Holder { peer, addr, info }) => {
+                        self.reporter.report(trace, Event::PeerChosen { client, file, peer });
+                        TrackerReply::Peer { peer, addr, info }
+                    }
+                    None => TrackerReply::NoPeer,
+                }
+            }),
+        };
+        outcome.unwrap_or_else(|refusal| TrackerReply::Refused {
+            reason: refusal.to_string(),
+        })
+    }
+
+    fn register(
+        &self,
+        session: &mut Session,
+        client: ClientId,
+        addr: SocketAddr,
+        trace: Trace,
+    ) -> Result<TrackerReply, Refusal> {
+        if let Some(registered) = session.client.filter(|registered| *registered != client) {
+            return Err(Refusal::OtherId {
+                registered,
+                asked: client,
+            });
+        }
+        self.records
+            .lock()
+            .expect("records poisoned")
+            .register(client, addr, session.id)?;
+        session.client = Some(client);
+        self.reporter.report(trace, Event::Registered { client });
+        Ok(TrackerReply::Ack)
+    }
+}
+
+impl Session {
+    fn registered(&self) -> Result<ClientId, Refusal> {
+        self.client.ok_or(Refusal::NotRegistered)
+    }
+}

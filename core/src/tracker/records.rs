@@ -1,0 +1,325 @@
+//! The tracker's records: who is registered, who holds what. No I/O.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha1::{Digest as _, Sha1};
+
+use crate::protocol::{ClientId, FileInfo, FileName};
+
+/// Identifies one session (one TCP connection) on the tracker, so that the
+/// end of an old session never removes a client that registered again.
+pub type SessionId = u64;
+
+/// Why the tracker refuses a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Another live session registered this id.
+    #[error("client {0} is already registered from another connection")]
+    IdTaken(ClientId),
+    /// This session registered as someone else.
+    #[error("this connection is registered as client {registered}, not {asked}")]
+    OtherId {
+        /// The id this session registered.
+        registered: ClientId,
+        /// The id asked for now.
+        asked: ClientId,
+    },
+    /// The session has not registered.
+    #[error("register first: this connection has not registered a client")]
+    NotRegistered,
+    /// The same name was announced with other content before.
+    #[error("{file} is recorded with size {} and sha1 {}; this copy has size {} and sha1 {} (files of the same name must have the same content)",
+        .recorded.size, .recorded.sha1, .announced.size, .announced.sha1)]
+    ContentMismatch {
+        /// The file.
+        file: FileName,
+        /// What the first announce recorded.
+        recorded: FileInfo,
+        /// What this announce claims.
+        announced: FileInfo,
+    },
+}
+
+/// A holder picked for a download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's id.
+    pub peer: ClientId,
+    /// Where its peer server listens.
+    pub addr: SocketAddr,
+    /// The file's recorded size and SHA-1.
+    pub info: FileInfo,
+}
+
+/// Everything the tracker knows.
+#[derive(Debug)]
+pub struct Records {
+    /// Every random choice derives from this.
+    seed: u64,
+    /// Registered clients.
+    clients: HashMap<ClientId, ClientRecord>,
+    /// Every file ever announced, with its content and current holders.
+    files: HashMap<FileName, FileRecord>,
+    /// How many lookups each client made for each file: with the seed, it
+    /// decides the lookup's random choice, so that lookups of different
+    /// clients never change each other's outcome.
+    lookups: HashMap<(ClientId, FileName), u64>,
+}
+
+/// A registered client.
+#[derive(Debug)]
+struct ClientRecord {
+    /// Where its peer server listens.
+    addr: SocketAddr,
+    /// The session it registered on.
+    session: SessionId,
+    /// The files it announced.
+    files: BTreeSet<FileName>,
+}
+
+/// A file ever announced.
+#[derive(Debug)]
+struct FileRecord {
+    /// Size and SHA-1 from its first announce; later announces must match.
+    info: FileInfo,
+    /// Who holds it now, ordered so a seeded choice is reproducible.
+    holders: BTreeSet<ClientId>,
+}
+
+impl Records {
+    /// Empty records whose random choices derive from `seed`.
+    pub fn new(seed: u64) -> Records {
+        Records {
+            seed,
+            clients: HashMap::new(),
+            files: HashMap::new(),
+            lookups: HashMap::new(),
+        }
+    }
+
+    /// Records `client`, reachable at `addr`, as registered on `session`.
+    /// Registering again on the same session updates the address.
+    pub fn register(&mut self, client: ClientId, addr: SocketAddr, session: SessionId) -> Result<(), Refusal> {
+        match self.clients.get_mut(&client) {
+            Some(record) if record.session != session => Err(Refusal::IdTaken(client)),
+            Some(record) => {
+                record.addr = addr;
+                Ok(())
+            }
+            None => {
+                let files = BTreeSet::new();
+                self.clients.insert(client, ClientRecord { addr, session, files });
+                Ok(())
+            }
+        }
+    }
+
+    /// Records that `client` holds `file` with content `info`.
+    pub fn announce(&mut self, client: ClientId, file: &FileName, info: FileInfo) -> Result<(), Refusal> {
+        let record = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
+        let entry = self.files.entry(file.clone()).or_insert_with(|| FileRecord {
+            info,
+            holders: BTreeSet::new(),
+        });
+        if entry.info != info {
+            return Err(Refusal::ContentMismatch {
+                file: file.clone(),
+                recorded: entry.info,
+                announced: info,
+            });
+        }
+        entry.holders.insert(client);
+        record.files.insert(file.clone());
+        Ok(())
+    }
+
+    /// Picks a holder of `file` at random for `client`, never `client`
+    /// itself nor anyone in `exclude`; `None` if nobody is left.
+    pub fn lookup(&mut self, client: ClientId, file: &FileName, exclude: &[ClientId]) -> Option<Holder> {
+        let record = self.files.get(file)?;
+        let candidates: Vec<ClientId> = record
+            .holders
+            .iter()
+            .copied()
+            .filter(|holder| *holder != client && !exclude.contains(holder))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let nth = self.lookups.entry((client, file.clone())).or_insert(0);
+        let mut rng = choice_rng(self.seed, client, file, *nth);
+        *nth += 1;
+        let peer = candidates[rng.random_range(0..candidates.len())];
+        let addr = self.clients[&peer].addr;
+        Some(Holder {
+            peer,
+            addr,
+            info: record.info,
+        })
+    }
+
+    /// Forgets `client` and everything it held, if it is still registered on
+    /// `session` (its connection ended).
+    pub fn forget(&mut self, client: ClientId, session: SessionId) {
+        if self.clients.get(&client).is_none_or(|record| record.session != session) {
+            return;
+        }
+        let record = self.clients.remove(&client).expect("checked above");
+        for file in record.files {
+            if let Some(entry) = self.files.get_mut(&file) {
+                entry.holders.remove(&client);
+            }
+        }
+    }
+
+    /// The current holders of `file`, in id order.
+    pub fn holders(&self, file: &FileName) -> Vec<ClientId> {
+        self.files
+            .get(file)
+            .map(|record| record.holders.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `client` is registered.
+    pub fn is_registered(&self, client: ClientId) -> bool {
+        self.clients.contains_key(&client)
+    }
+}
+
+/// The random generator of one lookup: a function of the seed, the asker, the
+/// file and how many times the asker looked it up before, and of nothing
+/// else (not the order in which concurrent lookups arrive).
+fn choice_rng(seed: u64, client: ClientId, file: &FileName, nth: u64) -> ChaCha8Rng {
+    let mut hasher = Sha1::new();
+    hasher.update(b"phile peer choice");
+    hasher.update(seed.to_le_bytes());
+    hasher.update(client.0.to_le_bytes());
+    hasher.update(nth.to_le_bytes());
+    hasher.update(file.as_str().as_bytes());
+    let digest = hasher.finalize();
+    let mut key = [0u8; 32];
+    key[..20].copy_from_slice(&digest);
+    ChaCha8Rng::from_seed(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Digest;
+
+    fn file(name: &str) -> FileName {
+        name.parse().unwrap()
+    }
+
+    fn info(content: &[u8]) -> FileInfo {
+        FileInfo {
+            size: content.len() as u64,
+            sha1: Digest::of(content),
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Records with clients 1..=n registered, each on its own session.
+    fn records(seed: u64, n: u64) -> Records {
+        let mut records = Records::new(seed);
+        for id in 1..=n {
+            records.register(ClientId(id), addr(id as u16), id).unwrap();
+        }
+        records
+    }
+
+    #[test]
+    fn a_lookup_finds_an_announced_holder_but_never_the_asker() {
+        let mut records = records(0, 2);
+        assert_eq!(records.lookup(ClientId(2), &file("a"), &[]), None);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        let holder = records.lookup(ClientId(2), &file("a"), &[]).unwrap();
+        assert_eq!(
+            holder,
+            Holder {
+                peer: ClientId(1),
+                addr: addr(1),
+                info: info(b"x")
+            }
+        );
+        assert_eq!(records.lookup(ClientId(1), &file("a"), &[]), None);
+        assert_eq!(records.lookup(ClientId(2), &file("a"), &[ClientId(1)]), None);
+    }
+
+    #[test]
+    fn announcing_needs_registration_and_matching_content() {
+        let mut records = records(0, 2);
+        assert_eq!(
+            records.announce(ClientId(9), &file("a"), info(b"x")),
+            Err(Refusal::NotRegistered)
+        );
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        let refused = records.announce(ClientId(2), &file("a"), info(b"y"));
+        assert!(matches!(refused, Err(Refusal::ContentMismatch { .. })));
+        assert_eq!(records.holders(&file("a")), vec![ClientId(1)]);
+    }
+
+    #[test]
+    fn an_id_belongs_to_one_live_session() {
+        let mut records = records(0, 1);
+        assert_eq!(
+            records.register(ClientId(1), addr(9), 99),
+            Err(Refusal::IdTaken(ClientId(1)))
+        );
+        records.register(ClientId(1), addr(9), 1).unwrap();
+        records.forget(ClientId(1), 99);
+        assert!(
+            records.is_registered(ClientId(1)),
+            "another session's end removed the client"
+        );
+        records.forget(ClientId(1), 1);
+        assert!(!records.is_registered(ClientId(1)));
+        records.register(ClientId(1), addr(9), 99).unwrap();
+    }
+
+    #[test]
+    fn a_forgotten_client_is_never_chosen() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(2), &file("a"), info(b"x")).unwrap();
+        records.forget(ClientId(1), 1);
+        for _ in 0..20 {
+            assert_eq!(records.lookup(ClientId(3), &file("a"), &[]).unwrap().peer, ClientId(2));
+        }
+        // The file's content stays recorded: a later copy must still match.
+        assert!(records.announce(ClientId(3), &file("a"), info(b"y")).is_err());
+    }
+
+    #[test]
+    fn choices_are_seeded_spread_and_independent_of_other_clients() {
+        let choices = |seed: u64, interleave: bool| {
+            let mut records = records(seed, 12);
+            for holder in 1..=10 {
+                records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+            }
+            (0..50)
+                .map(|_| {
+                    if interleave {
+                        records.lookup(ClientId(12), &file("a"), &[]);
+                    }
+                    records.lookup(ClientId(11), &file("a"), &[]).unwrap().peer
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(choices(7, false), choices(7, false), "same seed, different choices");
+        assert_eq!(
+            choices(7, false),
+            choices(7, true),
+            "another client's lookups changed the choices"
+        );
+        assert_ne!(choices(7, false), choices(8, false), "the seed does not matter");
+        let distinct: BTreeSet<_> = choices(7, false).into_iter().collect();
+        assert!(distinct.len() >= 8, "50 choices among 10 holders hit only {distinct:?}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The scenario language: Rhai names for the verbs of [`World`].
+//!
+//! Each binding converts Rhai values to Rust ones and a [`Verdict`]'s
+//! message to a script error; Rhai gives an error without a position the
+//! position of the call that raised it, which is what the user sees.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, FLOAT, INT};
+
+use crate::tree;
+use crate::world::{ClientRef, DownloadResult, TrackerRef, Transfer, Verdict, World};
+
+type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// A script error with `message`, placed at the calling script position.
+pub fn script_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(message.into().into(), Position::NONE).into()
+}
+
+fn lift<T>(verdict: Verdict<T>) -> ScriptResult<T> {
+    verdict.map_err(script_error)
+}
+
+/// Registers every function of the scenario language on `engine`.
+pub fn register(engine: &mut Engine, world: Rc<World>) {
+    engine
+        .register_type_with_name::<TrackerRef>("Tracker")
+        .register_type_with_name::<ClientRef>("Client")
+        .register_type_with_name::<Transfer>("Transfer");
+    register_nodes(engine, &world);
+    register_client_methods(engine, &world);
+    register_transfers(engine, &world);
+    register_checks(engine, &world);
+}
+
+fn register_nodes(engine: &mut Engine, world: &Rc<World>) {
+    let w = world.clone();
+    engine.register_fn("tracker", move |port: INT| lift(w.tracker(port)));
+    let w = world.clone();
+    engine.register_fn("client", move |id: INT| lift(w.client(id)));
+    engine.register_get("id", |c: &mut ClientRef| c.id() as INT);
+    engine.register_fn("to_string", |c: &mut ClientRef| format!("client {}", c.id()));
+    engine.register_fn("to_debug", |c: &mut ClientRef| format!("client {}", c.id()));
+    engine.register_fn("to_string", |_: &mut TrackerRef| "tracker".to_string());
+    engine.register_fn("to_debug", |_: &mut TrackerRef| "tracker".to_string());
+    engine.register_fn("to_string", |_: &mut Transfer| "transfer".to_string());
+    engine.register_fn("to_debug", |_: &mut Transfer| "transfer".to_string());
+}
+
+fn register_client_methods(engine: &mut Engine, world: &Rc<World>) {
+    let w = world.clone();
+    engine.register_fn("register", move |c: &mut ClientRef, t: TrackerRef| {
+        lift(w.register(c, &t)).map(|()| "ACK")
+    });
+    let w = world.clone();
+    engine.register_fn("write", move |c: &mut ClientRef, name: &str, text: &str| {
+        lift(w.write(c, name, text.as_bytes().to_vec()))
+    });
+    let w = world.clone();
+    engine.register_fn("write", move |c: &mut ClientRef, name: &str, blob: Blob| {
+        lift(w.write(c, name, blob))
+    });
+    let w = world.clone();
+    engine.register_fn("write_random", move |c: &mut ClientRef, name: &str, bytes: INT| {
+        lift(w.write_random(c, name, bytes))
+    });
+    let w = world.clone();
+    engine.register_fn("upload", move |c: &mut ClientRef, name: &str| {
+        lift(w.upload(c, name)).map(|()| "ACK")
+    });
+    let w = world.clone();
+    engine.register_fn("download", move |c: &mut ClientRef, name: &str| {
+        lift(w.download(c, name)).map(|result| result_map(&result))
+    });
+    let w = world.clone();
+    engine.register_fn("files", move |c: &mut ClientRef| lift(w.files(c)).map(strings));
+    let w = world.clone();
+    engine.register_fn("read", move |c: &mut ClientRef, name: &str| lift(w.read(c, name)));
+    let w = world.clone();
+    engine.register_fn("sha1", move |c: &mut ClientRef, name: &str| {
+        lift(w.info(c, name)).map(|i| i.sha1.to_string())
+    });
+    let w = world.clone();
+    engine.register_fn("size", move |c: &mut ClientRef, name: &str| {
+        lift(w.info(c, name)).map(|i| i.size as INT)
+    });
+}
+
+fn register_transfers(engine: &mut Engine, world: &Rc<World>) {
+    let w = world.clone();
+    engine.register_fn("start_download", move |c: &mut ClientRef, name: &str| {
+        lift(w.start_download(c, name))
+    });
+    let w = world.clone();
+    engine.register_fn("wait", move |t: &mut Transfer| {
+        lift(w.wait(t)).map(|result| result_map(&result))
+    });
+    let w = world.clone();
+    engine.register_fn("wait_all", move |transfers: Array| -> ScriptResult<Array> {
+        let mut results = Array::with_capacity(transfers.len());
+        for (i, item) in transfers.into_iter().enumerate() {
+            let type_name = item.type_name();
+            let transfer = item.try_cast::<Transfer>().ok_or_else(|| {
+                script_error(format!(
+                    "wait_all takes an array of transfers (from c.start_download), but item {i} is a {type_name}"
+                ))
+            })?;
+            results.push(result_map(&lift(w.wait(&transfer))?).into());
+        }
+        Ok(results)
+    });
+}
+
+fn register_checks(engine: &mut Engine, world: &Rc<World>) {
+    let w = world.clone();
+    engine.register_fn("tree", move || lift(w.tree()).map(tree_map));
+    let w = world.clone();
+    engine.register_fn("print_tree", move || -> ScriptResult<()> {
+        print!("{}", tree::render(&lift(w.tree())?));
+        Ok(())
+    });
+    let w = world.clone();
+    engine.register_fn("assert_tree", move |expected: Map| -> ScriptResult<()> {
+        let expected = expected_tree(expected)?;
+        let differences = tree::differences(&expected, &lift(w.tree())?);
+        if !differences.is_empty() {
+            let lines: Vec<String> = differences.iter().map(|line| format!("  {line}")).collect();
+            return Err(script_error(format!(
+                "the tree differs from the expected one:\n{}",
+                lines.join("\n")
+            )));
+        }
+        w.assertion_held();
+        Ok(())
+    });
+    let w = world.clone();
+    engine.register_fn("assert", move |condition: bool, message: &str| -> ScriptResult<()> {
+        if !condition {
+            return Err(script_error(format!("assertion failed: {message}")));
+        }
+        w.assertion_held();
+        Ok(())
+    });
+    let w = world.clone();
+    engine.register_fn("note", move |text: &str| w.note(text));
+}
+
+fn strings(items: Vec<String>) -> Array {
+    items.into_iter().map(Dynamic::from).collect()
+}
+
+/// A download result as the script sees it (see the scenario reference).
+fn result_map(result: &DownloadResult) -> Map {
+    let mut map = Map::new();
+    map.insert("file".into(), result.file.clone().into());
+    match &result.outcome {
+        Ok(delivered) => {
+            map.insert("ok".into(), true.into());
+            map.insert("from".into(), (delivered.from as INT).into());
+            map.insert("bytes".into(), (delivered.info.size as INT).into());
+            map.insert("sha1".into(), delivered.info.sha1.to_string().into());
+            map.insert("secs".into(), (delivered.secs as FLOAT).into());
+        }
+        Err(error) => {
+            map.insert("ok".into(), false.into());
+            map.insert("error".into(), error.clone().into());
+        }
+    }
+    map
+}
+
+fn tree_map(tree: tree::Tree) -> Map {
+    tree.into_iter()
+        .map(|(id, files)| (id.to_string().into(), strings(files).into()))
+        .collect()
+}
+
+/// Reads `assert_tree`'s argument: client id to an array of file names.
+fn expected_tree(expected: Map) -> ScriptResult<BTreeMap<String, Vec<String>>> {
+    let mut tree = BTreeMap::new();
+    for (client, files) in expected {
+        let bad = |what: &str| {
+            script_error(format!(
+                "assert_tree: the files of \"{client}\" must be an array of file names, like [\"test1.txt\"]; found {what}"
+            ))
+        };
+        let type_name = files.type_name();
+        let files = files.try_cast::<Array>().ok_or_else(|| bad(type_name))?;
+        let names = files
+            .into_iter()
+            .map(|file| {
+                let type_name = file.type_name();
+                file.try_cast::<ImmutableString>()
+                    .map(|s| s.to_string())
+                    .ok_or_else(|| bad(type_name))
+            })
+            .collect::<ScriptResult<Vec<String>>>()?;
+        tree.insert(client.to_string(), names);
+    }
+    Ok(tree)
+}

@@ -1,0 +1,291 @@
+//! The event log: every event of a scenario, in an order that does not
+//! depend on timing.
+//!
+//! Each script call that acts is an *operation*, numbered in script order.
+//! Every request an operation sends carries its number and a step
+//! ([`Trace`]); the tracker and peers tag the events a request causes with
+//! it. The log is ordered by operation number, then by step: a concurrent
+//! download's events are written together, at the place of the
+//! `start_download` call that began it, however they interleaved in time.
+//!
+//! An operation's events are written when it ends and every earlier
+//! operation has ended (a reorder buffer), so the log streams to its file as
+//! the scenario runs, and a failed run still has everything before the
+//! failure.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use phile_core::events::{Event, EventSink, Node};
+use phile_core::Trace;
+use serde::Serialize;
+
+/// The version of the log's format, written in its first event. Bumped when
+/// an event changes meaning or loses a field; adding events or fields keeps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Who an event is about, as the log writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A tracker or a client.
+    Node(Node),
+    /// The scenario itself (its start, notes, its end).
+    Scenario,
+}
+
+impl Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Subject::Node(node) => node.serialize(serializer),
+            Subject::Scenario => serializer.serialize_str("scenario"),
+        }
+    }
+}
+
+/// Events the runner itself records.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ScenarioEvent {
+    /// The first event of every log.
+    ScenarioStarted {
+        /// The script's file name.
+        scenario: String,
+        /// The seed of every random choice.
+        seed: u64,
+        /// [`SCHEMA_VERSION`].
+        schema: u32,
+    },
+    /// A tracker or client was started by the script.
+    Started,
+    /// The script called `note(text)`.
+    Note {
+        /// The text.
+        text: String,
+    },
+    /// The script ran to its end.
+    ScenarioFinished,
+    /// The script stopped with an error.
+    ScenarioFailed {
+        /// The error, as printed.
+        error: String,
+        /// Its line in the script.
+        line: usize,
+        /// Its column.
+        column: usize,
+    },
+}
+
+/// Any event the log holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+enum AnyEvent {
+    Node(Event),
+    Scenario(ScenarioEvent),
+}
+
+/// One line of the log.
+#[derive(Serialize)]
+struct Line<'a> {
+    seq: u64,
+    node: Subject,
+    #[serde(flatten)]
+    event: &'a AnyEvent,
+}
+
+/// The log of one scenario run.
+pub struct EventLog {
+    /// A std mutex: held only to file or write an event, never across an
+    /// `.await`, and recorded from both the script thread and tokio tasks.
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// The number the next operation gets.
+    next_op: u64,
+    /// Events of operations not yet written, by operation.
+    pending: BTreeMap<u64, Operation>,
+    /// The lowest operation not yet written.
+    next_to_write: u64,
+    /// The lines written so far.
+    lines: Vec<String>,
+    /// The JSON Lines file, when asked for.
+    out: Option<BufWriter<File>>,
+    /// The first error writing the file, reported at the end of the run.
+    write_error: Option<io::Error>,
+}
+
+#[derive(Default)]
+struct Operation {
+    /// Whether the operation has ended, so no more events can come.
+    ended: bool,
+    /// Its events with their step, in arrival order.
+    events: Vec<(u32, Subject, AnyEvent)>,
+}
+
+impl EventLog {
+    /// A log that also streams to `path` when given.
+    pub fn create(path: Option<&Path>) -> io::Result<EventLog> {
+        let out = match path {
+            Some(path) => Some(BufWriter::new(File::create(path)?)),
+            None => None,
+        };
+        Ok(EventLog {
+            inner: Mutex::new(Inner {
+                next_op: 0,
+                pending: BTreeMap::new(),
+                next_to_write: 0,
+                lines: Vec::new(),
+                out,
+                write_error: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("event log poisoned")
+    }
+
+    /// Begins the next operation; its requests carry the returned trace.
+    pub fn begin(&self) -> Trace {
+        let mut inner = self.lock();
+        let op = inner.next_op;
+        inner.next_op += 1;
+        inner.pending.insert(op, Operation::default());
+        Trace::new(op)
+    }
+
+    /// Ends operation `op`: its events, and those of any later operation
+    /// that ended already, are written once every earlier one has ended.
+    pub fn end(&self, op: u64) {
+        let mut inner = self.lock();
+        if let Some(operation) = inner.pending.get_mut(&op) {
+            operation.ended = true;
+        }
+        inner.write_ended();
+    }
+
+    /// Records an event of the runner's, as one operation of its own.
+    pub fn record_alone(&self, subject: Subject, event: ScenarioEvent) {
+        let trace = self.begin();
+        self.file(trace, subject, AnyEvent::Scenario(event));
+        self.end(trace.op);
+    }
+
+    fn file(&self, trace: Trace, subject: Subject, event: AnyEvent) {
+        let mut inner = self.lock();
+        match inner.pending.get_mut(&trace.op) {
+            Some(operation) if !operation.ended => operation.events.push((trace.step, subject, event)),
+            // A request outside any open operation: a bug in the runner, or
+            // a stray client. Its event has no place in the ordered log.
+            _ => tracing::warn!(op = trace.op, ?event, "event outside an open operation; not logged"),
+        }
+    }
+
+    /// The lines written so far (every line, once the run is over).
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().lines.clone()
+    }
+
+    /// Flushes the file and reports the first error writing it, if any.
+    pub fn finish(&self) -> io::Result<()> {
+        let mut inner = self.lock();
+        if let Some(error) = inner.write_error.take() {
+            return Err(error);
+        }
+        match &mut inner.out {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Inner {
+    fn write_ended(&mut self) {
+        while self.pending.get(&self.next_to_write).is_some_and(|op| op.ended) {
+            let mut operation = self.pending.remove(&self.next_to_write).expect("checked above");
+            // Stable: events of one step keep their causal arrival order.
+            operation.events.sort_by_key(|(step, ..)| *step);
+            for (_, subject, event) in &operation.events {
+                self.write_line(*subject, event);
+            }
+            self.next_to_write += 1;
+        }
+    }
+
+    fn write_line(&mut self, node: Subject, event: &AnyEvent) {
+        let seq = self.lines.len() as u64;
+        let line = serde_json::to_string(&Line { seq, node, event }).expect("events always serialise");
+        if let Some(out) = &mut self.out {
+            let written = writeln!(out, "{line}").and_then(|()| out.flush());
+            if let Err(error) = written {
+                self.write_error.get_or_insert(error);
+                self.out = None;
+            }
+        }
+        self.lines.push(line);
+    }
+}
+
+impl EventSink for EventLog {
+    fn record(&self, trace: Trace, node: Node, event: Event) {
+        self.file(trace, Subject::Node(node), AnyEvent::Node(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phile_core::ClientId;
+
+    fn registered(id: u64) -> Event {
+        Event::Registered { client: ClientId(id) }
+    }
+
+    #[test]
+    fn operations_are_written_in_order_whatever_order_they_end_in() {
+        let log = EventLog::create(None).unwrap();
+        let first = log.begin();
+        let second = log.begin();
+        log.record(Trace { op: second.op, step: 0 }, Node::Tracker, registered(2));
+        log.end(second.op);
+        assert!(
+            log.lines().is_empty(),
+            "a later operation was written before an open earlier one"
+        );
+        log.record(Trace { op: first.op, step: 1 }, Node::Tracker, registered(11));
+        log.record(Trace { op: first.op, step: 0 }, Node::Tracker, registered(10));
+        log.end(first.op);
+        let clients: Vec<String> = log
+            .lines()
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["client"].to_string())
+            .collect();
+        assert_eq!(clients, ["10", "11", "2"]);
+    }
+
+    #[test]
+    fn lines_hold_seq_node_event_then_fields() {
+        let log = EventLog::create(None).unwrap();
+        log.record_alone(Subject::Scenario, ScenarioEvent::Note { text: "hi".into() });
+        log.record_alone(Subject::Node(Node::Client(ClientId(7))), ScenarioEvent::Started);
+        assert_eq!(
+            log.lines(),
+            [
+                r#"{"seq":0,"node":"scenario","event":"note","text":"hi"}"#,
+                r#"{"seq":1,"node":"7","event":"started"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn events_of_ended_operations_are_not_logged() {
+        let log = EventLog::create(None).unwrap();
+        let op = log.begin();
+        log.end(op.op);
+        log.record(op, Node::Tracker, registered(1));
+        assert!(log.lines().is_empty());
+    }
+}

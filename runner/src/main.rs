@@ -1,0 +1,128 @@
+//! `phile-run`: the command line around [`phile_runner::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use phile_runner::{run, RunOptions, Settings, Stats, DEFAULT_SEED};
+use tracing_subscriber::EnvFilter;
+
+/// Runs a phile scenario: a Rhai script that starts a tracker and clients,
+/// makes them register, upload and download over real TCP, and checks the
+/// outcome.
+///
+/// Exit status: 0 when the script ran to its end; 1 on a script error or a
+/// failed assertion (printed as SCRIPT:LINE:COLUMN: message); 2 on bad
+/// command-line use.
+#[derive(Debug, Parser)]
+#[command(
+    name = "phile-run",
+    version,
+    after_help = "The scenario language: scenarios/README.md. Logs: RUST_LOG=info (or debug) phile-run ..."
+)]
+struct Cli {
+    /// The scenario script (.rhai).
+    #[arg(value_parser = existing_file)]
+    script: PathBuf,
+
+    /// Folder holding one sub-folder per client (ROOT/<id>).
+    #[arg(long, value_name = "DIR", default_value = "/tmp")]
+    root: PathBuf,
+
+    /// Seed of every random choice (the tracker's choice of peer, write_random).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED)]
+    seed: u64,
+
+    /// Write the event log to FILE as JSON Lines.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+
+    /// Bind every tracker and client to a free port instead of the scripted one.
+    #[arg(long)]
+    ephemeral_ports: bool,
+
+    /// Print only errors, the summary and what the script prints.
+    #[arg(long, short)]
+    quiet: bool,
+
+    /// Stop a script that runs longer than this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    time_limit: u64,
+}
+
+fn existing_file(path: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(path);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let options = RunOptions {
+        script: cli.script.clone(),
+        settings: Settings {
+            root: cli.root.clone(),
+            seed: cli.seed,
+            ephemeral_ports: cli.ephemeral_ports,
+            quiet: cli.quiet,
+        },
+        events: cli.events.clone(),
+        time_limit: Duration::from_secs(cli.time_limit),
+    };
+    let outcome = match run(&options) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("phile-run: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = cli.script.display();
+    let summary = summary(&outcome.stats, outcome.elapsed);
+    match outcome.failure {
+        None => {
+            println!("ok: {name}: {summary}");
+            ExitCode::SUCCESS
+        }
+        Some(failure) => {
+            eprint!("{}", failure.report);
+            eprintln!("  = seed {}; re-run with: {}", cli.seed, rerun_command(&cli));
+            eprintln!("FAILED: {name}: {summary}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// "15 steps, 5 downloads (4 ok, 1 failed), 1 assertion held, 6 ms".
+fn summary(stats: &Stats, elapsed: Duration) -> String {
+    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let downloads = stats.downloads_ok + stats.downloads_failed;
+    format!(
+        "{}, {} ({} ok, {} failed), {} held, {} ms",
+        plural(stats.steps, "step"),
+        plural(downloads, "download"),
+        stats.downloads_ok,
+        stats.downloads_failed,
+        plural(stats.assertions, "assertion"),
+        elapsed.as_millis()
+    )
+}
+
+/// The command that repeats this run exactly.
+fn rerun_command(cli: &Cli) -> String {
+    let mut command = format!("phile-run {} --seed {}", cli.script.display(), cli.seed);
+    if cli.root != std::path::Path::new("/tmp") {
+        command += &format!(" --root {}", cli.root.display());
+    }
+    if cli.ephemeral_ports {
+        command += " --ephemeral-ports";
+    }
+    command
+}
