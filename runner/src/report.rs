@@ -73,13 +73,26 @@ fn describe(error: &EvalAltResult) -> (Position, String) {
         EvalAltResult::ErrorRuntime(value, position) | EvalAltResult::ErrorTerminated(value, position) => {
             (*position, value.to_string())
         }
-        other => {
-            let position = other.position();
-            let message = other.to_string();
-            let message = message.strip_suffix(&format!(" ({position})")).unwrap_or(&message);
-            (position, message.to_owned())
+        EvalAltResult::ErrorFunctionNotFound(..) => {
+            let position = error.position();
+            let message = strip_position(error);
+            (
+                position,
+                format!("{message}; the functions a scenario can call are listed in scenarios/README.md"),
+            )
         }
+        other => (other.position(), strip_position(other)),
     }
+}
+
+/// The error's message without Rhai's " (line 3, position 5)" suffix.
+fn strip_position(error: &EvalAltResult) -> String {
+    let position = error.position();
+    let message = error.to_string();
+    message
+        .strip_suffix(&format!(" ({position})"))
+        .unwrap_or(&message)
+        .to_owned()
 }
 
 /// `SCRIPT:LINE:COLUMN: message` then a snippet of `source` with a caret.

@@ -1,0 +1,9 @@
+//! phile's end-to-end suite: real trackers and peers over TCP, driven by
+//! scenarios or spoken to directly. Every test uses its own temporary folder
+//! and free ports, so they all run in parallel.
+
+mod determinism;
+mod network;
+mod scenarios;
+mod util;
+mod verbs;
