@@ -109,10 +109,12 @@ impl Connection {
         self.decode_next(next)
     }
 
-    /// Like [`Connection::read`], but waits as long as it takes: for a
-    /// session that may rightly stay quiet for hours between requests.
-    pub async fn read_patiently<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
-        let next = self.frames.next().await;
+    /// Like [`Connection::read`], with a wait of `limit` instead of the idle
+    /// timeout: for a session that may rightly stay quiet between requests.
+    pub async fn read_within<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<Option<T>, ConnectionError> {
+        let next = timeout(limit, self.frames.next())
+            .await
+            .map_err(|_| ConnectionError::Idle(limit))?;
         self.decode_next(next)
     }
 

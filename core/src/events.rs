@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-use crate::protocol::{ClientId, Digest, FileName, Trace};
+use crate::protocol::{ClientId, Digest, FileName, Problem, Trace};
 
 /// Which node an event happened on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +91,47 @@ pub enum Event {
         /// Why, for the user.
         error: String,
     },
+    /// A downloader gave up on one holder and will ask for another.
+    TransferRejected {
+        /// The file.
+        file: FileName,
+        /// The holder that failed.
+        peer: ClientId,
+        /// What went wrong (a stable phrase, no byte counts or addresses).
+        reason: String,
+    },
+    /// The tracker forgot a client that said goodbye.
+    ClientLeft {
+        /// The client.
+        client: ClientId,
+    },
+    /// The tracker forgot a client whose session dropped without a goodbye,
+    /// or went silent past the session timeout.
+    ClientLost {
+        /// The client.
+        client: ClientId,
+    },
+    /// The tracker stopped offering a holder whose copy of a file was
+    /// reported bad.
+    HolderDropped {
+        /// The holder.
+        client: ClientId,
+        /// The file.
+        file: FileName,
+        /// What the downloader found.
+        reason: Problem,
+    },
+    /// The client crashed: its server stopped at once, its transfers were
+    /// cut, its session dropped without a goodbye. When a fault caused it
+    /// mid-transfer, `file` and `sent` say where.
+    Killed {
+        /// The file being sent when the fault fired.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<FileName>,
+        /// How many of its bytes had been sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sent: Option<u64>,
+    },
 }
 
 impl fmt::Display for Event {
@@ -109,6 +150,19 @@ impl fmt::Display for Event {
                 write!(f, "stored {file} ({bytes} bytes, sha1 {sha1}) from {from}")
             }
             Event::DownloadFailed { file, error } => write!(f, "download of {file} failed: {error}"),
+            Event::TransferRejected { file, peer, reason } => write!(f, "rejected {peer} for {file}: it {reason}"),
+            Event::ClientLeft { client } => write!(f, "forgot {client}, which left"),
+            Event::ClientLost { client } => write!(f, "forgot {client}, whose session dropped"),
+            Event::HolderDropped { client, file, reason } => {
+                write!(f, "stopped offering {client}'s copy of {file} ({reason:?})")
+            }
+            Event::Killed {
+                file: Some(file),
+                sent: Some(sent),
+            } => {
+                write!(f, "killed by a fault after sending {sent} bytes of {file}")
+            }
+            Event::Killed { .. } => write!(f, "killed"),
         }
     }
 }

@@ -7,11 +7,13 @@
 //! - [`tracker`]: who holds which file, and the random choice of a holder;
 //! - [`client`]: a client's tracker session, peer server and downloads;
 //! - [`storage`]: a client's folder, where files only ever appear whole;
-//! - [`events`]: what nodes report, for logs and the scenario event log.
+//! - [`events`]: what nodes report, for logs and the scenario event log;
+//! - [`faults`]: failures a scenario arms to strike at an exact byte.
 
 pub mod client;
 pub mod connection;
 pub mod events;
+pub mod faults;
 pub mod protocol;
 pub mod server;
 pub mod storage;

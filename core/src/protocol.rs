@@ -289,6 +289,62 @@ pub enum TrackerRequest {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<ClientId>,
     },
+    /// "I am leaving": the tracker forgets the client and what it held, and
+    /// the client closes the session after the `Ack`.
+    Leave,
+    /// "`peer` did not deliver `file`": lets the tracker stop offering a
+    /// holder whose copy is bad.
+    Report {
+        /// The file.
+        file: FileName,
+        /// The holder that failed.
+        peer: ClientId,
+        /// What went wrong.
+        problem: Problem,
+    },
+    /// A heartbeat: "still here". Keeps a quiet session alive.
+    Ping,
+}
+
+/// What a downloader found wrong with a holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// No connection could be made.
+    Unreachable,
+    /// The connection broke before the whole file arrived.
+    Cut,
+    /// Nothing arrived for the whole idle timeout.
+    Stalled,
+    /// The peer refused or did not answer the request.
+    Refused,
+    /// The peer sent something that is not the protocol.
+    Garbled,
+    /// The peer offered a size other than the tracker's record.
+    WrongSize,
+    /// The bytes did not hash to the tracker's record.
+    WrongContent,
+}
+
+impl Problem {
+    /// What the holder did, as a stable phrase: "10000 cut the connection
+    /// mid-transfer". No byte counts or addresses, so logs repeat.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Problem::Unreachable => "refused the connection",
+            Problem::Cut => "cut the connection mid-transfer",
+            Problem::Stalled => "stalled past the idle timeout",
+            Problem::Refused => "refused to send the file",
+            Problem::Garbled => "answered with garbage",
+            Problem::WrongSize => "offered the wrong size",
+            Problem::WrongContent => "sent content with the wrong SHA-1",
+        }
+    }
+
+    /// Whether the holder's copy itself is bad (not just the connection).
+    pub fn is_bad_copy(self) -> bool {
+        matches!(self, Problem::WrongSize | Problem::WrongContent)
+    }
 }
 
 /// The tracker's answer to a [`TrackerRequest`].
@@ -400,6 +456,13 @@ mod tests {
                 file: file("é ü.txt"),
                 exclude: vec![ClientId(3), ClientId(4)],
             },
+            TrackerRequest::Leave,
+            TrackerRequest::Report {
+                file: file("a"),
+                peer: ClientId(3),
+                problem: Problem::WrongContent,
+            },
+            TrackerRequest::Ping,
         ]
         .into_iter()
         .map(|body| Request { trace, body })

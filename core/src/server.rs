@@ -29,6 +29,12 @@ pub struct Limits {
     /// The longest a read or write may make no progress before the
     /// connection is dropped (or a download fails over).
     pub idle_timeout: Duration,
+    /// How often a client tells the tracker it is still there.
+    pub heartbeat_interval: Duration,
+    /// How long the tracker keeps a silent session: past it, the client is
+    /// taken for gone (its host crashed or the network dropped it without
+    /// closing the connection) and forgotten.
+    pub session_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +42,8 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             idle_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -72,8 +80,22 @@ where
     H: Fn(Connection) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    spawn_until(listener, limits, CancellationToken::new(), handle)
+}
+
+/// Like [`spawn`], stopping when `shutdown` is cancelled, by the handle or
+/// by anyone else holding the token (a client's crash, say).
+pub fn spawn_until<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: CancellationToken,
+    handle: H,
+) -> io::Result<ServerHandle>
+where
+    H: Fn(Connection) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let local_addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
     let task = TaskTracker::new();
     task.spawn(accept_loop(listener, limits, shutdown.clone(), handle));
     task.close();

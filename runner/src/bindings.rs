@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use phile_core::faults::FaultKind;
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, FLOAT, INT};
 
 use crate::tree;
@@ -32,6 +33,7 @@ pub fn register(engine: &mut Engine, world: Rc<World>) {
     register_nodes(engine, &world);
     register_client_methods(engine, &world);
     register_transfers(engine, &world);
+    register_faults(engine, &world);
     register_checks(engine, &world);
 }
 
@@ -40,9 +42,9 @@ fn register_nodes(engine: &mut Engine, world: &Rc<World>) {
     engine.register_fn("tracker", move |port: INT| lift(w.tracker(port)));
     let w = world.clone();
     engine.register_fn("client", move |id: INT| lift(w.client(id)));
-    engine.register_get("id", |c: &mut ClientRef| c.id() as INT);
-    engine.register_fn("to_string", |c: &mut ClientRef| format!("client {}", c.id()));
-    engine.register_fn("to_debug", |c: &mut ClientRef| format!("client {}", c.id()));
+    engine.register_get("id", |c: &mut ClientRef| c.id as INT);
+    engine.register_fn("to_string", |c: &mut ClientRef| format!("client {}", c.id));
+    engine.register_fn("to_debug", |c: &mut ClientRef| format!("client {}", c.id));
     engine.register_fn("to_string", |_: &mut TrackerRef| "tracker".to_string());
     engine.register_fn("to_debug", |_: &mut TrackerRef| "tracker".to_string());
     engine.register_fn("to_string", |_: &mut Transfer| "transfer".to_string());
@@ -85,6 +87,33 @@ fn register_client_methods(engine: &mut Engine, world: &Rc<World>) {
     let w = world.clone();
     engine.register_fn("size", move |c: &mut ClientRef, name: &str| {
         lift(w.info(c, name)).map(|i| i.size as INT)
+    });
+}
+
+fn register_faults(engine: &mut Engine, world: &Rc<World>) {
+    let w = world.clone();
+    engine.register_fn("kill", move |c: &mut ClientRef| lift(w.kill(c)));
+    let w = world.clone();
+    engine.register_fn("leave", move |c: &mut ClientRef| lift(w.leave(c)));
+    let w = world.clone();
+    engine.register_fn("restart", move |c: &mut ClientRef| lift(w.restart(c)));
+    let w = world.clone();
+    engine.register_fn("corrupt", move |c: &mut ClientRef, name: &str| lift(w.corrupt(c, name)));
+    let w = world.clone();
+    engine.register_fn("kill_after", move |c: &mut ClientRef, name: &str, bytes: INT| {
+        lift(w.arm(c, FaultKind::Kill, name, bytes))
+    });
+    let w = world.clone();
+    engine.register_fn("stall_after", move |c: &mut ClientRef, name: &str, bytes: INT| {
+        lift(w.arm(c, FaultKind::Stall, name, bytes))
+    });
+    let w = world.clone();
+    engine.register_fn("set_idle_timeout", move |seconds: FLOAT| {
+        lift(w.set_idle_timeout(seconds))
+    });
+    let w = world.clone();
+    engine.register_fn("set_idle_timeout", move |seconds: INT| {
+        lift(w.set_idle_timeout(seconds as f64))
     });
 }
 

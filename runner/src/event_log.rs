@@ -12,15 +12,22 @@
 //! operation has ended (a reorder buffer), so the log streams to its file as
 //! the scenario runs, and a failed run still has everything before the
 //! failure.
+//!
+//! One event has no request behind it: the tracker noticing that a crashed
+//! client's session dropped (`client_lost`). The log files it under the
+//! operation in which that client was killed, after that operation's other
+//! events, and holds the operation open until it arrives
+//! ([`EventLog::settle`]), so that it, too, has a fixed place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use phile_core::events::{Event, EventSink, Node};
-use phile_core::Trace;
+use phile_core::{ClientId, Trace};
 use serde::Serialize;
 
 /// The version of the log's format, written in its first event. Bumped when
@@ -60,6 +67,24 @@ pub enum ScenarioEvent {
     },
     /// A tracker or client was started by the script.
     Started,
+    /// The script made a client leave (`c.leave()`).
+    Left,
+    /// The script restarted a stopped client (`c.restart()`).
+    Restarted,
+    /// The script flipped bytes of a client's copy of `file`.
+    Corrupted {
+        /// The file.
+        file: String,
+    },
+    /// The script armed a fault (`c.kill_after`, `c.stall_after`).
+    FaultArmed {
+        /// `kill_after` or `stall_after`.
+        fault: String,
+        /// The file whose transfer triggers it.
+        file: String,
+        /// After how many bytes.
+        after: u64,
+    },
     /// The script called `note(text)`.
     Note {
         /// The text.
@@ -100,6 +125,8 @@ pub struct EventLog {
     /// A std mutex: held only to file or write an event, never across an
     /// `.await`, and recorded from both the script thread and tokio tasks.
     inner: Mutex<Inner>,
+    /// Signalled whenever an awaited event arrives.
+    arrived: Condvar,
 }
 
 struct Inner {
@@ -115,6 +142,11 @@ struct Inner {
     out: Option<BufWriter<File>>,
     /// The first error writing the file, reported at the end of the run.
     write_error: Option<io::Error>,
+    /// Clients registered with a tracker, as its events tell.
+    registered: HashSet<ClientId>,
+    /// Killed clients whose `client_lost` has not come yet, with the
+    /// operation it belongs to.
+    awaiting: HashMap<ClientId, u64>,
 }
 
 #[derive(Default)]
@@ -134,17 +166,21 @@ impl EventLog {
         };
         Ok(EventLog {
             inner: Mutex::new(Inner {
-                next_op: 0,
+                // Operation 0 is `Trace::default()`: "no operation".
+                next_op: 1,
                 pending: BTreeMap::new(),
-                next_to_write: 0,
+                next_to_write: 1,
                 lines: Vec::new(),
                 out,
                 write_error: None,
+                registered: HashSet::new(),
+                awaiting: HashMap::new(),
             }),
+            arrived: Condvar::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().expect("event log poisoned")
     }
 
@@ -174,8 +210,39 @@ impl EventLog {
         self.end(trace.op);
     }
 
+    /// Records an event of the runner's within an operation.
+    pub fn record_in(&self, trace: Trace, subject: Subject, event: ScenarioEvent) {
+        self.file(trace, subject, AnyEvent::Scenario(event));
+    }
+
+    /// Waits until operation `op` has every event it awaits (the
+    /// `client_lost` of a client killed in it), at most `limit`; then gives
+    /// up on the missing ones, so a tracker that never answers cannot hang
+    /// the run. Returns whether nothing was missing.
+    pub fn settle(&self, op: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut inner = self.lock();
+        while inner.awaits(op) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(op, "gave up waiting for the tracker to notice a killed client");
+                inner.awaiting.retain(|_, awaited| *awaited != op);
+                inner.write_ended();
+                return false;
+            }
+            inner = self.arrived.wait_timeout(inner, left).expect("event log poisoned").0;
+        }
+        true
+    }
+
     fn file(&self, trace: Trace, subject: Subject, event: AnyEvent) {
         let mut inner = self.lock();
+        if trace == Trace::default() {
+            inner.file_untraced(subject, event);
+            self.arrived.notify_all();
+            return;
+        }
+        inner.track(trace.op, subject, &event);
         match inner.pending.get_mut(&trace.op) {
             Some(operation) if !operation.ended => operation.events.push((trace.step, subject, event)),
             // A request outside any open operation: a bug in the runner, or
@@ -203,8 +270,52 @@ impl EventLog {
 }
 
 impl Inner {
+    /// Whether operation `op` still waits for an event.
+    fn awaits(&self, op: u64) -> bool {
+        self.awaiting.values().any(|awaited| *awaited == op)
+    }
+
+    /// Keeps track of who is registered, and of the events a kill makes
+    /// the log wait for.
+    fn track(&mut self, op: u64, subject: Subject, event: &AnyEvent) {
+        match (subject, event) {
+            (_, AnyEvent::Node(Event::Registered { client })) => {
+                self.registered.insert(*client);
+            }
+            (_, AnyEvent::Node(Event::ClientLeft { client } | Event::ClientLost { client })) => {
+                self.registered.remove(client);
+            }
+            (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. }))
+                if self.registered.contains(&client) =>
+            {
+                self.awaiting.insert(client, op);
+            }
+            _ => {}
+        }
+    }
+
+    /// Files an event no request caused: a `client_lost` goes at the end of
+    /// the operation that killed the client; anything else is not logged
+    /// (it could land anywhere, so it would make the log flicker).
+    fn file_untraced(&mut self, subject: Subject, event: AnyEvent) {
+        let lost = match &event {
+            AnyEvent::Node(Event::ClientLost { client }) => Some(*client),
+            _ => None,
+        };
+        if let Some(op) = lost.and_then(|client| self.awaiting.remove(&client)) {
+            self.track(op, subject, &event);
+            if let Some(operation) = self.pending.get_mut(&op) {
+                operation.events.push((u32::MAX, subject, event));
+            }
+            self.write_ended();
+        } else {
+            self.track(0, subject, &event);
+            tracing::debug!(?event, "event outside any operation; not logged");
+        }
+    }
+
     fn write_ended(&mut self) {
-        while self.pending.get(&self.next_to_write).is_some_and(|op| op.ended) {
+        while self.pending.get(&self.next_to_write).is_some_and(|op| op.ended) && !self.awaits(self.next_to_write) {
             let mut operation = self.pending.remove(&self.next_to_write).expect("checked above");
             // Stable: events of one step keep their causal arrival order.
             operation.events.sort_by_key(|(step, ..)| *step);
@@ -238,7 +349,6 @@ impl EventSink for EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phile_core::ClientId;
 
     fn registered(id: u64) -> Event {
         Event::Registered { client: ClientId(id) }
@@ -278,6 +388,51 @@ mod tests {
                 r#"{"seq":1,"node":"7","event":"started"}"#
             ]
         );
+    }
+
+    #[test]
+    fn a_killed_clients_loss_closes_the_operation_that_killed_it() {
+        let log = EventLog::create(None).unwrap();
+        let register = log.begin();
+        log.record(register, Node::Tracker, registered(7));
+        log.end(register.op);
+        let kill = log.begin();
+        let killed = Event::Killed { file: None, sent: None };
+        log.record(kill, Node::Client(ClientId(7)), killed);
+        log.end(kill.op);
+        assert_eq!(log.lines().len(), 1, "the kill was written before the tracker noticed");
+        let later = log.begin();
+        log.record_in(later, Subject::Scenario, ScenarioEvent::Note { text: "after".into() });
+        log.end(later.op);
+        log.record(
+            Trace::default(),
+            Node::Tracker,
+            Event::ClientLost { client: ClientId(7) },
+        );
+        assert!(log.settle(kill.op, Duration::from_secs(1)));
+        let events: Vec<String> = log
+            .lines()
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event"].to_string())
+            .collect();
+        assert_eq!(events, ["\"registered\"", "\"killed\"", "\"client_lost\"", "\"note\""]);
+    }
+
+    #[test]
+    fn settle_gives_up_on_an_event_that_never_comes() {
+        let log = EventLog::create(None).unwrap();
+        let register = log.begin();
+        log.record(register, Node::Tracker, registered(7));
+        log.end(register.op);
+        let kill = log.begin();
+        log.record(
+            kill,
+            Node::Client(ClientId(7)),
+            Event::Killed { file: None, sent: None },
+        );
+        log.end(kill.op);
+        assert!(!log.settle(kill.op, Duration::from_millis(10)));
+        assert_eq!(log.lines().len(), 2);
     }
 
     #[test]

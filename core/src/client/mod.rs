@@ -15,17 +15,22 @@ mod session;
 mod transfer;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 pub use session::SessionError;
 pub use transfer::TransferError;
 
 use crate::events::{Event, EventSink, Node, Reporter};
-use crate::protocol::{ClientId, FileInfo, FileName, Trace, TrackerReply, TrackerRequest};
+use crate::faults::{Fault, Faults};
+use crate::protocol::{ClientId, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, ServerHandle};
 use crate::storage::{Folder, StorageError};
+use serve::Seeder;
 use session::Session;
 
 /// How a client behaves.
@@ -78,6 +83,9 @@ pub enum ClientError {
     /// The client's folder failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The client stopped (it was shut down, left or crashed) while busy.
+    #[error("client {0} stopped")]
+    Stopped(ClientId),
 }
 
 /// Why a download ended without the file.
@@ -86,20 +94,37 @@ pub enum DownloadError {
     /// Nobody else holds the file.
     #[error("no peer has {0}")]
     NoPeer(FileName),
-    /// The chosen peer did not deliver it.
-    #[error("{peer} did not deliver {file}: {error}")]
-    Transfer {
+    /// Every holder was tried, and none delivered.
+    #[error("no peer delivered {file}: {}", describe(.rejected))]
+    Exhausted {
         /// The file.
         file: FileName,
-        /// The peer that failed.
-        peer: ClientId,
-        /// What went wrong.
-        error: TransferError,
+        /// Each holder tried, and what it did.
+        rejected: Vec<Rejection>,
     },
     /// The client itself could not go on (not registered, tracker gone,
     /// folder failing): not the file's fault.
     #[error(transparent)]
     Client(#[from] ClientError),
+}
+
+/// A holder a download gave up on.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The holder.
+    pub peer: ClientId,
+    /// What it did.
+    pub problem: Problem,
+    /// The details (byte counts, system errors), for logs.
+    pub error: TransferError,
+}
+
+fn describe(rejected: &[Rejection]) -> String {
+    let each: Vec<String> = rejected
+        .iter()
+        .map(|rejection| format!("{} {}", rejection.peer, rejection.problem.describe()))
+        .collect();
+    each.join("; ")
 }
 
 /// A running client.
@@ -112,8 +137,14 @@ pub struct Client {
     /// Its peer server.
     server: ServerHandle,
     /// Its session with the tracker, once registered. A tokio mutex: a
-    /// request holds it across the wait for the reply.
-    session: tokio::sync::Mutex<Option<Session>>,
+    /// request holds it across the wait for the reply. Shared with the
+    /// heartbeat task and the crash watcher.
+    session: Arc<Mutex<Option<Session>>>,
+    /// Cancelled when the client stops or crashes: stops the server, cuts
+    /// its transfers, ends the session.
+    stop: CancellationToken,
+    /// Faults armed on its peer server.
+    faults: Arc<Faults>,
     /// Reports its events.
     reporter: Reporter,
     /// Timeouts for the connections it opens.
@@ -128,17 +159,26 @@ impl Client {
     pub fn start(id: ClientId, folder: Folder, listener: TcpListener, config: ClientConfig) -> std::io::Result<Client> {
         let folder = Arc::new(folder);
         let reporter = Reporter::new(Node::Client(id), config.events.clone());
-        let server = {
-            let (folder, reporter) = (folder.clone(), reporter.clone());
-            server::spawn(listener, config.limits, move |connection| {
-                serve::serve_peer(folder.clone(), reporter.clone(), connection)
-            })?
-        };
+        let stop = CancellationToken::new();
+        let faults = Arc::new(Faults::default());
+        let seeder = Arc::new(Seeder {
+            folder: folder.clone(),
+            reporter: reporter.clone(),
+            faults: faults.clone(),
+            stop: stop.clone(),
+        });
+        let server = server::spawn_until(listener, config.limits, stop.clone(), move |connection| {
+            seeder.clone().serve(connection)
+        })?;
+        let session = Arc::new(Mutex::new(None));
+        tokio::spawn(end_session_on_stop(stop.clone(), Arc::downgrade(&session)));
         Ok(Client {
             id,
             folder,
             server,
-            session: tokio::sync::Mutex::new(None),
+            session,
+            stop,
+            faults,
             reporter,
             limits: config.limits,
             advertise: config.advertise,
@@ -176,11 +216,24 @@ impl Client {
         };
         match session.request(trace.advance(), request).await? {
             TrackerReply::Ack => {
+                let heartbeat = session.ended();
                 *self.session.lock().await = Some(session);
+                let beats = send_heartbeats(Arc::downgrade(&self.session), self.limits.heartbeat_interval, heartbeat);
+                tokio::spawn(beats);
                 Ok(())
             }
             other => Err(refusal(other)),
         }
+    }
+
+    /// Tells the tracker about every file in the folder (after a restart).
+    pub async fn announce_held(&self, trace: &mut Trace) -> Result<Vec<FileName>, ClientError> {
+        let files = self.folder.list()?;
+        for file in &files {
+            let info = self.folder.info(file).await?;
+            self.announce(file, info, trace).await?;
+        }
+        Ok(files)
     }
 
     /// Tells the tracker this client holds `file`, which must be in its folder.
@@ -222,39 +275,90 @@ impl Client {
     }
 
     /// Fetches `file` from `source`, verifies it and stores it in the
-    /// folder. Reports `download_finished` or `download_failed`.
+    /// folder. When a holder fails (refuses, breaks off, stalls, sends the
+    /// wrong size or content), the partial file is discarded, the tracker is
+    /// told, and the next holder it offers is tried, until one delivers or
+    /// none is left. Reports `download_finished` or `download_failed`, and
+    /// `transfer_rejected` for each holder given up on.
     pub async fn receive(
         &self,
         file: &FileName,
         source: Source,
         trace: &mut Trace,
     ) -> Result<Downloaded, DownloadError> {
-        let fetched = transfer::fetch(self.id, &self.folder, file, &source, self.limits, trace).await;
-        let stored = match fetched {
-            Ok(received) => self
-                .folder
-                .store(file, received)
-                .map_err(ClientError::from)
-                .map_err(DownloadError::from),
-            Err(error) => Err(DownloadError::Transfer {
+        // A client that stops (or crashes) drops its downloads with it.
+        tokio::select! {
+            received = self.receive_until_delivered(file, source, trace) => received,
+            _ = self.stop.cancelled() => Err(DownloadError::Client(ClientError::Stopped(self.id))),
+        }
+    }
+
+    async fn receive_until_delivered(
+        &self,
+        file: &FileName,
+        source: Source,
+        trace: &mut Trace,
+    ) -> Result<Downloaded, DownloadError> {
+        let mut source = source;
+        let mut rejected: Vec<Rejection> = Vec::new();
+        loop {
+            let fetched = transfer::fetch(self.id, &self.folder, file, &source, self.limits, trace).await;
+            let error = match fetched {
+                Ok(received) => {
+                    if let Err(error) = self.folder.store(file, received) {
+                        return Err(self.failed(file, ClientError::from(error).into(), trace));
+                    }
+                    let Source { peer: from, info, .. } = source;
+                    let event = Event::DownloadFinished {
+                        file: file.clone(),
+                        from,
+                        bytes: info.size,
+                        sha1: info.sha1,
+                    };
+                    self.reporter.report(trace.advance(), event);
+                    return Ok(Downloaded { from, info });
+                }
+                Err(error) => error,
+            };
+            let Some(problem) = error.problem() else {
+                let TransferError::Storage(error) = error else {
+                    unreachable!("only storage errors are ours")
+                };
+                return Err(self.failed(file, ClientError::from(error).into(), trace));
+            };
+            tracing::info!(node = %self.id, peer = %source.peer, %error, "giving up on this holder of {file}");
+            let reason = problem.describe().to_owned();
+            let event = Event::TransferRejected {
                 file: file.clone(),
                 peer: source.peer,
-                error,
-            }),
-        };
-        match stored {
-            Ok(()) => {
-                let Source { peer: from, info, .. } = source;
-                let event = Event::DownloadFinished {
-                    file: file.clone(),
-                    from,
-                    bytes: info.size,
-                    sha1: info.sha1,
-                };
-                self.reporter.report(trace.advance(), event);
-                Ok(Downloaded { from, info })
+                reason,
+            };
+            self.reporter.report(trace.advance(), event);
+            let report = TrackerRequest::Report {
+                file: file.clone(),
+                peer: source.peer,
+                problem,
+            };
+            if let Err(error) = self.ask_tracker(trace.advance(), report).await {
+                return Err(self.failed(file, error.into(), trace));
             }
-            Err(error) => Err(self.failed(file, error, trace)),
+            rejected.push(Rejection {
+                peer: source.peer,
+                problem,
+                error,
+            });
+            let exclude: Vec<ClientId> = rejected.iter().map(|rejection| rejection.peer).collect();
+            source = match self.locate(file, &exclude, trace).await {
+                Ok(Some(next)) => next,
+                Ok(None) => {
+                    let exhausted = DownloadError::Exhausted {
+                        file: file.clone(),
+                        rejected,
+                    };
+                    return Err(self.failed(file, exhausted, trace));
+                }
+                Err(error) => return Err(self.failed(file, error.into(), trace)),
+            };
         }
     }
 
@@ -287,11 +391,77 @@ impl Client {
         Ok(session.request(trace, request).await?)
     }
 
+    /// Arms a fault on this client's peer server.
+    pub fn arm(&self, fault: Fault) {
+        self.faults.arm(fault);
+    }
+
+    /// Whether the client has stopped (shut down, left, or crashed).
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Crashes the client: the peer server stops at once, transfers are cut
+    /// mid-stream, the tracker session ends without a goodbye.
+    pub async fn kill(&self) {
+        self.stop.cancel();
+        self.session.lock().await.take();
+        self.server.shutdown().await;
+    }
+
+    /// Leaves politely: tells the tracker (which forgets the client at
+    /// once), then stops. Not being registered is no error: it just stops.
+    pub async fn leave(&self, trace: &mut Trace) -> Result<(), ClientError> {
+        let said_goodbye = match self.ask_tracker(trace.advance(), TrackerRequest::Leave).await {
+            Ok(TrackerReply::Ack) | Err(ClientError::NotRegistered(_)) => Ok(()),
+            Ok(other) => Err(refusal(other)),
+            Err(error) => Err(error),
+        };
+        self.shutdown().await;
+        said_goodbye
+    }
+
     /// Stops the peer server (cutting transfers in progress) and ends the
     /// tracker session.
     pub async fn shutdown(&self) {
         self.session.lock().await.take();
+        self.stop.cancel();
         self.server.shutdown().await;
+    }
+}
+
+/// Ends the tracker session as soon as the client stops, whoever stopped it
+/// (a fault crashes the client from inside its server).
+async fn end_session_on_stop(stop: CancellationToken, session: Weak<Mutex<Option<Session>>>) {
+    stop.cancelled().await;
+    if let Some(session) = session.upgrade() {
+        session.lock().await.take();
+    }
+}
+
+/// Sends a heartbeat every `interval` on the session until it ends.
+async fn send_heartbeats(session: Weak<Mutex<Option<Session>>>, interval: Duration, ended: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await; // the first tick is immediate; registering was the first sign of life
+    loop {
+        tokio::select! {
+            _ = ended.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(session) = session.upgrade() else { return };
+        let mut session = session.lock().await;
+        let Some(open) = session.as_mut().filter(|_| !ended.is_cancelled()) else {
+            return;
+        };
+        match open.request(Trace::default(), TrackerRequest::Ping).await {
+            Ok(TrackerReply::Ack) => {}
+            Ok(other) => tracing::warn!(?other, "the tracker did not acknowledge a heartbeat"),
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed; the session is over");
+                session.take();
+                return;
+            }
+        }
     }
 }
 

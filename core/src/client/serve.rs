@@ -1,75 +1,128 @@
 //! A client's peer server: sends the files of its folder to whoever asks.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, Reporter};
-use crate::protocol::{ClientId, FileName, PeerReply, PeerRequest, Request};
+use crate::faults::{Fault, FaultKind, Faults};
+use crate::protocol::{ClientId, FileName, PeerReply, PeerRequest, Request, Trace};
 use crate::storage::{Folder, StorageError};
 
-/// Serves one downloader's connection: one `Get`, the file, the
-/// confirmation, then the connection closes.
-pub(crate) async fn serve_peer(folder: Arc<Folder>, reporter: Reporter, mut connection: Connection) {
-    let remote = connection.peer_addr();
-    if let Err(error) = serve_one(&folder, &reporter, &mut connection).await {
-        tracing::warn!(node = %reporter.node(), %remote, %error, "peer connection failed");
-    }
+/// What a peer server needs, shared by all its connections.
+pub(crate) struct Seeder {
+    /// The folder it serves.
+    pub folder: Arc<Folder>,
+    /// Reports its events.
+    pub reporter: Reporter,
+    /// Faults armed on it.
+    pub faults: Arc<Faults>,
+    /// Cancelled when the client stops or crashes (a fault may crash it).
+    pub stop: CancellationToken,
 }
 
-async fn serve_one(folder: &Folder, reporter: &Reporter, connection: &mut Connection) -> Result<(), ConnectionError> {
-    let Some(request) = connection.read::<Request<PeerRequest>>().await? else {
-        return Ok(());
-    };
-    match request.body {
-        PeerRequest::Get { file, client } => send_file(folder, reporter, connection, file, client).await,
-        PeerRequest::Received { .. } => {
-            let reason = "nothing was sent to confirm: ask with `get` first".to_owned();
-            connection.write(&PeerReply::Refused { reason }).await
+impl Seeder {
+    /// Serves one downloader's connection: one `Get`, the file, the
+    /// confirmation, then the connection closes.
+    pub(crate) async fn serve(self: Arc<Self>, mut connection: Connection) {
+        let remote = connection.peer_addr();
+        if let Err(error) = self.serve_one(&mut connection).await {
+            tracing::warn!(node = %self.reporter.node(), %remote, %error, "peer connection failed");
         }
     }
-}
 
-async fn send_file(
-    folder: &Folder,
-    reporter: &Reporter,
-    connection: &mut Connection,
-    file: FileName,
-    to: ClientId,
-) -> Result<(), ConnectionError> {
-    let (mut content, info) = match folder.open_file(&file).await {
-        Ok(opened) => opened,
-        Err(error) => {
-            let reason = match error {
-                StorageError::NotFound { .. } => format!("{} does not hold {file}", reporter.node()),
-                StorageError::Io { .. } => format!("{} cannot read {file}", reporter.node()),
-            };
-            tracing::warn!(node = %reporter.node(), %error, "refused to send {file}");
-            return connection.write(&PeerReply::Refused { reason }).await;
-        }
-    };
-    connection.write(&PeerReply::File { info }).await?;
-    connection.write_body(&mut content, info.size).await?;
-    match connection.read::<Request<PeerRequest>>().await? {
-        Some(Request {
-            trace,
-            body: PeerRequest::Received { sha1 },
-        }) if sha1 == info.sha1 => {
-            let event = Event::FileSent {
-                file,
-                to,
-                bytes: info.size,
-            };
-            reporter.report(trace, event);
-        }
-        Some(Request {
-            body: PeerRequest::Received { sha1 },
-            ..
-        }) => {
-            tracing::warn!(node = %reporter.node(), %to, "{to} received {file} with sha1 {sha1}, not {}", info.sha1);
-        }
-        other => {
-            tracing::warn!(node = %reporter.node(), %to, "{to} did not confirm {file}: {other:?}");
+    async fn serve_one(&self, connection: &mut Connection) -> Result<(), ConnectionError> {
+        let Some(request) = connection.read::<Request<PeerRequest>>().await? else {
+            return Ok(());
+        };
+        match request.body {
+            PeerRequest::Get { file, client } => self.send_file(connection, request.trace, file, client).await,
+            PeerRequest::Received { .. } => {
+                let reason = "nothing was sent to confirm: ask with `get` first".to_owned();
+                connection.write(&PeerReply::Refused { reason }).await
+            }
         }
     }
-    Ok(())
+
+    async fn send_file(
+        &self,
+        connection: &mut Connection,
+        trace: Trace,
+        file: FileName,
+        to: ClientId,
+    ) -> Result<(), ConnectionError> {
+        let node = self.reporter.node();
+        let (mut content, info) = match self.folder.open_file(&file).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                let reason = match error {
+                    StorageError::NotFound { .. } => format!("{node} does not hold {file}"),
+                    StorageError::Io { .. } => format!("{node} cannot read {file}"),
+                };
+                tracing::warn!(%node, %error, "refused to send {file}");
+                return connection.write(&PeerReply::Refused { reason }).await;
+            }
+        };
+        connection.write(&PeerReply::File { info }).await?;
+        if let Some(fault) = self.faults.take(&file) {
+            let sent = fault.after.min(info.size);
+            connection.write_body(&mut content, sent).await?;
+            return self.strike(connection, trace, fault, sent).await;
+        }
+        connection.write_body(&mut content, info.size).await?;
+        match connection.read::<Request<PeerRequest>>().await? {
+            Some(Request {
+                trace,
+                body: PeerRequest::Received { sha1 },
+            }) if sha1 == info.sha1 => {
+                self.reporter.report(
+                    trace,
+                    Event::FileSent {
+                        file,
+                        to,
+                        bytes: info.size,
+                    },
+                );
+            }
+            Some(Request {
+                body: PeerRequest::Received { sha1 },
+                ..
+            }) => {
+                tracing::warn!(%node, %to, "{to} received {file} with sha1 {sha1}, not {}", info.sha1);
+            }
+            other => tracing::warn!(%node, %to, "{to} did not confirm {file}: {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// Fires an armed fault, `sent` bytes into the transfer traced `trace`.
+    async fn strike(
+        &self,
+        connection: &mut Connection,
+        trace: Trace,
+        fault: Fault,
+        sent: u64,
+    ) -> Result<(), ConnectionError> {
+        match fault.kind {
+            FaultKind::Kill => {
+                let event = Event::Killed {
+                    file: Some(fault.file),
+                    sent: Some(sent),
+                };
+                self.reporter.report(trace, event);
+                // Stops the server, cutting every transfer (this one as soon
+                // as it returns), and drops the tracker session.
+                self.stop.cancel();
+            }
+            FaultKind::Stall => {
+                // Hang on to the connection, sending nothing, until the
+                // downloader gives up and closes it (or the client stops).
+                const FOREVER: Duration = Duration::from_secs(24 * 60 * 60);
+                let _ = connection.read_within::<Request<PeerRequest>>(FOREVER).await;
+            }
+        }
+        Ok(())
+    }
 }

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
 
@@ -37,6 +39,10 @@ pub(crate) struct Session {
     connection: Connection,
     /// The tracker's address, for error messages.
     addr: SocketAddr,
+    /// Cancelled when the session is dropped: its heartbeats stop.
+    ended: CancellationToken,
+    /// Cancels `ended` on drop.
+    _end_on_drop: DropGuard,
 }
 
 impl Session {
@@ -45,7 +51,20 @@ impl Session {
         let connection = Connection::connect(addr, idle_timeout)
             .await
             .map_err(|error| SessionError::Unreachable { addr, error })?;
-        Ok(Session { connection, addr })
+        let ended = CancellationToken::new();
+        let _end_on_drop = ended.clone().drop_guard();
+        Ok(Session {
+            connection,
+            addr,
+            ended,
+            _end_on_drop,
+        })
+    }
+
+    /// A token cancelled when this session is dropped (replaced by a new
+    /// one, ended by a stop or a crash).
+    pub(crate) fn ended(&self) -> CancellationToken {
+        self.ended.clone()
     }
 
     /// Sends `request` and waits for the reply.

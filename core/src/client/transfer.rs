@@ -1,7 +1,7 @@
 //! Fetching one file from one peer, verified against the tracker's record.
 
 use crate::connection::{Connection, ConnectionError};
-use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Request, Trace};
+use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request, Trace};
 use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
 
@@ -10,6 +10,9 @@ use super::Source;
 /// Why a peer did not deliver a file.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
+    /// No connection could be made.
+    #[error("cannot connect: {0}")]
+    Unreachable(#[source] ConnectionError),
     /// The connection failed, was cut or stalled.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
@@ -40,6 +43,25 @@ pub enum TransferError {
     Storage(#[from] StorageError),
 }
 
+impl TransferError {
+    /// What this says about the holder, for the tracker and the event log;
+    /// `None` when the fault is ours (our disk), not the holder's.
+    pub fn problem(&self) -> Option<Problem> {
+        Some(match self {
+            TransferError::Unreachable(_) => Problem::Unreachable,
+            TransferError::Connection(ConnectionError::Idle(_)) => Problem::Stalled,
+            TransferError::Connection(ConnectionError::FrameTooLarge | ConnectionError::Protocol(_)) => {
+                Problem::Garbled
+            }
+            TransferError::Connection(_) => Problem::Cut,
+            TransferError::Refused(_) | TransferError::NoAnswer => Problem::Refused,
+            TransferError::WrongSize { .. } => Problem::WrongSize,
+            TransferError::WrongContent { .. } => Problem::WrongContent,
+            TransferError::Storage(_) => return None,
+        })
+    }
+}
+
 /// Fetches `file` from `source` into a temporary file of `folder` and checks
 /// it against `source.info`. Nothing is left in the folder on failure.
 pub(crate) async fn fetch(
@@ -51,7 +73,9 @@ pub(crate) async fn fetch(
     trace: &mut Trace,
 ) -> Result<Received, TransferError> {
     let expected = source.info;
-    let mut connection = Connection::connect(source.addr, limits.idle_timeout).await?;
+    let mut connection = Connection::connect(source.addr, limits.idle_timeout)
+        .await
+        .map_err(TransferError::Unreachable)?;
     let get = PeerRequest::Get {
         file: file.clone(),
         client: me,

@@ -2,9 +2,12 @@
 //! each download.
 //!
 //! Each client keeps one connection to the tracker, its *session*: it
-//! registers on it, then announces and looks up files over it. When the
-//! session ends, for whatever reason, the tracker forgets the client and
-//! everything it held, so it never hands out a peer that is gone.
+//! registers on it, then announces and looks up files over it. The tracker
+//! forgets a client and everything it held as soon as it leaves (a `Leave`
+//! request), its session drops (a crashed process's connection is closed by
+//! its OS), or its session stays silent past the session timeout (a host
+//! that vanished without closing anything; live clients send a heartbeat
+//! well within it). So it never hands out a peer it knows is gone.
 
 mod records;
 
@@ -55,8 +58,9 @@ impl Tracker {
             reporter: Reporter::new(Node::Tracker, config.events),
             next_session: AtomicU64::new(1),
         });
+        let session_timeout = config.limits.session_timeout;
         let server = server::spawn(listener, config.limits, move |connection| {
-            run_session(shared.clone(), connection)
+            run_session(shared.clone(), session_timeout, connection)
         })?;
         Ok(Tracker { server })
     }
@@ -95,17 +99,18 @@ struct Session {
     remote: SocketAddr,
 }
 
-async fn run_session(shared: Arc<Shared>, mut connection: Connection) {
+async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, mut connection: Connection) {
     let mut session = Session {
         id: shared.next_session.fetch_add(1, Ordering::Relaxed),
         client: None,
         remote: connection.peer_addr(),
     };
     loop {
-        // A registered client may stay quiet as long as it likes; a
-        // connection that never registers must do so within the idle timeout.
+        // A registered client may stay quiet up to the session timeout (its
+        // heartbeats keep it well inside); a connection that has not
+        // registered must speak within the idle timeout.
         let next = if session.client.is_some() {
-            connection.read_patiently::<Request<TrackerRequest>>().await
+            connection.read_within::<Request<TrackerRequest>>(session_timeout).await
         } else {
             connection.read::<Request<TrackerRequest>>().await
         };
@@ -127,12 +132,15 @@ async fn run_session(shared: Arc<Shared>, mut connection: Connection) {
         }
     }
     if let Some(client) = session.client {
-        shared
+        let forgotten = shared
             .records
             .lock()
             .expect("records poisoned")
             .forget(client, session.id);
-        tracing::info!(%client, "session ended; forgot the client and what it held");
+        if forgotten {
+            // Not caused by any request: the session simply ended.
+            shared.reporter.report(Trace::default(), Event::ClientLost { client });
+        }
     }
 }
 
@@ -149,19 +157,12 @@ impl Shared {
                 self.register(session, client, addr, trace)
             }
             TrackerRequest::Announce { file, info } => session.registered().and_then(|client| {
-                self.records
-                    .lock()
-                    .expect("records poisoned")
-                    .announce(client, &file, info)?;
+                self.records().announce(client, &file, info)?;
                 self.reporter.report(trace, Event::Announced { client, file });
                 Ok(TrackerReply::Ack)
             }),
             TrackerRequest::Lookup { file, exclude } => session.registered().map(|client| {
-                let holder = self
-                    .records
-                    .lock()
-                    .expect("records poisoned")
-                    .lookup(client, &file, &exclude);
+                let holder = self.records().lookup(client, &file, &exclude);
                 match holder {
                     Some(Holder { peer, addr, info }) => {
                         self.reporter.report(trace, Event::PeerChosen { client, file, peer });
@@ -170,10 +171,35 @@ impl Shared {
                     None => TrackerReply::NoPeer,
                 }
             }),
+            TrackerRequest::Leave => session.registered().map(|client| {
+                self.records().forget(client, session.id);
+                session.client = None;
+                self.reporter.report(trace, Event::ClientLeft { client });
+                TrackerReply::Ack
+            }),
+            TrackerRequest::Report { file, peer, problem } => session.registered().map(|client| {
+                tracing::info!(%client, %peer, %file, ?problem, "holder reported");
+                // A bad copy stays bad: stop offering it. A connection
+                // problem may be passing; a dead peer's session ends anyway.
+                if problem.is_bad_copy() && self.records().drop_holding(peer, &file) {
+                    let event = Event::HolderDropped {
+                        client: peer,
+                        file,
+                        reason: problem,
+                    };
+                    self.reporter.report(trace, event);
+                }
+                TrackerReply::Ack
+            }),
+            TrackerRequest::Ping => session.registered().map(|_| TrackerReply::Ack),
         };
         outcome.unwrap_or_else(|refusal| TrackerReply::Refused {
             reason: refusal.to_string(),
         })
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().expect("records poisoned")
     }
 
     fn register(
@@ -189,10 +215,7 @@ impl Shared {
                 asked: client,
             });
         }
-        self.records
-            .lock()
-            .expect("records poisoned")
-            .register(client, addr, session.id)?;
+        self.records().register(client, addr, session.id)?;
         session.client = Some(client);
         self.reporter.report(trace, Event::Registered { client });
         Ok(TrackerReply::Ack)

@@ -162,10 +162,10 @@ impl Records {
     }
 
     /// Forgets `client` and everything it held, if it is still registered on
-    /// `session` (its connection ended).
-    pub fn forget(&mut self, client: ClientId, session: SessionId) {
+    /// `session`. Returns whether it was.
+    pub fn forget(&mut self, client: ClientId, session: SessionId) -> bool {
         if self.clients.get(&client).is_none_or(|record| record.session != session) {
-            return;
+            return false;
         }
         let record = self.clients.remove(&client).expect("checked above");
         for file in record.files {
@@ -173,6 +173,20 @@ impl Records {
                 entry.holders.remove(&client);
             }
         }
+        true
+    }
+
+    /// Stops offering `client` as a holder of `file` (its copy is bad).
+    /// Returns whether it was offered.
+    pub fn drop_holding(&mut self, client: ClientId, file: &FileName) -> bool {
+        let held = self
+            .files
+            .get_mut(file)
+            .is_some_and(|entry| entry.holders.remove(&client));
+        if let Some(record) = self.clients.get_mut(&client) {
+            record.files.remove(file);
+        }
+        held
     }
 
     /// The current holders of `file`, in id order.
@@ -281,6 +295,20 @@ mod tests {
         records.forget(ClientId(1), 1);
         assert!(!records.is_registered(ClientId(1)));
         records.register(ClientId(1), addr(9), 99).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_holding_is_no_longer_offered() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(2), &file("a"), info(b"x")).unwrap();
+        assert!(records.drop_holding(ClientId(1), &file("a")));
+        assert!(!records.drop_holding(ClientId(1), &file("a")));
+        assert_eq!(records.holders(&file("a")), vec![ClientId(2)]);
+        assert!(
+            records.is_registered(ClientId(1)),
+            "dropping a holding unregistered the client"
+        );
     }
 
     #[test]

@@ -5,30 +5,39 @@
 //! network blocks on the tokio runtime (which runs the nodes on its own
 //! worker threads) until its operation is over. Errors come back as a
 //! sentence for the user; the bindings give it the script position.
+//!
+//! Downloads live in [`download`], faults (kill, leave, restart, corrupt)
+//! in [`faults`].
+
+mod download;
+mod faults;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use phile_core::client::{ClientError, DownloadError, Downloaded};
+use phile_core::client::ClientError;
 use phile_core::events::Node;
 use phile_core::storage::{Folder, StorageError};
-use phile_core::{Client, ClientConfig, ClientId, FileInfo, FileName, Trace, Tracker, TrackerConfig};
+use phile_core::{Client, ClientConfig, ClientId, FileInfo, FileName, Limits, Trace, Tracker, TrackerConfig};
 use rand::Rng as _;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
 use crate::event_log::{EventLog, ScenarioEvent, Subject};
 use crate::tree::Tree;
+
+pub use download::{Delivered, DownloadResult, Transfer};
+
+/// The longest a step waits for the tracker to notice a client it killed.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A user-facing error message; the bindings add the script position.
 pub type Verdict<T> = Result<T, String>;
@@ -66,54 +75,26 @@ pub struct TrackerRef {
     pub addr: SocketAddr,
 }
 
-/// A client, as the script holds it.
-#[derive(Clone, Debug)]
+/// A client, as the script holds it: its id. The running instance behind
+/// it changes when the client is restarted.
+#[derive(Clone, Copy, Debug)]
 pub struct ClientRef {
-    /// The client.
-    pub client: Arc<Client>,
-}
-
-impl ClientRef {
     /// The client's id.
-    pub fn id(&self) -> u64 {
-        self.client.id().0
-    }
+    pub id: u64,
 }
 
-/// The outcome of one download, as the script sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DownloadResult {
-    /// The file asked for.
-    pub file: String,
-    /// What happened.
-    pub outcome: Result<Delivered, String>,
-}
-
-/// A successful download.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Delivered {
-    /// The peer that delivered.
-    pub from: u64,
-    /// Size and SHA-1.
-    pub info: FileInfo,
-    /// Wall-clock seconds it took (never logged).
-    pub secs: f64,
-}
-
-/// A download started by `start_download`, as the script holds it.
-#[derive(Clone)]
-pub struct Transfer(Rc<RefCell<TransferState>>);
-
-enum TransferState {
-    /// Fetching in the background.
-    Running {
-        client: Arc<Client>,
-        file: FileName,
-        started: Instant,
-        task: JoinHandle<(Result<Downloaded, DownloadError>, Trace)>,
-    },
-    /// Waited for: its result.
-    Done(DownloadResult),
+/// What the world keeps of each client.
+struct Slot {
+    /// The running instance, or the last one if it is down.
+    client: Arc<Client>,
+    /// Its folder.
+    dir: PathBuf,
+    /// The port it was started on (0: any); a restart binds it again.
+    port: u16,
+    /// The tracker it last registered with; a restart registers there again.
+    tracker: Option<SocketAddr>,
+    /// Why it is down, when it is ("killed", "left").
+    down: Option<&'static str>,
 }
 
 /// The state of one scenario run.
@@ -127,7 +108,9 @@ pub struct World {
     /// Every tracker started, to stop at the end.
     trackers: RefCell<Vec<Tracker>>,
     /// Every client started, by id.
-    clients: RefCell<BTreeMap<u64, Arc<Client>>>,
+    clients: RefCell<BTreeMap<u64, Slot>>,
+    /// Timeouts for nodes started from now on (`set_idle_timeout`).
+    limits: Cell<Limits>,
     /// Every transfer started, so the end of the run can wait for the
     /// ones the script did not.
     transfers: RefCell<Vec<Transfer>>,
@@ -144,6 +127,7 @@ impl World {
             log,
             trackers: RefCell::default(),
             clients: RefCell::default(),
+            limits: Cell::new(Limits::default()),
             transfers: RefCell::default(),
             stats: Cell::default(),
         }
@@ -172,8 +156,50 @@ impl World {
     fn operation<T>(&self, operation: impl FnOnce(&mut Trace) -> T) -> T {
         let mut trace = self.log.begin();
         let result = operation(&mut trace);
-        self.log.end(trace.op);
+        self.end(trace);
         result
+    }
+
+    /// Ends an operation, and waits until the tracker has noticed any client
+    /// the operation killed: the next step then meets the tracker as it will
+    /// be, not as it happens to be at that instant.
+    fn end(&self, trace: Trace) {
+        self.log.end(trace.op);
+        self.log.settle(trace.op, SETTLE_LIMIT);
+    }
+
+    /// The instance of client `c`, up or down (its folder is always there).
+    fn instance(&self, c: &ClientRef) -> Verdict<Arc<Client>> {
+        let clients = self.clients.borrow();
+        let slot = clients
+            .get(&c.id)
+            .ok_or_else(|| format!("client {} does not exist", c.id))?;
+        Ok(slot.client.clone())
+    }
+
+    /// The running instance of client `c`; an error if it is down.
+    fn live(&self, c: &ClientRef) -> Verdict<Arc<Client>> {
+        let clients = self.clients.borrow();
+        let slot = clients
+            .get(&c.id)
+            .ok_or_else(|| format!("client {} does not exist", c.id))?;
+        match slot.down {
+            None => Ok(slot.client.clone()),
+            Some(why) => Err(format!("client {} is down ({why}): call c.restart() first", c.id)),
+        }
+    }
+
+    /// The running instance of `c`, which must be registered.
+    fn registered(&self, c: &ClientRef) -> Verdict<Arc<Client>> {
+        let client = self.live(c)?;
+        if self.runtime.block_on(client.is_registered()) {
+            Ok(client)
+        } else {
+            Err(format!(
+                "client {} is not registered: call c.register(tracker) first",
+                c.id
+            ))
+        }
     }
 
     fn listen_addr(&self, port: u16) -> SocketAddr {
@@ -194,14 +220,27 @@ impl World {
             })
     }
 
+    /// `set_idle_timeout(seconds)`: the idle timeout of nodes started after.
+    pub fn set_idle_timeout(&self, seconds: f64) -> Verdict<()> {
+        let timeout = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
+            .ok_or_else(|| format!("an idle timeout of {seconds} s is not a positive duration"))?;
+        let mut limits = self.limits.get();
+        limits.idle_timeout = timeout;
+        self.limits.set(limits);
+        self.say("scenario", format_args!("idle timeout of new nodes: {seconds} s"));
+        Ok(())
+    }
+
     /// `tracker(port)`.
     pub fn tracker(&self, port: i64) -> Verdict<TrackerRef> {
         let port = u16::try_from(port).map_err(|_| format!("tracker port {port} is not a port number (0 to 65535)"))?;
         let listener = self.bind("the tracker", port)?;
         let config = TrackerConfig {
             seed: self.settings.seed,
+            limits: self.limits.get(),
             events: Some(self.log.clone()),
-            ..TrackerConfig::default()
         };
         let tracker = {
             let _runtime = self.runtime.enter();
@@ -238,32 +277,47 @@ impl World {
         let dir = self.settings.root.join(id.to_string());
         let folder =
             Folder::create_empty(&dir).map_err(|e| format!("cannot prepare the folder of client {id}: {e}"))?;
-        let listener = self.bind(&format!("client {id}"), port)?;
-        let config = ClientConfig {
-            events: Some(self.log.clone()),
-            ..ClientConfig::default()
+        let client = self.start_client(id, folder, port)?;
+        let addr = client.local_addr();
+        let slot = Slot {
+            client,
+            dir: dir.clone(),
+            port,
+            tracker: None,
+            down: None,
         };
-        let client = {
-            let _runtime = self.runtime.enter();
-            Client::start(ClientId(id), folder, listener, config)
-                .map_err(|e| format!("cannot start client {id}: {e}"))?
-        };
-        let client = Arc::new(client);
-        self.clients.borrow_mut().insert(id, client.clone());
+        self.clients.borrow_mut().insert(id, slot);
         self.log
             .record_alone(Subject::Node(Node::Client(ClientId(id))), ScenarioEvent::Started);
         self.count(|s| s.steps += 1);
-        let addr = client.local_addr();
         self.say(id, format_args!("ready: folder {}, serving on {addr}", dir.display()));
-        Ok(ClientRef { client })
+        Ok(ClientRef { id })
+    }
+
+    /// Starts an instance of client `id` serving `folder` on `port`.
+    fn start_client(&self, id: u64, folder: Folder, port: u16) -> Verdict<Arc<Client>> {
+        let listener = self.bind(&format!("client {id}"), port)?;
+        let config = ClientConfig {
+            limits: self.limits.get(),
+            events: Some(self.log.clone()),
+            ..ClientConfig::default()
+        };
+        let _runtime = self.runtime.enter();
+        let client = Client::start(ClientId(id), folder, listener, config)
+            .map_err(|e| format!("cannot start client {id}: {e}"))?;
+        Ok(Arc::new(client))
     }
 
     /// `c.register(t)`.
     pub fn register(&self, c: &ClientRef, tracker: &TrackerRef) -> Verdict<()> {
-        self.operation(|trace| self.runtime.block_on(c.client.register(tracker.addr, trace)))
-            .map_err(|error| format!("client {} could not register: {error}", c.id()))?;
+        let client = self.live(c)?;
+        self.operation(|trace| self.runtime.block_on(client.register(tracker.addr, trace)))
+            .map_err(|error| format!("client {} could not register: {error}", c.id))?;
+        if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {
+            slot.tracker = Some(tracker.addr);
+        }
         self.count(|s| s.steps += 1);
-        self.say(c.id(), "register: ACK");
+        self.say(c.id, "register: ACK");
         Ok(())
     }
 
@@ -272,10 +326,10 @@ impl World {
         let file = parse_name(name)?;
         let len = content.len();
         self.runtime
-            .block_on(c.client.folder().write(&file, content))
+            .block_on(self.instance(c)?.folder().write(&file, content))
             .map_err(|e| format!("cannot write {file}: {e}"))?;
         self.count(|s| s.steps += 1);
-        self.say(c.id(), format_args!("write {file} ({})", bytes(len as u64)));
+        self.say(c.id, format_args!("write {file} ({})", bytes(len as u64)));
         Ok(())
     }
 
@@ -297,11 +351,11 @@ impl World {
             Ok(())
         };
         self.runtime
-            .block_on(c.client.folder().write_with(&file, fill))
+            .block_on(self.instance(c)?.folder().write_with(&file, fill))
             .map_err(|e| format!("cannot write {file}: {e}"))?;
         self.count(|s| s.steps += 1);
         self.say(
-            c.id(),
+            c.id,
             format_args!("write {file} ({} of seeded random bytes)", bytes(len)),
         );
         Ok(())
@@ -310,160 +364,28 @@ impl World {
     /// `c.upload(name)`.
     pub fn upload(&self, c: &ClientRef, name: &str) -> Verdict<()> {
         let file = parse_name(name)?;
-        self.require_registration(c)?;
-        self.operation(|trace| self.runtime.block_on(c.client.upload(&file, trace)))
+        let client = self.registered(c)?;
+        self.operation(|trace| self.runtime.block_on(client.upload(&file, trace)))
             .map_err(|error| match error {
                 ClientError::Storage(StorageError::NotFound { dir, .. }) => format!(
                     "client {} cannot upload {file}: its folder {} has no such file; create it first with c.write(name, text)",
-                    c.id(),
+                    c.id,
                     dir.display()
                 ),
-                other => format!("client {} cannot upload {file}: {other}", c.id()),
+                other => format!("client {} cannot upload {file}: {other}", c.id),
             })?;
         self.count(|s| s.steps += 1);
-        self.say(c.id(), format_args!("upload {file}: ACK"));
+        self.say(c.id, format_args!("upload {file}: ACK"));
         Ok(())
-    }
-
-    fn require_registration(&self, c: &ClientRef) -> Verdict<()> {
-        if self.runtime.block_on(c.client.is_registered()) {
-            Ok(())
-        } else {
-            Err(format!(
-                "client {0} is not registered: call c.register(tracker) first",
-                c.id()
-            ))
-        }
-    }
-
-    /// `c.download(name)`.
-    pub fn download(&self, c: &ClientRef, name: &str) -> Verdict<DownloadResult> {
-        let file = parse_name(name)?;
-        self.require_registration(c)?;
-        let started = Instant::now();
-        let outcome = self.operation(|trace| self.runtime.block_on(c.client.download(&file, trace)));
-        self.conclude(c, file, outcome, started)
-    }
-
-    /// Turns a download's outcome into the script's result, or a script
-    /// error when the client itself failed.
-    fn conclude(
-        &self,
-        c: &ClientRef,
-        file: FileName,
-        outcome: Result<Downloaded, DownloadError>,
-        started: Instant,
-    ) -> Verdict<DownloadResult> {
-        self.count(|s| s.steps += 1);
-        let outcome = match outcome {
-            Ok(Downloaded { from, info }) => {
-                let secs = started.elapsed().as_secs_f64();
-                self.count(|s| s.downloads_ok += 1);
-                self.say(
-                    c.id(),
-                    format_args!(
-                        "download {file}: ok from {from} ({}, sha1 {:.8}…, {:.1} ms)",
-                        bytes(info.size),
-                        info.sha1.to_string(),
-                        secs * 1e3
-                    ),
-                );
-                Ok(Delivered {
-                    from: from.0,
-                    info,
-                    secs,
-                })
-            }
-            Err(DownloadError::Client(error)) => {
-                return Err(format!("client {} cannot download {file}: {error}", c.id()));
-            }
-            Err(error) => {
-                self.count(|s| s.downloads_failed += 1);
-                self.say(c.id(), format_args!("download {file}: failed: {error}"));
-                Err(error.to_string())
-            }
-        };
-        Ok(DownloadResult {
-            file: file.to_string(),
-            outcome,
-        })
-    }
-
-    /// `c.start_download(name)`: asks the tracker now, fetches in the
-    /// background; the file is announced when the script waits for it.
-    pub fn start_download(&self, c: &ClientRef, name: &str) -> Verdict<Transfer> {
-        let file = parse_name(name)?;
-        self.require_registration(c)?;
-        let started = Instant::now();
-        let mut trace = self.log.begin();
-        let located = self.runtime.block_on(c.client.locate(&file, &[], &mut trace));
-        let state = match located {
-            Ok(Some(source)) => {
-                let (client, wanted) = (c.client.clone(), file.clone());
-                let task = self.runtime.spawn(async move {
-                    let result = client.receive(&wanted, source, &mut trace).await;
-                    (result, trace)
-                });
-                self.say(c.id(), format_args!("start download {file} from {}", source.peer));
-                TransferState::Running {
-                    client: c.client.clone(),
-                    file,
-                    started,
-                    task,
-                }
-            }
-            Ok(None) => {
-                let error = c.client.failed(&file, DownloadError::NoPeer(file.clone()), &mut trace);
-                self.log.end(trace.op);
-                TransferState::Done(self.conclude(c, file, Err(error), started)?)
-            }
-            Err(error) => {
-                self.log.end(trace.op);
-                return Err(format!("client {} cannot download {file}: {error}", c.id()));
-            }
-        };
-        let transfer = Transfer(Rc::new(RefCell::new(state)));
-        self.transfers.borrow_mut().push(transfer.clone());
-        Ok(transfer)
-    }
-
-    /// `x.wait()`: the transfer's result, announcing its file first.
-    pub fn wait(&self, transfer: &Transfer) -> Verdict<DownloadResult> {
-        let mut state = transfer.0.borrow_mut();
-        let (client, file, started, task) = match &mut *state {
-            TransferState::Done(result) => return Ok(result.clone()),
-            TransferState::Running {
-                client,
-                file,
-                started,
-                task,
-            } => (client.clone(), file.clone(), *started, task),
-        };
-        let (received, mut trace) = self
-            .runtime
-            .block_on(task)
-            .map_err(|e| format!("the download task failed: {e}"))?;
-        let outcome = match received {
-            Ok(downloaded) => self
-                .runtime
-                .block_on(client.announce(&file, downloaded.info, &mut trace))
-                .map(|()| downloaded)
-                .map_err(DownloadError::from),
-            Err(error) => Err(error),
-        };
-        self.log.end(trace.op);
-        let result = self.conclude(&ClientRef { client }, file, outcome, started)?;
-        *state = TransferState::Done(result.clone());
-        Ok(result)
     }
 
     /// `c.files()`.
     pub fn files(&self, c: &ClientRef) -> Verdict<Vec<String>> {
-        let names = c
-            .client
+        let names = self
+            .instance(c)?
             .folder()
             .list()
-            .map_err(|e| format!("cannot list the folder of client {}: {e}", c.id()))?;
+            .map_err(|e| format!("cannot list the folder of client {}: {e}", c.id))?;
         Ok(names.into_iter().map(String::from).collect())
     }
 
@@ -472,12 +394,12 @@ impl World {
         let file = parse_name(name)?;
         let content = self
             .runtime
-            .block_on(c.client.folder().read(&file))
-            .map_err(|e| format!("client {} cannot read {file}: {e}", c.id()))?;
+            .block_on(self.instance(c)?.folder().read(&file))
+            .map_err(|e| format!("client {} cannot read {file}: {e}", c.id))?;
         String::from_utf8(content).map_err(|e| {
             format!(
                 "{file} of client {} is not UTF-8 text ({}); compare c.sha1(name) or c.size(name) instead",
-                c.id(),
+                c.id,
                 bytes(e.as_bytes().len() as u64)
             )
         })
@@ -487,17 +409,16 @@ impl World {
     pub fn info(&self, c: &ClientRef, name: &str) -> Verdict<FileInfo> {
         let file = parse_name(name)?;
         self.runtime
-            .block_on(c.client.folder().info(&file))
-            .map_err(|e| format!("client {} cannot hash {file}: {e}", c.id()))
+            .block_on(self.instance(c)?.folder().info(&file))
+            .map_err(|e| format!("client {} cannot hash {file}: {e}", c.id))
     }
 
     /// `tree()`.
     pub fn tree(&self) -> Verdict<Tree> {
-        let clients = self.clients.borrow();
+        let ids: Vec<u64> = self.clients.borrow().keys().copied().collect();
         let mut tree = Tree::new();
-        for (id, client) in clients.iter() {
-            let c = ClientRef { client: client.clone() };
-            tree.insert(*id, self.files(&c)?);
+        for id in ids {
+            tree.insert(id, self.files(&ClientRef { id })?);
         }
         Ok(tree)
     }
@@ -515,7 +436,7 @@ impl World {
     }
 
     /// Ends the run: waits for every transfer the script left running (so
-    /// their events are logged), then stops every client and tracker.
+    /// their events are logged), then stops every tracker and client.
     pub fn finish(&self) {
         let transfers: Vec<Transfer> = self.transfers.borrow_mut().drain(..).collect();
         for transfer in transfers {
@@ -523,14 +444,16 @@ impl World {
                 tracing::warn!(%error, "a transfer left running failed");
             }
         }
-        let clients: Vec<Arc<Client>> = std::mem::take(&mut *self.clients.borrow_mut()).into_values().collect();
+        let clients: Vec<Arc<Client>> = self.clients.borrow().values().map(|slot| slot.client.clone()).collect();
         let trackers: Vec<Tracker> = self.trackers.borrow_mut().drain(..).collect();
+        // Trackers first: clients that stop afterwards have no session left
+        // to drop, so the end of a run adds nothing to the log.
         self.runtime.block_on(async move {
-            for client in clients {
-                client.shutdown().await;
-            }
             for tracker in trackers {
                 tracker.shutdown().await;
+            }
+            for client in clients {
+                client.shutdown().await;
             }
         });
     }

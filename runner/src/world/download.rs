@@ -1,0 +1,181 @@
+//! Downloads: `c.download`, `c.start_download`, `x.wait`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use phile_core::client::{ClientError, DownloadError, Downloaded};
+use phile_core::{Client, FileInfo, FileName, Trace};
+use tokio::task::JoinHandle;
+
+use super::{bytes, parse_name, ClientRef, Verdict, World};
+
+/// The outcome of one download, as the script sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DownloadResult {
+    /// The file asked for.
+    pub file: String,
+    /// What happened.
+    pub outcome: Result<Delivered, String>,
+}
+
+/// A successful download.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivered {
+    /// The peer that delivered.
+    pub from: u64,
+    /// Size and SHA-1.
+    pub info: FileInfo,
+    /// Wall-clock seconds it took (never logged).
+    pub secs: f64,
+}
+
+/// A download started by `start_download`, as the script holds it.
+#[derive(Clone)]
+pub struct Transfer(Rc<RefCell<TransferState>>);
+
+enum TransferState {
+    /// Fetching in the background.
+    Running {
+        /// The downloader, and the instance that started the transfer.
+        c: ClientRef,
+        client: Arc<Client>,
+        file: FileName,
+        started: Instant,
+        task: JoinHandle<(Result<Downloaded, DownloadError>, Trace)>,
+    },
+    /// Waited for: its result.
+    Done(DownloadResult),
+}
+
+impl World {
+    /// `c.download(name)`.
+    pub fn download(&self, c: &ClientRef, name: &str) -> Verdict<DownloadResult> {
+        let file = parse_name(name)?;
+        let client = self.registered(c)?;
+        let started = Instant::now();
+        let outcome = self.operation(|trace| self.runtime.block_on(client.download(&file, trace)));
+        self.conclude(c, file, outcome, started)
+    }
+
+    /// Turns a download's outcome into the script's result, or a script
+    /// error when the client itself failed.
+    fn conclude(
+        &self,
+        c: &ClientRef,
+        file: FileName,
+        outcome: Result<Downloaded, DownloadError>,
+        started: Instant,
+    ) -> Verdict<DownloadResult> {
+        self.count(|s| s.steps += 1);
+        let outcome = match outcome {
+            Ok(Downloaded { from, info }) => {
+                let secs = started.elapsed().as_secs_f64();
+                self.count(|s| s.downloads_ok += 1);
+                let sha1 = info.sha1.to_string();
+                let ms = secs * 1e3;
+                let size = bytes(info.size);
+                self.say(
+                    c.id,
+                    format_args!(
+                        "download {file}: ok from {from} ({size}, sha1 {:.8}…, {ms:.1} ms)",
+                        sha1
+                    ),
+                );
+                Ok(Delivered {
+                    from: from.0,
+                    info,
+                    secs,
+                })
+            }
+            // The downloader was killed or left while the transfer ran: the
+            // script did that, so it is an expected failure.
+            Err(error @ DownloadError::Client(ClientError::Stopped(_))) => self.failure(c, &file, error),
+            Err(DownloadError::Client(error)) => {
+                return Err(format!("client {} cannot download {file}: {error}", c.id));
+            }
+            Err(error) => self.failure(c, &file, error),
+        };
+        Ok(DownloadResult {
+            file: file.to_string(),
+            outcome,
+        })
+    }
+
+    fn failure(&self, c: &ClientRef, file: &FileName, error: DownloadError) -> Result<Delivered, String> {
+        self.count(|s| s.downloads_failed += 1);
+        self.say(c.id, format_args!("download {file}: failed: {error}"));
+        Err(error.to_string())
+    }
+
+    /// `c.start_download(name)`: asks the tracker now, fetches in the
+    /// background; the file is announced when the script waits for it.
+    pub fn start_download(&self, c: &ClientRef, name: &str) -> Verdict<Transfer> {
+        let file = parse_name(name)?;
+        let client = self.registered(c)?;
+        let started = Instant::now();
+        let mut trace = self.log.begin();
+        let located = self.runtime.block_on(client.locate(&file, &[], &mut trace));
+        let state = match located {
+            Ok(Some(source)) => {
+                let (downloader, wanted) = (client.clone(), file.clone());
+                let task = self.runtime.spawn(async move {
+                    let result = downloader.receive(&wanted, source, &mut trace).await;
+                    (result, trace)
+                });
+                self.say(c.id, format_args!("start download {file} from {}", source.peer));
+                TransferState::Running {
+                    c: *c,
+                    client,
+                    file,
+                    started,
+                    task,
+                }
+            }
+            Ok(None) => {
+                let error = client.failed(&file, DownloadError::NoPeer(file.clone()), &mut trace);
+                self.end(trace);
+                TransferState::Done(self.conclude(c, file, Err(error), started)?)
+            }
+            Err(error) => {
+                self.end(trace);
+                return Err(format!("client {} cannot download {file}: {error}", c.id));
+            }
+        };
+        let transfer = Transfer(Rc::new(RefCell::new(state)));
+        self.transfers.borrow_mut().push(transfer.clone());
+        Ok(transfer)
+    }
+
+    /// `x.wait()`: the transfer's result, announcing its file first.
+    pub fn wait(&self, transfer: &Transfer) -> Verdict<DownloadResult> {
+        let mut state = transfer.0.borrow_mut();
+        let (c, client, file, started, task) = match &mut *state {
+            TransferState::Done(result) => return Ok(result.clone()),
+            TransferState::Running {
+                c,
+                client,
+                file,
+                started,
+                task,
+            } => (*c, client.clone(), file.clone(), *started, task),
+        };
+        let (received, mut trace) = self
+            .runtime
+            .block_on(task)
+            .map_err(|e| format!("the download task failed: {e}"))?;
+        let outcome = match received {
+            Ok(downloaded) => self
+                .runtime
+                .block_on(client.announce(&file, downloaded.info, &mut trace))
+                .map(|()| downloaded)
+                .map_err(DownloadError::from),
+            Err(error) => Err(error),
+        };
+        self.end(trace);
+        let result = self.conclude(&c, file, outcome, started)?;
+        *state = TransferState::Done(result.clone());
+        Ok(result)
+    }
+}
