@@ -29,7 +29,7 @@ impl Seeder {
     pub(crate) async fn serve(self: Arc<Self>, mut connection: Connection) {
         let remote = connection.peer_addr();
         if let Err(error) = self.serve_one(&mut connection).await {
-            tracing::warn!(node = %self.reporter.node(), %remote, %error, "peer connection failed");
+            tracing::info!(node = %self.reporter.node(), %remote, %error, "peer connection ended early");
         }
     }
 
@@ -92,7 +92,7 @@ impl Seeder {
             }) => {
                 tracing::warn!(%node, %to, "{to} received {file} with sha1 {sha1}, not {}", info.sha1);
             }
-            other => tracing::warn!(%node, %to, "{to} did not confirm {file}: {other:?}"),
+            other => tracing::info!(%node, %to, "{to} did not confirm {file}: {other:?}"),
         }
         Ok(())
     }

@@ -118,7 +118,7 @@ async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, 
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(error) => {
-                tracing::warn!(remote = %session.remote, %error, "dropping tracker session");
+                tracing::info!(remote = %session.remote, %error, "dropping tracker session");
                 // Say why before hanging up; the remote may be gone already.
                 let reason = format!("bad request: {error}");
                 let _ = connection.write(&TrackerReply::Refused { reason }).await;
@@ -127,7 +127,7 @@ async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, 
         };
         let reply = shared.handle(&mut session, request.trace, request.body);
         if let Err(error) = connection.write(&reply).await {
-            tracing::warn!(remote = %session.remote, %error, "dropping tracker session");
+            tracing::info!(remote = %session.remote, %error, "dropping tracker session");
             break;
         }
     }
