@@ -3,6 +3,8 @@
 //! and free ports, so they all run in parallel.
 
 mod determinism;
+mod fixture;
+mod hostile;
 mod network;
 mod scenarios;
 mod util;

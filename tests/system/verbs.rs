@@ -362,3 +362,157 @@ fn a_runaway_script_is_stopped_by_the_time_limit() {
     let failure = run.outcome.failure.expect("the loop was not stopped");
     assert!(failure.message.contains("time limit"), "{}", failure.message);
 }
+
+#[test]
+fn kill_makes_the_tracker_forget_and_the_client_refuse_to_act() {
+    let run = run_ok(&with_two_clients(
+        r#"
+a.write("f", "x"); a.upload("f");
+a.kill();
+let r = b.download("f");
+assert(!r.ok && r.error == "no peer has f", `a dead holder was offered: ${r}`);
+assert(a.files() == ["f"], "a killed client's folder changed");
+"#,
+    ));
+    let kinds: Vec<String> = run
+        .events()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    let killed = kinds.iter().position(|k| k == "killed").unwrap();
+    assert_eq!(
+        kinds[killed + 1],
+        "client_lost",
+        "the tracker's notice is not right after the kill"
+    );
+    let down = run_err(&with_two_clients("a.kill(); a.upload(\"f\");"));
+    assert!(
+        down.message.contains("is down (killed): call c.restart() first"),
+        "{}",
+        down.message
+    );
+    let twice = run_err(&with_two_clients("a.kill(); a.kill();"));
+    assert!(twice.message.contains("is down"), "{}", twice.message);
+}
+
+#[test]
+fn leave_is_forgotten_at_once_and_restart_rejoins() {
+    let run = run_ok(&with_two_clients(
+        r#"
+a.write("f", "x"); a.upload("f");
+a.leave();
+assert(!b.download("f").ok, "a departed holder was offered");
+a.restart();
+let r = b.download("f");
+assert(r.ok && r.from == a.id, `the restarted holder did not serve: ${r}`);
+"#,
+    ));
+    let left = run.events_named("client_left");
+    assert_eq!(left.len(), 1);
+    assert_eq!(run.events_named("restarted").len(), 1);
+    let running = run_err(&with_two_clients("a.restart();"));
+    assert!(
+        running.message.contains("only a killed or departed client can restart"),
+        "{}",
+        running.message
+    );
+    // A client that never registered just stops, and restarts unregistered.
+    run_ok("let a = client(1); a.leave(); a.restart(); assert(a.files() == [], \"files\");");
+}
+
+#[test]
+fn corrupt_flips_bytes_silently_and_downloads_reject_them() {
+    let run = run_ok(&with_two_clients(
+        r#"
+a.write("f", "hello world");
+let before = a.sha1("f");
+a.upload("f");
+a.corrupt("f");
+assert(a.size("f") == 11, "corrupt changed the size");
+let r = b.download("f");
+assert(!r.ok, "a corrupt copy was accepted");
+assert(r.error == `no peer delivered f: ${a.id} sent content with the wrong SHA-1`, r.error);
+assert(b.files() == [], "a corrupt copy was stored");
+"#,
+    ));
+    assert_eq!(run.events_named("holder_dropped").len(), 1);
+    let content = std::fs::read(run.folder(1).join("f")).unwrap();
+    assert_ne!(content, b"hello world", "corrupt changed nothing on disk");
+    assert!(run_err("let a = client(1); a.corrupt(\"nope\");")
+        .message
+        .contains("cannot corrupt nope"));
+    let empty = run_err("let a = client(1); a.write(\"e\", \"\"); a.corrupt(\"e\");");
+    assert!(empty.message.contains("empty"), "{}", empty.message);
+}
+
+#[test]
+fn kill_after_and_stall_after_strike_mid_transfer() {
+    let run = run_ok(
+        r#"
+set_idle_timeout(0.2);
+let t = tracker(0);
+let a = client(1); let b = client(2);
+a.register(t); b.register(t);
+a.write_random("f", 100000); a.upload("f");
+a.stall_after("f", 5000);
+let r = b.download("f");
+assert(!r.ok && r.error == "no peer delivered f: 1 stalled past the idle timeout", r.error);
+a.kill_after("f", 50000);
+let r = b.download("f");
+assert(!r.ok && r.error == "no peer delivered f: 1 cut the connection mid-transfer", r.error);
+assert(b.files() == [], "a cut transfer left a file");
+"#,
+    );
+    let killed = &run.events_named("killed")[0];
+    assert_eq!(
+        (killed["file"].as_str(), killed["sent"].as_u64()),
+        (Some("f"), Some(50000))
+    );
+    let armed = run.events_named("fault_armed");
+    assert_eq!(armed.len(), 2);
+    assert!(run_err("let a = client(1); a.kill_after(\"f\", -1);")
+        .message
+        .contains("not a byte count"));
+    assert!(run_err("set_idle_timeout(0);")
+        .message
+        .contains("not a positive duration"));
+}
+
+#[test]
+fn a_transfer_of_a_killed_downloader_ends_as_a_failed_result() {
+    run_ok(&with_two_clients(
+        r#"
+a.write_random("f", 4000000); a.upload("f");
+let x = b.start_download("f");
+b.kill();
+let r = x.wait();
+// Whether the bytes were all in before the kill or not, the script goes on;
+// a download the kill interrupted says so.
+if !r.ok { assert(r.error == "client 2 stopped", r.error); }
+"#,
+    ));
+}
+
+#[test]
+fn environment_errors_say_what_and_where() {
+    // A port in use.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let run = run_source_with(&format!("tracker({port});"), |o| o.settings.ephemeral_ports = false);
+    let failure = run.outcome.failure.unwrap();
+    assert!(
+        failure.message.contains(&format!("port {port} is in use")),
+        "{}",
+        failure.message
+    );
+    assert!(failure.message.contains("--ephemeral-ports"), "{}", failure.message);
+    // A root that cannot hold folders.
+    let run = run_source_with("client(1);", |o| o.settings.root = "/dev/null/phile".into());
+    let failure = run.outcome.failure.unwrap();
+    assert!(
+        failure.message.contains("cannot prepare the folder of client 1"),
+        "{}",
+        failure.message
+    );
+    assert!(failure.message.contains("/dev/null/phile"), "{}", failure.message);
+}

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 
 pub use records::{Holder, Records, Refusal, SessionId};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::protocol::{ClientId, Request, Trace, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, ServerHandle};
@@ -117,6 +117,10 @@ async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, 
         let request = match next {
             Ok(Some(request)) => request,
             Ok(None) => break,
+            Err(ConnectionError::Idle(silence)) => {
+                tracing::info!(remote = %session.remote, ?silence, "session silent past its timeout; hanging up");
+                break;
+            }
             Err(error) => {
                 tracing::info!(remote = %session.remote, %error, "dropping tracker session");
                 // Say why before hanging up; the remote may be gone already.

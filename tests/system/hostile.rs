@@ -1,0 +1,415 @@
+//! Hostile and broken input on every port: each gets an error answer or a
+//! closed connection, the servers keep serving everyone else, and no stored
+//! file changes. Fake holders that refuse, stall, lie about the size or send
+//! the wrong bytes make a download fail over, never store a bad file.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use phile_core::client::{DownloadError, Source};
+use phile_core::protocol::{ClientId, Digest, FileInfo, PeerReply, PeerRequest, TrackerReply, TrackerRequest};
+use phile_core::{Client, Trace, Tracker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::fixture::{client_with, contents, name, registered, short_limits, tracker, tracker_with, Raw};
+
+/// A tracker with two registered clients; `a` holds `f.txt`.
+struct Swarm {
+    dir: tempfile::TempDir,
+    tracker: Tracker,
+    a: Client,
+    b: Client,
+}
+
+async fn swarm() -> Swarm {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker().await;
+    let a = registered(1, dir.path(), &tracker).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    a.folder().write(&name("f.txt"), "the content").await.unwrap();
+    a.upload(&name("f.txt"), &mut Trace::default()).await.unwrap();
+    Swarm { dir, tracker, a, b }
+}
+
+impl Swarm {
+    /// Checks that the tracker and `a`'s peer server still serve a normal
+    /// download, and that it leaves `b` with the right file.
+    async fn still_serves(&self) {
+        let got = self.b.download(&name("f.txt"), &mut Trace::default()).await.unwrap();
+        assert_eq!(got.from, ClientId(1));
+        assert_eq!(self.b.folder().read(&name("f.txt")).await.unwrap(), b"the content");
+        std::fs::remove_file(self.b.folder().path(&name("f.txt"))).unwrap();
+    }
+}
+
+/// Waits until the server closes `socket` (EOF or reset), at most 5 s.
+async fn closed(socket: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server kept a bad connection open");
+}
+
+#[tokio::test]
+async fn garbage_on_either_port_closes_that_connection_only() {
+    let swarm = swarm().await;
+    let before = contents(swarm.dir.path());
+    for addr in [swarm.tracker.local_addr(), swarm.a.local_addr()] {
+        // Not a frame at all: arbitrary bytes, the first four read as a length.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        closed(&mut raw).await;
+        // A 4 GiB length prefix: refused before anything is buffered.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+        closed(&mut raw).await;
+        // A frame cut in half, then the connection closed.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&[0, 0, 0, 50, b'{', b'"']).await.unwrap();
+        raw.shutdown().await.unwrap();
+        closed(&mut raw).await;
+    }
+    swarm.still_serves().await;
+    assert_eq!(contents(swarm.dir.path()), before);
+}
+
+#[tokio::test]
+async fn malformed_messages_get_a_reason_before_the_close() {
+    let swarm = swarm().await;
+    let payloads: [&'static [u8]; 4] = [
+        b"{not json",
+        b"\xff\xfe\xfd invalid utf-8",
+        br#"{"body":{"type":"teleport","to":"mars"}}"#,
+        br#"{"body":{"type":"announce","file":"x","info":{"size":1,"sha1":"zz"}}}"#,
+    ];
+    for payload in payloads {
+        let mut raw = Raw::connect(swarm.tracker.local_addr()).await;
+        raw.send_bytes(payload).await;
+        match raw.reply::<TrackerReply>().await {
+            Some(TrackerReply::Refused { reason }) => assert!(reason.contains("malformed"), "{reason}"),
+            other => panic!("{payload:?} got {other:?}"),
+        }
+        assert!(raw.reply::<TrackerReply>().await.is_none(), "the session stayed open");
+    }
+    swarm.still_serves().await;
+}
+
+#[tokio::test]
+async fn requests_out_of_order_are_refused_and_the_session_goes_on() {
+    let swarm = swarm().await;
+    let mut raw = Raw::connect(swarm.tracker.local_addr()).await;
+    let info = FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    };
+    for early in [
+        TrackerRequest::Announce { file: name("x"), info },
+        TrackerRequest::Lookup {
+            file: name("f.txt"),
+            exclude: vec![],
+        },
+        TrackerRequest::Leave,
+        TrackerRequest::Ping,
+    ] {
+        raw.request(early).await;
+        match raw.reply::<TrackerReply>().await {
+            Some(TrackerReply::Refused { reason }) => assert!(reason.contains("register first"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Another client's id, while that client is connected: refused.
+    let taken = TrackerRequest::Register {
+        client: ClientId(1),
+        port: 9,
+        advertise: None,
+    };
+    raw.request(taken).await;
+    match raw.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("already registered"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Registering as itself works on the same connection; then as someone else does not.
+    raw.register(99, "127.0.0.1:9".parse().unwrap()).await;
+    let other = TrackerRequest::Register {
+        client: ClientId(98),
+        port: 9,
+        advertise: None,
+    };
+    raw.request(other).await;
+    assert!(matches!(
+        raw.reply::<TrackerReply>().await,
+        Some(TrackerReply::Refused { .. })
+    ));
+    // Content that contradicts the record is refused too.
+    raw.request(TrackerRequest::Announce {
+        file: name("f.txt"),
+        info,
+    })
+    .await;
+    match raw.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("same content"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    swarm.still_serves().await;
+}
+
+#[tokio::test]
+async fn a_peer_serves_only_plain_names_of_its_own_folder() {
+    let swarm = swarm().await;
+    std::fs::write(swarm.dir.path().join("secret.txt"), "outside").unwrap();
+    let before = contents(swarm.dir.path());
+    for path in [
+        "../secret.txt",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "sub/../f.txt",
+        "f.txt.phile-part",
+    ] {
+        let mut raw = Raw::connect(swarm.a.local_addr()).await;
+        // The name is refused where it is parsed: the request is malformed.
+        let request = format!(r#"{{"body":{{"type":"get","file":{path:?},"client":9}}}}"#);
+        raw.send_bytes(request.into_bytes()).await;
+        assert!(raw.reply::<PeerReply>().await.is_none(), "{path} got an answer");
+    }
+    // A valid name it does not hold is refused with a reason.
+    let mut raw = Raw::connect(swarm.a.local_addr()).await;
+    raw.request(PeerRequest::Get {
+        file: name("nope"),
+        client: ClientId(9),
+    })
+    .await;
+    match raw.reply::<PeerReply>().await {
+        Some(PeerReply::Refused { reason }) => assert_eq!(reason, "1 does not hold nope"),
+        other => panic!("{other:?}"),
+    }
+    // A confirmation out of the blue is refused.
+    let mut raw = Raw::connect(swarm.a.local_addr()).await;
+    raw.request(PeerRequest::Received { sha1: Digest::of(b"") }).await;
+    assert!(matches!(
+        raw.reply::<PeerReply>().await,
+        Some(PeerReply::Refused { .. })
+    ));
+    swarm.still_serves().await;
+    assert_eq!(contents(swarm.dir.path()), before);
+}
+
+#[tokio::test]
+async fn a_thousand_idle_connections_do_not_stop_a_normal_client() {
+    let swarm = swarm().await;
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(TcpStream::connect(swarm.tracker.local_addr()).await.unwrap());
+        idle.push(TcpStream::connect(swarm.a.local_addr()).await.unwrap());
+    }
+    let started = Instant::now();
+    swarm.still_serves().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the download waited behind idle connections"
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn silent_connections_are_dropped_after_the_idle_timeout() {
+    let tracker = tracker_with(short_limits()).await;
+    // Says nothing at all.
+    let mut silent = TcpStream::connect(tracker.local_addr()).await.unwrap();
+    // Sends half a frame, then nothing.
+    let mut half = TcpStream::connect(tracker.local_addr()).await.unwrap();
+    half.write_all(&[0, 0, 0, 40, b'{']).await.unwrap();
+    closed(&mut silent).await;
+    closed(&mut half).await;
+}
+
+#[tokio::test]
+async fn a_registered_client_that_goes_silent_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker_with(short_limits()).await;
+    let b = client_with(2, dir.path(), short_limits()).await;
+    b.register(tracker.local_addr(), &mut Trace::default()).await.unwrap();
+    // A holder whose host vanished: registered, announced, then never a word
+    // (no heartbeat) while its connection stays open.
+    let mut ghost = Raw::connect(tracker.local_addr()).await;
+    ghost.register(1, "127.0.0.1:9".parse().unwrap()).await;
+    ghost
+        .announce(
+            "f",
+            FileInfo {
+                size: 1,
+                sha1: Digest::of(b"x"),
+            },
+        )
+        .await;
+    assert!(b
+        .locate(&name("f"), &[], &mut Trace::default())
+        .await
+        .unwrap()
+        .is_some());
+    // Past the session timeout, the tracker hangs up on it and forgets it.
+    assert!(ghost.reply::<TrackerReply>().await.is_none());
+    assert!(b
+        .locate(&name("f"), &[], &mut Trace::default())
+        .await
+        .unwrap()
+        .is_none());
+    // b, which sends heartbeats, is still registered long after.
+    tokio::time::sleep(Duration::from_millis(800)).await; // longer than the session timeout, on purpose
+    assert!(
+        b.locate(&name("f"), &[], &mut Trace::default()).await.is_ok(),
+        "a live client was dropped"
+    );
+}
+
+/// A fake holder of `f.txt` listening on a socket of its own.
+async fn fake_peer(behaviour: impl FnOnce(TcpStream) -> tokio::task::JoinHandle<()> + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let _ = behaviour(socket).await;
+    });
+    addr
+}
+
+/// Reads the downloader's `Get`, then does `then` with the raw socket.
+fn after_get<F>(
+    then: impl FnOnce(TcpStream) -> F + Send + 'static,
+) -> impl FnOnce(TcpStream) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    move |mut socket| {
+        tokio::spawn(async move {
+            let mut length = [0u8; 4];
+            socket.read_exact(&mut length).await.unwrap();
+            let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+            socket.read_exact(&mut frame).await.unwrap();
+            then(socket).await;
+        })
+    }
+}
+
+/// Sends a `File` header for `info`, then `body`.
+async fn send_file(socket: &mut TcpStream, info: FileInfo, body: &[u8]) {
+    let header = phile_core::protocol::encode(&PeerReply::File { info }).unwrap();
+    socket.write_all(&(header.len() as u32).to_be_bytes()).await.unwrap();
+    socket.write_all(&header).await.unwrap();
+    socket.write_all(body).await.unwrap();
+}
+
+/// `b` downloads `f.txt` starting from the fake holder at `addr` (id 66),
+/// which must fail; returns what `b` did next.
+async fn fail_over_from(swarm: &Swarm, addr: SocketAddr) -> Result<phile_core::client::Downloaded, DownloadError> {
+    let info = swarm.a.folder().info(&name("f.txt")).await.unwrap();
+    let fake = Source {
+        peer: ClientId(66),
+        addr,
+        info,
+    };
+    let outcome = swarm.b.receive(&name("f.txt"), fake, &mut Trace::default()).await;
+    let leftovers = std::fs::read_dir(swarm.b.folder().dir()).unwrap().count();
+    assert!(leftovers <= 1, "a failed transfer left a file behind");
+    outcome
+}
+
+#[tokio::test]
+async fn a_holder_that_refuses_the_connection_is_skipped() {
+    let swarm = swarm().await;
+    let closed_port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let got = fail_over_from(&swarm, closed_port).await.unwrap();
+    assert_eq!(got.from, ClientId(1));
+}
+
+#[tokio::test]
+async fn a_holder_that_says_nothing_is_skipped_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker().await;
+    let a = registered(1, dir.path(), &tracker).await;
+    let b = client_with(2, dir.path(), short_limits()).await;
+    b.register(tracker.local_addr(), &mut Trace::default()).await.unwrap();
+    a.folder().write(&name("f.txt"), "the content").await.unwrap();
+    a.upload(&name("f.txt"), &mut Trace::default()).await.unwrap();
+    let swarm = Swarm { dir, tracker, a, b };
+    let mute = fake_peer(after_get(|socket| async move {
+        tokio::time::sleep(Duration::from_secs(10)).await; // a hung peer, on purpose
+        drop(socket);
+    }))
+    .await;
+    let started = Instant::now();
+    let got = fail_over_from(&swarm, mute).await.unwrap();
+    assert_eq!(got.from, ClientId(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stall was not cut by the idle timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_holder_that_offers_the_wrong_size_is_skipped_unread() {
+    let swarm = swarm().await;
+    let liar = fake_peer(after_get(|mut socket| async move {
+        let info = FileInfo {
+            size: 3,
+            sha1: Digest::of(b"abc"),
+        };
+        send_file(&mut socket, info, b"abc").await;
+    }))
+    .await;
+    assert_eq!(fail_over_from(&swarm, liar).await.unwrap().from, ClientId(1));
+}
+
+#[tokio::test]
+async fn a_holder_that_sends_the_wrong_bytes_is_skipped_and_nothing_bad_is_stored() {
+    let swarm = swarm().await;
+    let liar = fake_peer(after_get(|mut socket| async move {
+        // The right size and the right claimed SHA-1, with other bytes.
+        let info = FileInfo {
+            size: 11,
+            sha1: Digest::of(b"the content"),
+        };
+        send_file(&mut socket, info, b"THE CONTENT").await;
+    }))
+    .await;
+    assert_eq!(fail_over_from(&swarm, liar).await.unwrap().from, ClientId(1));
+    assert_eq!(swarm.b.folder().read(&name("f.txt")).await.unwrap(), b"the content");
+}
+
+#[tokio::test]
+async fn a_holder_that_cuts_the_stream_is_skipped() {
+    let swarm = swarm().await;
+    let cutter = fake_peer(after_get(|mut socket| async move {
+        let info = FileInfo {
+            size: 11,
+            sha1: Digest::of(b"the content"),
+        };
+        send_file(&mut socket, info, b"the c").await;
+        drop(socket);
+    }))
+    .await;
+    assert_eq!(fail_over_from(&swarm, cutter).await.unwrap().from, ClientId(1));
+}
+
+#[tokio::test]
+async fn with_no_honest_holder_left_the_download_fails_with_every_reason() {
+    let swarm = swarm().await;
+    swarm.a.leave(&mut Trace::default()).await.unwrap();
+    let closed_port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let info = FileInfo {
+        size: 11,
+        sha1: Digest::of(b"the content"),
+    };
+    let fake = Source {
+        peer: ClientId(66),
+        addr: closed_port,
+        info,
+    };
+    let error = swarm
+        .b
+        .receive(&name("f.txt"), fake, &mut Trace::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DownloadError::Exhausted { .. }), "{error:?}");
+    assert_eq!(error.to_string(), "no peer delivered f.txt: 66 refused the connection");
+    assert!(swarm.b.folder().list().unwrap().is_empty());
+}
