@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use sha1::{Digest as _, Sha1};
 use tempfile::NamedTempFile;
+use tokio::io::AsyncSeekExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -95,18 +96,21 @@ impl Stamp {
 
 impl Folder {
     /// Creates the folder, or empties it if it exists: a scenario's client
-    /// starts with nothing.
+    /// starts with no files. Only files (and links, not what they point to)
+    /// are removed; sub-folders are none of phile's business and stay, and a
+    /// folder that is itself a link is refused rather than emptied.
     pub fn create_empty(dir: impl Into<PathBuf>) -> Result<Folder, StorageError> {
         let dir = dir.into();
+        if fs::symlink_metadata(&dir).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            let refusal = io::Error::other("it is a symbolic link; phile will not empty what it points to");
+            return Err(at(&dir)(refusal));
+        }
         fs::create_dir_all(&dir).map_err(at(&dir))?;
         for entry in fs::read_dir(&dir).map_err(at(&dir))? {
-            let path = entry.map_err(at(&dir))?.path();
-            let removed = match fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
-                Ok(_) => fs::remove_file(&path),
-                Err(error) => Err(error),
-            };
-            removed.map_err(at(&path))?;
+            let entry = entry.map_err(at(&dir))?;
+            if !entry.file_type().map_err(at(&entry.path()))?.is_dir() {
+                fs::remove_file(entry.path()).map_err(at(&entry.path()))?;
+            }
         }
         Ok(Folder::at(dir))
     }
@@ -186,18 +190,7 @@ impl Folder {
     /// The size and SHA-1 of a held file, hashing it only if it changed since
     /// it was last hashed.
     pub async fn info(&self, name: &FileName) -> Result<FileInfo, StorageError> {
-        let stamp = Stamp::of(&self.metadata(name)?);
-        if let Some(known) = self.known.lock().expect("digest cache poisoned").get(name) {
-            if known.stamp == stamp {
-                return Ok(known.info);
-            }
-        }
-        let path = self.path(name);
-        let info = tokio::task::spawn_blocking(move || hash_file(&path))
-            .await
-            .expect("hashing task panicked")?;
-        self.remember(name, stamp, info);
-        Ok(info)
+        Ok(self.open_file(name).await?.1)
     }
 
     fn remember(&self, name: &FileName, stamp: Stamp, info: FileInfo) {
@@ -223,11 +216,33 @@ impl Folder {
         tokio::fs::read(&path).await.map_err(at(&path))
     }
 
-    /// Opens a held file for sending, with its size and SHA-1.
+    /// Opens a held file, with its size and SHA-1.
+    ///
+    /// Size and SHA-1 are those of the very file opened (its metadata is read
+    /// from the open handle, and a hash reads the same handle), so a file
+    /// replaced meanwhile can never pair one version's header with another
+    /// version's bytes.
     pub async fn open_file(&self, name: &FileName) -> Result<(tokio::fs::File, FileInfo), StorageError> {
-        let info = self.info(name).await?;
+        self.metadata(name)?; // a regular file, not a link or a folder
         let path = self.path(name);
-        let file = tokio::fs::File::open(&path).await.map_err(at(&path))?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(at(&path))?;
+        let metadata = file.metadata().await.map_err(at(&path))?;
+        if !metadata.is_file() {
+            return Err(self.not_found(name));
+        }
+        let stamp = Stamp::of(&metadata);
+        let known = self.known.lock().expect("digest cache poisoned").get(name).copied();
+        if let Some(known) = known.filter(|known| known.stamp == stamp) {
+            return Ok((file, known.info));
+        }
+        let reader = file.try_clone().await.map_err(at(&path))?.into_std().await;
+        let hashed_path = path.clone();
+        let info = tokio::task::spawn_blocking(move || hash(reader, &hashed_path))
+            .await
+            .expect("hashing task panicked")?;
+        // The clone shares the file position: rewind for the caller.
+        file.seek(io::SeekFrom::Start(0)).await.map_err(at(&path))?;
+        self.remember(name, stamp, info);
         Ok((file, info))
     }
 
@@ -401,9 +416,8 @@ impl Write for HashingWriter<'_> {
     }
 }
 
-/// Size and SHA-1 of a file on disk.
-fn hash_file(path: &Path) -> Result<FileInfo, StorageError> {
-    let mut file = fs::File::open(path).map_err(at(path))?;
+/// Size and SHA-1 of what `file` holds from its current position on.
+fn hash(mut file: fs::File, path: &Path) -> Result<FileInfo, StorageError> {
     let mut hasher = Sha1::new();
     let mut buffer = vec![0u8; CHUNK_LEN];
     let mut size = 0u64;
@@ -456,6 +470,52 @@ mod tests {
         folder.write(&name("a"), "one").await.unwrap();
         fs::write(folder.path(&name("a")), "three").unwrap();
         assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"three"));
+    }
+
+    #[tokio::test]
+    async fn create_empty_removes_files_only_and_never_follows_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = dir.path().join("5");
+        fs::create_dir_all(client.join("sub")).unwrap();
+        fs::write(client.join("sub").join("keep"), "x").unwrap();
+        fs::write(client.join("old.txt"), "x").unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("precious"), "x").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, client.join("link")).unwrap();
+        Folder::create_empty(&client).unwrap();
+        assert!(client.join("sub").join("keep").exists(), "a sub-folder was emptied");
+        assert!(!client.join("old.txt").exists() && !client.join("link").exists());
+        assert!(elsewhere.join("precious").exists(), "a link was followed");
+
+        let linked = dir.path().join("6");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert!(Folder::create_empty(&linked)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+        assert!(elsewhere.join("precious").exists(), "a linked folder was emptied");
+    }
+
+    #[tokio::test]
+    async fn a_file_replaced_while_opened_pairs_its_own_size_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        folder.write(&name("f"), "first version").await.unwrap();
+        let (mut opened, info) = folder.open_file(&name("f")).await.unwrap();
+        folder.write(&name("f"), "v2").await.unwrap();
+        let mut content = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut opened, &mut content)
+            .await
+            .unwrap();
+        assert_eq!(
+            info,
+            FileInfo {
+                size: 13,
+                sha1: Digest::of(&content)
+            }
+        );
+        assert_eq!(folder.info(&name("f")).await.unwrap().size, 2);
     }
 
     #[tokio::test]

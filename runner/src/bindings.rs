@@ -133,7 +133,7 @@ fn register_transfers(engine: &mut Engine, world: &Rc<World>) {
             let type_name = item.type_name();
             let transfer = item.try_cast::<Transfer>().ok_or_else(|| {
                 script_error(format!(
-                    "wait_all takes an array of transfers (from c.start_download), but item {i} is a {type_name}"
+                    "wait_all takes an array of transfers (from c.start_download), but item {i} has type {type_name}"
                 ))
             })?;
             results.push(result_map(&lift(w.wait(&transfer))?).into());
@@ -168,6 +168,14 @@ fn register_checks(engine: &mut Engine, world: &Rc<World>) {
     engine.register_fn("assert", move |condition: bool, message: &str| -> ScriptResult<()> {
         if !condition {
             return Err(script_error(format!("assertion failed: {message}")));
+        }
+        w.assertion_held();
+        Ok(())
+    });
+    let w = world.clone();
+    engine.register_fn("assert", move |condition: bool| -> ScriptResult<()> {
+        if !condition {
+            return Err(script_error("assertion failed"));
         }
         w.assertion_held();
         Ok(())

@@ -1,5 +1,6 @@
 //! `phile-run`: the command line around [`phile_runner::run`].
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,9 +48,12 @@ struct Cli {
     quiet: bool,
 
     /// Stop a script that runs longer than this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     time_limit: u64,
 }
+
+/// The default of `--time-limit`, in seconds.
+const DEFAULT_TIME_LIMIT: u64 = 300;
 
 fn existing_file(path: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(path);
@@ -65,7 +69,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // A scenario with many clients holds a few sockets per client; the
+    // default soft limit (often 1024) is far below what the system allows.
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(%error, "could not raise the open-file limit");
+    }
     let options = RunOptions {
         script: cli.script.clone(),
         settings: Settings {
@@ -115,14 +125,21 @@ fn summary(stats: &Stats, elapsed: Duration) -> String {
     )
 }
 
-/// The command that repeats this run exactly.
+/// The command that repeats this run exactly (every option that changes
+/// what happens; `--quiet` only changes what is printed).
 fn rerun_command(cli: &Cli) -> String {
     let mut command = format!("phile-run {} --seed {}", cli.script.display(), cli.seed);
     if cli.root != std::path::Path::new("/tmp") {
         command += &format!(" --root {}", cli.root.display());
     }
+    if let Some(events) = &cli.events {
+        command += &format!(" --events {}", events.display());
+    }
     if cli.ephemeral_ports {
         command += " --ephemeral-ports";
+    }
+    if cli.time_limit != DEFAULT_TIME_LIMIT {
+        command += &format!(" --time-limit {}", cli.time_limit);
     }
     command
 }

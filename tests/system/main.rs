@@ -5,6 +5,7 @@
 mod determinism;
 mod fixture;
 mod hostile;
+mod load;
 mod network;
 mod scenarios;
 mod util;

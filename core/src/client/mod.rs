@@ -205,19 +205,29 @@ impl Client {
         self.session.lock().await.is_some()
     }
 
-    /// Opens a session with the tracker at `tracker` and registers on it,
-    /// replacing any earlier session.
+    /// Registers with the tracker at `tracker`. A client has one session:
+    /// registering again with the same tracker repeats the registration on
+    /// it; registering with another tracker moves the session there (the
+    /// first tracker forgets the client, as it would a crashed one).
     pub async fn register(&self, tracker: SocketAddr, trace: &mut Trace) -> Result<(), ClientError> {
-        let mut session = Session::open(tracker, self.limits.idle_timeout).await?;
         let request = TrackerRequest::Register {
             client: self.id,
             port: self.local_addr().port(),
             advertise: self.advertise,
         };
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_mut().filter(|session| session.tracker() == tracker) {
+            return match session.request(trace.advance(), request).await? {
+                TrackerReply::Ack => Ok(()),
+                other => Err(refusal(other)),
+            };
+        }
+        current.take();
+        let mut session = Session::open(tracker, self.limits.idle_timeout).await?;
         match session.request(trace.advance(), request).await? {
             TrackerReply::Ack => {
                 let heartbeat = session.ended();
-                *self.session.lock().await = Some(session);
+                *current = Some(session);
                 let beats = send_heartbeats(Arc::downgrade(&self.session), self.limits.heartbeat_interval, heartbeat);
                 tokio::spawn(beats);
                 Ok(())

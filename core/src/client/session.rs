@@ -61,6 +61,11 @@ impl Session {
         })
     }
 
+    /// The tracker's address.
+    pub(crate) fn tracker(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// A token cancelled when this session is dropped (replaced by a new
     /// one, ended by a stop or a crash).
     pub(crate) fn ended(&self) -> CancellationToken {

@@ -410,7 +410,7 @@ impl World {
         let file = parse_name(name)?;
         self.runtime
             .block_on(self.instance(c)?.folder().info(&file))
-            .map_err(|e| format!("client {} cannot hash {file}: {e}", c.id))
+            .map_err(|e| format!("client {} cannot read {file}: {e}", c.id))
     }
 
     /// `tree()`.
