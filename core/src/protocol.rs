@@ -304,6 +304,9 @@ pub enum TrackerRequest {
     },
     /// A heartbeat: "still here". Keeps a quiet session alive.
     Ping,
+    /// "What do you know?" Allowed without registering. The answer is a
+    /// stream: `StatusClient`s, `StatusFile`s, then `StatusEnd`.
+    Status,
 }
 
 /// What a downloader found wrong with a holder.
@@ -369,6 +372,27 @@ pub enum TrackerReply {
         /// A sentence for the user.
         reason: String,
     },
+    /// Part of a status answer: one registered client.
+    StatusClient {
+        /// The client.
+        client: ClientId,
+        /// Where its peer server listens.
+        addr: SocketAddr,
+        /// How many files it holds.
+        files: u64,
+    },
+    /// Part of a status answer: one file and (some of) its holders. A file
+    /// with very many holders comes in several parts, each within a frame.
+    StatusFile {
+        /// The file.
+        file: FileName,
+        /// Its recorded size and SHA-1.
+        info: FileInfo,
+        /// Holders, in id order.
+        holders: Vec<ClientId>,
+    },
+    /// The end of a status answer.
+    StatusEnd,
 }
 
 /// What a downloader asks of a peer, on a fresh connection.
@@ -463,6 +487,7 @@ mod tests {
                 problem: Problem::WrongContent,
             },
             TrackerRequest::Ping,
+            TrackerRequest::Status,
         ]
         .into_iter()
         .map(|body| Request { trace, body })
@@ -476,6 +501,17 @@ mod tests {
             },
             TrackerReply::NoPeer,
             TrackerReply::Refused { reason: "no".into() },
+            TrackerReply::StatusClient {
+                client: ClientId(1),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                files: 2,
+            },
+            TrackerReply::StatusFile {
+                file: file("a"),
+                info: info(),
+                holders: vec![ClientId(1), ClientId(2)],
+            },
+            TrackerReply::StatusEnd,
         ];
         let peer_requests = [
             PeerRequest::Get {

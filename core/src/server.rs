@@ -53,6 +53,8 @@ impl Default for Limits {
 pub struct ServerHandle {
     /// The address the listener is bound to.
     local_addr: SocketAddr,
+    /// Cancelled to stop accepting new connections.
+    accepting: CancellationToken,
     /// Cancelled to stop the server and cut every connection.
     shutdown: CancellationToken,
     /// Tracks the accept loop, which ends after every handler has ended.
@@ -70,6 +72,16 @@ impl ServerHandle {
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.task.wait().await;
+    }
+
+    /// Stops accepting, lets the connections in progress finish for up to
+    /// `grace`, then cuts what is left and waits until every task is gone.
+    pub async fn drain(&self, grace: Duration) {
+        self.accepting.cancel();
+        if tokio::time::timeout(grace, self.task.wait()).await.is_err() {
+            tracing::info!("grace period over; cutting the connections left");
+        }
+        self.shutdown().await;
     }
 }
 
@@ -96,18 +108,31 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let local_addr = listener.local_addr()?;
+    let accepting = shutdown.child_token();
     let task = TaskTracker::new();
-    task.spawn(accept_loop(listener, limits, shutdown.clone(), handle));
+    task.spawn(accept_loop(
+        listener,
+        limits,
+        accepting.clone(),
+        shutdown.clone(),
+        handle,
+    ));
     task.close();
     Ok(ServerHandle {
         local_addr,
+        accepting,
         shutdown,
         task,
     })
 }
 
-async fn accept_loop<H, F>(listener: TcpListener, limits: Limits, shutdown: CancellationToken, handle: H)
-where
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    accepting: CancellationToken,
+    shutdown: CancellationToken,
+    handle: H,
+) where
     H: Fn(Connection) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -116,11 +141,11 @@ where
     loop {
         // Wait for a free slot before accepting: back-pressure, not overload.
         let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = accepting.cancelled() => break,
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = accepting.cancelled() => break,
             stream = accept(&listener) => stream,
         };
         let connection = match Connection::new(stream, limits.idle_timeout) {
@@ -140,6 +165,9 @@ where
             drop(permit);
         });
     }
+    // Stop listening at once (the port is free again), then wait for the
+    // connections in progress.
+    drop(listener);
     handlers.close();
     handlers.wait().await;
 }

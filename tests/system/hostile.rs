@@ -393,7 +393,7 @@ async fn a_holder_that_cuts_the_stream_is_skipped() {
 #[tokio::test]
 async fn with_no_honest_holder_left_the_download_fails_with_every_reason() {
     let swarm = swarm().await;
-    swarm.a.leave(&mut Trace::default()).await.unwrap();
+    swarm.a.leave(&mut Trace::default(), Duration::ZERO).await.unwrap();
     let closed_port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let info = FileInfo {
         size: 11,

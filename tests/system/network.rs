@@ -52,7 +52,7 @@ async fn the_tracker_forgets_a_client_that_stops() {
     let mut trace = Trace::default();
     a.folder().write(&name("f"), "x").await.unwrap();
     a.upload(&name("f"), &mut trace).await.unwrap();
-    a.leave(&mut trace).await.unwrap();
+    a.leave(&mut trace, std::time::Duration::ZERO).await.unwrap();
     // A goodbye is processed before its Ack: the very next lookup misses a.
     assert!(matches!(
         b.download(&name("f"), &mut trace).await,

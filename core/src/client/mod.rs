@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use session::SessionError;
-pub use transfer::TransferError;
+pub use session::{status, SessionError};
+pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::faults::{Fault, Faults};
@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub advertise: Option<SocketAddr>,
     /// Where events go besides the tracing log.
     pub events: Option<Arc<dyn EventSink>>,
+    /// What watches downloads byte by byte (a progress bar), if anything.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// A holder of a file, as the tracker gave it.
@@ -145,6 +147,8 @@ pub struct Client {
     stop: CancellationToken,
     /// Faults armed on its peer server.
     faults: Arc<Faults>,
+    /// What watches its downloads, if anything.
+    progress: Option<Arc<dyn Progress>>,
     /// Reports its events.
     reporter: Reporter,
     /// Timeouts for the connections it opens.
@@ -179,6 +183,7 @@ impl Client {
             session,
             stop,
             faults,
+            progress: config.progress,
             reporter,
             limits: config.limits,
             advertise: config.advertise,
@@ -312,7 +317,8 @@ impl Client {
         let mut source = source;
         let mut rejected: Vec<Rejection> = Vec::new();
         loop {
-            let fetched = transfer::fetch(self.id, &self.folder, file, &source, self.limits, trace).await;
+            let progress = self.progress.as_deref();
+            let fetched = transfer::fetch(self.id, &self.folder, file, &source, self.limits, progress, trace).await;
             let error = match fetched {
                 Ok(received) => {
                     if let Err(error) = self.folder.store(file, received) {
@@ -420,14 +426,18 @@ impl Client {
     }
 
     /// Leaves politely: tells the tracker (which forgets the client at
-    /// once), then stops. Not being registered is no error: it just stops.
-    pub async fn leave(&self, trace: &mut Trace) -> Result<(), ClientError> {
+    /// once, so no new download is sent here), lets the uploads in progress
+    /// finish for up to `grace`, then stops. Not being registered is no
+    /// error: it just stops.
+    pub async fn leave(&self, trace: &mut Trace, grace: Duration) -> Result<(), ClientError> {
         let said_goodbye = match self.ask_tracker(trace.advance(), TrackerRequest::Leave).await {
             Ok(TrackerReply::Ack) | Err(ClientError::NotRegistered(_)) => Ok(()),
             Ok(other) => Err(refusal(other)),
             Err(error) => Err(error),
         };
-        self.shutdown().await;
+        self.session.lock().await.take();
+        self.server.drain(grace).await;
+        self.stop.cancel();
         said_goodbye
     }
 

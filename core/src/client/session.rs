@@ -7,6 +7,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
+use crate::tracker::Snapshot;
 
 /// Why the tracker could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,47 @@ pub enum SessionError {
     /// The tracker closed the session.
     #[error("the tracker at {0} closed the session")]
     Closed(SocketAddr),
+    /// The tracker answered something out of place.
+    #[error("the tracker at {addr} answered {reply:?} out of place")]
+    Unexpected {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// What it said.
+        reply: Box<TrackerReply>,
+    },
+}
+
+/// Asks the tracker at `addr` what it knows (no registration needed).
+pub async fn status(addr: SocketAddr, idle_timeout: Duration) -> Result<Snapshot, SessionError> {
+    let mut session = Session::open(addr, idle_timeout).await?;
+    let lost = |error| SessionError::Lost { addr, error };
+    session
+        .connection
+        .write(&Request {
+            trace: Trace::default(),
+            body: TrackerRequest::Status,
+        })
+        .await
+        .map_err(lost)?;
+    let mut snapshot = Snapshot::default();
+    loop {
+        match session.connection.read::<TrackerReply>().await.map_err(lost)? {
+            Some(TrackerReply::StatusClient { client, addr, files }) => snapshot.clients.push((client, addr, files)),
+            Some(TrackerReply::StatusFile { file, info, holders }) => match snapshot.files.last_mut() {
+                // A file with many holders comes in several parts.
+                Some(last) if last.0 == file => last.2.extend(holders),
+                _ => snapshot.files.push((file, info, holders)),
+            },
+            Some(TrackerReply::StatusEnd) => return Ok(snapshot),
+            Some(other) => {
+                return Err(SessionError::Unexpected {
+                    addr,
+                    reply: Box::new(other),
+                })
+            }
+            None => return Err(SessionError::Closed(addr)),
+        }
+    }
 }
 
 /// An open session: one connection, one request at a time.

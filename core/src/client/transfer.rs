@@ -1,6 +1,6 @@
 //! Fetching one file from one peer, verified against the tracker's record.
 
-use crate::connection::{Connection, ConnectionError};
+use crate::connection::{BodySink, Connection, ConnectionError};
 use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request, Trace};
 use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
@@ -70,6 +70,7 @@ pub(crate) async fn fetch(
     file: &FileName,
     source: &Source,
     limits: Limits,
+    progress: Option<&dyn Progress>,
     trace: &mut Trace,
 ) -> Result<Received, TransferError> {
     let expected = source.info;
@@ -98,7 +99,19 @@ pub(crate) async fn fetch(
         None => return Err(TransferError::NoAnswer),
     }
     let mut incoming = folder.incoming(file)?;
-    connection.read_body(expected.size, &mut incoming).await?;
+    match progress {
+        Some(progress) => {
+            progress.begin(file, source.peer, expected.size);
+            let mut counted = Counted {
+                sink: &mut incoming,
+                file,
+                received: 0,
+                progress,
+            };
+            connection.read_body(expected.size, &mut counted).await?;
+        }
+        None => connection.read_body(expected.size, &mut incoming).await?,
+    }
     let received = incoming.finish().await?;
     if received.info().sha1 != expected.sha1 {
         return Err(TransferError::WrongContent {
@@ -122,4 +135,29 @@ pub(crate) async fn fetch(
         tracing::debug!(%error, "peer did not close cleanly after {file}");
     }
     Ok(received)
+}
+
+/// Watches downloads byte by byte, to draw progress.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// A transfer of `file` from `peer` begins; `size` bytes will follow.
+    fn begin(&self, file: &FileName, peer: ClientId, size: u64);
+    /// `received` bytes of `file` have arrived so far.
+    fn advance(&self, file: &FileName, received: u64);
+}
+
+/// A body sink that tells a [`Progress`] about every chunk it passes on.
+struct Counted<'a, S> {
+    sink: &'a mut S,
+    file: &'a FileName,
+    received: u64,
+    progress: &'a dyn Progress,
+}
+
+impl<S: BodySink + Send> BodySink for Counted<'_, S> {
+    async fn accept(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        self.received += chunk.len() as u64;
+        self.sink.accept(chunk).await?;
+        self.progress.advance(self.file, self.received);
+        Ok(())
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 
-pub use records::{Holder, Records, Refusal, SessionId};
+pub use records::{Holder, Records, Refusal, SessionId, Snapshot};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
@@ -129,6 +129,14 @@ async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, 
                 break;
             }
         };
+        if request.body == TrackerRequest::Status {
+            let snapshot = shared.records().snapshot();
+            if let Err(error) = send_status(&mut connection, snapshot).await {
+                tracing::info!(remote = %session.remote, %error, "status answer failed");
+                break;
+            }
+            continue;
+        }
         let reply = shared.handle(&mut session, request.trace, request.body);
         if let Err(error) = connection.write(&reply).await {
             tracing::info!(remote = %session.remote, %error, "dropping tracker session");
@@ -146,6 +154,40 @@ async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, 
             shared.reporter.report(Trace::default(), Event::ClientLost { client });
         }
     }
+}
+
+/// How many holders one `StatusFile` frame lists: well inside a frame even
+/// with 20-digit ids.
+const HOLDERS_PER_FRAME: usize = 2000;
+
+/// Streams a status answer: clients, files, then the end.
+async fn send_status(connection: &mut Connection, snapshot: Snapshot) -> Result<(), ConnectionError> {
+    for (client, addr, files) in snapshot.clients {
+        connection
+            .write(&TrackerReply::StatusClient { client, addr, files })
+            .await?;
+    }
+    for (file, info, holders) in snapshot.files {
+        let mut parts = holders.chunks(HOLDERS_PER_FRAME).peekable();
+        if parts.peek().is_none() {
+            let reply = TrackerReply::StatusFile {
+                file,
+                info,
+                holders: Vec::new(),
+            };
+            connection.write(&reply).await?;
+            continue;
+        }
+        for part in parts {
+            let reply = TrackerReply::StatusFile {
+                file: file.clone(),
+                info,
+                holders: part.to_vec(),
+            };
+            connection.write(&reply).await?;
+        }
+    }
+    connection.write(&TrackerReply::StatusEnd).await
 }
 
 impl Shared {
@@ -196,6 +238,7 @@ impl Shared {
                 TrackerReply::Ack
             }),
             TrackerRequest::Ping => session.registered().map(|_| TrackerReply::Ack),
+            TrackerRequest::Status => unreachable!("status answers are streamed by the session loop"),
         };
         outcome.unwrap_or_else(|refusal| TrackerReply::Refused {
             reason: refusal.to_string(),

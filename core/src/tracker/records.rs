@@ -54,6 +54,15 @@ pub struct Holder {
     pub info: FileInfo,
 }
 
+/// A copy of the records, for a status answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Registered clients: id, address, how many files each holds.
+    pub clients: Vec<(ClientId, SocketAddr, u64)>,
+    /// Every file ever announced: name, record, current holders.
+    pub files: Vec<(FileName, FileInfo, Vec<ClientId>)>,
+}
+
 /// Everything the tracker knows.
 #[derive(Debug)]
 pub struct Records {
@@ -195,6 +204,25 @@ impl Records {
             .get(file)
             .map(|record| record.holders.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Every registered client (id, address, number of files held), and
+    /// every file ever announced with its record and current holders; both
+    /// sorted.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut clients: Vec<(ClientId, SocketAddr, u64)> = self
+            .clients
+            .iter()
+            .map(|(id, record)| (*id, record.addr, record.files.len() as u64))
+            .collect();
+        clients.sort();
+        let mut files: Vec<(FileName, FileInfo, Vec<ClientId>)> = self
+            .files
+            .iter()
+            .map(|(file, record)| (file.clone(), record.info, record.holders.iter().copied().collect()))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot { clients, files }
     }
 
     /// Whether `client` is registered.

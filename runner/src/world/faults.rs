@@ -43,7 +43,7 @@ impl World {
                 Subject::Node(Node::Client(ClientId(c.id))),
                 ScenarioEvent::Left,
             );
-            self.runtime.block_on(client.leave(trace))
+            self.runtime.block_on(client.leave(trace, std::time::Duration::ZERO))
         })
         .map_err(|error| format!("client {} could not leave cleanly: {error}", c.id))?;
         self.mark_down(c, "left");
