@@ -1,0 +1,181 @@
+//! `phile`: the tracker and peers as processes of their own, for real
+//! machines. `phile tracker` runs a tracker; `phile peer` seeds a folder;
+//! `phile get` downloads files (and may stay to seed them); `phile status`
+//! shows what a tracker knows.
+
+mod get;
+mod peer;
+mod progress;
+mod status;
+mod tracker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use phile_core::ClientId;
+use tracing_subscriber::EnvFilter;
+
+/// Peer-to-peer file transfer: a tracker knows who holds which file; peers
+/// fetch files straight from each other, verify them, and seed them on.
+///
+/// Exit status: 0 on success; 1 when something failed (a file did not
+/// arrive, an address is in use, the tracker is unreachable); 2 on bad
+/// command-line use.
+#[derive(Debug, Parser)]
+#[command(
+    name = "phile",
+    version,
+    after_help = "Logs go to standard error; RUST_LOG=debug shows more, RUST_LOG=warn less.\n\
+                  A walk-through: the README, \"Run it for real\"."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a tracker until Ctrl-C or SIGTERM.
+    Tracker(tracker::TrackerArgs),
+    /// Seed the files of a folder (and any added later) until stopped.
+    Peer(peer::PeerArgs),
+    /// Download files, verify them, then exit (or keep seeding with --seed).
+    Get(get::GetArgs),
+    /// Show what a tracker knows: clients, files, holders, sizes.
+    Status(status::StatusArgs),
+}
+
+/// Who a peer is and where it stands: shared by `peer` and `get`.
+#[derive(Debug, Args)]
+struct Identity {
+    /// This peer's id, unique among the tracker's clients.
+    #[arg(long, value_name = "ID")]
+    id: u64,
+
+    /// The folder of files this peer holds (downloads go there too).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+
+    /// The tracker's address, HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    tracker: String,
+
+    /// Where this peer's server listens for other peers.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+
+    /// The address other peers should use to reach this one, when it is not
+    /// the address the tracker sees plus the listening port (NAT, several
+    /// interfaces).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<SocketAddr>,
+
+    /// How long uploads in progress may finish when stopping, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    grace: u64,
+}
+
+impl Identity {
+    fn client_id(&self) -> ClientId {
+        ClientId(self.id)
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace)
+    }
+
+    /// The tracker's address, resolving a host name if given one.
+    async fn tracker_addr(&self) -> anyhow::Result<SocketAddr> {
+        resolve(&self.tracker).await
+    }
+}
+
+/// Resolves `HOST:PORT` to the first address it names.
+async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve the tracker address {addr:?} (expected HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("the tracker address {addr:?} names no address"))
+}
+
+/// Checks that `dir` is an existing folder.
+fn existing_folder(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("{} is not a folder", dir.display()),
+        Err(_) => anyhow::bail!(
+            "folder {} does not exist (create it with: mkdir -p {})",
+            dir.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C or SIGTERM.
+async fn stop_requested() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A tracker or a seeding peer logs what it does; `get` and `status`
+    // print their own results and log only problems.
+    let default_filter = match cli.command {
+        Command::Tracker(_) | Command::Peer(_) => "warn,phile=info,phile_core=info",
+        Command::Get(_) | Command::Status(_) => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(%error, "could not raise the open-file limit");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("phile: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Tracker(args) => tracker::run(args).await,
+            Command::Peer(args) => peer::run(args).await,
+            Command::Get(args) => get::run(args).await,
+            Command::Status(args) => status::run(args).await,
+        }
+    });
+    // Tasks still running (a stuck upload past its grace) must not hold
+    // the process open.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("phile: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

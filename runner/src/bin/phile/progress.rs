@@ -1,0 +1,84 @@
+//! What `phile get` shows while files arrive: a progress bar per file on a
+//! terminal (bytes, rate, time left), plain lines anywhere else (a log file,
+//! a pipe, CI), so nothing is lost and nothing is garbled.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use phile_core::client::Progress;
+use phile_core::{ClientId, FileName};
+
+/// Shows the progress of every download of one `phile get`.
+#[derive(Debug)]
+pub struct Display {
+    /// Draws the bars, on a terminal only.
+    bars: Option<MultiProgress>,
+    /// The bar of each file in flight. A std mutex: held for a lookup only.
+    by_file: Mutex<HashMap<FileName, ProgressBar>>,
+}
+
+impl Display {
+    /// Bars if standard error is a terminal, plain lines otherwise.
+    pub fn new() -> Display {
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Display {
+            bars,
+            by_file: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Prints a line without tearing the bars.
+    pub fn line(&self, text: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => println!("{text}"),
+        }
+    }
+
+    /// Ends the bar of `file`, if it has one.
+    pub fn finish(&self, file: &FileName) {
+        if let Some(bar) = self.by_file.lock().expect("progress poisoned").remove(file) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Display {
+    fn begin(&self, file: &FileName, peer: ClientId, size: u64) {
+        let Some(bars) = &self.bars else {
+            println!("{file}: fetching {size} bytes from peer {peer}");
+            return;
+        };
+        let style = ProgressStyle::with_template(
+            "{msg:20!} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        let bar = bars.add(
+            ProgressBar::new(size)
+                .with_style(style)
+                .with_message(format!("{file} ← {peer}")),
+        );
+        // A failover starts a new bar for the same file.
+        if let Some(old) = self
+            .by_file
+            .lock()
+            .expect("progress poisoned")
+            .insert(file.clone(), bar)
+        {
+            old.finish_and_clear();
+        }
+    }
+
+    fn advance(&self, file: &FileName, received: u64) {
+        if let Some(bar) = self.by_file.lock().expect("progress poisoned").get(file) {
+            bar.set_position(received);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `phile tracker`.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Args;
+use phile_core::{Tracker, TrackerConfig};
+
+/// Options of `phile tracker`.
+#[derive(Debug, Args)]
+pub struct TrackerArgs {
+    /// Where to listen for peers.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8000")]
+    listen: SocketAddr,
+
+    /// Seed of the random choice of a holder (default: a fresh one each run).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+pub async fn run(args: TrackerArgs) -> anyhow::Result<ExitCode> {
+    let config = TrackerConfig {
+        seed: args.seed.unwrap_or_else(rand::random),
+        ..TrackerConfig::default()
+    };
+    let tracker = Tracker::bind(args.listen, config).await.map_err(|error| {
+        let hint = match error.kind() {
+            ErrorKind::AddrInUse => " (is another tracker running? choose another port with --listen)",
+            ErrorKind::PermissionDenied => " (ports below 1024 need privileges; pick a higher one)",
+            _ => "",
+        };
+        anyhow::anyhow!("cannot listen on {}: {error}{hint}", args.listen)
+    })?;
+    println!("phile tracker listening on {}; Ctrl-C to stop", tracker.local_addr());
+    crate::stop_requested().await;
+    tracing::info!("stopping");
+    tracker.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
