@@ -199,7 +199,11 @@ impl Reporter {
 
     /// Reports `event`, caused by the request traced `trace`.
     pub fn report(&self, trace: Trace, event: Event) {
-        tracing::info!(node = %self.node, op = trace.op, step = trace.step, "{event}");
+        if trace == Trace::default() {
+            tracing::info!(node = %self.node, "{event}");
+        } else {
+            tracing::info!(node = %self.node, op = trace.op, step = trace.step, "{event}");
+        }
         if let Some(sink) = &self.sink {
             sink.record(trace, self.node, event);
         }
