@@ -334,7 +334,7 @@ impl Problem {
     /// mid-transfer". No byte counts or addresses, so logs repeat.
     pub fn describe(self) -> &'static str {
         match self {
-            Problem::Unreachable => "refused the connection",
+            Problem::Unreachable => "could not be reached",
             Problem::Cut => "cut the connection mid-transfer",
             Problem::Stalled => "stalled past the idle timeout",
             Problem::Refused => "refused to send the file",

@@ -410,6 +410,6 @@ async fn with_no_honest_holder_left_the_download_fails_with_every_reason() {
         .await
         .unwrap_err();
     assert!(matches!(error, DownloadError::Exhausted { .. }), "{error:?}");
-    assert_eq!(error.to_string(), "no peer delivered f.txt: 66 refused the connection");
+    assert_eq!(error.to_string(), "no peer delivered f.txt: 66 could not be reached");
     assert!(swarm.b.folder().list().unwrap().is_empty());
 }

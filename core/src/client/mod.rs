@@ -343,6 +343,9 @@ impl Client {
                 return Err(self.failed(file, ClientError::from(error).into(), trace));
             };
             tracing::info!(node = %self.id, peer = %source.peer, %error, "giving up on this holder of {file}");
+            if let Some(progress) = &self.progress {
+                progress.rejected(file, source.peer, problem);
+            }
             let reason = problem.describe().to_owned();
             let event = Event::TransferRejected {
                 file: file.clone(),

@@ -143,6 +143,11 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn begin(&self, file: &FileName, peer: ClientId, size: u64);
     /// `received` bytes of `file` have arrived so far.
     fn advance(&self, file: &FileName, received: u64);
+    /// The transfer of `file` from `peer` failed (`problem`); another holder
+    /// will be tried if there is one.
+    fn rejected(&self, file: &FileName, peer: ClientId, problem: Problem) {
+        let _ = (file, peer, problem);
+    }
 }
 
 /// A body sink that tells a [`Progress`] about every chunk it passes on.

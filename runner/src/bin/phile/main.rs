@@ -77,6 +77,11 @@ struct Identity {
     /// How long uploads in progress may finish when stopping, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     grace: u64,
+
+    /// How long a connection may make no progress (no answer, no bytes)
+    /// before it is given up, in seconds; a download then tries another peer.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
 }
 
 impl Identity {
@@ -86,6 +91,13 @@ impl Identity {
 
     fn grace(&self) -> Duration {
         Duration::from_secs(self.grace)
+    }
+
+    fn limits(&self) -> phile_core::Limits {
+        phile_core::Limits {
+            idle_timeout: Duration::from_secs(self.timeout),
+            ..phile_core::Limits::default()
+        }
     }
 
     /// The tracker's address, resolving a host name if given one.

@@ -77,6 +77,7 @@ pub async fn start(me: &Identity, config: ClientConfig) -> anyhow::Result<Client
     })?;
     let config = ClientConfig {
         advertise: me.advertise,
+        limits: me.limits(),
         ..config
     };
     Ok(Client::start(me.client_id(), folder, listener, config)?)

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use phile_core::client::Progress;
+use phile_core::protocol::Problem;
 use phile_core::{ClientId, FileName};
 
 /// Shows the progress of every download of one `phile get`.
@@ -74,6 +75,14 @@ impl Progress for Display {
         {
             old.finish_and_clear();
         }
+    }
+
+    fn rejected(&self, file: &FileName, peer: ClientId, problem: Problem) {
+        self.finish(file);
+        self.line(&format!(
+            "{file}: gave up on peer {peer}, which {}; trying another",
+            problem.describe()
+        ));
     }
 
     fn advance(&self, file: &FileName, received: u64) {
