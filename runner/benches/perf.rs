@@ -1,0 +1,621 @@
+//! phile's performance, measured against baselines in the same run.
+//!
+//! ```text
+//! cargo bench -p phile-runner --bench perf               # the full run (1 GiB file, 1,000 connections, ...)
+//! cargo bench -p phile-runner --bench perf -- --size 4G  # a bigger file (memory must not grow)
+//! cargo bench -p phile-runner --bench perf -- --smoke    # tiny sizes: checks the harness works
+//! ```
+//!
+//! Every figure is printed next to its baseline and their ratio; nothing is
+//! asserted about time (CI runs `--smoke` through `tests/bench_smoke.rs`
+//! so the harness cannot rot). It creates its own data in a temporary
+//! folder and installs nothing.
+
+#![allow(dead_code)] // parts are used only by the smoke test, or only by main
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha1::{Digest as _, Sha1};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What to measure, and how much.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Size of the big file.
+    pub size: u64,
+    /// Runs of the default scenario.
+    pub default_runs: usize,
+    /// Client counts of the many-peers scenario.
+    pub scale: Vec<usize>,
+    /// Registered clients for the tracker's memory.
+    pub registered: usize,
+    /// Concurrent connections for the lookup rate.
+    pub connections: usize,
+    /// How long to measure lookups.
+    pub lookup_time: Duration,
+    /// Where the binaries under test are.
+    pub phile: PathBuf,
+    pub phile_run: PathBuf,
+    /// The scenarios folder.
+    pub scenarios: PathBuf,
+    /// Run the far ends of the baselines as threads, not processes (the
+    /// smoke test runs inside a test binary, which cannot play them).
+    pub helpers_in_threads: bool,
+}
+
+impl Config {
+    fn full() -> Config {
+        Config {
+            size: 1 << 30,
+            default_runs: 20,
+            scale: vec![100, 1000, 5000],
+            registered: 10_000,
+            connections: 1000,
+            lookup_time: Duration::from_secs(5),
+            phile: PathBuf::from(env!("CARGO_BIN_EXE_phile")),
+            phile_run: PathBuf::from(env!("CARGO_BIN_EXE_phile-run")),
+            scenarios: Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios"),
+            helpers_in_threads: false,
+        }
+    }
+
+    /// Sizes small enough for CI: the harness runs end to end in seconds.
+    pub fn smoke() -> Config {
+        Config {
+            size: 4 << 20,
+            default_runs: 2,
+            scale: vec![20, 40],
+            registered: 200,
+            connections: 20,
+            lookup_time: Duration::from_millis(200),
+            helpers_in_threads: true,
+            ..Config::full()
+        }
+    }
+}
+
+/// One line of the results table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub what: String,
+    pub phile: String,
+    pub baseline: String,
+    pub ratio: String,
+}
+
+fn row(what: impl Into<String>, phile: impl Into<String>, baseline: impl Into<String>, ratio: impl Into<String>) -> Row {
+    Row { what: what.into(), phile: phile.into(), baseline: baseline.into(), ratio: ratio.into() }
+}
+
+/// Runs every measurement and returns the table.
+pub fn run(config: &Config) -> Vec<Row> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let mut rows = Vec::new();
+    rows.extend(big_file(config, work.path()));
+    rows.push(aria2_row());
+    rows.extend(default_scenario(config, work.path()));
+    rows.extend(many_peers(config, work.path()));
+    rows.push(tracker_memory(config));
+    rows.extend(lookup_rate(config));
+    rows
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| measure | phile | baseline | ratio |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!("| {} | {} | {} | {} |", row.what, row.phile, row.baseline, row.ratio);
+    }
+}
+
+fn parse_size(text: &str) -> u64 {
+    let text = text.trim().to_ascii_uppercase();
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let number: u64 = number.parse().expect("--size takes a number with an optional K, M or G");
+    number
+        * match unit.trim_end_matches("IB").trim_end_matches('B') {
+            "" => 1,
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "G" => 1 << 30,
+            other => panic!("unknown size unit {other}"),
+        }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut config = Config::full();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            // Helper modes: this binary is also the far end of a baseline.
+            "--copy-send" => return copy_send(&args.next().unwrap(), Path::new(&args.next().unwrap())),
+            "--echo-server" => return echo_server(),
+            "--smoke" => config = Config::smoke(),
+            "--size" => config.size = parse_size(&args.next().expect("--size takes a size")),
+            "--bench" => {} // cargo passes it
+            other => eprintln!("ignoring unknown argument {other}"),
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("phile performance, {cores} cores, release build\n");
+    print_table(&run(&config));
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process, killed when dropped.
+struct Daemon(Child, BufReader<std::process::ChildStdout>);
+
+impl Daemon {
+    fn start(program: &Path, args: &[&str]) -> Daemon {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Daemon(child, out)
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.1.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak resident memory of a running process, in MiB (from /proc).
+fn peak_rss(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Runs `program` to its end; returns its wall time and peak memory (MiB).
+fn run_measured(program: &Path, args: &[&str]) -> (Duration, f64, bool) {
+    let started = Instant::now();
+    let child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; status and usage are valid pointers.
+    let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let took = started.elapsed();
+    let ok = waited > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (took, usage.ru_maxrss as f64 / 1024.0, ok)
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn tracker(config: &Config) -> (Daemon, String) {
+    let mut tracker = Daemon::start(&config.phile, &["tracker", "--listen", "127.0.0.1:0", "--seed", "1"]);
+    let line = tracker.line();
+    let addr = line["phile tracker listening on ".len()..].split(';').next().unwrap().to_owned();
+    (tracker, addr)
+}
+
+// ---------------------------------------------------------------- big file
+
+fn write_test_file(path: &Path, size: u64) {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for byte in block.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    let mut left = size;
+    let mut counter = 0u64;
+    while left > 0 {
+        // Vary every block a little, so no layer can deduplicate them.
+        block[..8].copy_from_slice(&counter.to_le_bytes());
+        counter += 1;
+        let n = block.len().min(left as usize);
+        out.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// The sending end of the plain TCP copy (run in a child process).
+fn copy_send(addr: &str, path: &Path) {
+    let mut socket = TcpStream::connect(addr).unwrap();
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        socket.write_all(&buffer[..n]).unwrap();
+    }
+}
+
+/// A plain TCP copy of `source` between two processes, written to disk and
+/// synced like a download: the speed limit of the link and the disk.
+fn tcp_copy(config: &Config, source: &Path, target: &Path) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let sender = if config.helpers_in_threads {
+        let (addr, source) = (addr.clone(), source.to_owned());
+        let thread = std::thread::spawn(move || copy_send(&addr, &source));
+        Err(thread)
+    } else {
+        let me = std::env::current_exe().unwrap();
+        Ok(Command::new(me).args(["--copy-send", &addr, source.to_str().unwrap()]).spawn().unwrap())
+    };
+    let (mut socket, _) = listener.accept().unwrap();
+    let mut file = std::fs::File::create(target).unwrap();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = socket.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buffer[..n]).unwrap();
+    }
+    file.sync_data().unwrap();
+    let took = started.elapsed();
+    match sender {
+        Ok(mut process) => drop(process.wait()),
+        Err(thread) => thread.join().unwrap(),
+    }
+    took
+}
+
+/// SHA-1 of the file's bytes on one core: the speed limit of verification.
+fn sha1_speed(path: &Path) -> Duration {
+    let started = Instant::now();
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    std::hint::black_box(hasher.finalize());
+    started.elapsed()
+}
+
+fn rate(size: u64, took: Duration) -> f64 {
+    size as f64 / MIB / took.as_secs_f64()
+}
+
+fn big_file(config: &Config, work: &Path) -> Vec<Row> {
+    let size = config.size;
+    let label = human_size(size);
+    let (seeds, downloads, copies) = (work.join("seeds"), work.join("downloads"), work.join("copies"));
+    for dir in [&seeds, &downloads, &copies] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let source = seeds.join("big.bin");
+    write_test_file(&source, size);
+
+    let copy = rate(size, tcp_copy(config, &source, &copies.join("big.bin")));
+    let hash = rate(size, sha1_speed(&source));
+    let limit = copy.min(hash);
+    let limiter = if copy < hash { "TCP copy" } else { "SHA-1" };
+
+    let (_tracker, addr) = tracker(config);
+    let seeds_dir = seeds.to_str().unwrap();
+    let mut seeder = Daemon::start(
+        &config.phile,
+        &["peer", "--id", "1", "--dir", seeds_dir, "--tracker", &addr, "--listen", "127.0.0.1:0"],
+    );
+    seeder.line(); // ready: the file is hashed and announced
+    let (took, get_rss, ok) = run_measured(
+        &config.phile,
+        &["get", "big.bin", "--id", "2", "--dir", downloads.to_str().unwrap(), "--tracker", &addr, "--grace", "0"],
+    );
+    assert!(ok, "phile get failed");
+    let seeder_rss = peak_rss(seeder.pid());
+    let phile = rate(size, took);
+    vec![
+        row(format!("{label} download (verified, synced), MiB/s"), format!("{phile:.0}"), format!("{limit:.0} ({limiter})"), format!("{:.2}", phile / limit)),
+        row(format!("{label} plain TCP copy between two processes, MiB/s"), "", format!("{copy:.0}"), ""),
+        row(format!("{label} SHA-1 on one core, MiB/s"), "", format!("{hash:.0}"), ""),
+        row(format!("peak RSS while moving {label}: seeder / downloader, MiB"), format!("{seeder_rss:.0} / {get_rss:.0}"), "64 (target)", ""),
+    ]
+}
+
+fn aria2_row() -> Row {
+    let found = |tool: &str| Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if found("aria2c") && found("opentracker") {
+        row("aria2c via opentracker", "not automated yet", "", "")
+    } else {
+        row(
+            "aria2c via opentracker (BitTorrent)",
+            "skipped: not installed",
+            "apt install aria2 opentracker",
+            "",
+        )
+    }
+}
+
+fn human_size(size: u64) -> String {
+    match size {
+        s if s >= 1 << 30 && s % (1 << 30) == 0 => format!("{} GiB", s >> 30),
+        s if s >= 1 << 20 => format!("{} MiB", s >> 20),
+        s => format!("{s} bytes"),
+    }
+}
+
+// ---------------------------------------------------------------- scenarios
+
+fn default_scenario(config: &Config, work: &Path) -> Vec<Row> {
+    let script = config.scenarios.join("default.rhai");
+    let root = work.join("default-root");
+    let root = root.to_str().unwrap();
+    let times: Vec<Duration> = (0..config.default_runs)
+        .map(|_| {
+            let (took, _, ok) = run_measured(&config.phile_run, &[script.to_str().unwrap(), "--root", root, "--ephemeral-ports", "-q"]);
+            assert!(ok, "the default scenario failed");
+            took
+        })
+        .collect();
+    let start: Vec<Duration> = (0..config.default_runs).map(|_| run_measured(&config.phile_run, &["--version"]).0).collect();
+    let (scenario, start) = (median(times), median(start));
+    vec![row(
+        "default scenario, whole process (median), ms",
+        format!("{:.1}", scenario.as_secs_f64() * 1e3),
+        format!("{:.1} (process start, `phile-run --version`); the seed's prototype sleeps ~7000", start.as_secs_f64() * 1e3),
+        format!("{:.1}", scenario.as_secs_f64() / start.as_secs_f64()),
+    )]
+}
+
+/// The many-peers scenario for `clients` clients (bench/many_peers.rhai).
+fn many_peers_script(clients: usize) -> String {
+    let template = include_str!("../../bench/many_peers.rhai");
+    template.replacen("let clients = 1000;", &format!("let clients = {clients};"), 1)
+}
+
+fn many_peers(config: &Config, work: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut first: Option<(usize, f64)> = None;
+    for &clients in &config.scale {
+        let script = work.join(format!("many_peers_{clients}.rhai"));
+        std::fs::write(&script, many_peers_script(clients)).unwrap();
+        let root = work.join(format!("many-{clients}"));
+        let (took, rss, ok) = run_measured(
+            &config.phile_run,
+            &[script.to_str().unwrap(), "--root", root.to_str().unwrap(), "--ephemeral-ports", "-q"],
+        );
+        assert!(ok, "the many-peers scenario with {clients} clients failed");
+        let per_client = took.as_secs_f64() / clients as f64;
+        let (base_clients, base_per_client) = *first.get_or_insert((clients, per_client));
+        rows.push(row(
+            format!("{clients} clients x 5 downloads (waves of 100 clients), s; peak RSS {rss:.0} MiB"),
+            format!("{:.2}", took.as_secs_f64()),
+            format!("{:.2} ms per client at {base_clients}", base_per_client * 1e3),
+            format!("{:.2} per client", per_client / base_per_client),
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    rows
+}
+
+// ---------------------------------------------------------------- tracker
+
+use phile_core::protocol::{self, ClientId, Digest, FileInfo, Request, Trace, TrackerReply, TrackerRequest};
+
+/// A blocking framed connection for the load generators.
+struct Wire(TcpStream);
+
+impl Wire {
+    fn connect(addr: &str) -> Wire {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Wire(stream)
+    }
+
+    fn send(&mut self, body: TrackerRequest) {
+        let payload = protocol::encode(&Request { trace: Trace::default(), body }).unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        self.0.write_all(&frame).unwrap();
+    }
+
+    fn receive(&mut self) -> Vec<u8> {
+        let mut length = [0u8; 4];
+        self.0.read_exact(&mut length).unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+        self.0.read_exact(&mut payload).unwrap();
+        payload
+    }
+
+    fn ask(&mut self, body: TrackerRequest) -> TrackerReply {
+        self.send(body);
+        protocol::decode(&self.receive()).unwrap()
+    }
+}
+
+fn tracker_memory(config: &Config) -> Row {
+    let (tracker, addr) = tracker(config);
+    let before = peak_rss(tracker.pid());
+    let info = FileInfo { size: 1000, sha1: Digest::of(b"x") };
+    let sessions: Vec<Wire> = (0..config.registered)
+        .map(|id| {
+            let mut wire = Wire::connect(&addr);
+            let advertise = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+            wire.ask(TrackerRequest::Register { client: ClientId(id as u64), port: 1, advertise });
+            for file in 0..5 {
+                let file = format!("file{file}.bin").parse().unwrap();
+                wire.ask(TrackerRequest::Announce { file, info });
+            }
+            wire
+        })
+        .collect();
+    let after = peak_rss(tracker.pid());
+    drop(sessions);
+    row(
+        format!("tracker peak RSS with {} clients holding 5 files each, MiB", config.registered),
+        format!("{after:.0}"),
+        format!("{before:.0} (idle); 100 (target)"),
+        "",
+    )
+}
+
+/// A server that answers every frame with a fixed frame: the cost of the
+/// connection and the framing alone, the floor under any tracker.
+fn echo_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    serve_echo(listener);
+}
+
+fn serve_echo(listener: TcpListener) {
+    let answer = protocol::encode(&TrackerReply::NoPeer).unwrap();
+    let mut frame = (answer.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&answer);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std({
+            listener.set_nonblocking(true).unwrap();
+            listener
+        })
+        .unwrap();
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let frame = frame.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = socket.set_nodelay(true);
+                let (mut read, mut write) = socket.into_split();
+                let mut length = [0u8; 4];
+                while read.read_exact(&mut length).await.is_ok() {
+                    let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+                    if read.read_exact(&mut payload).await.is_err() || write.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Lookups per second and p99 latency of `connections` clients asking
+/// `addr` in a closed loop for `time`.
+fn hammer(addr: &str, connections: usize, time: Duration, register: bool) -> (f64, Duration) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let addr = addr.to_owned();
+        let deadline = Instant::now() + time;
+        let tasks: Vec<_> = (0..connections)
+            .map(|i| {
+                let addr = addr.clone();
+                tokio::spawn(async move { lookup_loop(&addr, 100_000 + i as u64, deadline, register).await })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        latencies.sort();
+        let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or_default();
+        (latencies.len() as f64 / time.as_secs_f64(), p99)
+    })
+}
+
+async fn lookup_loop(addr: &str, id: u64, deadline: Instant, register: bool) -> Vec<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    let frame = |body: TrackerRequest| {
+        let payload = protocol::encode(&Request { trace: Trace::default(), body }).unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        frame
+    };
+    let mut length = [0u8; 4];
+    let mut payload = Vec::new();
+    if register {
+        let advertise = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        socket.write_all(&frame(TrackerRequest::Register { client: ClientId(id), port: 1, advertise })).await.unwrap();
+        socket.read_exact(&mut length).await.unwrap();
+        payload.resize(u32::from_be_bytes(length) as usize, 0);
+        socket.read_exact(&mut payload).await.unwrap();
+    }
+    let lookup = frame(TrackerRequest::Lookup { file: "hot.bin".parse().unwrap(), exclude: vec![] });
+    let mut latencies = Vec::new();
+    while Instant::now() < deadline {
+        let asked = Instant::now();
+        socket.write_all(&lookup).await.unwrap();
+        socket.read_exact(&mut length).await.unwrap();
+        payload.resize(u32::from_be_bytes(length) as usize, 0);
+        socket.read_exact(&mut payload).await.unwrap();
+        latencies.push(asked.elapsed());
+    }
+    latencies
+}
+
+fn lookup_rate(config: &Config) -> Vec<Row> {
+    let (_tracker, addr) = tracker(config);
+    // A few holders of the file everyone looks up.
+    let info = FileInfo { size: 1000, sha1: Digest::of(b"x") };
+    let _holders: Vec<Wire> = (0..10)
+        .map(|id| {
+            let mut wire = Wire::connect(&addr);
+            let advertise = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+            wire.ask(TrackerRequest::Register { client: ClientId(id), port: 1, advertise });
+            wire.ask(TrackerRequest::Announce { file: "hot.bin".parse().unwrap(), info });
+            wire
+        })
+        .collect();
+    let (tracker_rate, tracker_p99) = hammer(&addr, config.connections, config.lookup_time, true);
+
+    let (_echo, echo_addr) = if config.helpers_in_threads {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || serve_echo(listener));
+        (None, addr)
+    } else {
+        let mut echo = Daemon::start(&std::env::current_exe().unwrap(), &["--echo-server"]);
+        let addr = echo.line();
+        (Some(echo), addr)
+    };
+    let (echo_rate, echo_p99) = hammer(&echo_addr, config.connections, config.lookup_time, false);
+    vec![row(
+        format!("tracker lookups/s, {} connections (p99 latency)", config.connections),
+        format!("{tracker_rate:.0} ({:.2} ms)", tracker_p99.as_secs_f64() * 1e3),
+        format!("{echo_rate:.0} ({:.2} ms), framed echo server", echo_p99.as_secs_f64() * 1e3),
+        format!("{:.2}", tracker_rate / echo_rate),
+    )]
+}
