@@ -27,6 +27,11 @@ use crate::protocol::{self, ProtocolError, MAX_FRAME_LEN};
 /// transfer keep memory flat.
 pub const CHUNK_LEN: usize = 256 * 1024;
 
+/// The initial read and write buffers of a connection. Messages are a few
+/// hundred bytes, and a tracker keeps one connection per client, so small
+/// buffers (grown on demand) keep 10,000 sessions in a few dozen MiB.
+const FRAME_BUFFER_LEN: usize = 1024;
+
 /// Why talking to the remote side failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -81,7 +86,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let peer_addr = stream.peer_addr()?;
         Ok(Connection {
-            frames: Framed::new(stream, protocol::frame_codec()),
+            frames: Framed::with_capacity(stream, protocol::frame_codec(), FRAME_BUFFER_LEN),
             idle_timeout,
             peer_addr,
         })

@@ -9,8 +9,24 @@ mod perf;
 fn the_benchmark_runs_end_to_end_at_smoke_size() {
     let rows = perf::run(&perf::Config::smoke());
     let measures: Vec<&str> = rows.iter().map(|row| row.what.as_str()).collect();
-    for expected in ["download", "TCP copy", "SHA-1", "peak RSS", "default scenario", "clients x 5 downloads", "tracker peak RSS", "lookups/s"] {
-        assert!(measures.iter().any(|m| m.contains(expected)), "no {expected} row in {measures:?}");
+    for expected in [
+        "download",
+        "TCP copy",
+        "SHA-1",
+        "peak RSS",
+        "default scenario",
+        "clients x 5 downloads",
+        "tracker peak RSS",
+        "lookups/s",
+    ] {
+        assert!(
+            measures.iter().any(|m| m.contains(expected)),
+            "no {expected} row in {measures:?}"
+        );
     }
-    assert!(rows.iter().all(|row| !row.phile.contains("NaN") && !row.ratio.contains("NaN")), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|row| !row.phile.contains("NaN") && !row.ratio.contains("NaN")),
+        "{rows:?}"
+    );
 }

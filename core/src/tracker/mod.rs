@@ -27,15 +27,33 @@ use crate::server::{self, Limits, ServerHandle};
 /// The port the seed's tracker listens on.
 pub const DEFAULT_PORT: u16 = 8000;
 
+/// How many sessions a tracker serves at once by default. Every registered
+/// client keeps its session open, so this is the size of the swarm; a
+/// session costs a few KiB.
+pub const MAX_SESSIONS: usize = 100_000;
+
 /// How a tracker behaves.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TrackerConfig {
     /// Seed of every random choice of a holder.
     pub seed: u64,
-    /// Connection limits and timeouts.
+    /// Timeouts (its `max_connections` is ignored: see `max_sessions`).
     pub limits: Limits,
+    /// Sessions served at once; further connections wait to be accepted.
+    pub max_sessions: usize,
     /// Where events go besides the tracing log.
     pub events: Option<Arc<dyn EventSink>>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            seed: 0,
+            limits: Limits::default(),
+            max_sessions: MAX_SESSIONS,
+            events: None,
+        }
+    }
 }
 
 /// A running tracker.
@@ -59,7 +77,11 @@ impl Tracker {
             next_session: AtomicU64::new(1),
         });
         let session_timeout = config.limits.session_timeout;
-        let server = server::spawn(listener, config.limits, move |connection| {
+        let limits = Limits {
+            max_connections: config.max_sessions,
+            ..config.limits
+        };
+        let server = server::spawn(listener, limits, move |connection| {
             run_session(shared.clone(), session_timeout, connection)
         })?;
         Ok(Tracker { server })

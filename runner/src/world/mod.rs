@@ -241,6 +241,7 @@ impl World {
             seed: self.settings.seed,
             limits: self.limits.get(),
             events: Some(self.log.clone()),
+            ..TrackerConfig::default()
         };
         let tracker = {
             let _runtime = self.runtime.enter();
