@@ -95,7 +95,57 @@ struct FileRecord {
     /// Size and SHA-1 from its first announce; later announces must match.
     info: FileInfo,
     /// Who holds it now, ordered so a seeded choice is reproducible.
-    holders: BTreeSet<ClientId>,
+    holders: Holders,
+}
+
+/// The holders of one file: a sorted list, so that a lookup picks the k-th
+/// eligible holder in O(log n) instead of copying a list that, for a popular
+/// file, holds most of the swarm.
+#[derive(Debug, Default)]
+struct Holders(Vec<ClientId>);
+
+impl Holders {
+    fn insert(&mut self, client: ClientId) {
+        if let Err(at) = self.0.binary_search(&client) {
+            self.0.insert(at, client);
+        }
+    }
+
+    fn remove(&mut self, client: &ClientId) -> bool {
+        match self.0.binary_search(client) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ClientId> {
+        self.0.iter()
+    }
+
+    /// How many holders are not in `skip`, and a way to find the k-th of
+    /// them: the (sorted, distinct) positions of the skipped ones.
+    fn eligible(&self, skip: impl IntoIterator<Item = ClientId>) -> (usize, Vec<usize>) {
+        let mut skipped: Vec<usize> = skip.into_iter().filter_map(|c| self.0.binary_search(&c).ok()).collect();
+        skipped.sort_unstable();
+        skipped.dedup();
+        (self.0.len() - skipped.len(), skipped)
+    }
+
+    /// The k-th holder (in id order) whose position is not in `skipped`.
+    fn nth_eligible(&self, k: usize, skipped: &[usize]) -> ClientId {
+        let mut at = k;
+        for &position in skipped {
+            if position <= at {
+                at += 1;
+            } else {
+                break;
+            }
+        }
+        self.0[at]
+    }
 }
 
 impl Records {
@@ -131,7 +181,7 @@ impl Records {
         let record = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
         let entry = self.files.entry(file.clone()).or_insert_with(|| FileRecord {
             info,
-            holders: BTreeSet::new(),
+            holders: Holders::default(),
         });
         if entry.info != info {
             return Err(Refusal::ContentMismatch {
@@ -149,19 +199,15 @@ impl Records {
     /// itself nor anyone in `exclude`; `None` if nobody is left.
     pub fn lookup(&mut self, client: ClientId, file: &FileName, exclude: &[ClientId]) -> Option<Holder> {
         let record = self.files.get(file)?;
-        let candidates: Vec<ClientId> = record
-            .holders
-            .iter()
-            .copied()
-            .filter(|holder| *holder != client && !exclude.contains(holder))
-            .collect();
-        if candidates.is_empty() {
+        let skip = std::iter::once(client).chain(exclude.iter().copied());
+        let (eligible, skipped) = record.holders.eligible(skip);
+        if eligible == 0 {
             return None;
         }
         let nth = self.lookups.entry((client, file.clone())).or_insert(0);
         let mut rng = choice_rng(self.seed, client, file, *nth);
         *nth += 1;
-        let peer = candidates[rng.random_range(0..candidates.len())];
+        let peer = record.holders.nth_eligible(rng.random_range(0..eligible), &skipped);
         let addr = self.clients[&peer].addr;
         Some(Holder {
             peer,
@@ -323,6 +369,19 @@ mod tests {
         records.forget(ClientId(1), 1);
         assert!(!records.is_registered(ClientId(1)));
         records.register(ClientId(1), addr(9), 99).unwrap();
+    }
+
+    #[test]
+    fn the_kth_eligible_holder_skips_the_asker_and_the_excluded() {
+        let mut holders = Holders::default();
+        for id in [5, 1, 3, 9, 7, 3] {
+            holders.insert(ClientId(id));
+        }
+        let (count, skipped) = holders.eligible([ClientId(3), ClientId(9), ClientId(4), ClientId(3)]);
+        assert_eq!(count, 3);
+        let picks: Vec<u64> = (0..count).map(|k| holders.nth_eligible(k, &skipped).0).collect();
+        assert_eq!(picks, [1, 5, 7]);
+        assert!(holders.remove(&ClientId(1)) && !holders.remove(&ClientId(1)));
     }
 
     #[test]
