@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::protocol::{ClientId, Digest, FileName, Problem, Trace};
 
@@ -38,9 +38,24 @@ impl Serialize for Node {
     }
 }
 
+/// A node reads back from its written form (for events that cross a
+/// process boundary).
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Node, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "tracker" => Ok(Node::Tracker),
+            id => id
+                .parse()
+                .map(|id| Node::Client(ClientId(id)))
+                .map_err(|_| serde::de::Error::custom(format!("not a node: {text:?}"))),
+        }
+    }
+}
+
 /// Something that happened on a node. The serialised form is the event log's:
 /// `{"event": "file_sent", "file": ..., "to": ..., "bytes": ...}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The tracker acknowledged a client's registration.
@@ -126,10 +141,10 @@ pub enum Event {
     /// mid-transfer, `file` and `sent` say where.
     Killed {
         /// The file being sent when the fault fired.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<FileName>,
         /// How many of its bytes had been sent.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         sent: Option<u64>,
     },
 }

@@ -7,10 +7,13 @@
 
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
+
 use crate::protocol::FileName;
 
 /// What happens to the peer when the fault fires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     /// The whole client crashes: server stopped, transfers cut, session
     /// dropped without a goodbye.
@@ -21,7 +24,7 @@ pub enum FaultKind {
 }
 
 /// One armed fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     /// What happens.
     pub kind: FaultKind,

@@ -147,6 +147,9 @@ struct Inner {
     /// Killed clients whose `client_lost` has not come yet, with the
     /// operation it belongs to.
     awaiting: HashMap<ClientId, u64>,
+    /// `client_lost` events that came before the `killed` they belong to
+    /// (in process mode they travel on another process's pipe).
+    lost_early: HashMap<ClientId, (Subject, AnyEvent)>,
 }
 
 #[derive(Default)]
@@ -175,6 +178,7 @@ impl EventLog {
                 write_error: None,
                 registered: HashSet::new(),
                 awaiting: HashMap::new(),
+                lost_early: HashMap::new(),
             }),
             arrived: Condvar::new(),
         })
@@ -281,14 +285,19 @@ impl Inner {
         match (subject, event) {
             (_, AnyEvent::Node(Event::Registered { client })) => {
                 self.registered.insert(*client);
+                self.lost_early.remove(client);
             }
             (_, AnyEvent::Node(Event::ClientLeft { client } | Event::ClientLost { client })) => {
                 self.registered.remove(client);
             }
-            (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. }))
-                if self.registered.contains(&client) =>
-            {
-                self.awaiting.insert(client, op);
+            (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. })) => {
+                if let Some((subject, lost)) = self.lost_early.remove(&client) {
+                    if let Some(operation) = self.pending.get_mut(&op) {
+                        operation.events.push((u32::MAX, subject, lost));
+                    }
+                } else if self.registered.contains(&client) {
+                    self.awaiting.insert(client, op);
+                }
             }
             _ => {}
         }
@@ -308,6 +317,10 @@ impl Inner {
                 operation.events.push((u32::MAX, subject, event));
             }
             self.write_ended();
+        } else if let Some(client) = lost {
+            // Its `killed` may still be on its way: keep it for that.
+            self.track(0, subject, &event);
+            self.lost_early.insert(client, (subject, event));
         } else {
             self.track(0, subject, &event);
             tracing::debug!(?event, "event outside any operation; not logged");
@@ -416,6 +429,29 @@ mod tests {
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event"].to_string())
             .collect();
         assert_eq!(events, ["\"registered\"", "\"killed\"", "\"client_lost\"", "\"note\""]);
+    }
+
+    #[test]
+    fn a_loss_that_arrives_before_its_kill_still_closes_the_kill() {
+        let log = EventLog::create(None).unwrap();
+        let register = log.begin();
+        log.record(register, Node::Tracker, registered(7));
+        log.end(register.op);
+        let kill = log.begin();
+        log.record(
+            Trace::default(),
+            Node::Tracker,
+            Event::ClientLost { client: ClientId(7) },
+        );
+        log.record(
+            kill,
+            Node::Client(ClientId(7)),
+            Event::Killed { file: None, sent: None },
+        );
+        log.end(kill.op);
+        assert!(log.settle(kill.op, Duration::from_millis(10)));
+        let last = log.lines().last().cloned().unwrap();
+        assert!(last.contains("client_lost"), "{last}");
     }
 
     #[test]

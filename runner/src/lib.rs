@@ -10,6 +10,7 @@
 //! - [`report`]: script errors shown like a compiler's;
 //! - [`tree`]: the folder tree, rendered as the seed documents it.
 
+pub mod agent;
 pub mod bindings;
 pub mod event_log;
 pub mod report;
@@ -55,6 +56,7 @@ impl RunOptions {
                 seed: DEFAULT_SEED,
                 ephemeral_ports: true,
                 quiet: true,
+                processes: None,
             },
             events: None,
             time_limit: Duration::from_secs(120),

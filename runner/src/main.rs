@@ -47,6 +47,12 @@ struct Cli {
     #[arg(long, short)]
     quiet: bool,
 
+    /// Run the tracker and every client as a `phile` process of its own
+    /// (found next to phile-run) instead of tasks in one process. The event
+    /// log is the same.
+    #[arg(long)]
+    processes: bool,
+
     /// Stop a script that runs longer than this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     time_limit: u64,
@@ -76,17 +82,27 @@ fn main() -> ExitCode {
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(%error, "could not raise the open-file limit");
     }
-    let options = RunOptions {
+    let mut options = RunOptions {
         script: cli.script.clone(),
         settings: Settings {
             root: cli.root.clone(),
             seed: cli.seed,
             ephemeral_ports: cli.ephemeral_ports,
             quiet: cli.quiet,
+            processes: None,
         },
         events: cli.events.clone(),
         time_limit: Duration::from_secs(cli.time_limit),
     };
+    if cli.processes {
+        match phile_next_to_me() {
+            Ok(phile) => options.settings.processes = Some(phile),
+            Err(error) => {
+                eprintln!("phile-run: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let outcome = match run(&options) {
         Ok(outcome) => outcome,
         Err(error) => {
@@ -138,8 +154,25 @@ fn rerun_command(cli: &Cli) -> String {
     if cli.ephemeral_ports {
         command += " --ephemeral-ports";
     }
+    if cli.processes {
+        command += " --processes";
+    }
     if cli.time_limit != DEFAULT_TIME_LIMIT {
         command += &format!(" --time-limit {}", cli.time_limit);
     }
     command
+}
+
+/// The `phile` binary installed or built beside this one.
+fn phile_next_to_me() -> Result<std::path::PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find my own path: {e}"))?;
+    let phile = me.with_file_name(format!("phile{}", std::env::consts::EXE_SUFFIX));
+    if phile.is_file() {
+        Ok(phile)
+    } else {
+        Err(format!(
+            "--processes needs the phile binary next to phile-run, at {} (build it with cargo build --release)",
+            phile.display()
+        ))
+    }
 }

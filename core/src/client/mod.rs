@@ -48,7 +48,7 @@ pub struct ClientConfig {
 }
 
 /// A holder of a file, as the tracker gave it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// The holder.
     pub peer: ClientId,
@@ -59,7 +59,7 @@ pub struct Source {
 }
 
 /// A file received, verified and stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Downloaded {
     /// The peer that delivered it.
     pub from: ClientId,
@@ -418,6 +418,11 @@ impl Client {
     /// Whether the client has stopped (shut down, left, or crashed).
     pub fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    /// Resolves when the client stops, for whatever reason.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
     }
 
     /// Crashes the client: the peer server stops at once, transfers are cut

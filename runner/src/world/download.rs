@@ -2,14 +2,15 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
-use phile_core::client::{ClientError, DownloadError, Downloaded};
-use phile_core::{Client, FileInfo, FileName, Trace};
-use tokio::task::JoinHandle;
+use phile_core::client::{DownloadError, Downloaded};
+use phile_core::events::{Event, EventSink, Node};
+use phile_core::{ClientId, FileInfo, FileName};
 
+use super::instance::{Instance, Pending};
 use super::{bytes, parse_name, ClientRef, Verdict, World};
+use crate::agent::Failure;
 
 /// The outcome of one download, as the script sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,10 +41,10 @@ enum TransferState {
     Running {
         /// The downloader, and the instance that started the transfer.
         c: ClientRef,
-        client: Arc<Client>,
+        client: Instance,
         file: FileName,
         started: Instant,
-        task: JoinHandle<(Result<Downloaded, DownloadError>, Trace)>,
+        pending: Pending,
     },
     /// Waited for: its result.
     Done(DownloadResult),
@@ -55,7 +56,7 @@ impl World {
         let file = parse_name(name)?;
         let client = self.registered(c)?;
         let started = Instant::now();
-        let outcome = self.operation(|trace| self.runtime.block_on(client.download(&file, trace)));
+        let outcome = self.operation(|trace| client.download(&self.runtime, &file, trace));
         self.conclude(c, file, outcome, started)
     }
 
@@ -65,7 +66,7 @@ impl World {
         &self,
         c: &ClientRef,
         file: FileName,
-        outcome: Result<Downloaded, DownloadError>,
+        outcome: Result<Downloaded, Failure>,
         started: Instant,
     ) -> Verdict<DownloadResult> {
         self.count(|s| s.steps += 1);
@@ -89,24 +90,19 @@ impl World {
                     secs,
                 })
             }
-            // The downloader was killed or left while the transfer ran: the
-            // script did that, so it is an expected failure.
-            Err(error @ DownloadError::Client(ClientError::Stopped(_))) => self.failure(c, &file, error),
-            Err(DownloadError::Client(error)) => {
+            Err(Failure::Client(error)) => {
                 return Err(format!("client {} cannot download {file}: {error}", c.id));
             }
-            Err(error) => self.failure(c, &file, error),
+            Err(Failure::Expected(error)) => {
+                self.count(|s| s.downloads_failed += 1);
+                self.say(c.id, format_args!("download {file}: failed: {error}"));
+                Err(error)
+            }
         };
         Ok(DownloadResult {
             file: file.to_string(),
             outcome,
         })
-    }
-
-    fn failure(&self, c: &ClientRef, file: &FileName, error: DownloadError) -> Result<Delivered, String> {
-        self.count(|s| s.downloads_failed += 1);
-        self.say(c.id, format_args!("download {file}: failed: {error}"));
-        Err(error.to_string())
     }
 
     /// `c.start_download(name)`: asks the tracker now, fetches in the
@@ -116,27 +112,28 @@ impl World {
         let client = self.registered(c)?;
         let started = Instant::now();
         let mut trace = self.log.begin();
-        let located = self.runtime.block_on(client.locate(&file, &[], &mut trace));
-        let state = match located {
+        let state = match client.locate(&self.runtime, &file, &mut trace) {
             Ok(Some(source)) => {
-                let (downloader, wanted) = (client.clone(), file.clone());
-                let task = self.runtime.spawn(async move {
-                    let result = downloader.receive(&wanted, source, &mut trace).await;
-                    (result, trace)
-                });
+                let pending = client.receive(&self.runtime, &file, source, trace);
                 self.say(c.id, format_args!("start download {file} from {}", source.peer));
                 TransferState::Running {
                     c: *c,
                     client,
                     file,
                     started,
-                    task,
+                    pending,
                 }
             }
             Ok(None) => {
-                let error = client.failed(&file, DownloadError::NoPeer(file.clone()), &mut trace);
+                // What the client reports when no holder is left.
+                let error = DownloadError::NoPeer(file.clone()).to_string();
+                let event = Event::DownloadFailed {
+                    file: file.clone(),
+                    error: error.clone(),
+                };
+                self.log.record(trace.advance(), Node::Client(ClientId(c.id)), event);
                 self.end(trace);
-                TransferState::Done(self.conclude(c, file, Err(error), started)?)
+                TransferState::Done(self.conclude(c, file, Err(Failure::Expected(error)), started)?)
             }
             Err(error) => {
                 self.end(trace);
@@ -151,27 +148,23 @@ impl World {
     /// `x.wait()`: the transfer's result, announcing its file first.
     pub fn wait(&self, transfer: &Transfer) -> Verdict<DownloadResult> {
         let mut state = transfer.0.borrow_mut();
-        let (c, client, file, started, task) = match &mut *state {
+        let (c, client, file, started, pending) = match &mut *state {
             TransferState::Done(result) => return Ok(result.clone()),
             TransferState::Running {
                 c,
                 client,
                 file,
                 started,
-                task,
-            } => (*c, client.clone(), file.clone(), *started, task),
+                pending,
+            } => (*c, client.clone(), file.clone(), *started, pending),
         };
-        let (received, mut trace) = self
-            .runtime
-            .block_on(task)
-            .map_err(|e| format!("the download task failed: {e}"))?;
+        let (received, mut trace) = client.finish(&self.runtime, pending)?;
         let outcome = match received {
-            Ok(downloaded) => self
-                .runtime
-                .block_on(client.announce(&file, downloaded.info, &mut trace))
+            Ok(downloaded) => client
+                .announce(&self.runtime, &file, downloaded.info, &mut trace)
                 .map(|()| downloaded)
-                .map_err(DownloadError::from),
-            Err(error) => Err(error),
+                .map_err(Failure::Client),
+            Err(failure) => Err(failure),
         };
         self.end(trace);
         let result = self.conclude(&c, file, outcome, started)?;

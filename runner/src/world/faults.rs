@@ -26,7 +26,7 @@ impl World {
         self.operation(|trace| {
             let killed = Event::Killed { file: None, sent: None };
             self.log.record(trace.advance(), Node::Client(ClientId(c.id)), killed);
-            self.runtime.block_on(client.kill());
+            client.kill(&self.runtime);
         });
         self.mark_down(c, "killed");
         self.count(|s| s.steps += 1);
@@ -43,7 +43,7 @@ impl World {
                 Subject::Node(Node::Client(ClientId(c.id))),
                 ScenarioEvent::Left,
             );
-            self.runtime.block_on(client.leave(trace, std::time::Duration::ZERO))
+            client.leave(&self.runtime, trace)
         })
         .map_err(|error| format!("client {} could not leave cleanly: {error}", c.id))?;
         self.mark_down(c, "left");
@@ -77,11 +77,9 @@ impl World {
         let announced = self.operation(|trace| {
             let subject = Subject::Node(Node::Client(ClientId(c.id)));
             self.log.record_in(trace.advance(), subject, ScenarioEvent::Restarted);
-            let Some(tracker) = tracker else { return Ok(Vec::new()) };
-            self.runtime.block_on(async {
-                client.register(tracker, trace).await?;
-                client.announce_held(trace).await
-            })
+            let Some(tracker) = tracker else { return Ok(0) };
+            client.register(&self.runtime, tracker, trace)?;
+            client.announce_held(&self.runtime, trace)
         });
         let announced =
             announced.map_err(|error| format!("client {} restarted but could not rejoin: {error}", c.id))?;
@@ -89,7 +87,7 @@ impl World {
         match tracker {
             Some(_) => self.say(
                 c.id,
-                format_args!("restart: registered again, announced {} files", announced.len()),
+                format_args!("restart: registered again, announced {} files", announced),
             ),
             None => self.say(c.id, "restart: up again (it had never registered)"),
         }

@@ -11,6 +11,8 @@
 
 mod download;
 mod faults;
+mod instance;
+mod remote;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -20,9 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use phile_core::client::ClientError;
 use phile_core::events::Node;
-use phile_core::storage::{Folder, StorageError};
+use phile_core::storage::Folder;
 use phile_core::{Client, ClientConfig, ClientId, FileInfo, FileName, Limits, Trace, Tracker, TrackerConfig};
 use rand::Rng as _;
 use rand::SeedableRng;
@@ -33,6 +34,8 @@ use tokio::runtime::Handle;
 
 use crate::event_log::{EventLog, ScenarioEvent, Subject};
 use crate::tree::Tree;
+use instance::{Instance, RemoteClient, TrackerInstance};
+use remote::Agent;
 
 pub use download::{Delivered, DownloadResult, Transfer};
 
@@ -53,6 +56,9 @@ pub struct Settings {
     pub ephemeral_ports: bool,
     /// Print nothing but errors (and what the script prints).
     pub quiet: bool,
+    /// Run every tracker and client as a `phile` process of its own, using
+    /// this binary (`--processes`); `None`: all in this process.
+    pub processes: Option<PathBuf>,
 }
 
 /// What a run did, for the closing summary.
@@ -86,7 +92,7 @@ pub struct ClientRef {
 /// What the world keeps of each client.
 struct Slot {
     /// The running instance, or the last one if it is down.
-    client: Arc<Client>,
+    client: Instance,
     /// Its folder.
     dir: PathBuf,
     /// The port it was started on (0: any); a restart binds it again.
@@ -106,7 +112,7 @@ pub struct World {
     /// The event log every node reports to.
     log: Arc<EventLog>,
     /// Every tracker started, to stop at the end.
-    trackers: RefCell<Vec<Tracker>>,
+    trackers: RefCell<Vec<TrackerInstance>>,
     /// Every client started, by id.
     clients: RefCell<BTreeMap<u64, Slot>>,
     /// Timeouts for nodes started from now on (`set_idle_timeout`).
@@ -164,12 +170,28 @@ impl World {
     /// the operation killed: the next step then meets the tracker as it will
     /// be, not as it happens to be at that instant.
     fn end(&self, trace: Trace) {
+        self.sync_processes();
         self.log.end(trace.op);
         self.log.settle(trace.op, SETTLE_LIMIT);
     }
 
+    /// In process mode, waits until every node process has delivered the
+    /// events it reported so far (they travel on pipes of their own).
+    fn sync_processes(&self) {
+        if self.settings.processes.is_none() {
+            return;
+        }
+        for tracker in self.trackers.borrow().iter() {
+            tracker.sync();
+        }
+        let clients: Vec<Instance> = self.clients.borrow().values().map(|slot| slot.client.clone()).collect();
+        for client in clients {
+            client.sync();
+        }
+    }
+
     /// The instance of client `c`, up or down (its folder is always there).
-    fn instance(&self, c: &ClientRef) -> Verdict<Arc<Client>> {
+    fn instance(&self, c: &ClientRef) -> Verdict<Instance> {
         let clients = self.clients.borrow();
         let slot = clients
             .get(&c.id)
@@ -178,21 +200,23 @@ impl World {
     }
 
     /// The running instance of client `c`; an error if it is down.
-    fn live(&self, c: &ClientRef) -> Verdict<Arc<Client>> {
+    fn live(&self, c: &ClientRef) -> Verdict<Instance> {
         let clients = self.clients.borrow();
         let slot = clients
             .get(&c.id)
             .ok_or_else(|| format!("client {} does not exist", c.id))?;
-        match slot.down {
+        // A fault may have crashed it without the script saying so.
+        let down = slot.down.or_else(|| slot.client.is_stopped().then_some("killed"));
+        match down {
             None => Ok(slot.client.clone()),
             Some(why) => Err(format!("client {} is down ({why}): call c.restart() first", c.id)),
         }
     }
 
     /// The running instance of `c`, which must be registered.
-    fn registered(&self, c: &ClientRef) -> Verdict<Arc<Client>> {
+    fn registered(&self, c: &ClientRef) -> Verdict<Instance> {
         let client = self.live(c)?;
-        if self.runtime.block_on(client.is_registered()) {
+        if client.is_registered(&self.runtime) {
             Ok(client)
         } else {
             Err(format!(
@@ -236,23 +260,32 @@ impl World {
     /// `tracker(port)`.
     pub fn tracker(&self, port: i64) -> Verdict<TrackerRef> {
         let port = u16::try_from(port).map_err(|_| format!("tracker port {port} is not a port number (0 to 65535)"))?;
-        let listener = self.bind("the tracker", port)?;
-        let config = TrackerConfig {
-            seed: self.settings.seed,
-            limits: self.limits.get(),
-            events: Some(self.log.clone()),
-            ..TrackerConfig::default()
+        let tracker = match &self.settings.processes {
+            Some(phile) => {
+                let args = self.agent_args(None, port);
+                TrackerInstance::Remote(self.spawn_agent(phile, &args, "the tracker", port)?)
+            }
+            None => {
+                let listener = self.bind("the tracker", port)?;
+                let config = TrackerConfig {
+                    seed: self.settings.seed,
+                    limits: self.limits.get(),
+                    events: Some(self.log.clone()),
+                    ..TrackerConfig::default()
+                };
+                let _runtime = self.runtime.enter();
+                TrackerInstance::Local(
+                    Tracker::spawn(listener, config).map_err(|e| format!("cannot start the tracker: {e}"))?,
+                )
+            }
         };
-        let tracker = {
-            let _runtime = self.runtime.enter();
-            Tracker::spawn(listener, config).map_err(|e| format!("cannot start the tracker: {e}"))?
-        };
-        let addr = tracker.local_addr();
+        let addr = tracker.addr();
+        let process = tracker.process();
         self.trackers.borrow_mut().push(tracker);
         self.log
             .record_alone(Subject::Node(Node::Tracker), ScenarioEvent::Started);
         self.count(|s| s.steps += 1);
-        self.say("tracker", format_args!("listening on {addr}"));
+        self.say("tracker", format_args!("listening on {addr}{process}"));
         Ok(TrackerRef { addr })
     }
 
@@ -279,7 +312,8 @@ impl World {
         let folder =
             Folder::create_empty(&dir).map_err(|e| format!("cannot prepare the folder of client {id}: {e}"))?;
         let client = self.start_client(id, folder, port)?;
-        let addr = client.local_addr();
+        let addr = client.addr();
+        let process = client.process();
         let slot = Slot {
             client,
             dir: dir.clone(),
@@ -291,12 +325,21 @@ impl World {
         self.log
             .record_alone(Subject::Node(Node::Client(ClientId(id))), ScenarioEvent::Started);
         self.count(|s| s.steps += 1);
-        self.say(id, format_args!("ready: folder {}, serving on {addr}", dir.display()));
+        self.say(
+            id,
+            format_args!("ready: folder {}, serving on {addr}{process}", dir.display()),
+        );
         Ok(ClientRef { id })
     }
 
     /// Starts an instance of client `id` serving `folder` on `port`.
-    fn start_client(&self, id: u64, folder: Folder, port: u16) -> Verdict<Arc<Client>> {
+    fn start_client(&self, id: u64, folder: Folder, port: u16) -> Verdict<Instance> {
+        if let Some(phile) = &self.settings.processes {
+            let mut args = self.agent_args(Some(id), port);
+            args.extend(["--dir".to_owned(), folder.dir().display().to_string()]);
+            let agent = self.spawn_agent(phile, &args, &format!("client {id}"), port)?;
+            return Ok(Instance::Remote(Arc::new(RemoteClient { id, agent, folder })));
+        }
         let listener = self.bind(&format!("client {id}"), port)?;
         let config = ClientConfig {
             limits: self.limits.get(),
@@ -306,13 +349,38 @@ impl World {
         let _runtime = self.runtime.enter();
         let client = Client::start(ClientId(id), folder, listener, config)
             .map_err(|e| format!("cannot start client {id}: {e}"))?;
-        Ok(Arc::new(client))
+        Ok(Instance::Local(Arc::new(client)))
+    }
+
+    /// The arguments of `phile agent` for a tracker (`client` None) or a
+    /// client, listening on `port`.
+    fn agent_args(&self, client: Option<u64>, port: u16) -> Vec<String> {
+        let mut args = vec![
+            "--listen".to_owned(),
+            self.listen_addr(port).to_string(),
+            "--seed".to_owned(),
+            self.settings.seed.to_string(),
+            "--idle-timeout-ms".to_owned(),
+            self.limits.get().idle_timeout.as_millis().to_string(),
+        ];
+        if let Some(id) = client {
+            args.extend(["--client".to_owned(), id.to_string()]);
+        }
+        args
+    }
+
+    fn spawn_agent(&self, phile: &std::path::Path, args: &[String], what: &str, port: u16) -> Verdict<Agent> {
+        Agent::spawn(phile, args, self.log.clone()).map_err(|error| {
+            format!(
+                "cannot start {what} on port {port} as a process: {error} (is the port in use? try --ephemeral-ports)"
+            )
+        })
     }
 
     /// `c.register(t)`.
     pub fn register(&self, c: &ClientRef, tracker: &TrackerRef) -> Verdict<()> {
         let client = self.live(c)?;
-        self.operation(|trace| self.runtime.block_on(client.register(tracker.addr, trace)))
+        self.operation(|trace| client.register(&self.runtime, tracker.addr, trace))
             .map_err(|error| format!("client {} could not register: {error}", c.id))?;
         if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {
             slot.tracker = Some(tracker.addr);
@@ -366,15 +434,15 @@ impl World {
     pub fn upload(&self, c: &ClientRef, name: &str) -> Verdict<()> {
         let file = parse_name(name)?;
         let client = self.registered(c)?;
-        self.operation(|trace| self.runtime.block_on(client.upload(&file, trace)))
-            .map_err(|error| match error {
-                ClientError::Storage(StorageError::NotFound { dir, .. }) => format!(
-                    "client {} cannot upload {file}: its folder {} has no such file; create it first with c.write(name, text)",
-                    c.id,
-                    dir.display()
-                ),
-                other => format!("client {} cannot upload {file}: {other}", c.id),
-            })?;
+        if !client.folder().contains(&file) {
+            return Err(format!(
+                "client {} cannot upload {file}: its folder {} has no such file; create it first with c.write(name, text)",
+                c.id,
+                client.folder().dir().display()
+            ));
+        }
+        self.operation(|trace| client.upload(&self.runtime, &file, trace))
+            .map_err(|error| format!("client {} cannot upload {file}: {error}", c.id))?;
         self.count(|s| s.steps += 1);
         self.say(c.id, format_args!("upload {file}: ACK"));
         Ok(())
@@ -445,18 +513,16 @@ impl World {
                 tracing::warn!(%error, "a transfer left running failed");
             }
         }
-        let clients: Vec<Arc<Client>> = self.clients.borrow().values().map(|slot| slot.client.clone()).collect();
-        let trackers: Vec<Tracker> = self.trackers.borrow_mut().drain(..).collect();
+        let clients: Vec<Instance> = self.clients.borrow().values().map(|slot| slot.client.clone()).collect();
+        let trackers: Vec<TrackerInstance> = self.trackers.borrow_mut().drain(..).collect();
         // Trackers first: clients that stop afterwards have no session left
         // to drop, so the end of a run adds nothing to the log.
-        self.runtime.block_on(async move {
-            for tracker in trackers {
-                tracker.shutdown().await;
-            }
-            for client in clients {
-                client.shutdown().await;
-            }
-        });
+        for tracker in trackers {
+            tracker.shutdown(&self.runtime);
+        }
+        for client in clients {
+            client.shutdown(&self.runtime);
+        }
     }
 }
 

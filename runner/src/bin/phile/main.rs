@@ -47,6 +47,26 @@ enum Command {
     Get(get::GetArgs),
     /// Show what a tracker knows: clients, files, holders, sizes.
     Status(status::StatusArgs),
+    /// One node of `phile-run --processes`, driven over stdin and stdout.
+    #[command(hide = true)]
+    Agent(AgentCli),
+}
+
+/// Options of the hidden `phile agent`.
+#[derive(Debug, Args)]
+struct AgentCli {
+    /// Run client ID (default: a tracker).
+    #[arg(long)]
+    client: Option<u64>,
+    /// The client's folder.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 30_000)]
+    idle_timeout_ms: u64,
 }
 
 /// Who a peer is and where it stands: shared by `peer` and `get`.
@@ -155,7 +175,7 @@ fn main() -> ExitCode {
     // print their own results and log only problems.
     let default_filter = match cli.command {
         Command::Tracker(_) | Command::Peer(_) => "warn,phile=info,phile_core=info",
-        Command::Get(_) | Command::Status(_) => "warn",
+        Command::Get(_) | Command::Status(_) | Command::Agent(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
@@ -178,6 +198,16 @@ fn main() -> ExitCode {
             Command::Peer(args) => peer::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Agent(args) => {
+                let args = phile_runner::agent::AgentArgs {
+                    client: args.client,
+                    dir: args.dir,
+                    listen: args.listen,
+                    seed: args.seed,
+                    idle_timeout_ms: args.idle_timeout_ms,
+                };
+                phile_runner::agent::serve(args).await.map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     // Tasks still running (a stuck upload past its grace) must not hold

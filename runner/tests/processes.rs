@@ -1,0 +1,84 @@
+//! `phile-run --processes`: every tracker and client in a `phile` process of
+//! its own. For every scenario, the event log must be byte-identical to the
+//! run in one process.
+
+use std::path::Path;
+use std::process::Command;
+
+fn log_of(scenario: &Path, processes: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_phile-run"));
+    command
+        .arg(scenario)
+        .args([
+            "--root",
+            dir.path().join("root").to_str().unwrap(),
+            "--ephemeral-ports",
+            "-q",
+        ])
+        .args(["--events", events.to_str().unwrap()])
+        .env("RUST_LOG", "error");
+    if processes {
+        command.arg("--processes");
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} (processes: {processes}) failed:\n{}",
+        scenario.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read_to_string(events).unwrap()
+}
+
+#[test]
+fn every_scenario_logs_the_same_in_processes_as_in_one_process() {
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(scenarios).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "rhai") {
+            let (together, apart) = (log_of(&path, false), log_of(&path, true));
+            assert_eq!(together, apart, "{}: the logs differ", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} scenarios found");
+}
+
+#[test]
+fn every_node_is_a_process_of_its_own_and_gone_after_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("ps.rhai");
+    std::fs::write(
+        &script,
+        "let t = tracker(0); let a = client(1); let b = client(2); a.register(t);",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_phile-run"))
+        .arg(&script)
+        .args([
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--ephemeral-ports",
+            "--processes",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let pids: Vec<u32> = stdout
+        .lines()
+        .filter_map(|line| line.split("(process ").nth(1))
+        .map(|rest| rest.trim_end_matches(')').parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "one process per node expected:\n{stdout}");
+    assert!(pids.iter().all(|pid| *pid != std::process::id()));
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived the run"
+        );
+    }
+}
