@@ -303,14 +303,19 @@ fn settle_disk() {
 /// The sending end of the plain TCP copy (run in a child process).
 fn copy_send(addr: &str, path: &Path) {
     let mut socket = TcpStream::connect(addr).unwrap();
-    let mut file = std::fs::File::open(path).unwrap();
+    pump(&mut std::fs::File::open(path).unwrap(), &mut socket);
+}
+
+/// Copies everything from `from` to `to` through a 1 MiB buffer: the plain
+/// way (std::io::copy would pick the kernel's zero-copy paths instead).
+fn pump(from: &mut impl Read, to: &mut impl Write) {
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buffer).unwrap();
+        let n = from.read(&mut buffer).unwrap();
         if n == 0 {
             break;
         }
-        socket.write_all(&buffer[..n]).unwrap();
+        to.write_all(&buffer[..n]).unwrap();
     }
 }
 
@@ -333,14 +338,7 @@ fn tcp_copy(config: &Config, source: &Path, target: &Path) -> Duration {
     };
     let (mut socket, _) = listener.accept().unwrap();
     let mut file = std::fs::File::create(target).unwrap();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = socket.read(&mut buffer).unwrap();
-        if n == 0 {
-            break;
-        }
-        file.write_all(&buffer[..n]).unwrap();
-    }
+    pump(&mut socket, &mut file);
     file.sync_data().unwrap();
     let took = started.elapsed();
     match sender {

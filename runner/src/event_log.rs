@@ -405,11 +405,7 @@ mod tests {
 
     #[test]
     fn a_killed_clients_loss_closes_the_operation_that_killed_it() {
-        let log = EventLog::create(None).unwrap();
-        let register = log.begin();
-        log.record(register, Node::Tracker, registered(7));
-        log.end(register.op);
-        let kill = log.begin();
+        let (log, kill) = with_client_7();
         let killed = Event::Killed { file: None, sent: None };
         log.record(kill, Node::Client(ClientId(7)), killed);
         log.end(kill.op);
@@ -431,13 +427,19 @@ mod tests {
         assert_eq!(events, ["\"registered\"", "\"killed\"", "\"client_lost\"", "\"note\""]);
     }
 
-    #[test]
-    fn a_loss_that_arrives_before_its_kill_still_closes_the_kill() {
+    /// A log in which client 7 registered; returns it with a new operation.
+    fn with_client_7() -> (EventLog, Trace) {
         let log = EventLog::create(None).unwrap();
         let register = log.begin();
         log.record(register, Node::Tracker, registered(7));
         log.end(register.op);
-        let kill = log.begin();
+        let next = log.begin();
+        (log, next)
+    }
+
+    #[test]
+    fn a_loss_that_arrives_before_its_kill_still_closes_the_kill() {
+        let (log, kill) = with_client_7();
         log.record(
             Trace::default(),
             Node::Tracker,
@@ -456,11 +458,7 @@ mod tests {
 
     #[test]
     fn settle_gives_up_on_an_event_that_never_comes() {
-        let log = EventLog::create(None).unwrap();
-        let register = log.begin();
-        log.record(register, Node::Tracker, registered(7));
-        log.end(register.op);
-        let kill = log.begin();
+        let (log, kill) = with_client_7();
         log.record(
             kill,
             Node::Client(ClientId(7)),
