@@ -55,8 +55,18 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
             (file, outcome, started.elapsed())
         }
     });
+    // Ctrl-C stops the downloads (their partial files are deleted), says
+    // goodbye to the tracker and exits.
+    let outcomes = tokio::select! {
+        outcomes = futures::future::join_all(downloads) => outcomes,
+        _ = crate::stop_requested() => {
+            eprintln!("phile: interrupted; nothing half-downloaded is kept");
+            client.leave(&mut Trace::default(), std::time::Duration::ZERO).await.ok();
+            return Ok(ExitCode::from(130));
+        }
+    };
     let mut arrived = 0;
-    for (file, outcome, took) in futures::future::join_all(downloads).await {
+    for (file, outcome, took) in outcomes {
         match outcome {
             Ok(done) => {
                 arrived += 1;
