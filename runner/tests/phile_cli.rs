@@ -327,3 +327,96 @@ fn every_command_explains_itself() {
         assert!(peer_help.contains(option), "peer --help lacks {option}");
     }
 }
+
+/// Sends one framed request on a raw session and reads the reply frame.
+fn ask(session: &mut std::net::TcpStream, body: phile_core::protocol::TrackerRequest) {
+    use std::io::{Read, Write};
+    let request = phile_core::protocol::Request {
+        trace: phile_core::Trace::default(),
+        body,
+    };
+    let payload = phile_core::protocol::encode(&request).unwrap();
+    session.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+    session.write_all(&payload).unwrap();
+    let mut length = [0u8; 4];
+    session.read_exact(&mut length).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
+    session.read_exact(&mut reply).unwrap();
+}
+
+#[test]
+fn ctrl_c_during_a_download_keeps_nothing_half_written() {
+    use phile_core::protocol::{ClientId, Digest, FileInfo, TrackerRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (_tracker, addr) = tracker();
+    // A holder that accepts the download and then says nothing at all.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut session = std::net::TcpStream::connect(&addr).unwrap();
+    let advertise = Some(mute.local_addr().unwrap());
+    ask(
+        &mut session,
+        TrackerRequest::Register {
+            client: ClientId(1),
+            port: 1,
+            advertise,
+        },
+    );
+    let info = FileInfo {
+        size: 1_000_000,
+        sha1: Digest::of(b"whatever"),
+    };
+    ask(
+        &mut session,
+        TrackerRequest::Announce {
+            file: "slow.bin".parse().unwrap(),
+            info,
+        },
+    );
+
+    let folder = dir.path().to_str().unwrap();
+    let get = Running::start(&[
+        "get",
+        "slow.bin",
+        "--id",
+        "2",
+        "--dir",
+        folder,
+        "--tracker",
+        &addr,
+        "--timeout",
+        "60",
+    ]);
+    // The holder answers with a header and the first bytes, then stalls.
+    let (mut connection, _) = mute.accept().unwrap();
+    {
+        use std::io::{Read, Write};
+        let mut length = [0u8; 4];
+        connection.read_exact(&mut length).unwrap();
+        connection
+            .read_exact(&mut vec![0u8; u32::from_be_bytes(length) as usize])
+            .unwrap();
+        let header = phile_core::protocol::encode(&phile_core::protocol::PeerReply::File { info }).unwrap();
+        connection.write_all(&(header.len() as u32).to_be_bytes()).unwrap();
+        connection.write_all(&header).unwrap();
+        connection.write_all(&[7u8; 1000]).unwrap();
+    }
+    // The partial file appears in the folder (a file system has no event
+    // to wait on without inotify: look, at most for 10 s).
+    let partial_seen = (0..1000).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::read_dir(dir.path()).unwrap().count() > 0
+    });
+    assert!(partial_seen, "the download never started writing");
+    let started = std::time::Instant::now();
+    let status = get.terminate();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the stop waited for the stall"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "something was left in the folder"
+    );
+}
