@@ -52,6 +52,10 @@ pub enum ConnectionError {
     /// A frame's length prefix is over the limit.
     #[error("frame over the {MAX_FRAME_LEN}-byte limit")]
     FrameTooLarge,
+    /// The local sink of a body (the disk) refused a chunk: not the
+    /// remote's doing.
+    #[error("cannot store what arrived: {0}")]
+    Sink(#[source] io::Error),
     /// A frame held something that is not a valid message.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -181,7 +185,7 @@ impl Connection {
             let take = buffered.len().min(len as usize);
             let chunk = buffered.split_to(take).freeze();
             received += chunk.len() as u64;
-            sink.accept(chunk).await?;
+            sink.accept(chunk).await.map_err(ConnectionError::Sink)?;
         }
         let socket = self.frames.get_mut();
         while received < len {
@@ -198,7 +202,7 @@ impl Connection {
                 });
             }
             received += read as u64;
-            sink.accept(chunk.freeze()).await?;
+            sink.accept(chunk.freeze()).await.map_err(ConnectionError::Sink)?;
         }
         Ok(())
     }

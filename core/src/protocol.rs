@@ -302,6 +302,11 @@ pub enum TrackerRequest {
         /// What went wrong.
         problem: Problem,
     },
+    /// "I no longer hold `file`" (deleted, or changed in place).
+    Withdraw {
+        /// The file.
+        file: FileName,
+    },
     /// A heartbeat: "still here". Keeps a quiet session alive.
     Ping,
     /// "What do you know?" Allowed without registering. The answer is a
@@ -487,6 +492,7 @@ mod tests {
                 problem: Problem::WrongContent,
             },
             TrackerRequest::Ping,
+            TrackerRequest::Withdraw { file: file("gone.txt") },
             TrackerRequest::Status,
         ]
         .into_iter()

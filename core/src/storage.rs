@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -203,8 +204,10 @@ impl Folder {
 
     /// Records the identity of a file just put in place, so it is never
     /// hashed again while unchanged.
-    fn remember_stored(&self, name: &FileName, info: FileInfo) -> Result<(), StorageError> {
-        let stamp = Stamp::of(&self.metadata(name)?);
+    /// `file` is the handle of what was just put in place (read before the
+    /// rename, so that a file replaced right after cannot be mistaken for it).
+    fn remember_stored(&self, name: &FileName, file: &fs::File, info: FileInfo) -> Result<(), StorageError> {
+        let stamp = Stamp::of(&file.metadata().map_err(at(&self.path(name)))?);
         self.remember(name, stamp, info);
         Ok(())
     }
@@ -225,7 +228,12 @@ impl Folder {
     pub async fn open_file(&self, name: &FileName) -> Result<(tokio::fs::File, FileInfo), StorageError> {
         self.metadata(name)?; // a regular file, not a link or a folder
         let path = self.path(name);
-        let mut file = tokio::fs::File::open(&path).await.map_err(at(&path))?;
+        let mut options = tokio::fs::OpenOptions::new();
+        options.read(true);
+        // Never follow a link swapped in since the check above.
+        #[cfg(unix)]
+        options.custom_flags(libc::O_NOFOLLOW);
+        let mut file = options.open(&path).await.map_err(at(&path))?;
         let metadata = file.metadata().await.map_err(at(&path))?;
         if !metadata.is_file() {
             return Err(self.not_found(name));
@@ -253,20 +261,20 @@ impl Folder {
     {
         let temp = self.temp_file(name)?;
         let target = self.path(name);
-        let info = tokio::task::spawn_blocking(move || -> Result<FileInfo, StorageError> {
+        let (file, info) = tokio::task::spawn_blocking(move || -> Result<(fs::File, FileInfo), StorageError> {
             let temp_path = temp.path().to_owned();
             let mut writer = HashingWriter::new(temp.as_file());
             fill(&mut writer).map_err(at(&temp_path))?;
             let info = writer.finish().map_err(at(&temp_path))?;
-            temp.persist(&target).map_err(|e| StorageError::Io {
+            let file = temp.persist(&target).map_err(|e| StorageError::Io {
                 path: target,
                 source: e.error,
             })?;
-            Ok(info)
+            Ok((file, info))
         })
         .await
         .expect("writing task panicked")?;
-        self.remember_stored(name, info)?;
+        self.remember_stored(name, &file, info)?;
         Ok(info)
     }
 
@@ -281,6 +289,8 @@ impl Folder {
         let temp = self.temp_file(name)?;
         let path = temp.path().to_owned();
         let (chunks, mut arriving) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        let complete = Arc::new(AtomicBool::new(false));
+        let whole = complete.clone();
         // Hashing and writing run on a blocking thread, beside the task that
         // reads the socket: the two overlap instead of taking turns.
         let writer = tokio::task::spawn_blocking(move || -> Result<Received, StorageError> {
@@ -288,12 +298,17 @@ impl Folder {
             while let Some(chunk) = arriving.blocking_recv() {
                 writer.write_all(&chunk).map_err(at(&path))?;
             }
+            if !whole.load(Ordering::Acquire) {
+                // Abandoned: not worth syncing; dropping `temp` deletes it now.
+                return Err(at(&path)(io::Error::other("download abandoned")));
+            }
             let info = writer.finish().map_err(at(&path))?;
             Ok(Received { temp, info })
         });
         Ok(Incoming {
             chunks: Some(chunks),
-            writer,
+            complete,
+            writer: Some(writer),
         })
     }
 
@@ -315,11 +330,11 @@ impl Folder {
     /// Moves a verified download into place as `name`.
     pub fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
         let target = self.path(name);
-        received.temp.persist(&target).map_err(|e| StorageError::Io {
+        let file = received.temp.persist(&target).map_err(|e| StorageError::Io {
             path: target,
             source: e.error,
         })?;
-        self.remember_stored(name, received.info)
+        self.remember_stored(name, &file, received.info)
     }
 }
 
@@ -329,16 +344,33 @@ impl Folder {
 pub struct Incoming {
     /// Chunks for the writer thread; `None` once finished.
     chunks: Option<mpsc::Sender<Bytes>>,
-    /// The thread that hashes and writes the chunks.
-    writer: JoinHandle<Result<Received, StorageError>>,
+    /// Set by `finish`: the body is whole, so the writer syncs and keeps it.
+    /// Dropped without it, the writer deletes what arrived without syncing.
+    complete: Arc<AtomicBool>,
+    /// The thread that hashes and writes the chunks; taken once awaited.
+    writer: Option<JoinHandle<Result<Received, StorageError>>>,
+}
+
+impl Incoming {
+    /// Waits for the writer thread (once).
+    async fn writer_result(&mut self) -> Result<Received, StorageError> {
+        match self.writer.take() {
+            Some(writer) => writer.await.expect("writing task panicked"),
+            None => Err(StorageError::Io {
+                path: PathBuf::new(),
+                source: io::Error::other("the disk writer already stopped"),
+            }),
+        }
+    }
 }
 
 impl Incoming {
     /// Waits until every chunk is on disk and synced; returns the temporary
     /// file with the size and SHA-1 of what arrived.
     pub async fn finish(mut self) -> Result<Received, StorageError> {
+        self.complete.store(true, Ordering::Release);
         self.chunks = None;
-        (&mut self.writer).await.expect("writing task panicked")
+        self.writer_result().await
     }
 }
 
@@ -353,7 +385,7 @@ impl BodySink for Incoming {
         }
         // The writer stopped early: it failed, and its error says why.
         self.chunks = None;
-        match (&mut self.writer).await.expect("writing task panicked") {
+        match self.writer_result().await {
             Err(StorageError::Io { source, .. }) => Err(source),
             _ => Err(io::Error::other("the disk writer stopped")),
         }

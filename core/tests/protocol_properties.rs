@@ -82,6 +82,7 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
             problem
         }),
         Just(TrackerRequest::Ping),
+        file_name().prop_map(|file| TrackerRequest::Withdraw { file }),
     ]
 }
 

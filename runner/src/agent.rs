@@ -76,6 +76,17 @@ pub enum Command {
     Arm {
         fault: Fault,
     },
+    /// Create or replace a file (content in hex).
+    Write {
+        file: FileName,
+        content: String,
+    },
+    /// Create a file of seeded pseudo-random bytes.
+    WriteRandom {
+        file: FileName,
+        len: u64,
+        seed: u64,
+    },
     /// Answered once every event reported before it is written.
     Sync,
     /// Stop and exit.
@@ -322,6 +333,21 @@ impl AgentNode {
             Command::Arm { fault } => {
                 client.arm(fault);
                 (Trace::default(), Outcome::Done)
+            }
+            Command::Write { file, content } => {
+                let written = match hex::decode(content) {
+                    Ok(content) => client.folder().write(&file, content).await.map_err(|e| e.to_string()),
+                    Err(error) => Err(format!("bad content: {error}")),
+                };
+                (Trace::default(), written.map_or_else(Outcome::Error, |_| Outcome::Done))
+            }
+            Command::WriteRandom { file, len, seed } => {
+                let fill = crate::world::random_content(seed, &file, len);
+                let written = client.folder().write_with(&file, fill).await;
+                (
+                    Trace::default(),
+                    written.map_or_else(|e| Outcome::Error(e.to_string()), |_| Outcome::Done),
+                )
             }
             Command::Sync | Command::Shutdown => (Trace::default(), Outcome::Done),
         }

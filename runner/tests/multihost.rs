@@ -165,7 +165,7 @@ fn files_cross_hosts_intact_and_a_vanished_host_is_failed_over() {
         ))
     };
     let (_p1, ready) = seed(1, "1", &one);
-    assert!(ready.contains("announced 1 files"), "{ready}");
+    assert!(ready.contains("announced 1 file "), "{ready}");
 
     // Host 2 fetches from host 1 and keeps seeding: two holders on two hosts.
     let got = network
@@ -179,7 +179,7 @@ fn files_cross_hosts_intact_and_a_vanished_host_is_failed_over() {
     assert!(String::from_utf8_lossy(&got.stdout).contains("from peer 1"));
     assert_eq!(std::fs::read(Path::new(&two).join("data.bin")).unwrap(), content);
     let (_p2, ready) = seed(2, "2", &two);
-    assert!(ready.contains("announced 1 files"), "{ready}");
+    assert!(ready.contains("announced 1 file "), "{ready}");
 
     // Host 1 drops off the network without a word: the tracker still lists
     // it, so host 3's download may be sent there first, must time out on

@@ -146,6 +146,24 @@ fn a_tracker_a_seeder_and_a_downloader_as_processes() {
     // A file dropped into the seeder's folder is announced by the rescan.
     std::fs::write(seeds.join("late.txt"), "late").unwrap();
     assert!(seeder.line().starts_with("announced late.txt"));
+    // A file changed in place is withdrawn, then announced with its new
+    // content; a deleted one is withdrawn.
+    std::fs::write(seeds.join("late.txt"), "later, and longer").unwrap();
+    assert_eq!(seeder.line(), "withdrew late.txt (deleted or changed)");
+    assert!(seeder.line().starts_with("announced late.txt (17 bytes"));
+    std::fs::remove_file(seeds.join("a.txt")).unwrap();
+    assert_eq!(seeder.line(), "withdrew a.txt (deleted or changed)");
+    let names: Vec<String> = status(&addr)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["big.bin", "late.txt"],
+        "a.txt was only held by the seeder and is gone"
+    );
     let table = text(&phile(&["status", "--tracker", &addr]).stdout);
     assert!(table.contains("late.txt") && table.contains("CLIENT"), "{table}");
 
@@ -178,7 +196,7 @@ fn get_with_seed_stays_and_serves_what_it_downloaded() {
         "127.0.0.1:0",
         "--seed",
     ]);
-    while !relay.line().starts_with("seeding") {}
+    while !relay.line().starts_with("phile peer 2 serving") {}
     // With the first seeder gone, only the relay can serve.
     assert!(seeder.terminate().success());
     let c = dir.path().join("c");

@@ -82,3 +82,24 @@ fn every_node_is_a_process_of_its_own_and_gone_after_the_run() {
         );
     }
 }
+
+#[test]
+fn a_file_corrupted_before_its_upload_is_a_lie_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("lie.rhai");
+    std::fs::write(
+        &script,
+        r#"
+let t = tracker(0);
+let a = client(1); let b = client(2);
+a.register(t); b.register(t);
+a.write("f", "the original content");
+a.corrupt("f");
+a.upload("f");
+let r = b.download("f");
+assert(!r.ok, "a corrupted copy was accepted");
+"#,
+    )
+    .unwrap();
+    assert_eq!(log_of(&script, false), log_of(&script, true));
+}

@@ -413,3 +413,35 @@ async fn with_no_honest_holder_left_the_download_fails_with_every_reason() {
     assert_eq!(error.to_string(), "no peer delivered f.txt: 66 could not be reached");
     assert!(swarm.b.folder().list().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_tracker_that_answers_late_costs_the_session_not_its_pairing() {
+    // A fake tracker: acknowledges the registration, then answers a lookup
+    // only after the client's idle timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut frames = tokio_util::codec::Framed::new(socket, phile_core::protocol::frame_codec());
+        use futures::{SinkExt, StreamExt};
+        frames.next().await.unwrap().unwrap();
+        frames
+            .send(phile_core::protocol::encode(&TrackerReply::Ack).unwrap())
+            .await
+            .unwrap();
+        frames.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await; // late, on purpose
+        let late = TrackerReply::NoPeer;
+        let _ = frames.send(phile_core::protocol::encode(&late).unwrap()).await;
+        let _ = frames.next().await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let b = client_with(2, dir.path(), short_limits()).await;
+    b.register(addr, &mut Trace::default()).await.unwrap();
+    assert!(b.locate(&name("a"), &[], &mut Trace::default()).await.is_err());
+    // The late answer must never be taken for the answer to a later request:
+    // the session is gone, and the client knows it is not registered.
+    assert!(!b.is_registered().await);
+    let error = b.locate(&name("b"), &[], &mut Trace::default()).await.unwrap_err();
+    assert!(error.to_string().contains("not registered"), "{error}");
+}

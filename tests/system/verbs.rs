@@ -473,9 +473,7 @@ assert(b.files() == [], "a cut transfer left a file");
     assert!(run_err("let a = client(1); a.kill_after(\"f\", -1);")
         .message
         .contains("not a byte count"));
-    assert!(run_err("set_idle_timeout(0);")
-        .message
-        .contains("not a positive duration"));
+    assert!(run_err("set_idle_timeout(0);").message.contains("at least 1 ms"));
 }
 
 #[test]
@@ -515,4 +513,42 @@ fn environment_errors_say_what_and_where() {
         failure.message
     );
     assert!(failure.message.contains("/dev/null/phile"), "{}", failure.message);
+}
+
+#[test]
+fn a_client_crashed_by_a_fault_can_restart() {
+    run_ok(&with_two_clients(
+        r#"
+a.write_random("f", 50000); a.upload("f");
+a.kill_after("f", 100);
+let r = b.download("f");
+assert(!r.ok, "the only holder crashed mid-transfer");
+a.restart();
+let r = b.download("f");
+assert(r.ok && r.from == a.id, `the restarted holder did not serve: ${r}`);
+"#,
+    ));
+}
+
+#[test]
+fn waiting_again_on_a_transfer_whose_wait_failed_gives_the_same_error() {
+    // b's session moves to a second tracker that records other content
+    // under the same name: the download arrives, its announce is refused.
+    let failure = run_err(&with_two_clients(
+        r#"
+let t2 = tracker(0);
+let c = client(3);
+c.register(t2);
+c.write("f", "other content"); c.upload("f");
+a.write("f", "content"); a.upload("f");
+let x = b.start_download("f");
+b.register(t2);
+let first = "";
+try { x.wait(); } catch (e) { first = `${e}`; }
+assert(first.contains("same content"), first);
+x.wait();
+"#,
+    ));
+    assert_eq!(failure.line, 18, "{}", failure.report);
+    assert!(failure.message.contains("same content"), "{}", failure.message);
 }

@@ -85,6 +85,9 @@ pub enum ClientError {
     /// The client's folder failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Writing a download to the client's folder failed.
+    #[error("the folder failed while storing a download: {0}")]
+    Disk(String),
     /// The client stopped (it was shut down, left or crashed) while busy.
     #[error("client {0} stopped")]
     Stopped(ClientId),
@@ -242,13 +245,19 @@ impl Client {
     }
 
     /// Tells the tracker about every file in the folder (after a restart).
+    /// A file the tracker refuses (it knows other content under that name)
+    /// is skipped with a warning; the list returned holds those announced.
     pub async fn announce_held(&self, trace: &mut Trace) -> Result<Vec<FileName>, ClientError> {
-        let files = self.folder.list()?;
-        for file in &files {
-            let info = self.folder.info(file).await?;
-            self.announce(file, info, trace).await?;
+        let mut announced = Vec::new();
+        for file in self.folder.list()? {
+            let info = self.folder.info(&file).await?;
+            match self.announce(&file, info, trace).await {
+                Ok(()) => announced.push(file),
+                Err(ClientError::Refused(reason)) => tracing::warn!(%file, "not announced: {reason}"),
+                Err(error) => return Err(error),
+            }
         }
-        Ok(files)
+        Ok(announced)
     }
 
     /// Tells the tracker this client holds `file`, which must be in its folder.
@@ -256,6 +265,15 @@ impl Client {
         let info = self.folder.info(file).await?;
         self.announce(file, info, trace).await?;
         Ok(info)
+    }
+
+    /// Tells the tracker this client no longer holds `file`.
+    pub async fn withdraw(&self, file: &FileName, trace: &mut Trace) -> Result<(), ClientError> {
+        let request = TrackerRequest::Withdraw { file: file.clone() };
+        match self.ask_tracker(trace.advance(), request).await? {
+            TrackerReply::Ack => Ok(()),
+            other => Err(refusal(other)),
+        }
     }
 
     /// Tells the tracker this client holds `file` with content `info`.
@@ -302,9 +320,13 @@ impl Client {
         trace: &mut Trace,
     ) -> Result<Downloaded, DownloadError> {
         // A client that stops (or crashes) drops its downloads with it.
-        tokio::select! {
-            received = self.receive_until_delivered(file, source, trace) => received,
-            _ = self.stop.cancelled() => Err(DownloadError::Client(ClientError::Stopped(self.id))),
+        let received = tokio::select! {
+            received = self.receive_until_delivered(file, source, trace) => Some(received),
+            _ = self.stop.cancelled() => None,
+        };
+        match received {
+            Some(received) => received,
+            None => Err(self.failed(file, ClientError::Stopped(self.id).into(), trace)),
         }
     }
 
@@ -337,10 +359,9 @@ impl Client {
                 Err(error) => error,
             };
             let Some(problem) = error.problem() else {
-                let TransferError::Storage(error) = error else {
-                    unreachable!("only storage errors are ours")
-                };
-                return Err(self.failed(file, ClientError::from(error).into(), trace));
+                // Our own folder failed: no other holder would do better.
+                let error = ClientError::Disk(error.to_string());
+                return Err(self.failed(file, error.into(), trace));
             };
             tracing::info!(node = %self.id, peer = %source.peer, %error, "giving up on this holder of {file}");
             if let Some(progress) = &self.progress {
@@ -405,9 +426,15 @@ impl Client {
 
     /// Sends one request on the session and waits for its reply.
     async fn ask_tracker(&self, trace: Trace, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
-        let mut session = self.session.lock().await;
-        let session = session.as_mut().ok_or(ClientError::NotRegistered(self.id))?;
-        Ok(session.request(trace, request).await?)
+        let mut current = self.session.lock().await;
+        let session = current.as_mut().ok_or(ClientError::NotRegistered(self.id))?;
+        let reply = session.request(trace, request).await;
+        if reply.is_err() {
+            // A broken session is no session: the client is unregistered
+            // until it registers again.
+            current.take();
+        }
+        Ok(reply?)
     }
 
     /// Arms a fault on this client's peer server.

@@ -31,6 +31,10 @@ pub enum SessionError {
     /// The tracker closed the session.
     #[error("the tracker at {0} closed the session")]
     Closed(SocketAddr),
+    /// An earlier request was interrupted or failed, so replies and
+    /// requests no longer pair up.
+    #[error("the session with the tracker at {0} broke off in the middle of a request; register again")]
+    OutOfStep(SocketAddr),
     /// The tracker answered something out of place.
     #[error("the tracker at {addr} answered {reply:?} out of place")]
     Unexpected {
@@ -81,6 +85,8 @@ pub(crate) struct Session {
     connection: Connection,
     /// The tracker's address, for error messages.
     addr: SocketAddr,
+    /// A request was sent and its reply not read: the session is out of step.
+    in_flight: bool,
     /// Cancelled when the session is dropped: its heartbeats stop.
     ended: CancellationToken,
     /// Cancels `ended` on drop.
@@ -98,6 +104,7 @@ impl Session {
         Ok(Session {
             connection,
             addr,
+            in_flight: false,
             ended,
             _end_on_drop,
         })
@@ -120,6 +127,19 @@ impl Session {
         trace: Trace,
         request: TrackerRequest,
     ) -> Result<TrackerReply, SessionError> {
+        // A request interrupted half-way (its future dropped) leaves its
+        // reply in the pipe, and the next request would read it: refuse.
+        if self.in_flight {
+            return Err(SessionError::OutOfStep(self.addr));
+        }
+        self.in_flight = true;
+        let reply = self.exchange(trace, request).await;
+        // Only a clean answer leaves the session usable.
+        self.in_flight = reply.is_err();
+        reply
+    }
+
+    async fn exchange(&mut self, trace: Trace, request: TrackerRequest) -> Result<TrackerReply, SessionError> {
         let lost = |error| SessionError::Lost { addr: self.addr, error };
         self.connection
             .write(&Request { trace, body: request })

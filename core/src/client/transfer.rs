@@ -47,6 +47,9 @@ impl TransferError {
     /// What this says about the holder, for the tracker and the event log;
     /// `None` when the fault is ours (our disk), not the holder's.
     pub fn problem(&self) -> Option<Problem> {
+        if matches!(self, TransferError::Connection(ConnectionError::Sink(_))) {
+            return None;
+        }
         Some(match self {
             TransferError::Unreachable(_) => Problem::Unreachable,
             TransferError::Connection(ConnectionError::Idle(_)) => Problem::Stalled,
@@ -122,16 +125,18 @@ pub(crate) async fn fetch(
     let confirm = PeerRequest::Received {
         sha1: received.info().sha1,
     };
-    connection
+    // The peer records the transfer when it reads the confirmation, then
+    // closes. Waiting for the close orders its event before ours; the file is
+    // verified either way, so a peer that vanishes now costs nothing.
+    let confirmed = connection
         .write(&Request {
             trace: trace.advance(),
             body: confirm,
         })
-        .await?;
-    // The peer records the transfer when it reads the confirmation, then
-    // closes. Waiting for the close orders its event before ours; the file is
-    // verified either way, so a peer that vanishes now costs nothing.
-    if let Err(error) = connection.read::<PeerReply>().await {
+        .await;
+    if let Err(error) = confirmed {
+        tracing::debug!(%error, "could not confirm {file} to a peer that already went");
+    } else if let Err(error) = connection.read::<PeerReply>().await {
         tracing::debug!(%error, "peer did not close cleanly after {file}");
     }
     Ok(received)

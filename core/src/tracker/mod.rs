@@ -249,7 +249,12 @@ impl Shared {
                 tracing::info!(%client, %peer, %file, ?problem, "holder reported");
                 // A bad copy stays bad: stop offering it. A connection
                 // problem may be passing; a dead peer's session ends anyway.
-                if problem.is_bad_copy() && self.records().drop_holding(peer, &file) {
+                let mut records = self.records();
+                // Believed only from a client the tracker sent to that peer:
+                // nobody can knock out holders it never dealt with.
+                let credible = records.was_offered(client, &file, peer);
+                if problem.is_bad_copy() && credible && records.drop_holding(peer, &file) {
+                    drop(records);
                     let event = Event::HolderDropped {
                         client: peer,
                         file,
@@ -257,6 +262,11 @@ impl Shared {
                     };
                     self.reporter.report(trace, event);
                 }
+                TrackerReply::Ack
+            }),
+            TrackerRequest::Withdraw { file } => session.registered().map(|client| {
+                self.records().drop_holding(client, &file);
+                tracing::info!(%client, %file, "holder withdrew");
                 TrackerReply::Ack
             }),
             TrackerRequest::Ping => session.registered().map(|_| TrackerReply::Ack),

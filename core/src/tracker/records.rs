@@ -76,6 +76,9 @@ pub struct Records {
     /// decides the lookup's random choice, so that lookups of different
     /// clients never change each other's outcome.
     lookups: HashMap<(ClientId, FileName), u64>,
+    /// The holders each registered client was given for each file: a report
+    /// about a holder is believed only from a client that was sent to it.
+    offered: HashMap<ClientId, HashMap<FileName, BTreeSet<ClientId>>>,
 }
 
 /// A registered client.
@@ -156,6 +159,7 @@ impl Records {
             clients: HashMap::new(),
             files: HashMap::new(),
             lookups: HashMap::new(),
+            offered: HashMap::new(),
         }
     }
 
@@ -208,12 +212,15 @@ impl Records {
         let mut rng = choice_rng(self.seed, client, file, *nth);
         *nth += 1;
         let peer = record.holders.nth_eligible(rng.random_range(0..eligible), &skipped);
+        let info = record.info;
+        self.offered
+            .entry(client)
+            .or_default()
+            .entry(file.clone())
+            .or_default()
+            .insert(peer);
         let addr = self.clients[&peer].addr;
-        Some(Holder {
-            peer,
-            addr,
-            info: record.info,
-        })
+        Some(Holder { peer, addr, info })
     }
 
     /// Forgets `client` and everything it held, if it is still registered on
@@ -224,24 +231,40 @@ impl Records {
         }
         let record = self.clients.remove(&client).expect("checked above");
         for file in record.files {
-            if let Some(entry) = self.files.get_mut(&file) {
-                entry.holders.remove(&client);
-            }
+            self.unhold(client, &file);
         }
+        self.offered.remove(&client);
         true
     }
 
     /// Stops offering `client` as a holder of `file` (its copy is bad).
     /// Returns whether it was offered.
     pub fn drop_holding(&mut self, client: ClientId, file: &FileName) -> bool {
-        let held = self
-            .files
-            .get_mut(file)
-            .is_some_and(|entry| entry.holders.remove(&client));
         if let Some(record) = self.clients.get_mut(&client) {
             record.files.remove(file);
         }
+        self.unhold(client, file)
+    }
+
+    /// Removes one holding; a file nobody holds any more is forgotten with
+    /// it, so its name is free for new content. Returns whether it was held.
+    fn unhold(&mut self, client: ClientId, file: &FileName) -> bool {
+        let Some(entry) = self.files.get_mut(file) else {
+            return false;
+        };
+        let held = entry.holders.remove(&client);
+        if entry.holders.0.is_empty() {
+            self.files.remove(file);
+        }
         held
+    }
+
+    /// Whether `client` was given `peer` as a holder of `file`.
+    pub fn was_offered(&self, client: ClientId, file: &FileName, peer: ClientId) -> bool {
+        self.offered
+            .get(&client)
+            .and_then(|files| files.get(file))
+            .is_some_and(|peers| peers.contains(&peer))
     }
 
     /// The current holders of `file`, in id order.
@@ -382,6 +405,25 @@ mod tests {
         let picks: Vec<u64> = (0..count).map(|k| holders.nth_eligible(k, &skipped).0).collect();
         assert_eq!(picks, [1, 5, 7]);
         assert!(holders.remove(&ClientId(1)) && !holders.remove(&ClientId(1)));
+    }
+
+    #[test]
+    fn a_file_nobody_holds_is_forgotten_and_its_name_freed() {
+        let mut records = records(0, 2);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.forget(ClientId(1), 1);
+        assert!(records.snapshot().files.is_empty());
+        records.announce(ClientId(2), &file("a"), info(b"new")).unwrap();
+    }
+
+    #[test]
+    fn only_a_client_sent_to_a_holder_is_believed_about_it() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        assert!(!records.was_offered(ClientId(3), &file("a"), ClientId(1)));
+        records.lookup(ClientId(3), &file("a"), &[]).unwrap();
+        assert!(records.was_offered(ClientId(3), &file("a"), ClientId(1)));
+        assert!(!records.was_offered(ClientId(2), &file("a"), ClientId(1)));
     }
 
     #[test]

@@ -48,6 +48,8 @@ enum TransferState {
     },
     /// Waited for: its result.
     Done(DownloadResult),
+    /// Waited for, and the wait was a script error: the same error again.
+    Broken(String),
 }
 
 impl World {
@@ -150,6 +152,7 @@ impl World {
         let mut state = transfer.0.borrow_mut();
         let (c, client, file, started, pending) = match &mut *state {
             TransferState::Done(result) => return Ok(result.clone()),
+            TransferState::Broken(error) => return Err(error.clone()),
             TransferState::Running {
                 c,
                 client,
@@ -158,17 +161,22 @@ impl World {
                 pending,
             } => (*c, client.clone(), file.clone(), *started, pending),
         };
-        let (received, mut trace) = client.finish(&self.runtime, pending)?;
-        let outcome = match received {
-            Ok(downloaded) => client
-                .announce(&self.runtime, &file, downloaded.info, &mut trace)
-                .map(|()| downloaded)
-                .map_err(Failure::Client),
-            Err(failure) => Err(failure),
+        let result = client.finish(&self.runtime, pending).and_then(|(received, mut trace)| {
+            let outcome = match received {
+                Ok(downloaded) => client
+                    .announce(&self.runtime, &file, downloaded.info, &mut trace)
+                    .map(|()| downloaded)
+                    .map_err(Failure::Client),
+                Err(failure) => Err(failure),
+            };
+            self.end(trace);
+            self.conclude(&c, file, outcome, started)
+        });
+        // Whatever happened, the transfer is over: never wait on it twice.
+        *state = match &result {
+            Ok(done) => TransferState::Done(done.clone()),
+            Err(error) => TransferState::Broken(error.clone()),
         };
-        self.end(trace);
-        let result = self.conclude(&c, file, outcome, started)?;
-        *state = TransferState::Done(result.clone());
-        Ok(result)
+        result
     }
 }

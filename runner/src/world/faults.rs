@@ -60,9 +60,11 @@ impl World {
             let slot = clients
                 .get(&c.id)
                 .ok_or_else(|| format!("client {} does not exist", c.id))?;
-            (slot.dir.clone(), slot.port, slot.tracker, slot.down)
+            // A fault may have crashed it without the script saying so.
+            let down = slot.down.is_some() || slot.client.is_stopped();
+            (slot.dir.clone(), slot.port, slot.tracker, down)
         };
-        if down.is_none() {
+        if !down {
             return Err(format!(
                 "client {} is running: only a killed or departed client can restart",
                 c.id
@@ -87,7 +89,10 @@ impl World {
         match tracker {
             Some(_) => self.say(
                 c.id,
-                format_args!("restart: registered again, announced {} files", announced),
+                format_args!(
+                    "restart: registered again, announced {announced} file{}",
+                    if announced == 1 { "" } else { "s" }
+                ),
             ),
             None => self.say(c.id, "restart: up again (it had never registered)"),
         }

@@ -147,6 +147,57 @@ impl Instance {
         }
     }
 
+    /// Creates or replaces `file` with `content`, through the node itself,
+    /// so that it knows the file's SHA-1 as it would after writing it.
+    pub fn write(&self, runtime: &Handle, file: &FileName, content: Vec<u8>) -> Result<(), String> {
+        match self {
+            Instance::Local(client) => runtime
+                .block_on(client.folder().write(file, content))
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Instance::Remote(remote) => {
+                let command = Command::Write {
+                    file: file.clone(),
+                    content: hex::encode(content),
+                };
+                remote.done(
+                    remote
+                        .agent
+                        .call(command)
+                        .map(|(_, outcome)| outcome)
+                        .ok_or_else(|| remote.stopped()),
+                )
+            }
+        }
+    }
+
+    /// `write_random`, through the node itself.
+    pub fn write_random(&self, runtime: &Handle, file: &FileName, len: u64, seed: u64) -> Result<(), String> {
+        match self {
+            Instance::Local(client) => {
+                let fill = super::random_content(seed, file, len);
+                runtime
+                    .block_on(client.folder().write_with(file, fill))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Instance::Remote(remote) => {
+                let command = Command::WriteRandom {
+                    file: file.clone(),
+                    len,
+                    seed,
+                };
+                remote.done(
+                    remote
+                        .agent
+                        .call(command)
+                        .map(|(_, outcome)| outcome)
+                        .ok_or_else(|| remote.stopped()),
+                )
+            }
+        }
+    }
+
     pub fn register(&self, runtime: &Handle, tracker: SocketAddr, trace: &mut Trace) -> Result<(), String> {
         match self {
             Instance::Local(client) => runtime

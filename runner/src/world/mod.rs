@@ -248,8 +248,8 @@ impl World {
     pub fn set_idle_timeout(&self, seconds: f64) -> Verdict<()> {
         let timeout = Duration::try_from_secs_f64(seconds)
             .ok()
-            .filter(|timeout| !timeout.is_zero())
-            .ok_or_else(|| format!("an idle timeout of {seconds} s is not a positive duration"))?;
+            .filter(|timeout| *timeout >= Duration::from_millis(1))
+            .ok_or_else(|| format!("an idle timeout of {seconds} s is not a duration of at least 1 ms (0.001)"))?;
         let mut limits = self.limits.get();
         limits.idle_timeout = timeout;
         self.limits.set(limits);
@@ -394,8 +394,8 @@ impl World {
     pub fn write(&self, c: &ClientRef, name: &str, content: Vec<u8>) -> Verdict<()> {
         let file = parse_name(name)?;
         let len = content.len();
-        self.runtime
-            .block_on(self.instance(c)?.folder().write(&file, content))
+        self.instance(c)?
+            .write(&self.runtime, &file, content)
             .map_err(|e| format!("cannot write {file}: {e}"))?;
         self.count(|s| s.steps += 1);
         self.say(c.id, format_args!("write {file} ({})", bytes(len as u64)));
@@ -407,20 +407,8 @@ impl World {
     pub fn write_random(&self, c: &ClientRef, name: &str, len: i64) -> Verdict<()> {
         let file = parse_name(name)?;
         let len = u64::try_from(len).map_err(|_| format!("cannot write {len} bytes: the size must be 0 or more"))?;
-        let mut rng = content_rng(self.settings.seed, &file);
-        let fill = move |out: &mut dyn io::Write| {
-            let mut chunk = vec![0u8; 64 * 1024];
-            let mut left = len;
-            while left > 0 {
-                let n = chunk.len().min(left as usize);
-                rng.fill_bytes(&mut chunk[..n]);
-                out.write_all(&chunk[..n])?;
-                left -= n as u64;
-            }
-            Ok(())
-        };
-        self.runtime
-            .block_on(self.instance(c)?.folder().write_with(&file, fill))
+        self.instance(c)?
+            .write_random(&self.runtime, &file, len, self.settings.seed)
             .map_err(|e| format!("cannot write {file}: {e}"))?;
         self.count(|s| s.steps += 1);
         self.say(
@@ -529,6 +517,28 @@ impl World {
 fn parse_name(name: &str) -> Verdict<FileName> {
     name.parse()
         .map_err(|e: phile_core::protocol::InvalidFileName| e.to_string())
+}
+
+/// Writes `len` bytes of `write_random`'s content for `file`: a function of
+/// the seed and the name only, the same in every process and on every
+/// machine.
+pub(crate) fn random_content(
+    seed: u64,
+    file: &FileName,
+    len: u64,
+) -> impl FnOnce(&mut dyn io::Write) -> io::Result<()> + Send + 'static {
+    let mut rng = content_rng(seed, file);
+    move |out: &mut dyn io::Write| {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = chunk.len().min(left as usize);
+            rng.fill_bytes(&mut chunk[..n]);
+            out.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// The generator of `write_random`'s bytes for `file`.

@@ -22,7 +22,8 @@ pub struct GetArgs {
     #[command(flatten)]
     identity: Identity,
 
-    /// Stay after downloading, seeding the folder until Ctrl-C.
+    /// Stay after downloading and seed the folder (everything in it, and
+    /// files added later) until Ctrl-C, as `phile peer` does.
     #[arg(long)]
     seed: bool,
 }
@@ -96,14 +97,8 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if args.seed {
-        println!(
-            "seeding {} on {}; Ctrl-C to stop",
-            me.dir.display(),
-            client.local_addr()
-        );
-        crate::stop_requested().await;
-    }
-    if let Err(error) = client.leave(&mut Trace::default(), me.grace()).await {
+        crate::peer::seed(&client, me, tracker, std::time::Duration::from_secs(2)).await?;
+    } else if let Err(error) = client.leave(&mut Trace::default(), me.grace()).await {
         tracing::warn!(%error, "could not say goodbye to the tracker");
     }
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE })
