@@ -112,10 +112,7 @@ impl Connection {
     /// Reads the next message. `Ok(None)` means the remote closed the
     /// connection cleanly, between two messages.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
-        let next = timeout(self.idle_timeout, self.frames.next())
-            .await
-            .map_err(|_| ConnectionError::Idle(self.idle_timeout))?;
-        self.decode_next(next)
+        self.read_within(self.idle_timeout).await
     }
 
     /// Like [`Connection::read`], with a wait of `limit` instead of the idle

@@ -169,7 +169,11 @@ impl fmt::Display for Event {
             Event::ClientLeft { client } => write!(f, "forgot {client}, which left"),
             Event::ClientLost { client } => write!(f, "forgot {client}, whose session dropped"),
             Event::HolderDropped { client, file, reason } => {
-                write!(f, "stopped offering {client}'s copy of {file} ({reason:?})")
+                write!(
+                    f,
+                    "stopped offering {client}'s copy of {file}: it {}",
+                    reason.describe()
+                )
             }
             Event::Killed {
                 file: Some(file),

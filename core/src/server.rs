@@ -61,6 +61,13 @@ pub struct ServerHandle {
     task: TaskTracker,
 }
 
+/// Dropping the handle stops the server: its port and tasks never outlive it.
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {

@@ -320,7 +320,12 @@ impl Folder {
             cut -= 1;
         }
         let stem = &name.as_str()[..cut];
-        tempfile::Builder::new()
+        let mut builder = tempfile::Builder::new();
+        // Like any file a program creates (the umask applies), not the
+        // private 0600 of a temporary file: it becomes the stored file.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        builder
             .prefix(&format!(".{stem}."))
             .suffix(PARTIAL_SUFFIX)
             .tempfile_in(&self.dir)
@@ -493,6 +498,17 @@ mod tests {
         assert_eq!(folder.list().unwrap(), vec![name("a.txt"), name("b.txt")]);
         assert_eq!(folder.read(&name("b.txt")).await.unwrap(), b"hello");
         assert_eq!(folder.info(&name("b.txt")).await.unwrap(), info);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn stored_files_are_readable_by_others_like_any_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        folder.write(&name("a"), "x").await.unwrap();
+        let mode = fs::metadata(folder.path(&name("a"))).unwrap().permissions().mode();
+        assert_ne!(mode & 0o044, 0, "mode {mode:o} hides the file from others");
     }
 
     #[tokio::test]

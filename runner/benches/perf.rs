@@ -145,6 +145,11 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+const USAGE: &str = "usage: cargo bench -p phile-runner --bench perf -- [--smoke] [--size SIZE] [--only SECTION]
+  --smoke         tiny sizes: checks the harness works, in seconds
+  --size SIZE     size of the big file (default 1G; K, M, G suffixes)
+  --only SECTION  big-file, default-scenario, many-peers, tracker-memory or lookups";
+
 fn parse_size(text: &str) -> u64 {
     let text = text.trim().to_ascii_uppercase();
     let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
@@ -173,7 +178,11 @@ fn main() {
             "--size" => config.size = parse_size(&args.next().expect("--size takes a size")),
             "--only" => config.only = args.next(),
             "--bench" => {} // cargo passes it
-            other => eprintln!("ignoring unknown argument {other}"),
+            "--help" | "-h" => return println!("{USAGE}"),
+            other => {
+                eprintln!("perf: unknown argument {other}\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -468,7 +477,7 @@ fn aria2_row() -> Row {
         row(
             "aria2c via opentracker (BitTorrent)",
             "skipped: not installed",
-            "apt install aria2 opentracker",
+            "apt install aria2 opentracker (the harness does not drive them yet)",
             "",
         )
     }
@@ -540,7 +549,7 @@ fn many_peers(config: &Config, work: &Path) -> Vec<Row> {
         let per_client = took.as_secs_f64() / clients as f64;
         let (base_clients, base_per_client) = *first.get_or_insert((clients, per_client));
         rows.push(row(
-            format!("{clients} clients x 5 downloads (waves of 100 clients), s; peak RSS {rss:.0} MiB"),
+            format!("{clients} clients x 5 downloads (waves of up to 100 clients), s; peak RSS {rss:.0} MiB"),
             format!("{:.2}", took.as_secs_f64()),
             format!("{:.2} ms per client at {base_clients}", base_per_client * 1e3),
             format!("{:.2} per client", per_client / base_per_client),

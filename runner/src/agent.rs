@@ -40,53 +40,49 @@ pub struct Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    Register {
-        tracker: SocketAddr,
-        trace: Trace,
-    },
+    /// [`Client::register`] with the tracker at `tracker`.
+    #[allow(missing_docs)]
+    Register { tracker: SocketAddr, trace: Trace },
+    /// [`Client::is_registered`].
     IsRegistered,
-    Upload {
-        file: FileName,
-        trace: Trace,
-    },
-    Download {
-        file: FileName,
-        trace: Trace,
-    },
-    Locate {
-        file: FileName,
-        trace: Trace,
-    },
+    /// [`Client::upload`].
+    #[allow(missing_docs)]
+    Upload { file: FileName, trace: Trace },
+    /// [`Client::download`].
+    #[allow(missing_docs)]
+    Download { file: FileName, trace: Trace },
+    /// [`Client::locate`], excluding nobody.
+    #[allow(missing_docs)]
+    Locate { file: FileName, trace: Trace },
+    /// [`Client::receive`] from `source`.
+    #[allow(missing_docs)]
     Receive {
         file: FileName,
         source: Source,
         trace: Trace,
     },
+    /// [`Client::announce`].
+    #[allow(missing_docs)]
     Announce {
         file: FileName,
         info: FileInfo,
         trace: Trace,
     },
-    AnnounceHeld {
-        trace: Trace,
-    },
-    Leave {
-        trace: Trace,
-    },
-    Arm {
-        fault: Fault,
-    },
+    /// [`Client::announce_held`].
+    #[allow(missing_docs)]
+    AnnounceHeld { trace: Trace },
+    /// [`Client::leave`] at once; the agent exits after the reply.
+    #[allow(missing_docs)]
+    Leave { trace: Trace },
+    /// [`Client::arm`].
+    #[allow(missing_docs)]
+    Arm { fault: Fault },
     /// Create or replace a file (content in hex).
-    Write {
-        file: FileName,
-        content: String,
-    },
+    #[allow(missing_docs)]
+    Write { file: FileName, content: String },
     /// Create a file of seeded pseudo-random bytes.
-    WriteRandom {
-        file: FileName,
-        len: u64,
-        seed: u64,
-    },
+    #[allow(missing_docs)]
+    WriteRandom { file: FileName, len: u64, seed: u64 },
     /// Answered once every event reported before it is written.
     Sync,
     /// Stop and exit.
@@ -98,10 +94,13 @@ pub enum Command {
 #[serde(rename_all = "snake_case")]
 pub enum Line {
     /// The node is up and listens on `addr`.
+    #[allow(missing_docs)]
     Ready { addr: SocketAddr },
-    /// An event of the node.
+    /// An event of the node, as its reporter gave it.
+    #[allow(missing_docs)]
     Event { trace: Trace, node: Node, event: Event },
-    /// The answer to request `id`.
+    /// The answer to request `id`, with the trace as the command left it.
+    #[allow(missing_docs)]
     Reply { id: u64, trace: Trace, outcome: Outcome },
 }
 
@@ -109,12 +108,19 @@ pub enum Line {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Done, nothing to return.
     Done,
+    /// A yes or no answer.
     Yes(bool),
+    /// A holder, or none.
     Source(Option<Source>),
+    /// How many files were announced.
     Files(usize),
+    /// A download arrived.
     Downloaded(Downloaded),
+    /// A download ended without the file.
     NotDownloaded(Failure),
+    /// The command failed; the message says why.
     Error(String),
 }
 

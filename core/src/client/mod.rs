@@ -485,6 +485,13 @@ impl Client {
     }
 }
 
+/// Dropping a client stops it: its server, its session and its tasks go.
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Ends the tracker session as soon as the client stops, whoever stopped it
 /// (a fault crashes the client from inside its server).
 async fn end_session_on_stop(stop: CancellationToken, session: Weak<Mutex<Option<Session>>>) {

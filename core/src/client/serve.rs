@@ -92,7 +92,8 @@ impl Seeder {
             }) => {
                 tracing::warn!(%node, %to, "{to} received {file} with sha1 {sha1}, not {}", info.sha1);
             }
-            other => tracing::info!(%node, %to, "{to} did not confirm {file}: {other:?}"),
+            Some(other) => tracing::info!(%node, %to, "{to} answered {other:?} instead of confirming {file}"),
+            None => tracing::info!(%node, %to, "{to} closed the connection without confirming {file}"),
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ pub type SessionId = u64;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// Another live session registered this id.
-    #[error("client {0} is already registered from another connection")]
+    #[error("client {0} is already registered from another connection (another peer uses this id: pick another)")]
     IdTaken(ClientId),
     /// This session registered as someone else.
     #[error("this connection is registered as client {registered}, not {asked}")]

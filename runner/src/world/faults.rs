@@ -104,7 +104,14 @@ impl World {
     /// client keeps believing its copy is good: a failing disk, a lying peer.
     pub fn corrupt(&self, c: &ClientRef, name: &str) -> Verdict<()> {
         let file = parse_name(name)?;
-        let path = self.instance(c)?.folder().path(&file);
+        let instance = self.instance(c)?;
+        if !instance.folder().contains(&file) {
+            return Err(format!(
+                "client {} cannot corrupt {file}: its folder has no such file",
+                c.id
+            ));
+        }
+        let path = instance.folder().path(&file);
         flip_middle_byte(&path).map_err(|e| format!("client {} cannot corrupt {file}: {e}", c.id))?;
         let event = ScenarioEvent::Corrupted { file: file.to_string() };
         self.log

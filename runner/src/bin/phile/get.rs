@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use phile_core::client::DownloadError;
 use phile_core::{ClientConfig, FileName, Trace};
 
 use crate::progress::Display;
@@ -74,7 +73,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
                 let secs = took.as_secs_f64().max(1e-9);
                 let rate = match done.info.size {
                     0..1_000_000 => String::new(),
-                    size => format!(", {:.0} MB/s", size as f64 / secs / 1e6),
+                    size => format!(", {:.0} MiB/s", size as f64 / secs / (1024.0 * 1024.0)),
                 };
                 display.line(&format!(
                     "{file}: {} bytes from peer {}, sha1 {}, in {:.1} ms{rate}",
@@ -84,7 +83,6 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
                     secs * 1e3
                 ));
             }
-            Err(DownloadError::Client(error)) => return Err(error.into()),
             Err(error) => display.line(&format!("{file}: failed: {error}")),
         }
     }

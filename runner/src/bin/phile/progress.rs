@@ -79,10 +79,7 @@ impl Progress for Display {
 
     fn rejected(&self, file: &FileName, peer: ClientId, problem: Problem) {
         self.finish(file);
-        self.line(&format!(
-            "{file}: gave up on peer {peer}, which {}; trying another",
-            problem.describe()
-        ));
+        self.line(&format!("{file}: gave up on peer {peer}, which {}", problem.describe()));
     }
 
     fn advance(&self, file: &FileName, received: u64) {

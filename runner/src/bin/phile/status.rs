@@ -21,7 +21,9 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let addr = crate::resolve(&args.tracker).await?;
-    let snapshot = phile_core::client::status(addr, Duration::from_secs(10)).await?;
+    let snapshot = phile_core::client::status(addr, Duration::from_secs(10))
+        .await
+        .map_err(|error| anyhow::anyhow!("{error} (is {addr} a phile tracker?)"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&as_json(&snapshot))?);
     } else {
