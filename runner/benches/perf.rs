@@ -563,6 +563,18 @@ fn many_peers(config: &Config, work: &Path) -> Vec<Row> {
 
 use phile_core::protocol::{self, ClientId, Digest, FileInfo, Request, Trace, TrackerReply, TrackerRequest};
 
+/// `body` as a whole frame on the wire: length prefix, then the request.
+fn frame(body: TrackerRequest) -> Vec<u8> {
+    let payload = protocol::encode(&Request {
+        trace: Trace::default(),
+        body,
+    })
+    .unwrap();
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
 /// A blocking framed connection for the load generators.
 struct Wire(TcpStream);
 
@@ -574,14 +586,7 @@ impl Wire {
     }
 
     fn send(&mut self, body: TrackerRequest) {
-        let payload = protocol::encode(&Request {
-            trace: Trace::default(),
-            body,
-        })
-        .unwrap();
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
-        self.0.write_all(&frame).unwrap();
+        self.0.write_all(&frame(body)).unwrap();
     }
 
     fn receive(&mut self) -> Vec<u8> {
@@ -699,16 +704,7 @@ async fn lookup_loop(addr: &str, id: u64, deadline: Instant, register: bool) -> 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket.set_nodelay(true).unwrap();
-    let frame = |body: TrackerRequest| {
-        let payload = protocol::encode(&Request {
-            trace: Trace::default(),
-            body,
-        })
-        .unwrap();
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
-        frame
-    };
+
     let mut length = [0u8; 4];
     let mut payload = Vec::new();
     if register {

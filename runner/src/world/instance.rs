@@ -85,6 +85,16 @@ impl RemoteClient {
         Ok(outcome)
     }
 
+    /// Runs a command that carries no trace; `Ok` unless it failed.
+    fn run(&self, command: Command) -> Result<(), String> {
+        self.done(
+            self.agent
+                .call(command)
+                .map(|(_, outcome)| outcome)
+                .ok_or_else(|| self.stopped()),
+        )
+    }
+
     fn stopped(&self) -> String {
         format!("client {} stopped", self.id)
     }
@@ -160,13 +170,7 @@ impl Instance {
                     file: file.clone(),
                     content: hex::encode(content),
                 };
-                remote.done(
-                    remote
-                        .agent
-                        .call(command)
-                        .map(|(_, outcome)| outcome)
-                        .ok_or_else(|| remote.stopped()),
-                )
+                remote.run(command)
             }
         }
     }
@@ -187,13 +191,7 @@ impl Instance {
                     len,
                     seed,
                 };
-                remote.done(
-                    remote
-                        .agent
-                        .call(command)
-                        .map(|(_, outcome)| outcome)
-                        .ok_or_else(|| remote.stopped()),
-                )
+                remote.run(command)
             }
         }
     }
