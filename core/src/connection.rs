@@ -1,7 +1,8 @@
-//! One TCP connection speaking the framed protocol, plus raw file bodies.
+//! One connection speaking the framed protocol, plus raw file bodies.
 //!
 //! [`Connection`] reads and writes whole messages ([`crate::protocol`]) and
-//! streams a file's bytes after its header. Every read and every write is
+//! streams a file's bytes after its header, over any [`Stream`](crate::host::Stream): a real TCP
+//! socket, a simulated one, or a wrapper. Every read and every write is
 //! bounded by the idle timeout, so a silent or stalled remote can never hang
 //! the task that talks to it.
 
@@ -13,11 +14,11 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::host::{BoxStream, Host};
 use crate::protocol::{self, ProtocolError, MAX_FRAME_LEN};
 
 /// The size of one chunk of a file body in flight.
@@ -70,24 +71,35 @@ pub trait BodySink {
     fn accept(&mut self, chunk: Bytes) -> impl std::future::Future<Output = io::Result<()>> + Send;
 }
 
+/// Where the bytes of a file body to send come from, chunk by chunk.
+pub trait BodySource {
+    /// The next bytes, at most `max` of them; empty when the source ended.
+    fn next_chunk(&mut self, max: usize) -> impl std::future::Future<Output = io::Result<Bytes>> + Send;
+}
+
 /// A framed connection to a tracker or a peer.
-#[derive(Debug)]
 pub struct Connection {
-    /// The socket, cut into frames. The raw bytes of a file body are read
-    /// from and written to the same socket underneath.
-    frames: Framed<TcpStream, LengthDelimitedCodec>,
+    /// The stream, cut into frames. The raw bytes of a file body are read
+    /// from and written to the same stream underneath.
+    frames: Framed<BoxStream, LengthDelimitedCodec>,
     /// The longest wait for any read or write to make progress.
     idle_timeout: Duration,
     /// The remote address (for log lines and error messages).
     peer_addr: SocketAddr,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer_addr", &self.peer_addr)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
 impl Connection {
-    /// Wraps an open socket.
-    pub fn new(stream: TcpStream, idle_timeout: Duration) -> io::Result<Connection> {
-        // Requests and replies are small and answered at once: do not let
-        // Nagle's algorithm hold them back waiting for more.
-        stream.set_nodelay(true)?;
+    /// Wraps an open stream.
+    pub fn new(stream: BoxStream, idle_timeout: Duration) -> io::Result<Connection> {
         let peer_addr = stream.peer_addr()?;
         Ok(Connection {
             frames: Framed::with_capacity(stream, protocol::frame_codec(), FRAME_BUFFER_LEN),
@@ -96,9 +108,13 @@ impl Connection {
         })
     }
 
-    /// Connects to `addr`, giving up after the idle timeout.
-    pub async fn connect(addr: SocketAddr, idle_timeout: Duration) -> Result<Connection, ConnectionError> {
-        let stream = timeout(idle_timeout, TcpStream::connect(addr))
+    /// Connects to `addr` through `host`, giving up after the idle timeout.
+    pub async fn connect(
+        host: &dyn Host,
+        addr: SocketAddr,
+        idle_timeout: Duration,
+    ) -> Result<Connection, ConnectionError> {
+        let stream = timeout(idle_timeout, host.connect(addr))
             .await
             .map_err(|_| ConnectionError::Idle(idle_timeout))??;
         Ok(Connection::new(stream, idle_timeout)?)
@@ -150,26 +166,26 @@ impl Connection {
 
     /// Streams exactly `len` bytes from `source` after the frames already
     /// written. Fails if `source` ends early.
-    pub async fn write_body<R: AsyncRead + Unpin>(&mut self, source: &mut R, len: u64) -> Result<(), ConnectionError> {
-        // Frames are flushed by `write`, so the socket is ours alone here.
-        let socket = self.frames.get_mut();
-        let mut buffer = vec![0u8; CHUNK_LEN.min(len as usize)];
+    pub async fn write_body<S: BodySource>(&mut self, source: &mut S, len: u64) -> Result<(), ConnectionError> {
+        // Frames are flushed by `write`, so the stream is ours alone here.
+        let stream = self.frames.get_mut();
         let mut sent = 0u64;
         while sent < len {
-            let want = buffer.len().min((len - sent) as usize);
-            let read = source.read(&mut buffer[..want]).await?;
-            if read == 0 {
+            let want = CHUNK_LEN.min((len - sent) as usize);
+            let chunk = source.next_chunk(want).await?;
+            if chunk.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("the file ended after {sent} of {len} bytes"),
                 )
                 .into());
             }
-            timeout(self.idle_timeout, socket.write_all(&buffer[..read]))
+            timeout(self.idle_timeout, stream.write_all(&chunk))
                 .await
                 .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;
-            sent += read as u64;
+            sent += chunk.len() as u64;
         }
+        stream.flush().await?;
         Ok(())
     }
 
@@ -184,11 +200,11 @@ impl Connection {
             received += chunk.len() as u64;
             sink.accept(chunk).await.map_err(ConnectionError::Sink)?;
         }
-        let socket = self.frames.get_mut();
+        let stream = self.frames.get_mut();
         while received < len {
             let want = CHUNK_LEN.min((len - received) as usize);
             let mut chunk = BytesMut::with_capacity(want);
-            let mut limited = (&mut *socket).take(want as u64);
+            let mut limited = (&mut *stream).take(want as u64);
             let read = timeout(self.idle_timeout, limited.read_buf(&mut chunk))
                 .await
                 .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;

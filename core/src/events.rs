@@ -7,6 +7,7 @@
 //! built from them is the same on every run.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -203,12 +204,19 @@ pub struct Reporter {
     node: Node,
     /// Where events go besides the tracing log (the scenario's event log).
     sink: Option<Arc<dyn EventSink>>,
+    /// Set when the node crashed: a crashed node reports nothing more, as a
+    /// killed process could not. Shared by every clone.
+    silenced: Arc<AtomicBool>,
 }
 
 impl Reporter {
     /// A reporter for `node` that hands events to `sink` when there is one.
     pub fn new(node: Node, sink: Option<Arc<dyn EventSink>>) -> Reporter {
-        Reporter { node, sink }
+        Reporter {
+            node,
+            sink,
+            silenced: Arc::default(),
+        }
     }
 
     /// The node this reporter speaks for.
@@ -216,8 +224,16 @@ impl Reporter {
         self.node
     }
 
+    /// Reports nothing from now on: the node crashed.
+    pub fn silence(&self) {
+        self.silenced.store(true, Ordering::SeqCst);
+    }
+
     /// Reports `event`, caused by the request traced `trace`.
     pub fn report(&self, trace: Trace, event: Event) {
+        if self.silenced.load(Ordering::SeqCst) {
+            return;
+        }
         if trace == Trace::default() {
             tracing::info!(node = %self.node, "{event}");
         } else {

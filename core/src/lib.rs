@@ -1,25 +1,31 @@
 //! phile's core: a tracker and peers that move whole files over TCP.
 //!
 //! - [`protocol`]: the messages and their framing, free of I/O;
-//! - [`connection`]: one framed TCP connection, plus raw file bodies;
+//! - [`host`]: the seam to the world a node runs in (real TCP and threads,
+//!   or a simulator): sockets, tasks, blocking work;
+//! - [`connection`]: one framed connection, plus raw file bodies;
 //! - [`server`]: the accept loop shared by tracker and peers (limits,
 //!   back-pressure, shutdown);
 //! - [`tracker`]: who holds which file, and the random choice of a holder;
 //! - [`client`]: a client's tracker session, peer server and downloads;
 //! - [`storage`]: a client's folder, where files only ever appear whole;
 //! - [`events`]: what nodes report, for logs and the scenario event log;
+//! - [`trace`]: which scenario operation a request belongs to;
 //! - [`faults`]: failures a scenario arms to strike at an exact byte.
 
 pub mod client;
 pub mod connection;
 pub mod events;
 pub mod faults;
+pub mod host;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+pub mod trace;
 pub mod tracker;
 
 pub use client::{Client, ClientConfig};
+pub use host::{Host, OsHost};
 pub use protocol::{ClientId, Digest, FileInfo, FileName, Trace};
 pub use server::Limits;
 pub use tracker::{Tracker, TrackerConfig};

@@ -324,6 +324,8 @@ pub enum Problem {
     Cut,
     /// Nothing arrived for the whole idle timeout.
     Stalled,
+    /// The peer did not start answering within the first-byte timeout.
+    Unresponsive,
     /// The peer refused or did not answer the request.
     Refused,
     /// The peer sent something that is not the protocol.
@@ -342,6 +344,7 @@ impl Problem {
             Problem::Unreachable => "could not be reached",
             Problem::Cut => "cut the connection mid-transfer",
             Problem::Stalled => "stalled past the idle timeout",
+            Problem::Unresponsive => "did not start sending in time",
             Problem::Refused => "refused to send the file",
             Problem::Garbled => "answered with garbage",
             Problem::WrongSize => "offered the wrong size",

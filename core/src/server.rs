@@ -2,33 +2,46 @@
 //!
 //! As in mini-redis: the server takes an already-bound listener (so tests
 //! bind port 0 and never guess ports), caps open connections with a
-//! semaphore (a permit per socket, so a flood of connections waits instead
-//! of exhausting memory or file descriptors), backs off when `accept` fails,
-//! and never lets one connection's error stop the listener. Shutdown is a
-//! cancellation token: the loop stops accepting, every handler is cut, and
+//! semaphore (a permit per connection, so a flood of connections waits
+//! instead of exhausting memory or file descriptors), backs off when
+//! `accept` fails, and never lets one connection's error stop the listener.
+//! One remote address may hold only a share of the connections, so a single
+//! misbehaving host cannot take every slot. Shutdown is a cancellation
+//! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::Connection;
+use crate::host::{self, BoxListener, BoxStream, Host};
 
 /// Bounds that keep a server responsive whatever its clients do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Connections served at once from one remote address; further ones
+    /// are closed at once, so no single host can take every slot.
+    pub max_per_address: usize,
     /// The longest a read or write may make no progress before the
     /// connection is dropped (or a download fails over).
     pub idle_timeout: Duration,
+    /// How long a new connection may stay silent before its first request:
+    /// short, so connections that never ask anything free their slot fast.
+    pub request_timeout: Duration,
+    /// How long a downloader waits for a holder to start answering before
+    /// it tries another: well below the idle timeout of a transfer under
+    /// way, so stalled holders cost seconds, not minutes.
+    pub first_byte_timeout: Duration,
     /// How often a client tells the tracker it is still there.
     pub heartbeat_interval: Duration,
     /// How long the tracker keeps a silent session: past it, the client is
@@ -41,9 +54,25 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_per_address: 256,
             idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(10),
             session_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    /// These limits with an idle timeout of `idle`, and the shorter
+    /// timeouts never longer than it.
+    pub fn with_idle_timeout(self, idle: Duration) -> Limits {
+        Limits {
+            idle_timeout: idle,
+            request_timeout: self.request_timeout.min(idle),
+            first_byte_timeout: self.first_byte_timeout.min(idle),
+            ..self
         }
     }
 }
@@ -92,20 +121,12 @@ impl ServerHandle {
     }
 }
 
-/// Serves every connection accepted on `listener` with `handle`, in its own
-/// task, until the returned handle is shut down.
-pub fn spawn<H, F>(listener: TcpListener, limits: Limits, handle: H) -> io::Result<ServerHandle>
-where
-    H: Fn(Connection) -> F + Send + Sync + 'static,
-    F: Future<Output = ()> + Send + 'static,
-{
-    spawn_until(listener, limits, CancellationToken::new(), handle)
-}
-
-/// Like [`spawn`], stopping when `shutdown` is cancelled, by the handle or
-/// by anyone else holding the token (a client's crash, say).
-pub fn spawn_until<H, F>(
-    listener: TcpListener,
+/// Serves every connection accepted on `listener` with `handle`, in a task
+/// of `host`, until the returned handle is shut down or `shutdown` is
+/// cancelled (by anyone holding the token: a client's crash, say).
+pub fn spawn<H, F>(
+    host: Arc<dyn Host>,
+    listener: BoxListener,
     limits: Limits,
     shutdown: CancellationToken,
     handle: H,
@@ -117,13 +138,14 @@ where
     let local_addr = listener.local_addr()?;
     let accepting = shutdown.child_token();
     let task = TaskTracker::new();
-    task.spawn(accept_loop(
-        listener,
+    let server = Server {
+        host: host.clone(),
         limits,
-        accepting.clone(),
-        shutdown.clone(),
+        accepting: accepting.clone(),
+        shutdown: shutdown.clone(),
         handle,
-    ));
+    };
+    host.spawn(Box::pin(task.track_future(server.accept_loop(listener))));
     task.close();
     Ok(ServerHandle {
         local_addr,
@@ -133,60 +155,125 @@ where
     })
 }
 
-async fn accept_loop<H, F>(
-    listener: TcpListener,
+/// What the accept loop needs.
+struct Server<H> {
+    /// Where handlers run.
+    host: Arc<dyn Host>,
+    /// Connection caps and timeouts.
     limits: Limits,
+    /// Cancelled to stop accepting.
     accepting: CancellationToken,
+    /// Cancelled to cut every connection.
     shutdown: CancellationToken,
+    /// Serves one connection.
     handle: H,
-) where
+}
+
+impl<H, F> Server<H>
+where
     H: Fn(Connection) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let handlers = TaskTracker::new();
-    loop {
-        // Wait for a free slot before accepting: back-pressure, not overload.
-        let permit = tokio::select! {
-            _ = accepting.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
-            _ = accepting.cancelled() => break,
-            stream = accept(&listener) => stream,
-        };
-        let connection = match Connection::new(stream, limits.idle_timeout) {
-            Ok(connection) => connection,
+    async fn accept_loop(self, mut listener: BoxListener) {
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let per_address = PerAddress::default();
+        let handlers = TaskTracker::new();
+        loop {
+            // Wait for a free slot before accepting: back-pressure, not overload.
+            let permit = tokio::select! {
+                biased;
+                _ = self.accepting.cancelled() => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let (stream, from) = tokio::select! {
+                biased;
+                _ = self.accepting.cancelled() => break,
+                accepted = accept(&mut listener) => accepted,
+            };
+            let Some(slot) = per_address.take(from.ip(), self.limits.max_per_address) else {
+                tracing::debug!(%from, "too many connections from one address; closing this one");
+                continue;
+            };
+            let Some(connection) = self.connection(stream) else {
+                continue;
+            };
+            let handler = (self.handle)(connection);
+            let cut = self.shutdown.clone();
+            let served = handlers.track_future(async move {
+                tokio::select! {
+                    biased;
+                    _ = cut.cancelled() => {}
+                    _ = handler => {}
+                }
+                drop((permit, slot));
+            });
+            self.host.spawn(Box::pin(served));
+        }
+        // Stop listening at once (the port is free again), then wait for the
+        // connections in progress.
+        drop(listener);
+        handlers.close();
+        handlers.wait().await;
+    }
+
+    fn connection(&self, stream: BoxStream) -> Option<Connection> {
+        match Connection::new(stream, self.limits.idle_timeout) {
+            Ok(connection) => Some(connection),
             Err(error) => {
                 tracing::debug!(%error, "connection closed before it could be served");
-                continue;
+                None
             }
-        };
-        let handler = handle(connection);
-        let cut = shutdown.clone();
-        handlers.spawn(async move {
-            tokio::select! {
-                _ = handler => {}
-                _ = cut.cancelled() => {}
-            }
-            drop(permit);
-        });
+        }
     }
-    // Stop listening at once (the port is free again), then wait for the
-    // connections in progress.
-    drop(listener);
-    handlers.close();
-    handlers.wait().await;
+}
+
+/// How many connections each remote address holds.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerAddress {
+    /// A slot for one more connection from `ip`, unless it holds `cap`.
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
+        // A std mutex: held for a map update, never across an `.await`.
+        let mut counts = self.0.lock().expect("address counts poisoned");
+        let count = counts.entry(ip).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its address's count; freed on drop.
+struct AddressSlot {
+    counts: PerAddress,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().expect("address counts poisoned");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Accepts the next connection. Errors such as running out of file
 /// descriptors are passing, so they are logged and retried with an
 /// exponential backoff rather than ending the server.
-async fn accept(listener: &TcpListener) -> TcpStream {
+async fn accept(listener: &mut BoxListener) -> (BoxStream, SocketAddr) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => return stream,
+        match host::accept(listener).await {
+            Ok(accepted) => return accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await; // backoff: the error is passing

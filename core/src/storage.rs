@@ -3,33 +3,37 @@
 //! Nothing appears in a folder half-written. Every file, whether written
 //! locally or downloaded, is first written to a temporary file in the same
 //! folder (named `.NAME.XXXXXX.phile-part`), synced, and only then renamed
-//! into place, which the file system does atomically. A download whose size
-//! or SHA-1 turn out wrong is never renamed: dropping it deletes it.
+//! into place, which the file system does atomically; the folder itself is
+//! synced after the rename, so a stored file survives a power cut. A
+//! download whose size or SHA-1 turn out wrong is never renamed: dropping
+//! it deletes it.
 //!
-//! The folder also remembers each file's SHA-1 (keyed by size and
-//! modification time), so a file is hashed once, not on every upload.
+//! A temporary file is locked by the process writing it for as long as it
+//! lives, so a process opening the folder removes only the leftovers of
+//! processes that are gone, never a download another process is making.
+//!
+//! The folder also remembers each file's SHA-1 (keyed by size, modification
+//! time and inode), so a file is hashed once, not on every upload.
+//!
+//! Every call that may block (file I/O, hashing) runs through the node's
+//! [`Host`]: on a blocking thread for real, inline under simulation.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufWriter, Read, Write};
+use std::future::Future;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sha1::{Digest as _, Sha1};
 use tempfile::NamedTempFile;
-use tokio::io::AsyncSeekExt;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use crate::connection::{BodySink, CHUNK_LEN};
+use crate::connection::{BodySink, BodySource, CHUNK_LEN};
+use crate::host::{Host, OsHost};
 use crate::protocol::{Digest, FileInfo, FileName, PARTIAL_SUFFIX};
-
-/// How many received chunks may wait for the disk before the network reader
-/// is held back.
-const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Why a folder operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,36 +65,50 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
 }
 
 /// A client's folder.
-#[derive(Debug)]
 pub struct Folder {
     /// The folder's path (`ROOT/<id>` in a scenario).
     dir: PathBuf,
-    /// The SHA-1 of each file hashed so far, with the size and modification
-    /// time it had then. A std mutex: it is never held across an `.await`.
-    known: Mutex<HashMap<FileName, Known>>,
+    /// The SHA-1 of each file hashed so far, with the stamp it had then.
+    /// Shared with blocking jobs; a std mutex, never held across an `.await`.
+    known: Arc<Mutex<HashMap<FileName, Known>>>,
+    /// Where blocking work runs.
+    host: Arc<dyn Host>,
+}
+
+impl std::fmt::Debug for Folder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Folder").field("dir", &self.dir).finish()
+    }
 }
 
 /// A file's content identity as of one look at its metadata.
 #[derive(Debug, Clone, Copy)]
 struct Known {
-    /// Size and modification time when `info` was computed.
+    /// The file's stamp when `info` was computed.
     stamp: Stamp,
     /// Size and SHA-1.
     info: FileInfo,
 }
 
-/// What tells us a file changed since we hashed it.
+/// What tells us a file changed since we hashed it: a rewrite through a
+/// temporary file gets a new inode even when size and time stay the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
+    inode: u64,
 }
 
 impl Stamp {
     fn of(metadata: &fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+        #[cfg(not(unix))]
+        let inode = 0;
         Stamp {
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            inode,
         }
     }
 }
@@ -116,16 +134,17 @@ impl Folder {
         Ok(Folder::at(dir))
     }
 
-    /// Opens the folder as it is (creating it if missing), removing only what
-    /// a crashed download left behind.
+    /// Opens the folder as it is (creating it if missing), removing only
+    /// what downloads of processes that are gone left behind: a partial
+    /// file whose lock nobody holds. Sub-folders are never touched.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Folder, StorageError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(at(&dir))?;
         for entry in fs::read_dir(&dir).map_err(at(&dir))? {
             let entry = entry.map_err(at(&dir))?;
-            if entry.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX) {
-                let path = entry.path();
-                fs::remove_file(&path).map_err(at(&path))?;
+            let is_file = entry.file_type().map_err(at(&entry.path()))?.is_file();
+            if is_file && entry.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+                remove_if_abandoned(&entry.path())?;
             }
         }
         Ok(Folder::at(dir))
@@ -134,8 +153,14 @@ impl Folder {
     fn at(dir: PathBuf) -> Folder {
         Folder {
             dir,
-            known: Mutex::new(HashMap::new()),
+            known: Arc::default(),
+            host: Arc::new(OsHost),
         }
+    }
+
+    /// This folder, running its blocking work on `host`.
+    pub(crate) fn on(self, host: Arc<dyn Host>) -> Folder {
+        Folder { host, ..self }
     }
 
     /// The folder's path.
@@ -165,17 +190,6 @@ impl Folder {
         Ok(names)
     }
 
-    /// The metadata of a held file; `NotFound` unless it is a regular file.
-    fn metadata(&self, name: &FileName) -> Result<fs::Metadata, StorageError> {
-        let path = self.path(name);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(meta),
-            Ok(_) => Err(self.not_found(name)),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(self.not_found(name)),
-            Err(error) => Err(StorageError::Io { path, source: error }),
-        }
-    }
-
     fn not_found(&self, name: &FileName) -> StorageError {
         StorageError::NotFound {
             name: name.clone(),
@@ -185,38 +199,52 @@ impl Folder {
 
     /// Whether the folder holds `name`.
     pub fn contains(&self, name: &FileName) -> bool {
-        self.metadata(name).is_ok()
+        regular_file(&self.path(name)).is_ok_and(|meta| meta.is_some())
     }
 
     /// The size and SHA-1 of a held file, hashing it only if it changed since
     /// it was last hashed.
     pub async fn info(&self, name: &FileName) -> Result<FileInfo, StorageError> {
-        Ok(self.open_file(name).await?.1)
+        Ok(self.open_file(name).await?.info)
     }
 
-    fn remember(&self, name: &FileName, stamp: Stamp, info: FileInfo) {
-        let known = Known { stamp, info };
-        self.known
-            .lock()
-            .expect("digest cache poisoned")
-            .insert(name.clone(), known);
-    }
-
-    /// Records the identity of a file just put in place, so it is never
-    /// hashed again while unchanged.
-    /// `file` is the handle of what was just put in place (read before the
-    /// rename, so that a file replaced right after cannot be mistaken for it).
-    fn remember_stored(&self, name: &FileName, file: &fs::File, info: FileInfo) -> Result<(), StorageError> {
-        let stamp = Stamp::of(&file.metadata().map_err(at(&self.path(name)))?);
-        self.remember(name, stamp, info);
-        Ok(())
+    /// The size and SHA-1 of the bytes a held file has on disk now, hashed
+    /// afresh: what the folder remembers may be out of date if the file
+    /// changed behind its back without a new size, time or inode.
+    pub async fn hash(&self, name: &FileName) -> Result<FileInfo, StorageError> {
+        let (file, path) = (self.open_held(name)?, self.path(name));
+        self.host.blocking(move || hash(&file, &path)).await
     }
 
     /// Reads a held file whole.
     pub async fn read(&self, name: &FileName) -> Result<Vec<u8>, StorageError> {
-        self.metadata(name)?;
+        let (mut file, path) = (self.open_held(name)?, self.path(name));
+        self.host
+            .blocking(move || {
+                let mut content = Vec::new();
+                file.read_to_end(&mut content).map(|_| content).map_err(at(&path))
+            })
+            .await
+    }
+
+    /// Opens a held file for reading: a regular file, never a link.
+    fn open_held(&self, name: &FileName) -> Result<fs::File, StorageError> {
         let path = self.path(name);
-        tokio::fs::read(&path).await.map_err(at(&path))
+        let mut options = fs::OpenOptions::new();
+        options.read(true);
+        // Never follow a link swapped in for the file.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let file = match options.open(&path) {
+            Ok(file) => file,
+            Err(error) if is_missing(&error) => return Err(self.not_found(name)),
+            Err(error) => return Err(at(&path)(error)),
+        };
+        match file.metadata() {
+            Ok(meta) if meta.is_file() => Ok(file),
+            Ok(_) => Err(self.not_found(name)),
+            Err(error) => Err(at(&path)(error)),
+        }
     }
 
     /// Opens a held file, with its size and SHA-1.
@@ -225,33 +253,32 @@ impl Folder {
     /// from the open handle, and a hash reads the same handle), so a file
     /// replaced meanwhile can never pair one version's header with another
     /// version's bytes.
-    pub async fn open_file(&self, name: &FileName) -> Result<(tokio::fs::File, FileInfo), StorageError> {
-        self.metadata(name)?; // a regular file, not a link or a folder
-        let path = self.path(name);
-        let mut options = tokio::fs::OpenOptions::new();
-        options.read(true);
-        // Never follow a link swapped in since the check above.
-        #[cfg(unix)]
-        options.custom_flags(libc::O_NOFOLLOW);
-        let mut file = options.open(&path).await.map_err(at(&path))?;
-        let metadata = file.metadata().await.map_err(at(&path))?;
-        if !metadata.is_file() {
-            return Err(self.not_found(name));
-        }
-        let stamp = Stamp::of(&metadata);
-        let known = self.known.lock().expect("digest cache poisoned").get(name).copied();
-        if let Some(known) = known.filter(|known| known.stamp == stamp) {
-            return Ok((file, known.info));
-        }
-        let reader = file.try_clone().await.map_err(at(&path))?.into_std().await;
-        let hashed_path = path.clone();
-        let info = tokio::task::spawn_blocking(move || hash(reader, &hashed_path))
-            .await
-            .expect("hashing task panicked")?;
-        // The clone shares the file position: rewind for the caller.
-        file.seek(io::SeekFrom::Start(0)).await.map_err(at(&path))?;
-        self.remember(name, stamp, info);
-        Ok((file, info))
+    pub async fn open_file(&self, name: &FileName) -> Result<HeldFile, StorageError> {
+        let file = Arc::new(self.open_held(name)?);
+        let (path, known, name) = (self.path(name), self.known.clone(), name.clone());
+        let reader = file.clone();
+        let info = self
+            .host
+            .blocking(move || {
+                let stamp = Stamp::of(&reader.metadata().map_err(at(&path))?);
+                let remembered = known.lock().expect("digest cache poisoned").get(&name).copied();
+                if let Some(known) = remembered.filter(|known| known.stamp == stamp) {
+                    return Ok(known.info);
+                }
+                let info = hash(&reader, &path)?;
+                known
+                    .lock()
+                    .expect("digest cache poisoned")
+                    .insert(name, Known { stamp, info });
+                Ok::<_, StorageError>(info)
+            })
+            .await?;
+        Ok(HeldFile {
+            file,
+            info,
+            offset: 0,
+            host: self.host.clone(),
+        })
     }
 
     /// Creates or replaces file `name` with what `fill` writes, atomically.
@@ -259,21 +286,17 @@ impl Folder {
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
     {
-        let temp = self.temp_file(name)?;
-        let target = self.path(name);
-        let (file, info) = tokio::task::spawn_blocking(move || -> Result<(fs::File, FileInfo), StorageError> {
-            let temp_path = temp.path().to_owned();
-            let mut writer = HashingWriter::new(temp.as_file());
-            fill(&mut writer).map_err(at(&temp_path))?;
-            let info = writer.finish().map_err(at(&temp_path))?;
-            let file = temp.persist(&target).map_err(|e| StorageError::Io {
-                path: target,
-                source: e.error,
-            })?;
-            Ok((file, info))
-        })
-        .await
-        .expect("writing task panicked")?;
+        let mut writer = Writer::new(self.temp_file(name)?);
+        let (target, dir) = (self.path(name), self.dir.clone());
+        let (file, info) = self
+            .host
+            .blocking(move || -> Result<(fs::File, FileInfo), StorageError> {
+                fill(&mut writer).map_err(at(writer.temp.path()))?;
+                let received = writer.finish()?;
+                let info = received.info;
+                Ok((received.persist(&target, &dir)?, info))
+            })
+            .await?;
         self.remember_stored(name, &file, info)?;
         Ok(info)
     }
@@ -286,33 +309,15 @@ impl Folder {
 
     /// Starts receiving file `name` into a temporary file of this folder.
     pub fn incoming(&self, name: &FileName) -> Result<Incoming, StorageError> {
-        let temp = self.temp_file(name)?;
-        let path = temp.path().to_owned();
-        let (chunks, mut arriving) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
-        let complete = Arc::new(AtomicBool::new(false));
-        let whole = complete.clone();
-        // Hashing and writing run on a blocking thread, beside the task that
-        // reads the socket: the two overlap instead of taking turns.
-        let writer = tokio::task::spawn_blocking(move || -> Result<Received, StorageError> {
-            let mut writer = HashingWriter::new(temp.as_file());
-            while let Some(chunk) = arriving.blocking_recv() {
-                writer.write_all(&chunk).map_err(at(&path))?;
-            }
-            if !whole.load(Ordering::Acquire) {
-                // Abandoned: not worth syncing; dropping `temp` deletes it now.
-                return Err(at(&path)(io::Error::other("download abandoned")));
-            }
-            let info = writer.finish().map_err(at(&path))?;
-            Ok(Received { temp, info })
-        });
         Ok(Incoming {
-            chunks: Some(chunks),
-            complete,
-            writer: Some(writer),
+            host: self.host.clone(),
+            writer: Some(Box::new(Writer::new(self.temp_file(name)?))),
+            in_flight: None,
         })
     }
 
-    /// A new temporary file beside `name`, deleted when dropped.
+    /// A new temporary file beside `name`, locked by this process and
+    /// deleted when dropped.
     fn temp_file(&self, name: &FileName) -> Result<NamedTempFile, StorageError> {
         // Keep the temporary name within the usual 255-byte limit.
         let mut cut = name.as_str().len().min(200);
@@ -325,75 +330,169 @@ impl Folder {
         // private 0600 of a temporary file: it becomes the stored file.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        builder
+        let temp = builder
             .prefix(&format!(".{stem}."))
             .suffix(PARTIAL_SUFFIX)
             .tempfile_in(&self.dir)
-            .map_err(at(&self.dir))
+            .map_err(at(&self.dir))?;
+        // Marks it as a live download: see `remove_if_abandoned`.
+        temp.as_file().lock().map_err(at(temp.path()))?;
+        Ok(temp)
     }
 
     /// Moves a verified download into place as `name`.
-    pub fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
-        let target = self.path(name);
-        let file = received.temp.persist(&target).map_err(|e| StorageError::Io {
-            path: target,
-            source: e.error,
-        })?;
-        self.remember_stored(name, &file, received.info)
+    pub async fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
+        let info = received.info;
+        let (target, dir) = (self.path(name), self.dir.clone());
+        let file = self.host.blocking(move || received.persist(&target, &dir)).await?;
+        self.remember_stored(name, &file, info)
+    }
+
+    /// Records the identity of a file just put in place, so it is never
+    /// hashed again while unchanged. `file` is the handle of what was just
+    /// put in place (read before the rename, so that a file replaced right
+    /// after cannot be mistaken for it).
+    fn remember_stored(&self, name: &FileName, file: &fs::File, info: FileInfo) -> Result<(), StorageError> {
+        let stamp = Stamp::of(&file.metadata().map_err(at(&self.path(name)))?);
+        self.known
+            .lock()
+            .expect("digest cache poisoned")
+            .insert(name.clone(), Known { stamp, info });
+        Ok(())
     }
 }
+
+/// The metadata of `path` if it is a regular file (not a link, not a
+/// folder); `None` if there is nothing there.
+fn regular_file(path: &Path) -> io::Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(Some(meta)),
+        Ok(_) => Ok(None),
+        Err(error) if is_missing(&error) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn is_missing(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound
+}
+
+/// Deletes the partial file at `path` unless a live process holds its lock.
+fn remove_if_abandoned(path: &Path) -> Result<(), StorageError> {
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if is_missing(&error) => return Ok(()), // its writer just finished
+        Err(error) => return Err(at(path)(error)),
+    };
+    match file.try_lock() {
+        Ok(()) => match fs::remove_file(path) {
+            Err(error) if !is_missing(&error) => Err(at(path)(error)),
+            _ => Ok(()),
+        },
+        Err(fs::TryLockError::WouldBlock) => {
+            tracing::debug!(path = %path.display(), "a download of another process is under way; leaving it");
+            Ok(())
+        }
+        Err(fs::TryLockError::Error(error)) => Err(at(path)(error)),
+    }
+}
+
+/// A held file opened for sending, with the size and SHA-1 of what it holds.
+pub struct HeldFile {
+    /// The open file, shared with the blocking jobs that read it.
+    file: Arc<fs::File>,
+    /// Its size and SHA-1.
+    info: FileInfo,
+    /// Where the next read starts.
+    offset: u64,
+    /// Where blocking reads run.
+    host: Arc<dyn Host>,
+}
+
+impl HeldFile {
+    /// The file's size and SHA-1.
+    pub fn info(&self) -> FileInfo {
+        self.info
+    }
+}
+
+impl BodySource for HeldFile {
+    async fn next_chunk(&mut self, max: usize) -> io::Result<Bytes> {
+        let (file, offset) = (self.file.clone(), self.offset);
+        let chunk = self
+            .host
+            .blocking(move || {
+                let mut chunk = BytesMut::zeroed(max);
+                let read = read_at(&file, &mut chunk, offset)?;
+                chunk.truncate(read);
+                Ok::<_, io::Error>(chunk.freeze())
+            })
+            .await?;
+        self.offset += chunk.len() as u64;
+        Ok(chunk)
+    }
+}
+
+/// Reads into `buffer` from `offset` without moving the file's position.
+fn read_at(file: &fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::read_at(file, buffer, offset);
+    #[cfg(not(unix))]
+    {
+        use std::io::Seek;
+        let mut file = file;
+        file.seek(io::SeekFrom::Start(offset))?;
+        file.read(buffer)
+    }
+}
+
+/// A write to disk under way, handing the writer back when done.
+type WriteInFlight = Pin<Box<dyn Future<Output = Result<Box<Writer>, StorageError>> + Send>>;
 
 /// A download on its way into a folder. Dropping it before
 /// [`Incoming::finish`] deletes what arrived.
-#[derive(Debug)]
+///
+/// While one chunk is written to disk (on a blocking thread), the next is
+/// read from the network: at most one write is in flight, so memory stays
+/// flat whatever the file's size.
 pub struct Incoming {
-    /// Chunks for the writer thread; `None` once finished.
-    chunks: Option<mpsc::Sender<Bytes>>,
-    /// Set by `finish`: the body is whole, so the writer syncs and keeps it.
-    /// Dropped without it, the writer deletes what arrived without syncing.
-    complete: Arc<AtomicBool>,
-    /// The thread that hashes and writes the chunks; taken once awaited.
-    writer: Option<JoinHandle<Result<Received, StorageError>>>,
+    /// Where the disk writes run.
+    host: Arc<dyn Host>,
+    /// The writer, when no write is in flight.
+    writer: Option<Box<Writer>>,
+    /// The write in flight, if any.
+    in_flight: Option<WriteInFlight>,
 }
 
 impl Incoming {
-    /// Waits for the writer thread (once).
-    async fn writer_result(&mut self) -> Result<Received, StorageError> {
-        match self.writer.take() {
-            Some(writer) => writer.await.expect("writing task panicked"),
-            None => Err(StorageError::Io {
-                path: PathBuf::new(),
-                source: io::Error::other("the disk writer already stopped"),
-            }),
+    /// The writer, once any write in flight has finished.
+    async fn writer(&mut self) -> Result<Box<Writer>, StorageError> {
+        if let Some(write) = self.in_flight.take() {
+            return write.await;
         }
+        Ok(self.writer.take().expect("a writer or a write in flight"))
     }
-}
 
-impl Incoming {
     /// Waits until every chunk is on disk and synced; returns the temporary
     /// file with the size and SHA-1 of what arrived.
     pub async fn finish(mut self) -> Result<Received, StorageError> {
-        self.complete.store(true, Ordering::Release);
-        self.chunks = None;
-        self.writer_result().await
+        let writer = self.writer().await?;
+        self.host.blocking(move || writer.finish()).await
     }
 }
 
 impl BodySink for Incoming {
     async fn accept(&mut self, chunk: Bytes) -> io::Result<()> {
-        let sent = match &self.chunks {
-            Some(chunks) => chunks.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            return Ok(());
-        }
-        // The writer stopped early: it failed, and its error says why.
-        self.chunks = None;
-        match self.writer_result().await {
-            Err(StorageError::Io { source, .. }) => Err(source),
-            _ => Err(io::Error::other("the disk writer stopped")),
-        }
+        let mut writer = self.writer().await.map_err(|error| match error {
+            StorageError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })?;
+        let write = self.host.blocking(move || {
+            writer.write_all(&chunk).map_err(at(writer.temp.path()))?;
+            Ok(writer)
+        });
+        self.in_flight = Some(Box::pin(write));
+        Ok(())
     }
 }
 
@@ -411,55 +510,74 @@ impl Received {
     pub fn info(&self) -> FileInfo {
         self.info
     }
+
+    /// Renames the file to `target` in `dir` and syncs `dir`, so the rename
+    /// survives a power cut. Returns the file, still open.
+    fn persist(self, target: &Path, dir: &Path) -> Result<fs::File, StorageError> {
+        let file = self.temp.persist(target).map_err(|e| StorageError::Io {
+            path: target.to_owned(),
+            source: e.error,
+        })?;
+        sync_dir(dir).map_err(at(dir))?;
+        Ok(file)
+    }
 }
 
-/// Writes to a file and hashes what it writes, in one pass.
-struct HashingWriter<'a> {
-    out: BufWriter<&'a fs::File>,
+/// Syncs a folder's entries to disk.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes a temporary file and hashes what it writes, in one pass.
+struct Writer {
+    temp: NamedTempFile,
     hasher: Sha1,
     len: u64,
 }
 
-impl<'a> HashingWriter<'a> {
-    fn new(file: &'a fs::File) -> Self {
-        HashingWriter {
-            out: BufWriter::with_capacity(CHUNK_LEN, file),
+impl Writer {
+    fn new(temp: NamedTempFile) -> Writer {
+        Writer {
+            temp,
             hasher: Sha1::new(),
             len: 0,
         }
     }
 
-    /// Flushes and syncs the file, so a rename never exposes unsynced data.
-    fn finish(mut self) -> io::Result<FileInfo> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
-        Ok(FileInfo {
+    /// Syncs the file, so a rename never exposes unsynced data.
+    fn finish(self) -> Result<Received, StorageError> {
+        self.temp.as_file().sync_data().map_err(at(self.temp.path()))?;
+        let info = FileInfo {
             size: self.len,
             sha1: Digest(self.hasher.finalize().into()),
-        })
+        };
+        Ok(Received { temp: self.temp, info })
     }
 }
 
-impl Write for HashingWriter<'_> {
+impl Write for Writer {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.out.write(bytes)?;
+        // Chunks are large: written straight to the file, no buffer between.
+        let written = self.temp.as_file().write(bytes)?;
         self.hasher.update(&bytes[..written]);
         self.len += written as u64;
         Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        Ok(())
     }
 }
 
-/// Size and SHA-1 of what `file` holds from its current position on.
-fn hash(mut file: fs::File, path: &Path) -> Result<FileInfo, StorageError> {
+/// Size and SHA-1 of what `file` holds, read from its start.
+fn hash(file: &fs::File, path: &Path) -> Result<FileInfo, StorageError> {
     let mut hasher = Sha1::new();
     let mut buffer = vec![0u8; CHUNK_LEN];
     let mut size = 0u64;
     loop {
-        let read = match file.read(&mut buffer) {
+        let read = match read_at(file, &mut buffer, size) {
             Ok(0) => break,
             Ok(read) => read,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -550,14 +668,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::create_empty(dir.path()).unwrap();
         folder.write(&name("f"), "first version").await.unwrap();
-        let (mut opened, info) = folder.open_file(&name("f")).await.unwrap();
+        let mut opened = folder.open_file(&name("f")).await.unwrap();
         folder.write(&name("f"), "v2").await.unwrap();
-        let mut content = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut opened, &mut content)
-            .await
-            .unwrap();
+        let content = opened.next_chunk(1024).await.unwrap();
         assert_eq!(
-            info,
+            opened.info(),
             FileInfo {
                 size: 13,
                 sha1: Digest::of(&content)
@@ -598,7 +713,7 @@ mod tests {
                 sha1: Digest::of(b"hello")
             }
         );
-        folder.store(&name("big.bin"), received).unwrap();
+        folder.store(&name("big.bin"), received).await.unwrap();
         assert_eq!(folder.list().unwrap(), vec![name("big.bin")]);
 
         let mut dropped = folder.incoming(&name("other.bin")).unwrap();
@@ -609,6 +724,61 @@ mod tests {
             1,
             "a dropped download left a file"
         );
+    }
+
+    /// Everything in `dir`, as names (hidden files and folders included).
+    fn raw_entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn opening_a_folder_keeps_the_downloads_of_live_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Folder::open(dir.path()).unwrap();
+        let mut live = first.incoming(&name("movie.bin")).unwrap();
+        live.accept(Bytes::from_static(b"half a movie")).await.unwrap();
+        // A crashed process's leftover: nobody holds its lock.
+        fs::write(dir.path().join(".old.bin.x1y2z3.phile-part"), "stale").unwrap();
+
+        // A second process (here: a second folder handle) starts up.
+        Folder::open(dir.path()).unwrap();
+        let left = raw_entries(dir.path());
+        assert_eq!(left.len(), 1, "expected only the live download, found {left:?}");
+        assert!(left[0].starts_with(".movie.bin."), "{left:?}");
+
+        let received = live.finish().await.unwrap();
+        first.store(&name("movie.bin"), received).await.unwrap();
+        assert_eq!(first.read(&name("movie.bin")).await.unwrap(), b"half a movie");
+    }
+
+    #[tokio::test]
+    async fn a_sub_folder_with_a_partial_name_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("photos.phile-part")).unwrap();
+        fs::write(dir.path().join("photos.phile-part").join("a.jpg"), "x").unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        assert!(folder.list().unwrap().is_empty());
+        assert!(dir.path().join("photos.phile-part").join("a.jpg").exists());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_hash_sees_a_change_the_cache_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        folder.write(&name("a"), "hello").await.unwrap();
+        // Same size, same modification time, same inode: invisible to the cache.
+        let path = folder.path(&name("a"));
+        let modified = fs::metadata(&path).unwrap().modified().unwrap();
+        let mut file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(b"HELLO").unwrap();
+        file.set_modified(modified).unwrap();
+        assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"hello"));
+        assert_eq!(folder.hash(&name("a")).await.unwrap().sha1, Digest::of(b"HELLO"));
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use phile_core::client::{ClientError, DownloadError, Downloaded, Source};
 use phile_core::events::{Event, EventSink, Node};
 use phile_core::faults::Fault;
 use phile_core::storage::Folder;
+use phile_core::trace::traced;
 use phile_core::{Client, ClientConfig, ClientId, FileInfo, FileName, Limits, Trace, Tracker, TrackerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
@@ -281,60 +282,45 @@ impl AgentNode {
         };
         let error = |e: ClientError| Outcome::Error(e.to_string());
         match command {
-            Command::Register { tracker, mut trace } => {
-                let outcome = client
-                    .register(tracker, &mut trace)
-                    .await
-                    .map_or_else(error, |()| Outcome::Done);
-                (trace, outcome)
+            Command::Register { tracker, trace } => {
+                let (outcome, trace) = traced(trace, client.register(tracker)).await;
+                (trace, outcome.map_or_else(error, |()| Outcome::Done))
             }
             Command::IsRegistered => (Trace::default(), Outcome::Yes(client.is_registered().await)),
-            Command::Upload { file, mut trace } => {
-                let outcome = client
-                    .upload(&file, &mut trace)
-                    .await
-                    .map_or_else(error, |_| Outcome::Done);
-                (trace, outcome)
+            Command::Upload { file, trace } => {
+                let (outcome, trace) = traced(trace, client.upload(&file)).await;
+                (trace, outcome.map_or_else(error, |_| Outcome::Done))
             }
-            Command::Download { file, mut trace } => {
-                let outcome = downloaded(client.download(&file, &mut trace).await);
-                (trace, outcome)
+            Command::Download { file, trace } => {
+                let (outcome, trace) = traced(trace, async {
+                    let fetched = client.download(&file).await?;
+                    if !fetched.announced {
+                        return Err(DownloadError::Client(ClientError::NotRegistered(client.id())));
+                    }
+                    Ok(fetched.downloaded)
+                })
+                .await;
+                (trace, downloaded(outcome))
             }
-            Command::Locate { file, mut trace } => {
-                let outcome = client
-                    .locate(&file, &[], &mut trace)
-                    .await
-                    .map_or_else(error, Outcome::Source);
-                (trace, outcome)
+            Command::Locate { file, trace } => {
+                let (outcome, trace) = traced(trace, client.locate(&file, &[])).await;
+                (trace, outcome.map_or_else(error, Outcome::Source))
             }
-            Command::Receive {
-                file,
-                source,
-                mut trace,
-            } => {
-                let outcome = downloaded(client.receive(&file, source, &mut trace).await);
-                (trace, outcome)
+            Command::Receive { file, source, trace } => {
+                let (outcome, trace) = traced(trace, client.receive(&file, source)).await;
+                (trace, downloaded(outcome))
             }
-            Command::Announce { file, info, mut trace } => {
-                let outcome = client
-                    .announce(&file, info, &mut trace)
-                    .await
-                    .map_or_else(error, |()| Outcome::Done);
-                (trace, outcome)
+            Command::Announce { file, info, trace } => {
+                let (outcome, trace) = traced(trace, client.announce(&file, info)).await;
+                (trace, outcome.map_or_else(error, |()| Outcome::Done))
             }
-            Command::AnnounceHeld { mut trace } => {
-                let outcome = client
-                    .announce_held(&mut trace)
-                    .await
-                    .map_or_else(error, |f| Outcome::Files(f.len()));
-                (trace, outcome)
+            Command::AnnounceHeld { trace } => {
+                let (outcome, trace) = traced(trace, client.announce_held()).await;
+                (trace, outcome.map_or_else(error, |f| Outcome::Files(f.len())))
             }
-            Command::Leave { mut trace } => {
-                let outcome = client
-                    .leave(&mut trace, Duration::ZERO)
-                    .await
-                    .map_or_else(error, |()| Outcome::Done);
-                (trace, outcome)
+            Command::Leave { trace } => {
+                let (outcome, trace) = traced(trace, client.leave(Duration::ZERO)).await;
+                (trace, outcome.map_or_else(error, |()| Outcome::Done))
             }
             Command::Arm { fault } => {
                 client.arm(fault);

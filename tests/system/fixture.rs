@@ -17,11 +17,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// Limits short enough for a test to see them act.
 pub fn short_limits() -> Limits {
     Limits {
-        idle_timeout: Duration::from_millis(300),
         session_timeout: Duration::from_millis(500),
         heartbeat_interval: Duration::from_millis(100),
         ..Limits::default()
     }
+    .with_idle_timeout(Duration::from_millis(300))
 }
 
 pub async fn tracker_with(limits: Limits) -> Tracker {
@@ -53,10 +53,7 @@ pub async fn client(id: u64, dir: &Path) -> Client {
 /// Client `id`, registered with `tracker`.
 pub async fn registered(id: u64, dir: &Path, tracker: &Tracker) -> Client {
     let client = client(id, dir).await;
-    client
-        .register(tracker.local_addr(), &mut Trace::default())
-        .await
-        .unwrap();
+    client.register(tracker.local_addr()).await.unwrap();
     client
 }
 

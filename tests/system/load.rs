@@ -57,7 +57,7 @@ for c in downloaders {{
 }}
 "#,
         holders_end = HOLDERS + 1,
-        downloaders_end = 1001 + DOWNLOADERS,
+        downloaders_end = 1001 + DOWNLOADERS
     )
 }
 

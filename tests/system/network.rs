@@ -2,7 +2,6 @@
 
 use phile_core::client::{ClientError, DownloadError, SessionError};
 use phile_core::protocol::ClientId;
-use phile_core::Trace;
 use tokio::net::TcpListener;
 
 use crate::fixture::{client, name, registered, tracker};
@@ -14,23 +13,15 @@ async fn a_download_over_tcp_is_verified_stored_and_seeded() {
     let a = registered(1, dir.path(), &tracker).await;
     let b = registered(2, dir.path(), &tracker).await;
     let c = registered(3, dir.path(), &tracker).await;
-    let mut trace = Trace::default();
     a.folder().write(&name("f.txt"), "hello").await.unwrap();
-    a.upload(&name("f.txt"), &mut trace).await.unwrap();
-    let got = b.download(&name("f.txt"), &mut trace).await.unwrap();
-    assert_eq!(got.from, ClientId(1));
+    a.upload(&name("f.txt")).await.unwrap();
+    let got = b.download(&name("f.txt")).await.unwrap();
+    assert_eq!(got.downloaded.from, ClientId(1));
     assert_eq!(b.folder().read(&name("f.txt")).await.unwrap(), b"hello");
     // With a excluded, only b, which downloaded it, can serve c.
-    let source = c
-        .locate(&name("f.txt"), &[ClientId(1)], &mut trace)
-        .await
-        .unwrap()
-        .unwrap();
+    let source = c.locate(&name("f.txt"), &[ClientId(1)]).await.unwrap().unwrap();
     assert_eq!(source.peer, ClientId(2));
-    assert_eq!(
-        c.receive(&name("f.txt"), source, &mut trace).await.unwrap().from,
-        ClientId(2)
-    );
+    assert_eq!(c.receive(&name("f.txt"), source).await.unwrap().from, ClientId(2));
 }
 
 #[tokio::test]
@@ -38,7 +29,7 @@ async fn registering_with_no_tracker_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let a = client(1, dir.path()).await;
-    let error = a.register(closed, &mut Trace::default()).await.unwrap_err();
+    let error = a.register(closed).await.unwrap_err();
     assert!(matches!(error, ClientError::Session(SessionError::Unreachable { .. })));
     assert!(error.to_string().contains(&closed.to_string()), "{error}");
 }
@@ -49,15 +40,11 @@ async fn the_tracker_forgets_a_client_that_stops() {
     let tracker = tracker().await;
     let a = registered(1, dir.path(), &tracker).await;
     let b = registered(2, dir.path(), &tracker).await;
-    let mut trace = Trace::default();
     a.folder().write(&name("f"), "x").await.unwrap();
-    a.upload(&name("f"), &mut trace).await.unwrap();
-    a.leave(&mut trace, std::time::Duration::ZERO).await.unwrap();
+    a.upload(&name("f")).await.unwrap();
+    a.leave(std::time::Duration::ZERO).await.unwrap();
     // A goodbye is processed before its Ack: the very next lookup misses a.
-    assert!(matches!(
-        b.download(&name("f"), &mut trace).await,
-        Err(DownloadError::NoPeer(_))
-    ));
+    assert!(matches!(b.download(&name("f")).await, Err(DownloadError::NoPeer(_))));
     assert!(b.folder().list().unwrap().is_empty());
 }
 
@@ -69,10 +56,9 @@ async fn two_downloads_of_one_file_by_one_client_do_not_collide() {
     let b = registered(2, dir.path(), &tracker).await;
     let content = vec![7u8; 3 * 1024 * 1024];
     a.folder().write(&name("big"), content.clone()).await.unwrap();
-    a.upload(&name("big"), &mut Trace::default()).await.unwrap();
+    a.upload(&name("big")).await.unwrap();
     let big = name("big");
-    let (mut one, mut two) = (Trace::default(), Trace::default());
-    let (first, second) = tokio::join!(b.download(&big, &mut one), b.download(&big, &mut two));
+    let (first, second) = tokio::join!(b.download(&big), b.download(&big));
     first.unwrap();
     second.unwrap();
     assert_eq!(b.folder().read(&name("big")).await.unwrap(), content);

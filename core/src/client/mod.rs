@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -27,14 +26,16 @@ pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::faults::{Fault, Faults};
-use crate::protocol::{ClientId, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
+use crate::host::{BoxListener, Host, OsHost};
+use crate::protocol::{ClientId, FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, ServerHandle};
 use crate::storage::{Folder, StorageError};
+use crate::trace;
 use serve::Seeder;
 use session::Session;
 
 /// How a client behaves.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Connection limits and timeouts, for its server and its downloads.
     pub limits: Limits,
@@ -45,6 +46,20 @@ pub struct ClientConfig {
     pub events: Option<Arc<dyn EventSink>>,
     /// What watches downloads byte by byte (a progress bar), if anything.
     pub progress: Option<Arc<dyn Progress>>,
+    /// Where the client's sockets, tasks and blocking work live.
+    pub host: Arc<dyn Host>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            limits: Limits::default(),
+            advertise: None,
+            events: None,
+            progress: None,
+            host: OsHost::shared(),
+        }
+    }
 }
 
 /// A holder of a file, as the tracker gave it.
@@ -65,6 +80,17 @@ pub struct Downloaded {
     pub from: ClientId,
     /// Its size and SHA-1.
     pub info: FileInfo,
+}
+
+/// A file [`Client::download`] stored, and whether the tracker knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fetched {
+    /// What arrived, from whom.
+    pub downloaded: Downloaded,
+    /// Whether the tracker recorded this client as a holder. A stored file
+    /// is a success either way; a client that registers again announces
+    /// everything it holds.
+    pub announced: bool,
 }
 
 /// Why a client operation failed.
@@ -133,10 +159,11 @@ fn describe(rejected: &[Rejection]) -> String {
 }
 
 /// A running client.
-#[derive(Debug)]
 pub struct Client {
     /// Its id.
     id: ClientId,
+    /// Where its sockets, tasks and blocking work live.
+    host: Arc<dyn Host>,
     /// Its folder, shared with the peer server that seeds it.
     folder: Arc<Folder>,
     /// Its peer server.
@@ -160,11 +187,27 @@ pub struct Client {
     advertise: Option<SocketAddr>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("folder", &self.folder)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
 impl Client {
     /// Starts client `id`: serves `folder` on `listener`. It is not
     /// registered with any tracker yet.
-    pub fn start(id: ClientId, folder: Folder, listener: TcpListener, config: ClientConfig) -> std::io::Result<Client> {
-        let folder = Arc::new(folder);
+    pub fn start(
+        id: ClientId,
+        folder: Folder,
+        listener: impl Into<BoxListener>,
+        config: ClientConfig,
+    ) -> std::io::Result<Client> {
+        let host = config.host.clone();
+        let folder = Arc::new(folder.on(host.clone()));
         let reporter = Reporter::new(Node::Client(id), config.events.clone());
         let stop = CancellationToken::new();
         let faults = Arc::new(Faults::default());
@@ -173,14 +216,15 @@ impl Client {
             reporter: reporter.clone(),
             faults: faults.clone(),
             stop: stop.clone(),
+            request_timeout: config.limits.request_timeout,
         });
-        let server = server::spawn_until(listener, config.limits, stop.clone(), move |connection| {
-            seeder.clone().serve(connection)
-        })?;
+        let serve = move |connection| seeder.clone().serve(connection);
+        let server = server::spawn(host.clone(), listener.into(), config.limits, stop.clone(), serve)?;
         let session = Arc::new(Mutex::new(None));
-        tokio::spawn(end_session_on_stop(stop.clone(), Arc::downgrade(&session)));
+        host.spawn(Box::pin(end_session_on_stop(stop.clone(), Arc::downgrade(&session))));
         Ok(Client {
             id,
+            host,
             folder,
             server,
             session,
@@ -217,7 +261,7 @@ impl Client {
     /// registering again with the same tracker repeats the registration on
     /// it; registering with another tracker moves the session there (the
     /// first tracker forgets the client, as it would a crashed one).
-    pub async fn register(&self, tracker: SocketAddr, trace: &mut Trace) -> Result<(), ClientError> {
+    pub async fn register(&self, tracker: SocketAddr) -> Result<(), ClientError> {
         let request = TrackerRequest::Register {
             client: self.id,
             port: self.local_addr().port(),
@@ -225,19 +269,19 @@ impl Client {
         };
         let mut current = self.session.lock().await;
         if let Some(session) = current.as_mut().filter(|session| session.tracker() == tracker) {
-            return match session.request(trace.advance(), request).await? {
+            return match session.request(request).await? {
                 TrackerReply::Ack => Ok(()),
                 other => Err(refusal(other)),
             };
         }
         current.take();
-        let mut session = Session::open(tracker, self.limits.idle_timeout).await?;
-        match session.request(trace.advance(), request).await? {
+        let mut session = Session::open(self.host.as_ref(), tracker, self.limits.idle_timeout).await?;
+        match session.request(request).await? {
             TrackerReply::Ack => {
                 let heartbeat = session.ended();
                 *current = Some(session);
                 let beats = send_heartbeats(Arc::downgrade(&self.session), self.limits.heartbeat_interval, heartbeat);
-                tokio::spawn(beats);
+                self.host.spawn(Box::pin(beats));
                 Ok(())
             }
             other => Err(refusal(other)),
@@ -247,11 +291,11 @@ impl Client {
     /// Tells the tracker about every file in the folder (after a restart).
     /// A file the tracker refuses (it knows other content under that name)
     /// is skipped with a warning; the list returned holds those announced.
-    pub async fn announce_held(&self, trace: &mut Trace) -> Result<Vec<FileName>, ClientError> {
+    pub async fn announce_held(&self) -> Result<Vec<FileName>, ClientError> {
         let mut announced = Vec::new();
         for file in self.folder.list()? {
             let info = self.folder.info(&file).await?;
-            match self.announce(&file, info, trace).await {
+            match self.announce(&file, info).await {
                 Ok(()) => announced.push(file),
                 Err(ClientError::Refused(reason)) => tracing::warn!(%file, "not announced: {reason}"),
                 Err(error) => return Err(error),
@@ -261,28 +305,28 @@ impl Client {
     }
 
     /// Tells the tracker this client holds `file`, which must be in its folder.
-    pub async fn upload(&self, file: &FileName, trace: &mut Trace) -> Result<FileInfo, ClientError> {
+    pub async fn upload(&self, file: &FileName) -> Result<FileInfo, ClientError> {
         let info = self.folder.info(file).await?;
-        self.announce(file, info, trace).await?;
+        self.announce(file, info).await?;
         Ok(info)
     }
 
     /// Tells the tracker this client no longer holds `file`.
-    pub async fn withdraw(&self, file: &FileName, trace: &mut Trace) -> Result<(), ClientError> {
+    pub async fn withdraw(&self, file: &FileName) -> Result<(), ClientError> {
         let request = TrackerRequest::Withdraw { file: file.clone() };
-        match self.ask_tracker(trace.advance(), request).await? {
+        match self.ask_tracker(request).await? {
             TrackerReply::Ack => Ok(()),
             other => Err(refusal(other)),
         }
     }
 
     /// Tells the tracker this client holds `file` with content `info`.
-    pub async fn announce(&self, file: &FileName, info: FileInfo, trace: &mut Trace) -> Result<(), ClientError> {
+    pub async fn announce(&self, file: &FileName, info: FileInfo) -> Result<(), ClientError> {
         let request = TrackerRequest::Announce {
             file: file.clone(),
             info,
         };
-        match self.ask_tracker(trace.advance(), request).await? {
+        match self.ask_tracker(request).await? {
             TrackerReply::Ack => Ok(()),
             other => Err(refusal(other)),
         }
@@ -290,17 +334,12 @@ impl Client {
 
     /// Asks the tracker for a holder of `file` other than this client and
     /// those in `exclude`. `Ok(None)`: nobody.
-    pub async fn locate(
-        &self,
-        file: &FileName,
-        exclude: &[ClientId],
-        trace: &mut Trace,
-    ) -> Result<Option<Source>, ClientError> {
+    pub async fn locate(&self, file: &FileName, exclude: &[ClientId]) -> Result<Option<Source>, ClientError> {
         let request = TrackerRequest::Lookup {
             file: file.clone(),
             exclude: exclude.to_vec(),
         };
-        match self.ask_tracker(trace.advance(), request).await? {
+        match self.ask_tracker(request).await? {
             TrackerReply::Peer { peer, addr, info } => Ok(Some(Source { peer, addr, info })),
             TrackerReply::NoPeer => Ok(None),
             other => Err(refusal(other)),
@@ -313,38 +352,38 @@ impl Client {
     /// told, and the next holder it offers is tried, until one delivers or
     /// none is left. Reports `download_finished` or `download_failed`, and
     /// `transfer_rejected` for each holder given up on.
-    pub async fn receive(
-        &self,
-        file: &FileName,
-        source: Source,
-        trace: &mut Trace,
-    ) -> Result<Downloaded, DownloadError> {
+    pub async fn receive(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
         // A client that stops (or crashes) drops its downloads with it.
         let received = tokio::select! {
-            received = self.receive_until_delivered(file, source, trace) => Some(received),
+            biased;
             _ = self.stop.cancelled() => None,
+            received = self.receive_until_delivered(file, source) => Some(received),
         };
         match received {
             Some(received) => received,
-            None => Err(self.failed(file, ClientError::Stopped(self.id).into(), trace)),
+            None => Err(self.failed(file, ClientError::Stopped(self.id).into())),
         }
     }
 
-    async fn receive_until_delivered(
-        &self,
-        file: &FileName,
-        source: Source,
-        trace: &mut Trace,
-    ) -> Result<Downloaded, DownloadError> {
+    async fn receive_until_delivered(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
         let mut source = source;
         let mut rejected: Vec<Rejection> = Vec::new();
         loop {
             let progress = self.progress.as_deref();
-            let fetched = transfer::fetch(self.id, &self.folder, file, &source, self.limits, progress, trace).await;
+            let fetched = transfer::fetch(
+                self.host.as_ref(),
+                self.id,
+                &self.folder,
+                file,
+                &source,
+                self.limits,
+                progress,
+            )
+            .await;
             let error = match fetched {
                 Ok(received) => {
-                    if let Err(error) = self.folder.store(file, received) {
-                        return Err(self.failed(file, ClientError::from(error).into(), trace));
+                    if let Err(error) = self.folder.store(file, received).await {
+                        return Err(self.failed(file, ClientError::from(error).into()));
                     }
                     let Source { peer: from, info, .. } = source;
                     let event = Event::DownloadFinished {
@@ -353,7 +392,7 @@ impl Client {
                         bytes: info.size,
                         sha1: info.sha1,
                     };
-                    self.reporter.report(trace.advance(), event);
+                    self.reporter.report(trace::next(), event);
                     return Ok(Downloaded { from, info });
                 }
                 Err(error) => error,
@@ -361,7 +400,7 @@ impl Client {
             let Some(problem) = error.problem() else {
                 // Our own folder failed: no other holder would do better.
                 let error = ClientError::Disk(error.to_string());
-                return Err(self.failed(file, error.into(), trace));
+                return Err(self.failed(file, error.into()));
             };
             tracing::info!(node = %self.id, peer = %source.peer, %error, "giving up on this holder of {file}");
             if let Some(progress) = &self.progress {
@@ -373,14 +412,14 @@ impl Client {
                 peer: source.peer,
                 reason,
             };
-            self.reporter.report(trace.advance(), event);
+            self.reporter.report(trace::next(), event);
             let report = TrackerRequest::Report {
                 file: file.clone(),
                 peer: source.peer,
                 problem,
             };
-            if let Err(error) = self.ask_tracker(trace.advance(), report).await {
-                return Err(self.failed(file, error.into(), trace));
+            if let Err(error) = self.ask_tracker(report).await {
+                return Err(self.failed(file, error.into()));
             }
             rejected.push(Rejection {
                 peer: source.peer,
@@ -388,47 +427,62 @@ impl Client {
                 error,
             });
             let exclude: Vec<ClientId> = rejected.iter().map(|rejection| rejection.peer).collect();
-            source = match self.locate(file, &exclude, trace).await {
+            source = match self.locate(file, &exclude).await {
                 Ok(Some(next)) => next,
                 Ok(None) => {
                     let exhausted = DownloadError::Exhausted {
                         file: file.clone(),
                         rejected,
                     };
-                    return Err(self.failed(file, exhausted, trace));
+                    return Err(self.failed(file, exhausted));
                 }
-                Err(error) => return Err(self.failed(file, error.into(), trace)),
+                Err(error) => return Err(self.failed(file, error.into())),
             };
         }
     }
 
-    /// Downloads `file`: locate, receive, announce.
-    pub async fn download(&self, file: &FileName, trace: &mut Trace) -> Result<Downloaded, DownloadError> {
-        let source = match self.locate(file, &[], trace).await {
-            Ok(Some(source)) => source,
-            Ok(None) => return Err(self.failed(file, DownloadError::NoPeer(file.clone()), trace)),
-            Err(error) => return Err(self.failed(file, error.into(), trace)),
+    /// Asks the tracker for a holder of `file`; when there is none, reports
+    /// the download as failed (`no peer has FILE`).
+    pub async fn first_source(&self, file: &FileName) -> Result<Source, DownloadError> {
+        match self.locate(file, &[]).await {
+            Ok(Some(source)) => Ok(source),
+            Ok(None) => Err(self.failed(file, DownloadError::NoPeer(file.clone()))),
+            Err(error) => Err(self.failed(file, error.into())),
+        }
+    }
+
+    /// Downloads `file`: locate, receive, announce. A file stored and
+    /// verified is a success even if the tracker cannot be told (it went
+    /// away meanwhile): that is logged as a warning, and the file is
+    /// announced with everything else when the client registers again.
+    pub async fn download(&self, file: &FileName) -> Result<Fetched, DownloadError> {
+        let source = self.first_source(file).await?;
+        let downloaded = self.receive(file, source).await?;
+        let announced = match self.announce(file, downloaded.info).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(node = %self.id, %error, "stored {file} but could not tell the tracker");
+                false
+            }
         };
-        let downloaded = self.receive(file, source, trace).await?;
-        self.announce(file, downloaded.info, trace).await?;
-        Ok(downloaded)
+        Ok(Fetched { downloaded, announced })
     }
 
     /// Reports a failed download and hands the error back.
-    pub fn failed(&self, file: &FileName, error: DownloadError, trace: &mut Trace) -> DownloadError {
+    fn failed(&self, file: &FileName, error: DownloadError) -> DownloadError {
         let event = Event::DownloadFailed {
             file: file.clone(),
             error: error.to_string(),
         };
-        self.reporter.report(trace.advance(), event);
+        self.reporter.report(trace::next(), event);
         error
     }
 
     /// Sends one request on the session and waits for its reply.
-    async fn ask_tracker(&self, trace: Trace, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
+    async fn ask_tracker(&self, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
         let mut current = self.session.lock().await;
         let session = current.as_mut().ok_or(ClientError::NotRegistered(self.id))?;
-        let reply = session.request(trace, request).await;
+        let reply = session.request(request).await;
         if reply.is_err() {
             // A broken session is no session: the client is unregistered
             // until it registers again.
@@ -452,20 +506,36 @@ impl Client {
         self.stop.cancelled().await
     }
 
-    /// Crashes the client: the peer server stops at once, transfers are cut
-    /// mid-stream, the tracker session ends without a goodbye.
+    /// Crashes the client, as a process killed outright would: it reports
+    /// `killed` (with the file and byte count when a fault struck
+    /// mid-transfer) and then nothing more; the peer server stops at once,
+    /// transfers are cut mid-stream, the tracker session ends without a
+    /// goodbye.
     pub async fn kill(&self) {
-        self.stop.cancel();
+        self.crash(None);
         self.session.lock().await.take();
         self.server.shutdown().await;
+    }
+
+    /// Crashes the client at once, from anywhere (a fault striking inside
+    /// a transfer): reports `killed`, silences the client, and stops it.
+    /// Its session is dropped by the task watching for the stop.
+    pub fn crash(&self, struck: Option<(FileName, u64)>) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let (file, sent) = struck.unzip();
+        self.reporter.report(trace::next(), Event::Killed { file, sent });
+        self.reporter.silence();
+        self.stop.cancel();
     }
 
     /// Leaves politely: tells the tracker (which forgets the client at
     /// once, so no new download is sent here), lets the uploads in progress
     /// finish for up to `grace`, then stops. Not being registered is no
     /// error: it just stops.
-    pub async fn leave(&self, trace: &mut Trace, grace: Duration) -> Result<(), ClientError> {
-        let said_goodbye = match self.ask_tracker(trace.advance(), TrackerRequest::Leave).await {
+    pub async fn leave(&self, grace: Duration) -> Result<(), ClientError> {
+        let said_goodbye = match self.ask_tracker(TrackerRequest::Leave).await {
             Ok(TrackerReply::Ack) | Err(ClientError::NotRegistered(_)) => Ok(()),
             Ok(other) => Err(refusal(other)),
             Err(error) => Err(error),
@@ -507,6 +577,7 @@ async fn send_heartbeats(session: Weak<Mutex<Option<Session>>>, interval: Durati
     ticks.tick().await; // the first tick is immediate; registering was the first sign of life
     loop {
         tokio::select! {
+            biased;
             _ = ended.cancelled() => return,
             _ = ticks.tick() => {}
         }
@@ -515,7 +586,7 @@ async fn send_heartbeats(session: Weak<Mutex<Option<Session>>>, interval: Durati
         let Some(open) = session.as_mut().filter(|_| !ended.is_cancelled()) else {
             return;
         };
-        match open.request(Trace::default(), TrackerRequest::Ping).await {
+        match open.request(TrackerRequest::Ping).await {
             Ok(TrackerReply::Ack) => {}
             Ok(other) => tracing::warn!(?other, "the tracker did not acknowledge a heartbeat"),
             Err(error) => {

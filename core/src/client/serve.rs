@@ -21,6 +21,8 @@ pub(crate) struct Seeder {
     pub faults: Arc<Faults>,
     /// Cancelled when the client stops or crashes (a fault may crash it).
     pub stop: CancellationToken,
+    /// How long a new connection may take to ask for something.
+    pub request_timeout: Duration,
 }
 
 impl Seeder {
@@ -34,7 +36,11 @@ impl Seeder {
     }
 
     async fn serve_one(&self, connection: &mut Connection) -> Result<(), ConnectionError> {
-        let Some(request) = connection.read::<Request<PeerRequest>>().await? else {
+        // A connection that asks nothing frees its slot quickly.
+        let Some(request) = connection
+            .read_within::<Request<PeerRequest>>(self.request_timeout)
+            .await?
+        else {
             return Ok(());
         };
         match request.body {
@@ -54,7 +60,7 @@ impl Seeder {
         to: ClientId,
     ) -> Result<(), ConnectionError> {
         let node = self.reporter.node();
-        let (mut content, info) = match self.folder.open_file(&file).await {
+        let mut content = match self.folder.open_file(&file).await {
             Ok(opened) => opened,
             Err(error) => {
                 let reason = match error {
@@ -65,6 +71,7 @@ impl Seeder {
                 return connection.write(&PeerReply::Refused { reason }).await;
             }
         };
+        let info = content.info();
         connection.write(&PeerReply::File { info }).await?;
         if let Some(fault) = self.faults.take(&file) {
             let sent = fault.after.min(info.size);

@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connection::{Connection, ConnectionError};
+use crate::host::{Host, OsHost};
 use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
+use crate::trace;
 use crate::tracker::Snapshot;
 
 /// Why the tracker could not be asked.
@@ -47,7 +49,7 @@ pub enum SessionError {
 
 /// Asks the tracker at `addr` what it knows (no registration needed).
 pub async fn status(addr: SocketAddr, idle_timeout: Duration) -> Result<Snapshot, SessionError> {
-    let mut session = Session::open(addr, idle_timeout).await?;
+    let mut session = Session::open(&OsHost, addr, idle_timeout).await?;
     let lost = |error| SessionError::Lost { addr, error };
     session
         .connection
@@ -95,8 +97,12 @@ pub(crate) struct Session {
 
 impl Session {
     /// Connects to the tracker at `addr`.
-    pub(crate) async fn open(addr: SocketAddr, idle_timeout: Duration) -> Result<Session, SessionError> {
-        let connection = Connection::connect(addr, idle_timeout)
+    pub(crate) async fn open(
+        host: &dyn Host,
+        addr: SocketAddr,
+        idle_timeout: Duration,
+    ) -> Result<Session, SessionError> {
+        let connection = Connection::connect(host, addr, idle_timeout)
             .await
             .map_err(|error| SessionError::Unreachable { addr, error })?;
         let ended = CancellationToken::new();
@@ -121,19 +127,16 @@ impl Session {
         self.ended.clone()
     }
 
-    /// Sends `request` and waits for the reply.
-    pub(crate) async fn request(
-        &mut self,
-        trace: Trace,
-        request: TrackerRequest,
-    ) -> Result<TrackerReply, SessionError> {
+    /// Sends `request`, traced with the next step of the current operation,
+    /// and waits for the reply.
+    pub(crate) async fn request(&mut self, request: TrackerRequest) -> Result<TrackerReply, SessionError> {
         // A request interrupted half-way (its future dropped) leaves its
         // reply in the pipe, and the next request would read it: refuse.
         if self.in_flight {
             return Err(SessionError::OutOfStep(self.addr));
         }
         self.in_flight = true;
-        let reply = self.exchange(trace, request).await;
+        let reply = self.exchange(trace::next(), request).await;
         // Only a clean answer leaves the session usable.
         self.in_flight = reply.is_err();
         reply

@@ -1,9 +1,11 @@
 //! Fetching one file from one peer, verified against the tracker's record.
 
 use crate::connection::{BodySink, Connection, ConnectionError};
-use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request, Trace};
+use crate::host::Host;
+use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
 use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
+use crate::trace;
 
 use super::Source;
 
@@ -13,6 +15,9 @@ pub enum TransferError {
     /// No connection could be made.
     #[error("cannot connect: {0}")]
     Unreachable(#[source] ConnectionError),
+    /// The peer did not start answering within the first-byte timeout.
+    #[error("no answer within {} s", .0.as_secs_f32())]
+    Unresponsive(std::time::Duration),
     /// The connection failed, was cut or stalled.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
@@ -52,6 +57,7 @@ impl TransferError {
         }
         Some(match self {
             TransferError::Unreachable(_) => Problem::Unreachable,
+            TransferError::Unresponsive(_) => Problem::Unresponsive,
             TransferError::Connection(ConnectionError::Idle(_)) => Problem::Stalled,
             TransferError::Connection(ConnectionError::FrameTooLarge | ConnectionError::Protocol(_)) => {
                 Problem::Garbled
@@ -68,16 +74,16 @@ impl TransferError {
 /// Fetches `file` from `source` into a temporary file of `folder` and checks
 /// it against `source.info`. Nothing is left in the folder on failure.
 pub(crate) async fn fetch(
+    host: &dyn Host,
     me: ClientId,
     folder: &Folder,
     file: &FileName,
     source: &Source,
     limits: Limits,
     progress: Option<&dyn Progress>,
-    trace: &mut Trace,
 ) -> Result<Received, TransferError> {
     let expected = source.info;
-    let mut connection = Connection::connect(source.addr, limits.idle_timeout)
+    let mut connection = Connection::connect(host, source.addr, limits.idle_timeout)
         .await
         .map_err(TransferError::Unreachable)?;
     let get = PeerRequest::Get {
@@ -86,11 +92,17 @@ pub(crate) async fn fetch(
     };
     connection
         .write(&Request {
-            trace: trace.advance(),
+            trace: trace::next(),
             body: get,
         })
         .await?;
-    match connection.read::<PeerReply>().await? {
+    // A holder that says nothing at first is given up on quickly; once it
+    // sends, the longer idle timeout applies.
+    let header = match connection.read_within::<PeerReply>(limits.first_byte_timeout).await {
+        Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited)),
+        other => other?,
+    };
+    match header {
         Some(PeerReply::File { info }) if info.size == expected.size => {}
         Some(PeerReply::File { info }) => {
             return Err(TransferError::WrongSize {
@@ -130,7 +142,7 @@ pub(crate) async fn fetch(
     // verified either way, so a peer that vanishes now costs nothing.
     let confirmed = connection
         .write(&Request {
-            trace: trace.advance(),
+            trace: trace::next(),
             body: confirm,
         })
         .await;

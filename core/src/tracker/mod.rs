@@ -16,11 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio_util::sync::CancellationToken;
 
 pub use records::{Holder, Records, Refusal, SessionId, Snapshot};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
+use crate::host::{BoxListener, Host, OsHost};
 use crate::protocol::{ClientId, Request, Trace, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, ServerHandle};
 
@@ -37,12 +39,16 @@ pub const MAX_SESSIONS: usize = 100_000;
 pub struct TrackerConfig {
     /// Seed of every random choice of a holder.
     pub seed: u64,
-    /// Timeouts (its `max_connections` is ignored: see `max_sessions`).
+    /// Timeouts (its `max_connections` and `max_per_address` are ignored:
+    /// see `max_sessions`).
     pub limits: Limits,
     /// Sessions served at once; further connections wait to be accepted.
+    /// One address may hold a quarter of them.
     pub max_sessions: usize,
     /// Where events go besides the tracing log.
     pub events: Option<Arc<dyn EventSink>>,
+    /// Where the tracker's tasks run.
+    pub host: Arc<dyn Host>,
 }
 
 impl Default for TrackerConfig {
@@ -52,6 +58,7 @@ impl Default for TrackerConfig {
             limits: Limits::default(),
             max_sessions: MAX_SESSIONS,
             events: None,
+            host: OsHost::shared(),
         }
     }
 }
@@ -64,26 +71,25 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Binds `addr` and starts serving.
+    /// Binds `addr` on this machine and starts serving.
     pub async fn bind(addr: impl ToSocketAddrs, config: TrackerConfig) -> std::io::Result<Tracker> {
         Tracker::spawn(TcpListener::bind(addr).await?, config)
     }
 
     /// Serves sessions accepted on an already-bound `listener`.
-    pub fn spawn(listener: TcpListener, config: TrackerConfig) -> std::io::Result<Tracker> {
+    pub fn spawn(listener: impl Into<BoxListener>, config: TrackerConfig) -> std::io::Result<Tracker> {
         let shared = Arc::new(Shared {
             records: Mutex::new(Records::new(config.seed)),
             reporter: Reporter::new(Node::Tracker, config.events),
             next_session: AtomicU64::new(1),
         });
-        let session_timeout = config.limits.session_timeout;
         let limits = Limits {
             max_connections: config.max_sessions,
+            max_per_address: config.max_sessions.div_ceil(4),
             ..config.limits
         };
-        let server = server::spawn(listener, limits, move |connection| {
-            run_session(shared.clone(), session_timeout, connection)
-        })?;
+        let serve = move |connection| run_session(shared.clone(), limits, connection);
+        let server = server::spawn(config.host, listener.into(), limits, CancellationToken::new(), serve)?;
         Ok(Tracker { server })
     }
 
@@ -121,7 +127,7 @@ struct Session {
     remote: SocketAddr,
 }
 
-async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, mut connection: Connection) {
+async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connection) {
     let mut session = Session {
         id: shared.next_session.fetch_add(1, Ordering::Relaxed),
         client: None,
@@ -130,12 +136,12 @@ async fn run_session(shared: Arc<Shared>, session_timeout: std::time::Duration, 
     loop {
         // A registered client may stay quiet up to the session timeout (its
         // heartbeats keep it well inside); a connection that has not
-        // registered must speak within the idle timeout.
-        let next = if session.client.is_some() {
-            connection.read_within::<Request<TrackerRequest>>(session_timeout).await
-        } else {
-            connection.read::<Request<TrackerRequest>>().await
+        // registered must speak within the request timeout.
+        let silence = match session.client {
+            Some(_) => limits.session_timeout,
+            None => limits.request_timeout,
         };
+        let next = connection.read_within::<Request<TrackerRequest>>(silence).await;
         let request = match next {
             Ok(Some(request)) => request,
             Ok(None) => break,

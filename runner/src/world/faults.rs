@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use phile_core::events::{Event, EventSink, Node};
+use phile_core::events::Node;
 use phile_core::faults::{Fault, FaultKind};
 use phile_core::storage::Folder;
 use phile_core::ClientId;
@@ -23,11 +23,7 @@ impl World {
     /// `c.kill()`: a crash. Returns once the tracker has noticed.
     pub fn kill(&self, c: &ClientRef) -> Verdict<()> {
         let client = self.live(c)?;
-        self.operation(|trace| {
-            let killed = Event::Killed { file: None, sent: None };
-            self.log.record(trace.advance(), Node::Client(ClientId(c.id)), killed);
-            client.kill(&self.runtime);
-        });
+        self.operation(|trace| client.kill(&self.runtime, &self.log, trace));
         self.mark_down(c, "killed");
         self.count(|s| s.steps += 1);
         self.say(c.id, "killed: server stopped, transfers cut, session dropped");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use phile_core::client::{DownloadError, Downloaded, Source};
 use phile_core::faults::Fault;
 use phile_core::storage::Folder;
+use phile_core::trace::traced;
 use phile_core::{Client, FileInfo, FileName, Trace, Tracker};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -198,9 +199,9 @@ impl Instance {
 
     pub fn register(&self, runtime: &Handle, tracker: SocketAddr, trace: &mut Trace) -> Result<(), String> {
         match self {
-            Instance::Local(client) => runtime
-                .block_on(client.register(tracker, trace))
-                .map_err(|e| e.to_string()),
+            Instance::Local(client) => {
+                in_operation(runtime, trace, client.register(tracker)).map_err(|e| e.to_string())
+            }
             Instance::Remote(remote) => remote.done(remote.call(|trace| Command::Register { tracker, trace }, trace)),
         }
     }
@@ -216,8 +217,7 @@ impl Instance {
 
     pub fn upload(&self, runtime: &Handle, file: &FileName, trace: &mut Trace) -> Result<(), String> {
         match self {
-            Instance::Local(client) => runtime
-                .block_on(client.upload(file, trace))
+            Instance::Local(client) => in_operation(runtime, trace, client.upload(file))
                 .map(drop)
                 .map_err(|e| e.to_string()),
             Instance::Remote(remote) => {
@@ -229,7 +229,16 @@ impl Instance {
 
     pub fn download(&self, runtime: &Handle, file: &FileName, trace: &mut Trace) -> Result<Downloaded, Failure> {
         match self {
-            Instance::Local(client) => runtime.block_on(client.download(file, trace)).map_err(Failure::from),
+            Instance::Local(client) => in_operation(runtime, trace, async {
+                let fetched = client.download(file).await?;
+                if !fetched.announced {
+                    return Err(DownloadError::Client(phile_core::client::ClientError::NotRegistered(
+                        client.id(),
+                    )));
+                }
+                Ok(fetched.downloaded)
+            })
+            .map_err(Failure::from),
             Instance::Remote(remote) => {
                 let command = Command::Download {
                     file: file.clone(),
@@ -244,9 +253,9 @@ impl Instance {
 
     pub fn locate(&self, runtime: &Handle, file: &FileName, trace: &mut Trace) -> Result<Option<Source>, String> {
         match self {
-            Instance::Local(client) => runtime
-                .block_on(client.locate(file, &[], trace))
-                .map_err(|e| e.to_string()),
+            Instance::Local(client) => {
+                in_operation(runtime, trace, client.locate(file, &[])).map_err(|e| e.to_string())
+            }
             Instance::Remote(remote) => {
                 let file = file.clone();
                 match remote.call(|trace| Command::Locate { file, trace }, trace)? {
@@ -259,14 +268,11 @@ impl Instance {
     }
 
     /// Starts fetching `file` from `source` in the background.
-    pub fn receive(&self, runtime: &Handle, file: &FileName, source: Source, mut trace: Trace) -> Pending {
+    pub fn receive(&self, runtime: &Handle, file: &FileName, source: Source, trace: Trace) -> Pending {
         match self {
             Instance::Local(client) => {
                 let (client, file) = (client.clone(), file.clone());
-                Pending::Local(runtime.spawn(async move {
-                    let result = client.receive(&file, source, &mut trace).await;
-                    (result, trace)
-                }))
+                Pending::Local(runtime.spawn(async move { traced(trace, client.receive(&file, source)).await }))
             }
             Instance::Remote(remote) => {
                 let command = Command::Receive {
@@ -302,9 +308,9 @@ impl Instance {
 
     pub fn announce(&self, runtime: &Handle, file: &FileName, info: FileInfo, trace: &mut Trace) -> Result<(), String> {
         match self {
-            Instance::Local(client) => runtime
-                .block_on(client.announce(file, info, trace))
-                .map_err(|e| e.to_string()),
+            Instance::Local(client) => {
+                in_operation(runtime, trace, client.announce(file, info)).map_err(|e| e.to_string())
+            }
             Instance::Remote(remote) => {
                 let file = file.clone();
                 remote.done(remote.call(|trace| Command::Announce { file, info, trace }, trace))
@@ -314,8 +320,7 @@ impl Instance {
 
     pub fn announce_held(&self, runtime: &Handle, trace: &mut Trace) -> Result<usize, String> {
         match self {
-            Instance::Local(client) => runtime
-                .block_on(client.announce_held(trace))
+            Instance::Local(client) => in_operation(runtime, trace, client.announce_held())
                 .map(|files| files.len())
                 .map_err(|e| e.to_string()),
             Instance::Remote(remote) => match remote.call(|trace| Command::AnnounceHeld { trace }, trace)? {
@@ -328,9 +333,9 @@ impl Instance {
 
     pub fn leave(&self, runtime: &Handle, trace: &mut Trace) -> Result<(), String> {
         match self {
-            Instance::Local(client) => runtime
-                .block_on(client.leave(trace, std::time::Duration::ZERO))
-                .map_err(|e| e.to_string()),
+            Instance::Local(client) => {
+                in_operation(runtime, trace, client.leave(std::time::Duration::ZERO)).map_err(|e| e.to_string())
+            }
             Instance::Remote(remote) => {
                 let left = remote.done(remote.call(|trace| Command::Leave { trace }, trace));
                 remote.agent.shutdown();
@@ -339,11 +344,17 @@ impl Instance {
         }
     }
 
-    /// A crash: in process mode, the process is killed.
-    pub fn kill(&self, runtime: &Handle) {
+    /// A crash: in process mode, the process is killed (and the runner
+    /// reports `killed` for it).
+    pub fn kill(&self, runtime: &Handle, log: &crate::event_log::EventLog, trace: &mut Trace) {
         match self {
-            Instance::Local(client) => runtime.block_on(client.kill()),
-            Instance::Remote(remote) => remote.agent.kill(),
+            Instance::Local(client) => in_operation(runtime, trace, client.kill()),
+            Instance::Remote(remote) => {
+                let killed = phile_core::events::Event::Killed { file: None, sent: None };
+                let node = phile_core::events::Node::Client(phile_core::ClientId(remote.id));
+                phile_core::events::EventSink::record(log, trace.advance(), node, killed);
+                remote.agent.kill()
+            }
         }
     }
 
@@ -362,4 +373,12 @@ impl Instance {
             Instance::Remote(remote) => remote.agent.shutdown(),
         }
     }
+}
+
+/// Runs `operation` on `runtime` as part of the operation traced `trace`,
+/// moving `trace` on as it went.
+fn in_operation<F: std::future::Future>(runtime: &Handle, trace: &mut Trace, operation: F) -> F::Output {
+    let (output, after) = runtime.block_on(traced(*trace, operation));
+    *trace = after;
+    output
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use phile_core::{ClientConfig, FileName, Trace};
+use phile_core::{ClientConfig, FileName};
 
 use crate::progress::Display;
 use crate::Identity;
@@ -44,13 +44,13 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let client = crate::peer::start(me, config).await?;
     let tracker = me.tracker_addr().await?;
-    client.register(tracker, &mut Trace::default()).await?;
+    client.register(tracker).await?;
 
     let downloads = files.iter().map(|file| {
         let (client, display) = (&client, &display);
         async move {
             let started = Instant::now();
-            let outcome = client.download(file, &mut Trace::default()).await;
+            let outcome = client.download(file).await;
             display.finish(file);
             (file, outcome, started.elapsed())
         }
@@ -61,15 +61,16 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         outcomes = futures::future::join_all(downloads) => outcomes,
         _ = crate::stop_requested() => {
             eprintln!("phile: interrupted; nothing half-downloaded is kept");
-            client.leave(&mut Trace::default(), std::time::Duration::ZERO).await.ok();
+            client.leave(std::time::Duration::ZERO).await.ok();
             return Ok(ExitCode::from(130));
         }
     };
     let mut arrived = 0;
     for (file, outcome, took) in outcomes {
         match outcome {
-            Ok(done) => {
+            Ok(fetched) => {
                 arrived += 1;
+                let done = fetched.downloaded;
                 let secs = took.as_secs_f64().max(1e-9);
                 let rate = match done.info.size {
                     0..1_000_000 => String::new(),
@@ -82,6 +83,11 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
                     done.info.sha1,
                     secs * 1e3
                 ));
+                if !fetched.announced {
+                    display.line(&format!(
+                        "{file}: warning: stored and verified, but the tracker could not be told (it will be when this peer registers again)"
+                    ));
+                }
             }
             Err(error) => display.line(&format!("{file}: failed: {error}")),
         }
@@ -96,7 +102,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     }
     if args.seed {
         crate::peer::seed(&client, me, tracker, std::time::Duration::from_secs(2)).await?;
-    } else if let Err(error) = client.leave(&mut Trace::default(), me.grace()).await {
+    } else if let Err(error) = client.leave(me.grace()).await {
         tracing::warn!(%error, "could not say goodbye to the tracker");
     }
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use phile_core::client::ClientError;
 use phile_core::storage::Folder;
-use phile_core::{Client, ClientConfig, FileName, Trace};
+use phile_core::{Client, ClientConfig, FileName};
 use tokio::net::TcpListener;
 
 use crate::Identity;
@@ -38,7 +38,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
     crate::existing_folder(&me.dir)?;
     let client = start(me, ClientConfig::default()).await?;
     let tracker = me.tracker_addr().await?;
-    client.register(tracker, &mut Trace::default()).await?;
+    client.register(tracker).await?;
     seed(&client, me, tracker, Duration::from_secs(args.rescan.max(1))).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -48,7 +48,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
 /// goodbye and lets uploads finish for the grace period.
 pub async fn seed(client: &Client, me: &Identity, tracker: SocketAddr, rescan: Duration) -> anyhow::Result<()> {
     let mut seeding = Seeding::default();
-    let announced = client.announce_held(&mut Trace::default()).await?;
+    let announced = client.announce_held().await?;
     seeding.held(client, announced.iter().cloned());
     println!(
         "phile peer {} serving {} on {}; announced {} to {tracker}; Ctrl-C to stop",
@@ -75,7 +75,7 @@ pub async fn seed(client: &Client, me: &Identity, tracker: SocketAddr, rescan: D
         "stopping: telling the tracker, letting uploads finish (up to {} s)",
         me.grace
     );
-    if let Err(error) = client.leave(&mut Trace::default(), me.grace()).await {
+    if let Err(error) = client.leave(me.grace()).await {
         tracing::warn!(%error, "could not say goodbye to the tracker");
     }
     Ok(())
@@ -146,7 +146,7 @@ impl Seeding {
             .map(|(file, _)| file.clone())
             .collect();
         for file in gone {
-            client.withdraw(&file, &mut Trace::default()).await?;
+            client.withdraw(&file).await?;
             self.known.remove(&file);
             println!("withdrew {file} (deleted or changed)");
         }
@@ -159,7 +159,7 @@ impl Seeding {
                 continue; // new, or still changing: look again next time
             }
             self.arriving.remove(&file);
-            match client.upload(&file, &mut Trace::default()).await {
+            match client.upload(&file).await {
                 Ok(info) => {
                     println!("announced {file} ({} bytes, sha1 {})", info.size, info.sha1);
                     self.known.insert(file, stamp);
@@ -181,9 +181,8 @@ impl Seeding {
 /// Registers again and announces everything (the tracker restarted, or the
 /// network came back).
 async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding) {
-    let mut trace = Trace::default();
-    match client.register(tracker, &mut trace).await {
-        Ok(()) => match client.announce_held(&mut trace).await {
+    match client.register(tracker).await {
+        Ok(()) => match client.announce_held().await {
             Ok(files) => {
                 println!(
                     "registered again with {tracker}; announced {}",

@@ -1,0 +1,150 @@
+//! The seam between a node and the world it runs in.
+//!
+//! The tracker and the peers never name `tokio::net` or spawn tasks by
+//! themselves: whoever starts a node gives it a [`Host`], which connects
+//! sockets, spawns the node's tasks and runs its blocking work (file I/O,
+//! hashing), and an already-bound [`Listener`]. [`OsHost`] is the real one:
+//! this machine's TCP stack, tokio's task pool and its blocking threads. The
+//! scenario runner's simulator is another: sockets on a simulated network,
+//! tasks scoped to a simulated host, blocking work done inline so that a run
+//! repeats exactly. The node code is the same for both.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A future a node hands to its host.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A byte stream to another node: a TCP connection, real or simulated, or
+/// a wrapper around one (a rate cap, a scripted fault).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The address of the other side.
+    fn peer_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// A stream of any kind.
+pub type BoxStream = Box<dyn Stream>;
+
+/// A bound socket that accepts connections.
+pub trait Listener: Send + 'static {
+    /// The address it is bound to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Accepts the next connection, with the address it comes from.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxStream, SocketAddr)>>;
+}
+
+/// A listener of any kind.
+pub type BoxListener = Box<dyn Listener>;
+
+/// Where a node's sockets, tasks and blocking work live.
+pub trait Host: Send + Sync + 'static {
+    /// Opens a connection to `addr`.
+    fn connect(&self, addr: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
+
+    /// Runs `task` in the background, as a task of this node: it ends when
+    /// it completes, or when the node's host goes down.
+    fn spawn(&self, task: Task);
+
+    /// Starts `job`, which may block (file I/O, hashing), away from the
+    /// tasks that serve the network; the returned future resolves when it
+    /// is done. The job starts at once, before the future is polled, so a
+    /// caller can overlap it with other work.
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) -> Task;
+}
+
+impl dyn Host {
+    /// Runs `job` as [`Host::run_blocking`] does, and returns its result.
+    pub fn blocking<R, F>(&self, job: F) -> impl Future<Output = R> + Send + 'static
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (result, done) = tokio::sync::oneshot::channel();
+        let running = self.run_blocking(Box::new(move || {
+            // The receiver only goes away if the caller gave up waiting.
+            let _ = result.send(job());
+        }));
+        async move {
+            running.await;
+            done.await.expect("a blocking job panicked")
+        }
+    }
+}
+
+/// The real host: this machine's TCP stack and tokio's runtime.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsHost;
+
+impl OsHost {
+    /// The real host, shared.
+    pub fn shared() -> Arc<dyn Host> {
+        Arc::new(OsHost)
+    }
+}
+
+impl Host for OsHost {
+    fn connect(&self, addr: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            // As for accepted streams: small messages go out at once.
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+
+    fn spawn(&self, task: Task) {
+        tokio::spawn(task);
+    }
+
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) -> Task {
+        let running = tokio::task::spawn_blocking(job);
+        Box::pin(async move {
+            if let Err(error) = running.await {
+                if error.is_panic() {
+                    std::panic::resume_unwind(error.into_panic());
+                }
+            }
+        })
+    }
+}
+
+impl Stream for tokio::net::TcpStream {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::TcpStream::peer_addr(self)
+    }
+}
+
+impl Listener for tokio::net::TcpListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::TcpListener::local_addr(self)
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxStream, SocketAddr)>> {
+        tokio::net::TcpListener::poll_accept(self, cx).map_ok(|(stream, from)| {
+            // Requests and replies are small and answered at once: do not
+            // let Nagle's algorithm hold them back waiting for more.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot disable Nagle's algorithm");
+            }
+            (Box::new(stream) as BoxStream, from)
+        })
+    }
+}
+
+impl From<tokio::net::TcpListener> for BoxListener {
+    fn from(listener: tokio::net::TcpListener) -> BoxListener {
+        Box::new(listener)
+    }
+}
+
+/// Accepts the next connection on `listener`.
+pub async fn accept(listener: &mut BoxListener) -> io::Result<(BoxStream, SocketAddr)> {
+    std::future::poll_fn(|cx| listener.poll_accept(cx)).await
+}
