@@ -114,10 +114,21 @@ impl Connection {
         addr: SocketAddr,
         idle_timeout: Duration,
     ) -> Result<Connection, ConnectionError> {
+        Connection::connect_wrapped(host, addr, idle_timeout, |stream| stream).await
+    }
+
+    /// Like [`Connection::connect`], with the stream wrapped by `wrap` (a
+    /// rate cap, say) before any byte goes through it.
+    pub async fn connect_wrapped(
+        host: &dyn Host,
+        addr: SocketAddr,
+        idle_timeout: Duration,
+        wrap: impl FnOnce(BoxStream) -> BoxStream,
+    ) -> Result<Connection, ConnectionError> {
         let stream = timeout(idle_timeout, host.connect(addr))
             .await
             .map_err(|_| ConnectionError::Idle(idle_timeout))??;
-        Ok(Connection::new(stream, idle_timeout)?)
+        Ok(Connection::new(wrap(stream), idle_timeout)?)
     }
 
     /// The address of the other side.

@@ -8,17 +8,17 @@
 //!   back-pressure, shutdown);
 //! - [`tracker`]: who holds which file, and the random choice of a holder;
 //! - [`client`]: a client's tracker session, peer server and downloads;
+//! - [`rate`]: upload and download caps, on tokio's clock;
 //! - [`storage`]: a client's folder, where files only ever appear whole;
 //! - [`events`]: what nodes report, for logs and the scenario event log;
-//! - [`trace`]: which scenario operation a request belongs to;
-//! - [`faults`]: failures a scenario arms to strike at an exact byte.
+//! - [`trace`]: which scenario operation a request belongs to.
 
 pub mod client;
 pub mod connection;
 pub mod events;
-pub mod faults;
 pub mod host;
 pub mod protocol;
+pub mod rate;
 pub mod server;
 pub mod storage;
 pub mod trace;

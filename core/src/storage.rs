@@ -216,15 +216,21 @@ impl Folder {
         self.host.blocking(move || hash(&file, &path)).await
     }
 
+    /// [`Folder::hash`], blocking the caller: for code that runs off the
+    /// async runtime (a scenario script's thread).
+    pub fn hash_now(&self, name: &FileName) -> Result<FileInfo, StorageError> {
+        hash(&self.open_held(name)?, &self.path(name))
+    }
+
     /// Reads a held file whole.
     pub async fn read(&self, name: &FileName) -> Result<Vec<u8>, StorageError> {
-        let (mut file, path) = (self.open_held(name)?, self.path(name));
-        self.host
-            .blocking(move || {
-                let mut content = Vec::new();
-                file.read_to_end(&mut content).map(|_| content).map_err(at(&path))
-            })
-            .await
+        let (file, path) = (self.open_held(name)?, self.path(name));
+        self.host.blocking(move || read_whole(file, &path)).await
+    }
+
+    /// [`Folder::read`], blocking the caller.
+    pub fn read_now(&self, name: &FileName) -> Result<Vec<u8>, StorageError> {
+        read_whole(self.open_held(name)?, &self.path(name))
     }
 
     /// Opens a held file for reading: a regular file, never a link.
@@ -286,17 +292,23 @@ impl Folder {
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
     {
-        let mut writer = Writer::new(self.temp_file(name)?);
+        let writer = Writer::new(self.temp_file(name)?);
         let (target, dir) = (self.path(name), self.dir.clone());
         let (file, info) = self
             .host
-            .blocking(move || -> Result<(fs::File, FileInfo), StorageError> {
-                fill(&mut writer).map_err(at(writer.temp.path()))?;
-                let received = writer.finish()?;
-                let info = received.info;
-                Ok((received.persist(&target, &dir)?, info))
-            })
+            .blocking(move || writer.write_whole(fill, &target, &dir))
             .await?;
+        self.remember_stored(name, &file, info)?;
+        Ok(info)
+    }
+
+    /// [`Folder::write_with`], blocking the caller.
+    pub fn write_now<F>(&self, name: &FileName, fill: F) -> Result<FileInfo, StorageError>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        let writer = Writer::new(self.temp_file(name)?);
+        let (file, info) = writer.write_whole(fill, &self.path(name), &self.dir)?;
         self.remember_stored(name, &file, info)?;
         Ok(info)
     }
@@ -546,6 +558,18 @@ impl Writer {
         }
     }
 
+    /// Writes what `fill` writes, then renames the whole into place as
+    /// `target` in `dir`; returns the file, still open, and what it holds.
+    fn write_whole<F>(mut self, fill: F, target: &Path, dir: &Path) -> Result<(fs::File, FileInfo), StorageError>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    {
+        fill(&mut self).map_err(at(self.temp.path()))?;
+        let received = self.finish()?;
+        let info = received.info;
+        Ok((received.persist(target, dir)?, info))
+    }
+
     /// Syncs the file, so a rename never exposes unsynced data.
     fn finish(self) -> Result<Received, StorageError> {
         self.temp.as_file().sync_data().map_err(at(self.temp.path()))?;
@@ -569,6 +593,13 @@ impl Write for Writer {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Everything `file` holds.
+fn read_whole(mut file: fs::File, path: &Path) -> Result<Vec<u8>, StorageError> {
+    let mut content = Vec::new();
+    file.read_to_end(&mut content).map_err(at(path))?;
+    Ok(content)
 }
 
 /// Size and SHA-1 of what `file` holds, read from its start.

@@ -1,17 +1,20 @@
 //! The scenario language: Rhai names for the verbs of [`World`].
 //!
-//! Each binding converts Rhai values to Rust ones and a [`Verdict`]'s
-//! message to a script error; Rhai gives an error without a position the
-//! position of the call that raised it, which is what the user sees.
+//! Each binding notes the script line of the call (the events it causes
+//! carry it), converts Rhai values to Rust ones and a [`Verdict`]'s message
+//! to a script error; Rhai gives an error without a position the position of
+//! the call that raised it, which is what the user sees.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use phile_core::faults::FaultKind;
-use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, FLOAT, INT};
+use rhai::{
+    Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, Position, FLOAT, INT,
+};
 
+use crate::faults::FaultKind;
 use crate::tree;
-use crate::world::{ClientRef, DownloadResult, TrackerRef, Transfer, Verdict, World};
+use crate::world::{ClientRef, DownloadResult, NodeRef, TrackerRef, Transfer, Verdict, World};
 
 type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -24,6 +27,11 @@ fn lift<T>(verdict: Verdict<T>) -> ScriptResult<T> {
     verdict.map_err(script_error)
 }
 
+/// Notes the line of the call `ctx` is for: the events it causes carry it.
+fn at(world: &World, ctx: &NativeCallContext) {
+    world.at_line(ctx.call_position().line().map(|line| line as u32));
+}
+
 /// Registers every function of the scenario language on `engine`.
 pub fn register(engine: &mut Engine, world: Rc<World>) {
     engine
@@ -34,14 +42,21 @@ pub fn register(engine: &mut Engine, world: Rc<World>) {
     register_client_methods(engine, &world);
     register_transfers(engine, &world);
     register_faults(engine, &world);
+    register_time_and_network(engine, &world);
     register_checks(engine, &world);
 }
 
 fn register_nodes(engine: &mut Engine, world: &Rc<World>) {
     let w = world.clone();
-    engine.register_fn("tracker", move |port: INT| lift(w.tracker(port)));
+    engine.register_fn("tracker", move |ctx: NativeCallContext, port: INT| {
+        at(&w, &ctx);
+        lift(w.tracker(port))
+    });
     let w = world.clone();
-    engine.register_fn("client", move |id: INT| lift(w.client(id)));
+    engine.register_fn("client", move |ctx: NativeCallContext, id: INT| {
+        at(&w, &ctx);
+        lift(w.client(id))
+    });
     engine.register_get("id", |c: &mut ClientRef| c.id as INT);
     engine.register_fn("to_string", |c: &mut ClientRef| format!("client {}", c.id));
     engine.register_fn("to_debug", |c: &mut ClientRef| format!("client {}", c.id));
@@ -53,29 +68,53 @@ fn register_nodes(engine: &mut Engine, world: &Rc<World>) {
 
 fn register_client_methods(engine: &mut Engine, world: &Rc<World>) {
     let w = world.clone();
-    engine.register_fn("register", move |c: &mut ClientRef, t: TrackerRef| {
-        lift(w.register(c, &t)).map(|()| "ACK")
-    });
+    engine.register_fn(
+        "register",
+        move |ctx: NativeCallContext, c: &mut ClientRef, t: TrackerRef| {
+            at(&w, &ctx);
+            lift(w.register(c, &t)).map(|()| "ACK")
+        },
+    );
     let w = world.clone();
-    engine.register_fn("write", move |c: &mut ClientRef, name: &str, text: &str| {
-        lift(w.write(c, name, text.as_bytes().to_vec()))
-    });
+    engine.register_fn(
+        "write",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str, text: &str| {
+            at(&w, &ctx);
+            lift(w.write(c, name, text.as_bytes().to_vec()))
+        },
+    );
     let w = world.clone();
-    engine.register_fn("write", move |c: &mut ClientRef, name: &str, blob: Blob| {
-        lift(w.write(c, name, blob))
-    });
+    engine.register_fn(
+        "write",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str, blob: Blob| {
+            at(&w, &ctx);
+            lift(w.write(c, name, blob))
+        },
+    );
     let w = world.clone();
-    engine.register_fn("write_random", move |c: &mut ClientRef, name: &str, bytes: INT| {
-        lift(w.write_random(c, name, bytes))
-    });
+    engine.register_fn(
+        "write_random",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str, bytes: INT| {
+            at(&w, &ctx);
+            lift(w.write_random(c, name, bytes))
+        },
+    );
     let w = world.clone();
-    engine.register_fn("upload", move |c: &mut ClientRef, name: &str| {
-        lift(w.upload(c, name)).map(|()| "ACK")
-    });
+    engine.register_fn(
+        "upload",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str| {
+            at(&w, &ctx);
+            lift(w.upload(c, name)).map(|()| "ACK")
+        },
+    );
     let w = world.clone();
-    engine.register_fn("download", move |c: &mut ClientRef, name: &str| {
-        lift(w.download(c, name)).map(|result| result_map(&result))
-    });
+    engine.register_fn(
+        "download",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str| {
+            at(&w, &ctx);
+            lift(w.download(c, name)).map(|result| result_map(&result))
+        },
+    );
     let w = world.clone();
     engine.register_fn("files", move |c: &mut ClientRef| lift(w.files(c)).map(strings));
     let w = world.clone();
@@ -92,21 +131,38 @@ fn register_client_methods(engine: &mut Engine, world: &Rc<World>) {
 
 fn register_faults(engine: &mut Engine, world: &Rc<World>) {
     let w = world.clone();
-    engine.register_fn("kill", move |c: &mut ClientRef| lift(w.kill(c)));
-    let w = world.clone();
-    engine.register_fn("leave", move |c: &mut ClientRef| lift(w.leave(c)));
-    let w = world.clone();
-    engine.register_fn("restart", move |c: &mut ClientRef| lift(w.restart(c)));
-    let w = world.clone();
-    engine.register_fn("corrupt", move |c: &mut ClientRef, name: &str| lift(w.corrupt(c, name)));
-    let w = world.clone();
-    engine.register_fn("kill_after", move |c: &mut ClientRef, name: &str, bytes: INT| {
-        lift(w.arm(c, FaultKind::Kill, name, bytes))
+    engine.register_fn("kill", move |ctx: NativeCallContext, c: &mut ClientRef| {
+        at(&w, &ctx);
+        lift(w.kill(c))
     });
     let w = world.clone();
-    engine.register_fn("stall_after", move |c: &mut ClientRef, name: &str, bytes: INT| {
-        lift(w.arm(c, FaultKind::Stall, name, bytes))
+    engine.register_fn("leave", move |ctx: NativeCallContext, c: &mut ClientRef| {
+        at(&w, &ctx);
+        lift(w.leave(c))
     });
+    let w = world.clone();
+    engine.register_fn("restart", move |ctx: NativeCallContext, c: &mut ClientRef| {
+        at(&w, &ctx);
+        lift(w.restart(c))
+    });
+    let w = world.clone();
+    engine.register_fn(
+        "corrupt",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str| {
+            at(&w, &ctx);
+            lift(w.corrupt(c, name))
+        },
+    );
+    for kind in [FaultKind::Kill, FaultKind::Stall] {
+        let w = world.clone();
+        engine.register_fn(
+            kind.verb(),
+            move |ctx: NativeCallContext, c: &mut ClientRef, name: &str, bytes: INT| {
+                at(&w, &ctx);
+                lift(w.arm(c, kind, name, bytes))
+            },
+        );
+    }
     let w = world.clone();
     engine.register_fn("set_idle_timeout", move |seconds: FLOAT| {
         lift(w.set_idle_timeout(seconds))
@@ -119,27 +175,96 @@ fn register_faults(engine: &mut Engine, world: &Rc<World>) {
 
 fn register_transfers(engine: &mut Engine, world: &Rc<World>) {
     let w = world.clone();
-    engine.register_fn("start_download", move |c: &mut ClientRef, name: &str| {
-        lift(w.start_download(c, name))
-    });
+    engine.register_fn(
+        "start_download",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str| {
+            at(&w, &ctx);
+            lift(w.start_download(c, name))
+        },
+    );
     let w = world.clone();
-    engine.register_fn("wait", move |t: &mut Transfer| {
+    engine.register_fn("wait", move |ctx: NativeCallContext, t: &mut Transfer| {
+        at(&w, &ctx);
         lift(w.wait(t)).map(|result| result_map(&result))
     });
     let w = world.clone();
-    engine.register_fn("wait_all", move |transfers: Array| -> ScriptResult<Array> {
-        let mut results = Array::with_capacity(transfers.len());
-        for (i, item) in transfers.into_iter().enumerate() {
-            let type_name = item.type_name();
-            let transfer = item.try_cast::<Transfer>().ok_or_else(|| {
-                script_error(format!(
-                    "wait_all takes an array of transfers (from c.start_download), but item {i} has type {type_name}"
-                ))
-            })?;
-            results.push(result_map(&lift(w.wait(&transfer))?).into());
-        }
-        Ok(results)
+    engine.register_fn(
+        "wait_all",
+        move |ctx: NativeCallContext, transfers: Array| -> ScriptResult<Array> {
+            at(&w, &ctx);
+            let mut results = Array::with_capacity(transfers.len());
+            for (i, item) in transfers.into_iter().enumerate() {
+                let type_name = item.type_name();
+                let transfer = item.try_cast::<Transfer>().ok_or_else(|| {
+                    script_error(format!(
+                        "wait_all takes an array of transfers (from c.start_download), but item {i} has type {type_name}"
+                    ))
+                })?;
+                results.push(result_map(&lift(w.wait(&transfer))?).into());
+            }
+            Ok(results)
+        },
+    );
+}
+
+fn register_time_and_network(engine: &mut Engine, world: &Rc<World>) {
+    let w = world.clone();
+    engine.register_fn("sleep", move |ctx: NativeCallContext, seconds: FLOAT| {
+        at(&w, &ctx);
+        lift(w.sleep(seconds))
     });
+    let w = world.clone();
+    engine.register_fn("sleep", move |ctx: NativeCallContext, seconds: INT| {
+        at(&w, &ctx);
+        lift(w.sleep(seconds as f64))
+    });
+    let w = world.clone();
+    engine.register_fn("now", move || w.seconds_now() as FLOAT);
+    let w = world.clone();
+    engine.register_fn(
+        "set_rate",
+        move |ctx: NativeCallContext, c: &mut ClientRef, up: INT, down: INT| {
+            at(&w, &ctx);
+            lift(w.set_rate(c, up, down))
+        },
+    );
+    register_pair(engine, world, "partition", |w, a, b| w.partition(a, b));
+    register_pair(engine, world, "heal", |w, a, b| w.heal(a, b));
+    macro_rules! latency {
+        ($a:ty, $wrap_a:expr, $b:ty, $wrap_b:expr) => {{
+            let w = world.clone();
+            engine.register_fn("latency", move |ctx: NativeCallContext, a: $a, b: $b, ms: INT| {
+                at(&w, &ctx);
+                lift(w.latency(&$wrap_a(a), &$wrap_b(b), ms))
+            });
+        }};
+    }
+    latency!(ClientRef, NodeRef::Client, ClientRef, NodeRef::Client);
+    latency!(ClientRef, NodeRef::Client, TrackerRef, NodeRef::Tracker);
+    latency!(TrackerRef, NodeRef::Tracker, ClientRef, NodeRef::Client);
+    latency!(TrackerRef, NodeRef::Tracker, TrackerRef, NodeRef::Tracker);
+}
+
+/// Registers `name(a, b)` for every mix of trackers and clients.
+fn register_pair(
+    engine: &mut Engine,
+    world: &Rc<World>,
+    name: &'static str,
+    verb: fn(&World, &NodeRef, &NodeRef) -> Verdict<()>,
+) {
+    macro_rules! pair {
+        ($a:ty, $wrap_a:expr, $b:ty, $wrap_b:expr) => {{
+            let w = world.clone();
+            engine.register_fn(name, move |ctx: NativeCallContext, a: $a, b: $b| {
+                at(&w, &ctx);
+                lift(verb(&w, &$wrap_a(a), &$wrap_b(b)))
+            });
+        }};
+    }
+    pair!(ClientRef, NodeRef::Client, ClientRef, NodeRef::Client);
+    pair!(ClientRef, NodeRef::Client, TrackerRef, NodeRef::Tracker);
+    pair!(TrackerRef, NodeRef::Tracker, ClientRef, NodeRef::Client);
+    pair!(TrackerRef, NodeRef::Tracker, TrackerRef, NodeRef::Tracker);
 }
 
 fn register_checks(engine: &mut Engine, world: &Rc<World>) {
@@ -147,7 +272,7 @@ fn register_checks(engine: &mut Engine, world: &Rc<World>) {
     engine.register_fn("tree", move || lift(w.tree()).map(tree_map));
     let w = world.clone();
     engine.register_fn("print_tree", move || -> ScriptResult<()> {
-        print!("{}", tree::render(&lift(w.tree())?));
+        w.print(tree::render(&lift(w.tree())?).trim_end());
         Ok(())
     });
     let w = world.clone();
@@ -181,7 +306,10 @@ fn register_checks(engine: &mut Engine, world: &Rc<World>) {
         Ok(())
     });
     let w = world.clone();
-    engine.register_fn("note", move |text: &str| w.note(text));
+    engine.register_fn("note", move |ctx: NativeCallContext, text: &str| {
+        at(&w, &ctx);
+        w.note(text)
+    });
 }
 
 fn strings(items: Vec<String>) -> Array {

@@ -13,11 +13,18 @@
 //! the scenario runs, and a failed run still has everything before the
 //! failure.
 //!
-//! One event has no request behind it: the tracker noticing that a crashed
-//! client's session dropped (`client_lost`). The log files it under the
-//! operation in which that client was killed, after that operation's other
-//! events, and holds the operation open until it arrives
-//! ([`EventLog::settle`]), so that it, too, has a fixed place.
+//! Some events have no request behind them. The tracker noticing that a
+//! client's session dropped (`client_lost`) is awaited when a registered
+//! client is killed (the log sees its `killed` event), or when the runner
+//! says so ([`EventLog::await_loss`]: a client moving to another tracker):
+//! the log files it at the end of that operation and holds the operation
+//! open until it arrives ([`EventLog::settle`]). Under simulation, anything else no
+//! request caused (a session timing out while the script sleeps) belongs to
+//! the operation the script is running: there, nothing happens between
+//! operations, and the order of what happens is itself repeatable.
+//!
+//! Nothing is dropped quietly: an event that comes after its operation
+//! ended, or one that has no place, is an error the run fails with.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -52,6 +59,16 @@ impl Serialize for Subject {
     }
 }
 
+/// Where events no request caused go, besides awaited losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untraced {
+    /// Nowhere: over real networks such an event could land anywhere, so
+    /// it is an error.
+    Refused,
+    /// Into the operation the script is running (simulation).
+    CurrentOperation,
+}
+
 /// Events the runner itself records.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -64,6 +81,8 @@ pub enum ScenarioEvent {
         seed: u64,
         /// [`SCHEMA_VERSION`].
         schema: u32,
+        /// The network the run used: `tcp` or `sim`.
+        network: &'static str,
     },
     /// A tracker or client was started by the script.
     Started,
@@ -84,6 +103,31 @@ pub enum ScenarioEvent {
         file: String,
         /// After how many bytes.
         after: u64,
+    },
+    /// The script capped a client's rates (`c.set_rate(up, down)`).
+    RateSet {
+        /// Upload cap, bytes per second (0: none).
+        up: u64,
+        /// Download cap, bytes per second (0: none).
+        down: u64,
+    },
+    /// The script let time pass (`sleep(seconds)`).
+    Slept {
+        /// How long.
+        seconds: f64,
+    },
+    /// The script changed the simulated network between two nodes
+    /// (`latency`, `partition`, `heal`).
+    NetworkChanged {
+        /// `latency`, `partition` or `heal`.
+        change: &'static str,
+        /// One node.
+        a: Subject,
+        /// The other.
+        b: Subject,
+        /// The one-way delay set by `latency`, in milliseconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ms: Option<u64>,
     },
     /// The script called `note(text)`.
     Note {
@@ -118,6 +162,9 @@ struct Line<'a> {
     node: Subject,
     #[serde(flatten)]
     event: &'a AnyEvent,
+    /// The script line of the call that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u32>,
 }
 
 /// The log of one scenario run.
@@ -130,8 +177,14 @@ pub struct EventLog {
 }
 
 struct Inner {
+    /// Where unawaited events no request caused go.
+    untraced: Untraced,
     /// The number the next operation gets.
     next_op: u64,
+    /// The script line the next operations belong to.
+    line: Option<u32>,
+    /// The operation the script began last.
+    current: u64,
     /// Events of operations not yet written, by operation.
     pending: BTreeMap<u64, Operation>,
     /// The lowest operation not yet written.
@@ -144,33 +197,41 @@ struct Inner {
     write_error: Option<io::Error>,
     /// Clients registered with a tracker, as its events tell.
     registered: HashSet<ClientId>,
-    /// Killed clients whose `client_lost` has not come yet, with the
-    /// operation it belongs to.
+    /// Clients whose `client_lost` is awaited, with the operation it
+    /// belongs to.
     awaiting: HashMap<ClientId, u64>,
     /// `client_lost` events that came before the `killed` they belong to
     /// (in process mode they travel on another process's pipe).
     lost_early: HashMap<ClientId, (Subject, AnyEvent)>,
+    /// The first event that had no place, described: the run fails with it.
+    misplaced: Option<String>,
 }
 
 #[derive(Default)]
 struct Operation {
     /// Whether the operation has ended, so no more events can come.
     ended: bool,
+    /// The script line that began it.
+    line: Option<u32>,
     /// Its events with their step, in arrival order.
     events: Vec<(u32, Subject, AnyEvent)>,
 }
 
 impl EventLog {
-    /// A log that also streams to `path` when given.
-    pub fn create(path: Option<&Path>) -> io::Result<EventLog> {
+    /// A log that also streams to `path` when given, placing untraced
+    /// events as `untraced` says.
+    pub fn create(path: Option<&Path>, untraced: Untraced) -> io::Result<EventLog> {
         let out = match path {
             Some(path) => Some(BufWriter::new(File::create(path)?)),
             None => None,
         };
         Ok(EventLog {
             inner: Mutex::new(Inner {
+                untraced,
                 // Operation 0 is `Trace::default()`: "no operation".
                 next_op: 1,
+                line: None,
+                current: 0,
                 pending: BTreeMap::new(),
                 next_to_write: 1,
                 lines: Vec::new(),
@@ -179,6 +240,7 @@ impl EventLog {
                 registered: HashSet::new(),
                 awaiting: HashMap::new(),
                 lost_early: HashMap::new(),
+                misplaced: None,
             }),
             arrived: Condvar::new(),
         })
@@ -188,12 +250,25 @@ impl EventLog {
         self.inner.lock().expect("event log poisoned")
     }
 
+    /// Operations begun from now on come from script line `line`.
+    pub fn at_line(&self, line: Option<u32>) {
+        self.lock().line = line;
+    }
+
     /// Begins the next operation; its requests carry the returned trace.
     pub fn begin(&self) -> Trace {
         let mut inner = self.lock();
         let op = inner.next_op;
         inner.next_op += 1;
-        inner.pending.insert(op, Operation::default());
+        inner.current = op;
+        let line = inner.line;
+        inner.pending.insert(
+            op,
+            Operation {
+                line,
+                ..Operation::default()
+            },
+        );
         Trace::new(op)
     }
 
@@ -219,24 +294,54 @@ impl EventLog {
         self.file(trace, subject, AnyEvent::Scenario(event));
     }
 
-    /// Waits until operation `op` has every event it awaits (the
-    /// `client_lost` of a client killed in it), at most `limit`; then gives
-    /// up on the missing ones, so a tracker that never answers cannot hang
-    /// the run. Returns whether nothing was missing.
-    pub fn settle(&self, op: u64, limit: Duration) -> bool {
+    /// Expects the tracker to forget `client` (its `client_lost`) because
+    /// of operation `op`, which then does not settle without it.
+    pub fn await_loss(&self, client: ClientId, op: u64) {
+        self.lock().awaiting.insert(client, op);
+    }
+
+    /// Whether operation `op` still waits for an event.
+    pub fn awaits(&self, op: u64) -> bool {
+        self.lock().awaits(op)
+    }
+
+    /// Waits until operation `op` has every event it awaits, at most
+    /// `limit`. An awaited event that does not come is an error naming it,
+    /// and the run fails with it rather than with a log that silently
+    /// differs.
+    pub fn settle(&self, op: u64, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let mut inner = self.lock();
+        if let Some(client) = inner.lost_early.keys().next().copied() {
+            inner.lost_early.remove(&client);
+            return Err(format!(
+                "the tracker forgot client {client}, which nothing in operation {op} stopped"
+            ));
+        }
         while inner.awaits(op) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!(op, "gave up waiting for the tracker to notice a killed client");
+                let missing: Vec<String> = inner
+                    .awaiting
+                    .iter()
+                    .filter(|(_, awaited)| **awaited == op)
+                    .map(|(client, _)| client.to_string())
+                    .collect();
                 inner.awaiting.retain(|_, awaited| *awaited != op);
                 inner.write_ended();
-                return false;
+                return Err(format!(
+                    "operation {op} did not settle: the tracker did not notice that client {} went away",
+                    missing.join(", ")
+                ));
             }
             inner = self.arrived.wait_timeout(inner, left).expect("event log poisoned").0;
         }
-        true
+        Ok(())
+    }
+
+    /// The first event that had no place in the log, described, if any.
+    pub fn misplaced(&self) -> Option<String> {
+        self.lock().misplaced.clone()
     }
 
     fn file(&self, trace: Trace, subject: Subject, event: AnyEvent) {
@@ -249,9 +354,11 @@ impl EventLog {
         inner.track(trace.op, subject, &event);
         match inner.pending.get_mut(&trace.op) {
             Some(operation) if !operation.ended => operation.events.push((trace.step, subject, event)),
-            // A request outside any open operation: a bug in the runner, or
-            // a stray client. Its event has no place in the ordered log.
-            _ => tracing::warn!(op = trace.op, ?event, "event outside an open operation; not logged"),
+            _ => inner.misplace(format!(
+                "{} arrived after operation {} had ended: {event:?}",
+                subject_name(subject),
+                trace.op
+            )),
         }
     }
 
@@ -273,19 +380,26 @@ impl EventLog {
     }
 }
 
+fn subject_name(subject: Subject) -> String {
+    match subject {
+        Subject::Node(Node::Tracker) => "an event of the tracker".to_owned(),
+        Subject::Node(Node::Client(id)) => format!("an event of client {id}"),
+        Subject::Scenario => "an event of the scenario".to_owned(),
+    }
+}
+
 impl Inner {
     /// Whether operation `op` still waits for an event.
     fn awaits(&self, op: u64) -> bool {
         self.awaiting.values().any(|awaited| *awaited == op)
     }
 
-    /// Keeps track of who is registered, and of the events a kill makes
-    /// the log wait for.
+    /// Keeps track of who is registered, and awaits the loss of a
+    /// registered client that was killed.
     fn track(&mut self, op: u64, subject: Subject, event: &AnyEvent) {
         match (subject, event) {
             (_, AnyEvent::Node(Event::Registered { client })) => {
                 self.registered.insert(*client);
-                self.lost_early.remove(client);
             }
             (_, AnyEvent::Node(Event::ClientLeft { client } | Event::ClientLost { client })) => {
                 self.registered.remove(client);
@@ -303,28 +417,45 @@ impl Inner {
         }
     }
 
-    /// Files an event no request caused: a `client_lost` goes at the end of
-    /// the operation that killed the client; anything else is not logged
-    /// (it could land anywhere, so it would make the log flicker).
+    fn misplace(&mut self, what: String) {
+        tracing::error!("{what}");
+        self.misplaced.get_or_insert(what);
+    }
+
+    /// Files an event no request caused: an awaited `client_lost` goes at
+    /// the end of its operation; under simulation anything else goes into
+    /// the operation the script is running; over real networks it has no
+    /// place.
     fn file_untraced(&mut self, subject: Subject, event: AnyEvent) {
         let lost = match &event {
             AnyEvent::Node(Event::ClientLost { client }) => Some(*client),
             _ => None,
         };
-        if let Some(op) = lost.and_then(|client| self.awaiting.remove(&client)) {
-            self.track(op, subject, &event);
-            if let Some(operation) = self.pending.get_mut(&op) {
+        let awaited = lost.and_then(|client| self.awaiting.remove(&client));
+        let op = match (awaited, self.untraced, lost) {
+            (Some(op), ..) => op,
+            (None, Untraced::CurrentOperation, _) => self.current,
+            // Its `killed` may still be on its way, on another pipe.
+            (None, Untraced::Refused, Some(client)) if self.registered.contains(&client) => {
+                self.track(0, subject, &event);
+                self.lost_early.insert(client, (subject, event));
+                return;
+            }
+            (None, Untraced::Refused, _) => {
+                return self.misplace(format!("{} that no operation caused: {event:?}", subject_name(subject)))
+            }
+        };
+        self.track(op, subject, &event);
+        match self.pending.get_mut(&op) {
+            Some(operation) if !operation.ended || awaited.is_some() => {
                 operation.events.push((u32::MAX, subject, event));
             }
-            self.write_ended();
-        } else if let Some(client) = lost {
-            // Its `killed` may still be on its way: keep it for that.
-            self.track(0, subject, &event);
-            self.lost_early.insert(client, (subject, event));
-        } else {
-            self.track(0, subject, &event);
-            tracing::debug!(?event, "event outside any operation; not logged");
+            _ => self.misplace(format!(
+                "{} came when no operation was open: {event:?}",
+                subject_name(subject)
+            )),
         }
+        self.write_ended();
     }
 
     fn write_ended(&mut self) {
@@ -333,23 +464,23 @@ impl Inner {
             // Stable: events of one step keep their causal arrival order.
             operation.events.sort_by_key(|(step, ..)| *step);
             for (_, subject, event) in &operation.events {
-                self.write_line(*subject, event);
+                self.write_line(*subject, event, operation.line);
             }
             self.next_to_write += 1;
         }
     }
 
-    fn write_line(&mut self, node: Subject, event: &AnyEvent) {
+    fn write_line(&mut self, node: Subject, event: &AnyEvent, line: Option<u32>) {
         let seq = self.lines.len() as u64;
-        let line = serde_json::to_string(&Line { seq, node, event }).expect("events always serialise");
+        let text = serde_json::to_string(&Line { seq, node, event, line }).expect("events always serialise");
         if let Some(out) = &mut self.out {
-            let written = writeln!(out, "{line}").and_then(|()| out.flush());
+            let written = writeln!(out, "{text}").and_then(|()| out.flush());
             if let Err(error) = written {
                 self.write_error.get_or_insert(error);
                 self.out = None;
             }
         }
-        self.lines.push(line);
+        self.lines.push(text);
     }
 }
 
@@ -367,9 +498,20 @@ mod tests {
         Event::Registered { client: ClientId(id) }
     }
 
+    fn log() -> EventLog {
+        EventLog::create(None, Untraced::Refused).unwrap()
+    }
+
+    fn events(log: &EventLog) -> Vec<String> {
+        log.lines()
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event"].to_string())
+            .collect()
+    }
+
     #[test]
     fn operations_are_written_in_order_whatever_order_they_end_in() {
-        let log = EventLog::create(None).unwrap();
+        let log = log();
         let first = log.begin();
         let second = log.begin();
         log.record(Trace { op: second.op, step: 0 }, Node::Tracker, registered(2));
@@ -390,24 +532,38 @@ mod tests {
     }
 
     #[test]
-    fn lines_hold_seq_node_event_then_fields() {
-        let log = EventLog::create(None).unwrap();
+    fn lines_hold_seq_node_event_fields_then_the_script_line() {
+        let log = log();
         log.record_alone(Subject::Scenario, ScenarioEvent::Note { text: "hi".into() });
+        log.at_line(Some(7));
         log.record_alone(Subject::Node(Node::Client(ClientId(7))), ScenarioEvent::Started);
         assert_eq!(
             log.lines(),
             [
                 r#"{"seq":0,"node":"scenario","event":"note","text":"hi"}"#,
-                r#"{"seq":1,"node":"7","event":"started"}"#
+                r#"{"seq":1,"node":"7","event":"started","line":7}"#
             ]
         );
+    }
+
+    /// A log in which client 7 registered; returns it with a new operation.
+    fn with_client_7() -> (EventLog, Trace) {
+        let log = log();
+        let register = log.begin();
+        log.record(register, Node::Tracker, registered(7));
+        log.end(register.op);
+        let next = log.begin();
+        (log, next)
     }
 
     #[test]
     fn a_killed_clients_loss_closes_the_operation_that_killed_it() {
         let (log, kill) = with_client_7();
-        let killed = Event::Killed { file: None, sent: None };
-        log.record(kill, Node::Client(ClientId(7)), killed);
+        log.record(
+            kill,
+            Node::Client(ClientId(7)),
+            Event::Killed { file: None, sent: None },
+        );
         log.end(kill.op);
         assert_eq!(log.lines().len(), 1, "the kill was written before the tracker noticed");
         let later = log.begin();
@@ -418,23 +574,11 @@ mod tests {
             Node::Tracker,
             Event::ClientLost { client: ClientId(7) },
         );
-        assert!(log.settle(kill.op, Duration::from_secs(1)));
-        let events: Vec<String> = log
-            .lines()
-            .iter()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event"].to_string())
-            .collect();
-        assert_eq!(events, ["\"registered\"", "\"killed\"", "\"client_lost\"", "\"note\""]);
-    }
-
-    /// A log in which client 7 registered; returns it with a new operation.
-    fn with_client_7() -> (EventLog, Trace) {
-        let log = EventLog::create(None).unwrap();
-        let register = log.begin();
-        log.record(register, Node::Tracker, registered(7));
-        log.end(register.op);
-        let next = log.begin();
-        (log, next)
+        assert!(log.settle(kill.op, Duration::from_secs(1)).is_ok());
+        assert_eq!(
+            events(&log),
+            ["\"registered\"", "\"killed\"", "\"client_lost\"", "\"note\""]
+        );
     }
 
     #[test]
@@ -451,13 +595,13 @@ mod tests {
             Event::Killed { file: None, sent: None },
         );
         log.end(kill.op);
-        assert!(log.settle(kill.op, Duration::from_millis(10)));
+        assert!(log.settle(kill.op, Duration::from_millis(10)).is_ok());
         let last = log.lines().last().cloned().unwrap();
         assert!(last.contains("client_lost"), "{last}");
     }
 
     #[test]
-    fn settle_gives_up_on_an_event_that_never_comes() {
+    fn a_loss_that_never_comes_is_an_error_naming_the_client() {
         let (log, kill) = with_client_7();
         log.record(
             kill,
@@ -465,16 +609,36 @@ mod tests {
             Event::Killed { file: None, sent: None },
         );
         log.end(kill.op);
-        assert!(!log.settle(kill.op, Duration::from_millis(10)));
-        assert_eq!(log.lines().len(), 2);
+        let error = log.settle(kill.op, Duration::from_millis(10)).unwrap_err();
+        assert!(error.contains("client 7"), "{error}");
     }
 
     #[test]
-    fn events_of_ended_operations_are_not_logged() {
-        let log = EventLog::create(None).unwrap();
+    fn an_event_after_its_operation_ended_is_an_error_not_a_silent_gap() {
+        let log = log();
         let op = log.begin();
         log.end(op.op);
         log.record(op, Node::Tracker, registered(1));
         assert!(log.lines().is_empty());
+        let misplaced = log.misplaced().expect("the late event was dropped quietly");
+        assert!(misplaced.contains("after operation 1 had ended"), "{misplaced}");
+    }
+
+    #[test]
+    fn unawaited_untraced_events_go_to_the_current_operation_only_in_simulation() {
+        // Client 3 never registered: nothing awaits its loss.
+        let lost = || Event::ClientLost { client: ClientId(3) };
+        let real = log();
+        let op = real.begin();
+        real.record(Trace::default(), Node::Tracker, lost());
+        real.end(op.op);
+        assert!(real.misplaced().is_some());
+
+        let simulated = EventLog::create(None, Untraced::CurrentOperation).unwrap();
+        let op = simulated.begin();
+        simulated.record(Trace::default(), Node::Tracker, lost());
+        simulated.end(op.op);
+        assert_eq!(events(&simulated), ["\"client_lost\""]);
+        assert!(simulated.misplaced().is_none());
     }
 }

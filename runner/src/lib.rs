@@ -1,22 +1,33 @@
-//! phile-run: runs a Rhai scenario against a real phile tracker and peers,
-//! and records what happened as an event log.
+//! phile-run: runs a Rhai scenario against a phile tracker and peers, over
+//! real TCP or a simulated network, and records what happened as an event
+//! log.
 //!
-//! - [`run`] sets up a tokio runtime for the nodes and runs the script on a
-//!   thread of its own (Rhai is synchronous; the script thread blocks on the
-//!   runtime for each network step);
+//! - [`run`] runs the script on a thread of its own (Rhai is synchronous;
+//!   the script thread blocks on the nodes for each step);
 //! - [`bindings`]: the Rhai names of the scenario language;
-//! - [`world`]: what each verb does to the tracker and clients;
+//! - [`world`]: what each verb does;
+//! - [`command`] and [`node`]: what a script asks of a node, and the node
+//!   that carries it out, the same for every backend;
+//! - [`backend`]: the ways of running nodes (in this process, in processes
+//!   of their own, simulated);
+//! - [`faults`]: `kill_after` and `stall_after` as stream wrappers;
 //! - [`event_log`]: the deterministic, ordered JSON Lines log;
 //! - [`report`]: script errors shown like a compiler's;
 //! - [`tree`]: the folder tree, rendered as the seed documents it.
 
 pub mod agent;
+pub mod backend;
 pub mod bindings;
+pub mod command;
 pub mod event_log;
+pub mod faults;
+pub mod node;
 pub mod report;
 pub mod tree;
 pub mod world;
 
+use std::cell::Cell;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,7 +36,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rhai::Engine;
 
-use crate::event_log::{EventLog, ScenarioEvent, Subject, SCHEMA_VERSION};
+use crate::backend::{local::Local, processes::Processes, sim::Sim, Backend, Deadline};
+use crate::event_log::{EventLog, ScenarioEvent, Subject, Untraced, SCHEMA_VERSION};
 use crate::report::ScriptFailure;
 pub use crate::world::{Settings, Stats};
 
@@ -37,17 +49,17 @@ pub const DEFAULT_SEED: u64 = 1;
 pub struct RunOptions {
     /// The scenario script.
     pub script: PathBuf,
-    /// Root folder, seed, ports, verbosity.
+    /// Root folder, seed, ports, verbosity, backend.
     pub settings: Settings,
     /// Where to write the event log as JSON Lines, if anywhere.
     pub events: Option<PathBuf>,
-    /// The longest the script may run.
+    /// The longest the script may run, in wall-clock time.
     pub time_limit: Duration,
 }
 
 impl RunOptions {
     /// Options for running `script` as the test suite does: in `root`, on
-    /// free ports, quietly, with the default seed.
+    /// free ports, quietly, with the default seed, over real TCP.
     pub fn for_test(script: impl Into<PathBuf>, root: impl Into<PathBuf>) -> RunOptions {
         RunOptions {
             script: script.into(),
@@ -57,6 +69,7 @@ impl RunOptions {
                 ephemeral_ports: true,
                 quiet: true,
                 processes: None,
+                sim: false,
             },
             events: None,
             time_limit: Duration::from_secs(120),
@@ -77,55 +90,90 @@ pub struct Outcome {
     pub failure: Option<ScriptFailure>,
 }
 
+/// How one attempt at a run ended.
+enum Attempt {
+    /// The script ran (to its end, or to an error).
+    Finished(Outcome),
+    /// The simulation needs room for more nodes: start over with `needed`,
+    /// after the `printed` lines this attempt printed already.
+    Again { needed: usize, printed: usize },
+}
+
 /// Runs the scenario. `Err` means the run could not start (no runtime, the
 /// events file cannot be created); a script that fails is an `Ok` outcome
 /// with a `failure`.
 pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let log = Arc::new(EventLog::create(options.events.as_deref()).with_context(|| {
+    let deadline = Deadline::after(options.time_limit);
+    let (mut capacity, mut printed) = (backend::sim::FIRST_CAPACITY, 0);
+    loop {
+        let attempt = {
+            let options = options.clone();
+            std::thread::Builder::new()
+                .name("phile-script".into())
+                .spawn(move || run_attempt(&options, deadline, capacity, printed))
+                .context("cannot start the script thread")?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the script thread panicked"))??
+        };
+        match attempt {
+            Attempt::Finished(outcome) => {
+                return Ok(Outcome {
+                    elapsed: started.elapsed(),
+                    ..outcome
+                })
+            }
+            Attempt::Again {
+                needed,
+                printed: so_far,
+            } => {
+                tracing::info!(needed, "the simulation starts over with room for more nodes");
+                (capacity, printed) = (needed, so_far);
+            }
+        }
+    }
+}
+
+/// One attempt: builds the log, the backend, the engine and the world on
+/// this thread (a simulation lives on the thread that drives it), runs the
+/// script, then stops every node.
+fn run_attempt(options: &RunOptions, deadline: Deadline, capacity: usize, printed: usize) -> anyhow::Result<Attempt> {
+    let settings = &options.settings;
+    let untraced = if settings.sim {
+        Untraced::CurrentOperation
+    } else {
+        Untraced::Refused
+    };
+    let log = Arc::new(EventLog::create(options.events.as_deref(), untraced).with_context(|| {
         format!(
             "cannot create the event log {}",
             options.events.clone().unwrap_or_default().display()
         )
     })?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("phile-node")
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let script_thread = {
-        let (options, log, handle) = (options.clone(), log.clone(), runtime.handle().clone());
-        std::thread::Builder::new()
-            .name("phile-script".into())
-            .spawn(move || run_script(&options, log, handle))
-            .context("cannot start the script thread")?
+    let backend: Box<dyn Backend> = match (&settings.processes, settings.sim) {
+        (_, true) => Box::new(Sim::new(capacity, log.clone(), deadline).context("cannot start the simulation")?),
+        (Some(phile), false) => Box::new(Processes::new(
+            phile.clone(),
+            log.clone(),
+            settings.ephemeral_ports,
+            deadline,
+        )),
+        (None, false) => Box::new(
+            Local::new(log.clone(), settings.ephemeral_ports, deadline).context("cannot start the tokio runtime")?,
+        ),
     };
-    let (stats, failure) = script_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the script thread panicked"))?;
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    if let Some(path) = &options.events {
-        log.finish()
-            .with_context(|| format!("cannot write the event log {}", path.display()))?;
-    }
-    Ok(Outcome {
-        events: log.lines(),
-        stats,
-        elapsed: started.elapsed(),
-        failure,
-    })
-}
-
-/// The script thread: builds the engine and the world, runs the script,
-/// then stops every node.
-fn run_script(
-    options: &RunOptions,
-    log: Arc<EventLog>,
-    runtime: tokio::runtime::Handle,
-) -> (Stats, Option<ScriptFailure>) {
-    let world = Rc::new(world::World::new(runtime, options.settings.clone(), log.clone()));
+    let output = Rc::new(Output::after(printed));
+    let world = Rc::new(world::World::new(
+        backend,
+        settings.clone(),
+        log.clone(),
+        deadline,
+        output.clone(),
+    ));
     let mut engine = Engine::new();
-    guard(&mut engine, options.time_limit);
+    guard(&mut engine, deadline, &world);
+    let printing = output.clone();
+    engine.on_print(move |text| printing.line(text));
     bindings::register(&mut engine, world.clone());
     let scenario = options.script.file_name().map_or_else(
         || options.script.display().to_string(),
@@ -133,48 +181,114 @@ fn run_script(
     );
     let started = ScenarioEvent::ScenarioStarted {
         scenario,
-        seed: options.settings.seed,
+        seed: settings.seed,
         schema: SCHEMA_VERSION,
+        network: if settings.sim { "sim" } else { "tcp" },
     };
     log.record_alone(Subject::Scenario, started);
     let result = engine
         .compile_file(options.script.clone())
         .and_then(|ast| engine.run_ast(&ast));
+    if let Some(needed) = world.needs_room() {
+        return Ok(Attempt::Again {
+            needed,
+            printed: output.printed(),
+        });
+    }
     world.finish();
     let failure = result.err().map(|error| ScriptFailure::new(&error, &options.script));
     let last = match &failure {
         None => ScenarioEvent::ScenarioFinished,
         Some(failure) => ScenarioEvent::ScenarioFailed {
-            error: failure.message_without(&options.settings.root),
+            error: failure.message_without(&settings.root),
             line: failure.line,
             column: failure.column,
         },
     };
+    log.at_line(None);
     log.record_alone(Subject::Scenario, last);
-    (world.stats(), failure)
+    if let Some(path) = &options.events {
+        log.finish()
+            .with_context(|| format!("cannot write the event log {}", path.display()))?;
+    }
+    Ok(Attempt::Finished(Outcome {
+        events: log.lines(),
+        stats: world.stats(),
+        elapsed: Duration::ZERO,
+        failure,
+    }))
+}
+
+/// Where the step lines and the script's own prints go: standard output,
+/// unless quiet. A simulation that starts over skips the lines the earlier
+/// attempt printed already (the run repeats exactly, so they are the same).
+pub struct Output {
+    /// Lines produced so far in this attempt.
+    produced: Cell<usize>,
+    /// Lines printed by earlier attempts: not printed again.
+    skip: usize,
+}
+
+impl Output {
+    /// Output that skips the first `skip` lines.
+    pub fn after(skip: usize) -> Output {
+        Output {
+            produced: Cell::new(0),
+            skip,
+        }
+    }
+
+    /// Prints `text` as one line, unless an earlier attempt did.
+    pub fn line(&self, text: &str) {
+        let produced = self.produced.get() + 1;
+        self.produced.set(produced);
+        if produced > self.skip {
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
+        }
+    }
+
+    /// Lines produced so far.
+    pub fn printed(&self) -> usize {
+        self.produced.get()
+    }
 }
 
 /// Limits that stop a runaway script with a clear error instead of letting
-/// it spin or eat memory.
-fn guard(engine: &mut Engine, time_limit: Duration) {
+/// it spin or eat memory; each says which limit struck and how to raise it
+/// (see the scenario reference, "Limits").
+fn guard(engine: &mut Engine, deadline: Deadline, world: &Rc<world::World>) {
     engine.set_strict_variables(true);
-    engine.set_max_operations(500_000_000);
+    engine.set_max_operations(MAX_OPERATIONS);
     engine.set_max_call_levels(64);
     engine.set_max_expr_depths(64, 64);
-    engine.set_max_string_size(64 * 1024 * 1024);
-    engine.set_max_array_size(1_000_000);
-    engine.set_max_map_size(1_000_000);
-    let start = Instant::now();
+    engine.set_max_string_size(MAX_STRING_BYTES);
+    engine.set_max_array_size(MAX_ARRAY_ITEMS);
+    engine.set_max_map_size(MAX_ARRAY_ITEMS);
+    let world = Rc::downgrade(world);
     engine.on_progress(move |operations| {
         // Reading the clock every operation would cost more than the
         // operations; every 4096th is plenty.
-        if operations % 4096 == 0 && start.elapsed() > time_limit {
+        if operations % 4096 != 0 {
+            return None;
+        }
+        let world = world.upgrade()?;
+        if world.needs_room().is_some() {
+            return Some("the simulation starts over with room for more nodes".into());
+        }
+        if deadline.passed() {
             let message = format!(
                 "the scenario ran longer than its time limit of {} s; raise it with --time-limit",
-                time_limit.as_secs()
+                deadline.limit.as_secs()
             );
             return Some(message.into());
         }
         None
     });
 }
+
+/// The most operations a script may run (Rhai counts each expression).
+pub const MAX_OPERATIONS: u64 = 1_000_000_000;
+/// The longest string a script may build, in bytes.
+pub const MAX_STRING_BYTES: usize = 64 * 1024 * 1024;
+/// The most items an array or map may hold, and the most bytes of a blob.
+pub const MAX_ARRAY_ITEMS: usize = 16 * 1024 * 1024;

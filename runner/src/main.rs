@@ -50,8 +50,15 @@ struct Cli {
     /// Run the tracker and every client as a `phile` process of its own
     /// (found next to phile-run) instead of tasks in one process. The event
     /// log is the same.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sim")]
     processes: bool,
+
+    /// Run on a simulated network in virtual time, all in this process:
+    /// the same tracker and peer code, the same log for a script whose
+    /// outcome does not depend on timing, and a log that repeats exactly
+    /// whatever the script does. Adds latency(), partition(), heal().
+    #[arg(long)]
+    sim: bool,
 
     /// Stop a script that runs longer than this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
             ephemeral_ports: cli.ephemeral_ports,
             quiet: cli.quiet,
             processes: None,
+            sim: cli.sim,
         },
         events: cli.events.clone(),
         time_limit: Duration::from_secs(cli.time_limit),
@@ -156,6 +164,9 @@ fn rerun_command(cli: &Cli) -> String {
     }
     if cli.processes {
         command += " --processes";
+    }
+    if cli.sim {
+        command += " --sim";
     }
     if cli.time_limit != DEFAULT_TIME_LIMIT {
         command += &format!(" --time-limit {}", cli.time_limit);

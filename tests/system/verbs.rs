@@ -320,7 +320,8 @@ fn note_adds_an_event_in_order() {
 
 #[test]
 fn script_errors_carry_line_and_column() {
-    let failure = run_err("let t = tracker(0);\nlet a = client(1);\n\n    a.upload(\"nope\");\n");
+    let failure =
+        run_err("let t = tracker(0);\nlet a = client(1);\na.write(\"nope\", \"x\");\n    a.upload(\"nope\");\n");
     assert_eq!((failure.line, failure.column), (4, 7));
     assert!(
         failure.report.contains("test.rhai:4:7: client 1 is not registered"),
@@ -473,7 +474,17 @@ assert(b.files() == [], "a cut transfer left a file");
     assert!(run_err("let a = client(1); a.kill_after(\"f\", -1);")
         .message
         .contains("not a byte count"));
-    assert!(run_err("set_idle_timeout(0);").message.contains("at least 1 ms"));
+    for out_of_range in [
+        "set_idle_timeout(0);",
+        "set_idle_timeout(1e17);",
+        "set_idle_timeout(-1);",
+    ] {
+        let message = run_err(out_of_range).message;
+        assert!(
+            message.contains("from 0.001 s (1 ms) to 604800 s"),
+            "{out_of_range}: {message}"
+        );
+    }
 }
 
 #[test]

@@ -25,9 +25,9 @@ pub use session::{status, SessionError};
 pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};
-use crate::faults::{Fault, Faults};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::protocol::{ClientId, FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
+use crate::rate::RateLimits;
 use crate::server::{self, Limits, ServerHandle};
 use crate::storage::{Folder, StorageError};
 use crate::trace;
@@ -175,14 +175,14 @@ pub struct Client {
     /// Cancelled when the client stops or crashes: stops the server, cuts
     /// its transfers, ends the session.
     stop: CancellationToken,
-    /// Faults armed on its peer server.
-    faults: Arc<Faults>,
     /// What watches its downloads, if anything.
     progress: Option<Arc<dyn Progress>>,
     /// Reports its events.
     reporter: Reporter,
     /// Timeouts for the connections it opens.
     limits: Limits,
+    /// Caps on its upload and download, over all its peer transfers.
+    rate: Arc<RateLimits>,
     /// The address it asks the tracker to give out, if not the default.
     advertise: Option<SocketAddr>,
 }
@@ -210,16 +210,15 @@ impl Client {
         let folder = Arc::new(folder.on(host.clone()));
         let reporter = Reporter::new(Node::Client(id), config.events.clone());
         let stop = CancellationToken::new();
-        let faults = Arc::new(Faults::default());
         let seeder = Arc::new(Seeder {
             folder: folder.clone(),
             reporter: reporter.clone(),
-            faults: faults.clone(),
-            stop: stop.clone(),
             request_timeout: config.limits.request_timeout,
         });
         let serve = move |connection| seeder.clone().serve(connection);
-        let server = server::spawn(host.clone(), listener.into(), config.limits, stop.clone(), serve)?;
+        let rate = Arc::new(RateLimits::default());
+        let listener = rate.wrap_listener(listener.into());
+        let server = server::spawn(host.clone(), listener, config.limits, stop.clone(), serve)?;
         let session = Arc::new(Mutex::new(None));
         host.spawn(Box::pin(end_session_on_stop(stop.clone(), Arc::downgrade(&session))));
         Ok(Client {
@@ -229,10 +228,10 @@ impl Client {
             server,
             session,
             stop,
-            faults,
             progress: config.progress,
             reporter,
             limits: config.limits,
+            rate,
             advertise: config.advertise,
         })
     }
@@ -377,6 +376,7 @@ impl Client {
                 file,
                 &source,
                 self.limits,
+                &self.rate,
                 progress,
             )
             .await;
@@ -491,9 +491,11 @@ impl Client {
         Ok(reply?)
     }
 
-    /// Arms a fault on this client's peer server.
-    pub fn arm(&self, fault: Fault) {
-        self.faults.arm(fault);
+    /// Caps the client's upload and download at `up` and `down` bytes per
+    /// second (0: no cap), over all its transfers with other peers together;
+    /// transfers under way slow down or speed up at once.
+    pub fn set_rate(&self, up: u64, down: u64) {
+        self.rate.set(up, down);
     }
 
     /// Whether the client has stopped (shut down, left, or crashed).
@@ -512,20 +514,21 @@ impl Client {
     /// transfers are cut mid-stream, the tracker session ends without a
     /// goodbye.
     pub async fn kill(&self) {
-        self.crash(None);
+        self.crash(trace::next(), None);
         self.session.lock().await.take();
         self.server.shutdown().await;
     }
 
     /// Crashes the client at once, from anywhere (a fault striking inside
-    /// a transfer): reports `killed`, silences the client, and stops it.
-    /// Its session is dropped by the task watching for the stop.
-    pub fn crash(&self, struck: Option<(FileName, u64)>) {
+    /// a transfer traced `trace`, after sending `struck`'s bytes of its
+    /// file): reports `killed`, silences the client, and stops it. Its
+    /// session is dropped by the task watching for the stop.
+    pub fn crash(&self, trace: Trace, struck: Option<(FileName, u64)>) {
         if self.stop.is_cancelled() {
             return;
         }
         let (file, sent) = struck.unzip();
-        self.reporter.report(trace::next(), Event::Killed { file, sent });
+        self.reporter.report(trace, Event::Killed { file, sent });
         self.reporter.silence();
         self.stop.cancel();
     }

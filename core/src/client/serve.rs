@@ -3,12 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, Reporter};
-use crate::faults::{Fault, FaultKind, Faults};
-use crate::protocol::{ClientId, FileName, PeerReply, PeerRequest, Request, Trace};
+use crate::protocol::{ClientId, FileName, PeerReply, PeerRequest, Request};
 use crate::storage::{Folder, StorageError};
 
 /// What a peer server needs, shared by all its connections.
@@ -17,10 +14,6 @@ pub(crate) struct Seeder {
     pub folder: Arc<Folder>,
     /// Reports its events.
     pub reporter: Reporter,
-    /// Faults armed on it.
-    pub faults: Arc<Faults>,
-    /// Cancelled when the client stops or crashes (a fault may crash it).
-    pub stop: CancellationToken,
     /// How long a new connection may take to ask for something.
     pub request_timeout: Duration,
 }
@@ -44,7 +37,7 @@ impl Seeder {
             return Ok(());
         };
         match request.body {
-            PeerRequest::Get { file, client } => self.send_file(connection, request.trace, file, client).await,
+            PeerRequest::Get { file, client } => self.send_file(connection, file, client).await,
             PeerRequest::Received { .. } => {
                 let reason = "nothing was sent to confirm: ask with `get` first".to_owned();
                 connection.write(&PeerReply::Refused { reason }).await
@@ -55,7 +48,6 @@ impl Seeder {
     async fn send_file(
         &self,
         connection: &mut Connection,
-        trace: Trace,
         file: FileName,
         to: ClientId,
     ) -> Result<(), ConnectionError> {
@@ -73,11 +65,6 @@ impl Seeder {
         };
         let info = content.info();
         connection.write(&PeerReply::File { info }).await?;
-        if let Some(fault) = self.faults.take(&file) {
-            let sent = fault.after.min(info.size);
-            connection.write_body(&mut content, sent).await?;
-            return self.strike(connection, trace, fault, sent).await;
-        }
         connection.write_body(&mut content, info.size).await?;
         match connection.read::<Request<PeerRequest>>().await? {
             Some(Request {
@@ -101,35 +88,6 @@ impl Seeder {
             }
             Some(other) => tracing::info!(%node, %to, "{to} answered {other:?} instead of confirming {file}"),
             None => tracing::info!(%node, %to, "{to} closed the connection without confirming {file}"),
-        }
-        Ok(())
-    }
-
-    /// Fires an armed fault, `sent` bytes into the transfer traced `trace`.
-    async fn strike(
-        &self,
-        connection: &mut Connection,
-        trace: Trace,
-        fault: Fault,
-        sent: u64,
-    ) -> Result<(), ConnectionError> {
-        match fault.kind {
-            FaultKind::Kill => {
-                let event = Event::Killed {
-                    file: Some(fault.file),
-                    sent: Some(sent),
-                };
-                self.reporter.report(trace, event);
-                // Stops the server, cutting every transfer (this one as soon
-                // as it returns), and drops the tracker session.
-                self.stop.cancel();
-            }
-            FaultKind::Stall => {
-                // Hang on to the connection, sending nothing, until the
-                // downloader gives up and closes it (or the client stops).
-                const FOREVER: Duration = Duration::from_secs(24 * 60 * 60);
-                let _ = connection.read_within::<Request<PeerRequest>>(FOREVER).await;
-            }
         }
         Ok(())
     }

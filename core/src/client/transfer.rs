@@ -1,8 +1,11 @@
 //! Fetching one file from one peer, verified against the tracker's record.
 
+use std::sync::Arc;
+
 use crate::connection::{BodySink, Connection, ConnectionError};
 use crate::host::Host;
 use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
+use crate::rate::RateLimits;
 use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
 use crate::trace;
@@ -73,6 +76,7 @@ impl TransferError {
 
 /// Fetches `file` from `source` into a temporary file of `folder` and checks
 /// it against `source.info`. Nothing is left in the folder on failure.
+#[allow(clippy::too_many_arguments)] // each is a different concern of one transfer
 pub(crate) async fn fetch(
     host: &dyn Host,
     me: ClientId,
@@ -80,10 +84,12 @@ pub(crate) async fn fetch(
     file: &FileName,
     source: &Source,
     limits: Limits,
+    rate: &Arc<RateLimits>,
     progress: Option<&dyn Progress>,
 ) -> Result<Received, TransferError> {
     let expected = source.info;
-    let mut connection = Connection::connect(host, source.addr, limits.idle_timeout)
+    let wrap = |stream| rate.wrap(stream);
+    let mut connection = Connection::connect_wrapped(host, source.addr, limits.idle_timeout, wrap)
         .await
         .map_err(TransferError::Unreachable)?;
     let get = PeerRequest::Get {

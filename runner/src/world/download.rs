@@ -2,15 +2,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::Duration;
 
-use phile_core::client::{DownloadError, Downloaded};
-use phile_core::events::{Event, EventSink, Node};
-use phile_core::{ClientId, FileInfo, FileName};
+use phile_core::client::Downloaded;
+use phile_core::{FileInfo, FileName, Trace};
 
-use super::instance::{Instance, Pending};
-use super::{bytes, parse_name, ClientRef, Verdict, World};
-use crate::agent::Failure;
+use super::{bytes, explain, parse_name, ClientRef, Verdict, World};
+use crate::backend::NodeKey;
+use crate::command::{Command, NodeError, Reply};
 
 /// The outcome of one download, as the script sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +27,7 @@ pub struct Delivered {
     pub from: u64,
     /// Size and SHA-1.
     pub info: FileInfo,
-    /// Wall-clock seconds it took (never logged).
+    /// Seconds it took, virtual under simulation (never logged).
     pub secs: f64,
 }
 
@@ -37,14 +36,15 @@ pub struct Delivered {
 pub struct Transfer(Rc<RefCell<TransferState>>);
 
 enum TransferState {
-    /// Fetching in the background.
+    /// Fetching in the background, as the node's transfer `number`, within
+    /// the operation traced `trace` (still open).
     Running {
-        /// The downloader, and the instance that started the transfer.
         c: ClientRef,
-        client: Instance,
+        node: NodeKey,
         file: FileName,
-        started: Instant,
-        pending: Pending,
+        number: u64,
+        trace: Trace,
+        started: Duration,
     },
     /// Waited for: its result.
     Done(DownloadResult),
@@ -56,35 +56,27 @@ impl World {
     /// `c.download(name)`.
     pub fn download(&self, c: &ClientRef, name: &str) -> Verdict<DownloadResult> {
         let file = parse_name(name)?;
-        let client = self.registered(c)?;
-        let started = Instant::now();
-        let outcome = self.operation(|trace| client.download(&self.runtime, &file, trace));
-        self.conclude(c, file, outcome, started)
+        let node = self.live(c)?;
+        let started = self.now();
+        let reply = self.operation(|trace| self.call(node, trace, Command::Download { file: file.clone() }))?;
+        self.conclude(c, file, reply, started)
     }
 
-    /// Turns a download's outcome into the script's result, or a script
-    /// error when the client itself failed.
-    fn conclude(
-        &self,
-        c: &ClientRef,
-        file: FileName,
-        outcome: Result<Downloaded, Failure>,
-        started: Instant,
-    ) -> Verdict<DownloadResult> {
+    /// Turns a node's reply to a download into the script's result, or a
+    /// script error when the client itself failed.
+    fn conclude(&self, c: &ClientRef, file: FileName, reply: Reply, started: Duration) -> Verdict<DownloadResult> {
         self.count(|s| s.steps += 1);
-        let outcome = match outcome {
-            Ok(Downloaded { from, info }) => {
-                let secs = started.elapsed().as_secs_f64();
+        let outcome = match reply {
+            Reply::Downloaded {
+                downloaded: Downloaded { from, info },
+            } => {
+                let secs = (self.now() - started).as_secs_f64();
                 self.count(|s| s.downloads_ok += 1);
                 let sha1 = info.sha1.to_string();
-                let ms = secs * 1e3;
-                let size = bytes(info.size);
+                let (size, ms) = (bytes(info.size), secs * 1e3);
                 self.say(
                     c.id,
-                    format_args!(
-                        "download {file}: ok from {from} ({size}, sha1 {:.8}…, {ms:.1} ms)",
-                        sha1
-                    ),
+                    format_args!("download {file}: ok from {from} ({size}, sha1 {sha1:.8}…, {ms:.1} ms)"),
                 );
                 Ok(Delivered {
                     from: from.0,
@@ -92,14 +84,22 @@ impl World {
                     secs,
                 })
             }
-            Err(Failure::Client(error)) => {
-                return Err(format!("client {} cannot download {file}: {error}", c.id));
-            }
-            Err(Failure::Expected(error)) => {
+            // A downloader that went down while its transfer ran.
+            Reply::Failed {
+                error: error @ NodeError::Stopped(_),
+            } => {
+                let error = error.to_string();
                 self.count(|s| s.downloads_failed += 1);
                 self.say(c.id, format_args!("download {file}: failed: {error}"));
                 Err(error)
             }
+            Reply::NotDownloaded { error } => {
+                self.count(|s| s.downloads_failed += 1);
+                self.say(c.id, format_args!("download {file}: failed: {error}"));
+                Err(error)
+            }
+            Reply::Failed { error } => return Err(explain(format!("client {} cannot download {file}", c.id), error)),
+            other => return Err(format!("client {} answered {other:?} to a download", c.id)),
         };
         Ok(DownloadResult {
             file: file.to_string(),
@@ -111,35 +111,29 @@ impl World {
     /// background; the file is announced when the script waits for it.
     pub fn start_download(&self, c: &ClientRef, name: &str) -> Verdict<Transfer> {
         let file = parse_name(name)?;
-        let client = self.registered(c)?;
-        let started = Instant::now();
-        let mut trace = self.log.begin();
-        let state = match client.locate(&self.runtime, &file, &mut trace) {
-            Ok(Some(source)) => {
-                let pending = client.receive(&self.runtime, &file, source, trace);
-                self.say(c.id, format_args!("start download {file} from {}", source.peer));
+        let node = self.live(c)?;
+        let started = self.now();
+        let number = self.next_transfer.replace(self.next_transfer.get() + 1);
+        let trace = self.log.begin();
+        let command = Command::StartDownload {
+            file: file.clone(),
+            transfer: number,
+        };
+        let state = match self.call(node, trace, command) {
+            Reply::Started { from } => {
+                self.say(c.id, format_args!("start download {file} from {from}"));
                 TransferState::Running {
                     c: *c,
-                    client,
+                    node,
                     file,
+                    number,
+                    trace,
                     started,
-                    pending,
                 }
             }
-            Ok(None) => {
-                // What the client reports when no holder is left.
-                let error = DownloadError::NoPeer(file.clone()).to_string();
-                let event = Event::DownloadFailed {
-                    file: file.clone(),
-                    error: error.clone(),
-                };
-                self.log.record(trace.advance(), Node::Client(ClientId(c.id)), event);
-                self.end(trace);
-                TransferState::Done(self.conclude(c, file, Err(Failure::Expected(error)), started)?)
-            }
-            Err(error) => {
-                self.end(trace);
-                return Err(format!("client {} cannot download {file}: {error}", c.id));
+            reply => {
+                self.end(trace)?;
+                TransferState::Done(self.conclude(c, file, reply, started)?)
             }
         };
         let transfer = Transfer(Rc::new(RefCell::new(state)));
@@ -150,33 +144,30 @@ impl World {
     /// `x.wait()`: the transfer's result, announcing its file first.
     pub fn wait(&self, transfer: &Transfer) -> Verdict<DownloadResult> {
         let mut state = transfer.0.borrow_mut();
-        let (c, client, file, started, pending) = match &mut *state {
+        let (c, node, file, number, trace, started) = match &*state {
             TransferState::Done(result) => return Ok(result.clone()),
             TransferState::Broken(error) => return Err(error.clone()),
             TransferState::Running {
                 c,
-                client,
+                node,
                 file,
+                number,
+                trace,
                 started,
-                pending,
-            } => (*c, client.clone(), file.clone(), *started, pending),
+            } => (*c, *node, file.clone(), *number, *trace, *started),
         };
-        let result = client.finish(&self.runtime, pending).and_then(|(received, mut trace)| {
-            let outcome = match received {
-                Ok(downloaded) => client
-                    .announce(&self.runtime, &file, downloaded.info, &mut trace)
-                    .map(|()| downloaded)
-                    .map_err(Failure::Client),
-                Err(failure) => Err(failure),
-            };
-            self.end(trace);
-            self.conclude(&c, file, outcome, started)
-        });
+        let reply = self.call(node, trace, Command::FinishDownload { transfer: number });
+        let result = self.end(trace).and_then(|()| self.conclude(&c, file, reply, started));
         // Whatever happened, the transfer is over: never wait on it twice.
         *state = match &result {
             Ok(done) => TransferState::Done(done.clone()),
             Err(error) => TransferState::Broken(error.clone()),
         };
         result
+    }
+
+    /// Time since the run started: virtual under simulation.
+    pub(super) fn now(&self) -> Duration {
+        self.backend.borrow().now()
     }
 }

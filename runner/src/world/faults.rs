@@ -6,12 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use phile_core::events::Node;
-use phile_core::faults::{Fault, FaultKind};
 use phile_core::storage::Folder;
 use phile_core::ClientId;
 
 use super::{parse_name, ClientRef, Verdict, World};
+use crate::command::{Command, Reply};
 use crate::event_log::{ScenarioEvent, Subject};
+use crate::faults::{Fault, FaultKind};
 
 impl World {
     fn mark_down(&self, c: &ClientRef, why: &'static str) {
@@ -22,8 +23,10 @@ impl World {
 
     /// `c.kill()`: a crash. Returns once the tracker has noticed.
     pub fn kill(&self, c: &ClientRef) -> Verdict<()> {
-        let client = self.live(c)?;
-        self.operation(|trace| client.kill(&self.runtime, &self.log, trace));
+        let node = self.live(c)?;
+        // The tracker's noticing (`client_lost`) is awaited by the log,
+        // which sees the client's `killed`.
+        self.operation(|trace| self.call(node, trace, Command::Kill))?;
         self.mark_down(c, "killed");
         self.count(|s| s.steps += 1);
         self.say(c.id, "killed: server stopped, transfers cut, session dropped");
@@ -32,16 +35,15 @@ impl World {
 
     /// `c.leave()`: says goodbye to the tracker, then stops.
     pub fn leave(&self, c: &ClientRef) -> Verdict<()> {
-        let client = self.live(c)?;
-        self.operation(|trace| {
-            self.log.record_in(
-                trace.advance(),
-                Subject::Node(Node::Client(ClientId(c.id))),
-                ScenarioEvent::Left,
-            );
-            client.leave(&self.runtime, trace)
-        })
-        .map_err(|error| format!("client {} could not leave cleanly: {error}", c.id))?;
+        let node = self.live(c)?;
+        let reply = self.operation(|mut trace| {
+            let subject = Subject::Node(Node::Client(ClientId(c.id)));
+            self.log.record_in(trace.advance(), subject, ScenarioEvent::Left);
+            self.call(node, trace, Command::Leave)
+        })?;
+        if let Reply::Failed { error } = reply {
+            return Err(format!("client {} could not leave cleanly: {error}", c.id));
+        }
         self.mark_down(c, "left");
         self.count(|s| s.steps += 1);
         self.say(c.id, "left: the tracker forgot it, server stopped");
@@ -51,36 +53,30 @@ impl World {
     /// `c.restart()`: a killed or departed client comes back with its folder
     /// as it was, registers again and announces what it holds.
     pub fn restart(&self, c: &ClientRef) -> Verdict<()> {
-        let (dir, port, tracker, down) = {
-            let clients = self.clients.borrow();
-            let slot = clients
-                .get(&c.id)
-                .ok_or_else(|| format!("client {} does not exist", c.id))?;
-            // A fault may have crashed it without the script saying so.
-            let down = slot.down.is_some() || slot.client.is_stopped();
-            (slot.dir.clone(), slot.port, slot.tracker, down)
-        };
-        if !down {
+        if self.down(c)?.is_none() {
             return Err(format!(
                 "client {} is running: only a killed or departed client can restart",
                 c.id
             ));
         }
-        let folder = Folder::open(&dir).map_err(|e| format!("cannot reopen the folder of client {}: {e}", c.id))?;
-        let client = self.start_client(c.id, folder, port)?;
+        let (dir, port, tracker) = self.slot(c, |slot| (slot.dir.clone(), slot.port, slot.tracker))?;
+        // Leftovers of the downloads it was making when it went down go.
+        Folder::open(&dir).map_err(|e| format!("cannot reopen the folder of client {}: {e}", c.id))?;
+        let node = self.start_client(c.id, &dir, port)?;
         if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {
-            slot.client = client.clone();
+            slot.node = node;
             slot.down = None;
         }
-        let announced = self.operation(|trace| {
+        let reply = self.operation(|mut trace| {
             let subject = Subject::Node(Node::Client(ClientId(c.id)));
             self.log.record_in(trace.advance(), subject, ScenarioEvent::Restarted);
-            let Some(tracker) = tracker else { return Ok(0) };
-            client.register(&self.runtime, tracker, trace)?;
-            client.announce_held(&self.runtime, trace)
-        });
-        let announced =
-            announced.map_err(|error| format!("client {} restarted but could not rejoin: {error}", c.id))?;
+            self.call(node, trace, Command::Rejoin { tracker })
+        })?;
+        let announced = match reply {
+            Reply::Announced { files } => files,
+            Reply::Failed { error } => return Err(format!("client {} restarted but could not rejoin: {error}", c.id)),
+            other => return Err(format!("client {} answered {other:?} to a restart", c.id)),
+        };
         self.count(|s| s.steps += 1);
         match tracker {
             Some(_) => self.say(
@@ -100,15 +96,14 @@ impl World {
     /// client keeps believing its copy is good: a failing disk, a lying peer.
     pub fn corrupt(&self, c: &ClientRef, name: &str) -> Verdict<()> {
         let file = parse_name(name)?;
-        let instance = self.instance(c)?;
-        if !instance.folder().contains(&file) {
+        let folder = self.folder_of(c)?;
+        if !folder.contains(&file) {
             return Err(format!(
                 "client {} cannot corrupt {file}: its folder has no such file",
                 c.id
             ));
         }
-        let path = instance.folder().path(&file);
-        flip_middle_byte(&path).map_err(|e| format!("client {} cannot corrupt {file}: {e}", c.id))?;
+        flip_middle_byte(&folder.path(&file)).map_err(|e| format!("client {} cannot corrupt {file}: {e}", c.id))?;
         let event = ScenarioEvent::Corrupted { file: file.to_string() };
         self.log
             .record_alone(Subject::Node(Node::Client(ClientId(c.id))), event);
@@ -123,23 +118,27 @@ impl World {
     /// `c.kill_after(name, bytes)` and `c.stall_after(name, bytes)`.
     pub fn arm(&self, c: &ClientRef, kind: FaultKind, name: &str, after: i64) -> Verdict<()> {
         let file = parse_name(name)?;
-        let verb = match kind {
-            FaultKind::Kill => "kill_after",
-            FaultKind::Stall => "stall_after",
-        };
+        let verb = kind.verb();
         let after = u64::try_from(after).map_err(|_| format!("{verb}: {after} is not a byte count (0 or more)"))?;
-        self.live(c)?.arm(Fault {
+        let node = self.live(c)?;
+        let fault = Fault {
             kind,
             file: file.clone(),
             after,
-        });
+        };
         let event = ScenarioEvent::FaultArmed {
             fault: verb.to_owned(),
             file: file.to_string(),
             after,
         };
-        self.log
-            .record_alone(Subject::Node(Node::Client(ClientId(c.id))), event);
+        let reply = self.operation(|mut trace| {
+            let subject = Subject::Node(Node::Client(ClientId(c.id)));
+            self.log.record_in(trace.advance(), subject, event);
+            self.call(node, trace, Command::Arm { fault })
+        })?;
+        if let Reply::Failed { error } = reply {
+            return Err(format!("client {} cannot arm {verb}: {error}", c.id));
+        }
         self.count(|s| s.steps += 1);
         self.say(c.id, format_args!("{verb} {file} {after}: armed"));
         Ok(())

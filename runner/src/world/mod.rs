@@ -1,45 +1,50 @@
 //! The world of one scenario run: its tracker and clients, and what each
 //! script verb does to them.
 //!
-//! The script thread calls these methods; each one that talks to the
-//! network blocks on the tokio runtime (which runs the nodes on its own
-//! worker threads) until its operation is over. Errors come back as a
-//! sentence for the user; the bindings give it the script position.
+//! The script thread calls these methods. Verbs that act on a node become a
+//! [`Command`] the backend carries to it (whichever way the nodes run:
+//! here, in processes, or simulated); verbs on a client's folder (write,
+//! read, corrupt) work on the folder directly, whether the client is up or
+//! down. Errors come back as a sentence for the user; the bindings give it
+//! the script position.
 //!
 //! Downloads live in [`download`], faults (kill, leave, restart, corrupt)
-//! in [`faults`].
+//! in [`faults`], time and the network in [`network`].
 
 mod download;
 mod faults;
-mod instance;
-mod remote;
+mod network;
+
+pub use network::NodeRef;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use phile_core::events::Node;
 use phile_core::storage::Folder;
-use phile_core::{Client, ClientConfig, ClientId, FileInfo, FileName, Limits, Trace, Tracker, TrackerConfig};
+use phile_core::{ClientId, FileInfo, FileName, Limits, Trace};
 use rand::Rng as _;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
-use tokio::net::TcpListener;
-use tokio::runtime::Handle;
 
+use crate::backend::{Backend, Deadline, NodeKey, StartError};
+use crate::command::{Command, NodeError, Reply};
 use crate::event_log::{EventLog, ScenarioEvent, Subject};
+use crate::node::NodeSpec;
 use crate::tree::Tree;
-use instance::{Instance, RemoteClient, TrackerInstance};
-use remote::Agent;
+use crate::Output;
 
 pub use download::{Delivered, DownloadResult, Transfer};
 
-/// The longest a step waits for the tracker to notice a client it killed.
+/// How long the tracker gets to notice a client that went away, over real
+/// networks, before the operation fails.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A user-facing error message; the bindings add the script position.
@@ -59,6 +64,8 @@ pub struct Settings {
     /// Run every tracker and client as a `phile` process of its own, using
     /// this binary (`--processes`); `None`: all in this process.
     pub processes: Option<PathBuf>,
+    /// Run on a simulated network in virtual time (`--sim`).
+    pub sim: bool,
 }
 
 /// What a run did, for the closing summary.
@@ -79,10 +86,12 @@ pub struct Stats {
 pub struct TrackerRef {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its node.
+    key: NodeKey,
 }
 
-/// A client, as the script holds it: its id. The running instance behind
-/// it changes when the client is restarted.
+/// A client, as the script holds it: its id. The running node behind it
+/// changes when the client is restarted.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientRef {
     /// The client's id.
@@ -91,28 +100,28 @@ pub struct ClientRef {
 
 /// What the world keeps of each client.
 struct Slot {
-    /// The running instance, or the last one if it is down.
-    client: Instance,
+    /// The running node, or the last one if it is down.
+    node: NodeKey,
     /// Its folder.
     dir: PathBuf,
     /// The port it was started on (0: any); a restart binds it again.
     port: u16,
     /// The tracker it last registered with; a restart registers there again.
     tracker: Option<SocketAddr>,
-    /// Why it is down, when it is ("killed", "left").
+    /// Why it is down, when the script put it down ("killed", "left").
     down: Option<&'static str>,
 }
 
 /// The state of one scenario run.
 pub struct World {
-    /// The runtime the nodes run on.
-    runtime: Handle,
+    /// How the nodes run.
+    backend: RefCell<Box<dyn Backend>>,
     /// The run's settings.
     settings: Settings,
     /// The event log every node reports to.
     log: Arc<EventLog>,
     /// Every tracker started, to stop at the end.
-    trackers: RefCell<Vec<TrackerInstance>>,
+    trackers: RefCell<Vec<NodeKey>>,
     /// Every client started, by id.
     clients: RefCell<BTreeMap<u64, Slot>>,
     /// Timeouts for nodes started from now on (`set_idle_timeout`).
@@ -120,23 +129,57 @@ pub struct World {
     /// Every transfer started, so the end of the run can wait for the
     /// ones the script did not.
     transfers: RefCell<Vec<Transfer>>,
+    /// The number the next transfer gets.
+    next_transfer: Cell<u64>,
     /// Counts for the summary.
     stats: Cell<Stats>,
+    /// When the run must stop.
+    deadline: Deadline,
+    /// Where step lines go.
+    output: Rc<Output>,
+    /// Set when the simulation ran out of room for nodes: the run starts
+    /// over with room for this many.
+    needs_room: Cell<Option<usize>>,
 }
 
 impl World {
-    /// A world with no nodes yet.
-    pub fn new(runtime: Handle, settings: Settings, log: Arc<EventLog>) -> World {
+    /// A world with no nodes yet, running them on `backend`.
+    pub fn new(
+        backend: Box<dyn Backend>,
+        settings: Settings,
+        log: Arc<EventLog>,
+        deadline: Deadline,
+        output: Rc<Output>,
+    ) -> World {
         World {
-            runtime,
+            backend: RefCell::new(backend),
             settings,
             log,
             trackers: RefCell::default(),
             clients: RefCell::default(),
             limits: Cell::new(Limits::default()),
             transfers: RefCell::default(),
+            next_transfer: Cell::new(1),
             stats: Cell::default(),
+            deadline,
+            output,
+            needs_room: Cell::new(None),
         }
+    }
+
+    /// How many nodes the simulation must make room for, when this attempt
+    /// ran out: the run then starts over.
+    pub fn needs_room(&self) -> Option<usize> {
+        self.needs_room.get()
+    }
+
+    /// Starts a node, noting when the simulation has no room left.
+    fn start_node(&self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
+        let started = self.backend.borrow_mut().start(spec, port);
+        if let Err(StartError::OutOfHosts(out)) = &started {
+            self.needs_room.set(Some(out.needed));
+        }
+        started
     }
 
     /// The counts so far.
@@ -150,109 +193,121 @@ impl World {
         self.stats.set(stats);
     }
 
+    /// Prints `text` (the tree, the script's own output), quiet or not.
+    pub fn print(&self, text: &str) {
+        self.output.line(text);
+    }
+
     /// Prints one step line, unless quiet.
     fn say(&self, who: impl std::fmt::Display, what: impl std::fmt::Display) {
         if !self.settings.quiet {
-            let mut out = io::stdout().lock();
-            let _ = writeln!(out, "{who:>8}  {what}");
+            self.output.line(&format!("{who:>8}  {what}"));
         }
+    }
+
+    /// The script line of the call being made: the events it causes carry it.
+    pub fn at_line(&self, line: Option<u32>) {
+        self.log.at_line(line);
+    }
+
+    /// Fails with the time limit's message once the run is past it.
+    pub fn check_time_limit(&self) -> Verdict<()> {
+        if self.deadline.passed() {
+            return Err(NodeError::TimeLimit(self.deadline.limit.as_secs()).to_string());
+        }
+        Ok(())
     }
 
     /// Runs `operation` as one logged operation.
-    fn operation<T>(&self, operation: impl FnOnce(&mut Trace) -> T) -> T {
-        let mut trace = self.log.begin();
-        let result = operation(&mut trace);
-        self.end(trace);
-        result
+    fn operation<T>(&self, operation: impl FnOnce(Trace) -> T) -> Verdict<T> {
+        let trace = self.log.begin();
+        let result = operation(trace);
+        self.end(trace)?;
+        Ok(result)
     }
 
-    /// Ends an operation, and waits until the tracker has noticed any client
-    /// the operation killed: the next step then meets the tracker as it will
-    /// be, not as it happens to be at that instant.
-    fn end(&self, trace: Trace) {
-        self.sync_processes();
+    /// Ends an operation once what it set off has happened: the events its
+    /// nodes reported are in, and the tracker has noticed any client it put
+    /// down, so the next step meets the nodes as they will be.
+    fn end(&self, trace: Trace) -> Verdict<()> {
+        let log = self.log.clone();
+        self.backend.borrow_mut().settle(&move || !log.awaits(trace.op));
         self.log.end(trace.op);
-        self.log.settle(trace.op, SETTLE_LIMIT);
-    }
-
-    /// In process mode, waits until every node process has delivered the
-    /// events it reported so far (they travel on pipes of their own).
-    fn sync_processes(&self) {
-        if self.settings.processes.is_none() {
-            return;
-        }
-        for tracker in self.trackers.borrow().iter() {
-            tracker.sync();
-        }
-        let clients: Vec<Instance> = self.clients.borrow().values().map(|slot| slot.client.clone()).collect();
-        for client in clients {
-            client.sync();
+        let limit = if self.settings.sim {
+            Duration::ZERO
+        } else {
+            SETTLE_LIMIT
+        };
+        self.log.settle(trace.op, limit)?;
+        match self.log.misplaced() {
+            Some(misplaced) => Err(format!("the event log lost its order: {misplaced}")),
+            None => self.check_time_limit(),
         }
     }
 
-    /// The instance of client `c`, up or down (its folder is always there).
-    fn instance(&self, c: &ClientRef) -> Verdict<Instance> {
+    /// Carries `command` to `node`.
+    fn call(&self, node: NodeKey, trace: Trace, command: Command) -> Reply {
+        self.backend.borrow_mut().call(node, trace, command)
+    }
+
+    /// Carries `command` to `node` as one operation; its error, if any, as
+    /// a sentence.
+    fn act(&self, node: NodeKey, command: Command) -> Verdict<Result<Reply, NodeError>> {
+        let reply = self.operation(|trace| self.call(node, trace, command))?;
+        Ok(match reply {
+            Reply::Failed { error } => Err(error),
+            reply => Ok(reply),
+        })
+    }
+
+    fn slot<T>(&self, c: &ClientRef, read: impl FnOnce(&Slot) -> T) -> Verdict<T> {
         let clients = self.clients.borrow();
         let slot = clients
             .get(&c.id)
             .ok_or_else(|| format!("client {} does not exist", c.id))?;
-        Ok(slot.client.clone())
+        Ok(read(slot))
     }
 
-    /// The running instance of client `c`; an error if it is down.
-    fn live(&self, c: &ClientRef) -> Verdict<Instance> {
-        let clients = self.clients.borrow();
-        let slot = clients
-            .get(&c.id)
-            .ok_or_else(|| format!("client {} does not exist", c.id))?;
-        // A fault may have crashed it without the script saying so.
-        let down = slot.down.or_else(|| slot.client.is_stopped().then_some("killed"));
-        match down {
-            None => Ok(slot.client.clone()),
+    /// The folder of client `c`, up or down.
+    fn folder_of(&self, c: &ClientRef) -> Verdict<Folder> {
+        let dir = self.slot(c, |slot| slot.dir.clone())?;
+        Folder::open(&dir).map_err(|e| format!("cannot open the folder of client {}: {e}", c.id))
+    }
+
+    /// Why client `c` is down, if it is: put down by the script, or
+    /// crashed by a fault.
+    fn down(&self, c: &ClientRef) -> Verdict<Option<&'static str>> {
+        let (node, down) = self.slot(c, |slot| (slot.node, slot.down))?;
+        Ok(down.or_else(|| self.backend.borrow().is_down(node).then_some("killed")))
+    }
+
+    /// The running node of client `c`; an error if it is down.
+    fn live(&self, c: &ClientRef) -> Verdict<NodeKey> {
+        match self.down(c)? {
+            None => self.slot(c, |slot| slot.node),
             Some(why) => Err(format!("client {} is down ({why}): call c.restart() first", c.id)),
         }
     }
 
-    /// The running instance of `c`, which must be registered.
-    fn registered(&self, c: &ClientRef) -> Verdict<Instance> {
-        let client = self.live(c)?;
-        if client.is_registered(&self.runtime) {
-            Ok(client)
-        } else {
-            Err(format!(
-                "client {} is not registered: call c.register(tracker) first",
-                c.id
-            ))
+    fn spec(&self, client: Option<u64>, dir: Option<PathBuf>) -> NodeSpec {
+        NodeSpec {
+            client,
+            dir,
+            seed: self.settings.seed,
+            limits: self.limits.get(),
         }
-    }
-
-    fn listen_addr(&self, port: u16) -> SocketAddr {
-        let port = if self.settings.ephemeral_ports { 0 } else { port };
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-    }
-
-    fn bind(&self, what: &str, port: u16) -> Verdict<TcpListener> {
-        let addr = self.listen_addr(port);
-        self.runtime
-            .block_on(TcpListener::bind(addr))
-            .map_err(|error| match error.kind() {
-                io::ErrorKind::AddrInUse => format!(
-                    "cannot start {what}: port {port} is in use (another phile-run still running?); \
-                 stop it, or run with --ephemeral-ports"
-                ),
-                _ => format!("cannot start {what} on {addr}: {error}"),
-            })
     }
 
     /// `set_idle_timeout(seconds)`: the idle timeout of nodes started after.
     pub fn set_idle_timeout(&self, seconds: f64) -> Verdict<()> {
+        const LONGEST: Duration = Duration::from_secs(7 * 24 * 3600);
         let timeout = Duration::try_from_secs_f64(seconds)
             .ok()
-            .filter(|timeout| *timeout >= Duration::from_millis(1))
-            .ok_or_else(|| format!("an idle timeout of {seconds} s is not a duration of at least 1 ms (0.001)"))?;
-        let mut limits = self.limits.get();
-        limits.idle_timeout = timeout;
-        self.limits.set(limits);
+            .filter(|timeout| (Duration::from_millis(1)..=LONGEST).contains(timeout))
+            .ok_or_else(|| {
+                format!("an idle timeout of {seconds} s is out of range: give a duration from 0.001 s (1 ms) to 604800 s (a week)")
+            })?;
+        self.limits.set(self.limits.get().with_idle_timeout(timeout));
         self.say("scenario", format_args!("idle timeout of new nodes: {seconds} s"));
         Ok(())
     }
@@ -260,33 +315,19 @@ impl World {
     /// `tracker(port)`.
     pub fn tracker(&self, port: i64) -> Verdict<TrackerRef> {
         let port = u16::try_from(port).map_err(|_| format!("tracker port {port} is not a port number (0 to 65535)"))?;
-        let tracker = match &self.settings.processes {
-            Some(phile) => {
-                let args = self.agent_args(None, port);
-                TrackerInstance::Remote(self.spawn_agent(phile, &args, "the tracker", port)?)
-            }
-            None => {
-                let listener = self.bind("the tracker", port)?;
-                let config = TrackerConfig {
-                    seed: self.settings.seed,
-                    limits: self.limits.get(),
-                    events: Some(self.log.clone()),
-                    ..TrackerConfig::default()
-                };
-                let _runtime = self.runtime.enter();
-                TrackerInstance::Local(
-                    Tracker::spawn(listener, config).map_err(|e| format!("cannot start the tracker: {e}"))?,
-                )
-            }
+        let key = self
+            .start_node(&self.spec(None, None), port)
+            .map_err(|error| format!("cannot start the tracker: {error}"))?;
+        let (addr, process) = {
+            let backend = self.backend.borrow();
+            (backend.addr(key), backend.describe(key))
         };
-        let addr = tracker.addr();
-        let process = tracker.process();
-        self.trackers.borrow_mut().push(tracker);
+        self.trackers.borrow_mut().push(key);
         self.log
             .record_alone(Subject::Node(Node::Tracker), ScenarioEvent::Started);
         self.count(|s| s.steps += 1);
         self.say("tracker", format_args!("listening on {addr}{process}"));
-        Ok(TrackerRef { addr })
+        Ok(TrackerRef { addr, key })
     }
 
     /// `client(id)`.
@@ -298,24 +339,16 @@ impl World {
         if self.clients.borrow().contains_key(&id) {
             return Err(format!("client {id} exists already in this scenario"));
         }
-        let port = match u16::try_from(id) {
-            Ok(port) => port,
-            Err(_) if self.settings.ephemeral_ports => 0,
-            Err(_) => {
-                return Err(format!(
-                    "client {id} would listen on port {id}, which does not exist; \
-                     use an id up to 65535, or run with --ephemeral-ports"
-                ))
-            }
-        };
+        let port = self.client_port(id)?;
         let dir = self.settings.root.join(id.to_string());
-        let folder =
-            Folder::create_empty(&dir).map_err(|e| format!("cannot prepare the folder of client {id}: {e}"))?;
-        let client = self.start_client(id, folder, port)?;
-        let addr = client.addr();
-        let process = client.process();
+        Folder::create_empty(&dir).map_err(|e| format!("cannot prepare the folder of client {id}: {e}"))?;
+        let node = self.start_client(id, &dir, port)?;
+        let (addr, process) = {
+            let backend = self.backend.borrow();
+            (backend.addr(node), backend.describe(node))
+        };
         let slot = Slot {
-            client,
+            node,
             dir: dir.clone(),
             port,
             tracker: None,
@@ -332,56 +365,40 @@ impl World {
         Ok(ClientRef { id })
     }
 
-    /// Starts an instance of client `id` serving `folder` on `port`.
-    fn start_client(&self, id: u64, folder: Folder, port: u16) -> Verdict<Instance> {
-        if let Some(phile) = &self.settings.processes {
-            let mut args = self.agent_args(Some(id), port);
-            args.extend(["--dir".to_owned(), folder.dir().display().to_string()]);
-            let agent = self.spawn_agent(phile, &args, &format!("client {id}"), port)?;
-            return Ok(Instance::Remote(Arc::new(RemoteClient { id, agent, folder })));
+    /// The port client `id` listens on: its id, unless ports are ephemeral
+    /// (or simulated, where every client has an address of its own).
+    fn client_port(&self, id: u64) -> Verdict<u16> {
+        match u16::try_from(id) {
+            Ok(port) => Ok(port),
+            Err(_) if self.settings.ephemeral_ports || self.settings.sim => Ok(0),
+            Err(_) => Err(format!(
+                "client {id} would listen on port {id}, which does not exist; \
+                 use an id up to 65535, or run with --ephemeral-ports"
+            )),
         }
-        let listener = self.bind(&format!("client {id}"), port)?;
-        let config = ClientConfig {
-            limits: self.limits.get(),
-            events: Some(self.log.clone()),
-            ..ClientConfig::default()
-        };
-        let _runtime = self.runtime.enter();
-        let client = Client::start(ClientId(id), folder, listener, config)
-            .map_err(|e| format!("cannot start client {id}: {e}"))?;
-        Ok(Instance::Local(Arc::new(client)))
     }
 
-    /// The arguments of `phile agent` for a tracker (`client` None) or a
-    /// client, listening on `port`.
-    fn agent_args(&self, client: Option<u64>, port: u16) -> Vec<String> {
-        let mut args = vec![
-            "--listen".to_owned(),
-            self.listen_addr(port).to_string(),
-            "--seed".to_owned(),
-            self.settings.seed.to_string(),
-            "--idle-timeout-ms".to_owned(),
-            self.limits.get().idle_timeout.as_millis().to_string(),
-        ];
-        if let Some(id) = client {
-            args.extend(["--client".to_owned(), id.to_string()]);
-        }
-        args
-    }
-
-    fn spawn_agent(&self, phile: &std::path::Path, args: &[String], what: &str, port: u16) -> Verdict<Agent> {
-        Agent::spawn(phile, args, self.log.clone()).map_err(|error| {
-            format!(
-                "cannot start {what} on port {port} as a process: {error} (is the port in use? try --ephemeral-ports)"
-            )
-        })
+    fn start_client(&self, id: u64, dir: &std::path::Path, port: u16) -> Verdict<NodeKey> {
+        let spec = self.spec(Some(id), Some(dir.to_owned()));
+        self.start_node(&spec, port)
+            .map_err(|error| format!("cannot start client {id}: {error}"))
     }
 
     /// `c.register(t)`.
     pub fn register(&self, c: &ClientRef, tracker: &TrackerRef) -> Verdict<()> {
-        let client = self.live(c)?;
-        self.operation(|trace| client.register(&self.runtime, tracker.addr, trace))
-            .map_err(|error| format!("client {} could not register: {error}", c.id))?;
+        let node = self.live(c)?;
+        let previous = self.slot(c, |slot| slot.tracker)?;
+        let trace = self.log.begin();
+        // Moving to another tracker drops the session with the first one,
+        // which then forgets the client.
+        if previous.is_some_and(|previous| previous != tracker.addr) {
+            self.log.await_loss(ClientId(c.id), trace.op);
+        }
+        let reply = self.call(node, trace, Command::Register { tracker: tracker.addr });
+        self.end(trace)?;
+        if let Reply::Failed { error } = reply {
+            return Err(format!("client {} could not register: {error}", c.id));
+        }
         if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {
             slot.tracker = Some(tracker.addr);
         }
@@ -394,8 +411,8 @@ impl World {
     pub fn write(&self, c: &ClientRef, name: &str, content: Vec<u8>) -> Verdict<()> {
         let file = parse_name(name)?;
         let len = content.len();
-        self.instance(c)?
-            .write(&self.runtime, &file, content)
+        self.folder_of(c)?
+            .write_now(&file, |out| out.write_all(&content))
             .map_err(|e| format!("cannot write {file}: {e}"))?;
         self.count(|s| s.steps += 1);
         self.say(c.id, format_args!("write {file} ({})", bytes(len as u64)));
@@ -407,9 +424,13 @@ impl World {
     pub fn write_random(&self, c: &ClientRef, name: &str, len: i64) -> Verdict<()> {
         let file = parse_name(name)?;
         let len = u64::try_from(len).map_err(|_| format!("cannot write {len} bytes: the size must be 0 or more"))?;
-        self.instance(c)?
-            .write_random(&self.runtime, &file, len, self.settings.seed)
-            .map_err(|e| format!("cannot write {file}: {e}"))?;
+        let fill = random_content(self.settings.seed, &file, len, self.deadline);
+        self.folder_of(c)?.write_now(&file, fill).map_err(|e| match e {
+            phile_core::storage::StorageError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+                source.to_string()
+            }
+            other => format!("cannot write {file}: {other}"),
+        })?;
         self.count(|s| s.steps += 1);
         self.say(
             c.id,
@@ -421,16 +442,17 @@ impl World {
     /// `c.upload(name)`.
     pub fn upload(&self, c: &ClientRef, name: &str) -> Verdict<()> {
         let file = parse_name(name)?;
-        let client = self.registered(c)?;
-        if !client.folder().contains(&file) {
+        let node = self.live(c)?;
+        let folder = self.folder_of(c)?;
+        if !folder.contains(&file) {
             return Err(format!(
                 "client {} cannot upload {file}: its folder {} has no such file; create it first with c.write(name, text)",
                 c.id,
-                client.folder().dir().display()
+                folder.dir().display()
             ));
         }
-        self.operation(|trace| client.upload(&self.runtime, &file, trace))
-            .map_err(|error| format!("client {} cannot upload {file}: {error}", c.id))?;
+        self.act(node, Command::Upload { file: file.clone() })?
+            .map_err(|error| explain(format!("client {} cannot upload {file}", c.id), error))?;
         self.count(|s| s.steps += 1);
         self.say(c.id, format_args!("upload {file}: ACK"));
         Ok(())
@@ -439,8 +461,7 @@ impl World {
     /// `c.files()`.
     pub fn files(&self, c: &ClientRef) -> Verdict<Vec<String>> {
         let names = self
-            .instance(c)?
-            .folder()
+            .folder_of(c)?
             .list()
             .map_err(|e| format!("cannot list the folder of client {}: {e}", c.id))?;
         Ok(names.into_iter().map(String::from).collect())
@@ -450,8 +471,8 @@ impl World {
     pub fn read(&self, c: &ClientRef, name: &str) -> Verdict<String> {
         let file = parse_name(name)?;
         let content = self
-            .runtime
-            .block_on(self.instance(c)?.folder().read(&file))
+            .folder_of(c)?
+            .read_now(&file)
             .map_err(|e| format!("client {} cannot read {file}: {e}", c.id))?;
         String::from_utf8(content).map_err(|e| {
             format!(
@@ -462,11 +483,11 @@ impl World {
         })
     }
 
-    /// `c.sha1(name)` and `c.size(name)`.
+    /// `c.sha1(name)` and `c.size(name)`: of the bytes on disk now.
     pub fn info(&self, c: &ClientRef, name: &str) -> Verdict<FileInfo> {
         let file = parse_name(name)?;
-        self.runtime
-            .block_on(self.instance(c)?.folder().info(&file))
+        self.folder_of(c)?
+            .hash_now(&file)
             .map_err(|e| format!("client {} cannot read {file}: {e}", c.id))
     }
 
@@ -501,16 +522,23 @@ impl World {
                 tracing::warn!(%error, "a transfer left running failed");
             }
         }
-        let clients: Vec<Instance> = self.clients.borrow().values().map(|slot| slot.client.clone()).collect();
-        let trackers: Vec<TrackerInstance> = self.trackers.borrow_mut().drain(..).collect();
+        let clients: Vec<NodeKey> = self.clients.borrow().values().map(|slot| slot.node).collect();
+        let trackers: Vec<NodeKey> = self.trackers.borrow_mut().drain(..).collect();
         // Trackers first: clients that stop afterwards have no session left
         // to drop, so the end of a run adds nothing to the log.
-        for tracker in trackers {
-            tracker.shutdown(&self.runtime);
+        let mut backend = self.backend.borrow_mut();
+        for node in trackers.into_iter().chain(clients) {
+            backend.stop(node);
         }
-        for client in clients {
-            client.shutdown(&self.runtime);
-        }
+    }
+}
+
+/// `error` as a sentence, after what could not be done, unless the error
+/// says it all (the client is not registered: that is what to fix).
+fn explain(what: String, error: NodeError) -> String {
+    match error {
+        NodeError::NotRegistered(_) => error.to_string(),
+        error => format!("{what}: {error}"),
     }
 }
 
@@ -521,17 +549,23 @@ fn parse_name(name: &str) -> Verdict<FileName> {
 
 /// Writes `len` bytes of `write_random`'s content for `file`: a function of
 /// the seed and the name only, the same in every process and on every
-/// machine.
+/// machine. Gives up with a `TimedOut` error naming the limit once
+/// `deadline` passes, so a huge file cannot outlast the run's time limit.
 pub(crate) fn random_content(
     seed: u64,
     file: &FileName,
     len: u64,
+    deadline: Deadline,
 ) -> impl FnOnce(&mut dyn io::Write) -> io::Result<()> + Send + 'static {
     let mut rng = content_rng(seed, file);
     move |out: &mut dyn io::Write| {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut left = len;
         while left > 0 {
+            if deadline.passed() {
+                let message = NodeError::TimeLimit(deadline.limit.as_secs()).to_string();
+                return Err(io::Error::new(io::ErrorKind::TimedOut, message));
+            }
             let n = chunk.len().min(left as usize);
             rng.fill_bytes(&mut chunk[..n]);
             out.write_all(&chunk[..n])?;

@@ -1,0 +1,145 @@
+//! The ways of running a scenario's nodes. Each backend starts nodes and
+//! carries [`Command`]s to them; the nodes themselves ([`crate::node`]) are
+//! the same code everywhere:
+//!
+//! - [`local`]: tasks of this process on a tokio runtime, over real TCP;
+//! - [`processes`]: a `phile agent` process per node, over real TCP, driven
+//!   through its standard input and output;
+//! - [`sim`]: hosts on a simulated network (turmoil-net) in virtual time,
+//!   all on the script's thread, so that a run repeats exactly.
+
+pub mod local;
+pub mod processes;
+pub mod sim;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use phile_core::Trace;
+
+use crate::command::{Command, NodeError, Reply};
+use crate::node::NodeSpec;
+
+/// Which node of a backend, in the order they were started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeKey(pub usize);
+
+/// Why a node could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The port is taken.
+    #[error("port {0} is in use (another phile-run still running?); stop it, or run with --ephemeral-ports")]
+    PortInUse(u16),
+    /// The simulated network has no room for another node in this attempt.
+    #[error(transparent)]
+    OutOfHosts(#[from] sim::OutOfHosts),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StartError {
+    /// Explains a failure to bind `port`.
+    pub fn binding(port: u16, error: io::Error) -> StartError {
+        match error.kind() {
+            io::ErrorKind::AddrInUse => StartError::PortInUse(port),
+            _ => StartError::Other(format!("cannot listen on port {port}: {error}")),
+        }
+    }
+}
+
+/// A way of running nodes.
+pub trait Backend {
+    /// Starts a node of `spec` listening on `port` (`0`: any free one).
+    fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError>;
+
+    /// Where `node` listens.
+    fn addr(&self, node: NodeKey) -> SocketAddr;
+
+    /// " (process N)" when the node is a process of its own, for the step
+    /// lines; empty otherwise.
+    fn describe(&self, node: NodeKey) -> String;
+
+    /// Carries out `command` on `node` as part of the operation traced
+    /// `trace`, and waits for the reply.
+    fn call(&mut self, node: NodeKey, trace: Trace, command: Command) -> Reply;
+
+    /// Whether `node` went down on its own (a fault crashed it).
+    fn is_down(&self, node: NodeKey) -> bool;
+
+    /// Lets what the last operation set off happen before it ends: in
+    /// processes, waits until every process has delivered the events it
+    /// reported; in a simulation, runs until the network is quiet and
+    /// `done()` holds (letting virtual time pass, within reason, for what
+    /// only a timeout brings about). Over real networks in this process,
+    /// there is nothing to wait for here.
+    fn settle(&mut self, done: &dyn Fn() -> bool);
+
+    /// Lets `duration` pass: background transfers, heartbeats and timeouts
+    /// go on meanwhile.
+    fn sleep(&mut self, duration: Duration);
+
+    /// Time since the run started: virtual under simulation.
+    fn now(&self) -> Duration;
+
+    /// Stops `node` and waits until it is gone.
+    fn stop(&mut self, node: NodeKey);
+
+    /// The simulated network, when there is one.
+    fn network(&mut self) -> Option<&mut dyn Network> {
+        None
+    }
+}
+
+/// What only a simulated network can do.
+pub trait Network {
+    /// Every message between `a` and `b` takes `delay` one way.
+    fn set_latency(&mut self, a: NodeKey, b: NodeKey, delay: Duration);
+    /// `a` and `b` can no longer reach each other.
+    fn partition(&mut self, a: NodeKey, b: NodeKey);
+    /// Undoes [`Network::partition`].
+    fn heal(&mut self, a: NodeKey, b: NodeKey);
+}
+
+/// The address a node listens on over real TCP: loopback, the scripted
+/// port unless ports are ephemeral.
+pub fn loopback(port: u16, ephemeral: bool) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, if ephemeral { 0 } else { port }))
+}
+
+/// The reply of a node that could not finish before the time limit.
+pub fn past_time_limit(limit: Duration) -> Reply {
+    Reply::Failed {
+        error: NodeError::TimeLimit(limit.as_secs()),
+    }
+}
+
+/// The wall-clock deadline of a run, and its length.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    /// When the run must stop.
+    pub at: Instant,
+    /// The limit it was set from (for messages).
+    pub limit: Duration,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now.
+    pub fn after(limit: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + limit,
+            limit,
+        }
+    }
+
+    /// Whether it has passed.
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// What is left of it.
+    pub fn left(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+}

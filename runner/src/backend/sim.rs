@@ -1,0 +1,875 @@
+//! Nodes on a simulated network in virtual time (`phile-run --sim`).
+//!
+//! The network is tokio-rs' turmoil-net: a simulated TCP stack per host,
+//! packets routed between hosts by a fabric that the harness drives, packet
+//! rules for latency and partitions. Each node is a host with an address of
+//! its own. Everything runs on the script's thread, on a current-thread
+//! tokio runtime whose clock is paused: virtual time passes only when every
+//! task waits, and then jumps straight to the next timer or packet. The node
+//! code is the same as over real TCP; only its [`Host`] differs:
+//!
+//! - sockets are turmoil-net's, on the node's host;
+//! - tasks are spawned scoped to the host (every poll, and the drop of the
+//!   task, happens with the host as turmoil-net's "current" one), and are
+//!   counted while woken, so the harness knows when all of them are idle;
+//! - blocking work (file I/O, hashing) runs inline: no other thread ever
+//!   takes part, so a run repeats exactly.
+//!
+//! The harness loop ([`Sim::drive`]): let every woken task run; move every
+//! packet the hosts emitted (through the rules, now or after a delay); repeat
+//! at the same instant while anything moves; when nothing does, let time
+//! pass to the next delayed packet or timer. A crash takes the host down:
+//! its tasks are aborted and its sockets closed, as a machine's would be.
+//!
+//! turmoil-net fixes its set of hosts when the network is entered, and scans
+//! every host at each step, so the simulator starts with room for a few
+//! dozen nodes; a script that creates more makes the run start over with
+//! four times the room ([`OutOfHosts`]). The run being deterministic, the new
+//! attempt repeats the first exactly up to where it stopped.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use phile_core::events::EventSink;
+use phile_core::host::{BoxListener, BoxStream, Host, Listener, Stream, Task};
+use phile_core::Trace;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::runtime::Runtime;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use turmoil_net::shim::tokio::net::{TcpListener as SimTcpListener, TcpStream as SimTcpStream};
+use turmoil_net::{EnterGuard, HostId, KernelConfig, Net, Packet, Verdict};
+
+use super::{past_time_limit, Backend, Deadline, Network, NodeKey, StartError};
+use crate::command::{Command, NodeError, Reply};
+use crate::node::{Environment, HostCrash, Node, NodeSpec};
+
+/// How many nodes the first attempt makes room for.
+pub const FIRST_CAPACITY: usize = 64;
+
+/// How long a settling operation may let virtual time pass waiting for
+/// what only a timeout brings about (a partitioned client's session timing
+/// out at the tracker).
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// A wait with nothing that could ever end it: the simulation is stuck.
+const STUCK: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The script created more nodes than this attempt has room for: start
+/// again with `needed` room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the simulated network needs room for more nodes; starting over with room for {needed}")]
+pub struct OutOfHosts {
+    /// The room the next attempt needs.
+    pub needed: usize,
+}
+
+/// Nodes on a simulated network.
+pub struct Sim {
+    /// The nodes, by key (a restarted client gets a new key, same host).
+    nodes: Vec<SimNode>,
+    /// The host of each client, by id: it keeps it across restarts.
+    client_hosts: HashMap<u64, (HostId, IpAddr)>,
+    /// Hosts not yet given to a node, in order.
+    free_hosts: Vec<(HostId, IpAddr)>,
+    /// How many hosts this attempt has.
+    capacity: usize,
+    /// Tasks, readiness and crashes: shared with every host.
+    scheduler: Arc<Scheduler>,
+    /// Packets on their way, and the rules they pass.
+    fabric: Fabric,
+    /// Where events go.
+    events: Arc<dyn EventSink>,
+    /// When the run must stop (wall clock).
+    deadline: Deadline,
+    /// Virtual time at the start of the run.
+    started: Instant,
+    /// The runtime every task runs on; dropped before the network.
+    runtime: Option<Runtime>,
+    /// The network, installed on this thread; dropped last.
+    network: Option<EnterGuard>,
+}
+
+/// A node and its host.
+struct SimNode {
+    /// The client's id; `None` for a tracker.
+    client: Option<u64>,
+    /// The host it runs on.
+    host: HostId,
+    /// Where it listens.
+    addr: SocketAddr,
+    /// The node, until it is stopped or its host crashes (then it is
+    /// dropped on its host, so its sockets close there).
+    node: Option<Arc<Node>>,
+    /// Set when its host crashed.
+    crashed: Arc<AtomicBool>,
+}
+
+impl Sim {
+    /// A simulated network with room for `capacity` nodes, none started.
+    pub fn new(capacity: usize, events: Arc<dyn EventSink>, deadline: Deadline) -> io::Result<Sim> {
+        let config = KernelConfig::default()
+            // Packets are never lost except to a partition, where a
+            // connection should go quiet rather than be reset by retries.
+            .retx_threshold(u32::MAX)
+            // Fewer, bigger segments: a simulated wire has no frames.
+            .mtu(65536)
+            .default_backlog(4096);
+        let mut net = Net::with_config(config);
+        let free_hosts = (0..capacity)
+            .map(|index| {
+                let ip = host_ip(index);
+                (net.add_host(ip), ip)
+            })
+            .collect();
+        let scheduler = Arc::new(Scheduler::default());
+        let fabric = Fabric::new(&mut net);
+        let network = net.enter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()?;
+        let started = {
+            let _inside = runtime.enter();
+            Instant::now()
+        };
+        Ok(Sim {
+            nodes: Vec::new(),
+            client_hosts: HashMap::new(),
+            free_hosts,
+            capacity,
+            scheduler,
+            fabric,
+            events,
+            deadline,
+            started,
+            runtime: Some(runtime),
+            network: Some(network),
+        })
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the simulation")
+    }
+
+    /// Virtual time now.
+    fn virtual_now(&self) -> Instant {
+        let _inside = self.runtime().enter();
+        Instant::now()
+    }
+
+    /// The host for a node of `spec`: a client keeps its host across
+    /// restarts; anything else takes the next free one.
+    fn host_for(&mut self, client: Option<u64>) -> Result<(HostId, IpAddr), OutOfHosts> {
+        if let Some(host) = client.and_then(|id| self.client_hosts.get(&id)) {
+            return Ok(*host);
+        }
+        if self.free_hosts.is_empty() {
+            return Err(OutOfHosts {
+                needed: self.capacity * 4,
+            });
+        }
+        let host = self.free_hosts.remove(0);
+        if let Some(id) = client {
+            self.client_hosts.insert(id, host);
+        }
+        Ok(host)
+    }
+
+    /// Drops a node, on its host, so its sockets close there.
+    fn drop_node(&mut self, key: NodeKey) {
+        let node = &mut self.nodes[key.0];
+        if let Some(gone) = node.node.take() {
+            turmoil_net::set_current(node.host);
+            let _inside = self
+                .runtime
+                .as_ref()
+                .expect("the runtime lives as long as the simulation")
+                .enter();
+            drop(gone);
+        }
+    }
+
+    /// Drops the nodes whose host crashed, on their host.
+    fn bury_crashed(&mut self) {
+        for key in 0..self.nodes.len() {
+            if self.nodes[key].crashed.load(Ordering::SeqCst) {
+                self.drop_node(NodeKey(key));
+            }
+        }
+    }
+
+    /// Runs the simulation until `target` is ready; with `quiet`, also
+    /// until nothing moves any more. Virtual time passes only while every
+    /// task waits. Fails if the run's time limit passes, or if nothing
+    /// could ever make `target` ready.
+    fn drive<T>(&mut self, target: impl Future<Output = T>, quiet: bool) -> Result<T, DriveError> {
+        let Sim {
+            runtime,
+            network,
+            scheduler,
+            fabric,
+            deadline,
+            ..
+        } = self;
+        let runtime = runtime.as_ref().expect("the runtime lives as long as the simulation");
+        let network = network.as_ref().expect("the network lives as long as the simulation");
+        let outcome = runtime.block_on(async {
+            let mut target = std::pin::pin!(target);
+            let mut done = None;
+            loop {
+                while scheduler.ready() > 0 {
+                    tokio::task::yield_now().await;
+                }
+                if done.is_none() {
+                    if let Poll::Ready(output) = futures::poll!(target.as_mut()) {
+                        done = Some(output);
+                    }
+                }
+                let moved = fabric.step(network);
+                if moved || scheduler.ready() > 0 {
+                    continue;
+                }
+                if let Some(output) = done.take() {
+                    if !quiet || !fabric.in_flight() {
+                        return Ok(output);
+                    }
+                    done = Some(output);
+                }
+                if deadline.passed() {
+                    return Err(DriveError::TimeLimit);
+                }
+                match scheduler
+                    .idle(target.as_mut(), fabric.next_delivery(), done.is_some())
+                    .await
+                {
+                    Idle::Ready(output) => done = Some(output),
+                    Idle::Activity | Idle::Delivery => {}
+                    Idle::Stuck => match done.take() {
+                        Some(output) => return Ok(output),
+                        None => return Err(DriveError::Stuck),
+                    },
+                }
+            }
+        });
+        self.bury_crashed();
+        outcome
+    }
+
+    /// Carries `command` to `node` on its host and waits for the reply.
+    fn run_command(&mut self, key: NodeKey, trace: Trace, command: Command) -> Reply {
+        let SimNode { client, host, .. } = self.nodes[key.0];
+        let client = client.unwrap_or(0);
+        let Some(node) = self.nodes[key.0].node.clone() else {
+            return stopped(&command, client);
+        };
+        let (replied, reply) = tokio::sync::oneshot::channel();
+        let kill = command == Command::Kill;
+        let task: Task = Box::pin(async move {
+            let _ = replied.send(node.execute(trace, command).await);
+        });
+        {
+            let _inside = self.runtime().enter();
+            self.scheduler.spawn(host, task);
+        }
+        match self.drive(reply, false) {
+            Ok(Ok(reply)) => reply,
+            // The host went down before the node could answer.
+            Ok(Err(_)) => stopped(if kill { &Command::Kill } else { &Command::Leave }, client),
+            Err(DriveError::TimeLimit) => past_time_limit(self.deadline.limit),
+            Err(DriveError::Stuck) => Reply::Failed {
+                error: NodeError::Misuse(
+                    "the simulation is stuck: nothing the nodes wait for can ever happen (no packet, no timer)".into(),
+                ),
+            },
+        }
+    }
+}
+
+/// Why the simulation stopped short of its target.
+#[derive(Debug)]
+enum DriveError {
+    /// The run's (wall-clock) time limit passed.
+    TimeLimit,
+    /// Nothing could ever happen any more.
+    Stuck,
+}
+
+/// The reply of a node that is gone.
+fn stopped(command: &Command, client: u64) -> Reply {
+    match command {
+        Command::Kill => Reply::Done,
+        _ => Reply::Failed {
+            error: NodeError::Stopped(client),
+        },
+    }
+}
+
+/// The address of the `index`th host: 10.0.0.1, 10.0.0.2, ...
+fn host_ip(index: usize) -> IpAddr {
+    let n = index as u32 + 1;
+    IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8))
+}
+
+impl Backend for Sim {
+    fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
+        let (host, ip) = self.host_for(spec.client)?;
+        // A restarted client's old node is gone for good.
+        if let Some(old) = self.nodes.iter().rposition(|node| node.host == host) {
+            self.drop_node(NodeKey(old));
+        }
+        turmoil_net::set_current(host);
+        let _inside = self.runtime().enter();
+        let listener = self
+            .runtime()
+            .block_on(SimTcpListener::bind(SocketAddr::new(ip, port)))
+            .map_err(|error| StartError::binding(port, error))?;
+        let crashed = Arc::new(AtomicBool::new(false));
+        let environment = Environment {
+            host: Arc::new(SimHost {
+                id: host,
+                scheduler: self.scheduler.clone(),
+            }),
+            events: self.events.clone(),
+            crash: self.scheduler.crash_of(host, crashed.clone()),
+        };
+        let listener: BoxListener = Box::new(SimListener(listener));
+        let node = Node::start(spec, listener, environment).map_err(|error| StartError::Other(error.to_string()))?;
+        let addr = node.addr();
+        self.nodes.push(SimNode {
+            client: spec.client,
+            host,
+            addr,
+            node: Some(Arc::new(node)),
+            crashed,
+        });
+        Ok(NodeKey(self.nodes.len() - 1))
+    }
+
+    fn addr(&self, node: NodeKey) -> SocketAddr {
+        self.nodes[node.0].addr
+    }
+
+    fn describe(&self, node: NodeKey) -> String {
+        format!(" (simulated host {})", self.nodes[node.0].addr.ip())
+    }
+
+    fn call(&mut self, node: NodeKey, trace: Trace, command: Command) -> Reply {
+        self.run_command(node, trace, command)
+    }
+
+    fn is_down(&self, node: NodeKey) -> bool {
+        let node = &self.nodes[node.0];
+        node.crashed.load(Ordering::SeqCst) || node.node.as_ref().is_none_or(|node| node.is_stopped())
+    }
+
+    fn settle(&mut self, done: &dyn Fn() -> bool) {
+        // The condition depends on the event log, which wakes nobody: the
+        // harness polls it again at every step; the limit's timer makes
+        // sure it is polled once more at the latest then.
+        let limit = self.virtual_now() + SETTLE_LIMIT;
+        let mut timer = None;
+        let until = std::future::poll_fn(move |cx| {
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(limit)));
+            if done() || timer.as_mut().poll(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let _ = self.drive(until, true);
+    }
+
+    fn sleep(&mut self, duration: Duration) {
+        let _ = self.drive(async move { tokio::time::sleep(duration).await }, false);
+    }
+
+    fn now(&self) -> Duration {
+        self.virtual_now() - self.started
+    }
+
+    fn stop(&mut self, key: NodeKey) {
+        let Some(node) = self.nodes[key.0].node.clone() else {
+            return;
+        };
+        let host = self.nodes[key.0].host;
+        let task: Task = Box::pin(async move { node.shutdown().await });
+        {
+            let _inside = self.runtime().enter();
+            self.scheduler.spawn(host, task);
+        }
+        let _ = self.drive(std::future::ready(()), true);
+        self.drop_node(key);
+    }
+
+    fn network(&mut self) -> Option<&mut dyn Network> {
+        Some(self)
+    }
+}
+
+impl Network for Sim {
+    fn set_latency(&mut self, a: NodeKey, b: NodeKey, delay: Duration) {
+        let (a, b) = (self.nodes[a.0].addr.ip(), self.nodes[b.0].addr.ip());
+        self.fabric
+            .rules
+            .lock()
+            .expect("rules poisoned")
+            .set_latency(a, b, delay);
+    }
+
+    fn partition(&mut self, a: NodeKey, b: NodeKey) {
+        let (a, b) = (self.nodes[a.0].addr.ip(), self.nodes[b.0].addr.ip());
+        self.fabric.rules.lock().expect("rules poisoned").partition(a, b);
+    }
+
+    fn heal(&mut self, a: NodeKey, b: NodeKey) {
+        let (a, b) = (self.nodes[a.0].addr.ip(), self.nodes[b.0].addr.ip());
+        self.fabric.rules.lock().expect("rules poisoned").heal(a, b);
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // Nodes close their sockets on their hosts, then the runtime drops
+        // every task (each on its host), and only then does the network go.
+        for key in 0..self.nodes.len() {
+            self.drop_node(NodeKey(key));
+        }
+        drop(self.runtime.take());
+        drop(self.network.take());
+    }
+}
+
+// ------------------------------------------------------------- the fabric
+
+/// What moves packets between hosts: the delayed ones waiting, and the
+/// rules every packet passes.
+struct Fabric {
+    /// Packets held back by a latency rule, soonest first.
+    delayed: BinaryHeap<Delayed>,
+    /// When the last packet held back on each link (source, destination)
+    /// is due: a later packet never overtakes it, since the simulated TCP
+    /// drops segments that arrive out of order (and never sends them again).
+    link_due: HashMap<(IpAddr, IpAddr), Instant>,
+    /// Numbers packets in the order they were held, so two due at the same
+    /// instant go in that order.
+    next_seq: u64,
+    /// Reused buffer for what hosts emit.
+    egress: Vec<Packet>,
+    /// Latency and partitions, shared with the rule installed on the net.
+    rules: Arc<Mutex<Rules>>,
+}
+
+/// A packet delivered later.
+struct Delayed {
+    at: Instant,
+    seq: u64,
+    packet: Packet,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    /// Reversed: the heap's top is the soonest.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl Fabric {
+    fn new(net: &mut Net) -> Fabric {
+        let rules = Arc::new(Mutex::new(Rules::default()));
+        let judging = rules.clone();
+        net.rule(move |packet: &Packet| judging.lock().expect("rules poisoned").verdict(packet));
+        Fabric {
+            delayed: BinaryHeap::new(),
+            link_due: HashMap::new(),
+            next_seq: 0,
+            egress: Vec::with_capacity(256),
+            rules,
+        }
+    }
+
+    /// Delivers what is due and what the hosts emitted (or holds it back,
+    /// or drops it, as the rules say). Returns whether anything moved.
+    fn step(&mut self, network: &EnterGuard) -> bool {
+        let now = Instant::now();
+        let mut moved = false;
+        while self.delayed.peek().is_some_and(|next| next.at <= now) {
+            let due = self.delayed.pop().expect("peeked");
+            network.deliver(due.packet);
+            moved = true;
+        }
+        network.egress_all(&mut self.egress);
+        let mut egress = std::mem::take(&mut self.egress);
+        for packet in egress.drain(..) {
+            moved = true;
+            let delay = match network.evaluate(&packet) {
+                Verdict::Drop => continue,
+                Verdict::Deliver(delay) => delay,
+                Verdict::Pass => Duration::ZERO,
+            };
+            let link = (packet.src, packet.dst);
+            let at = self
+                .link_due
+                .get(&link)
+                .map_or(now + delay, |due| (now + delay).max(*due));
+            if at <= now {
+                network.deliver(packet);
+                continue;
+            }
+            self.link_due.insert(link, at);
+            self.delayed.push(Delayed {
+                at,
+                seq: self.next_seq,
+                packet,
+            });
+            self.next_seq += 1;
+        }
+        self.egress = egress;
+        self.link_due.retain(|_, due| *due > now);
+        moved
+    }
+
+    /// When the next held-back packet is due.
+    fn next_delivery(&self) -> Option<Instant> {
+        self.delayed.peek().map(|next| next.at)
+    }
+
+    /// Whether packets are held back, still on their way.
+    fn in_flight(&self) -> bool {
+        !self.delayed.is_empty()
+    }
+}
+
+/// Latency and partitions between pairs of hosts, in both directions.
+#[derive(Default)]
+struct Rules {
+    latency: HashMap<(IpAddr, IpAddr), Duration>,
+    partitions: HashSet<(IpAddr, IpAddr)>,
+}
+
+/// A pair of hosts, whichever way round.
+fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl Rules {
+    fn set_latency(&mut self, a: IpAddr, b: IpAddr, delay: Duration) {
+        self.latency.insert(pair(a, b), delay);
+    }
+
+    fn partition(&mut self, a: IpAddr, b: IpAddr) {
+        self.partitions.insert(pair(a, b));
+    }
+
+    fn heal(&mut self, a: IpAddr, b: IpAddr) {
+        self.partitions.remove(&pair(a, b));
+    }
+
+    fn verdict(&self, packet: &Packet) -> Verdict {
+        let between = pair(packet.src, packet.dst);
+        if self.partitions.contains(&between) {
+            return Verdict::Drop;
+        }
+        match self.latency.get(&between) {
+            Some(delay) => Verdict::Deliver(*delay),
+            None => Verdict::Pass,
+        }
+    }
+}
+
+// ---------------------------------------------------------- the scheduler
+
+/// The tasks of every host: how many are woken and not yet run, how to
+/// wake the harness, and how to take a host down.
+#[derive(Default)]
+struct Scheduler {
+    /// Tasks woken and not yet polled.
+    ready: AtomicUsize,
+    /// Set whenever a task is woken; the idle harness waits for it.
+    activity: AtomicBool,
+    /// The harness, while it waits.
+    harness: Mutex<Option<Waker>>,
+    /// Each host's tasks, to abort them all when it crashes. A std mutex:
+    /// held for a push or a sweep.
+    tasks: Mutex<HashMap<HostId, Vec<(AbortHandle, Arc<TaskWaker>)>>>,
+}
+
+/// How an idle wait ended.
+enum Idle<T> {
+    /// The target became ready.
+    Ready(T),
+    /// A task was woken (a timer fired).
+    Activity,
+    /// The next held-back packet is due.
+    Delivery,
+    /// Nothing happened before the far-away limit: nothing can.
+    Stuck,
+}
+
+impl Scheduler {
+    fn ready(&self) -> usize {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Spawns `task` on the runtime (which must be entered), scoped to
+    /// `host`.
+    fn spawn(self: &Arc<Self>, host: HostId, task: Task) {
+        let waker = Arc::new(TaskWaker {
+            queued: AtomicBool::new(true),
+            finished: AtomicBool::new(false),
+            tokio: Mutex::new(None),
+            scheduler: self.clone(),
+        });
+        self.ready.fetch_add(1, Ordering::SeqCst);
+        let handle = tokio::spawn(Scoped {
+            host,
+            waker: waker.clone(),
+            task,
+        });
+        let mut tasks = self.tasks.lock().expect("tasks poisoned");
+        let list = tasks.entry(host).or_default();
+        // Forget finished tasks now and then, so the list stays short.
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|(task, _)| !task.is_finished());
+        }
+        list.push((handle.abort_handle(), waker));
+    }
+
+    /// What crashing `host` does: mark it, and abort all its tasks.
+    fn crash_of(self: &Arc<Self>, host: HostId, crashed: Arc<AtomicBool>) -> HostCrash {
+        let scheduler = Arc::downgrade(self);
+        Arc::new(move || {
+            crashed.store(true, Ordering::SeqCst);
+            if let Some(scheduler) = scheduler.upgrade() {
+                let tasks = scheduler.tasks.lock().expect("tasks poisoned").remove(&host);
+                for (task, waker) in tasks.into_iter().flatten() {
+                    // tokio runs the cancellation without our waker: count
+                    // the task as ready, so the harness waits until its
+                    // future (and its sockets) are dropped.
+                    waker.wake_by_ref();
+                    task.abort();
+                }
+            }
+        })
+    }
+
+    fn woken(&self) {
+        self.activity.store(true, Ordering::SeqCst);
+        if let Some(harness) = self.harness.lock().expect("harness poisoned").as_ref() {
+            harness.wake_by_ref();
+        }
+    }
+
+    /// Waits, letting virtual time pass, until `target` is ready (unless it
+    /// already was: `done`), a task is woken, or the packet due at
+    /// `delivery` is. With no packet on its way, a timer far away stands
+    /// for "nothing can ever happen".
+    async fn idle<T>(
+        &self,
+        mut target: Pin<&mut impl Future<Output = T>>,
+        delivery: Option<Instant>,
+        done: bool,
+    ) -> Idle<T> {
+        let wake_at = delivery.unwrap_or_else(|| Instant::now() + STUCK);
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(wake_at));
+        self.activity.store(false, Ordering::SeqCst);
+        let outcome = std::future::poll_fn(|cx| {
+            *self.harness.lock().expect("harness poisoned") = Some(cx.waker().clone());
+            if !done {
+                if let Poll::Ready(output) = target.as_mut().poll(cx) {
+                    return Poll::Ready(Idle::Ready(output));
+                }
+            }
+            if self.activity.swap(false, Ordering::SeqCst) {
+                return Poll::Ready(Idle::Activity);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(match delivery {
+                    Some(_) => Idle::Delivery,
+                    None => Idle::Stuck,
+                });
+            }
+            Poll::Pending
+        })
+        .await;
+        self.harness.lock().expect("harness poisoned").take();
+        outcome
+    }
+}
+
+/// The waker a scoped task's future sees: counts the task as ready, tells
+/// the harness, then wakes the task through tokio.
+struct TaskWaker {
+    /// Woken and not yet polled.
+    queued: AtomicBool,
+    /// Done (or dropped): later wakes are stale.
+    finished: AtomicBool,
+    /// tokio's own waker for the task, as of its last poll.
+    tokio: Mutex<Option<Waker>>,
+    /// The counts.
+    scheduler: Arc<Scheduler>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.finished.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.queued.swap(true, Ordering::SeqCst) {
+            self.scheduler.ready.fetch_add(1, Ordering::SeqCst);
+        }
+        self.scheduler.woken();
+        if let Some(tokio) = self.tokio.lock().expect("waker poisoned").as_ref() {
+            tokio.wake_by_ref();
+        }
+    }
+}
+
+impl TaskWaker {
+    /// The task is being polled (or dropped): no longer counted as ready.
+    fn dequeue(&self) {
+        if self.queued.swap(false, Ordering::SeqCst) {
+            self.scheduler.ready.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A task of one host: every poll and its drop happen with that host as
+/// turmoil-net's current one, so its socket calls land in its kernel.
+struct Scoped {
+    host: HostId,
+    waker: Arc<TaskWaker>,
+    task: Task,
+}
+
+impl Future for Scoped {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut tokio = self.waker.tokio.lock().expect("waker poisoned");
+            if !tokio.as_ref().is_some_and(|known| known.will_wake(cx.waker())) {
+                *tokio = Some(cx.waker().clone());
+            }
+        }
+        self.waker.dequeue();
+        turmoil_net::set_current(self.host);
+        let waker = Waker::from(self.waker.clone());
+        let polled = self.task.as_mut().poll(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            self.waker.finished.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+}
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        self.waker.finished.store(true, Ordering::SeqCst);
+        self.waker.dequeue();
+        // The task's sockets close as it is dropped: on its host.
+        turmoil_net::set_current(self.host);
+    }
+}
+
+// ------------------------------------------------------------ the seam
+
+/// A node's host on the simulated network.
+struct SimHost {
+    /// Which host.
+    id: HostId,
+    /// Where its tasks are counted.
+    scheduler: Arc<Scheduler>,
+}
+
+impl Host for SimHost {
+    fn connect(&self, addr: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>> {
+        // Runs inside one of this host's tasks, so the socket is its own.
+        Box::pin(async move { Ok(Box::new(SimStream(SimTcpStream::connect(addr).await?)) as BoxStream) })
+    }
+
+    fn spawn(&self, task: Task) {
+        self.scheduler.spawn(self.id, task);
+    }
+
+    fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) -> Task {
+        // Inline: no other thread, so nothing depends on thread timing.
+        job();
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// A simulated TCP stream, as a node sees streams.
+struct SimStream(SimTcpStream);
+
+impl AsyncRead for SimStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Stream for SimStream {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.peer_addr()
+    }
+}
+
+/// A simulated listener, as a node sees listeners.
+struct SimListener(SimTcpListener);
+
+impl Listener for SimListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxStream, SocketAddr)>> {
+        self.0
+            .poll_accept(cx)
+            .map_ok(|(stream, from)| (Box::new(SimStream(stream)) as BoxStream, from))
+    }
+}

@@ -1,0 +1,132 @@
+//! What a script asks of a node, and what comes back: one type for every
+//! backend. The in-process, process and simulated backends all carry a
+//! [`Command`] to the node's [`crate::node::Node`], which executes it the
+//! same way everywhere, and bring its [`Reply`] back.
+
+use std::net::SocketAddr;
+
+use phile_core::client::Downloaded;
+use phile_core::FileName;
+use serde::{Deserialize, Serialize};
+
+use crate::faults::Fault;
+
+/// One request of the script to one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Register with the tracker at `tracker`.
+    Register {
+        /// The tracker's address.
+        tracker: SocketAddr,
+    },
+    /// Tell the tracker the node holds `file`.
+    Upload {
+        /// The file, which must be in the node's folder.
+        file: FileName,
+    },
+    /// Locate, fetch, verify, store and announce `file`.
+    Download {
+        /// The file wanted.
+        file: FileName,
+    },
+    /// Locate `file` now and fetch it in the background, as transfer
+    /// `transfer` (a number the runner chose).
+    StartDownload {
+        /// The file wanted.
+        file: FileName,
+        /// The runner's number for this transfer.
+        transfer: u64,
+    },
+    /// Wait for background transfer `transfer`, then announce its file.
+    FinishDownload {
+        /// The runner's number for the transfer.
+        transfer: u64,
+    },
+    /// Say goodbye to the tracker, then stop.
+    Leave,
+    /// Crash at once.
+    Kill,
+    /// After a restart: register with `tracker` (if the node had
+    /// registered before) and announce every file held.
+    Rejoin {
+        /// The tracker the node last registered with.
+        tracker: Option<SocketAddr>,
+    },
+    /// Arm a fault on the node's peer server.
+    Arm {
+        /// The fault.
+        fault: Fault,
+    },
+    /// Cap the node's upload and download rates (bytes per second, 0 for
+    /// no cap), over all its transfers together.
+    SetRate {
+        /// Upload cap.
+        up: u64,
+        /// Download cap.
+        down: u64,
+    },
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Done.
+    Done,
+    /// Rejoined; this many files announced.
+    Announced {
+        /// How many files the tracker recorded.
+        files: usize,
+    },
+    /// A background transfer started, from this holder.
+    Started {
+        /// The holder the tracker chose.
+        from: u64,
+    },
+    /// A file arrived, verified and stored.
+    Downloaded {
+        /// From whom, and what.
+        downloaded: Downloaded,
+    },
+    /// A download ended without the file, as downloads may (nobody holds
+    /// it, every holder failed, the downloader stopped): a result, not a
+    /// script error.
+    NotDownloaded {
+        /// Why, for the user.
+        error: String,
+    },
+    /// The command could not be carried out: a script error.
+    Failed {
+        /// Why.
+        error: NodeError,
+    },
+}
+
+/// Why a node could not carry out a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum NodeError {
+    /// The client has no session with a tracker.
+    #[error("client {0} is not registered: call c.register(tracker) first")]
+    NotRegistered(u64),
+    /// The node stopped (left, crashed, or shut down).
+    #[error("client {0} stopped")]
+    Stopped(u64),
+    /// The tracker said no.
+    #[error("the tracker refused: {0}")]
+    Refused(String),
+    /// The tracker could not be reached, or the session broke.
+    #[error("{0}")]
+    Tracker(String),
+    /// The node's folder failed.
+    #[error("{0}")]
+    Folder(String),
+    /// The command does not apply to this node (a tracker asked to
+    /// download, a transfer that does not exist).
+    #[error("{0}")]
+    Misuse(String),
+    /// The run's time limit struck while the node was busy.
+    #[error("the scenario ran longer than its time limit of {0} s; raise it with --time-limit")]
+    TimeLimit(u64),
+}

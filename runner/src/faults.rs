@@ -1,0 +1,378 @@
+//! Faults a scenario arms on a client's peer server (`kill_after`,
+//! `stall_after`), so that a failure strikes at an exact byte of a transfer
+//! and the log never flickers.
+//!
+//! A fault is a wrapper around the streams the peer server accepts, not a
+//! branch in the server's send loop: [`FaultyListener`] hands the server
+//! [`FaultyStream`]s, which read the downloader's request to learn which
+//! file it wants, and, when a fault is armed for that file, count the body
+//! bytes that go out and strike at the armed count. The production path of
+//! `phile-core` knows nothing of them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use phile_core::host::{BoxListener, BoxStream, Listener, Stream};
+use phile_core::protocol::{self, PeerReply, PeerRequest, Request, MAX_FRAME_LEN};
+use phile_core::{FileName, Trace};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What happens to the peer when a fault strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The whole client crashes: server stopped, transfers cut, session
+    /// dropped without a goodbye.
+    Kill,
+    /// The transfer stops sending but keeps its connection open, as a hung
+    /// peer would; the downloader's idle timeout must notice.
+    Stall,
+}
+
+impl FaultKind {
+    /// The scenario verb that arms it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill_after",
+            FaultKind::Stall => "stall_after",
+        }
+    }
+}
+
+/// One armed fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// What happens.
+    pub kind: FaultKind,
+    /// The file whose transfer triggers it.
+    pub file: FileName,
+    /// After how many bytes of that file's body.
+    pub after: u64,
+}
+
+/// Crashes the node: called with the trace of the transfer it struck in,
+/// the file and the bytes sent.
+pub type Crash = Box<dyn Fn(Trace, FileName, u64) + Send + Sync>;
+
+/// Keeps a stalled connection open, sending nothing, until the downloader
+/// closes it: runs `task` in the background, on the node.
+pub type Hold = Box<dyn Fn(Pin<Box<dyn std::future::Future<Output = ()> + Send>>) + Send + Sync>;
+
+/// The faults armed on one client, and how to crash it.
+#[derive(Default)]
+pub struct Faults {
+    /// Armed and not yet fired, in arming order. A std mutex: never held
+    /// across an `.await`.
+    armed: Mutex<Vec<Fault>>,
+    /// Crashes the client; set once the client is up.
+    crash: OnceLock<Crash>,
+    /// Holds stalled connections; set once the client is up.
+    hold: OnceLock<Hold>,
+}
+
+impl Faults {
+    /// Arms `fault`: it fires on the next transfer of its file that
+    /// reaches its byte count, and never again.
+    pub fn arm(&self, fault: Fault) {
+        self.armed.lock().expect("faults poisoned").push(fault);
+    }
+
+    /// Sets how a `Kill` crashes the client.
+    pub fn on_crash(&self, crash: Crash) {
+        if self.crash.set(crash).is_err() {
+            tracing::warn!("the crash of this client was already set");
+        }
+    }
+
+    /// Sets how a stalled connection is held after the server lets go.
+    pub fn on_hold(&self, hold: Hold) {
+        if self.hold.set(hold).is_err() {
+            tracing::warn!("the holding of stalled connections was already set");
+        }
+    }
+
+    /// Takes the first fault armed for `file`, if any.
+    fn take(&self, file: &FileName) -> Option<Fault> {
+        let mut armed = self.armed.lock().expect("faults poisoned");
+        let index = armed.iter().position(|fault| &fault.file == file)?;
+        Some(armed.remove(index))
+    }
+
+    /// Puts back a fault taken for a transfer that never started.
+    fn put_back(&self, fault: Fault) {
+        self.armed.lock().expect("faults poisoned").insert(0, fault);
+    }
+
+    fn crash(&self, trace: Trace, file: FileName, sent: u64) {
+        match self.crash.get() {
+            Some(crash) => crash(trace, file, sent),
+            None => tracing::warn!("a kill fault struck a client that cannot crash"),
+        }
+    }
+}
+
+/// A listener whose connections carry the faults armed on `faults`.
+pub struct FaultyListener {
+    /// The real listener.
+    inner: BoxListener,
+    /// The faults of the client that listens.
+    faults: Arc<Faults>,
+}
+
+impl FaultyListener {
+    /// Wraps `inner`.
+    pub fn new(inner: BoxListener, faults: Arc<Faults>) -> FaultyListener {
+        FaultyListener { inner, faults }
+    }
+}
+
+impl Listener for FaultyListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxStream, SocketAddr)>> {
+        self.inner.poll_accept(cx).map_ok(|(stream, from)| {
+            let faulty = FaultyStream {
+                inner: Some(stream),
+                faults: self.faults.clone(),
+                state: State::Listening(Vec::new()),
+            };
+            (Box::new(faulty) as BoxStream, from)
+        })
+    }
+}
+
+/// An accepted stream that may carry a fault.
+struct FaultyStream {
+    /// The real stream; handed to the node's background when a stalled
+    /// connection is let go by the server.
+    inner: Option<BoxStream>,
+    /// The faults of the client.
+    faults: Arc<Faults>,
+    /// Where the transfer stands.
+    state: State,
+}
+
+/// Where a connection stands, as far as faults go.
+enum State {
+    /// Reading the downloader's first request (the bytes so far), to learn
+    /// which file it wants.
+    Listening(Vec<u8>),
+    /// A fault is armed on this transfer; the header frame is going out
+    /// (the bytes so far).
+    Armed {
+        fault: Fault,
+        trace: Trace,
+        header: Vec<u8>,
+    },
+    /// The body is going out: the fault strikes when `sent` reaches
+    /// `strike_at`.
+    Counting {
+        fault: Fault,
+        trace: Trace,
+        sent: u64,
+        strike_at: u64,
+    },
+    /// A stall struck: nothing more goes out.
+    Stalled,
+    /// A kill struck: the client is gone.
+    Dead,
+    /// No fault on this connection.
+    Clear,
+}
+
+/// A frame's bytes: whole once `bytes` holds its length prefix and payload.
+fn whole_frame(bytes: &[u8]) -> Option<&[u8]> {
+    let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    bytes.get(4..4 + length)
+}
+
+impl FaultyStream {
+    fn inner(&mut self) -> Pin<&mut BoxStream> {
+        Pin::new(self.inner.as_mut().expect("the stream is held until dropped"))
+    }
+
+    /// Looks at bytes the downloader sent; once its first request is whole,
+    /// arms this connection if a fault waits for the file it wants.
+    fn saw_request(&mut self, bytes: &[u8]) {
+        let State::Listening(request) = &mut self.state else {
+            return;
+        };
+        request.extend_from_slice(bytes);
+        if request.len() > 4 + MAX_FRAME_LEN {
+            self.state = State::Clear;
+            return;
+        }
+        let Some(payload) = whole_frame(request) else { return };
+        self.state = match protocol::decode::<Request<PeerRequest>>(payload) {
+            Ok(Request {
+                trace,
+                body: PeerRequest::Get { file, .. },
+            }) => match self.faults.take(&file) {
+                Some(fault) => State::Armed {
+                    fault,
+                    trace,
+                    header: Vec::new(),
+                },
+                None => State::Clear,
+            },
+            _ => State::Clear,
+        };
+    }
+
+    /// How many of `len` bytes may go out now without passing the end of
+    /// the header frame or the fault's byte count.
+    fn allowance(&self, len: usize) -> usize {
+        match &self.state {
+            State::Armed { header, .. } => {
+                let total = header
+                    .get(..4)
+                    .map(|prefix| 4 + u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize);
+                len.min(total.unwrap_or(4) - header.len())
+            }
+            State::Counting { sent, strike_at, .. } => len.min((strike_at - sent) as usize),
+            _ => len,
+        }
+    }
+
+    /// Accounts for `bytes` that went out, striking when the count is
+    /// reached.
+    fn sent(&mut self, bytes: &[u8]) {
+        match &mut self.state {
+            State::Armed { header, .. } => {
+                header.extend_from_slice(bytes);
+                if whole_frame(header).is_some() {
+                    self.header_sent();
+                }
+            }
+            State::Counting { sent, strike_at, .. } => {
+                *sent += bytes.len() as u64;
+                if sent == strike_at {
+                    self.strike();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The header frame went out: counting starts if it offers the file.
+    fn header_sent(&mut self) {
+        let State::Armed { fault, trace, header } = std::mem::replace(&mut self.state, State::Clear) else {
+            return;
+        };
+        match whole_frame(&header).map(protocol::decode::<PeerReply>) {
+            Some(Ok(PeerReply::File { info })) => {
+                let strike_at = fault.after.min(info.size);
+                self.state = State::Counting {
+                    fault,
+                    trace,
+                    sent: 0,
+                    strike_at,
+                };
+                if strike_at == 0 {
+                    self.strike();
+                }
+            }
+            // Refused: no transfer, so the fault waits for the next one.
+            _ => self.faults.put_back(fault),
+        }
+    }
+
+    fn strike(&mut self) {
+        let State::Counting { fault, trace, sent, .. } = std::mem::replace(&mut self.state, State::Clear) else {
+            return;
+        };
+        match fault.kind {
+            FaultKind::Stall => self.state = State::Stalled,
+            FaultKind::Kill => {
+                self.state = State::Dead;
+                self.faults.crash(trace, fault.file, sent);
+            }
+        }
+    }
+
+    /// A stalled transfer holds its connection, sending nothing, until the
+    /// downloader gives up and closes it.
+    fn poll_downloader_gone(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        poll_closed(self.inner(), cx).map(|()| io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+/// Reads and throws away what comes until the other side closes `stream`.
+fn poll_closed(mut stream: Pin<&mut BoxStream>, cx: &mut Context<'_>) -> Poll<()> {
+    let mut scratch = [0u8; 512];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match stream.as_mut().poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// A hung peer does not time out its own stalled transfer: when the server
+/// lets go of a stalled connection (its own write timed out), the
+/// connection stays open, sending nothing, until the downloader closes it.
+impl Drop for FaultyStream {
+    fn drop(&mut self) {
+        if !matches!(self.state, State::Stalled) {
+            return;
+        }
+        if let (Some(mut stream), Some(hold)) = (self.inner.take(), self.faults.hold.get()) {
+            hold(Box::pin(std::future::poll_fn(move |cx| {
+                poll_closed(Pin::new(&mut stream), cx)
+            })));
+        }
+    }
+}
+
+impl AsyncRead for FaultyStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.inner().poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let fresh = buf.filled()[before..].to_vec();
+            self.saw_request(&fresh);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for FaultyStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.state {
+            State::Dead => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            State::Stalled => return self.poll_downloader_gone(cx).map(Err),
+            _ => {}
+        }
+        let allowed = self.allowance(buf.len());
+        let polled = self.inner().poll_write(cx, &buf[..allowed]);
+        if let Poll::Ready(Ok(written)) = polled {
+            self.sent(&buf[..written]);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_shutdown(cx)
+    }
+}
+
+impl Stream for FaultyStream {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner
+            .as_ref()
+            .expect("the stream is held until dropped")
+            .peer_addr()
+    }
+}
