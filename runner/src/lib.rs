@@ -8,12 +8,14 @@
 //! - [`world`]: what each verb does to the tracker and clients;
 //! - [`event_log`]: the deterministic, ordered JSON Lines log;
 //! - [`report`]: script errors shown like a compiler's;
+//! - [`review`]: a run's diagram, HTML report and snapshot view, from its log;
 //! - [`tree`]: the folder tree, rendered as the seed documents it.
 
 pub mod agent;
 pub mod bindings;
 pub mod event_log;
 pub mod report;
+pub mod review;
 pub mod tree;
 pub mod world;
 
