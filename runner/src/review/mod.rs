@@ -1,5 +1,5 @@
-//! Tools to review a run from its event log: a Mermaid sequence diagram,
-//! and a text view for snapshot tests.
+//! Tools to review a run from its event log: a Mermaid sequence diagram, a
+//! self-contained HTML report, and a text view for snapshot tests.
 //!
 //! Everything here is a pure function of a [`Log`] (read with
 //! [`Log::parse`] from the JSON Lines that `--events` writes, or with
@@ -7,18 +7,22 @@
 //! writes files.
 //!
 //! - [`mermaid`]: the run as a Mermaid `sequenceDiagram`;
-//! - [`RunSummary`]: the outcome, bytes and downloads per node, every
-//!   download's result;
+//! - [`html_report`]: the outcome first, then the diagram as SVG, bytes and
+//!   downloads per node, every download's result, and a timeline when the
+//!   caller has times ([`ReportExtras`]);
 //! - [`snapshot_view`]: events grouped under the script line that caused
 //!   them, without `seq`, for diffs that show only what changed.
 //!
-//! Big runs are aggregated; see [`Diagram`] for the rules and the
-//! thresholds ([`MAX_PARTICIPANTS`], [`MAX_STEPS`] …).
+//! Big runs are aggregated the same way in the diagram and the report; see
+//! [`Diagram`] for the rules and the thresholds ([`MAX_PARTICIPANTS`],
+//! [`MAX_STEPS`] …).
 
 mod diagram;
+mod html;
 mod log;
 mod mermaid;
 mod summary;
+mod svg;
 mod text;
 mod view;
 
@@ -26,9 +30,11 @@ pub use diagram::{
     Arrow, Diagram, Participant, Step, Tone, HEAD_STEPS, MAX_LABEL_CHARS, MAX_MIDDLE_STEPS, MAX_PARTICIPANTS,
     MAX_STEPS, TAIL_STEPS,
 };
+pub use html::{html_report, FluidBound, ReportError, ReportExtras, MAX_TABLE_ROWS};
 pub use log::{ClientId, EventKind, Log, LogEvent, ParseError};
 pub use mermaid::mermaid;
 pub use summary::{Download, DownloadResult, NodeTotals, RunOutcome, RunSummary};
+pub use svg::MAX_TIMELINE_BARS;
 pub use view::snapshot_view;
 
 #[cfg(test)]
