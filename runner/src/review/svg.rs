@@ -21,14 +21,22 @@ const MARGIN: f64 = 10.0;
 const ROW: f64 = 26.0;
 /// Rough width of one character of 11 px text, to size notes.
 const CHAR: f64 = 6.4;
+/// Rows per SVG element: a printed page can break only between elements,
+/// so shorter drawings leave less of a page blank before a break.
+const CHUNK_ROWS: usize = 20;
 
 /// The sequence diagram, laid out.
 #[derive(Debug, Serialize)]
 pub(crate) struct SvgDiagram {
     width: f64,
-    /// Height of the drawing below the participant heads.
-    height: f64,
     columns: Vec<SvgColumn>,
+    /// The rows, cut into consecutive drawings of at most [`CHUNK_ROWS`].
+    chunks: Vec<SvgChunk>,
+}
+
+#[derive(Debug, Serialize)]
+struct SvgChunk {
+    height: f64,
     rows: Vec<SvgRow>,
 }
 
@@ -74,17 +82,46 @@ impl SvgDiagram {
                 },
             })
             .collect::<Vec<_>>();
-        let rows = diagram
+        let count = diagram.steps.len().div_ceil(CHUNK_ROWS);
+        let chunks: Vec<SvgChunk> = diagram
             .steps
+            .chunks(CHUNK_ROWS)
+            .enumerate()
+            .map(|(index, steps)| chunk(steps, index == 0, index + 1 == count))
+            .collect();
+        // Wide enough for the columns and for the longest note or label
+        // that sticks out on the right.
+        let right = chunks.iter().flat_map(|chunk| &chunk.rows).map(SvgRow::right_end);
+        let width = right.fold(2.0 * MARGIN + COLUMN * columns.len() as f64, |w, end| {
+            w.max(end + MARGIN)
+        });
+        SvgDiagram { width, columns, chunks }
+    }
+}
+
+/// One drawing of consecutive rows. Rows are [`ROW`] apart across
+/// drawings too, so the cut does not show; the first and last drawings
+/// have half a row of room above and below.
+fn chunk(steps: &[Step], first: bool, last: bool) -> SvgChunk {
+    let top = if first { ROW / 2.0 } else { 0.0 };
+    let bottom = if last { ROW / 2.0 } else { 0.0 };
+    SvgChunk {
+        height: top + ROW * steps.len() as f64 + bottom,
+        rows: steps
             .iter()
             .enumerate()
-            .map(|(index, step)| row(step, ROW * (index as f64 + 1.0)))
-            .collect::<Vec<_>>();
-        SvgDiagram {
-            width: 2.0 * MARGIN + COLUMN * columns.len() as f64,
-            height: ROW * (rows.len() as f64 + 1.5),
-            columns,
-            rows,
+            // A row's text sits above its line, so the line is low in its band.
+            .map(|(index, step)| row(step, top + ROW * (index as f64 + 0.75)))
+            .collect(),
+    }
+}
+
+impl SvgRow {
+    /// Where the row ends on the right.
+    fn right_end(&self) -> f64 {
+        match self.kind {
+            "loop" => self.text_x + self.text.chars().count() as f64 * CHAR,
+            _ => self.x2,
         }
     }
 }
@@ -123,9 +160,10 @@ fn row(step: &Step, y: f64) -> SvgRow {
                 Tone::Script => "script",
                 Tone::Omitted => "omitted",
             };
-            let centre = (column_x(*first) + column_x(*last)) / 2.0;
             let spanned = column_x(*last) - column_x(*first) + COLUMN - 10.0;
             let width = spanned.max(text.chars().count() as f64 * CHAR + 16.0);
+            // Centred over its columns, but never past the left edge.
+            let centre = ((column_x(*first) + column_x(*last)) / 2.0).max(width / 2.0 + 2.0);
             SvgRow {
                 kind: "note",
                 class,
@@ -333,5 +371,44 @@ fn duration(seconds: f64) -> String {
         }
     } else {
         format!("{seconds:.2} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn laid_out(lines: &[String]) -> SvgDiagram {
+        let log = Log::from_lines(lines.iter().map(String::as_str)).unwrap();
+        SvgDiagram::of(&Diagram::of(&log))
+    }
+
+    #[test]
+    fn long_notes_stay_inside_the_drawing() {
+        let long = "x".repeat(200);
+        let lines = [
+            r#"{"node":"tracker","event":"started"}"#.to_string(),
+            r#"{"node":"1","event":"started"}"#.to_string(),
+            format!(r#"{{"node":"tracker","event":"holder_dropped","client":1,"file":"{long}","reason":"r"}}"#),
+            format!(r#"{{"node":"1","event":"download_failed","file":"{long}","error":"e"}}"#),
+        ];
+        let svg = laid_out(&lines);
+        let rows: Vec<&SvgRow> = svg.chunks.iter().flat_map(|chunk| &chunk.rows).collect();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            assert!(row.x1 >= 0.0 && row.x2 <= svg.width, "{row:?} outside 0..{}", svg.width);
+        }
+    }
+
+    #[test]
+    fn rows_are_cut_into_drawings_a_page_can_break_between() {
+        let mut lines = vec![r#"{"node":"tracker","event":"started"}"#.to_string()];
+        lines.extend((0..45).map(|n| format!(r#"{{"node":"tracker","event":"announced","client":1,"file":"f{n}"}}"#)));
+        let svg = laid_out(&lines);
+        let sizes: Vec<usize> = svg.chunks.iter().map(|chunk| chunk.rows.len()).collect();
+        assert_eq!(sizes, [20, 20, 5]);
+        // Each drawing starts its own rows at the top, in log order.
+        assert_eq!(svg.chunks[1].rows[0].text, "announce f20");
+        assert!(svg.chunks[1].rows[0].y < svg.chunks[1].rows[1].y);
     }
 }
