@@ -13,6 +13,7 @@
 //! - [`faults`]: `kill_after` and `stall_after` as stream wrappers;
 //! - [`event_log`]: the deterministic, ordered JSON Lines log;
 //! - [`report`]: script errors shown like a compiler's;
+//! - [`review`]: a run's diagram, HTML report and snapshot view, from its log;
 //! - [`tree`]: the folder tree, rendered as the seed documents it.
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod event_log;
 pub mod faults;
 pub mod node;
 pub mod report;
+pub mod review;
 pub mod tree;
 pub mod world;
 

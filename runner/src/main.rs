@@ -1,17 +1,20 @@
 //! `phile-run`: the command line around [`phile_runner::run`].
 
-use std::io::IsTerminal;
+use std::fs::File;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
+use phile_runner::review::{html_report, mermaid, Log, ReportExtras};
 use phile_runner::{run, RunOptions, Settings, Stats, DEFAULT_SEED};
 use tracing_subscriber::EnvFilter;
 
 /// Runs a phile scenario: a Rhai script that starts a tracker and clients,
 /// makes them register, upload and download over real TCP, and checks the
-/// outcome.
+/// outcome. `--diagram` and `--report` draw the run for review; `--render
+/// EVENTS.jsonl` draws them from a log written earlier, running nothing.
 ///
 /// Exit status: 0 when the script ran to its end; 1 on a script error or a
 /// failed assertion (printed as SCRIPT:LINE:COLUMN: message); 2 on bad
@@ -20,12 +23,13 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "phile-run",
     version,
-    after_help = "The scenario language: scenarios/README.md. Logs: RUST_LOG=info (or debug) phile-run ..."
+    after_help = "The scenario language: scenarios/README.md. Logs: RUST_LOG=info (or debug) phile-run ...",
+    group(ArgGroup::new("review").args(["diagram", "report"]).multiple(true))
 )]
 struct Cli {
     /// The scenario script (.rhai).
-    #[arg(value_parser = existing_file)]
-    script: PathBuf,
+    #[arg(value_parser = existing_file, required_unless_present = "render")]
+    script: Option<PathBuf>,
 
     /// Folder holding one sub-folder per client (ROOT/<id>).
     #[arg(long, value_name = "DIR", default_value = "/tmp")]
@@ -63,6 +67,25 @@ struct Cli {
     /// Stop a script that runs longer than this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     time_limit: u64,
+
+    /// Write the run as a Mermaid sequence diagram to FILE.
+    #[arg(long, value_name = "FILE")]
+    diagram: Option<PathBuf>,
+
+    /// Write the run's HTML report (one self-contained file) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
+    /// Run no script: render --diagram and/or --report from an event log
+    /// written earlier with --events.
+    #[arg(
+        long,
+        value_name = "EVENTS.jsonl",
+        value_parser = existing_file,
+        requires = "review",
+        conflicts_with_all = ["script", "root", "seed", "events", "ephemeral_ports", "processes", "time_limit"]
+    )]
+    render: Option<PathBuf>,
 }
 
 /// The default of `--time-limit`, in seconds.
@@ -79,6 +102,9 @@ fn existing_file(path: &str) -> Result<PathBuf, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(events) = &cli.render {
+        return render(events, &cli);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
@@ -89,8 +115,20 @@ fn main() -> ExitCode {
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(%error, "could not raise the open-file limit");
     }
+    let Some(script) = cli.script.clone() else {
+        unreachable!("clap requires SCRIPT unless --render is given");
+    };
+    // Created before the run, as the events file is, so that a path that
+    // cannot be written fails at once rather than after a long run.
+    let review = match ReviewFiles::create(&cli) {
+        Ok(review) => review,
+        Err(error) => {
+            eprintln!("phile-run: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let mut options = RunOptions {
-        script: cli.script.clone(),
+        script: script.clone(),
         settings: Settings {
             root: cli.root.clone(),
             seed: cli.seed,
@@ -118,16 +156,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let name = cli.script.display();
+    // Written whether or not the script failed: a failed run is the one
+    // most worth reviewing.
+    let review_written = review.write(Log::from_lines(outcome.events.iter().map(String::as_str)));
+    if let Err(error) = &review_written {
+        eprintln!("phile-run: {error}");
+    }
+    let name = script.display();
     let summary = summary(&outcome.stats, outcome.elapsed);
     match outcome.failure {
         None => {
             println!("ok: {name}: {summary}");
-            ExitCode::SUCCESS
+            if review_written.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
         }
         Some(failure) => {
             eprint!("{}", failure.report);
-            eprintln!("  = seed {}; re-run with: {}", cli.seed, rerun_command(&cli));
+            eprintln!("  = seed {}; re-run with: {}", cli.seed, rerun_command(&cli, &script));
             eprintln!("FAILED: {name}: {summary}");
             ExitCode::from(1)
         }
@@ -151,8 +199,8 @@ fn summary(stats: &Stats, elapsed: Duration) -> String {
 
 /// The command that repeats this run exactly (every option that changes
 /// what happens; `--quiet` only changes what is printed).
-fn rerun_command(cli: &Cli) -> String {
-    let mut command = format!("phile-run {} --seed {}", cli.script.display(), cli.seed);
+fn rerun_command(cli: &Cli, script: &std::path::Path) -> String {
+    let mut command = format!("phile-run {} --seed {}", script.display(), cli.seed);
     if cli.root != std::path::Path::new("/tmp") {
         command += &format!(" --root {}", cli.root.display());
     }
@@ -171,7 +219,71 @@ fn rerun_command(cli: &Cli) -> String {
     if cli.time_limit != DEFAULT_TIME_LIMIT {
         command += &format!(" --time-limit {}", cli.time_limit);
     }
+    if let Some(diagram) = &cli.diagram {
+        command += &format!(" --diagram {}", diagram.display());
+    }
+    if let Some(report) = &cli.report {
+        command += &format!(" --report {}", report.display());
+    }
     command
+}
+
+/// `--render EVENTS.jsonl`: the diagram and report of a log written earlier.
+fn render(events: &std::path::Path, cli: &Cli) -> ExitCode {
+    let written = std::fs::read_to_string(events)
+        .map_err(|error| format!("cannot read {}: {error}", events.display()))
+        .and_then(|text| Log::parse(&text).map_err(|error| format!("{}: {error}", events.display())))
+        .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log)));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("phile-run: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The files `--diagram` and `--report` asked for, open for writing.
+struct ReviewFiles {
+    diagram: Option<(PathBuf, File)>,
+    report: Option<(PathBuf, File)>,
+}
+
+impl ReviewFiles {
+    fn create(cli: &Cli) -> Result<ReviewFiles, String> {
+        let open = |path: &Option<PathBuf>| -> Result<Option<(PathBuf, File)>, String> {
+            let Some(path) = path else { return Ok(None) };
+            let file = File::create(path).map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+            Ok(Some((path.clone(), file)))
+        };
+        Ok(ReviewFiles {
+            diagram: open(&cli.diagram)?,
+            report: open(&cli.report)?,
+        })
+    }
+
+    /// Writes what was asked for, from `log` (the run's own log cannot
+    /// fail to parse, but a caller's can).
+    fn write(self, log: Result<Log, phile_runner::review::ParseError>) -> Result<(), String> {
+        if self.diagram.is_none() && self.report.is_none() {
+            return Ok(());
+        }
+        let log = log.map_err(|error| format!("cannot read the event log: {error}"))?;
+        if let Some((path, file)) = self.diagram {
+            write_to(&path, file, &mermaid(&log))?;
+        }
+        if let Some((path, file)) = self.report {
+            let html = html_report(&log, &ReportExtras::default())
+                .map_err(|error| format!("cannot make the report {}: {error}", path.display()))?;
+            write_to(&path, file, &html)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_to(path: &std::path::Path, mut file: File, text: &str) -> Result<(), String> {
+    file.write_all(text.as_bytes())
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))
 }
 
 /// The `phile` binary installed or built beside this one.

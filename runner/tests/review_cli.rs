@@ -1,0 +1,190 @@
+//! `phile-run --diagram`, `--report` and `--render`: the review files of a
+//! run, of a failed run, and of a log written earlier.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn phile_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phile-run"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("phile-run starts")
+}
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// Runs `script` quietly on free ports in `dir`, with `extra` options.
+fn run_in(dir: &Path, script: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        script.to_str().unwrap(),
+        "--root",
+        dir.to_str().unwrap(),
+        "--ephemeral-ports",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    phile_run(&args)
+}
+
+#[test]
+fn a_run_writes_its_diagram_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (diagram, report) = (dir.path().join("run.md"), dir.path().join("run.html"));
+    let output = run_in(
+        dir.path(),
+        &scenario("default.rhai"),
+        &[
+            "--diagram",
+            diagram.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(
+        stdout.lines().last().unwrap().starts_with("ok: "),
+        "the summary stays last:\n{stdout}"
+    );
+    let diagram = read(&diagram);
+    assert!(diagram.starts_with("sequenceDiagram\n"), "{diagram}");
+    for node in ["tracker", "10000", "10001", "10002", "10003", "10004"] {
+        assert!(
+            diagram.contains(&format!(" as {node}\n")),
+            "{node} has no column:\n{diagram}"
+        );
+    }
+    assert!(diagram.contains("n1->>n3: test1.txt (5 B)"), "{diagram}");
+    let report = read(&report);
+    assert!(report.contains("default.rhai · seed 1 · 5 downloads: 4 ok, 1 failed · the script ran to its end"));
+}
+
+#[test]
+fn a_failed_run_still_writes_its_report_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("broken.rhai");
+    std::fs::write(
+        &script,
+        "let t = tracker(0);\nlet a = client(1);\na.register(t);\nassert(false, \"<b>on purpose</b>\");\n",
+    )
+    .unwrap();
+    let (diagram, report) = (dir.path().join("run.md"), dir.path().join("run.html"));
+    let output = run_in(
+        dir.path(),
+        &script,
+        &[
+            "--diagram",
+            diagram.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let report = read(&report);
+    assert!(report.contains("the script failed at line 4"), "{report}");
+    assert!(
+        report.contains("assertion failed: &lt;b&gt;on purpose&lt;&#x2f;b&gt;"),
+        "{report}"
+    );
+    assert!(read(&diagram).contains("script failed at line 4"));
+}
+
+#[test]
+fn render_makes_the_same_files_from_a_log_written_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let output = run_in(
+        dir.path(),
+        &scenario("kill_and_failover.rhai"),
+        &[
+            "--events",
+            &path("events.jsonl"),
+            "--diagram",
+            &path("run.md"),
+            "--report",
+            &path("run.html"),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let rendered = phile_run(&[
+        "--render",
+        &path("events.jsonl"),
+        "--diagram",
+        &path("again.md"),
+        "--report",
+        &path("again.html"),
+    ]);
+    assert!(rendered.status.success(), "{}", text(&rendered.stderr));
+    assert_eq!(read(&dir.path().join("again.md")), read(&dir.path().join("run.md")));
+    assert_eq!(read(&dir.path().join("again.html")), read(&dir.path().join("run.html")));
+    let only_report = phile_run(&["--render", &path("events.jsonl"), "--report", &path("alone.html")]);
+    assert!(only_report.status.success());
+    assert!(!dir.path().join("alone.md").exists());
+}
+
+#[test]
+fn bad_use_of_the_review_options_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"seq\":0,\"node\":\"tracker\",\"event\":\"started\"}\n{\"seq\":1,\"event\":\"started\"}\n",
+    )
+    .unwrap();
+    let (events, report) = (events.to_str().unwrap(), dir.path().join("r.html"));
+    let report = report.to_str().unwrap();
+    let script = scenario("default.rhai");
+    let script = script.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--render", events], "--diagram"),
+        (&["--render", events, "--report", report, script], "cannot be used with"),
+        (
+            &["--render", events, "--report", report, "--seed", "3"],
+            "cannot be used with",
+        ),
+        (
+            &["--render", events, "--report", report, "--ephemeral-ports"],
+            "cannot be used with",
+        ),
+        (&["--report", report], "SCRIPT"),
+        (
+            &["--render", "no/such/events.jsonl", "--report", report],
+            "no/such/events.jsonl",
+        ),
+        (
+            &["--render", events, "--report", report],
+            "line 2: the event has no `node`",
+        ),
+        (
+            &[script, "--report", "/no/such/dir/r.html"],
+            "cannot create /no/such/dir/r.html",
+        ),
+    ];
+    for (args, says) in cases {
+        let output = phile_run(args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
+    }
+    // A log that cannot be read leaves no report behind, not an empty one.
+    assert!(!Path::new(report).exists());
+}
+
+#[test]
+fn help_describes_the_review_options() {
+    let help = text(&phile_run(&["--help"]).stdout);
+    for option in ["--diagram <FILE>", "--report <FILE>", "--render <EVENTS.jsonl>"] {
+        assert!(help.contains(option), "--help does not mention {option}:\n{help}");
+    }
+}
