@@ -8,5 +8,6 @@ mod hostile;
 mod load;
 mod network;
 mod scenarios;
+mod simulation;
 mod util;
 mod verbs;

@@ -1,6 +1,8 @@
 //! Every scenario in `scenarios/` runs, passes, and logs exactly what its
 //! snapshot in `snapshots/` says. Adding a scenario file adds a test.
 
+use phile_runner::review::{snapshot_view, Log};
+
 use crate::util::{events, run_file, scenarios_dir};
 
 #[test]
@@ -12,12 +14,18 @@ fn every_scenario_passes_and_matches_its_snapshot() {
             panic!("{} failed:\n{}", path.display(), failure.report);
         }
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let script = std::fs::read_to_string(path).unwrap();
+        let log = Log::from_lines(outcome.events.iter().map(String::as_str)).unwrap();
+        let view = snapshot_view(&log, Some(&script));
         let mut settings = insta::Settings::clone_current();
         settings.set_snapshot_path("../../snapshots");
         settings.set_prepend_module_to_snapshot(false);
         settings.remove_snapshot_suffix();
-        settings.set_description(format!("event log of scenarios/{name}.rhai (seed 1)"));
-        settings.bind(|| insta::assert_snapshot!(name, outcome.events.join("\n")));
+        settings.set_omit_expression(true);
+        settings.set_description(format!(
+            "event log of scenarios/{name}.rhai (seed 1), by script line (the --events file has the same events as JSON Lines)"
+        ));
+        settings.bind(|| insta::assert_snapshot!(name, view));
     });
 }
 

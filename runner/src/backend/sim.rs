@@ -618,8 +618,12 @@ struct Scheduler {
     harness: Mutex<Option<Waker>>,
     /// Each host's tasks, to abort them all when it crashes. A std mutex:
     /// held for a push or a sweep.
-    tasks: Mutex<HashMap<HostId, Vec<(AbortHandle, Arc<TaskWaker>)>>>,
+    tasks: Mutex<HashMap<HostId, Vec<HostTask>>>,
 }
+
+/// A task of a host: how to abort it, and its waker (to count it as ready
+/// when it is aborted, since tokio then runs it without our waker).
+type HostTask = (AbortHandle, Arc<TaskWaker>);
 
 /// How an idle wait ended.
 enum Idle<T> {

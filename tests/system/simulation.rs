@@ -1,0 +1,152 @@
+//! `--sim`: the same scenarios on a simulated network in virtual time.
+//! A scenario whose outcome does not depend on timing logs the same as
+//! over real TCP; a simulated run repeats exactly, whatever the script
+//! does; the scenarios that need the simulator are snapshot-tested under it.
+
+use std::path::{Path, PathBuf};
+
+use phile_runner::review::{snapshot_view, Log};
+use phile_runner::{run, RunOptions};
+
+use crate::util::{run_source_with, scenarios_dir};
+
+/// The event log of `scenario`, run over TCP or simulated.
+fn log_of(scenario: &Path, sim: bool) -> Vec<String> {
+    let root = tempfile::tempdir().unwrap();
+    let mut options = RunOptions::for_test(scenario, root.path());
+    options.settings.sim = sim;
+    let outcome = run(&options).expect("the run starts");
+    if let Some(failure) = &outcome.failure {
+        panic!("{} (sim: {sim}) failed:\n{}", scenario.display(), failure.report);
+    }
+    outcome.events
+}
+
+/// The scenarios in `dir` (not in its sub-folders).
+fn scenarios_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rhai"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn every_scenario_logs_the_same_simulated_as_over_tcp() {
+    let scenarios = scenarios_in(&scenarios_dir());
+    assert!(scenarios.len() >= 8, "only {} scenarios found", scenarios.len());
+    for scenario in scenarios {
+        let (tcp, sim) = (log_of(&scenario, false), log_of(&scenario, true));
+        // The first event names the network; nothing else may differ.
+        assert_eq!(
+            tcp[0].replace(r#""network":"tcp""#, r#""network":"sim""#),
+            sim[0],
+            "{}",
+            scenario.display()
+        );
+        assert_eq!(tcp[1..], sim[1..], "{}: the logs differ", scenario.display());
+    }
+}
+
+#[test]
+fn every_simulation_scenario_passes_and_matches_its_snapshot() {
+    insta::glob!("../../scenarios/sim", "*.rhai", |path| {
+        let log = log_of(path, true);
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let script = std::fs::read_to_string(path).unwrap();
+        let view = snapshot_view(&Log::from_lines(log.iter().map(String::as_str)).unwrap(), Some(&script));
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path("../../snapshots/sim");
+        settings.set_prepend_module_to_snapshot(false);
+        settings.remove_snapshot_suffix();
+        settings.set_omit_expression(true);
+        settings.set_description(format!(
+            "event log of scenarios/sim/{name}.rhai under --sim (seed 1), by script line"
+        ));
+        settings.bind(|| insta::assert_snapshot!(name, view));
+    });
+}
+
+#[test]
+fn a_crash_during_background_transfers_logs_the_same_twenty_times() {
+    for name in ["crash_during_transfer.rhai", "concurrent_faults.rhai"] {
+        let scenario = scenarios_dir().join("sim").join(name);
+        let first = log_of(&scenario, true);
+        for run in 1..20 {
+            assert_eq!(log_of(&scenario, true), first, "{name}: run {run} differs from run 0");
+        }
+    }
+}
+
+#[test]
+fn every_simulation_scenario_repeats_exactly() {
+    for scenario in scenarios_in(&scenarios_dir().join("sim")) {
+        let first = log_of(&scenario, true);
+        for _ in 0..4 {
+            assert_eq!(log_of(&scenario, true), first, "{}", scenario.display());
+        }
+    }
+}
+
+#[test]
+fn network_verbs_need_the_simulator_and_say_so() {
+    for verb in ["latency(a, t, 10);", "partition(a, b);", "heal(t, a);"] {
+        let script = format!("let t = tracker(0); let a = client(1); let b = client(2);\n{verb}");
+        let over_tcp = run_source_with(&script, |_| {});
+        let failure = over_tcp.outcome.failure.expect("it needs --sim");
+        assert!(failure.message.contains("--sim"), "{verb}: {}", failure.message);
+        let simulated = run_source_with(&script, |o| o.settings.sim = true);
+        assert!(simulated.outcome.failure.is_none(), "{verb} failed under --sim");
+    }
+}
+
+#[test]
+fn a_simulation_with_more_nodes_than_its_first_room_starts_over_unseen() {
+    // More clients than the simulator first makes room for: it starts over
+    // with more room, and the log shows nothing of it.
+    let script = r#"
+        let t = tracker(0);
+        let seeder = client(1);
+        seeder.register(t);
+        seeder.write("f", "shared by many");
+        seeder.upload("f");
+        for id in 2..150 {
+            let c = client(id);
+            c.register(t);
+            assert(c.download("f").ok, `client ${id} could not download`);
+        }
+    "#;
+    let simulated = run_source_with(script, |o| o.settings.sim = true);
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
+    let events = simulated.events();
+    assert_eq!(events.iter().filter(|e| e["event"] == "scenario_started").count(), 1);
+    assert_eq!(events.iter().filter(|e| e["event"] == "download_finished").count(), 148);
+    let over_tcp = run_source_with(script, |_| {});
+    assert_eq!(over_tcp.outcome.events[1..], simulated.outcome.events[1..]);
+}
+
+#[test]
+fn time_is_virtual_under_the_simulator() {
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        a.register(t);
+        let before = now();
+        sleep(3600);
+        assert(now() - before == 3600.0, `an hour of sleep moved the clock by ${now() - before}`);
+        // An hour of silence is longer than the session timeout, but the
+        // heartbeats went on meanwhile: a is still registered.
+        a.write("x", "y");
+        a.upload("x");
+    "#;
+    let started = std::time::Instant::now();
+    let simulated = run_source_with(script, |o| o.settings.sim = true);
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "an hour of virtual time took {:?}",
+        started.elapsed()
+    );
+}
