@@ -5,15 +5,23 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use phile_core::protocol::{ClientId, Digest, FileInfo, PeerReply, Request, TrackerReply, TrackerRequest};
 
+/// How long a test waits for a line a process should print: long enough
+/// for a loaded machine, short enough that a silent process fails the test
+/// rather than hanging it.
+const LINE_WAIT: Duration = Duration::from_secs(60);
+
 /// A running `phile` process, stopped when dropped.
 struct Running {
     child: Child,
-    stdout: BufReader<ChildStdout>,
+    /// Its standard output, line by line, read by a thread of its own so a
+    /// wait for a line can have a deadline.
+    lines: mpsc::Receiver<String>,
     /// Where its standard error goes, to be read once it has said something.
     stderr: tempfile::NamedTempFile,
 }
@@ -29,19 +37,29 @@ impl Running {
             .spawn()
             .expect("phile starts");
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Running { child, stdout, stderr }
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines, stderr }
     }
 
-    /// The next line the process prints (waits for it).
+    /// The next line the process prints (waits for it, up to `LINE_WAIT`).
     fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(
-            !line.is_empty(),
-            "the process ended before printing; its errors: {}",
-            self.stderr()
-        );
-        line.trim_end().to_owned()
+        match self.lines.recv_timeout(LINE_WAIT) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line within {LINE_WAIT:?}; its errors: {}", self.stderr())
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the process ended before printing; its errors: {}", self.stderr())
+            }
+        }
     }
 
     /// Everything it printed to standard error so far.
@@ -52,7 +70,10 @@ impl Running {
     /// The rest of its standard output, once it has exited.
     fn rest(&mut self) -> String {
         let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
+        for line in self.lines.iter() {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
         rest
     }
 
