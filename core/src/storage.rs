@@ -73,6 +73,11 @@ pub struct Folder {
     known: Arc<Mutex<HashMap<FileName, Known>>>,
     /// Where blocking work runs.
     host: Arc<dyn Host>,
+    /// Whether putting a file in place may replace one already there.
+    /// Scenarios replace (a download over a held file is documented to
+    /// replace it); `phile get` without `--overwrite` does not, so a file
+    /// that appears while its download runs is never clobbered.
+    replace: bool,
 }
 
 impl std::fmt::Debug for Folder {
@@ -155,7 +160,18 @@ impl Folder {
             dir,
             known: Arc::default(),
             host: Arc::new(OsHost),
+            replace: true,
         }
+    }
+
+    /// This folder, never replacing a file already in place: storing a
+    /// download (or writing a file) under a name that is taken fails with an
+    /// [`io::ErrorKind::AlreadyExists`] error and deletes what arrived. The
+    /// rename itself decides (`renameat2` with `RENAME_NOREPLACE` on Linux, a
+    /// hard link elsewhere), so no file can slip in between a check and the
+    /// rename.
+    pub fn keeping_existing(self) -> Folder {
+        Folder { replace: false, ..self }
     }
 
     /// This folder, running its blocking work on `host`.
@@ -293,10 +309,10 @@ impl Folder {
         F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
     {
         let writer = Writer::new(self.temp_file(name)?);
-        let (target, dir) = (self.path(name), self.dir.clone());
+        let (target, dir, replace) = (self.path(name), self.dir.clone(), self.replace);
         let (file, info) = self
             .host
-            .blocking(move || writer.write_whole(fill, &target, &dir))
+            .blocking(move || writer.write_whole(fill, &target, &dir, replace))
             .await?;
         self.remember_stored(name, &file, info)?;
         Ok(info)
@@ -308,7 +324,7 @@ impl Folder {
         F: FnOnce(&mut dyn Write) -> io::Result<()>,
     {
         let writer = Writer::new(self.temp_file(name)?);
-        let (file, info) = writer.write_whole(fill, &self.path(name), &self.dir)?;
+        let (file, info) = writer.write_whole(fill, &self.path(name), &self.dir, self.replace)?;
         self.remember_stored(name, &file, info)?;
         Ok(info)
     }
@@ -355,8 +371,11 @@ impl Folder {
     /// Moves a verified download into place as `name`.
     pub async fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
         let info = received.info;
-        let (target, dir) = (self.path(name), self.dir.clone());
-        let file = self.host.blocking(move || received.persist(&target, &dir)).await?;
+        let (target, dir, replace) = (self.path(name), self.dir.clone(), self.replace);
+        let file = self
+            .host
+            .blocking(move || received.persist(&target, &dir, replace))
+            .await?;
         self.remember_stored(name, &file, info)
     }
 
@@ -524,9 +543,15 @@ impl Received {
     }
 
     /// Renames the file to `target` in `dir` and syncs `dir`, so the rename
-    /// survives a power cut. Returns the file, still open.
-    fn persist(self, target: &Path, dir: &Path) -> Result<fs::File, StorageError> {
-        let file = self.temp.persist(target).map_err(|e| StorageError::Io {
+    /// survives a power cut. Returns the file, still open. Unless `replace`,
+    /// a file already at `target` stays and the rename fails.
+    fn persist(self, target: &Path, dir: &Path, replace: bool) -> Result<fs::File, StorageError> {
+        let persisted = if replace {
+            self.temp.persist(target)
+        } else {
+            self.temp.persist_noclobber(target)
+        };
+        let file = persisted.map_err(|e| StorageError::Io {
             path: target.to_owned(),
             source: e.error,
         })?;
@@ -560,14 +585,20 @@ impl Writer {
 
     /// Writes what `fill` writes, then renames the whole into place as
     /// `target` in `dir`; returns the file, still open, and what it holds.
-    fn write_whole<F>(mut self, fill: F, target: &Path, dir: &Path) -> Result<(fs::File, FileInfo), StorageError>
+    fn write_whole<F>(
+        mut self,
+        fill: F,
+        target: &Path,
+        dir: &Path,
+        replace: bool,
+    ) -> Result<(fs::File, FileInfo), StorageError>
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()>,
     {
         fill(&mut self).map_err(at(self.temp.path()))?;
         let received = self.finish()?;
         let info = received.info;
-        Ok((received.persist(target, dir)?, info))
+        Ok((received.persist(target, dir, replace)?, info))
     }
 
     /// Syncs the file, so a rename never exposes unsynced data.
@@ -785,6 +816,28 @@ mod tests {
         let received = live.finish().await.unwrap();
         first.store(&name("movie.bin"), received).await.unwrap();
         assert_eq!(first.read(&name("movie.bin")).await.unwrap(), b"half a movie");
+    }
+
+    #[tokio::test]
+    async fn a_folder_keeping_existing_files_never_replaces_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap().keeping_existing();
+        let mut incoming = folder.incoming(&name("x")).unwrap();
+        incoming.accept(Bytes::from_static(b"downloaded")).await.unwrap();
+        let received = incoming.finish().await.unwrap();
+        // Someone puts a file there while the download runs.
+        fs::write(dir.path().join("x"), "the user's own").unwrap();
+        let refused = folder.store(&name("x"), received).await.unwrap_err();
+        assert!(
+            matches!(&refused, StorageError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists),
+            "{refused:?}"
+        );
+        assert_eq!(fs::read_to_string(dir.path().join("x")).unwrap(), "the user's own");
+        assert_eq!(raw_entries(dir.path()), ["x"], "the refused download was left behind");
+        assert!(folder.write(&name("x"), "again").await.is_err());
+        // A free name is stored as usual.
+        folder.write(&name("y"), "new").await.unwrap();
+        assert_eq!(folder.read(&name("y")).await.unwrap(), b"new");
     }
 
     #[tokio::test]

@@ -64,6 +64,11 @@ struct Cli {
     #[arg(long)]
     sim: bool,
 
+    /// Stop a script that runs more than this many operations (every
+    /// expression counts one).
+    #[arg(long, value_name = "N", default_value_t = phile_runner::DEFAULT_MAX_OPERATIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_operations: u64,
+
     /// Stop a script that runs longer than this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     time_limit: u64,
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
         },
         events: cli.events.clone(),
         time_limit: Duration::from_secs(cli.time_limit),
+        max_operations: cli.max_operations,
     };
     if cli.processes {
         match phile_next_to_me() {
@@ -218,6 +224,9 @@ fn rerun_command(cli: &Cli, script: &std::path::Path) -> String {
     }
     if cli.time_limit != DEFAULT_TIME_LIMIT {
         command += &format!(" --time-limit {}", cli.time_limit);
+    }
+    if cli.max_operations != phile_runner::DEFAULT_MAX_OPERATIONS {
+        command += &format!(" --max-operations {}", cli.max_operations);
     }
     if let Some(diagram) = &cli.diagram {
         command += &format!(" --diagram {}", diagram.display());

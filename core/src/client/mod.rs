@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use session::{status, SessionError};
 pub use transfer::{Progress, TransferError};
@@ -33,6 +34,13 @@ use crate::storage::{Folder, StorageError};
 use crate::trace;
 use serve::Seeder;
 use session::Session;
+
+/// The least time either side of a transfer gives the other for the
+/// confirmation at its end: the downloader verifies and syncs the file
+/// before it confirms, and the holder closes after reading it. Not the
+/// (possibly very short) idle timeout, so the order of their events never
+/// depends on how busy the machine is.
+pub(crate) const CONFIRMATION_WAIT: Duration = Duration::from_secs(10);
 
 /// How a client behaves.
 #[derive(Clone)]
@@ -183,6 +191,8 @@ pub struct Client {
     limits: Limits,
     /// Caps on its upload and download, over all its peer transfers.
     rate: Arc<RateLimits>,
+    /// Counts the downloads under way.
+    downloads: TaskTracker,
     /// The address it asks the tracker to give out, if not the default.
     advertise: Option<SocketAddr>,
 }
@@ -232,6 +242,7 @@ impl Client {
             reporter,
             limits: config.limits,
             rate,
+            downloads: TaskTracker::new(),
             advertise: config.advertise,
         })
     }
@@ -352,6 +363,8 @@ impl Client {
     /// none is left. Reports `download_finished` or `download_failed`, and
     /// `transfer_rejected` for each holder given up on.
     pub async fn receive(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
+        // Counted, so that leaving waits until every download has ended.
+        let _under_way = self.downloads.token();
         // A client that stops (or crashes) drops its downloads with it.
         let received = tokio::select! {
             biased;
@@ -546,6 +559,10 @@ impl Client {
         self.session.lock().await.take();
         self.server.drain(grace).await;
         self.stop.cancel();
+        // The downloads it was making end now (and say so): wait for them,
+        // so that nothing it does outlives its leaving.
+        self.downloads.close();
+        self.downloads.wait().await;
         said_goodbye
     }
 

@@ -66,7 +66,10 @@ impl Seeder {
         let info = content.info();
         connection.write(&PeerReply::File { info }).await?;
         connection.write_body(&mut content, info.size).await?;
-        match connection.read::<Request<PeerRequest>>().await? {
+        // The downloader verifies and syncs what it received before it
+        // confirms: that may take a while on a busy disk.
+        let wait = connection.idle_timeout().max(super::CONFIRMATION_WAIT);
+        match connection.read_within::<Request<PeerRequest>>(wait).await? {
             Some(Request {
                 trace,
                 body: PeerRequest::Received { sha1 },

@@ -10,7 +10,7 @@ use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
 use crate::trace;
 
-use super::Source;
+use super::{Source, CONFIRMATION_WAIT};
 
 /// Why a peer did not deliver a file.
 #[derive(Debug, thiserror::Error)]
@@ -152,9 +152,13 @@ pub(crate) async fn fetch(
             body: confirm,
         })
         .await;
+    // A busy peer may take a moment to read it: the wait is not bounded by
+    // a short idle timeout, so the order of the two events never depends on
+    // how loaded the machine is.
+    let wait = limits.idle_timeout.max(CONFIRMATION_WAIT);
     if let Err(error) = confirmed {
         tracing::debug!(%error, "could not confirm {file} to a peer that already went");
-    } else if let Err(error) = connection.read::<PeerReply>().await {
+    } else if let Err(error) = connection.read_within::<PeerReply>(wait).await {
         tracing::debug!(%error, "peer did not close cleanly after {file}");
     }
     Ok(received)

@@ -37,6 +37,7 @@ pub struct Local {
 impl Local {
     /// A backend with no nodes yet.
     pub fn new(events: Arc<dyn EventSink>, ephemeral_ports: bool, deadline: Deadline) -> std::io::Result<Local> {
+        super::raise_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("phile-node")
@@ -62,6 +63,7 @@ impl Local {
 
 impl Backend for Local {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
+        super::check_file_budget()?;
         let addr = loopback(port, self.ephemeral_ports);
         let listener = self
             .runtime()

@@ -34,6 +34,18 @@ pub enum StartError {
     /// The simulated network has no room for another node in this attempt.
     #[error(transparent)]
     OutOfHosts(#[from] sim::OutOfHosts),
+    /// Another node would run the process out of file descriptors.
+    #[error(
+        "this scenario needs more file descriptors than the limit of {limit} allows \
+         ({open} open; every node over real TCP takes about {FDS_PER_NODE}): raise the limit \
+         (ulimit -n), or run it with --sim"
+    )]
+    OutOfFiles {
+        /// The process's limit.
+        limit: u64,
+        /// How many are open now.
+        open: u64,
+    },
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -100,6 +112,37 @@ pub trait Network {
     fn partition(&mut self, a: NodeKey, b: NodeKey);
     /// Undoes [`Network::partition`].
     fn heal(&mut self, a: NodeKey, b: NodeKey);
+}
+
+/// About how many file descriptors one node holds over real TCP: its
+/// listener, its session, a transfer or two, a heartbeat in flight.
+pub const FDS_PER_NODE: u64 = 6;
+
+/// Raises this process's soft limit on open files to the hard limit: a
+/// scenario with many clients holds a few sockets per client, and the
+/// default soft limit (often 1,024) is far below what the system allows.
+pub fn raise_file_limit() {
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(%error, "could not raise the open-file limit");
+    }
+}
+
+/// Refuses to start another node when it would run this process out of
+/// file descriptors: better a clear error now than accept loops failing
+/// and retrying later.
+pub fn check_file_budget() -> Result<(), StartError> {
+    let Ok((limit, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return Ok(());
+    };
+    // Linux lists a process's open descriptors here; elsewhere, no check.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Ok(());
+    };
+    let open = entries.count() as u64;
+    if open + 2 * FDS_PER_NODE > limit {
+        return Err(StartError::OutOfFiles { limit, open });
+    }
+    Ok(())
 }
 
 /// The address a node listens on over real TCP: loopback, the scripted

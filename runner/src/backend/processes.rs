@@ -40,6 +40,7 @@ pub struct Processes {
 impl Processes {
     /// A backend with no nodes yet, running `phile` for each node.
     pub fn new(phile: PathBuf, events: Arc<dyn EventSink>, ephemeral_ports: bool, deadline: Deadline) -> Processes {
+        super::raise_file_limit();
         Processes {
             phile,
             agents: Vec::new(),
@@ -57,6 +58,7 @@ impl Processes {
 
 impl Backend for Processes {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
+        super::check_file_budget()?;
         let mut args = vec![
             "--listen".to_owned(),
             loopback(port, self.ephemeral_ports).to_string(),
