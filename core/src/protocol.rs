@@ -91,8 +91,10 @@ impl fmt::Display for ClientId {
     }
 }
 
-/// A file name that is safe to join to a client's folder: one plain path
-/// component, never a path.
+/// A file name that is safe to join to a client's folder, and to print: one
+/// plain path component, never a path, and no control character (a name is
+/// shown in terminals and logs, where ESC or a newline would let a remote
+/// peer rewrite the screen or forge log lines).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FileName(String);
@@ -125,6 +127,9 @@ impl TryFrom<String> for FileName {
         }
         if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
             return Err(InvalidFileName::Forbidden(name, c));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(InvalidFileName::Control(name, c));
         }
         if name.ends_with(PARTIAL_SUFFIX) {
             return Err(InvalidFileName::Reserved(name));
@@ -162,6 +167,11 @@ pub enum InvalidFileName {
     /// Contains a path separator or NUL.
     #[error("invalid file name {0:?}: it contains {1:?}; a file name is one plain name, not a path")]
     Forbidden(String, char),
+    /// Contains a control character (newline, tab, ESC, DEL, C1 codes).
+    #[error(
+        "invalid file name {0:?}: it contains the control character {1:?}; file names cannot hold control characters"
+    )]
+    Control(String, char),
     /// Ends with the suffix reserved for downloads in progress.
     #[error("invalid file name {0:?}: names ending in {PARTIAL_SUFFIX:?} are reserved for downloads in progress")]
     Reserved(String),
@@ -642,11 +652,25 @@ mod tests {
             "/etc/passwd",
             "a\\b",
             "a\0b",
+            "a\nb",
+            "tab\there",
+            "\u{1b}]0;pwned\u{7}",
+            "del\u{7f}",
+            "c1\u{9b}31m",
             "x.phile-part",
             &"n".repeat(256),
         ] {
             assert!(bad.parse::<FileName>().is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn a_refused_name_is_quoted_with_its_control_characters_escaped() {
+        let error = "\u{1b}[2Jx\ny".parse::<FileName>().unwrap_err();
+        assert!(matches!(error, InvalidFileName::Control(_, '\u{1b}')), "{error:?}");
+        let message = error.to_string();
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(message.contains(r"\u{1b}[2Jx\ny"), "{message}");
     }
 
     #[test]

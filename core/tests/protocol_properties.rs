@@ -176,4 +176,11 @@ proptest! {
             prop_assert!(!matches!(file.as_str(), "." | ".."));
         }
     }
+
+    #[test]
+    fn accepted_file_names_hold_no_control_character(name in "(?s).{0,40}") {
+        if let Ok(file) = name.parse::<FileName>() {
+            prop_assert!(!file.as_str().chars().any(char::is_control), "{:?}", file);
+        }
+    }
 }
