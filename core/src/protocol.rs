@@ -38,6 +38,10 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// The longest file name, in bytes (the usual file-system limit).
 pub const MAX_FILE_NAME_LEN: usize = 255;
 
+/// How many holders one `StatusFile` frame lists at most: well inside a
+/// frame even with 20-digit ids.
+pub const STATUS_HOLDERS_PER_FRAME: usize = 2000;
+
 /// The suffix of a download in progress. Such files are never listed, served
 /// or accepted as names, so a half-written file can never be mistaken for a
 /// whole one.
@@ -400,7 +404,8 @@ pub enum TrackerReply {
         files: u64,
     },
     /// Part of a status answer: one file and (some of) its holders. A file
-    /// with very many holders comes in several parts, each within a frame.
+    /// with very many holders comes in several consecutive parts, each of
+    /// at most [`STATUS_HOLDERS_PER_FRAME`] holders.
     StatusFile {
         /// The file.
         file: FileName,
@@ -608,6 +613,16 @@ mod tests {
             exclude,
         };
         assert!(matches!(encode(&request), Err(ProtocolError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_full_status_part_fits_a_frame() {
+        let reply = TrackerReply::StatusFile {
+            file: file(&"n".repeat(MAX_FILE_NAME_LEN)),
+            info: info(),
+            holders: vec![ClientId(u64::MAX); STATUS_HOLDERS_PER_FRAME],
+        };
+        assert!(encode(&reply).is_ok());
     }
 
     #[test]

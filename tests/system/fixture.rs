@@ -87,12 +87,15 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// A raw framed connection, to speak the protocol (or not) by hand.
 pub struct Raw(Framed<TcpStream, LengthDelimitedCodec>);
 
+impl From<TcpStream> for Raw {
+    fn from(stream: TcpStream) -> Raw {
+        Raw(Framed::new(stream, protocol::frame_codec()))
+    }
+}
+
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        Raw(Framed::new(
-            TcpStream::connect(addr).await.unwrap(),
-            protocol::frame_codec(),
-        ))
+        Raw::from(TcpStream::connect(addr).await.unwrap())
     }
 
     /// Sends one frame holding `payload` as is.

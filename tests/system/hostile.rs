@@ -6,9 +6,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use phile_core::client::{DownloadError, Source};
-use phile_core::protocol::{ClientId, Digest, FileInfo, PeerReply, PeerRequest, TrackerReply, TrackerRequest};
-use phile_core::{Client, Tracker};
+use phile_core::client::{DownloadError, SessionError, Source, StatusLimits};
+use phile_core::protocol::{
+    self, ClientId, Digest, FileInfo, PeerReply, PeerRequest, Request, TrackerReply, TrackerRequest,
+};
+use phile_core::{Client, Tracker, TrackerConfig};
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -439,4 +442,96 @@ async fn a_tracker_that_answers_late_costs_the_session_not_its_pairing() {
     assert!(!b.is_registered().await);
     let error = b.locate(&name("b"), &[]).await.unwrap_err();
     assert!(error.to_string().contains("not registered"), "{error}");
+}
+
+// ---------------------------------------------------------------------------
+// Memory: what a status answer costs either side.
+
+/// Reads one frame from a raw socket, as a message.
+async fn read_frame<T: DeserializeOwned>(socket: &mut TcpStream) -> T {
+    let mut length = [0u8; 4];
+    socket.read_exact(&mut length).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+    socket.read_exact(&mut payload).await.unwrap();
+    protocol::decode(&payload).unwrap()
+}
+
+#[tokio::test]
+async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them() {
+    // Small socket buffers on both sides: the answer backs up inside the
+    // tracker while the reader takes its time.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tracker = Tracker::spawn(socket.listen(1024).unwrap(), TrackerConfig::default()).unwrap();
+    let addr = tracker.local_addr();
+    let mut holder = Raw::connect(addr).await;
+    holder.register(1, "127.0.0.1:9".parse().unwrap()).await;
+    let info = FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    };
+    for n in 0..5_000 {
+        holder.announce(&format!("file-{n:05}"), info).await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = Raw::from(socket.connect(addr).await.unwrap());
+    reader.request(TrackerRequest::Status).await;
+    assert!(matches!(
+        reader.reply::<TrackerReply>().await,
+        Some(TrackerReply::StatusClient { .. })
+    ));
+    // While the answer is under way the tracker serves everyone else, and
+    // what changes meanwhile shows in the part not yet sent: the tracker
+    // reads its records a page at a time, it does not answer from a copy.
+    holder.announce("zzz-late", info).await;
+    let mut names = Vec::new();
+    loop {
+        match reader.reply::<TrackerReply>().await {
+            Some(TrackerReply::StatusFile { file, .. }) => names.push(file.to_string()),
+            Some(TrackerReply::StatusEnd) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(names.len(), 5_001);
+    assert_eq!(names.last().map(String::as_str), Some("zzz-late"));
+}
+
+#[tokio::test]
+async fn a_tracker_that_never_ends_its_status_answer_is_given_up_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let _: Request<TrackerRequest> = read_frame(&mut socket).await;
+        let endless = TrackerReply::StatusClient {
+            client: ClientId(1),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            files: 1,
+        };
+        let payload = protocol::encode(&endless).unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        while socket.write_all(&frame).await.is_ok() {}
+    });
+    let limits = StatusLimits {
+        max_entries: 10_000,
+        ..StatusLimits::default()
+    };
+    let mut answer = phile_core::client::status(addr, limits).await.unwrap();
+    let mut read = 0;
+    let error = loop {
+        match answer.next().await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("an endless answer ended"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(read, 10_000);
+    assert!(
+        matches!(error, SessionError::AnswerTooLong { max: 10_000, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("more than 10000 status entries"), "{error}");
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use session::{status, SessionError};
+pub use session::{status, SessionError, StatusAnswer, StatusLimits};
 pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};

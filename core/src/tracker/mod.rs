@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-pub use records::{Holder, Records, Refusal, SessionId, Snapshot};
+pub use records::{Holder, Records, Refusal, SessionId, StatusCursor, StatusEntry};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
@@ -158,8 +158,7 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
             }
         };
         if request.body == TrackerRequest::Status {
-            let snapshot = shared.records().snapshot();
-            if let Err(error) = send_status(&mut connection, snapshot).await {
+            if let Err(error) = send_status(&shared, &mut connection).await {
                 tracing::info!(remote = %session.remote, %error, "status answer failed");
                 break;
             }
@@ -184,36 +183,28 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
     }
 }
 
-/// How many holders one `StatusFile` frame lists: well inside a frame even
-/// with 20-digit ids.
-const HOLDERS_PER_FRAME: usize = 2000;
+/// How many ids (clients, files, holders) one page of a status answer
+/// holds: the tracker reads a page under the lock, lets go of it, sends the
+/// page (however slowly the reader takes it), then reads the next one. So an
+/// answer costs a page of memory, not a copy of the records, and never keeps
+/// other sessions waiting for the lock.
+const STATUS_PAGE: usize = 4096;
 
-/// Streams a status answer: clients, files, then the end.
-async fn send_status(connection: &mut Connection, snapshot: Snapshot) -> Result<(), ConnectionError> {
-    for (client, addr, files) in snapshot.clients {
-        connection
-            .write(&TrackerReply::StatusClient { client, addr, files })
-            .await?;
-    }
-    for (file, info, holders) in snapshot.files {
-        let mut parts = holders.chunks(HOLDERS_PER_FRAME).peekable();
-        if parts.peek().is_none() {
-            let reply = TrackerReply::StatusFile {
-                file,
-                info,
-                holders: Vec::new(),
-            };
-            connection.write(&reply).await?;
-            continue;
-        }
-        for part in parts {
-            let reply = TrackerReply::StatusFile {
-                file: file.clone(),
-                info,
-                holders: part.to_vec(),
+/// Streams a status answer: clients, files, then the end, a page at a time.
+/// On a busy tracker the answer is not one instant's picture: each page is
+/// read as the records stand then.
+async fn send_status(shared: &Shared, connection: &mut Connection) -> Result<(), ConnectionError> {
+    let mut cursor = StatusCursor::Start;
+    while cursor != StatusCursor::Done {
+        let (page, next) = shared.records().status_page(cursor, STATUS_PAGE);
+        for entry in page {
+            let reply = match entry {
+                StatusEntry::Client { client, addr, files } => TrackerReply::StatusClient { client, addr, files },
+                StatusEntry::File { file, info, holders } => TrackerReply::StatusFile { file, info, holders },
             };
             connection.write(&reply).await?;
         }
+        cursor = next;
     }
     connection.write(&TrackerReply::StatusEnd).await
 }
