@@ -18,6 +18,15 @@
 //! downloader -> peer      Received { sha1 }        peer closes the connection
 //! downloader -> tracker   Announce { file, info }  tracker -> downloader  Ack
 //! ```
+//!
+//! When the bytes do not hash to the tracker's record, the downloader still
+//! sends `Received` with the SHA-1 it computed, and waits for the close. The
+//! holder, seeing another SHA-1 than the one it served, hashes its own copy
+//! again; only if that copy no longer matches what it announced does it
+//! withdraw it (`Withdraw { file, sha1, reason }`). The downloader then
+//! reports the holder (`Report`), which only stops the tracker offering that
+//! holder *to that downloader*, and looks up again (`Lookup { file,
+//! failover: true }`). Nobody but the holder itself can unlist its copy.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -30,9 +39,11 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 /// The largest frame either side accepts or sends, in bytes.
 ///
-/// Control messages are well under 1 KiB; the limit only has to leave room
-/// for a lookup's exclusion list, and it keeps a hostile length prefix from
-/// making a server buffer gigabytes.
+/// Control messages are well under 1 KiB, and no message grows with the
+/// state of a download (the holders a downloader gave up on are kept by the
+/// tracker, not listed in each lookup); the largest is a status part of
+/// [`STATUS_HOLDERS_PER_FRAME`] holders. The limit keeps a hostile length
+/// prefix from making a server buffer gigabytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
 /// The longest file name, in bytes (the usual file-system limit).
@@ -294,32 +305,50 @@ pub enum TrackerRequest {
         /// Its size and SHA-1.
         info: FileInfo,
     },
-    /// "Who holds `file`?" The answer never names the asker or anyone in
-    /// `exclude`.
+    /// "Who holds `file`?" The answer never names the asker, nor a holder
+    /// the asker reported (`Report`) during this download.
     Lookup {
         /// The file wanted.
         file: FileName,
-        /// Holders the asker does not want (they failed it before).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        exclude: Vec<ClientId>,
+        /// Whether this lookup goes on with a download that gave up on a
+        /// holder (failover). Without it, a new download begins: the
+        /// tracker forgets the asker's reports about `file`, so a holder
+        /// whose trouble was passing gets a fresh chance.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        failover: bool,
     },
     /// "I am leaving": the tracker forgets the client and what it held, and
     /// the client closes the session after the `Ack`.
     Leave,
-    /// "`peer` did not deliver `file`": lets the tracker stop offering a
-    /// holder whose copy is bad.
+    /// "`peer` did not deliver version `sha1` of `file`": the tracker no
+    /// longer offers `peer` for that version *to the reporter*, until the
+    /// reporter begins a new download of `file`. It never affects what
+    /// anyone else is offered: a report is a claim, not a proof.
     Report {
         /// The file.
         file: FileName,
         /// The holder that failed.
         peer: ClientId,
+        /// The SHA-1 the reporter expected (the tracker's record when it
+        /// looked up): a report about another version than the one
+        /// recorded now is stale, and ignored.
+        sha1: Digest,
         /// What went wrong.
         problem: Problem,
     },
-    /// "I no longer hold `file`" (deleted, or changed in place).
+    /// "I no longer hold `file`" (deleted, changed in place, or found bad).
     Withdraw {
         /// The file.
         file: FileName,
+        /// The version withdrawn: when given, the holding is dropped only
+        /// while the tracker records this SHA-1 for `file`, so a late
+        /// withdrawal never removes a version announced after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha1: Option<Digest>,
+        /// Why, when the holder found its own copy bad (`wrong_size`,
+        /// `wrong_content`): the tracker reports that it dropped the copy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Problem>,
     },
     /// A heartbeat: "still here". Keeps a quiet session alive.
     Ping,
@@ -366,7 +395,8 @@ impl Problem {
         }
     }
 
-    /// Whether the holder's copy itself is bad (not just the connection).
+    /// Whether the holder's copy itself is bad (not just the connection):
+    /// the reasons a holder gives when it withdraws a copy it found bad.
     pub fn is_bad_copy(self) -> bool {
         matches!(self, Problem::WrongSize | Problem::WrongContent)
     }
@@ -430,7 +460,9 @@ pub enum PeerRequest {
         client: ClientId,
     },
     /// "I have all the bytes and their SHA-1 is `sha1`": the downloader
-    /// confirms a verified transfer; the peer then closes the connection.
+    /// confirms a transfer, verified or not; the peer then closes the
+    /// connection. A SHA-1 other than the one the peer served tells it that
+    /// its copy may be bad: it checks its copy again before closing.
     Received {
         /// The SHA-1 the downloader computed.
         sha1: Digest,
@@ -497,20 +529,30 @@ mod tests {
             },
             TrackerRequest::Lookup {
                 file: file("test1.txt"),
-                exclude: vec![],
+                failover: false,
             },
             TrackerRequest::Lookup {
                 file: file("é ü.txt"),
-                exclude: vec![ClientId(3), ClientId(4)],
+                failover: true,
             },
             TrackerRequest::Leave,
             TrackerRequest::Report {
                 file: file("a"),
                 peer: ClientId(3),
+                sha1: info().sha1,
                 problem: Problem::WrongContent,
             },
             TrackerRequest::Ping,
-            TrackerRequest::Withdraw { file: file("gone.txt") },
+            TrackerRequest::Withdraw {
+                file: file("gone.txt"),
+                sha1: None,
+                reason: None,
+            },
+            TrackerRequest::Withdraw {
+                file: file("bad.txt"),
+                sha1: Some(info().sha1),
+                reason: Some(Problem::WrongContent),
+            },
             TrackerRequest::Status,
         ]
         .into_iter()
@@ -607,12 +649,13 @@ mod tests {
 
     #[test]
     fn a_message_too_large_for_a_frame_is_refused() {
-        let exclude = (0..20_000).map(ClientId).collect();
-        let request = TrackerRequest::Lookup {
+        let holders = (0..20_000).map(ClientId).collect();
+        let reply = TrackerReply::StatusFile {
             file: file("x"),
-            exclude,
+            info: info(),
+            holders,
         };
-        assert!(matches!(encode(&request), Err(ProtocolError::TooLarge(_))));
+        assert!(matches!(encode(&reply), Err(ProtocolError::TooLarge(_))));
     }
 
     #[test]
@@ -644,7 +687,7 @@ mod tests {
             trace: Trace { op: 3, step: 1 },
             body: TrackerRequest::Lookup {
                 file: file("a.txt"),
-                exclude: vec![],
+                failover: false,
             },
         };
         assert_eq!(

@@ -2,20 +2,31 @@
 //! closed connection, the servers keep serving everyone else, and no stored
 //! file changes. Fake holders that refuse, stall, lie about the size or send
 //! the wrong bytes make a download fail over, never store a bad file.
+//!
+//! Then the attacks of a registered client on the tracker's trust (false
+//! reports, stale reports, name hijacking), failover through thousands of
+//! failing holders, the memory a client or a tracker can make the other
+//! hold, and control characters in names.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use phile_core::client::{DownloadError, SessionError, Source, StatusLimits};
+use phile_core::events::Event;
 use phile_core::protocol::{
-    self, ClientId, Digest, FileInfo, PeerReply, PeerRequest, Request, TrackerReply, TrackerRequest,
+    self, ClientId, Digest, FileInfo, PeerReply, PeerRequest, Problem, Request, TrackerReply, TrackerRequest,
 };
-use phile_core::{Client, Tracker, TrackerConfig};
+use phile_core::tracker::{Quotas, StatusEntry};
+use phile_core::{Client, ClientConfig, Trace, Tracker, TrackerConfig};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::fixture::{client_with, contents, name, registered, short_limits, tracker, tracker_with, Raw};
+use crate::fixture::{
+    client_config, client_with, contents, many_sockets, name, registered, short_limits, tracker, tracker_config,
+    tracker_with, Raw, Recorded,
+};
 
 /// A tracker with two registered clients; `a` holds `f.txt`.
 struct Swarm {
@@ -109,7 +120,7 @@ async fn requests_out_of_order_are_refused_and_the_session_goes_on() {
         TrackerRequest::Announce { file: name("x"), info },
         TrackerRequest::Lookup {
             file: name("f.txt"),
-            exclude: vec![],
+            failover: false,
         },
         TrackerRequest::Leave,
         TrackerRequest::Ping,
@@ -254,13 +265,13 @@ async fn a_registered_client_that_goes_silent_is_forgotten() {
             },
         )
         .await;
-    assert!(b.locate(&name("f"), &[]).await.unwrap().is_some());
+    assert!(b.lookup(&name("f")).await.unwrap().is_some());
     // Past the session timeout, the tracker hangs up on it and forgets it.
     assert!(ghost.reply::<TrackerReply>().await.is_none());
-    assert!(b.locate(&name("f"), &[]).await.unwrap().is_none());
+    assert!(b.lookup(&name("f")).await.unwrap().is_none());
     // b, which sends heartbeats, is still registered long after.
     tokio::time::sleep(Duration::from_millis(800)).await; // longer than the session timeout, on purpose
-    assert!(b.locate(&name("f"), &[]).await.is_ok(), "a live client was dropped");
+    assert!(b.lookup(&name("f")).await.is_ok(), "a live client was dropped");
 }
 
 /// A fake holder of `f.txt` listening on a socket of its own.
@@ -436,16 +447,23 @@ async fn a_tracker_that_answers_late_costs_the_session_not_its_pairing() {
     let dir = tempfile::tempdir().unwrap();
     let b = client_with(2, dir.path(), short_limits()).await;
     b.register(addr).await.unwrap();
-    assert!(b.locate(&name("a"), &[]).await.is_err());
+    assert!(b.lookup(&name("a")).await.is_err());
     // The late answer must never be taken for the answer to a later request:
     // the session is gone, and the client knows it is not registered.
     assert!(!b.is_registered().await);
-    let error = b.locate(&name("b"), &[]).await.unwrap_err();
+    let error = b.lookup(&name("b")).await.unwrap_err();
     assert!(error.to_string().contains("not registered"), "{error}");
 }
 
 // ---------------------------------------------------------------------------
-// Memory: what a status answer costs either side.
+// The tracker believes a client about itself only.
+
+/// Writes one frame holding `message` on a raw socket.
+async fn write_frame<T: Serialize>(socket: &mut TcpStream, message: &T) {
+    let payload = protocol::encode(message).unwrap();
+    socket.write_all(&(payload.len() as u32).to_be_bytes()).await.unwrap();
+    socket.write_all(&payload).await.unwrap();
+}
 
 /// Reads one frame from a raw socket, as a message.
 async fn read_frame<T: DeserializeOwned>(socket: &mut TcpStream) -> T {
@@ -454,6 +472,295 @@ async fn read_frame<T: DeserializeOwned>(socket: &mut TcpStream) -> T {
     let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
     socket.read_exact(&mut payload).await.unwrap();
     protocol::decode(&payload).unwrap()
+}
+
+/// Every file the tracker's status lists, with its holders.
+async fn status_files(tracker: SocketAddr) -> Vec<(String, Vec<u64>)> {
+    let mut answer = phile_core::client::status(tracker, StatusLimits::default())
+        .await
+        .unwrap();
+    let mut files: Vec<(String, Vec<u64>)> = Vec::new();
+    while let Some(entry) = answer.next().await.unwrap() {
+        if let StatusEntry::File { file, holders, .. } = entry {
+            let holders = holders.into_iter().map(|holder| holder.0);
+            match files.last_mut() {
+                Some(last) if last.0 == file.as_str() => last.1.extend(holders),
+                _ => files.push((file.to_string(), holders.collect())),
+            }
+        }
+    }
+    files
+}
+
+fn holders_dropped(events: &Recorded) -> Vec<Event> {
+    events.matching(|event| matches!(event, Event::HolderDropped { .. }))
+}
+
+#[tokio::test]
+async fn a_false_report_neither_unlists_an_honest_holder_nor_frees_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let honest = registered(1, dir.path(), &tracker).await;
+    honest.folder().write(&name("doc.txt"), "the real doc").await.unwrap();
+    let info = honest.upload(&name("doc.txt")).await.unwrap();
+
+    // The attacker, a registered client speaking raw TCP, is sent to the
+    // honest holder and reports it as having sent the wrong content.
+    let mut attacker = Raw::connect(tracker.local_addr()).await;
+    attacker.register(666, "127.0.0.1:9".parse().unwrap()).await;
+    let TrackerReply::Peer { peer, addr, .. } = attacker.lookup("doc.txt").await else {
+        panic!("the honest holder was not offered");
+    };
+    assert_eq!(peer, ClientId(1));
+    attacker.report("doc.txt", 1, info.sha1).await;
+    // It also fetches the file and tells the holder the bytes hashed to
+    // something else: the holder checks its copy, finds it good, keeps it.
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let get = PeerRequest::Get {
+        file: name("doc.txt"),
+        client: ClientId(666),
+    };
+    let trace = Trace::default();
+    write_frame(&mut socket, &Request { trace, body: get }).await;
+    assert_eq!(read_frame::<PeerReply>(&mut socket).await, PeerReply::File { info });
+    let mut body = vec![0u8; info.size as usize];
+    socket.read_exact(&mut body).await.unwrap();
+    let lie = PeerRequest::Received {
+        sha1: Digest::of(b"something else"),
+    };
+    write_frame(&mut socket, &Request { trace, body: lie }).await;
+    closed(&mut socket).await;
+    // Then it announces doc.txt with content of its own: refused, since a
+    // holder of the recorded content is alive.
+    let evil = FileInfo {
+        size: 4,
+        sha1: Digest::of(b"evil"),
+    };
+    let hijack = TrackerRequest::Announce {
+        file: name("doc.txt"),
+        info: evil,
+    };
+    attacker.request(hijack).await;
+    match attacker.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("same content"), "{reason}"),
+        other => panic!("the name was rebound: {other:?}"),
+    }
+
+    // The next download, by anyone else, gets the honest bytes.
+    let fresh = registered(2, dir.path(), &tracker).await;
+    let got = fresh.download(&name("doc.txt")).await.unwrap();
+    assert_eq!(got.downloaded.from, ClientId(1));
+    assert_eq!(fresh.folder().read(&name("doc.txt")).await.unwrap(), b"the real doc");
+    // The attacker leaves; the status still lists the honest holder.
+    attacker.request(TrackerRequest::Leave).await;
+    assert_eq!(attacker.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
+    drop(attacker);
+    let files = status_files(tracker.local_addr()).await;
+    assert_eq!(files, [("doc.txt".to_owned(), vec![1, 2])]);
+    assert_eq!(holders_dropped(&events), []);
+    assert_eq!(honest.folder().read(&name("doc.txt")).await.unwrap(), b"the real doc");
+}
+
+#[tokio::test]
+async fn a_holder_told_of_wrong_bytes_withdraws_its_copy_only_if_the_copy_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let a = registered(1, dir.path(), &tracker).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    a.folder().write(&name("f"), "hello world").await.unwrap();
+    a.upload(&name("f")).await.unwrap();
+    // a's disk flips a byte behind its back: same size, same time, same inode.
+    let path = a.folder().path(&name("f"));
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut file, b"J").unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    let error = b.download(&name("f")).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "no peer delivered f: 1 sent content with the wrong SHA-1"
+    );
+    assert_eq!(
+        holders_dropped(&events),
+        [Event::HolderDropped {
+            client: ClientId(1),
+            file: name("f"),
+            reason: Problem::WrongContent,
+        }]
+    );
+    assert_eq!(status_files(tracker.local_addr()).await, []);
+    assert!(b.folder().list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_holder_whose_file_changed_size_since_it_announced_it_refuses_and_withdraws() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let a = registered(1, dir.path(), &tracker).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    a.folder().write(&name("f"), "the content").await.unwrap();
+    a.upload(&name("f")).await.unwrap();
+    // Rewritten with another size, and not announced again.
+    std::fs::write(a.folder().path(&name("f")), "a longer content").unwrap();
+    let error = b.download(&name("f")).await.unwrap_err();
+    assert_eq!(error.to_string(), "no peer delivered f: 1 refused to send the file");
+    assert_eq!(
+        holders_dropped(&events),
+        [Event::HolderDropped {
+            client: ClientId(1),
+            file: name("f"),
+            reason: Problem::WrongSize,
+        }]
+    );
+    // The tracker no longer offers the old version; the new one can be
+    // announced under the name.
+    assert!(b.lookup(&name("f")).await.unwrap().is_none());
+    a.upload(&name("f")).await.unwrap();
+    assert_eq!(b.download(&name("f")).await.unwrap().downloaded.info.size, 16);
+}
+
+#[tokio::test]
+async fn a_stale_report_never_unlists_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker().await;
+    let seeder = registered(1, dir.path(), &tracker).await;
+    let d = registered(2, dir.path(), &tracker).await;
+    let e = registered(3, dir.path(), &tracker).await;
+    seeder.folder().write(&name("f"), "version one").await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+    let old = d.lookup(&name("f")).await.unwrap().unwrap();
+    // The seeder changes the file in place during d's download and
+    // announces the new version.
+    let new = seeder.folder().write(&name("f"), "version two").await.unwrap();
+    seeder.withdraw(&name("f")).await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+    // d rightly rejects bytes that are not version one, and reports the
+    // seeder about version one: the new version stays on offer, to d too.
+    let got = d.receive(&name("f"), old).await.unwrap();
+    assert_eq!((got.from, got.info), (ClientId(1), new));
+    assert_eq!(d.folder().read(&name("f")).await.unwrap(), b"version two");
+    let offered = e
+        .lookup(&name("f"))
+        .await
+        .unwrap()
+        .expect("the new version was unlisted");
+    assert_eq!((offered.peer, offered.info), (ClientId(1), new));
+}
+
+// ---------------------------------------------------------------------------
+// Failover, whatever the number of failed holders.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_goes_on_through_thousands_of_failed_holders() {
+    let _turn = many_sockets().await;
+    const FAKES: u64 = 4_000;
+    // 20-digit ids: a lookup that listed the holders given up on would
+    // overflow the 64 KiB frame after about 3,100 of them.
+    const FIRST_FAKE: u64 = 18_000_000_000_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    // With seed 1 the honest holder comes after 3,987 of the fakes.
+    let tracker = tracker_config(TrackerConfig {
+        seed: 1,
+        ..TrackerConfig::default()
+    })
+    .await;
+    let honest = registered(1, dir.path(), &tracker).await;
+    honest.folder().write(&name("f.txt"), "the content").await.unwrap();
+    let info = honest.upload(&name("f.txt")).await.unwrap();
+    // Half the fakes give an address that refuses connections, half one
+    // that cuts the file short.
+    let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let cutter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cutting = cutter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = cutter.accept().await {
+            tokio::spawn(async move {
+                let _: Request<PeerRequest> = read_frame(&mut socket).await;
+                send_file(&mut socket, info, b"the").await;
+            });
+        }
+    });
+    let mut fakes = Vec::new();
+    for i in 0..FAKES {
+        let mut fake = Raw::connect(tracker.local_addr()).await;
+        let advertise = if i % 2 == 0 { refusing } else { cutting };
+        fake.register(FIRST_FAKE + i, advertise).await;
+        fake.announce("f.txt", info).await;
+        fakes.push(fake);
+    }
+    let events = Recorded::new();
+    let config = ClientConfig {
+        events: Some(events.clone()),
+        ..ClientConfig::default()
+    };
+    let b = client_config(2, dir.path(), config).await;
+    b.register(tracker.local_addr()).await.unwrap();
+    let got = b.download(&name("f.txt")).await.unwrap();
+    assert_eq!(got.downloaded.from, ClientId(1));
+    assert_eq!(b.folder().read(&name("f.txt")).await.unwrap(), b"the content");
+    let rejected = events
+        .matching(|event| matches!(event, Event::TransferRejected { .. }))
+        .len();
+    assert!(
+        rejected > 3_200,
+        "only {rejected} holders failed first: the test no longer goes past the old frame limit"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Memory: what one client can make the tracker hold, what a status answer
+// costs either side.
+
+#[tokio::test]
+async fn one_client_cannot_make_the_tracker_hold_more_than_its_share() {
+    let quotas = Quotas {
+        files: 100,
+        ..Quotas::default()
+    };
+    let tracker = tracker_config(TrackerConfig {
+        quotas,
+        ..TrackerConfig::default()
+    })
+    .await;
+    let mut hoarder = Raw::connect(tracker.local_addr()).await;
+    hoarder.register(1, "127.0.0.1:9".parse().unwrap()).await;
+    let info = FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    };
+    for n in 0..100 {
+        hoarder.announce(&format!("file-{n}"), info).await;
+    }
+    hoarder
+        .request(TrackerRequest::Announce {
+            file: name("one-too-many"),
+            info,
+        })
+        .await;
+    match hoarder.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("already holds 100 files"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // The refusal is an answer, not the end of the session.
+    hoarder.request(TrackerRequest::Ping).await;
+    assert_eq!(hoarder.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
+    assert_eq!(status_files(tracker.local_addr()).await.len(), 100);
 }
 
 #[tokio::test]
@@ -534,4 +841,42 @@ async fn a_tracker_that_never_ends_its_status_answer_is_given_up_on() {
         "{error:?}"
     );
     assert!(error.to_string().contains("more than 10000 status entries"), "{error}");
+}
+
+// ---------------------------------------------------------------------------
+// Control characters.
+
+#[tokio::test]
+async fn names_with_control_characters_are_refused_everywhere() {
+    let swarm = swarm().await;
+    let forgeries = [
+        "x\u{1b}]0;pwned\u{7}",
+        "line\nINFO forged log line",
+        "bell\u{7}",
+        "c1\u{9b}2J",
+    ];
+    for (id, forged) in (10..).zip(forgeries) {
+        let quoted = serde_json::to_string(forged).unwrap();
+        let announce = format!(
+            r#"{{"body":{{"type":"announce","file":{quoted},"info":{{"size":1,"sha1":"{}"}}}}}}"#,
+            Digest::of(b"x")
+        );
+        let mut raw = Raw::connect(swarm.tracker.local_addr()).await;
+        raw.register(id, "127.0.0.1:9".parse().unwrap()).await;
+        raw.send_bytes(announce.into_bytes()).await;
+        match raw.reply::<TrackerReply>().await {
+            Some(TrackerReply::Refused { reason }) => {
+                assert!(reason.contains("control character"), "{reason}");
+                assert!(!reason.chars().any(char::is_control), "{reason:?}");
+            }
+            other => panic!("{forged:?} got {other:?}"),
+        }
+        // And a peer never serves one.
+        let mut peer = Raw::connect(swarm.a.local_addr()).await;
+        let get = format!(r#"{{"body":{{"type":"get","file":{quoted},"client":9}}}}"#);
+        peer.send_bytes(get.into_bytes()).await;
+        assert!(peer.reply::<PeerReply>().await.is_none(), "{forged:?} got an answer");
+    }
+    assert_eq!(status_files(swarm.tracker.local_addr()).await.len(), 1);
+    swarm.still_serves().await;
 }

@@ -71,6 +71,58 @@ impl TransferError {
     }
 }
 
+/// A holder given up on, and what the downloader may still owe it.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// What went wrong.
+    pub error: TransferError,
+    /// When the bytes hashed wrong: the connection to the holder, still
+    /// open, to tell it so once the rejection is on record.
+    pub complaint: Option<Complaint>,
+}
+
+impl From<TransferError> for Rejected {
+    fn from(error: TransferError) -> Rejected {
+        Rejected { error, complaint: None }
+    }
+}
+
+impl From<ConnectionError> for Rejected {
+    fn from(error: ConnectionError) -> Rejected {
+        TransferError::from(error).into()
+    }
+}
+
+impl From<StorageError> for Rejected {
+    fn from(error: StorageError) -> Rejected {
+        TransferError::from(error).into()
+    }
+}
+
+/// What arrived from a holder whose bytes did not hash to the tracker's
+/// record. The holder cannot know unless told: it may hold a copy that went
+/// bad on its disk. Only the holder can check its copy, and only it can
+/// withdraw it; a downloader's word alone unlists nothing.
+#[derive(Debug)]
+pub(crate) struct Complaint {
+    /// The open connection to the holder.
+    connection: Connection,
+    /// The SHA-1 of what arrived.
+    sha1: Digest,
+    /// The file, for log lines.
+    file: FileName,
+}
+
+impl Complaint {
+    /// Tells the holder the SHA-1 of what arrived, as after any transfer,
+    /// and waits (at most the idle timeout) while it checks its copy and
+    /// closes the connection: whatever it does about its copy is then on
+    /// record before the download goes on.
+    pub(crate) async fn send(mut self) {
+        confirm(&mut self.connection, self.sha1, &self.file).await;
+    }
+}
+
 /// Fetches `file` from `source` into a temporary file of `folder` and checks
 /// it against `source.info`. Nothing is left in the folder on failure.
 pub(crate) async fn fetch(
@@ -81,7 +133,7 @@ pub(crate) async fn fetch(
     source: &Source,
     limits: Limits,
     progress: Option<&dyn Progress>,
-) -> Result<Received, TransferError> {
+) -> Result<Received, Rejected> {
     let expected = source.info;
     let mut connection = Connection::connect(host, source.addr, limits.idle_timeout)
         .await
@@ -99,7 +151,7 @@ pub(crate) async fn fetch(
     // A holder that says nothing at first is given up on quickly; once it
     // sends, the longer idle timeout applies.
     let header = match connection.read_within::<PeerReply>(limits.first_byte_timeout).await {
-        Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited)),
+        Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited).into()),
         other => other?,
     };
     match header {
@@ -108,10 +160,11 @@ pub(crate) async fn fetch(
             return Err(TransferError::WrongSize {
                 offered: info.size,
                 expected: expected.size,
-            });
+            }
+            .into());
         }
-        Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason)),
-        None => return Err(TransferError::NoAnswer),
+        Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason).into()),
+        None => return Err(TransferError::NoAnswer.into()),
     }
     let mut incoming = folder.incoming(file)?;
     match progress {
@@ -128,18 +181,31 @@ pub(crate) async fn fetch(
         None => connection.read_body(expected.size, &mut incoming).await?,
     }
     let received = incoming.finish().await?;
-    if received.info().sha1 != expected.sha1 {
-        return Err(TransferError::WrongContent {
-            received: received.info().sha1,
-            expected: expected.sha1,
+    let sha1 = received.info().sha1;
+    if sha1 != expected.sha1 {
+        // `received` is dropped here: the wrong bytes are deleted at once.
+        return Err(Rejected {
+            error: TransferError::WrongContent {
+                received: sha1,
+                expected: expected.sha1,
+            },
+            complaint: Some(Complaint {
+                connection,
+                sha1,
+                file: file.clone(),
+            }),
         });
     }
-    let confirm = PeerRequest::Received {
-        sha1: received.info().sha1,
-    };
-    // The peer records the transfer when it reads the confirmation, then
-    // closes. Waiting for the close orders its event before ours; the file is
-    // verified either way, so a peer that vanishes now costs nothing.
+    confirm(&mut connection, sha1, file).await;
+    Ok(received)
+}
+
+/// Sends `Received { sha1 }` and waits for the peer to close. The peer
+/// records the transfer (or checks its copy) when it reads the
+/// confirmation, then closes: waiting for the close orders its events
+/// before ours. A peer that vanishes meanwhile costs nothing.
+async fn confirm(connection: &mut Connection, sha1: Digest, file: &FileName) {
+    let confirm = PeerRequest::Received { sha1 };
     let confirmed = connection
         .write(&Request {
             trace: trace::next(),
@@ -151,7 +217,6 @@ pub(crate) async fn fetch(
     } else if let Err(error) = connection.read::<PeerReply>().await {
         tracing::debug!(%error, "peer did not close cleanly after {file}");
     }
-    Ok(received)
 }
 
 /// Watches downloads byte by byte, to draw progress.
