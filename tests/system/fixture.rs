@@ -64,14 +64,23 @@ impl Recorded {
     }
 }
 
-/// Tests that open thousands of sockets take turns, so that together they
-/// stay well inside the process's file-descriptor limit. (A tokio mutex:
-/// the turn is held across the test's awaits, and each test has a runtime
-/// of its own.)
-pub async fn many_sockets() -> tokio::sync::MutexGuard<'static, ()> {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Tests that open thousands of sockets, load the machine, or time what
+/// they do take turns: together they would crowd the process's file
+/// descriptors, and each would slow what the others time. (A tokio mutex:
+/// a turn is held across a test's awaits, and each test has a runtime of
+/// its own.)
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this test's turn (see [`TURN`]).
+pub async fn heavy_turn() -> tokio::sync::MutexGuard<'static, ()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     TURN.lock().await
+}
+
+/// [`heavy_turn`], for a test outside any runtime.
+pub fn heavy_turn_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    TURN.blocking_lock()
 }
 
 pub async fn client_with(id: u64, dir: &Path, limits: Limits) -> Client {

@@ -6,9 +6,11 @@
 //! Then the attacks of a registered client on the tracker's trust (false
 //! reports, stale reports, name hijacking), failover through thousands of
 //! failing holders, the memory a client or a tracker can make the other
-//! hold, and control characters in names.
+//! hold, starving a peer of connections, and control characters in names.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phile_core::client::{DownloadError, SessionError, Source, StatusLimits};
@@ -17,14 +19,15 @@ use phile_core::protocol::{
     self, ClientId, Digest, FileInfo, PeerReply, PeerRequest, Problem, Request, TrackerReply, TrackerRequest,
 };
 use phile_core::tracker::{Quotas, StatusEntry};
-use phile_core::{Client, ClientConfig, Trace, Tracker, TrackerConfig};
+use phile_core::{Client, ClientConfig, Limits, Trace, Tracker, TrackerConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::fixture::{
-    client_config, client_with, contents, many_sockets, name, registered, short_limits, tracker, tracker_config,
+    client_config, client_with, contents, heavy_turn, name, registered, short_limits, tracker, tracker_config,
     tracker_with, Raw, Recorded,
 };
 
@@ -668,7 +671,7 @@ async fn a_stale_report_never_unlists_a_new_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_goes_on_through_thousands_of_failed_holders() {
-    let _turn = many_sockets().await;
+    let _turn = heavy_turn().await;
     const FAKES: u64 = 4_000;
     // 20-digit ids: a lookup that listed the holders given up on would
     // overflow the 64 KiB frame after about 3,100 of them.
@@ -841,6 +844,129 @@ async fn a_tracker_that_never_ends_its_status_answer_is_given_up_on() {
         "{error:?}"
     );
     assert!(error.to_string().contains("more than 10000 status entries"), "{error}");
+}
+
+// ---------------------------------------------------------------------------
+// A peer cannot be starved.
+
+/// Keeps a connection from `from` to `to` open, doing nothing, and opens
+/// it again as soon as it drops, until `stop`.
+async fn hold_open(from: &'static str, to: SocketAddr, opened: Arc<AtomicU64>, stop: CancellationToken) {
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = socket.connect(to) => connected,
+        };
+        let Ok(mut stream) = connected else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        opened.fetch_add(1, Ordering::Relaxed);
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = stream.read(&mut byte) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_reopened_as_soon_as_they_drop_do_not_starve_a_peer() {
+    let _turn = heavy_turn().await;
+    let swarm = swarm().await;
+    let target = swarm.a.local_addr();
+    // The attacker is another process: its own runtime, on its own thread.
+    let stop = CancellationToken::new();
+    let opened = Arc::new(AtomicU64::new(0));
+    let attacker = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut connections = tokio::task::JoinSet::new();
+                for _ in 0..2_200 {
+                    connections.spawn(hold_open("127.0.0.2", target, opened.clone(), stop.clone()));
+                }
+                while connections.join_next().await.is_some() {}
+            });
+        })
+    };
+    // Every one of the 2,200 has connected at least once (most are refused
+    // at once and are back already).
+    while opened.load(Ordering::Relaxed) < 2_200 {
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a counter, not racing a timeout
+    }
+    let started = Instant::now();
+    swarm.still_serves().await;
+    let took = started.elapsed();
+    stop.cancel();
+    attacker.join().unwrap();
+    assert!(
+        took < Duration::from_secs(3),
+        "an 11-byte download took {took:?} behind idle connections"
+    );
+}
+
+#[tokio::test]
+async fn stalled_holders_cost_the_first_byte_timeout_not_the_idle_timeout() {
+    let _turn = heavy_turn().await;
+    let dir = tempfile::tempdir().unwrap();
+    // With seed 3, the three stalled holders are offered before the honest one.
+    let tracker = tracker_config(TrackerConfig {
+        seed: 3,
+        ..TrackerConfig::default()
+    })
+    .await;
+    let honest = registered(1, dir.path(), &tracker).await;
+    honest.folder().write(&name("f.txt"), "the content").await.unwrap();
+    let info = honest.upload(&name("f.txt")).await.unwrap();
+    // Holders that accept, read the request, and never answer.
+    let staller = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalling = staller.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = staller.accept().await {
+            let _: Request<PeerRequest> = read_frame(&mut socket).await;
+            held.push(socket);
+        }
+    });
+    let mut fakes = Vec::new();
+    for id in [101, 102, 103] {
+        let mut fake = Raw::connect(tracker.local_addr()).await;
+        fake.register(id, stalling).await;
+        fake.announce("f.txt", info).await;
+        fakes.push(fake);
+    }
+    let (first_byte, idle) = (Duration::from_millis(500), Duration::from_secs(20));
+    let limits = Limits {
+        first_byte_timeout: first_byte,
+        ..Limits::default().with_idle_timeout(idle)
+    };
+    let events = Recorded::new();
+    let config = ClientConfig {
+        limits,
+        events: Some(events.clone()),
+        ..ClientConfig::default()
+    };
+    let b = client_config(2, dir.path(), config).await;
+    b.register(tracker.local_addr()).await.unwrap();
+    let started = Instant::now();
+    let got = b.download(&name("f.txt")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(got.downloaded.from, ClientId(1));
+    let stalled = events.matching(|event| matches!(event, Event::TransferRejected { .. }));
+    assert_eq!(stalled.len(), 3, "{stalled:?}");
+    // About 3 x 0.5 s; one wait for the idle timeout alone would be 20 s.
+    assert!(took >= first_byte * 3, "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "three stalled holders took {took:?}, not about 3 x {first_byte:?} (the idle timeout is {idle:?})"
+    );
 }
 
 // ---------------------------------------------------------------------------
