@@ -28,6 +28,7 @@
 //! holder *to that downloader*, and looks up again (`Lookup { file,
 //! failover: true }`). Nobody but the holder itself can unlist its copy.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -65,6 +66,34 @@ pub fn frame_codec() -> LengthDelimitedCodec {
         .big_endian()
         .max_frame_length(MAX_FRAME_LEN)
         .new_codec()
+}
+
+/// Text from the network (a refusal's reason, a file name) made safe to
+/// print on a terminal or write to a log: control characters (ESC,
+/// newline, C1 codes) and the invisible characters that reorder or hide
+/// text (bidirectional controls, zero-width characters) become `\u{...}`
+/// escapes, and a backslash is doubled so that an escape cannot be forged.
+/// Plain text comes back as it is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        c == '\\'
+            || c.is_control()
+            || matches!(c,
+                '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            c if hidden(c) => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// Serialises a message into the payload of one frame.
@@ -729,6 +758,15 @@ mod tests {
         let message = error.to_string();
         assert!(!message.chars().any(char::is_control), "{message:?}");
         assert!(message.contains(r"\u{1b}[2Jx\ny"), "{message}");
+    }
+
+    #[test]
+    fn remote_text_is_made_printable() {
+        assert!(matches!(printable("plain name.txt"), Cow::Borrowed("plain name.txt")));
+        assert_eq!(printable("a\u{1b}]0;x\u{7}b"), r"a\u{1b}]0;x\u{7}b");
+        assert_eq!(printable("forged\nINFO line"), r"forged\u{a}INFO line");
+        assert_eq!(printable("evil\u{202e}txt.exe"), r"evil\u{202e}txt.exe");
+        assert_eq!(printable("back\\slash\u{9b}"), r"back\\slash\u{9b}");
     }
 
     #[test]

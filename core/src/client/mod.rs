@@ -28,7 +28,7 @@ pub use transfer::{Progress, TransferError};
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::faults::{Fault, Faults};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::protocol::{ClientId, FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
+use crate::protocol::{printable, ClientId, FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, ServerHandle};
 use crate::storage::{Folder, StorageError};
 use crate::trace;
@@ -115,8 +115,8 @@ pub enum ClientError {
     /// Talking to the tracker failed.
     #[error(transparent)]
     Session(#[from] SessionError),
-    /// The tracker refused the request.
-    #[error("the tracker refused: {0}")]
+    /// The tracker refused the request; its reason is shown made printable.
+    #[error("the tracker refused: {}", printable(.0))]
     Refused(String),
     /// The tracker answered something that makes no sense here.
     #[error("unexpected answer from the tracker: {0:?}")]

@@ -2,7 +2,7 @@
 
 use crate::connection::{BodySink, Connection, ConnectionError};
 use crate::host::Host;
-use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
+use crate::protocol::{printable, ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
 use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
 use crate::trace;
@@ -21,8 +21,8 @@ pub enum TransferError {
     /// The connection failed, was cut or stalled.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
-    /// The peer said no.
-    #[error("refused: {0}")]
+    /// The peer said no; its reason is shown made printable.
+    #[error("refused: {}", printable(.0))]
     Refused(String),
     /// The peer closed the connection instead of answering.
     #[error("the peer closed the connection without answering")]
@@ -246,5 +246,23 @@ impl<S: BodySink + Send> BodySink for Counted<'_, S> {
         self.sink.accept(chunk).await?;
         self.progress.advance(self.file, self.received);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ClientError;
+    use super::*;
+
+    #[test]
+    fn remote_reasons_are_shown_made_printable() {
+        let hostile = "no\u{1b}[2J\nINFO forged line".to_owned();
+        for shown in [
+            TransferError::Refused(hostile.clone()).to_string(),
+            ClientError::Refused(hostile).to_string(),
+        ] {
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            assert!(shown.ends_with(r"no\u{1b}[2J\u{a}INFO forged line"), "{shown}");
+        }
     }
 }
