@@ -226,10 +226,23 @@ impl Folder {
 
     /// The size and SHA-1 of the bytes a held file has on disk now, hashed
     /// afresh: what the folder remembers may be out of date if the file
-    /// changed behind its back without a new size, time or inode.
+    /// changed behind its back without a new size, time or inode. What it
+    /// finds replaces what the folder remembered, so a copy found bad is
+    /// never again described by its old hash.
     pub async fn hash(&self, name: &FileName) -> Result<FileInfo, StorageError> {
         let (file, path) = (self.open_held(name)?, self.path(name));
-        self.host.blocking(move || hash(&file, &path)).await
+        let (known, name) = (self.known.clone(), name.clone());
+        self.host
+            .blocking(move || {
+                let stamp = Stamp::of(&file.metadata().map_err(at(&path))?);
+                let info = hash(&file, &path)?;
+                known
+                    .lock()
+                    .expect("digest cache poisoned")
+                    .insert(name, Known { stamp, info });
+                Ok(info)
+            })
+            .await
     }
 
     /// [`Folder::hash`], blocking the caller: for code that runs off the
@@ -863,6 +876,8 @@ mod tests {
         file.set_modified(modified).unwrap();
         assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"hello"));
         assert_eq!(folder.hash(&name("a")).await.unwrap().sha1, Digest::of(b"HELLO"));
+        // From then on, the folder describes the file as it found it.
+        assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"HELLO"));
     }
 
     #[tokio::test]

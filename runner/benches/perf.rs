@@ -723,7 +723,7 @@ async fn lookup_loop(addr: &str, id: u64, deadline: Instant, register: bool) -> 
     }
     let lookup = frame(TrackerRequest::Lookup {
         file: "hot.bin".parse().unwrap(),
-        exclude: vec![],
+        failover: false,
     });
     let mut latencies = Vec::new();
     while Instant::now() < deadline {

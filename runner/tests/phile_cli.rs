@@ -835,3 +835,35 @@ fn remote_text_reaches_the_terminal_escaped() {
         assert!(!output.contains("\nphile: forged"), "a forged line: {output:?}");
     }
 }
+
+#[test]
+fn status_gives_up_on_a_tracker_that_never_ends_its_answer() {
+    // A fake tracker: answers every status request with clients, forever.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        while let Ok((mut socket, _)) = listener.accept() {
+            std::thread::spawn(move || {
+                let mut length = [0u8; 4];
+                socket.read_exact(&mut length).unwrap();
+                let mut request = vec![0u8; u32::from_be_bytes(length) as usize];
+                socket.read_exact(&mut request).unwrap();
+                let payload = br#"{"type":"status_client","client":1,"addr":"127.0.0.1:9","files":1}"#;
+                let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(payload);
+                while socket.write_all(&frame).is_ok() {}
+            });
+        }
+    });
+    for json in [false, true] {
+        let mut args = vec!["status", "--tracker", &addr, "--max-entries", "1000"];
+        if json {
+            args.push("--json");
+        }
+        let output = phile(&args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("more than 1000 status entries"), "{stderr}");
+        assert!(stderr.contains("--max-entries"), "{stderr}");
+    }
+}
