@@ -16,6 +16,8 @@ fn the_benchmark_runs_end_to_end_at_smoke_size() {
         "peak RSS",
         "default scenario",
         "clients x 5 downloads",
+        "--sim: 40 clients",
+        "registering one by one",
         "tracker peak RSS",
         "lookups/s",
     ] {
