@@ -141,6 +141,14 @@ impl Connection {
         self.peer_addr
     }
 
+    /// The stream underneath, with the bytes already read from it but not
+    /// yet used (the start of the next frames): for a conversation that
+    /// reads and writes at once (see [`crate::swarm::wire`]).
+    pub fn into_parts(self) -> (BoxStream, BytesMut) {
+        let parts = self.frames.into_parts();
+        (parts.io, parts.read_buf)
+    }
+
     /// Reads the next message. `Ok(None)` means the remote closed the
     /// connection cleanly, between two messages.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {

@@ -12,7 +12,10 @@
 //! - [`tracker`]: who holds which file, and the random choice of a holder;
 //! - [`client`]: a client's tracker session, peer server and downloads;
 //! - [`rate`]: upload and download caps, on tokio's clock;
-//! - [`storage`]: a client's folder, where files only ever appear whole;
+//! - [`storage`]: a client's folder, where files only ever appear whole,
+//!   and the partial files of swarm downloads, which survive restarts;
+//! - [`swarm`]: the parts of a swarm download: its scheduler, its
+//!   conversations, the pieces it serves while it runs;
 //! - [`events`]: what nodes report, for logs and the scenario event log;
 //! - [`trace`]: which scenario operation a request belongs to.
 
@@ -25,6 +28,7 @@ pub mod protocol;
 pub mod rate;
 pub mod server;
 pub mod storage;
+pub mod swarm;
 pub mod trace;
 pub mod tracker;
 

@@ -212,6 +212,30 @@ pub fn root_of_layer(layout: &Layout, layer: &[Digest]) -> Digest {
     fold(layer, height, (layer.len() as u64).next_power_of_two())
 }
 
+/// The piece hashes of `fine` (a layout of the file) folded into those of
+/// the same file cut into pieces of `to` bytes, which must be no smaller.
+pub fn coarser_layer(fine: &Layout, hashes: &[Digest], to: PieceSize) -> Vec<Digest> {
+    assert!(to >= fine.piece, "{to} is finer than {}", fine.piece);
+    let coarse = Layout::new(fine.size, to);
+    let span = coarse.leaves_per_node() / fine.leaves_per_node();
+    let height = fine.leaves_per_node().trailing_zeros();
+    hashes
+        .chunks(span as usize)
+        .map(|chunk| fold(chunk, height, span))
+        .collect()
+}
+
+/// The piece size whose layer a holder remembers for a file of `size`
+/// bytes: fine enough to fold into any piece size a download picks (up to
+/// the default), coarse enough to keep at most 4,096 hashes for files up
+/// to 1 GiB.
+pub fn remembered_piece_size(size: u64) -> PieceSize {
+    let fine = (size / 4096)
+        .next_power_of_two()
+        .clamp(LEAF_LEN, PieceSize::DEFAULT.bytes());
+    PieceSize::new(fine).expect("a power of two within bounds")
+}
+
 /// The hashes of a file's leaves, gathered in one pass over its bytes.
 #[derive(Clone, Debug, Default)]
 pub struct TreeBuilder {
@@ -597,6 +621,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_fine_layer_folds_into_every_coarser_one() {
+        for len in [1, 40_000, 600_000, 2_000_000] {
+            let tree = Tree::of(&content(len));
+            let fine = Layout::new(len as u64, PieceSize::SMALLEST);
+            let hashes = tree.layer(fine.piece);
+            for size in [16 * KIB, 64 * KIB, 256 * KIB, 4096 * KIB] {
+                assert_eq!(
+                    coarser_layer(&fine, &hashes, piece(size)),
+                    tree.layer(piece(size)),
+                    "{len} bytes into {size}-byte pieces"
+                );
+            }
+        }
+        assert_eq!(remembered_piece_size(1 << 30), PieceSize::DEFAULT);
+        assert_eq!(remembered_piece_size(1 << 20), PieceSize::SMALLEST);
+        assert_eq!(remembered_piece_size(64 << 20).bytes(), 16 * KIB);
+        assert_eq!(remembered_piece_size(65 << 20).bytes(), 32 * KIB);
     }
 
     #[test]

@@ -708,7 +708,8 @@ fn tracker_memory(config: &Config) -> Row {
             });
             for file in 0..5 {
                 let file = format!("file{file}.bin").parse().unwrap();
-                wire.ask(TrackerRequest::Announce { file, info });
+                let root = Digest([0; 20]);
+                wire.ask(TrackerRequest::Announce { file, info, root });
             }
             wire
         })
@@ -843,6 +844,7 @@ fn lookup_rate(config: &Config) -> Vec<Row> {
             wire.ask(TrackerRequest::Announce {
                 file: "hot.bin".parse().unwrap(),
                 info,
+                root: Digest([0; 20]),
             });
             wire
         })

@@ -482,6 +482,7 @@ impl Holder {
         let announce = TrackerRequest::Announce {
             file: name.parse().unwrap(),
             info: Self::info_of(&content),
+            root: phile_core::pieces::Tree::of(&content).root(),
         };
         assert_eq!(ask(&mut session, announce), TrackerReply::Ack);
         Holder {
