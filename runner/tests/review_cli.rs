@@ -188,3 +188,46 @@ fn help_describes_the_review_options() {
         assert!(help.contains(option), "--help does not mention {option}:\n{help}");
     }
 }
+
+#[test]
+fn every_shipped_scenario_draws_under_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut drawn = 0;
+    for folder in [scenario(""), scenario("sim")] {
+        let timed = folder.ends_with("sim");
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let script = entry.unwrap().path();
+            if script.extension().is_none_or(|ext| ext != "rhai") {
+                continue;
+            }
+            let (diagram, report) = (dir.path().join("d.mmd"), dir.path().join("r.html"));
+            let output = run_in(
+                &dir.path().join("root"),
+                &script,
+                &[
+                    "--sim",
+                    "--diagram",
+                    diagram.to_str().unwrap(),
+                    "--report",
+                    report.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                script.display(),
+                text(&output.stderr)
+            );
+            assert!(read(&diagram).starts_with("sequenceDiagram"), "{}", script.display());
+            let html = read(&report);
+            assert!(html.contains("Sequence diagram"), "{}", script.display());
+            // The runs of sim/ have time in them (rate caps, latency,
+            // timeouts): their reports draw a timeline of the transfers.
+            if timed {
+                assert!(html.contains("Timeline of transfers"), "{}", script.display());
+            }
+            drawn += 1;
+        }
+    }
+    assert!(drawn >= 12, "only {drawn} scenarios drawn");
+}

@@ -112,6 +112,11 @@ impl Backend for Local {
         self.started.elapsed()
     }
 
+    fn clock(&self) -> crate::event_log::Clock {
+        let started = self.started;
+        Box::new(move || started.elapsed().as_secs_f64())
+    }
+
     fn stop(&mut self, node: NodeKey) {
         let node = self.node(node).clone();
         self.runtime().block_on(async move { node.shutdown().await });

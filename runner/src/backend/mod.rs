@@ -102,6 +102,10 @@ pub trait Backend {
     fn network(&mut self) -> Option<&mut dyn Network> {
         None
     }
+
+    /// A clock that reads [`Backend::now`] from any thread or task, in
+    /// seconds: it times events for the report (never for the log).
+    fn clock(&self) -> crate::event_log::Clock;
 }
 
 /// What only a simulated network can do.

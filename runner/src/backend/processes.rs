@@ -120,6 +120,11 @@ impl Backend for Processes {
         self.started.elapsed()
     }
 
+    fn clock(&self) -> crate::event_log::Clock {
+        let started = self.started;
+        Box::new(move || started.elapsed().as_secs_f64())
+    }
+
     fn stop(&mut self, node: NodeKey) {
         self.agent(node).shutdown();
     }

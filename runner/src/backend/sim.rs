@@ -408,6 +408,14 @@ impl Backend for Sim {
         self.virtual_now() - self.started
     }
 
+    fn clock(&self) -> crate::event_log::Clock {
+        let (runtime, started) = (self.runtime().handle().clone(), self.started);
+        Box::new(move || {
+            let _inside = runtime.enter();
+            (Instant::now() - started).as_secs_f64()
+        })
+    }
+
     fn stop(&mut self, key: NodeKey) {
         let Some(node) = self.nodes[key.0].node.clone() else {
             return;
