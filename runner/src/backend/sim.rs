@@ -38,9 +38,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use phile_core::events::EventSink;
-use phile_core::host::{BoxListener, BoxStream, Host, Listener, Stream, Task};
+use phile_core::host::{BoxListener, BoxStream, Host, Listener, PeerStream, Task};
 use phile_core::Trace;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -839,7 +838,10 @@ struct SimHost {
 impl Host for SimHost {
     fn connect(&self, addr: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>> {
         // Runs inside one of this host's tasks, so the socket is its own.
-        Box::pin(async move { Ok(Box::new(SimStream(SimTcpStream::connect(addr).await?)) as BoxStream) })
+        Box::pin(async move {
+            let stream = SimTcpStream::connect(addr).await?;
+            Ok(Box::new(PeerStream::new(stream, addr)) as BoxStream)
+        })
     }
 
     fn spawn(&self, task: Task) {
@@ -850,35 +852,6 @@ impl Host for SimHost {
         // Inline: no other thread, so nothing depends on thread timing.
         job();
         Box::pin(std::future::ready(()))
-    }
-}
-
-/// A simulated TCP stream, as a node sees streams.
-struct SimStream(SimTcpStream);
-
-impl AsyncRead for SimStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl Stream for SimStream {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.0.peer_addr()
     }
 }
 
@@ -893,6 +866,6 @@ impl Listener for SimListener {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxStream, SocketAddr)>> {
         self.0
             .poll_accept(cx)
-            .map_ok(|(stream, from)| (Box::new(SimStream(stream)) as BoxStream, from))
+            .map_ok(|(stream, from)| (Box::new(PeerStream::new(stream, from)) as BoxStream, from))
     }
 }

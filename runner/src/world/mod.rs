@@ -588,15 +588,8 @@ fn content_rng(seed: u64, file: &FileName) -> ChaCha8Rng {
 
 /// A byte count for humans: "5 bytes", "4.0 MiB".
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
+    match n {
+        0..1024 => format!("{n} bytes"),
+        n => crate::review::text::bytes(n),
     }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
