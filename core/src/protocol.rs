@@ -105,12 +105,12 @@ pub fn frame_codec() -> LengthDelimitedCodec {
 /// print on a terminal or write to a log: control characters (ESC,
 /// newline, C1 codes) and the invisible characters that reorder or hide
 /// text (bidirectional controls, zero-width characters) become `\u{...}`
-/// escapes, and a backslash is doubled so that an escape cannot be forged.
-/// Plain text comes back as it is.
+/// escapes. Plain text comes back as it is, and so does text made
+/// printable already: a message that quotes an escaped reason can go
+/// through again without its escapes being escaped.
 pub fn printable(text: &str) -> Cow<'_, str> {
     let hidden = |c: char| {
-        c == '\\'
-            || c.is_control()
+        c.is_control()
             || matches!(c,
                 '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
@@ -121,7 +121,6 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     let mut escaped = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
-            '\\' => escaped.push_str("\\\\"),
             c if hidden(c) => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => escaped.push(c),
         }
@@ -964,7 +963,9 @@ mod tests {
         assert_eq!(printable("a\u{1b}]0;x\u{7}b"), r"a\u{1b}]0;x\u{7}b");
         assert_eq!(printable("forged\nINFO line"), r"forged\u{a}INFO line");
         assert_eq!(printable("evil\u{202e}txt.exe"), r"evil\u{202e}txt.exe");
-        assert_eq!(printable("back\\slash\u{9b}"), r"back\\slash\u{9b}");
+        assert_eq!(printable("back\\slash\u{9b}"), r"back\slash\u{9b}");
+        let once = printable("a\u{1b}b").into_owned();
+        assert_eq!(printable(&once), once, "printable twice escaped its own escapes");
     }
 
     #[test]

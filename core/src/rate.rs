@@ -246,38 +246,17 @@ impl Listener for ThrottledListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::PeerStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A pair of connected in-memory streams, as `Stream`s.
-    struct Pipe(tokio::io::DuplexStream);
-
-    impl AsyncRead for Pipe {
-        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Pipe {
-        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.0).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
-        }
-    }
-
-    impl Stream for Pipe {
-        fn peer_addr(&self) -> io::Result<SocketAddr> {
-            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
-        }
-    }
-
     fn pipe() -> (BoxStream, BoxStream) {
         let (a, b) = tokio::io::duplex(1 << 20);
-        (Box::new(Pipe(a)), Box::new(Pipe(b)))
+        let somewhere = SocketAddr::from(([127, 0, 0, 1], 1));
+        (
+            Box::new(PeerStream::new(a, somewhere)),
+            Box::new(PeerStream::new(b, somewhere)),
+        )
     }
 
     /// How long moving `len` bytes takes, in virtual time, through a

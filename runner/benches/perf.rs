@@ -34,7 +34,7 @@ pub struct Config {
     pub default_runs: usize,
     /// Client counts of the many-peers scenario.
     pub scale: Vec<usize>,
-    /// Client counts of the many-peers scenario under `--sim`.
+    /// Client counts of bench/sim_scale.rhai under `--sim`.
     pub sim_scale: Vec<usize>,
     /// Host counts of the simulator's sequential round trips.
     pub sim_sequential: Vec<usize>,
@@ -555,24 +555,26 @@ fn sequential_script(hosts: usize) -> String {
     )
 }
 
-/// The simulator at scale: the many-peers scenario in waves of 500 under
-/// `--sim` (time and peak memory against the number of clients, per client
-/// against the smallest run), and sequential round trips with a long
-/// virtual sleep.
+/// The simulator at scale (bench/sim_scale.rhai): every client registers
+/// and downloads one small file, 500 at a time, under `--sim`; time and peak
+/// memory against the number of clients, per client against the smallest
+/// run. Then sequential round trips with a long virtual sleep.
 fn simulation(config: &Config, work: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut first: Option<(usize, f64)> = None;
     for &clients in &config.sim_scale {
-        let (took, rss) = run_simulated(
-            config,
-            work,
-            &format!("sim_peers_{clients}"),
-            &many_peers_script(clients, 500),
+        let script = include_str!("../../bench/sim_scale.rhai").replacen(
+            "let clients = 1000;",
+            &format!("let clients = {clients};"),
+            1,
         );
+        let (took, rss) = run_simulated(config, work, &format!("sim_scale_{clients}"), &script);
         let per_client = took.as_secs_f64() / clients as f64;
         let (base_clients, base_per_client) = *first.get_or_insert((clients, per_client));
         rows.push(row(
-            format!("--sim: {clients} clients x 5 downloads (waves of 500), s; peak RSS {rss:.0} MiB"),
+            format!(
+                "--sim: {clients} clients register and download a small file (500 at once), s; peak RSS {rss:.0} MiB"
+            ),
             format!("{:.2}", took.as_secs_f64()),
             format!("{:.2} ms per client at {base_clients}", base_per_client * 1e3),
             format!("{:.2} per client", per_client / base_per_client),

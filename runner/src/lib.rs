@@ -91,6 +91,9 @@ pub struct Outcome {
     pub stats: Stats,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
+    /// When each event of the log happened, in the run's seconds (virtual
+    /// under `--sim`): for the report's timeline, never in the log.
+    pub times: Vec<f64>,
     /// Why the script stopped early, if it did.
     pub failure: Option<ScriptFailure>,
 }
@@ -167,6 +170,7 @@ fn run_attempt(options: &RunOptions, deadline: Deadline, capacity: usize, printe
             Local::new(log.clone(), settings.ephemeral_ports, deadline).context("cannot start the tokio runtime")?,
         ),
     };
+    log.set_clock(backend.clock());
     let output = Rc::new(Output::after(printed));
     let world = Rc::new(world::World::new(
         backend,
@@ -218,6 +222,7 @@ fn run_attempt(options: &RunOptions, deadline: Deadline, capacity: usize, printe
     }
     Ok(Attempt::Finished(Outcome {
         events: log.lines(),
+        times: log.times(),
         stats: world.stats(),
         elapsed: Duration::ZERO,
         failure,

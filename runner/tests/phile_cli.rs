@@ -799,7 +799,7 @@ fn remote_text_reaches_the_terminal_escaped() {
         },
         _ => TrackerReply::Ack,
     });
-    let escaped = "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\nphile: forged line";
+    let escaped = "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{a}phile: forged line";
     let dir = tempfile::tempdir().unwrap();
 
     // `get`: the tracker refuses the lookup.

@@ -102,6 +102,10 @@ pub trait Backend {
     fn network(&mut self) -> Option<&mut dyn Network> {
         None
     }
+
+    /// A clock that reads [`Backend::now`] from any thread or task, in
+    /// seconds: it times events for the report (never for the log).
+    fn clock(&self) -> crate::event_log::Clock;
 }
 
 /// What only a simulated network can do.
@@ -155,6 +159,42 @@ pub fn loopback(port: u16, ephemeral: bool) -> SocketAddr {
 pub fn past_time_limit(limit: Duration) -> Reply {
     Reply::Failed {
         error: NodeError::TimeLimit(limit.as_secs()),
+    }
+}
+
+/// Time as the real backends count it: the wall clock, from the start of
+/// the run, and sleeps that never outlast the run's deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct WallTime {
+    /// When the run started.
+    started: Instant,
+    /// When it must stop.
+    deadline: Deadline,
+}
+
+impl WallTime {
+    /// Time from now, until `deadline`.
+    pub fn starting(deadline: Deadline) -> WallTime {
+        WallTime {
+            started: Instant::now(),
+            deadline,
+        }
+    }
+
+    /// [`Backend::sleep`]: the script thread waits (the nodes go on).
+    pub fn sleep(&self, duration: Duration) {
+        std::thread::sleep(duration.min(self.deadline.left()));
+    }
+
+    /// [`Backend::now`].
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// [`Backend::clock`].
+    pub fn clock(&self) -> crate::event_log::Clock {
+        let started = self.started;
+        Box::new(move || started.elapsed().as_secs_f64())
     }
 }
 

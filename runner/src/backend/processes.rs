@@ -11,12 +11,12 @@ use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use phile_core::events::EventSink;
 use phile_core::Trace;
 
-use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError};
+use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError, WallTime};
 use crate::agent::{Body, Line, Request};
 use crate::command::{Command, NodeError, Reply};
 use crate::node::NodeSpec;
@@ -33,8 +33,8 @@ pub struct Processes {
     ephemeral_ports: bool,
     /// When the run must stop.
     deadline: Deadline,
-    /// When the run started.
-    started: Instant,
+    /// The wall clock of the run.
+    time: WallTime,
 }
 
 impl Processes {
@@ -47,7 +47,7 @@ impl Processes {
             events,
             ephemeral_ports,
             deadline,
-            started: Instant::now(),
+            time: WallTime::starting(deadline),
         }
     }
 
@@ -113,11 +113,15 @@ impl Backend for Processes {
     }
 
     fn sleep(&mut self, duration: Duration) {
-        std::thread::sleep(duration.min(self.deadline.left()));
+        self.time.sleep(duration);
     }
 
     fn now(&self) -> Duration {
-        self.started.elapsed()
+        self.time.now()
+    }
+
+    fn clock(&self) -> crate::event_log::Clock {
+        self.time.clock()
     }
 
     fn stop(&mut self, node: NodeKey) {

@@ -9,7 +9,6 @@ mod progress;
 mod status;
 mod tracker;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -235,28 +234,10 @@ impl Signals {
     }
 }
 
-/// `text`, with every character that could act on a terminal (control
-/// characters: ESC, which starts colour and title sequences, carriage
-/// return, newline; and the bidirectional overrides, which reorder what is
-/// shown) written out as a visible escape such as `\u{1b}`. Anything that
-/// came from the network (a tracker's or a peer's reason, a name) goes
-/// through this before it is printed, so a remote party cannot move the
-/// cursor, retitle the window or forge a line of output.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    let acts = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(acts) {
-        return Cow::Borrowed(text);
-    }
-    let mut shown = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if acts(c) {
-            shown.extend(c.escape_default());
-        } else {
-            shown.push(c);
-        }
-    }
-    Cow::Owned(shown)
-}
+/// Text from the network, made safe to print (see
+/// [`phile_core::protocol::printable`]): everything `phile` prints that a
+/// tracker or a peer could have written goes through it.
+pub use phile_core::protocol::printable;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -323,7 +304,7 @@ mod tests {
         assert_eq!(printable("plain, é ← 1"), "plain, é ← 1");
         assert_eq!(
             printable("\u{1b}]0;owned\u{7}x\ny\r\u{202e}z\u{9b}"),
-            "\\u{1b}]0;owned\\u{7}x\\ny\\r\\u{202e}z\\u{9b}"
+            "\\u{1b}]0;owned\\u{7}x\\u{a}y\\u{d}\\u{202e}z\\u{9b}"
         );
     }
 }
