@@ -108,7 +108,11 @@ pub enum Event {
         /// sent. How much each peer sends depends on timing, so a log that
         /// must repeat over real networks leaves it out
         /// ([`Event::without_timing`]).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::protocol::client_keys::option"
+        )]
         sources: Option<BTreeMap<ClientId, u64>>,
     },
     /// A download ended without the file.

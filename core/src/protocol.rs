@@ -659,6 +659,61 @@ pub enum PeerReply {
     Checked,
 }
 
+/// Serde for maps keyed by client id (bytes per peer of a swarm download):
+/// JSON writes the keys as strings, and a map read back through a buffer
+/// (an internally tagged enum, such as an event or a reply between
+/// processes) no longer knows they were numbers, so they are parsed here.
+pub mod client_keys {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ClientId;
+
+    /// The map as JSON writes it: string keys.
+    pub fn serialize<S: Serializer>(map: &BTreeMap<ClientId, u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        map.serialize(serializer)
+    }
+
+    /// The map, its keys parsed.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<ClientId, u64>, D::Error> {
+        let raw = BTreeMap::<String, u64>::deserialize(deserializer)?;
+        raw.into_iter()
+            .map(|(key, bytes)| match key.parse() {
+                Ok(id) => Ok((ClientId(id), bytes)),
+                Err(_) => Err(D::Error::custom(format!("{key:?} is not a client id"))),
+            })
+            .collect()
+    }
+
+    /// [`serialize`] and [`deserialize`] for an optional map.
+    pub mod option {
+        use std::collections::BTreeMap;
+
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        use super::ClientId;
+
+        /// The map, if any, as JSON writes it.
+        pub fn serialize<S: Serializer>(
+            map: &Option<BTreeMap<ClientId, u64>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            map.serialize(serializer)
+        }
+
+        /// The map, if any, its keys parsed.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<BTreeMap<ClientId, u64>>, D::Error> {
+            #[derive(Deserialize)]
+            struct Keys(#[serde(with = "super")] BTreeMap<ClientId, u64>);
+            Ok(Option::<Keys>::deserialize(deserializer)?.map(|Keys(map)| map))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,6 +879,38 @@ mod tests {
             assert_eq!(&decode::<T>(&payload).unwrap(), message);
             assert!(wire.is_empty(), "the frame was not consumed whole");
         }
+    }
+
+    #[test]
+    fn bytes_per_peer_survive_a_round_trip_inside_a_tagged_event() {
+        // Events and replies cross between processes as internally tagged
+        // JSON, which reads a map through a buffer: the keys must still
+        // come back as client ids.
+        let sources: std::collections::BTreeMap<ClientId, u64> = [(ClientId(7), 5), (ClientId(22002), 9)].into();
+        let event = crate::events::Event::DownloadFinished {
+            file: "f".parse().unwrap(),
+            from: None,
+            bytes: 14,
+            sha1: Digest([0; 20]),
+            swarm: true,
+            sources: Some(sources.clone()),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""sources":{"7":5,"22002":9}"#), "{json}");
+        assert_eq!(serde_json::from_str::<crate::events::Event>(&json).unwrap(), event);
+        let swarmed = crate::client::Swarmed {
+            sources,
+            resumed: 0,
+            piece_size: 16384,
+        };
+        let wrapped = serde_json::json!({ "type": "x", "swarm": swarmed });
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Tagged {
+            X { swarm: crate::client::Swarmed },
+        }
+        let Tagged::X { swarm } = serde_json::from_value(wrapped).unwrap();
+        assert_eq!(swarm, swarmed);
     }
 
     #[test]

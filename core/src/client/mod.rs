@@ -129,6 +129,7 @@ pub struct Downloaded {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Swarmed {
     /// The bytes of checked pieces each peer sent.
+    #[serde(with = "crate::protocol::client_keys")]
     pub sources: BTreeMap<ClientId, u64>,
     /// The bytes an earlier, interrupted attempt had left (not fetched
     /// again).
