@@ -27,6 +27,13 @@ use crate::protocol::ClientId;
 /// How many peers may be asked for one piece at once in the endgame.
 pub const ENDGAME_COPIES: u8 = 3;
 
+/// The endgame waits until at most this many pieces are missing. Every
+/// missing piece can be in flight long before the end (a small file, many
+/// peers with deep pipelines), and duplicate requests then would spend the
+/// upload of the peers that hold the rarest pieces (the seeder, early on)
+/// on copies: in a swarm, that upload is what bounds everyone's time.
+pub const ENDGAME_PIECES: usize = 4;
+
 /// What became of a piece that arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
@@ -125,9 +132,21 @@ impl Scheduler {
         (0..self.layout.count()).any(|index| !self.have.has(index) && self.availability[index] == 0)
     }
 
-    /// Whether every missing piece is asked of someone already.
+    /// Whether the download is in its endgame: at most
+    /// [`ENDGAME_PIECES`] pieces are missing, and every one of them is
+    /// asked of someone already.
     pub fn endgame(&self) -> bool {
-        (0..self.layout.count()).all(|index| self.settled(index) || self.requesters[index] > 0)
+        let mut missing = 0;
+        for index in 0..self.layout.count() {
+            if self.settled(index) {
+                continue;
+            }
+            missing += 1;
+            if missing > ENDGAME_PIECES || self.requesters[index] == 0 {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether piece `index` needs no more asking: held, or being checked.
@@ -357,6 +376,15 @@ mod tests {
         );
         assert!(plan.requests(peer(1)).is_empty(), "the pipeline overflowed");
         assert!(!plan.endgame());
+
+        // Every missing piece in flight, but many of them: no endgame yet,
+        // so no peer is asked for a copy of what another is sending.
+        let mut plan = Scheduler::new(layout(10), Bitfield::empty(10), 7, 10);
+        plan.join(peer(1), bits(10, &all));
+        plan.join(peer(2), bits(10, &all));
+        assert_eq!(plan.requests(peer(1)).len(), 10);
+        assert!(!plan.endgame());
+        assert!(plan.requests(peer(2)).is_empty(), "copies before the endgame");
     }
 
     #[test]
