@@ -158,6 +158,11 @@ impl Client {
             self.leave_swarm(file, info.sha1).await;
             return Err(self.failed(file, DownloadError::NoPeer(file.clone())));
         }
+        // The tracker offers this client to others from now on: it answers
+        // them at once (with the pieces it has, none yet), rather than
+        // refusing peers that then wait before they try again.
+        let partial = Partial::new(info, root, Layout::new(info.size, piece));
+        self.swarms.insert(file, Arc::new(partial));
         Ok(SwarmStart {
             file: file.clone(),
             info,
@@ -211,6 +216,7 @@ impl Client {
     /// Tells the tracker this client no longer downloads `file` (it joined
     /// the swarm with [`Client::swarm_start`] and will not receive).
     pub async fn leave_swarm(&self, file: &FileName, sha1: Digest) {
+        self.swarms.remove(file);
         let request = TrackerRequest::Withdraw {
             file: file.clone(),
             sha1: Some(sha1),
@@ -315,7 +321,14 @@ impl<'a> Run<'a> {
             root: start.root,
             plan: Scheduler::new(layout, held, seed, pipeline),
             part: None,
-            partial: Arc::new(Partial::new(start.info, start.root, layout)),
+            // The one announced at the start, if it is this download's.
+            partial: client
+                .swarms
+                .get(&start.file)
+                .filter(|partial| {
+                    partial.info == start.info && partial.root == start.root && partial.layout() == layout
+                })
+                .unwrap_or_else(|| Arc::new(Partial::new(start.info, start.root, layout))),
             layer_from: None,
             peers: BTreeMap::new(),
             connecting: BTreeSet::new(),
@@ -514,7 +527,9 @@ impl<'a> Run<'a> {
             return;
         }
         if self.part.is_none() {
-            if self.layer_from.is_none() {
+            // Only a peer that holds a piece surely knows the hashes: a
+            // downloader that has just joined refuses to give them.
+            if self.layer_from.is_none() && self.plan.useful(peer) {
                 self.layer_from = Some(peer);
                 self.send(peer, PeerRequest::Layer).await;
             }
@@ -863,7 +878,14 @@ async fn join_conversation(
         .map_err(|error| connection_problem(&error))?;
     match connection.read_within::<PeerReply>(first_byte).await {
         Ok(Some(PeerReply::Joined { pieces })) if pieces == layout.count() as u64 => Ok(()),
-        Ok(Some(PeerReply::Refused { .. })) | Ok(None) => Err(Problem::Refused),
+        Ok(Some(PeerReply::Refused { reason })) => {
+            tracing::debug!(%reason, "the peer refused to join");
+            Err(Problem::Refused)
+        }
+        Ok(None) => {
+            tracing::debug!("the peer closed before it answered the join");
+            Err(Problem::Refused)
+        }
         Ok(Some(_)) => Err(Problem::Garbled),
         Err(ConnectionError::Idle(_)) => Err(Problem::Unresponsive),
         Err(error) => Err(connection_problem(&error)),
