@@ -25,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::serve::Seeder;
 use crate::connection::{Connection, ConnectionError};
@@ -202,8 +202,8 @@ impl Conversation<'_> {
     async fn run(mut self, mut requests: Inbound, mut replies: Outbound) -> Result<(), ConnectionError> {
         let slots = self.seeder.upload_slots.clone();
         let idle = self.seeder.idle_timeout;
-        let mut gains = match &self.pieces {
-            Pieces::Partial(partial) => Some(partial.watch()),
+        let partial = match &self.pieces {
+            Pieces::Partial(partial) => Some(partial.clone()),
             Pieces::Whole { .. } => None,
         };
         let mut slot: Option<SlotWait> = None;
@@ -220,7 +220,7 @@ impl Conversation<'_> {
                         return Ok(());
                     }
                 }
-                _ = changed(&mut gains) => self.tell_gains(&mut replies).await?,
+                _ = gained(partial.as_deref(), self.seen) => self.tell_gains(&mut replies).await?,
                 permit = wait(&mut slot) => {
                     slot = None;
                     if let Some(index) = self.least_sent() {
@@ -359,14 +359,12 @@ impl Conversation<'_> {
     }
 }
 
-/// Resolves when `gains` changes; never if there is none (a whole file
-/// gains nothing) or it is closed.
-async fn changed(gains: &mut Option<watch::Receiver<usize>>) {
-    let Some(receiver) = gains else {
-        return std::future::pending().await;
-    };
-    if receiver.changed().await.is_err() {
-        std::future::pending::<()>().await;
+/// Resolves once `partial` gained more than `seen` pieces; never for a
+/// file held whole, which gains nothing.
+async fn gained(partial: Option<&Partial>, seen: usize) {
+    match partial {
+        Some(partial) => partial.gained_beyond(seen).await,
+        None => std::future::pending().await,
     }
 }
 

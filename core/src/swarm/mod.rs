@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::pieces::{Bitfield, Layer, Layout};
 use crate::protocol::{Digest, FileInfo, FileName};
@@ -44,9 +44,12 @@ pub struct Partial {
     /// The pieces checked, and the order they were gained in. A std
     /// mutex: held for a bit flip or a copy, never across an `.await`.
     state: Mutex<Gains>,
-    /// How many pieces were gained so far: conversations wait on it to
-    /// tell their peer about each new one.
-    gained: watch::Sender<usize>,
+    /// Wakes the conversations that wait to tell their peer about a new
+    /// piece. A `Notify` wakes its waiters in the order they began to
+    /// wait; a `watch` channel spreads them over shards picked at random,
+    /// and the order in which peers hear of a piece would then differ from
+    /// run to run (a simulation would not repeat).
+    gained: Notify,
 }
 
 /// The pieces a partial download holds.
@@ -75,7 +78,7 @@ impl Partial {
             layout,
             pieces: OnceLock::new(),
             state: Mutex::new(Gains { held, log: Vec::new() }),
-            gained: watch::channel(0).0,
+            gained: Notify::new(),
         }
     }
 
@@ -115,9 +118,8 @@ impl Partial {
         let mut state = self.state();
         if state.held.set(index) {
             state.log.push(index);
-            let count = state.log.len();
             drop(state);
-            self.gained.send_replace(count);
+            self.gained.notify_waiters();
         }
     }
 
@@ -152,9 +154,18 @@ impl Partial {
         (fresh, state.log.len())
     }
 
-    /// A watch of how many pieces were gained.
-    pub fn watch(&self) -> watch::Receiver<usize> {
-        self.gained.subscribe()
+    /// Waits until more than `seen` pieces were gained.
+    pub async fn gained_beyond(&self, seen: usize) {
+        loop {
+            let notified = self.gained.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read, so no gain is missed.
+            notified.as_mut().enable();
+            if self.state().log.len() > seen {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
