@@ -90,7 +90,7 @@ pub const PIECES_SUFFIX: &str = ".phile-pieces";
 pub const RESERVED_SUFFIXES: [&str; 3] = [PARTIAL_SUFFIX, SWARM_PART_SUFFIX, PIECES_SUFFIX];
 
 /// The most peers one swarm answer of the tracker lists.
-pub const SWARM_PEERS_PER_ANSWER: usize = 24;
+pub const SWARM_PEERS_PER_ANSWER: usize = 40;
 
 /// The codec that cuts a byte stream into frames (and back).
 pub fn frame_codec() -> LengthDelimitedCodec {
