@@ -10,8 +10,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures::{FutureExt as _, SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,10 +23,19 @@ use crate::protocol::{self, ProtocolError, MAX_FRAME_LEN};
 
 /// The size of one chunk of a file body in flight.
 ///
-/// Big enough that per-chunk costs (a syscall, a channel hop, a hash update)
-/// vanish next to copying the bytes; small enough that a few in flight per
-/// transfer keep memory flat.
-pub const CHUNK_LEN: usize = 256 * 1024;
+/// Big enough that per-chunk costs (two hand-overs to blocking threads and
+/// their wake-ups on the receiving side) vanish next to moving the bytes:
+/// measured on a 1 GiB download, 1 MiB chunks cost about 10 % more CPU
+/// than 4 MiB ones, which cost about as much as 8 MiB ones. Small enough
+/// that the two buffers of a download keep memory flat. A body smaller than
+/// a chunk gets a buffer of its own size.
+pub const CHUNK_LEN: usize = 2 * 1024 * 1024;
+
+/// The least a chunk of a received body holds before it may be handed to
+/// the sink unfilled, when nothing more has arrived: the sink (and a
+/// progress display behind it) hears of a slow transfer every 64 KiB, not
+/// every chunk.
+const EARLY_CHUNK_MIN: usize = 64 * 1024;
 
 /// The initial read and write buffers of a connection. Messages are a few
 /// hundred bytes, and a tracker keeps one connection per client, so small
@@ -66,9 +75,19 @@ pub enum ConnectionError {
 }
 
 /// Where the bytes of a received file body go, chunk by chunk.
+///
+/// The sink owns the buffers: [`BodySink::buffer`] lends one, the
+/// connection fills it straight from the socket, [`BodySink::accept`] takes
+/// it back. A sink that recycles what it is given back allocates nothing
+/// per chunk.
 pub trait BodySink {
-    /// Takes the next chunk of the body.
-    fn accept(&mut self, chunk: Bytes) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// An empty buffer for the next chunk: one the sink is done with, or a
+    /// new one (the connection sizes it).
+    fn buffer(&mut self) -> Vec<u8>;
+
+    /// Takes the next chunk of the body: a buffer from [`BodySink::buffer`],
+    /// filled.
+    fn accept(&mut self, chunk: Vec<u8>) -> impl std::future::Future<Output = io::Result<()>> + Send;
 }
 
 /// Where the bytes of a file body to send come from, chunk by chunk.
@@ -200,33 +219,50 @@ impl Connection {
         Ok(())
     }
 
-    /// Receives exactly `len` raw bytes into `sink`.
+    /// Receives exactly `len` raw bytes into `sink`, a chunk of up to
+    /// [`CHUNK_LEN`] bytes at a time, each read straight into a buffer the
+    /// sink lends.
     pub async fn read_body<S: BodySink>(&mut self, len: u64, sink: &mut S) -> Result<(), ConnectionError> {
+        let idle = self.idle_timeout;
         let mut received = 0u64;
-        // The frame decoder may already hold the first bytes of the body.
-        let buffered = self.frames.read_buffer_mut();
-        if !buffered.is_empty() {
-            let take = buffered.len().min(len as usize);
-            let chunk = buffered.split_to(take).freeze();
-            received += chunk.len() as u64;
-            sink.accept(chunk).await.map_err(ConnectionError::Sink)?;
-        }
-        let stream = self.frames.get_mut();
         while received < len {
             let want = CHUNK_LEN.min((len - received) as usize);
-            let mut chunk = BytesMut::with_capacity(want);
-            let mut limited = (&mut *stream).take(want as u64);
-            let read = timeout(self.idle_timeout, limited.read_buf(&mut chunk))
-                .await
-                .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;
-            if read == 0 {
-                return Err(ConnectionError::ClosedMidBody {
-                    received,
-                    expected: len,
-                });
+            let mut chunk = sink.buffer();
+            chunk.clear();
+            // Allocates only for a new buffer; a lent-back one is big enough.
+            chunk.reserve(want);
+            // The frame decoder may already hold the first bytes of the body.
+            let buffered = self.frames.read_buffer_mut();
+            let early = buffered.len().min(want);
+            chunk.extend_from_slice(&buffered[..early]);
+            buffered.advance(early);
+            let stream = self.frames.get_mut();
+            while chunk.len() < want {
+                // `take` keeps the read within this chunk (and this body).
+                let mut limited = (&mut *stream).take((want - chunk.len()) as u64);
+                let read = if chunk.len() >= EARLY_CHUNK_MIN {
+                    // Enough for a chunk of its own: if nothing more has
+                    // arrived yet (a slow link), hand it over now rather
+                    // than wait to fill it. On a fast link more has always
+                    // arrived, and chunks stay whole.
+                    match limited.read_buf(&mut chunk).now_or_never() {
+                        Some(read) => read?,
+                        None => break,
+                    }
+                } else {
+                    timeout(idle, limited.read_buf(&mut chunk))
+                        .await
+                        .map_err(|_| ConnectionError::Idle(idle))??
+                };
+                if read == 0 {
+                    return Err(ConnectionError::ClosedMidBody {
+                        received: received + chunk.len() as u64,
+                        expected: len,
+                    });
+                }
             }
-            received += read as u64;
-            sink.accept(chunk.freeze()).await.map_err(ConnectionError::Sink)?;
+            received += chunk.len() as u64;
+            sink.accept(chunk).await.map_err(ConnectionError::Sink)?;
         }
         Ok(())
     }
@@ -237,4 +273,86 @@ fn is_frame_too_large(error: &io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::*;
+    use crate::host::Stream;
+
+    /// One end of an in-memory pipe, as a stream without the capability to
+    /// send files.
+    struct Pipe(tokio::io::DuplexStream);
+
+    impl AsyncRead for Pipe {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Stream for Pipe {
+        fn peer_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+        }
+    }
+
+    /// Tells whoever waits on `first` how big the first chunk was.
+    struct FirstChunk {
+        first: Option<tokio::sync::oneshot::Sender<usize>>,
+        received: usize,
+    }
+
+    impl BodySink for FirstChunk {
+        fn buffer(&mut self) -> Vec<u8> {
+            Vec::new()
+        }
+
+        async fn accept(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+            if let Some(first) = self.first.take() {
+                let _ = first.send(chunk.len());
+            }
+            self.received += chunk.len();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_reaches_the_sink_as_it_arrives_not_a_chunk_later() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut connection = Connection::new(Box::new(Pipe(near)), Duration::from_secs(2)).unwrap();
+        let (first, first_seen) = tokio::sync::oneshot::channel();
+        let sender = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            far.write_all(&[1; 100_000]).await.unwrap();
+            // The rest comes only once the sink has the first part: a
+            // receiver that waited to fill a chunk would wait forever.
+            let first = first_seen.await.unwrap();
+            far.write_all(&[2; 100_000]).await.unwrap();
+            first
+        });
+        let mut sink = FirstChunk {
+            first: Some(first),
+            received: 0,
+        };
+        connection.read_body(200_000, &mut sink).await.unwrap();
+        assert_eq!(sink.received, 200_000);
+        assert_eq!(sender.await.unwrap(), 100_000);
+    }
 }

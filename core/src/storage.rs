@@ -321,10 +321,15 @@ impl Folder {
 
     /// Starts receiving file `name` into a temporary file of this folder.
     pub fn incoming(&self, name: &FileName) -> Result<Incoming, StorageError> {
+        let temp = self.temp_file(name)?;
         Ok(Incoming {
             host: self.host.clone(),
-            writer: Some(Box::new(Writer::new(self.temp_file(name)?))),
+            path: temp.path().to_owned(),
+            temp: Some(temp),
+            hasher: Some(Sha1::new()),
+            len: 0,
             in_flight: None,
+            spare: None,
         })
     }
 
@@ -458,52 +463,116 @@ fn read_at(file: &fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize>
     }
 }
 
-/// A write to disk under way, handing the writer back when done.
-type WriteInFlight = Pin<Box<dyn Future<Output = Result<Box<Writer>, StorageError>> + Send>>;
+/// A blocking job under way, handing back what it used when done.
+type Job<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A download on its way into a folder. Dropping it before
 /// [`Incoming::finish`] deletes what arrived.
 ///
-/// While one chunk is written to disk (on a blocking thread), the next is
-/// read from the network: at most one write is in flight, so memory stays
-/// flat whatever the file's size.
+/// Each chunk that arrives is hashed and written at once, by two blocking
+/// jobs side by side: on two cores, one hashes while the other writes,
+/// while the connection reads the next chunk into a second buffer. The two
+/// buffers take turns, so nothing is allocated per chunk, memory stays flat
+/// at two chunks whatever the file's size, and every byte is hashed once,
+/// on its way to the file (no second pass to verify).
 pub struct Incoming {
-    /// Where the disk writes run.
+    /// Where the hashing and the disk writes run.
     host: Arc<dyn Host>,
-    /// The writer, when no write is in flight.
-    writer: Option<Box<Writer>>,
-    /// The write in flight, if any.
-    in_flight: Option<WriteInFlight>,
+    /// The temporary file's path, for error messages.
+    path: PathBuf,
+    /// The temporary file, when no write is in flight (or after one failed).
+    temp: Option<NamedTempFile>,
+    /// The hash of what arrived so far, when no hash job is in flight.
+    hasher: Option<Sha1>,
+    /// Bytes accepted so far.
+    len: u64,
+    /// The chunk being hashed and written, if any.
+    in_flight: Option<InFlight>,
+    /// A buffer done with, for the next chunk.
+    spare: Option<Vec<u8>>,
+}
+
+/// One chunk on its way: shared by its two jobs until both are done.
+struct InFlight {
+    /// The bytes; back to a plain buffer once both jobs let go.
+    chunk: Arc<Vec<u8>>,
+    /// Hashing it; hands the hasher back.
+    hashed: Job<Sha1>,
+    /// Writing it; hands the temporary file back.
+    written: Job<Result<NamedTempFile, StorageError>>,
 }
 
 impl Incoming {
-    /// The writer, once any write in flight has finished.
-    async fn writer(&mut self) -> Result<Box<Writer>, StorageError> {
-        if let Some(write) = self.in_flight.take() {
-            return write.await;
+    /// Waits for the chunk in flight, if any, to be hashed and written;
+    /// its buffer becomes the spare.
+    async fn settle(&mut self) -> Result<(), StorageError> {
+        let Some(InFlight { chunk, hashed, written }) = self.in_flight.take() else {
+            return Ok(());
+        };
+        // Both jobs run already; wait for both even if one fails, so that
+        // neither reads the buffer once it is handed out again.
+        let (hasher, temp) = futures::join!(hashed, written);
+        self.hasher = Some(hasher);
+        // The jobs dropped their references as they ended.
+        self.spare = Arc::into_inner(chunk);
+        self.temp = Some(temp?);
+        Ok(())
+    }
+
+    /// The temporary file and the hash, once the chunk in flight is done.
+    async fn take_parts(&mut self) -> Result<(NamedTempFile, Sha1), StorageError> {
+        self.settle().await?;
+        match (self.temp.take(), self.hasher.take()) {
+            (Some(temp), Some(hasher)) => Ok((temp, hasher)),
+            // Only after an earlier failure, which the caller was told of.
+            _ => Err(at(&self.path)(io::Error::other(
+                "an earlier write of this download failed",
+            ))),
         }
-        Ok(self.writer.take().expect("a writer or a write in flight"))
     }
 
     /// Waits until every chunk is on disk and synced; returns the temporary
     /// file with the size and SHA-1 of what arrived.
     pub async fn finish(mut self) -> Result<Received, StorageError> {
-        let writer = self.writer().await?;
+        let (temp, hasher) = self.take_parts().await?;
+        let writer = Writer {
+            temp,
+            hasher,
+            len: self.len,
+        };
         self.host.blocking(move || writer.finish()).await
     }
 }
 
 impl BodySink for Incoming {
-    async fn accept(&mut self, chunk: Bytes) -> io::Result<()> {
-        let mut writer = self.writer().await.map_err(|error| match error {
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.take().unwrap_or_default()
+    }
+
+    async fn accept(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let (temp, mut hasher) = self.take_parts().await.map_err(|error| match error {
             StorageError::Io { source, .. } => source,
             other => io::Error::other(other.to_string()),
         })?;
-        let write = self.host.blocking(move || {
-            writer.write_all(&chunk).map_err(at(writer.temp.path()))?;
-            Ok(writer)
+        self.len += chunk.len() as u64;
+        let chunk = Arc::new(chunk);
+        let bytes = chunk.clone();
+        let hashed = self.host.blocking(move || {
+            hasher.update(&bytes[..]);
+            hasher
         });
-        self.in_flight = Some(Box::pin(write));
+        let bytes = chunk.clone();
+        let written = self.host.blocking(move || {
+            // Chunks are large: written straight to the file, no buffer
+            // between.
+            temp.as_file().write_all(&bytes).map_err(at(temp.path()))?;
+            Ok(temp)
+        });
+        self.in_flight = Some(InFlight {
+            chunk,
+            hashed: Box::pin(hashed),
+            written: Box::pin(written),
+        });
         Ok(())
     }
 }
@@ -733,8 +802,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::create_empty(dir.path()).unwrap();
         let mut incoming = folder.incoming(&name("big.bin")).unwrap();
-        incoming.accept(Bytes::from_static(b"hel")).await.unwrap();
-        incoming.accept(Bytes::from_static(b"lo")).await.unwrap();
+        incoming.accept(b"hel".to_vec()).await.unwrap();
+        incoming.accept(b"lo".to_vec()).await.unwrap();
         assert!(folder.list().unwrap().is_empty(), "a partial file is listed");
         let received = incoming.finish().await.unwrap();
         assert_eq!(
@@ -748,13 +817,41 @@ mod tests {
         assert_eq!(folder.list().unwrap(), vec![name("big.bin")]);
 
         let mut dropped = folder.incoming(&name("other.bin")).unwrap();
-        dropped.accept(Bytes::from_static(b"partial")).await.unwrap();
+        dropped.accept(b"partial".to_vec()).await.unwrap();
         drop(dropped.finish().await.unwrap());
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,
             "a dropped download left a file"
         );
+    }
+
+    #[tokio::test]
+    async fn a_download_takes_turns_with_two_buffers_and_hashes_every_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        let mut incoming = folder.incoming(&name("big.bin")).unwrap();
+        let (mut whole, mut buffers) = (Vec::new(), std::collections::HashSet::new());
+        for n in 0..10u8 {
+            let mut chunk = incoming.buffer();
+            chunk.clear();
+            chunk.reserve(64 * 1024);
+            chunk.resize(64 * 1024 - usize::from(n), n);
+            buffers.insert(chunk.as_ptr() as usize);
+            whole.extend_from_slice(&chunk);
+            incoming.accept(chunk).await.unwrap();
+        }
+        assert_eq!(buffers.len(), 2, "a new buffer for some chunk");
+        let received = incoming.finish().await.unwrap();
+        assert_eq!(
+            received.info(),
+            FileInfo {
+                size: whole.len() as u64,
+                sha1: Digest::of(&whole)
+            }
+        );
+        folder.store(&name("big.bin"), received).await.unwrap();
+        assert!(folder.read(&name("big.bin")).await.unwrap() == whole);
     }
 
     /// Everything in `dir`, as names (hidden files and folders included).
@@ -772,7 +869,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Folder::open(dir.path()).unwrap();
         let mut live = first.incoming(&name("movie.bin")).unwrap();
-        live.accept(Bytes::from_static(b"half a movie")).await.unwrap();
+        live.accept(b"half a movie".to_vec()).await.unwrap();
         // A crashed process's leftover: nobody holds its lock.
         fs::write(dir.path().join(".old.bin.x1y2z3.phile-part"), "stale").unwrap();
 
