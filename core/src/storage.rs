@@ -27,7 +27,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
 use sha1::{Digest as _, Sha1};
 use tempfile::NamedTempFile;
 
@@ -282,7 +281,6 @@ impl Folder {
         Ok(HeldFile {
             file,
             info,
-            offset: 0,
             host: self.host.clone(),
         })
     }
@@ -420,8 +418,6 @@ pub struct HeldFile {
     file: Arc<fs::File>,
     /// Its size and SHA-1.
     info: FileInfo,
-    /// Where the next read starts.
-    offset: u64,
     /// Where blocking reads run.
     host: Arc<dyn Host>,
 }
@@ -434,19 +430,18 @@ impl HeldFile {
 }
 
 impl BodySource for HeldFile {
-    async fn next_chunk(&mut self, max: usize) -> io::Result<Bytes> {
-        let (file, offset) = (self.file.clone(), self.offset);
-        let chunk = self
-            .host
+    fn file(&self) -> Option<&fs::File> {
+        Some(&self.file)
+    }
+
+    async fn read_at(&mut self, offset: u64, mut buffer: Vec<u8>) -> io::Result<(Vec<u8>, usize)> {
+        let file = self.file.clone();
+        self.host
             .blocking(move || {
-                let mut chunk = BytesMut::zeroed(max);
-                let read = read_at(&file, &mut chunk, offset)?;
-                chunk.truncate(read);
-                Ok::<_, io::Error>(chunk.freeze())
+                let read = read_at(&file, &mut buffer, offset)?;
+                Ok((buffer, read))
             })
-            .await?;
-        self.offset += chunk.len() as u64;
-        Ok(chunk)
+            .await
     }
 }
 
@@ -770,12 +765,13 @@ mod tests {
         folder.write(&name("f"), "first version").await.unwrap();
         let mut opened = folder.open_file(&name("f")).await.unwrap();
         folder.write(&name("f"), "v2").await.unwrap();
-        let content = opened.next_chunk(1024).await.unwrap();
+        let (buffer, read) = opened.read_at(0, vec![0; 1024]).await.unwrap();
+        let content = &buffer[..read];
         assert_eq!(
             opened.info(),
             FileInfo {
                 size: 13,
-                sha1: Digest::of(&content)
+                sha1: Digest::of(content)
             }
         );
         assert_eq!(folder.info(&name("f")).await.unwrap().size, 2);
