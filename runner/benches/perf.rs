@@ -5,6 +5,7 @@
 //! cargo bench -p phile-runner --bench perf -- --size 1G  # one file size only
 //! cargo bench -p phile-runner --bench perf -- --runs 5   # repeat each big-file measurement 5 times
 //! cargo bench -p phile-runner --bench perf -- --smoke    # tiny sizes: checks the harness works
+//! cargo bench -p phile-runner --bench perf -- --bin-dir DIR    # measure another build's phile and phile-run
 //! cargo bench -p phile-runner --bench perf -- --only lookups   # one section: big-file, default-scenario,
 //!                                                              # scenarios, many-peers, tracker-memory, lookups
 //! ```
@@ -183,7 +184,8 @@ const USAGE: &str =
   --smoke         tiny sizes: checks the harness works, in seconds
   --size SIZE     size of the big file (default: 1G, then 4G; K, M, G suffixes)
   --runs N        how many times each big-file measurement runs (default 3)
-  --only SECTION  big-file, default-scenario, scenarios, many-peers, tracker-memory or lookups";
+  --only SECTION  big-file, default-scenario, scenarios, many-peers, tracker-memory or lookups
+  --bin-dir DIR   measure the phile and phile-run binaries in DIR (another build) instead of this build's";
 
 fn parse_size(text: &str) -> u64 {
     let text = text.trim().to_ascii_uppercase();
@@ -220,6 +222,11 @@ fn main() {
                     .expect("--runs takes a positive number")
             }
             "--only" => config.only = args.next(),
+            "--bin-dir" => {
+                // Another build's binaries, to compare it with this one.
+                let dir = PathBuf::from(args.next().expect("--bin-dir takes a folder"));
+                (config.phile, config.phile_run) = (dir.join("phile"), dir.join("phile-run"));
+            }
             "--bench" => {} // cargo passes it
             "--help" | "-h" => return println!("{USAGE}"),
             other => {
