@@ -170,6 +170,11 @@ impl Connection {
         Ok(Connection::new(wrap(stream), idle_timeout)?)
     }
 
+    /// The longest a read or write may make no progress.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// The address of the other side.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr

@@ -246,6 +246,53 @@ impl From<tokio::net::TcpListener> for BoxListener {
     }
 }
 
+/// Any byte stream, as a [`Stream`], with the address of its other side:
+/// a socket of another network than this machine's (a simulated one), or an
+/// in-memory pipe in a test.
+pub struct PeerStream<S> {
+    /// The stream.
+    inner: S,
+    /// The address of the other side.
+    peer: SocketAddr,
+}
+
+impl<S> PeerStream<S> {
+    /// `inner`, whose other side is at `peer`.
+    pub fn new(inner: S, peer: SocketAddr) -> PeerStream<S> {
+        PeerStream { inner, peer }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PeerStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for PeerStream<S> {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.peer)
+    }
+}
+
 /// Accepts the next connection on `listener`.
 pub async fn accept(listener: &mut BoxListener) -> io::Result<(BoxStream, SocketAddr)> {
     std::future::poll_fn(|cx| listener.poll_accept(cx)).await

@@ -18,7 +18,17 @@
 //! downloader -> peer      Received { sha1 }        peer closes the connection
 //! downloader -> tracker   Announce { file, info }  tracker -> downloader  Ack
 //! ```
+//!
+//! When the bytes do not hash to the tracker's record, the downloader still
+//! sends `Received` with the SHA-1 it computed, and waits for the close. The
+//! holder, seeing another SHA-1 than the one it served, hashes its own copy
+//! again; only if that copy no longer matches what it announced does it
+//! withdraw it (`Withdraw { file, sha1, reason }`). The downloader then
+//! reports the holder (`Report`), which only stops the tracker offering that
+//! holder *to that downloader*, and looks up again (`Lookup { file,
+//! failover: true }`). Nobody but the holder itself can unlist its copy.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -30,13 +40,19 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 /// The largest frame either side accepts or sends, in bytes.
 ///
-/// Control messages are well under 1 KiB; the limit only has to leave room
-/// for a lookup's exclusion list, and it keeps a hostile length prefix from
-/// making a server buffer gigabytes.
+/// Control messages are well under 1 KiB, and no message grows with the
+/// state of a download (the holders a downloader gave up on are kept by the
+/// tracker, not listed in each lookup); the largest is a status part of
+/// [`STATUS_HOLDERS_PER_FRAME`] holders. The limit keeps a hostile length
+/// prefix from making a server buffer gigabytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
 /// The longest file name, in bytes (the usual file-system limit).
 pub const MAX_FILE_NAME_LEN: usize = 255;
+
+/// How many holders one `StatusFile` frame lists at most: well inside a
+/// frame even with 20-digit ids.
+pub const STATUS_HOLDERS_PER_FRAME: usize = 2000;
 
 /// The suffix of a download in progress. Such files are never listed, served
 /// or accepted as names, so a half-written file can never be mistaken for a
@@ -50,6 +66,33 @@ pub fn frame_codec() -> LengthDelimitedCodec {
         .big_endian()
         .max_frame_length(MAX_FRAME_LEN)
         .new_codec()
+}
+
+/// Text from the network (a refusal's reason, a file name) made safe to
+/// print on a terminal or write to a log: control characters (ESC,
+/// newline, C1 codes) and the invisible characters that reorder or hide
+/// text (bidirectional controls, zero-width characters) become `\u{...}`
+/// escapes. Plain text comes back as it is, and so does text made
+/// printable already: a message that quotes an escaped reason can go
+/// through again without its escapes being escaped.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c,
+                '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if hidden(c) => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// Serialises a message into the payload of one frame.
@@ -91,8 +134,10 @@ impl fmt::Display for ClientId {
     }
 }
 
-/// A file name that is safe to join to a client's folder: one plain path
-/// component, never a path.
+/// A file name that is safe to join to a client's folder, and to print: one
+/// plain path component, never a path, and no control character (a name is
+/// shown in terminals and logs, where ESC or a newline would let a remote
+/// peer rewrite the screen or forge log lines).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FileName(String);
@@ -125,6 +170,9 @@ impl TryFrom<String> for FileName {
         }
         if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
             return Err(InvalidFileName::Forbidden(name, c));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(InvalidFileName::Control(name, c));
         }
         if name.ends_with(PARTIAL_SUFFIX) {
             return Err(InvalidFileName::Reserved(name));
@@ -162,6 +210,11 @@ pub enum InvalidFileName {
     /// Contains a path separator or NUL.
     #[error("invalid file name {0:?}: it contains {1:?}; a file name is one plain name, not a path")]
     Forbidden(String, char),
+    /// Contains a control character (newline, tab, ESC, DEL, C1 codes).
+    #[error(
+        "invalid file name {0:?}: it contains the control character {1:?}; file names cannot hold control characters"
+    )]
+    Control(String, char),
     /// Ends with the suffix reserved for downloads in progress.
     #[error("invalid file name {0:?}: names ending in {PARTIAL_SUFFIX:?} are reserved for downloads in progress")]
     Reserved(String),
@@ -280,32 +333,50 @@ pub enum TrackerRequest {
         /// Its size and SHA-1.
         info: FileInfo,
     },
-    /// "Who holds `file`?" The answer never names the asker or anyone in
-    /// `exclude`.
+    /// "Who holds `file`?" The answer never names the asker, nor a holder
+    /// the asker reported (`Report`) during this download.
     Lookup {
         /// The file wanted.
         file: FileName,
-        /// Holders the asker does not want (they failed it before).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        exclude: Vec<ClientId>,
+        /// Whether this lookup goes on with a download that gave up on a
+        /// holder (failover). Without it, a new download begins: the
+        /// tracker forgets the asker's reports about `file`, so a holder
+        /// whose trouble was passing gets a fresh chance.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        failover: bool,
     },
     /// "I am leaving": the tracker forgets the client and what it held, and
     /// the client closes the session after the `Ack`.
     Leave,
-    /// "`peer` did not deliver `file`": lets the tracker stop offering a
-    /// holder whose copy is bad.
+    /// "`peer` did not deliver version `sha1` of `file`": the tracker no
+    /// longer offers `peer` for that version *to the reporter*, until the
+    /// reporter begins a new download of `file`. It never affects what
+    /// anyone else is offered: a report is a claim, not a proof.
     Report {
         /// The file.
         file: FileName,
         /// The holder that failed.
         peer: ClientId,
+        /// The SHA-1 the reporter expected (the tracker's record when it
+        /// looked up): a report about another version than the one
+        /// recorded now is stale, and ignored.
+        sha1: Digest,
         /// What went wrong.
         problem: Problem,
     },
-    /// "I no longer hold `file`" (deleted, or changed in place).
+    /// "I no longer hold `file`" (deleted, changed in place, or found bad).
     Withdraw {
         /// The file.
         file: FileName,
+        /// The version withdrawn: when given, the holding is dropped only
+        /// while the tracker records this SHA-1 for `file`, so a late
+        /// withdrawal never removes a version announced after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha1: Option<Digest>,
+        /// Why, when the holder found its own copy bad (`wrong_size`,
+        /// `wrong_content`): the tracker reports that it dropped the copy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Problem>,
     },
     /// A heartbeat: "still here". Keeps a quiet session alive.
     Ping,
@@ -352,7 +423,8 @@ impl Problem {
         }
     }
 
-    /// Whether the holder's copy itself is bad (not just the connection).
+    /// Whether the holder's copy itself is bad (not just the connection):
+    /// the reasons a holder gives when it withdraws a copy it found bad.
     pub fn is_bad_copy(self) -> bool {
         matches!(self, Problem::WrongSize | Problem::WrongContent)
     }
@@ -390,7 +462,8 @@ pub enum TrackerReply {
         files: u64,
     },
     /// Part of a status answer: one file and (some of) its holders. A file
-    /// with very many holders comes in several parts, each within a frame.
+    /// with very many holders comes in several consecutive parts, each of
+    /// at most [`STATUS_HOLDERS_PER_FRAME`] holders.
     StatusFile {
         /// The file.
         file: FileName,
@@ -415,7 +488,9 @@ pub enum PeerRequest {
         client: ClientId,
     },
     /// "I have all the bytes and their SHA-1 is `sha1`": the downloader
-    /// confirms a verified transfer; the peer then closes the connection.
+    /// confirms a transfer, verified or not; the peer then closes the
+    /// connection. A SHA-1 other than the one the peer served tells it that
+    /// its copy may be bad: it checks its copy again before closing.
     Received {
         /// The SHA-1 the downloader computed.
         sha1: Digest,
@@ -482,20 +557,30 @@ mod tests {
             },
             TrackerRequest::Lookup {
                 file: file("test1.txt"),
-                exclude: vec![],
+                failover: false,
             },
             TrackerRequest::Lookup {
                 file: file("é ü.txt"),
-                exclude: vec![ClientId(3), ClientId(4)],
+                failover: true,
             },
             TrackerRequest::Leave,
             TrackerRequest::Report {
                 file: file("a"),
                 peer: ClientId(3),
+                sha1: info().sha1,
                 problem: Problem::WrongContent,
             },
             TrackerRequest::Ping,
-            TrackerRequest::Withdraw { file: file("gone.txt") },
+            TrackerRequest::Withdraw {
+                file: file("gone.txt"),
+                sha1: None,
+                reason: None,
+            },
+            TrackerRequest::Withdraw {
+                file: file("bad.txt"),
+                sha1: Some(info().sha1),
+                reason: Some(Problem::WrongContent),
+            },
             TrackerRequest::Status,
         ]
         .into_iter()
@@ -592,12 +677,23 @@ mod tests {
 
     #[test]
     fn a_message_too_large_for_a_frame_is_refused() {
-        let exclude = (0..20_000).map(ClientId).collect();
-        let request = TrackerRequest::Lookup {
+        let holders = (0..20_000).map(ClientId).collect();
+        let reply = TrackerReply::StatusFile {
             file: file("x"),
-            exclude,
+            info: info(),
+            holders,
         };
-        assert!(matches!(encode(&request), Err(ProtocolError::TooLarge(_))));
+        assert!(matches!(encode(&reply), Err(ProtocolError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_full_status_part_fits_a_frame() {
+        let reply = TrackerReply::StatusFile {
+            file: file(&"n".repeat(MAX_FILE_NAME_LEN)),
+            info: info(),
+            holders: vec![ClientId(u64::MAX); STATUS_HOLDERS_PER_FRAME],
+        };
+        assert!(encode(&reply).is_ok());
     }
 
     #[test]
@@ -619,7 +715,7 @@ mod tests {
             trace: Trace { op: 3, step: 1 },
             body: TrackerRequest::Lookup {
                 file: file("a.txt"),
-                exclude: vec![],
+                failover: false,
             },
         };
         assert_eq!(
@@ -642,11 +738,36 @@ mod tests {
             "/etc/passwd",
             "a\\b",
             "a\0b",
+            "a\nb",
+            "tab\there",
+            "\u{1b}]0;pwned\u{7}",
+            "del\u{7f}",
+            "c1\u{9b}31m",
             "x.phile-part",
             &"n".repeat(256),
         ] {
             assert!(bad.parse::<FileName>().is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn a_refused_name_is_quoted_with_its_control_characters_escaped() {
+        let error = "\u{1b}[2Jx\ny".parse::<FileName>().unwrap_err();
+        assert!(matches!(error, InvalidFileName::Control(_, '\u{1b}')), "{error:?}");
+        let message = error.to_string();
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(message.contains(r"\u{1b}[2Jx\ny"), "{message}");
+    }
+
+    #[test]
+    fn remote_text_is_made_printable() {
+        assert!(matches!(printable("plain name.txt"), Cow::Borrowed("plain name.txt")));
+        assert_eq!(printable("a\u{1b}]0;x\u{7}b"), r"a\u{1b}]0;x\u{7}b");
+        assert_eq!(printable("forged\nINFO line"), r"forged\u{a}INFO line");
+        assert_eq!(printable("evil\u{202e}txt.exe"), r"evil\u{202e}txt.exe");
+        assert_eq!(printable("back\\slash\u{9b}"), r"back\slash\u{9b}");
+        let once = printable("a\u{1b}b").into_owned();
+        assert_eq!(printable(&once), once, "printable twice escaped its own escapes");
     }
 
     #[test]

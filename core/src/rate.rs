@@ -272,7 +272,8 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A pair of connected in-memory streams, as `Stream`s.
+    /// A pair of connected in-memory streams, as `Stream`s that can send a
+    /// file (as the kernel would), so the caps' forwarding of it is tested.
     struct Pipe(tokio::io::DuplexStream);
 
     impl AsyncRead for Pipe {

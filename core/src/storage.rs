@@ -72,6 +72,11 @@ pub struct Folder {
     known: Arc<Mutex<HashMap<FileName, Known>>>,
     /// Where blocking work runs.
     host: Arc<dyn Host>,
+    /// Whether putting a file in place may replace one already there.
+    /// Scenarios replace (a download over a held file is documented to
+    /// replace it); `phile get` without `--overwrite` does not, so a file
+    /// that appears while its download runs is never clobbered.
+    replace: bool,
 }
 
 impl std::fmt::Debug for Folder {
@@ -154,7 +159,18 @@ impl Folder {
             dir,
             known: Arc::default(),
             host: Arc::new(OsHost),
+            replace: true,
         }
+    }
+
+    /// This folder, never replacing a file already in place: storing a
+    /// download (or writing a file) under a name that is taken fails with an
+    /// [`io::ErrorKind::AlreadyExists`] error and deletes what arrived. The
+    /// rename itself decides (`renameat2` with `RENAME_NOREPLACE` on Linux, a
+    /// hard link elsewhere), so no file can slip in between a check and the
+    /// rename.
+    pub fn keeping_existing(self) -> Folder {
+        Folder { replace: false, ..self }
     }
 
     /// This folder, running its blocking work on `host`.
@@ -209,10 +225,23 @@ impl Folder {
 
     /// The size and SHA-1 of the bytes a held file has on disk now, hashed
     /// afresh: what the folder remembers may be out of date if the file
-    /// changed behind its back without a new size, time or inode.
+    /// changed behind its back without a new size, time or inode. What it
+    /// finds replaces what the folder remembered, so a copy found bad is
+    /// never again described by its old hash.
     pub async fn hash(&self, name: &FileName) -> Result<FileInfo, StorageError> {
         let (file, path) = (self.open_held(name)?, self.path(name));
-        self.host.blocking(move || hash(&file, &path)).await
+        let (known, name) = (self.known.clone(), name.clone());
+        self.host
+            .blocking(move || {
+                let stamp = Stamp::of(&file.metadata().map_err(at(&path))?);
+                let info = hash(&file, &path)?;
+                known
+                    .lock()
+                    .expect("digest cache poisoned")
+                    .insert(name, Known { stamp, info });
+                Ok(info)
+            })
+            .await
     }
 
     /// [`Folder::hash`], blocking the caller: for code that runs off the
@@ -291,10 +320,10 @@ impl Folder {
         F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
     {
         let writer = Writer::new(self.temp_file(name)?);
-        let (target, dir) = (self.path(name), self.dir.clone());
+        let (target, dir, replace) = (self.path(name), self.dir.clone(), self.replace);
         let (file, info) = self
             .host
-            .blocking(move || writer.write_whole(fill, &target, &dir))
+            .blocking(move || writer.write_whole(fill, &target, &dir, replace))
             .await?;
         self.remember_stored(name, &file, info)?;
         Ok(info)
@@ -306,7 +335,7 @@ impl Folder {
         F: FnOnce(&mut dyn Write) -> io::Result<()>,
     {
         let writer = Writer::new(self.temp_file(name)?);
-        let (file, info) = writer.write_whole(fill, &self.path(name), &self.dir)?;
+        let (file, info) = writer.write_whole(fill, &self.path(name), &self.dir, self.replace)?;
         self.remember_stored(name, &file, info)?;
         Ok(info)
     }
@@ -358,8 +387,11 @@ impl Folder {
     /// Moves a verified download into place as `name`.
     pub async fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
         let info = received.info;
-        let (target, dir) = (self.path(name), self.dir.clone());
-        let file = self.host.blocking(move || received.persist(&target, &dir)).await?;
+        let (target, dir, replace) = (self.path(name), self.dir.clone(), self.replace);
+        let file = self
+            .host
+            .blocking(move || received.persist(&target, &dir, replace))
+            .await?;
         self.remember_stored(name, &file, info)
     }
 
@@ -590,9 +622,15 @@ impl Received {
     }
 
     /// Renames the file to `target` in `dir` and syncs `dir`, so the rename
-    /// survives a power cut. Returns the file, still open.
-    fn persist(self, target: &Path, dir: &Path) -> Result<fs::File, StorageError> {
-        let file = self.temp.persist(target).map_err(|e| StorageError::Io {
+    /// survives a power cut. Returns the file, still open. Unless `replace`,
+    /// a file already at `target` stays and the rename fails.
+    fn persist(self, target: &Path, dir: &Path, replace: bool) -> Result<fs::File, StorageError> {
+        let persisted = if replace {
+            self.temp.persist(target)
+        } else {
+            self.temp.persist_noclobber(target)
+        };
+        let file = persisted.map_err(|e| StorageError::Io {
             path: target.to_owned(),
             source: e.error,
         })?;
@@ -654,14 +692,20 @@ impl Writer {
 
     /// Writes what `fill` writes, then renames the whole into place as
     /// `target` in `dir`; returns the file, still open, and what it holds.
-    fn write_whole<F>(mut self, fill: F, target: &Path, dir: &Path) -> Result<(fs::File, FileInfo), StorageError>
+    fn write_whole<F>(
+        mut self,
+        fill: F,
+        target: &Path,
+        dir: &Path,
+        replace: bool,
+    ) -> Result<(fs::File, FileInfo), StorageError>
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()>,
     {
         fill(&mut self).map_err(at(self.temp.path()))?;
         let received = self.finish()?;
         let info = received.info;
-        Ok((received.persist(target, dir)?, info))
+        Ok((received.persist(target, dir, replace)?, info))
     }
 
     /// Syncs the file, so a rename never exposes unsynced data.
@@ -911,6 +955,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_folder_keeping_existing_files_never_replaces_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap().keeping_existing();
+        let mut incoming = folder.incoming(&name("x")).unwrap();
+        incoming.accept(b"downloaded".to_vec()).await.unwrap();
+        let received = incoming.finish().await.unwrap();
+        // Someone puts a file there while the download runs.
+        fs::write(dir.path().join("x"), "the user's own").unwrap();
+        let refused = folder.store(&name("x"), received).await.unwrap_err();
+        assert!(
+            matches!(&refused, StorageError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists),
+            "{refused:?}"
+        );
+        assert_eq!(fs::read_to_string(dir.path().join("x")).unwrap(), "the user's own");
+        assert_eq!(raw_entries(dir.path()), ["x"], "the refused download was left behind");
+        assert!(folder.write(&name("x"), "again").await.is_err());
+        // A free name is stored as usual.
+        folder.write(&name("y"), "new").await.unwrap();
+        assert_eq!(folder.read(&name("y")).await.unwrap(), b"new");
+    }
+
+    #[tokio::test]
     async fn a_sub_folder_with_a_partial_name_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("photos.phile-part")).unwrap();
@@ -933,6 +999,8 @@ mod tests {
         file.set_modified(modified).unwrap();
         assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"hello"));
         assert_eq!(folder.hash(&name("a")).await.unwrap().sha1, Digest::of(b"HELLO"));
+        // From then on, the folder describes the file as it found it.
+        assert_eq!(folder.info(&name("a")).await.unwrap().sha1, Digest::of(b"HELLO"));
     }
 
     #[tokio::test]

@@ -56,6 +56,7 @@ fn problem() -> impl Strategy<Value = Problem> {
         Just(Problem::Unreachable),
         Just(Problem::Cut),
         Just(Problem::Stalled),
+        Just(Problem::Unresponsive),
         Just(Problem::Refused),
         Just(Problem::Garbled),
         Just(Problem::WrongSize),
@@ -73,16 +74,27 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
             }
         }),
         (file_name(), info()).prop_map(|(file, info)| TrackerRequest::Announce { file, info }),
-        (file_name(), proptest::collection::vec(client(), 0..20))
-            .prop_map(|(file, exclude)| TrackerRequest::Lookup { file, exclude }),
+        (file_name(), any::<bool>()).prop_map(|(file, failover)| TrackerRequest::Lookup { file, failover }),
         Just(TrackerRequest::Leave),
-        (file_name(), client(), problem()).prop_map(|(file, peer, problem)| TrackerRequest::Report {
-            file,
-            peer,
-            problem
+        (file_name(), client(), any::<[u8; 20]>(), problem()).prop_map(|(file, peer, sha1, problem)| {
+            TrackerRequest::Report {
+                file,
+                peer,
+                sha1: Digest(sha1),
+                problem,
+            }
         }),
         Just(TrackerRequest::Ping),
-        file_name().prop_map(|file| TrackerRequest::Withdraw { file }),
+        (
+            file_name(),
+            proptest::option::of(any::<[u8; 20]>()),
+            proptest::option::of(problem())
+        )
+            .prop_map(|(file, sha1, reason)| TrackerRequest::Withdraw {
+                file,
+                sha1: sha1.map(Digest),
+                reason,
+            }),
     ]
 }
 
@@ -174,6 +186,13 @@ proptest! {
             let joined = std::path::Path::new("/folder").join(file.as_str());
             prop_assert_eq!(joined.parent(), Some(std::path::Path::new("/folder")));
             prop_assert!(!matches!(file.as_str(), "." | ".."));
+        }
+    }
+
+    #[test]
+    fn accepted_file_names_hold_no_control_character(name in "(?s).{0,40}") {
+        if let Ok(file) = name.parse::<FileName>() {
+            prop_assert!(!file.as_str().chars().any(char::is_control), "{:?}", file);
         }
     }
 }

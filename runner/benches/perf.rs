@@ -7,7 +7,7 @@
 //! cargo bench -p phile-runner --bench perf -- --smoke    # tiny sizes: checks the harness works
 //! cargo bench -p phile-runner --bench perf -- --bin-dir DIR    # measure another build's phile and phile-run
 //! cargo bench -p phile-runner --bench perf -- --only lookups   # one section: big-file, default-scenario,
-//!                                                              # scenarios, many-peers, tracker-memory, lookups
+//!                                                              # scenarios, many-peers, simulation, tracker-memory, lookups
 //! ```
 //!
 //! Repeated measurements print as `median (lowest-highest)`: the machine may
@@ -43,6 +43,10 @@ pub struct Config {
     pub default_runs: usize,
     /// Client counts of the many-peers scenario.
     pub scale: Vec<usize>,
+    /// Client counts of bench/sim_scale.rhai under `--sim`.
+    pub sim_scale: Vec<usize>,
+    /// Host counts of the simulator's sequential round trips.
+    pub sim_sequential: Vec<usize>,
     /// Registered clients for the tracker's memory.
     pub registered: usize,
     /// Concurrent connections for the lookup rate.
@@ -69,6 +73,8 @@ impl Config {
             scenario_runs: 5,
             default_runs: 20,
             scale: vec![100, 1000, 5000],
+            sim_scale: vec![100, 1000, 10_000],
+            sim_sequential: vec![1000, 10_000],
             registered: 10_000,
             connections: 1000,
             lookup_time: Duration::from_secs(5),
@@ -88,6 +94,8 @@ impl Config {
             scenario_runs: 1,
             default_runs: 2,
             scale: vec![20, 40],
+            sim_scale: vec![20, 40],
+            sim_sequential: vec![20],
             registered: 200,
             connections: 20,
             lookup_time: Duration::from_millis(200),
@@ -162,6 +170,9 @@ pub fn run(config: &Config) -> Vec<Row> {
     if wanted("many-peers") {
         rows.extend(many_peers(config, scenario_root));
     }
+    if wanted("simulation") {
+        rows.extend(simulation(config, scenario_root));
+    }
     if wanted("tracker-memory") {
         rows.push(tracker_memory(config));
     }
@@ -184,7 +195,7 @@ const USAGE: &str =
   --smoke         tiny sizes: checks the harness works, in seconds
   --size SIZE     size of the big file (default: 1G, then 4G; K, M, G suffixes)
   --runs N        how many times each big-file measurement runs (default 3)
-  --only SECTION  big-file, default-scenario, scenarios, many-peers, tracker-memory or lookups
+  --only SECTION  big-file, default-scenario, scenarios, many-peers, simulation, tracker-memory or lookups
   --bin-dir DIR   measure the phile and phile-run binaries in DIR (another build) instead of this build's";
 
 fn parse_size(text: &str) -> u64 {
@@ -778,10 +789,88 @@ fn shipped_scenarios(config: &Config, work: &Path) -> Vec<Row> {
         .collect()
 }
 
-/// The many-peers scenario for `clients` clients (bench/many_peers.rhai).
-fn many_peers_script(clients: usize) -> String {
+/// The many-peers scenario for `clients` clients (bench/many_peers.rhai),
+/// `wave` of them downloading at once.
+fn many_peers_script(clients: usize, wave: usize) -> String {
     let template = include_str!("../../bench/many_peers.rhai");
-    template.replacen("let clients = 1000;", &format!("let clients = {clients};"), 1)
+    template
+        .replacen("let clients = 1000;", &format!("let clients = {clients};"), 1)
+        .replacen("let wave = 100;", &format!("let wave = {wave};"), 1)
+}
+
+/// `hosts` clients registering one after the other (each a connection and
+/// a round trip, as a script of that many steps makes), then 45 s of
+/// virtual sleep, then one more: the simulator's spike, kept.
+fn sequential_script(hosts: usize) -> String {
+    format!(
+        "let t = tracker(0);\n\
+         for id in 1..={hosts} {{ client(id).register(t); }}\n\
+         sleep(45);\n\
+         client({}).register(t);\n",
+        hosts + 1
+    )
+}
+
+/// The simulator at scale (bench/sim_scale.rhai): every client registers
+/// and downloads one small file, 500 at a time, under `--sim`; time and peak
+/// memory against the number of clients, per client against the smallest
+/// run. Then sequential round trips with a long virtual sleep.
+fn simulation(config: &Config, work: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut first: Option<(usize, f64)> = None;
+    for &clients in &config.sim_scale {
+        let script = include_str!("../../bench/sim_scale.rhai").replacen(
+            "let clients = 1000;",
+            &format!("let clients = {clients};"),
+            1,
+        );
+        let (took, rss) = run_simulated(config, work, &format!("sim_scale_{clients}"), &script);
+        let per_client = took.as_secs_f64() / clients as f64;
+        let (base_clients, base_per_client) = *first.get_or_insert((clients, per_client));
+        rows.push(row(
+            format!(
+                "--sim: {clients} clients register and download a small file (500 at once), s; peak RSS {rss:.0} MiB"
+            ),
+            format!("{:.2}", took.as_secs_f64()),
+            format!("{:.2} ms per client at {base_clients}", base_per_client * 1e3),
+            format!("{:.2} per client", per_client / base_per_client),
+        ));
+    }
+    for &hosts in &config.sim_sequential {
+        let (took, rss) = run_simulated(
+            config,
+            work,
+            &format!("sim_sequential_{hosts}"),
+            &sequential_script(hosts),
+        );
+        rows.push(row(
+            format!(
+                "--sim: {hosts} hosts registering one by one, then 45 s of virtual sleep, s; peak RSS {rss:.0} MiB"
+            ),
+            format!("{:.2}", took.as_secs_f64()),
+            format!("{:.3} ms per registration", took.as_secs_f64() * 1e3 / hosts as f64),
+            String::new(),
+        ));
+    }
+    rows
+}
+
+/// Runs `source` as a scenario under `--sim`; its wall time and peak memory.
+fn run_simulated(config: &Config, work: &Path, name: &str, source: &str) -> (Duration, f64) {
+    let script = work.join(format!("{name}.rhai"));
+    std::fs::write(&script, source).unwrap();
+    let root = work.join(name);
+    let arguments = [
+        script.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--sim",
+        "-q",
+    ];
+    let (took, rss, ok) = run_measured(&config.phile_run, &arguments);
+    assert!(ok, "{name} failed under --sim");
+    let _ = std::fs::remove_dir_all(&root);
+    (took, rss)
 }
 
 fn many_peers(config: &Config, work: &Path) -> Vec<Row> {
@@ -789,7 +878,7 @@ fn many_peers(config: &Config, work: &Path) -> Vec<Row> {
     let mut first: Option<(usize, f64)> = None;
     for &clients in &config.scale {
         let script = work.join(format!("many_peers_{clients}.rhai"));
-        std::fs::write(&script, many_peers_script(clients)).unwrap();
+        std::fs::write(&script, many_peers_script(clients, 100)).unwrap();
         let root = work.join(format!("many-{clients}"));
         let (took, rss, ok) = run_measured(
             &config.phile_run,
@@ -979,7 +1068,7 @@ async fn lookup_loop(addr: &str, id: u64, deadline: Instant, register: bool) -> 
     }
     let lookup = frame(TrackerRequest::Lookup {
         file: "hot.bin".parse().unwrap(),
-        exclude: vec![],
+        failover: false,
     });
     let mut latencies = Vec::new();
     while Instant::now() < deadline {

@@ -139,13 +139,9 @@ pub async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     out.send(&Line::Ready { addr: node.addr() });
     let mut requests = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
-        let line = tokio::select! {
-            biased;
-            // A fault crashed the client: the process goes with it.
-            _ = node.stopped() => None,
-            line = requests.next_line() => line?,
-        };
-        let Some(line) = line else { break };
+        // A crash ends the process from where it strikes (`crash` above);
+        // a `leave` ends it once its reply is out.
+        let Some(line) = requests.next_line().await? else { break };
         let request: Request = serde_json::from_str(&line)?;
         let (trace, command) = match request.body {
             Body::Shutdown => break,

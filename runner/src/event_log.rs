@@ -167,6 +167,11 @@ struct Line<'a> {
     line: Option<u32>,
 }
 
+/// Seconds since the run started, as the run counts them (virtual under
+/// simulation): when each event arrived, for the report's timeline. Never
+/// written into the log itself.
+pub type Clock = Box<dyn Fn() -> f64 + Send + Sync>;
+
 /// The log of one scenario run.
 pub struct EventLog {
     /// A std mutex: held only to file or write an event, never across an
@@ -174,6 +179,8 @@ pub struct EventLog {
     inner: Mutex<Inner>,
     /// Signalled whenever an awaited event arrives.
     arrived: Condvar,
+    /// When events arrive; set once the run's backend is up.
+    clock: std::sync::OnceLock<Clock>,
 }
 
 struct Inner {
@@ -191,6 +198,8 @@ struct Inner {
     next_to_write: u64,
     /// The lines written so far.
     lines: Vec<String>,
+    /// When the event of each line arrived, in the run's seconds.
+    times: Vec<f64>,
     /// The JSON Lines file, when asked for.
     out: Option<BufWriter<File>>,
     /// The first error writing the file, reported at the end of the run.
@@ -202,7 +211,7 @@ struct Inner {
     awaiting: HashMap<ClientId, u64>,
     /// `client_lost` events that came before the `killed` they belong to
     /// (in process mode they travel on another process's pipe).
-    lost_early: HashMap<ClientId, (Subject, AnyEvent)>,
+    lost_early: HashMap<ClientId, (Subject, AnyEvent, f64)>,
     /// The first event that had no place, described: the run fails with it.
     misplaced: Option<String>,
 }
@@ -213,8 +222,8 @@ struct Operation {
     ended: bool,
     /// The script line that began it.
     line: Option<u32>,
-    /// Its events with their step, in arrival order.
-    events: Vec<(u32, Subject, AnyEvent)>,
+    /// Its events with their step and arrival time, in arrival order.
+    events: Vec<(u32, Subject, AnyEvent, f64)>,
 }
 
 impl EventLog {
@@ -235,6 +244,7 @@ impl EventLog {
                 pending: BTreeMap::new(),
                 next_to_write: 1,
                 lines: Vec::new(),
+                times: Vec::new(),
                 out,
                 write_error: None,
                 registered: HashSet::new(),
@@ -243,7 +253,17 @@ impl EventLog {
                 misplaced: None,
             }),
             arrived: Condvar::new(),
+            clock: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the clock that times events as they arrive (once).
+    pub fn set_clock(&self, clock: Clock) {
+        let _ = self.clock.set(clock);
+    }
+
+    fn now(&self) -> f64 {
+        self.clock.get().map_or(0.0, |clock| clock())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -345,15 +365,16 @@ impl EventLog {
     }
 
     fn file(&self, trace: Trace, subject: Subject, event: AnyEvent) {
+        let at = self.now();
         let mut inner = self.lock();
         if trace == Trace::default() {
-            inner.file_untraced(subject, event);
+            inner.file_untraced(subject, event, at);
             self.arrived.notify_all();
             return;
         }
         inner.track(trace.op, subject, &event);
         match inner.pending.get_mut(&trace.op) {
-            Some(operation) if !operation.ended => operation.events.push((trace.step, subject, event)),
+            Some(operation) if !operation.ended => operation.events.push((trace.step, subject, event, at)),
             _ => inner.misplace(format!(
                 "{} arrived after operation {} had ended: {event:?}",
                 subject_name(subject),
@@ -365,6 +386,12 @@ impl EventLog {
     /// The lines written so far (every line, once the run is over).
     pub fn lines(&self) -> Vec<String> {
         self.lock().lines.clone()
+    }
+
+    /// When the event of each line arrived, in the run's seconds (virtual
+    /// under simulation), aligned with [`EventLog::lines`].
+    pub fn times(&self) -> Vec<f64> {
+        self.lock().times.clone()
     }
 
     /// Flushes the file and reports the first error writing it, if any.
@@ -405,9 +432,9 @@ impl Inner {
                 self.registered.remove(client);
             }
             (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. })) => {
-                if let Some((subject, lost)) = self.lost_early.remove(&client) {
+                if let Some((subject, lost, lost_at)) = self.lost_early.remove(&client) {
                     if let Some(operation) = self.pending.get_mut(&op) {
-                        operation.events.push((u32::MAX, subject, lost));
+                        operation.events.push((u32::MAX, subject, lost, lost_at));
                     }
                 } else if self.registered.contains(&client) {
                     self.awaiting.insert(client, op);
@@ -426,7 +453,7 @@ impl Inner {
     /// the end of its operation; under simulation anything else goes into
     /// the operation the script is running; over real networks it has no
     /// place.
-    fn file_untraced(&mut self, subject: Subject, event: AnyEvent) {
+    fn file_untraced(&mut self, subject: Subject, event: AnyEvent, at: f64) {
         let lost = match &event {
             AnyEvent::Node(Event::ClientLost { client }) => Some(*client),
             _ => None,
@@ -438,7 +465,7 @@ impl Inner {
             // Its `killed` may still be on its way, on another pipe.
             (None, Untraced::Refused, Some(client)) if self.registered.contains(&client) => {
                 self.track(0, subject, &event);
-                self.lost_early.insert(client, (subject, event));
+                self.lost_early.insert(client, (subject, event, at));
                 return;
             }
             (None, Untraced::Refused, _) => {
@@ -448,7 +475,7 @@ impl Inner {
         self.track(op, subject, &event);
         match self.pending.get_mut(&op) {
             Some(operation) if !operation.ended || awaited.is_some() => {
-                operation.events.push((u32::MAX, subject, event));
+                operation.events.push((u32::MAX, subject, event, at));
             }
             _ => self.misplace(format!(
                 "{} came when no operation was open: {event:?}",
@@ -463,8 +490,9 @@ impl Inner {
             let mut operation = self.pending.remove(&self.next_to_write).expect("checked above");
             // Stable: events of one step keep their causal arrival order.
             operation.events.sort_by_key(|(step, ..)| *step);
-            for (_, subject, event) in &operation.events {
+            for (_, subject, event, at) in &operation.events {
                 self.write_line(*subject, event, operation.line);
+                self.times.push(*at);
             }
             self.next_to_write += 1;
         }

@@ -64,6 +64,11 @@ struct Cli {
     #[arg(long)]
     sim: bool,
 
+    /// Stop a script that runs more than this many operations (every
+    /// expression counts one).
+    #[arg(long, value_name = "N", default_value_t = phile_runner::DEFAULT_MAX_OPERATIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_operations: u64,
+
     /// Stop a script that runs longer than this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
     time_limit: u64,
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
         },
         events: cli.events.clone(),
         time_limit: Duration::from_secs(cli.time_limit),
+        max_operations: cli.max_operations,
     };
     if cli.processes {
         match phile_next_to_me() {
@@ -158,7 +164,8 @@ fn main() -> ExitCode {
     };
     // Written whether or not the script failed: a failed run is the one
     // most worth reviewing.
-    let review_written = review.write(Log::from_lines(outcome.events.iter().map(String::as_str)));
+    let log = Log::from_lines(outcome.events.iter().map(String::as_str));
+    let review_written = review.write(log, Some(outcome.times.clone()));
     if let Err(error) = &review_written {
         eprintln!("phile-run: {error}");
     }
@@ -219,6 +226,9 @@ fn rerun_command(cli: &Cli, script: &std::path::Path) -> String {
     if cli.time_limit != DEFAULT_TIME_LIMIT {
         command += &format!(" --time-limit {}", cli.time_limit);
     }
+    if cli.max_operations != phile_runner::DEFAULT_MAX_OPERATIONS {
+        command += &format!(" --max-operations {}", cli.max_operations);
+    }
     if let Some(diagram) = &cli.diagram {
         command += &format!(" --diagram {}", diagram.display());
     }
@@ -233,7 +243,7 @@ fn render(events: &std::path::Path, cli: &Cli) -> ExitCode {
     let written = std::fs::read_to_string(events)
         .map_err(|error| format!("cannot read {}: {error}", events.display()))
         .and_then(|text| Log::parse(&text).map_err(|error| format!("{}: {error}", events.display())))
-        .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log)));
+        .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log), None));
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -263,8 +273,9 @@ impl ReviewFiles {
     }
 
     /// Writes what was asked for, from `log` (the run's own log cannot
-    /// fail to parse, but a caller's can).
-    fn write(self, log: Result<Log, phile_runner::review::ParseError>) -> Result<(), String> {
+    /// fail to parse, but a caller's can) and, for the run just made, when
+    /// each event happened (the report draws a timeline from them).
+    fn write(self, log: Result<Log, phile_runner::review::ParseError>, times: Option<Vec<f64>>) -> Result<(), String> {
         if self.diagram.is_none() && self.report.is_none() {
             return Ok(());
         }
@@ -273,7 +284,11 @@ impl ReviewFiles {
             write_to(&path, file, &mermaid(&log))?;
         }
         if let Some((path, file)) = self.report {
-            let html = html_report(&log, &ReportExtras::default())
+            let extras = ReportExtras {
+                times,
+                ..ReportExtras::default()
+            };
+            let html = html_report(&log, &extras)
                 .map_err(|error| format!("cannot make the report {}: {error}", path.display()))?;
             write_to(&path, file, &html)?;
         }

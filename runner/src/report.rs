@@ -73,6 +73,16 @@ fn describe(error: &EvalAltResult) -> (Position, String) {
         EvalAltResult::ErrorRuntime(value, position) | EvalAltResult::ErrorTerminated(value, position) => {
             (*position, value.to_string())
         }
+        EvalAltResult::ErrorTooManyOperations(position) => (
+            *position,
+            "the script ran more operations than its limit (a loop that never ends?); \
+             raise the limit with --max-operations"
+                .to_owned(),
+        ),
+        EvalAltResult::ErrorStackOverflow(position) => (
+            *position,
+            "the script called functions 64 deep (a recursion that never ends?)".to_owned(),
+        ),
         EvalAltResult::ErrorFunctionNotFound(..) => {
             let position = error.position();
             let message = strip_position(error);

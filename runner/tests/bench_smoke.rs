@@ -22,6 +22,8 @@ fn the_benchmark_runs_end_to_end_at_smoke_size() {
         "scenario default.rhai, whole process",
         "scenario sim/crash_during_transfer.rhai --sim",
         "clients x 5 downloads",
+        "--sim: 40 clients",
+        "registering one by one",
         "tracker peak RSS",
         "lookups/s",
     ] {

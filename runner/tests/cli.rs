@@ -158,3 +158,38 @@ fn help_describes_every_option() {
         assert!(help.contains(option), "--help does not mention {option}");
     }
 }
+
+#[test]
+fn running_out_of_file_descriptors_is_an_error_that_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("many.rhai");
+    std::fs::write(
+        &script,
+        "let t = tracker(0);\nfor id in 1..200 { client(id).register(t); }\n",
+    )
+    .unwrap();
+    // A hard limit of 64 open files: the run cannot raise it.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} {} --root {} --ephemeral-ports -q",
+            env!("CARGO_BIN_EXE_phile-run"),
+            script.display(),
+            dir.path().join("root").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("file descriptors than the limit of 64") && stderr.contains("--sim"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sim_and_processes_together_are_bad_usage() {
+    let output = phile_run(&[scenario("default.rhai").to_str().unwrap(), "--sim", "--processes"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("--processes"), "{}", text(&output.stderr));
+}

@@ -1,42 +1,106 @@
 //! The `phile` command: a tracker, a seeding peer and downloads as separate
 //! processes, as a user runs them on real machines.
 
-use std::io::{BufRead, BufReader};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use phile_core::protocol::{ClientId, Digest, FileInfo, PeerReply, Request, TrackerReply, TrackerRequest};
+
+/// How long a test waits for a line a process should print: long enough
+/// for a loaded machine, short enough that a silent process fails the test
+/// rather than hanging it.
+const LINE_WAIT: Duration = Duration::from_secs(60);
 
 /// A running `phile` process, stopped when dropped.
 struct Running {
     child: Child,
-    stdout: BufReader<ChildStdout>,
+    /// Its standard output, line by line, read by a thread of its own so a
+    /// wait for a line can have a deadline.
+    lines: mpsc::Receiver<String>,
+    /// Where its standard error goes, to be read once it has said something.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Running {
     fn start(args: &[&str]) -> Running {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_phile"))
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .spawn()
             .expect("phile starts");
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Running { child, stdout }
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines, stderr }
     }
 
-    /// The next line the process prints (waits for it).
+    /// The next line the process prints (waits for it, up to `LINE_WAIT`).
     fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the process ended before printing");
-        line.trim_end().to_owned()
+        match self.lines.recv_timeout(LINE_WAIT) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line within {LINE_WAIT:?}; its errors: {}", self.stderr())
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the process ended before printing; its errors: {}", self.stderr())
+            }
+        }
     }
 
-    /// Asks the process to stop, as Ctrl-C or a service manager would, and
-    /// waits for it to exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// Everything it printed to standard error so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
+    /// The rest of its standard output, once it has exited.
+    fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        for line in self.lines.iter() {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    }
+
+    /// Waits for the process to exit, for at most `limit`; `None` if it is
+    /// still running then.
+    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM, as a service manager (or Ctrl-C) would.
+    fn signal_stop(&self) {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// Asks the process to stop and waits for it to exit.
+    fn terminate(mut self) -> ExitStatus {
+        self.signal_stop();
         self.child.wait().unwrap()
     }
 }
@@ -62,7 +126,12 @@ fn text(bytes: &[u8]) -> String {
 
 /// Starts a tracker on a free port; returns it and its address.
 fn tracker() -> (Running, String) {
-    let mut tracker = Running::start(&["tracker", "--listen", "127.0.0.1:0"]);
+    tracker_at("127.0.0.1:0")
+}
+
+/// Starts a tracker listening on `listen`; returns it and its address.
+fn tracker_at(listen: &str) -> (Running, String) {
+    let mut tracker = Running::start(&["tracker", "--listen", listen]);
     let line = tracker.line();
     let addr = line
         .strip_prefix("phile tracker listening on ")
@@ -234,9 +303,12 @@ fn a_progress_bar_is_drawn_on_a_terminal() {
         .args(["-qfec", &command, "/dev/null"])
         .env("RUST_LOG", "warn")
         .output();
-    let Ok(output) = output else {
-        eprintln!("skipped: the `script` command (util-linux) is not installed");
-        return;
+    let output = match output {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return cannot_run("the `script` command is missing: install bsdutils (Debian, Ubuntu) or util-linux");
+        }
+        Err(error) => panic!("cannot run `script`: {error}"),
     };
     let screen = text(&output.stdout);
     assert!(output.status.success(), "{screen}");
@@ -346,53 +418,150 @@ fn every_command_explains_itself() {
     }
 }
 
-/// Sends one framed request on a raw session and reads the reply frame.
-fn ask(session: &mut std::net::TcpStream, body: phile_core::protocol::TrackerRequest) {
-    use std::io::{Read, Write};
-    let request = phile_core::protocol::Request {
+/// A test that cannot run here (a tool is missing) fails, saying what to
+/// install, so a run that silently tested less is never green. With
+/// `PHILE_ALLOW_SKIP=1` it passes instead, saying loudly that it skipped.
+fn cannot_run(reason: &str) {
+    if std::env::var("PHILE_ALLOW_SKIP").is_ok_and(|allow| allow == "1") {
+        eprintln!("SKIPPED (PHILE_ALLOW_SKIP=1): {reason}");
+    } else {
+        panic!("{reason} (or set PHILE_ALLOW_SKIP=1 to skip this test)");
+    }
+}
+
+/// Writes one frame: a 4-byte big-endian length, then the payload.
+fn send_frame(stream: &mut TcpStream, message: &impl serde::Serialize) {
+    let payload = phile_core::protocol::encode(message).unwrap();
+    stream.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
+    stream.write_all(&payload).unwrap();
+}
+
+/// Reads one frame's payload; `None` at a clean end of the stream.
+fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut payload).ok()?;
+    Some(payload)
+}
+
+/// Sends one request on a raw tracker session and reads the reply.
+fn ask(session: &mut TcpStream, body: TrackerRequest) -> TrackerReply {
+    let request = Request {
         trace: phile_core::Trace::default(),
         body,
     };
-    let payload = phile_core::protocol::encode(&request).unwrap();
-    session.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
-    session.write_all(&payload).unwrap();
-    let mut length = [0u8; 4];
-    session.read_exact(&mut length).unwrap();
-    let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
-    session.read_exact(&mut reply).unwrap();
+    send_frame(session, &request);
+    phile_core::protocol::decode(&read_frame(session).expect("a reply")).unwrap()
+}
+
+/// A holder the test drives, speaking the protocol over raw sockets: it
+/// registers with the tracker, announces one file and sends it only as far
+/// as the test says, so a test can hold a download at any byte.
+struct Holder {
+    /// Its tracker session, kept open so the tracker keeps offering it.
+    _session: TcpStream,
+    /// Where downloaders connect.
+    listener: TcpListener,
+    /// The file's content.
+    content: Vec<u8>,
+}
+
+impl Holder {
+    /// Registers as client `id` with the tracker at `tracker` and announces
+    /// `name` with `content`.
+    fn announce(tracker: &str, id: u64, name: &str, content: Vec<u8>) -> Holder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut session = TcpStream::connect(tracker).unwrap();
+        let register = TrackerRequest::Register {
+            client: ClientId(id),
+            port: 1,
+            advertise: Some(listener.local_addr().unwrap()),
+        };
+        assert_eq!(ask(&mut session, register), TrackerReply::Ack);
+        let announce = TrackerRequest::Announce {
+            file: name.parse().unwrap(),
+            info: Self::info_of(&content),
+        };
+        assert_eq!(ask(&mut session, announce), TrackerReply::Ack);
+        Holder {
+            _session: session,
+            listener,
+            content,
+        }
+    }
+
+    fn info_of(content: &[u8]) -> FileInfo {
+        FileInfo {
+            size: content.len() as u64,
+            sha1: Digest::of(content),
+        }
+    }
+
+    /// Accepts the next download, reads its request, and sends the header
+    /// and the first `first` bytes.
+    fn begin(&self, first: usize) -> TcpStream {
+        let (mut connection, _) = self.listener.accept().unwrap();
+        read_frame(&mut connection).expect("a request");
+        let header = PeerReply::File {
+            info: Self::info_of(&self.content),
+        };
+        send_frame(&mut connection, &header);
+        connection.write_all(&self.content[..first]).unwrap();
+        connection
+    }
+
+    /// Sends the rest, from byte `from`, waits for the downloader's
+    /// confirmation (closing first could reset the connection before the
+    /// last bytes are read) and closes.
+    fn finish(&self, mut connection: TcpStream, from: usize) {
+        connection.write_all(&self.content[from..]).unwrap();
+        read_frame(&mut connection);
+    }
+}
+
+/// A tracker the test writes: it answers each request with `answer`.
+/// Returns its address.
+fn fake_tracker(answer: fn(&TrackerRequest) -> TrackerReply) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for session in listener.incoming() {
+            let Ok(mut session) = session else { continue };
+            std::thread::spawn(move || {
+                while let Some(payload) = read_frame(&mut session) {
+                    let request: Request<TrackerRequest> = phile_core::protocol::decode(&payload).unwrap();
+                    send_frame(&mut session, &answer(&request.body));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Everything in `dir`, as sorted names: hidden files (a partial download
+/// is `.NAME.XXXXXX.phile-part`) and folders included, unlike `Folder::list`.
+fn raw_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Some bytes that are not all alike.
+fn pattern(len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
 
 #[test]
 fn ctrl_c_during_a_download_keeps_nothing_half_written() {
-    use phile_core::protocol::{ClientId, Digest, FileInfo, TrackerRequest};
     let dir = tempfile::tempdir().unwrap();
     let (_tracker, addr) = tracker();
-    // A holder that accepts the download and then says nothing at all.
-    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut session = std::net::TcpStream::connect(&addr).unwrap();
-    let advertise = Some(mute.local_addr().unwrap());
-    ask(
-        &mut session,
-        TrackerRequest::Register {
-            client: ClientId(1),
-            port: 1,
-            advertise,
-        },
-    );
-    let info = FileInfo {
-        size: 1_000_000,
-        sha1: Digest::of(b"whatever"),
-    };
-    ask(
-        &mut session,
-        TrackerRequest::Announce {
-            file: "slow.bin".parse().unwrap(),
-            info,
-        },
-    );
-
+    let holder = Holder::announce(&addr, 1, "slow.bin", pattern(1_000_000));
     let folder = dir.path().to_str().unwrap();
-    let get = Running::start(&[
+    let mut get = Running::start(&[
         "get",
         "slow.bin",
         "--id",
@@ -405,36 +574,296 @@ fn ctrl_c_during_a_download_keeps_nothing_half_written() {
         "60",
     ]);
     // The holder answers with a header and the first bytes, then stalls.
-    let (mut connection, _) = mute.accept().unwrap();
-    {
-        use std::io::{Read, Write};
-        let mut length = [0u8; 4];
-        connection.read_exact(&mut length).unwrap();
-        connection
-            .read_exact(&mut vec![0u8; u32::from_be_bytes(length) as usize])
-            .unwrap();
-        let header = phile_core::protocol::encode(&phile_core::protocol::PeerReply::File { info }).unwrap();
-        connection.write_all(&(header.len() as u32).to_be_bytes()).unwrap();
-        connection.write_all(&header).unwrap();
-        connection.write_all(&[7u8; 1000]).unwrap();
-    }
-    // The partial file appears in the folder (a file system has no event
-    // to wait on without inotify: look, at most for 10 s).
-    let partial_seen = (0..1000).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        std::fs::read_dir(dir.path()).unwrap().count() > 0
-    });
-    assert!(partial_seen, "the download never started writing");
-    let started = std::time::Instant::now();
+    let _stalled = holder.begin(1000);
+    // Printed once the partial file exists and bytes flow into it.
+    assert!(get.line().starts_with("slow.bin: fetching 1000000 bytes"));
+    assert_eq!(raw_entries(dir.path()).len(), 1, "no partial file");
+    let started = Instant::now();
     let status = get.terminate();
     assert_eq!(status.code(), Some(130), "{status:?}");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(10),
         "the stop waited for the stall"
     );
     assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
+        raw_entries(dir.path()),
+        Vec::<String>::new(),
         "something was left in the folder"
     );
+}
+
+/// `phile get NAMES... --id ID --dir DIR --tracker ADDR` plus `extra`.
+fn get_args<'a>(names: &[&'a str], id: &'a str, dir: &'a Path, tracker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["get"];
+    args.extend_from_slice(names);
+    args.extend_from_slice(&["--id", id, "--dir", dir.to_str().unwrap(), "--tracker", tracker]);
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn two_gets_into_one_folder_keep_each_others_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(seeds.join("small.txt"), "small").unwrap();
+    let (_tracker, addr) = tracker();
+    let _seeder = peer("3", &seeds, &addr);
+    let big = pattern(1_000_000);
+    let holder = Holder::announce(&addr, 1, "big.bin", big.clone());
+
+    // The first `get` is half-way through big.bin...
+    let mut first = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
+    let connection = holder.begin(1000);
+    assert!(first.line().starts_with("big.bin: fetching"));
+    let partial = raw_entries(&downloads);
+    assert!(
+        partial.len() == 1 && partial[0].starts_with(".big.bin.") && partial[0].ends_with(".phile-part"),
+        "{partial:?}"
+    );
+
+    // ...when a second one starts in the same folder and runs to the end.
+    let second = phile(&get_args(&["small.txt"], "4", &downloads, &addr, &[]));
+    assert!(
+        second.status.success(),
+        "{}{}",
+        text(&second.stdout),
+        text(&second.stderr)
+    );
+    assert_eq!(
+        raw_entries(&downloads),
+        [partial[0].clone(), "small.txt".to_owned()],
+        "the second get's start-up touched the first one's download"
+    );
+
+    holder.finish(connection, 1000);
+    let status = first.wait_within(Duration::from_secs(60)).expect("the first get ends");
+    let stdout = first.rest();
+    assert!(status.success(), "{stdout}{}", first.stderr());
+    assert!(stdout.contains("big.bin: 1000000 bytes from peer 1"), "{stdout}");
+    assert_eq!(
+        raw_entries(&downloads),
+        ["big.bin", "small.txt"],
+        "something was left behind"
+    );
+    assert_eq!(std::fs::read(downloads.join("big.bin")).unwrap(), big);
+    assert_eq!(std::fs::read_to_string(downloads.join("small.txt")).unwrap(), "small");
+}
+
+#[test]
+fn get_never_replaces_a_different_file_unless_told_and_skips_identical_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    for (name, content) in [("same.txt", "hello"), ("mine.txt", "theirs"), ("new.txt", "fresh")] {
+        std::fs::write(seeds.join(name), content).unwrap();
+    }
+    std::fs::write(downloads.join("same.txt"), "hello").unwrap();
+    std::fs::write(downloads.join("mine.txt"), "my own, different").unwrap();
+    let (_tracker, addr) = tracker();
+    let _seeder = peer("1", &seeds, &addr);
+
+    let names = ["same.txt", "mine.txt", "new.txt", "same.txt", "new.txt"];
+    let got = phile(&get_args(&names, "2", &downloads, &addr, &[]));
+    let stdout = text(&got.stdout);
+    assert_eq!(got.status.code(), Some(1), "{stdout}{}", text(&got.stderr));
+    assert!(
+        stdout.contains(
+            "same.txt: already here (5 bytes, sha1 aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d), not fetched again"
+        ),
+        "{stdout}"
+    );
+    let mine = downloads.join("mine.txt");
+    assert!(
+        stdout.contains(&format!(
+            "mine.txt: not fetched: {} already exists with other content; use --overwrite to replace it",
+            mine.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("new.txt: 5 bytes from peer 1"), "{stdout}");
+    // A name given twice is fetched once, and reported once.
+    let count = |prefix: &str| stdout.lines().filter(|line| line.starts_with(prefix)).count();
+    assert_eq!(count("new.txt: fetching"), 1, "{stdout}");
+    assert_eq!(count("new.txt: 5 bytes"), 1, "{stdout}");
+    assert_eq!(count("same.txt"), 1, "{stdout}");
+    assert!(
+        text(&got.stderr).contains("1 of 3 files did not arrive"),
+        "{}",
+        text(&got.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my own, different");
+
+    let replaced = phile(&get_args(&["mine.txt"], "2", &downloads, &addr, &["--overwrite"]));
+    assert!(replaced.status.success(), "{}", text(&replaced.stdout));
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "theirs");
+    assert_eq!(raw_entries(&downloads), ["mine.txt", "new.txt", "same.txt"]);
+}
+
+#[test]
+fn a_file_that_appears_during_its_download_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tracker, addr) = tracker();
+    let holder = Holder::announce(&addr, 1, "x.bin", pattern(100_000));
+    let mut get = Running::start(&get_args(&["x.bin"], "2", dir.path(), &addr, &[]));
+    let connection = holder.begin(10);
+    assert!(get.line().starts_with("x.bin: fetching"));
+    // The check before fetching found nothing; now someone puts a file there.
+    std::fs::write(dir.path().join("x.bin"), "written meanwhile").unwrap();
+    holder.finish(connection, 10);
+    let status = get.wait_within(Duration::from_secs(60)).expect("get ends");
+    let stdout = get.rest();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("already exists with other content (it appeared while the download ran; the download was dropped); use --overwrite"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("x.bin")).unwrap(),
+        "written meanwhile"
+    );
+    assert_eq!(
+        raw_entries(dir.path()),
+        ["x.bin"],
+        "the dropped download was left behind"
+    );
+}
+
+#[test]
+fn a_stored_file_is_a_success_when_the_tracker_restarts_mid_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut tracker, addr) = tracker();
+    let content = pattern(2_000_000);
+    let holder = Holder::announce(&addr, 1, "big.bin", content.clone());
+    let mut get = Running::start(&get_args(&["big.bin"], "2", dir.path(), &addr, &[]));
+    let connection = holder.begin(1000);
+    assert!(get.line().starts_with("big.bin: fetching"));
+
+    // The tracker dies before the last bytes arrive, and comes back on the
+    // same address, knowing nothing.
+    tracker.child.kill().unwrap();
+    tracker.child.wait().unwrap();
+    let (_restarted, _) = tracker_at(&addr);
+    holder.finish(connection, 1000);
+
+    let status = get.wait_within(Duration::from_secs(60)).expect("get ends");
+    let stdout = get.rest();
+    assert!(status.success(), "{stdout}{}", get.stderr());
+    assert!(stdout.contains("big.bin: 2000000 bytes from peer 1"), "{stdout}");
+    assert!(
+        stdout.contains("big.bin: warning: stored and verified, but the tracker could not be told"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("failed"), "{stdout}");
+    assert_eq!(std::fs::read(dir.path().join("big.bin")).unwrap(), content);
+    assert_eq!(raw_entries(dir.path()), ["big.bin"]);
+}
+
+#[test]
+fn sigterm_while_a_peer_hashes_a_big_file_stops_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tracker, addr) = tracker();
+    let mut seeder = peer("1", dir.path(), &addr);
+    // A terabyte, sparse: it takes no disk, but hashing it takes many
+    // minutes, far longer than the stop may.
+    File::create(dir.path().join("huge.bin"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    assert_eq!(
+        seeder.line(),
+        "hashing huge.bin (1099511627776 bytes) before announcing it"
+    );
+
+    seeder.signal_stop();
+    let exit = seeder.wait_within(Duration::from_secs(15));
+    let stdout = seeder.rest();
+    let exit = exit.unwrap_or_else(|| panic!("SIGTERM during a hash was ignored; stdout: {stdout}"));
+    assert!(exit.success(), "{stdout}{}", seeder.stderr());
+    assert!(stdout.starts_with("stopping: telling the tracker"), "{stdout}");
+    // The goodbye reached the tracker: it forgot the peer at once.
+    assert_eq!(status(&addr)["clients"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn remote_text_reaches_the_terminal_escaped() {
+    /// A reason that would retitle the window, clear the screen and forge a
+    /// line of output, if printed raw.
+    const HOSTILE: &str = "\u{1b}]0;owned\u{7}\u{1b}[2J\nphile: forged line";
+    let addr = fake_tracker(|request| match request {
+        TrackerRequest::Lookup { .. } | TrackerRequest::Announce { .. } => TrackerReply::Refused {
+            reason: HOSTILE.to_owned(),
+        },
+        _ => TrackerReply::Ack,
+    });
+    let escaped = "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{a}phile: forged line";
+    let dir = tempfile::tempdir().unwrap();
+
+    // `get`: the tracker refuses the lookup.
+    let got = phile(&get_args(&["x"], "2", dir.path(), &addr, &[]));
+    let (stdout, stderr) = (text(&got.stdout), text(&got.stderr));
+    assert_eq!(got.status.code(), Some(1));
+    assert!(
+        stdout.contains(&format!("x: failed: the tracker refused: {escaped}")),
+        "{stdout}"
+    );
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains(['\u{1b}', '\u{7}']),
+            "raw control characters: {output:?}"
+        );
+        assert!(!output.contains("\nphile: forged"), "a forged line: {output:?}");
+    }
+
+    // `peer`: the tracker refuses an announce.
+    std::fs::write(dir.path().join("f.txt"), "x").unwrap();
+    let mut seeder = peer("3", dir.path(), &addr);
+    seeder.signal_stop();
+    assert!(seeder.wait_within(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    let (stdout, stderr) = (seeder.rest(), seeder.stderr());
+    assert!(
+        stderr.contains(&format!("phile: not announcing f.txt: {escaped}; rename it")),
+        "{stderr}"
+    );
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains(['\u{1b}', '\u{7}']),
+            "raw control characters: {output:?}"
+        );
+        assert!(!output.contains("\nphile: forged"), "a forged line: {output:?}");
+    }
+}
+
+#[test]
+fn status_gives_up_on_a_tracker_that_never_ends_its_answer() {
+    // A fake tracker: answers every status request with clients, forever.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        while let Ok((mut socket, _)) = listener.accept() {
+            std::thread::spawn(move || {
+                let mut length = [0u8; 4];
+                socket.read_exact(&mut length).unwrap();
+                let mut request = vec![0u8; u32::from_be_bytes(length) as usize];
+                socket.read_exact(&mut request).unwrap();
+                let payload = br#"{"type":"status_client","client":1,"addr":"127.0.0.1:9","files":1}"#;
+                let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(payload);
+                while socket.write_all(&frame).is_ok() {}
+            });
+        }
+    });
+    for json in [false, true] {
+        let mut args = vec!["status", "--tracker", &addr, "--max-entries", "1000"];
+        if json {
+            args.push("--json");
+        }
+        let output = phile(&args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("more than 1000 status entries"), "{stderr}");
+        assert!(stderr.contains("--max-entries"), "{stderr}");
+    }
 }

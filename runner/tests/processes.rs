@@ -106,3 +106,39 @@ assert(r.ok && b.sha1("f") == a.sha1("f"), `the upload did not announce the byte
     .unwrap();
     assert_eq!(log_of(&script, false), log_of(&script, true));
 }
+
+#[test]
+fn stopping_clients_while_transfers_run_logs_the_same_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("stops.rhai");
+    std::fs::write(
+        &script,
+        r#"
+let t = tracker(0);
+let a = client(1); let b = client(2); let c = client(3);
+for x in [a, b, c] { x.register(t); }
+a.write_random("slow.bin", 1000000);
+a.upload("slow.bin");
+// 100 kB/s: the transfers below take ten seconds, so they are surely
+// under way when their downloader stops.
+a.set_rate(100000, 0);
+let killed = b.start_download("slow.bin");
+let left = c.start_download("slow.bin");
+b.kill();
+c.leave();
+let r = killed.wait();
+assert(!r.ok && r.error == "client 2 stopped", `${r}`);
+let r = left.wait();
+assert(!r.ok && r.error == "client 3 stopped", `${r}`);
+// A stopped client's folder is still there to write to and read.
+b.write("note.txt", "written while down");
+c.write_random("noise.bin", 1000);
+assert(b.read("note.txt") == "written while down");
+assert(b.files() == ["note.txt"], `a partial download was left behind: ${b.files()}`);
+b.restart();
+c.restart();
+"#,
+    )
+    .unwrap();
+    assert_eq!(log_of(&script, false), log_of(&script, true));
+}

@@ -100,6 +100,21 @@ fn a_failed_run_still_writes_its_report_and_exits_1() {
     assert!(read(&diagram).contains("script failed at line 4"));
 }
 
+/// `html` with its timeline section cut out.
+fn without_timeline(html: &str) -> String {
+    let start = html.find("<section id=\"timeline\">").expect("a timeline");
+    let end = start + html[start..].find("</section>").expect("its end") + "</section>".len();
+    without_blank_lines(&format!("{}{}", &html[..start], &html[end..]))
+}
+
+/// `html` without its blank lines, which the template's conditionals leave.
+fn without_blank_lines(html: &str) -> String {
+    html.lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn render_makes_the_same_files_from_a_log_written_earlier() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,7 +142,14 @@ fn render_makes_the_same_files_from_a_log_written_earlier() {
     ]);
     assert!(rendered.status.success(), "{}", text(&rendered.stderr));
     assert_eq!(read(&dir.path().join("again.md")), read(&dir.path().join("run.md")));
-    assert_eq!(read(&dir.path().join("again.html")), read(&dir.path().join("run.html")));
+    // A log records what happened, not when: the report of a live run draws
+    // a timeline from when each event arrived, one rendered later cannot.
+    let live = read(&dir.path().join("run.html"));
+    assert!(live.contains("<section id=\"timeline\">"), "{live}");
+    assert_eq!(
+        without_blank_lines(&read(&dir.path().join("again.html"))),
+        without_timeline(&live)
+    );
     let only_report = phile_run(&["--render", &path("events.jsonl"), "--report", &path("alone.html")]);
     assert!(only_report.status.success());
     assert!(!dir.path().join("alone.md").exists());
@@ -187,4 +209,47 @@ fn help_describes_the_review_options() {
     for option in ["--diagram <FILE>", "--report <FILE>", "--render <EVENTS.jsonl>"] {
         assert!(help.contains(option), "--help does not mention {option}:\n{help}");
     }
+}
+
+#[test]
+fn every_shipped_scenario_draws_under_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut drawn = 0;
+    for folder in [scenario(""), scenario("sim")] {
+        let timed = folder.ends_with("sim");
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let script = entry.unwrap().path();
+            if script.extension().is_none_or(|ext| ext != "rhai") {
+                continue;
+            }
+            let (diagram, report) = (dir.path().join("d.mmd"), dir.path().join("r.html"));
+            let output = run_in(
+                &dir.path().join("root"),
+                &script,
+                &[
+                    "--sim",
+                    "--diagram",
+                    diagram.to_str().unwrap(),
+                    "--report",
+                    report.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                script.display(),
+                text(&output.stderr)
+            );
+            assert!(read(&diagram).starts_with("sequenceDiagram"), "{}", script.display());
+            let html = read(&report);
+            assert!(html.contains("Sequence diagram"), "{}", script.display());
+            // The runs of sim/ have time in them (rate caps, latency,
+            // timeouts): their reports draw a timeline of the transfers.
+            if timed {
+                assert!(html.contains("Timeline of transfers"), "{}", script.display());
+            }
+            drawn += 1;
+        }
+    }
+    assert!(drawn >= 12, "only {drawn} scenarios drawn");
 }

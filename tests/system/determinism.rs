@@ -13,18 +13,19 @@ fn log_of(scenario: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_default_scenario_logs_the_same_ten_times() {
-    let first = log_of("default.rhai");
-    for _ in 0..9 {
-        assert_eq!(log_of("default.rhai"), first);
-    }
-}
-
-#[test]
-fn concurrent_downloads_log_the_same_ten_times() {
-    let first = log_of("concurrent_downloads.rhai");
-    for _ in 0..9 {
-        assert_eq!(log_of("concurrent_downloads.rhai"), first);
+fn every_shipped_scenario_logs_the_same_five_times_over_tcp() {
+    let mut names: Vec<String> = std::fs::read_dir(scenarios_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".rhai"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "only {} scenarios found", names.len());
+    for name in names {
+        let first = log_of(&name);
+        for run in 1..5 {
+            assert_eq!(log_of(&name), first, "{name}: run {run} differs from run 0");
+        }
     }
 }
 

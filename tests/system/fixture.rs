@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use phile_core::protocol::{self, ClientId, FileInfo, Request, TrackerReply, TrackerRequest};
+use phile_core::events::{Event, EventSink, Node};
+use phile_core::protocol::{self, ClientId, FileInfo, Problem, Request, TrackerReply, TrackerRequest};
 use phile_core::storage::Folder;
-use phile_core::{Client, ClientConfig, FileName, Limits, Trace, Tracker, TrackerConfig};
+use phile_core::{Client, ClientConfig, Digest, FileName, Limits, Trace, Tracker, TrackerConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,10 +27,14 @@ pub fn short_limits() -> Limits {
 }
 
 pub async fn tracker_with(limits: Limits) -> Tracker {
-    let config = TrackerConfig {
+    tracker_config(TrackerConfig {
         limits,
         ..TrackerConfig::default()
-    };
+    })
+    .await
+}
+
+pub async fn tracker_config(config: TrackerConfig) -> Tracker {
     Tracker::bind("127.0.0.1:0", config).await.unwrap()
 }
 
@@ -36,13 +42,62 @@ pub async fn tracker() -> Tracker {
     tracker_with(Limits::default()).await
 }
 
+/// Every event of the nodes it is attached to, to check what happened.
+#[derive(Default)]
+pub struct Recorded(Mutex<Vec<Event>>);
+
+impl EventSink for Recorded {
+    fn record(&self, _trace: Trace, _node: Node, event: Event) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorded {
+    pub fn new() -> Arc<Recorded> {
+        Arc::default()
+    }
+
+    /// The events recorded so far that `keep` picks.
+    pub fn matching(&self, keep: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let all = self.0.lock().unwrap();
+        all.iter().filter(|event| keep(event)).cloned().collect()
+    }
+}
+
+/// Tests that open thousands of sockets, load the machine, or time what
+/// they do take turns: together they would crowd the process's file
+/// descriptors, and each would slow what the others time. (A tokio mutex:
+/// a turn is held across a test's awaits, and each test has a runtime of
+/// its own.)
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this test's turn (see [`TURN`]).
+pub async fn heavy_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    TURN.lock().await
+}
+
+/// [`heavy_turn`], for a test outside any runtime.
+pub fn heavy_turn_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    TURN.blocking_lock()
+}
+
 pub async fn client_with(id: u64, dir: &Path, limits: Limits) -> Client {
+    client_config(
+        id,
+        dir,
+        ClientConfig {
+            limits,
+            ..ClientConfig::default()
+        },
+    )
+    .await
+}
+
+pub async fn client_config(id: u64, dir: &Path, config: ClientConfig) -> Client {
     let folder = Folder::create_empty(dir.join(id.to_string())).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = ClientConfig {
-        limits,
-        ..ClientConfig::default()
-    };
     Client::start(ClientId(id), folder, listener, config).unwrap()
 }
 
@@ -87,12 +142,15 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// A raw framed connection, to speak the protocol (or not) by hand.
 pub struct Raw(Framed<TcpStream, LengthDelimitedCodec>);
 
+impl From<TcpStream> for Raw {
+    fn from(stream: TcpStream) -> Raw {
+        Raw(Framed::new(stream, protocol::frame_codec()))
+    }
+}
+
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        Raw(Framed::new(
-            TcpStream::connect(addr).await.unwrap(),
-            protocol::frame_codec(),
-        ))
+        Raw::from(TcpStream::connect(addr).await.unwrap())
     }
 
     /// Sends one frame holding `payload` as is.
@@ -135,6 +193,28 @@ impl Raw {
     /// Announces `file` with `info`.
     pub async fn announce(&mut self, file: &str, info: FileInfo) {
         self.request(TrackerRequest::Announce { file: name(file), info }).await;
+        assert_eq!(self.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
+    }
+
+    /// Asks who holds `file`, as a new download would.
+    pub async fn lookup(&mut self, file: &str) -> TrackerReply {
+        let request = TrackerRequest::Lookup {
+            file: name(file),
+            failover: false,
+        };
+        self.request(request).await;
+        self.reply().await.expect("an answer to a lookup")
+    }
+
+    /// Reports that `peer` sent the wrong content for version `sha1` of `file`.
+    pub async fn report(&mut self, file: &str, peer: u64, sha1: Digest) {
+        let request = TrackerRequest::Report {
+            file: name(file),
+            peer: ClientId(peer),
+            sha1,
+            problem: Problem::WrongContent,
+        };
+        self.request(request).await;
         assert_eq!(self.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
     }
 }

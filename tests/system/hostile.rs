@@ -2,17 +2,34 @@
 //! closed connection, the servers keep serving everyone else, and no stored
 //! file changes. Fake holders that refuse, stall, lie about the size or send
 //! the wrong bytes make a download fail over, never store a bad file.
+//!
+//! Then the attacks of a registered client on the tracker's trust (false
+//! reports, stale reports, name hijacking), failover through thousands of
+//! failing holders, the memory a client or a tracker can make the other
+//! hold, starving a peer of connections, and control characters in names.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use phile_core::client::{DownloadError, Source};
-use phile_core::protocol::{ClientId, Digest, FileInfo, PeerReply, PeerRequest, TrackerReply, TrackerRequest};
-use phile_core::{Client, Tracker};
+use phile_core::client::{DownloadError, SessionError, Source, StatusLimits};
+use phile_core::events::Event;
+use phile_core::protocol::{
+    self, ClientId, Digest, FileInfo, PeerReply, PeerRequest, Problem, Request, TrackerReply, TrackerRequest,
+};
+use phile_core::tracker::{Quotas, StatusEntry};
+use phile_core::{Client, ClientConfig, Limits, Trace, Tracker, TrackerConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
-use crate::fixture::{client_with, contents, name, registered, short_limits, tracker, tracker_with, Raw};
+use crate::fixture::{
+    client_config, client_with, contents, heavy_turn, name, registered, short_limits, tracker, tracker_config,
+    tracker_with, Raw, Recorded,
+};
 
 /// A tracker with two registered clients; `a` holds `f.txt`.
 struct Swarm {
@@ -106,7 +123,7 @@ async fn requests_out_of_order_are_refused_and_the_session_goes_on() {
         TrackerRequest::Announce { file: name("x"), info },
         TrackerRequest::Lookup {
             file: name("f.txt"),
-            exclude: vec![],
+            failover: false,
         },
         TrackerRequest::Leave,
         TrackerRequest::Ping,
@@ -251,13 +268,13 @@ async fn a_registered_client_that_goes_silent_is_forgotten() {
             },
         )
         .await;
-    assert!(b.locate(&name("f"), &[]).await.unwrap().is_some());
+    assert!(b.lookup(&name("f")).await.unwrap().is_some());
     // Past the session timeout, the tracker hangs up on it and forgets it.
     assert!(ghost.reply::<TrackerReply>().await.is_none());
-    assert!(b.locate(&name("f"), &[]).await.unwrap().is_none());
+    assert!(b.lookup(&name("f")).await.unwrap().is_none());
     // b, which sends heartbeats, is still registered long after.
     tokio::time::sleep(Duration::from_millis(800)).await; // longer than the session timeout, on purpose
-    assert!(b.locate(&name("f"), &[]).await.is_ok(), "a live client was dropped");
+    assert!(b.lookup(&name("f")).await.is_ok(), "a live client was dropped");
 }
 
 /// A fake holder of `f.txt` listening on a socket of its own.
@@ -433,10 +450,559 @@ async fn a_tracker_that_answers_late_costs_the_session_not_its_pairing() {
     let dir = tempfile::tempdir().unwrap();
     let b = client_with(2, dir.path(), short_limits()).await;
     b.register(addr).await.unwrap();
-    assert!(b.locate(&name("a"), &[]).await.is_err());
+    assert!(b.lookup(&name("a")).await.is_err());
     // The late answer must never be taken for the answer to a later request:
     // the session is gone, and the client knows it is not registered.
     assert!(!b.is_registered().await);
-    let error = b.locate(&name("b"), &[]).await.unwrap_err();
+    let error = b.lookup(&name("b")).await.unwrap_err();
     assert!(error.to_string().contains("not registered"), "{error}");
+}
+
+// ---------------------------------------------------------------------------
+// The tracker believes a client about itself only.
+
+/// Writes one frame holding `message` on a raw socket.
+async fn write_frame<T: Serialize>(socket: &mut TcpStream, message: &T) {
+    let payload = protocol::encode(message).unwrap();
+    socket.write_all(&(payload.len() as u32).to_be_bytes()).await.unwrap();
+    socket.write_all(&payload).await.unwrap();
+}
+
+/// Reads one frame from a raw socket, as a message.
+async fn read_frame<T: DeserializeOwned>(socket: &mut TcpStream) -> T {
+    let mut length = [0u8; 4];
+    socket.read_exact(&mut length).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+    socket.read_exact(&mut payload).await.unwrap();
+    protocol::decode(&payload).unwrap()
+}
+
+/// Every file the tracker's status lists, with its holders.
+async fn status_files(tracker: SocketAddr) -> Vec<(String, Vec<u64>)> {
+    let mut answer = phile_core::client::status(tracker, StatusLimits::default())
+        .await
+        .unwrap();
+    let mut files: Vec<(String, Vec<u64>)> = Vec::new();
+    while let Some(entry) = answer.next().await.unwrap() {
+        if let StatusEntry::File { file, holders, .. } = entry {
+            let holders = holders.into_iter().map(|holder| holder.0);
+            match files.last_mut() {
+                Some(last) if last.0 == file.as_str() => last.1.extend(holders),
+                _ => files.push((file.to_string(), holders.collect())),
+            }
+        }
+    }
+    files
+}
+
+fn holders_dropped(events: &Recorded) -> Vec<Event> {
+    events.matching(|event| matches!(event, Event::HolderDropped { .. }))
+}
+
+#[tokio::test]
+async fn a_false_report_neither_unlists_an_honest_holder_nor_frees_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let honest = registered(1, dir.path(), &tracker).await;
+    honest.folder().write(&name("doc.txt"), "the real doc").await.unwrap();
+    let info = honest.upload(&name("doc.txt")).await.unwrap();
+
+    // The attacker, a registered client speaking raw TCP, is sent to the
+    // honest holder and reports it as having sent the wrong content.
+    let mut attacker = Raw::connect(tracker.local_addr()).await;
+    attacker.register(666, "127.0.0.1:9".parse().unwrap()).await;
+    let TrackerReply::Peer { peer, addr, .. } = attacker.lookup("doc.txt").await else {
+        panic!("the honest holder was not offered");
+    };
+    assert_eq!(peer, ClientId(1));
+    attacker.report("doc.txt", 1, info.sha1).await;
+    // It also fetches the file and tells the holder the bytes hashed to
+    // something else: the holder checks its copy, finds it good, keeps it.
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let get = PeerRequest::Get {
+        file: name("doc.txt"),
+        client: ClientId(666),
+    };
+    let trace = Trace::default();
+    write_frame(&mut socket, &Request { trace, body: get }).await;
+    assert_eq!(read_frame::<PeerReply>(&mut socket).await, PeerReply::File { info });
+    let mut body = vec![0u8; info.size as usize];
+    socket.read_exact(&mut body).await.unwrap();
+    let lie = PeerRequest::Received {
+        sha1: Digest::of(b"something else"),
+    };
+    write_frame(&mut socket, &Request { trace, body: lie }).await;
+    closed(&mut socket).await;
+    // Then it announces doc.txt with content of its own: refused, since a
+    // holder of the recorded content is alive.
+    let evil = FileInfo {
+        size: 4,
+        sha1: Digest::of(b"evil"),
+    };
+    let hijack = TrackerRequest::Announce {
+        file: name("doc.txt"),
+        info: evil,
+    };
+    attacker.request(hijack).await;
+    match attacker.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("same content"), "{reason}"),
+        other => panic!("the name was rebound: {other:?}"),
+    }
+
+    // The next download, by anyone else, gets the honest bytes.
+    let fresh = registered(2, dir.path(), &tracker).await;
+    let got = fresh.download(&name("doc.txt")).await.unwrap();
+    assert_eq!(got.downloaded.from, ClientId(1));
+    assert_eq!(fresh.folder().read(&name("doc.txt")).await.unwrap(), b"the real doc");
+    // The attacker leaves; the status still lists the honest holder.
+    attacker.request(TrackerRequest::Leave).await;
+    assert_eq!(attacker.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
+    drop(attacker);
+    let files = status_files(tracker.local_addr()).await;
+    assert_eq!(files, [("doc.txt".to_owned(), vec![1, 2])]);
+    assert_eq!(holders_dropped(&events), []);
+    assert_eq!(honest.folder().read(&name("doc.txt")).await.unwrap(), b"the real doc");
+}
+
+#[tokio::test]
+async fn a_holder_told_of_wrong_bytes_withdraws_its_copy_only_if_the_copy_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let a = registered(1, dir.path(), &tracker).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    a.folder().write(&name("f"), "hello world").await.unwrap();
+    a.upload(&name("f")).await.unwrap();
+    // a's disk flips a byte behind its back: same size, same time, same inode.
+    let path = a.folder().path(&name("f"));
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut file, b"J").unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    let error = b.download(&name("f")).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "no peer delivered f: 1 sent content with the wrong SHA-1"
+    );
+    assert_eq!(
+        holders_dropped(&events),
+        [Event::HolderDropped {
+            client: ClientId(1),
+            file: name("f"),
+            reason: Problem::WrongContent,
+        }]
+    );
+    assert_eq!(status_files(tracker.local_addr()).await, []);
+    assert!(b.folder().list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_holder_whose_file_changed_size_since_it_announced_it_refuses_and_withdraws() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let a = registered(1, dir.path(), &tracker).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    a.folder().write(&name("f"), "the content").await.unwrap();
+    a.upload(&name("f")).await.unwrap();
+    // Rewritten with another size, and not announced again.
+    std::fs::write(a.folder().path(&name("f")), "a longer content").unwrap();
+    let error = b.download(&name("f")).await.unwrap_err();
+    assert_eq!(error.to_string(), "no peer delivered f: 1 refused to send the file");
+    assert_eq!(
+        holders_dropped(&events),
+        [Event::HolderDropped {
+            client: ClientId(1),
+            file: name("f"),
+            reason: Problem::WrongSize,
+        }]
+    );
+    // The tracker no longer offers the old version; the new one can be
+    // announced under the name.
+    assert!(b.lookup(&name("f")).await.unwrap().is_none());
+    a.upload(&name("f")).await.unwrap();
+    assert_eq!(b.download(&name("f")).await.unwrap().downloaded.info.size, 16);
+}
+
+#[tokio::test]
+async fn a_stale_report_never_unlists_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker().await;
+    let seeder = registered(1, dir.path(), &tracker).await;
+    let d = registered(2, dir.path(), &tracker).await;
+    let e = registered(3, dir.path(), &tracker).await;
+    seeder.folder().write(&name("f"), "version one").await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+    let old = d.lookup(&name("f")).await.unwrap().unwrap();
+    // The seeder changes the file in place during d's download and
+    // announces the new version.
+    let new = seeder.folder().write(&name("f"), "version two").await.unwrap();
+    seeder.withdraw(&name("f")).await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+    // d rightly rejects bytes that are not version one, and reports the
+    // seeder about version one: the new version stays on offer, to d too.
+    let got = d.receive(&name("f"), old).await.unwrap();
+    assert_eq!((got.from, got.info), (ClientId(1), new));
+    assert_eq!(d.folder().read(&name("f")).await.unwrap(), b"version two");
+    let offered = e
+        .lookup(&name("f"))
+        .await
+        .unwrap()
+        .expect("the new version was unlisted");
+    assert_eq!((offered.peer, offered.info), (ClientId(1), new));
+}
+
+// ---------------------------------------------------------------------------
+// Failover, whatever the number of failed holders.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_goes_on_through_thousands_of_failed_holders() {
+    let _turn = heavy_turn().await;
+    const FAKES: u64 = 4_000;
+    // 20-digit ids: a lookup that listed the holders given up on would
+    // overflow the 64 KiB frame after about 3,100 of them.
+    const FIRST_FAKE: u64 = 18_000_000_000_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    // With seed 1 the honest holder comes after 3,987 of the fakes.
+    let tracker = tracker_config(TrackerConfig {
+        seed: 1,
+        ..TrackerConfig::default()
+    })
+    .await;
+    let honest = registered(1, dir.path(), &tracker).await;
+    honest.folder().write(&name("f.txt"), "the content").await.unwrap();
+    let info = honest.upload(&name("f.txt")).await.unwrap();
+    // Half the fakes give an address that refuses connections, half one
+    // that cuts the file short.
+    let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let cutter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cutting = cutter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = cutter.accept().await {
+            tokio::spawn(async move {
+                let _: Request<PeerRequest> = read_frame(&mut socket).await;
+                send_file(&mut socket, info, b"the").await;
+            });
+        }
+    });
+    let mut fakes = Vec::new();
+    for i in 0..FAKES {
+        let mut fake = Raw::connect(tracker.local_addr()).await;
+        let advertise = if i % 2 == 0 { refusing } else { cutting };
+        fake.register(FIRST_FAKE + i, advertise).await;
+        fake.announce("f.txt", info).await;
+        fakes.push(fake);
+    }
+    let events = Recorded::new();
+    let config = ClientConfig {
+        events: Some(events.clone()),
+        ..ClientConfig::default()
+    };
+    let b = client_config(2, dir.path(), config).await;
+    b.register(tracker.local_addr()).await.unwrap();
+    let got = b.download(&name("f.txt")).await.unwrap();
+    assert_eq!(got.downloaded.from, ClientId(1));
+    assert_eq!(b.folder().read(&name("f.txt")).await.unwrap(), b"the content");
+    let rejected = events
+        .matching(|event| matches!(event, Event::TransferRejected { .. }))
+        .len();
+    assert!(
+        rejected > 3_200,
+        "only {rejected} holders failed first: the test no longer goes past the old frame limit"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Memory: what one client can make the tracker hold, what a status answer
+// costs either side.
+
+#[tokio::test]
+async fn one_client_cannot_make_the_tracker_hold_more_than_its_share() {
+    let quotas = Quotas {
+        files: 100,
+        ..Quotas::default()
+    };
+    let tracker = tracker_config(TrackerConfig {
+        quotas,
+        ..TrackerConfig::default()
+    })
+    .await;
+    let mut hoarder = Raw::connect(tracker.local_addr()).await;
+    hoarder.register(1, "127.0.0.1:9".parse().unwrap()).await;
+    let info = FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    };
+    for n in 0..100 {
+        hoarder.announce(&format!("file-{n}"), info).await;
+    }
+    hoarder
+        .request(TrackerRequest::Announce {
+            file: name("one-too-many"),
+            info,
+        })
+        .await;
+    match hoarder.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("already holds 100 files"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // The refusal is an answer, not the end of the session.
+    hoarder.request(TrackerRequest::Ping).await;
+    assert_eq!(hoarder.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
+    assert_eq!(status_files(tracker.local_addr()).await.len(), 100);
+}
+
+#[tokio::test]
+async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them() {
+    // Small socket buffers on both sides: the answer backs up inside the
+    // tracker while the reader takes its time.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tracker = Tracker::spawn(socket.listen(1024).unwrap(), TrackerConfig::default()).unwrap();
+    let addr = tracker.local_addr();
+    let mut holder = Raw::connect(addr).await;
+    holder.register(1, "127.0.0.1:9".parse().unwrap()).await;
+    let info = FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    };
+    for n in 0..5_000 {
+        holder.announce(&format!("file-{n:05}"), info).await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = Raw::from(socket.connect(addr).await.unwrap());
+    reader.request(TrackerRequest::Status).await;
+    assert!(matches!(
+        reader.reply::<TrackerReply>().await,
+        Some(TrackerReply::StatusClient { .. })
+    ));
+    // While the answer is under way the tracker serves everyone else, and
+    // what changes meanwhile shows in the part not yet sent: the tracker
+    // reads its records a page at a time, it does not answer from a copy.
+    holder.announce("zzz-late", info).await;
+    let mut names = Vec::new();
+    loop {
+        match reader.reply::<TrackerReply>().await {
+            Some(TrackerReply::StatusFile { file, .. }) => names.push(file.to_string()),
+            Some(TrackerReply::StatusEnd) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(names.len(), 5_001);
+    assert_eq!(names.last().map(String::as_str), Some("zzz-late"));
+}
+
+#[tokio::test]
+async fn a_tracker_that_never_ends_its_status_answer_is_given_up_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let _: Request<TrackerRequest> = read_frame(&mut socket).await;
+        let endless = TrackerReply::StatusClient {
+            client: ClientId(1),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            files: 1,
+        };
+        let payload = protocol::encode(&endless).unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        while socket.write_all(&frame).await.is_ok() {}
+    });
+    let limits = StatusLimits {
+        max_entries: 10_000,
+        ..StatusLimits::default()
+    };
+    let mut answer = phile_core::client::status(addr, limits).await.unwrap();
+    let mut read = 0;
+    let error = loop {
+        match answer.next().await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("an endless answer ended"),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(read, 10_000);
+    assert!(
+        matches!(error, SessionError::AnswerTooLong { max: 10_000, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("more than 10000 status entries"), "{error}");
+}
+
+// ---------------------------------------------------------------------------
+// A peer cannot be starved.
+
+/// Keeps a connection from `from` to `to` open, doing nothing, and opens
+/// it again as soon as it drops, until `stop`.
+async fn hold_open(from: &'static str, to: SocketAddr, opened: Arc<AtomicU64>, stop: CancellationToken) {
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = socket.connect(to) => connected,
+        };
+        let Ok(mut stream) = connected else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        opened.fetch_add(1, Ordering::Relaxed);
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = stream.read(&mut byte) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_reopened_as_soon_as_they_drop_do_not_starve_a_peer() {
+    let _turn = heavy_turn().await;
+    let swarm = swarm().await;
+    let target = swarm.a.local_addr();
+    // The attacker is another process: its own runtime, on its own thread.
+    let stop = CancellationToken::new();
+    let opened = Arc::new(AtomicU64::new(0));
+    let attacker = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut connections = tokio::task::JoinSet::new();
+                for _ in 0..2_200 {
+                    connections.spawn(hold_open("127.0.0.2", target, opened.clone(), stop.clone()));
+                }
+                while connections.join_next().await.is_some() {}
+            });
+        })
+    };
+    // Every one of the 2,200 has connected at least once (most are refused
+    // at once and are back already).
+    while opened.load(Ordering::Relaxed) < 2_200 {
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a counter, not racing a timeout
+    }
+    let started = Instant::now();
+    swarm.still_serves().await;
+    let took = started.elapsed();
+    stop.cancel();
+    attacker.join().unwrap();
+    assert!(
+        took < Duration::from_secs(3),
+        "an 11-byte download took {took:?} behind idle connections"
+    );
+}
+
+#[tokio::test]
+async fn stalled_holders_cost_the_first_byte_timeout_not_the_idle_timeout() {
+    let _turn = heavy_turn().await;
+    let dir = tempfile::tempdir().unwrap();
+    // With seed 3, the three stalled holders are offered before the honest one.
+    let tracker = tracker_config(TrackerConfig {
+        seed: 3,
+        ..TrackerConfig::default()
+    })
+    .await;
+    let honest = registered(1, dir.path(), &tracker).await;
+    honest.folder().write(&name("f.txt"), "the content").await.unwrap();
+    let info = honest.upload(&name("f.txt")).await.unwrap();
+    // Holders that accept, read the request, and never answer.
+    let staller = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalling = staller.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = staller.accept().await {
+            let _: Request<PeerRequest> = read_frame(&mut socket).await;
+            held.push(socket);
+        }
+    });
+    let mut fakes = Vec::new();
+    for id in [101, 102, 103] {
+        let mut fake = Raw::connect(tracker.local_addr()).await;
+        fake.register(id, stalling).await;
+        fake.announce("f.txt", info).await;
+        fakes.push(fake);
+    }
+    let (first_byte, idle) = (Duration::from_millis(500), Duration::from_secs(20));
+    let limits = Limits {
+        first_byte_timeout: first_byte,
+        ..Limits::default().with_idle_timeout(idle)
+    };
+    let events = Recorded::new();
+    let config = ClientConfig {
+        limits,
+        events: Some(events.clone()),
+        ..ClientConfig::default()
+    };
+    let b = client_config(2, dir.path(), config).await;
+    b.register(tracker.local_addr()).await.unwrap();
+    let started = Instant::now();
+    let got = b.download(&name("f.txt")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(got.downloaded.from, ClientId(1));
+    let stalled = events.matching(|event| matches!(event, Event::TransferRejected { .. }));
+    assert_eq!(stalled.len(), 3, "{stalled:?}");
+    // About 3 x 0.5 s; one wait for the idle timeout alone would be 20 s.
+    assert!(took >= first_byte * 3, "{took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "three stalled holders took {took:?}, not about 3 x {first_byte:?} (the idle timeout is {idle:?})"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Control characters.
+
+#[tokio::test]
+async fn names_with_control_characters_are_refused_everywhere() {
+    let swarm = swarm().await;
+    let forgeries = [
+        "x\u{1b}]0;pwned\u{7}",
+        "line\nINFO forged log line",
+        "bell\u{7}",
+        "c1\u{9b}2J",
+    ];
+    for (id, forged) in (10..).zip(forgeries) {
+        let quoted = serde_json::to_string(forged).unwrap();
+        let announce = format!(
+            r#"{{"body":{{"type":"announce","file":{quoted},"info":{{"size":1,"sha1":"{}"}}}}}}"#,
+            Digest::of(b"x")
+        );
+        let mut raw = Raw::connect(swarm.tracker.local_addr()).await;
+        raw.register(id, "127.0.0.1:9".parse().unwrap()).await;
+        raw.send_bytes(announce.into_bytes()).await;
+        match raw.reply::<TrackerReply>().await {
+            Some(TrackerReply::Refused { reason }) => {
+                assert!(reason.contains("control character"), "{reason}");
+                assert!(!reason.chars().any(char::is_control), "{reason:?}");
+            }
+            other => panic!("{forged:?} got {other:?}"),
+        }
+        // And a peer never serves one.
+        let mut peer = Raw::connect(swarm.a.local_addr()).await;
+        let get = format!(r#"{{"body":{{"type":"get","file":{quoted},"client":9}}}}"#);
+        peer.send_bytes(get.into_bytes()).await;
+        assert!(peer.reply::<PeerReply>().await.is_none(), "{forged:?} got an answer");
+    }
+    assert_eq!(status_files(swarm.tracker.local_addr()).await.len(), 1);
+    swarm.still_serves().await;
 }

@@ -63,7 +63,7 @@ for c in downloaders {{
 
 #[test]
 fn two_hundred_downloads_survive_twenty_holders_killed_mid_transfer() {
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let _turn = crate::fixture::heavy_turn_blocking();
     let run = run_source_with(&script(), |_| {});
     if let Some(failure) = &run.outcome.failure {
         panic!("{}", failure.report);

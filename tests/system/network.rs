@@ -18,8 +18,9 @@ async fn a_download_over_tcp_is_verified_stored_and_seeded() {
     let got = b.download(&name("f.txt")).await.unwrap();
     assert_eq!(got.downloaded.from, ClientId(1));
     assert_eq!(b.folder().read(&name("f.txt")).await.unwrap(), b"hello");
-    // With a excluded, only b, which downloaded it, can serve c.
-    let source = c.locate(&name("f.txt"), &[ClientId(1)]).await.unwrap().unwrap();
+    // With a gone, only b, which downloaded it, can serve c.
+    a.leave(std::time::Duration::ZERO).await.unwrap();
+    let source = c.lookup(&name("f.txt")).await.unwrap().unwrap();
     assert_eq!(source.peer, ClientId(2));
     assert_eq!(c.receive(&name("f.txt"), source).await.unwrap().from, ClientId(2));
 }

@@ -365,6 +365,38 @@ fn a_runaway_script_is_stopped_by_the_time_limit() {
 }
 
 #[test]
+fn the_time_limit_stops_a_long_step_too() {
+    // One step alone would take far longer than the limit: writing 64 GiB.
+    let started = std::time::Instant::now();
+    let run = run_source_with(
+        "let a = client(1);\na.write_random(\"huge\", 64 * 1024 * 1024 * 1024);",
+        |o| o.time_limit = std::time::Duration::from_secs(1),
+    );
+    let failure = run.outcome.failure.as_ref().expect("the step was not stopped");
+    assert!(failure.message.contains("time limit of 1 s"), "{}", failure.message);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "stopped only after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        std::fs::read_dir(run.folder(1)).unwrap().next().is_none(),
+        "the interrupted write left a file behind"
+    );
+}
+
+#[test]
+fn a_loop_that_only_grows_an_array_is_stopped_by_the_operation_limit() {
+    let run = run_source_with("let a = [];\nloop { a.push(1); }", |o| o.max_operations = 1_000_000);
+    let failure = run.outcome.failure.expect("the loop was not stopped");
+    assert!(
+        failure.message.contains("more operations than its limit") && failure.message.contains("--max-operations"),
+        "{}",
+        failure.message
+    );
+}
+
+#[test]
 fn kill_makes_the_tracker_forget_and_the_client_refuse_to_act() {
     let run = run_ok(&with_two_clients(
         r#"

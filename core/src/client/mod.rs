@@ -4,12 +4,13 @@
 //! A download is three steps, each its own method so a driver (the scenario
 //! runner) can interleave them as it needs; [`Client::download`] chains them:
 //!
-//! 1. [`Client::locate`] asks the tracker for a holder;
+//! 1. [`Client::lookup`] asks the tracker for a holder;
 //! 2. [`Client::receive`] fetches the file from it into a temporary file,
 //!    checks size and SHA-1 against the tracker's record, and renames it into
-//!    place;
+//!    place, failing over to other holders as need be;
 //! 3. [`Client::announce`] tells the tracker, so this client seeds it too.
 
+mod holdings;
 mod serve;
 mod session;
 mod transfer;
@@ -20,19 +21,39 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-pub use session::{status, SessionError};
+pub use session::{status, SessionError, StatusAnswer, StatusLimits};
 pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::protocol::{ClientId, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
+use crate::protocol::{printable, ClientId, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
 use crate::rate::RateLimits;
 use crate::server::{self, Limits, ServerHandle};
 use crate::storage::{Folder, StorageError};
 use crate::trace;
+use holdings::{Holdings, SharedSession};
 use serve::Seeder;
 use session::Session;
+use transfer::Rejected;
+
+/// How many of the holders a download gave up on its error lists by name
+/// (the rest are counted): the error stays short, and its size bounded,
+/// however many holders failed.
+const REJECTIONS_LISTED: usize = 10;
+
+/// How many holders one download tries before it gives up: far more than
+/// any honest swarm makes it fail, and a bound on what a tracker that keeps
+/// offering failing holders can make it do.
+pub const MAX_HOLDERS_TRIED: u64 = 1_000_000;
+
+/// The least time either side of a transfer gives the other for the
+/// confirmation at its end: the downloader verifies and syncs the file
+/// before it confirms, and the holder closes after reading it. Not the
+/// (possibly very short) idle timeout, so the order of their events never
+/// depends on how busy the machine is.
+pub(crate) const CONFIRMATION_WAIT: Duration = Duration::from_secs(10);
 
 /// How a client behaves.
 #[derive(Clone)]
@@ -102,8 +123,8 @@ pub enum ClientError {
     /// Talking to the tracker failed.
     #[error(transparent)]
     Session(#[from] SessionError),
-    /// The tracker refused the request.
-    #[error("the tracker refused: {0}")]
+    /// The tracker refused the request; its reason is shown made printable.
+    #[error("the tracker refused: {}", printable(.0))]
     Refused(String),
     /// The tracker answered something that makes no sense here.
     #[error("unexpected answer from the tracker: {0:?}")]
@@ -126,12 +147,14 @@ pub enum DownloadError {
     #[error("no peer has {0}")]
     NoPeer(FileName),
     /// Every holder was tried, and none delivered.
-    #[error("no peer delivered {file}: {}", describe(.rejected))]
+    #[error("no peer delivered {file}: {}", describe(.rejected, *.unlisted))]
     Exhausted {
         /// The file.
         file: FileName,
-        /// Each holder tried, and what it did.
+        /// The first holders tried, and what each did.
         rejected: Vec<Rejection>,
+        /// How many more holders were tried and failed.
+        unlisted: u64,
     },
     /// The client itself could not go on (not registered, tracker gone,
     /// folder failing): not the file's fault.
@@ -150,11 +173,14 @@ pub struct Rejection {
     pub error: TransferError,
 }
 
-fn describe(rejected: &[Rejection]) -> String {
-    let each: Vec<String> = rejected
+fn describe(rejected: &[Rejection], unlisted: u64) -> String {
+    let mut each: Vec<String> = rejected
         .iter()
         .map(|rejection| format!("{} {}", rejection.peer, rejection.problem.describe()))
         .collect();
+    if unlisted > 0 {
+        each.push(format!("and {unlisted} more"));
+    }
     each.join("; ")
 }
 
@@ -170,8 +196,10 @@ pub struct Client {
     server: ServerHandle,
     /// Its session with the tracker, once registered. A tokio mutex: a
     /// request holds it across the wait for the reply. Shared with the
-    /// heartbeat task and the crash watcher.
-    session: Arc<Mutex<Option<Session>>>,
+    /// heartbeat task, the crash watcher and the peer server.
+    session: Arc<SharedSession>,
+    /// What it announced on that session; shared with its peer server.
+    holdings: Arc<Holdings>,
     /// Cancelled when the client stops or crashes: stops the server, cuts
     /// its transfers, ends the session.
     stop: CancellationToken,
@@ -183,6 +211,8 @@ pub struct Client {
     limits: Limits,
     /// Caps on its upload and download, over all its peer transfers.
     rate: Arc<RateLimits>,
+    /// Counts the downloads under way.
+    downloads: TaskTracker,
     /// The address it asks the tracker to give out, if not the default.
     advertise: Option<SocketAddr>,
 }
@@ -210,16 +240,18 @@ impl Client {
         let folder = Arc::new(folder.on(host.clone()));
         let reporter = Reporter::new(Node::Client(id), config.events.clone());
         let stop = CancellationToken::new();
+        let session = Arc::new(Mutex::new(None));
+        let holdings = Arc::new(Holdings::new(Arc::downgrade(&session)));
         let seeder = Arc::new(Seeder {
             folder: folder.clone(),
             reporter: reporter.clone(),
             request_timeout: config.limits.request_timeout,
+            holdings: holdings.clone(),
         });
         let serve = move |connection| seeder.clone().serve(connection);
         let rate = Arc::new(RateLimits::default());
         let listener = rate.wrap_listener(listener.into());
         let server = server::spawn(host.clone(), listener, config.limits, stop.clone(), serve)?;
-        let session = Arc::new(Mutex::new(None));
         host.spawn(Box::pin(end_session_on_stop(stop.clone(), Arc::downgrade(&session))));
         Ok(Client {
             id,
@@ -227,11 +259,13 @@ impl Client {
             folder,
             server,
             session,
+            holdings,
             stop,
             progress: config.progress,
             reporter,
             limits: config.limits,
             rate,
+            downloads: TaskTracker::new(),
             advertise: config.advertise,
         })
     }
@@ -274,6 +308,9 @@ impl Client {
             };
         }
         current.take();
+        // A new session: the tracker it reaches knows nothing this client
+        // announced before.
+        self.holdings.clear();
         let mut session = Session::open(self.host.as_ref(), tracker, self.limits.idle_timeout).await?;
         match session.request(request).await? {
             TrackerReply::Ack => {
@@ -310,9 +347,15 @@ impl Client {
         Ok(info)
     }
 
-    /// Tells the tracker this client no longer holds `file`.
+    /// Tells the tracker this client no longer holds `file` (the version
+    /// it announced, so a withdrawal never touches a newer one).
     pub async fn withdraw(&self, file: &FileName) -> Result<(), ClientError> {
-        let request = TrackerRequest::Withdraw { file: file.clone() };
+        let announced = self.holdings.take(file);
+        let request = TrackerRequest::Withdraw {
+            file: file.clone(),
+            sha1: announced.map(|info| info.sha1),
+            reason: None,
+        };
         match self.ask_tracker(request).await? {
             TrackerReply::Ack => Ok(()),
             other => Err(refusal(other)),
@@ -326,17 +369,28 @@ impl Client {
             info,
         };
         match self.ask_tracker(request).await? {
-            TrackerReply::Ack => Ok(()),
+            TrackerReply::Ack => {
+                // The peer server checks each file it sends against this.
+                self.holdings.record(file, info);
+                Ok(())
+            }
             other => Err(refusal(other)),
         }
     }
 
-    /// Asks the tracker for a holder of `file` other than this client and
-    /// those in `exclude`. `Ok(None)`: nobody.
-    pub async fn locate(&self, file: &FileName, exclude: &[ClientId]) -> Result<Option<Source>, ClientError> {
+    /// Asks the tracker for a holder of `file` other than this client, to
+    /// begin a download: holders this client reported in an earlier download
+    /// of `file` get a fresh chance. `Ok(None)`: nobody.
+    pub async fn lookup(&self, file: &FileName) -> Result<Option<Source>, ClientError> {
+        self.find(file, false).await
+    }
+
+    /// Asks the tracker for a holder of `file`; with `failover`, one this
+    /// client did not report during the download under way.
+    async fn find(&self, file: &FileName, failover: bool) -> Result<Option<Source>, ClientError> {
         let request = TrackerRequest::Lookup {
             file: file.clone(),
-            exclude: exclude.to_vec(),
+            failover,
         };
         match self.ask_tracker(request).await? {
             TrackerReply::Peer { peer, addr, info } => Ok(Some(Source { peer, addr, info })),
@@ -347,11 +401,17 @@ impl Client {
 
     /// Fetches `file` from `source`, verifies it and stores it in the
     /// folder. When a holder fails (refuses, breaks off, stalls, sends the
-    /// wrong size or content), the partial file is discarded, the tracker is
-    /// told, and the next holder it offers is tried, until one delivers or
-    /// none is left. Reports `download_finished` or `download_failed`, and
-    /// `transfer_rejected` for each holder given up on.
+    /// wrong size or content), the partial file is discarded; a holder that
+    /// sent wrong bytes is told what arrived, so it can check its own copy;
+    /// the tracker is told, and stops offering that holder to this client
+    /// for the rest of the download; the next holder it offers is tried,
+    /// until one delivers or none is left. No request grows with the
+    /// number of holders that failed. Reports `download_finished` or
+    /// `download_failed`, and `transfer_rejected` for each holder given up
+    /// on.
     pub async fn receive(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
+        // Counted, so that leaving waits until every download has ended.
+        let _under_way = self.downloads.token();
         // A client that stops (or crashes) drops its downloads with it.
         let received = tokio::select! {
             biased;
@@ -367,7 +427,9 @@ impl Client {
     async fn receive_until_delivered(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
         let mut source = source;
         let mut rejected: Vec<Rejection> = Vec::new();
+        let mut tried = 0u64;
         loop {
+            tried += 1;
             let progress = self.progress.as_deref();
             let fetched = transfer::fetch(
                 self.host.as_ref(),
@@ -380,7 +442,7 @@ impl Client {
                 progress,
             )
             .await;
-            let error = match fetched {
+            let Rejected { error, complaint } = match fetched {
                 Ok(received) => {
                     if let Err(error) = self.folder.store(file, received).await {
                         return Err(self.failed(file, ClientError::from(error).into()));
@@ -395,7 +457,7 @@ impl Client {
                     self.reporter.report(trace::next(), event);
                     return Ok(Downloaded { from, info });
                 }
-                Err(error) => error,
+                Err(rejected) => rejected,
             };
             let Some(problem) = error.problem() else {
                 // Our own folder failed: no other holder would do better.
@@ -413,26 +475,45 @@ impl Client {
                 reason,
             };
             self.reporter.report(trace::next(), event);
+            // Wrong bytes: tell the holder, which checks its own copy (and
+            // withdraws it if it really went bad) before it hangs up.
+            if let Some(complaint) = complaint {
+                complaint.send().await;
+            }
+            // The tracker stops offering this holder to us, for this
+            // version of the file, for the rest of this download.
             let report = TrackerRequest::Report {
                 file: file.clone(),
                 peer: source.peer,
+                sha1: source.info.sha1,
                 problem,
             };
-            if let Err(error) = self.ask_tracker(report).await {
-                return Err(self.failed(file, error.into()));
+            match self.ask_tracker(report).await {
+                Ok(TrackerReply::Ack) => {}
+                // Past a quota the tracker would offer this holder again:
+                // failing over further could only go round in circles.
+                Ok(other) => return Err(self.failed(file, refusal(other).into())),
+                Err(error) => return Err(self.failed(file, error.into())),
             }
-            rejected.push(Rejection {
-                peer: source.peer,
-                problem,
-                error,
-            });
-            let exclude: Vec<ClientId> = rejected.iter().map(|rejection| rejection.peer).collect();
-            source = match self.locate(file, &exclude).await {
+            if rejected.len() < REJECTIONS_LISTED {
+                rejected.push(Rejection {
+                    peer: source.peer,
+                    problem,
+                    error,
+                });
+            }
+            let next = match tried {
+                MAX_HOLDERS_TRIED.. => Ok(None),
+                _ => self.find(file, true).await,
+            };
+            source = match next {
                 Ok(Some(next)) => next,
                 Ok(None) => {
+                    let unlisted = tried - rejected.len() as u64;
                     let exhausted = DownloadError::Exhausted {
                         file: file.clone(),
                         rejected,
+                        unlisted,
                     };
                     return Err(self.failed(file, exhausted));
                 }
@@ -444,7 +525,7 @@ impl Client {
     /// Asks the tracker for a holder of `file`; when there is none, reports
     /// the download as failed (`no peer has FILE`).
     pub async fn first_source(&self, file: &FileName) -> Result<Source, DownloadError> {
-        match self.locate(file, &[]).await {
+        match self.lookup(file).await {
             Ok(Some(source)) => Ok(source),
             Ok(None) => Err(self.failed(file, DownloadError::NoPeer(file.clone()))),
             Err(error) => Err(self.failed(file, error.into())),
@@ -546,6 +627,10 @@ impl Client {
         self.session.lock().await.take();
         self.server.drain(grace).await;
         self.stop.cancel();
+        // The downloads it was making end now (and say so): wait for them,
+        // so that nothing it does outlives its leaving.
+        self.downloads.close();
+        self.downloads.wait().await;
         said_goodbye
     }
 
@@ -567,7 +652,7 @@ impl Drop for Client {
 
 /// Ends the tracker session as soon as the client stops, whoever stopped it
 /// (a fault crashes the client from inside its server).
-async fn end_session_on_stop(stop: CancellationToken, session: Weak<Mutex<Option<Session>>>) {
+async fn end_session_on_stop(stop: CancellationToken, session: Weak<SharedSession>) {
     stop.cancelled().await;
     if let Some(session) = session.upgrade() {
         session.lock().await.take();
@@ -575,7 +660,7 @@ async fn end_session_on_stop(stop: CancellationToken, session: Weak<Mutex<Option
 }
 
 /// Sends a heartbeat every `interval` on the session until it ends.
-async fn send_heartbeats(session: Weak<Mutex<Option<Session>>>, interval: Duration, ended: CancellationToken) {
+async fn send_heartbeats(session: Weak<SharedSession>, interval: Duration, ended: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await; // the first tick is immediate; registering was the first sign of life
     loop {

@@ -1,12 +1,23 @@
 //! A client's peer server: sends the files of its folder to whoever asks.
+//!
+//! It is also where a bad copy comes to light. Before sending, it checks
+//! that the file is still what the client announced (a file changed since
+//! is refused and withdrawn, not sent as the wrong size). After sending, a
+//! downloader that got bytes with another SHA-1 says so; the server then
+//! hashes its copy afresh, and withdraws it only if the copy itself no
+//! longer matches what was announced. A downloader's word is never enough:
+//! an honest holder finds its copy good and keeps offering it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, Reporter};
-use crate::protocol::{ClientId, FileName, PeerReply, PeerRequest, Request};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, Trace};
 use crate::storage::{Folder, StorageError};
+use crate::trace;
+
+use super::holdings::Holdings;
 
 /// What a peer server needs, shared by all its connections.
 pub(crate) struct Seeder {
@@ -16,6 +27,8 @@ pub(crate) struct Seeder {
     pub reporter: Reporter,
     /// How long a new connection may take to ask for something.
     pub request_timeout: Duration,
+    /// What the client announced, and the way to withdraw a bad copy.
+    pub holdings: Arc<Holdings>,
 }
 
 impl Seeder {
@@ -37,7 +50,7 @@ impl Seeder {
             return Ok(());
         };
         match request.body {
-            PeerRequest::Get { file, client } => self.send_file(connection, file, client).await,
+            PeerRequest::Get { file, client } => self.send_file(connection, request.trace, file, client).await,
             PeerRequest::Received { .. } => {
                 let reason = "nothing was sent to confirm: ask with `get` first".to_owned();
                 connection.write(&PeerReply::Refused { reason }).await
@@ -48,6 +61,7 @@ impl Seeder {
     async fn send_file(
         &self,
         connection: &mut Connection,
+        trace: Trace,
         file: FileName,
         to: ClientId,
     ) -> Result<(), ConnectionError> {
@@ -64,9 +78,28 @@ impl Seeder {
             }
         };
         let info = content.info();
+        if let Some(announced) = self.holdings.announced(&file).filter(|announced| *announced != info) {
+            // The file changed since it was announced: what the tracker
+            // promises the downloader is no longer here. Withdraw that
+            // version (before answering, so the tracker's record is right
+            // by the time the downloader asks again), and refuse.
+            let reason = if announced.size != info.size {
+                Problem::WrongSize
+            } else {
+                Problem::WrongContent
+            };
+            let withdraw = self.holdings.withdraw_bad(&file, announced, Some(reason));
+            trace::traced(trace, withdraw).await;
+            let reason = format!("{node}'s copy of {file} changed since it was announced");
+            tracing::warn!(%node, "refused to send {file}: {reason}");
+            return connection.write(&PeerReply::Refused { reason }).await;
+        }
         connection.write(&PeerReply::File { info }).await?;
         connection.write_body(&mut content, info.size).await?;
-        match connection.read::<Request<PeerRequest>>().await? {
+        // The downloader verifies and syncs what it received before it
+        // confirms: that may take a while on a busy disk.
+        let wait = connection.idle_timeout().max(super::CONFIRMATION_WAIT);
+        match connection.read_within::<Request<PeerRequest>>(wait).await? {
             Some(Request {
                 trace,
                 body: PeerRequest::Received { sha1 },
@@ -81,14 +114,43 @@ impl Seeder {
                 );
             }
             Some(Request {
+                trace,
                 body: PeerRequest::Received { sha1 },
-                ..
             }) => {
                 tracing::warn!(%node, %to, "{to} received {file} with sha1 {sha1}, not {}", info.sha1);
+                // The check runs as part of the downloader's operation, on
+                // the trace of its confirmation, and before the connection
+                // closes: the downloader waits for the close.
+                trace::traced(trace, self.check_copy(&file, to, sha1)).await;
             }
             Some(other) => tracing::info!(%node, %to, "{to} answered {other:?} instead of confirming {file}"),
             None => tracing::info!(%node, %to, "{to} closed the connection without confirming {file}"),
         }
         Ok(())
+    }
+
+    /// A downloader says the bytes of `file` it got hash to `received`, not
+    /// to what was sent: hashes the copy on disk afresh (what the folder
+    /// remembers cannot see a change that kept size, time and inode), and
+    /// withdraws it only if it no longer matches what was announced.
+    async fn check_copy(&self, file: &FileName, to: ClientId, received: Digest) {
+        let node = self.reporter.node();
+        let Some(announced) = self.holdings.announced(file) else {
+            return; // not on offer: nothing to withdraw
+        };
+        let reason = match self.folder.hash(file).await {
+            Ok(now) if now == announced => {
+                tracing::info!(%node, %to, "{to} says {file} arrived with sha1 {received}; this copy checks out, keeping it");
+                return;
+            }
+            Ok(FileInfo { size, .. }) if size != announced.size => Some(Problem::WrongSize),
+            Ok(_) => Some(Problem::WrongContent),
+            Err(error) => {
+                tracing::warn!(%node, %error, "cannot check {file}; withdrawing it");
+                None
+            }
+        };
+        tracing::warn!(%node, "this copy of {file} is not what was announced; withdrawing it");
+        self.holdings.withdraw_bad(file, announced, reason).await;
     }
 }

@@ -9,7 +9,7 @@ use crate::connection::{Connection, ConnectionError};
 use crate::host::{Host, OsHost};
 use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
 use crate::trace;
-use crate::tracker::Snapshot;
+use crate::tracker::StatusEntry;
 
 /// Why the tracker could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,14 @@ pub enum SessionError {
     /// requests no longer pair up.
     #[error("the session with the tracker at {0} broke off in the middle of a request; register again")]
     OutOfStep(SocketAddr),
+    /// A status answer went on past the entry cap.
+    #[error("the tracker at {addr} sent more than {max} status entries without ending its answer; gave up")]
+    AnswerTooLong {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// The cap.
+        max: u64,
+    },
     /// The tracker answered something out of place.
     #[error("the tracker at {addr} answered {reply:?} out of place")]
     Unexpected {
@@ -47,28 +55,67 @@ pub enum SessionError {
     },
 }
 
-/// Asks the tracker at `addr` what it knows (no registration needed).
-pub async fn status(addr: SocketAddr, idle_timeout: Duration) -> Result<Snapshot, SessionError> {
-    let mut session = Session::open(&OsHost, addr, idle_timeout).await?;
-    let lost = |error| SessionError::Lost { addr, error };
-    session
-        .connection
-        .write(&Request {
-            trace: Trace::default(),
-            body: TrackerRequest::Status,
-        })
-        .await
-        .map_err(lost)?;
-    let mut snapshot = Snapshot::default();
-    loop {
-        match session.connection.read::<TrackerReply>().await.map_err(lost)? {
-            Some(TrackerReply::StatusClient { client, addr, files }) => snapshot.clients.push((client, addr, files)),
-            Some(TrackerReply::StatusFile { file, info, holders }) => match snapshot.files.last_mut() {
-                // A file with many holders comes in several parts.
-                Some(last) if last.0 == file => last.2.extend(holders),
-                _ => snapshot.files.push((file, info, holders)),
-            },
-            Some(TrackerReply::StatusEnd) => return Ok(snapshot),
+/// How much of a status answer a client takes.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusLimits {
+    /// The longest the tracker may stay silent, at the start or between
+    /// two entries.
+    pub idle_timeout: Duration,
+    /// The most entries (clients, and parts of files) the answer may hold:
+    /// a tracker that never ends its answer is given up on there.
+    pub max_entries: u64,
+}
+
+impl Default for StatusLimits {
+    fn default() -> Self {
+        StatusLimits {
+            idle_timeout: Duration::from_secs(10),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// A status answer, read entry by entry as it arrives: nothing is kept
+/// but the entry at hand, so memory stays bounded whatever the tracker
+/// sends, and the entry count is capped.
+#[derive(Debug)]
+pub struct StatusAnswer {
+    /// The connection the answer comes on.
+    connection: Connection,
+    /// The tracker's address, for error messages.
+    addr: SocketAddr,
+    /// Entries read so far.
+    entries: u64,
+    /// The most entries taken.
+    max_entries: u64,
+    /// Whether the end of the answer has been read.
+    ended: bool,
+    /// Whether a file has come: every client comes before the first file.
+    in_files: bool,
+}
+
+impl StatusAnswer {
+    /// The next entry, `Ok(None)` after the last: every client, then every
+    /// file. An answer over the entry cap, out of order, or cut short is an
+    /// error.
+    pub async fn next(&mut self) -> Result<Option<StatusEntry>, SessionError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let addr = self.addr;
+        let reply = self.connection.read::<TrackerReply>().await;
+        let entry = match reply.map_err(|error| SessionError::Lost { addr, error })? {
+            Some(TrackerReply::StatusClient { client, addr, files }) if !self.in_files => {
+                StatusEntry::Client { client, addr, files }
+            }
+            Some(TrackerReply::StatusFile { file, info, holders }) => {
+                self.in_files = true;
+                StatusEntry::File { file, info, holders }
+            }
+            Some(TrackerReply::StatusEnd) => {
+                self.ended = true;
+                return Ok(None);
+            }
             Some(other) => {
                 return Err(SessionError::Unexpected {
                     addr,
@@ -76,8 +123,36 @@ pub async fn status(addr: SocketAddr, idle_timeout: Duration) -> Result<Snapshot
                 })
             }
             None => return Err(SessionError::Closed(addr)),
+        };
+        self.entries += 1;
+        if self.entries > self.max_entries {
+            let max = self.max_entries;
+            return Err(SessionError::AnswerTooLong { addr, max });
         }
+        Ok(Some(entry))
     }
+}
+
+/// Asks the tracker at `addr` what it knows (no registration needed); the
+/// answer is read with [`StatusAnswer::next`].
+pub async fn status(addr: SocketAddr, limits: StatusLimits) -> Result<StatusAnswer, SessionError> {
+    let mut connection = Connection::connect(&OsHost, addr, limits.idle_timeout)
+        .await
+        .map_err(|error| SessionError::Unreachable { addr, error })?;
+    let request = Request {
+        trace: Trace::default(),
+        body: TrackerRequest::Status,
+    };
+    let sent = connection.write(&request).await;
+    sent.map_err(|error| SessionError::Lost { addr, error })?;
+    Ok(StatusAnswer {
+        connection,
+        addr,
+        entries: 0,
+        max_entries: limits.max_entries,
+        ended: false,
+        in_files: false,
+    })
 }
 
 /// An open session: one connection, one request at a time.

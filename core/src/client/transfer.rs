@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use crate::connection::{BodySink, Connection, ConnectionError};
 use crate::host::Host;
-use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
+use crate::protocol::{printable, ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
 use crate::rate::RateLimits;
 use crate::server::Limits;
 use crate::storage::{Folder, Received, StorageError};
 use crate::trace;
 
-use super::Source;
+use super::{Source, CONFIRMATION_WAIT};
 
 /// Why a peer did not deliver a file.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,8 @@ pub enum TransferError {
     /// The connection failed, was cut or stalled.
     #[error(transparent)]
     Connection(#[from] ConnectionError),
-    /// The peer said no.
-    #[error("refused: {0}")]
+    /// The peer said no; its reason is shown made printable.
+    #[error("refused: {}", printable(.0))]
     Refused(String),
     /// The peer closed the connection instead of answering.
     #[error("the peer closed the connection without answering")]
@@ -74,6 +74,58 @@ impl TransferError {
     }
 }
 
+/// A holder given up on, and what the downloader may still owe it.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// What went wrong.
+    pub error: TransferError,
+    /// When the bytes hashed wrong: the connection to the holder, still
+    /// open, to tell it so once the rejection is on record.
+    pub complaint: Option<Complaint>,
+}
+
+impl From<TransferError> for Rejected {
+    fn from(error: TransferError) -> Rejected {
+        Rejected { error, complaint: None }
+    }
+}
+
+impl From<ConnectionError> for Rejected {
+    fn from(error: ConnectionError) -> Rejected {
+        TransferError::from(error).into()
+    }
+}
+
+impl From<StorageError> for Rejected {
+    fn from(error: StorageError) -> Rejected {
+        TransferError::from(error).into()
+    }
+}
+
+/// What arrived from a holder whose bytes did not hash to the tracker's
+/// record. The holder cannot know unless told: it may hold a copy that went
+/// bad on its disk. Only the holder can check its copy, and only it can
+/// withdraw it; a downloader's word alone unlists nothing.
+#[derive(Debug)]
+pub(crate) struct Complaint {
+    /// The open connection to the holder.
+    connection: Connection,
+    /// The SHA-1 of what arrived.
+    sha1: Digest,
+    /// The file, for log lines.
+    file: FileName,
+}
+
+impl Complaint {
+    /// Tells the holder the SHA-1 of what arrived, as after any transfer,
+    /// and waits (at most the idle timeout) while it checks its copy and
+    /// closes the connection: whatever it does about its copy is then on
+    /// record before the download goes on.
+    pub(crate) async fn send(mut self) {
+        confirm(&mut self.connection, self.sha1, &self.file).await;
+    }
+}
+
 /// Fetches `file` from `source` into a temporary file of `folder` and checks
 /// it against `source.info`. Nothing is left in the folder on failure.
 #[allow(clippy::too_many_arguments)] // each is a different concern of one transfer
@@ -86,7 +138,7 @@ pub(crate) async fn fetch(
     limits: Limits,
     rate: &Arc<RateLimits>,
     progress: Option<&dyn Progress>,
-) -> Result<Received, TransferError> {
+) -> Result<Received, Rejected> {
     let expected = source.info;
     let wrap = |stream| rate.wrap(stream);
     let mut connection = Connection::connect_wrapped(host, source.addr, limits.idle_timeout, wrap)
@@ -105,7 +157,7 @@ pub(crate) async fn fetch(
     // A holder that says nothing at first is given up on quickly; once it
     // sends, the longer idle timeout applies.
     let header = match connection.read_within::<PeerReply>(limits.first_byte_timeout).await {
-        Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited)),
+        Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited).into()),
         other => other?,
     };
     match header {
@@ -114,10 +166,11 @@ pub(crate) async fn fetch(
             return Err(TransferError::WrongSize {
                 offered: info.size,
                 expected: expected.size,
-            });
+            }
+            .into());
         }
-        Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason)),
-        None => return Err(TransferError::NoAnswer),
+        Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason).into()),
+        None => return Err(TransferError::NoAnswer.into()),
     }
     let mut incoming = folder.incoming(file)?;
     match progress {
@@ -134,30 +187,46 @@ pub(crate) async fn fetch(
         None => connection.read_body(expected.size, &mut incoming).await?,
     }
     let received = incoming.finish().await?;
-    if received.info().sha1 != expected.sha1 {
-        return Err(TransferError::WrongContent {
-            received: received.info().sha1,
-            expected: expected.sha1,
+    let sha1 = received.info().sha1;
+    if sha1 != expected.sha1 {
+        // `received` is dropped here: the wrong bytes are deleted at once.
+        return Err(Rejected {
+            error: TransferError::WrongContent {
+                received: sha1,
+                expected: expected.sha1,
+            },
+            complaint: Some(Complaint {
+                connection,
+                sha1,
+                file: file.clone(),
+            }),
         });
     }
-    let confirm = PeerRequest::Received {
-        sha1: received.info().sha1,
-    };
-    // The peer records the transfer when it reads the confirmation, then
-    // closes. Waiting for the close orders its event before ours; the file is
-    // verified either way, so a peer that vanishes now costs nothing.
+    confirm(&mut connection, sha1, file).await;
+    Ok(received)
+}
+
+/// Sends `Received { sha1 }` and waits for the peer to close. The peer
+/// records the transfer (or checks its copy) when it reads the
+/// confirmation, then closes: waiting for the close orders its events
+/// before ours. A peer that vanishes meanwhile costs nothing.
+async fn confirm(connection: &mut Connection, sha1: Digest, file: &FileName) {
+    let confirm = PeerRequest::Received { sha1 };
     let confirmed = connection
         .write(&Request {
             trace: trace::next(),
             body: confirm,
         })
         .await;
+    // A busy peer may take a moment to read it: the wait is not bounded by
+    // a short idle timeout, so the order of the two events never depends on
+    // how loaded the machine is.
+    let wait = connection.idle_timeout().max(CONFIRMATION_WAIT);
     if let Err(error) = confirmed {
         tracing::debug!(%error, "could not confirm {file} to a peer that already went");
-    } else if let Err(error) = connection.read::<PeerReply>().await {
+    } else if let Err(error) = connection.read_within::<PeerReply>(wait).await {
         tracing::debug!(%error, "peer did not close cleanly after {file}");
     }
-    Ok(received)
 }
 
 /// Watches downloads byte by byte, to draw progress.
@@ -191,5 +260,23 @@ impl<S: BodySink + Send> BodySink for Counted<'_, S> {
         self.sink.accept(chunk).await?;
         self.progress.advance(self.file, self.received);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ClientError;
+    use super::*;
+
+    #[test]
+    fn remote_reasons_are_shown_made_printable() {
+        let hostile = "no\u{1b}[2J\nINFO forged line".to_owned();
+        for shown in [
+            TransferError::Refused(hostile.clone()).to_string(),
+            ClientError::Refused(hostile).to_string(),
+        ] {
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            assert!(shown.ends_with(r"no\u{1b}[2J\u{a}INFO forged line"), "{shown}");
+        }
     }
 }

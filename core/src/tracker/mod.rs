@@ -8,6 +8,13 @@
 //! its OS), or its session stays silent past the session timeout (a host
 //! that vanished without closing anything; live clients send a heartbeat
 //! well within it). So it never hands out a peer it knows is gone.
+//!
+//! It believes a client about that client only. A `Report` that a holder
+//! failed hides that holder from the reporter, never from anyone else; a
+//! holder's copy stops being offered only when the holder itself withdraws
+//! it (its own re-check found it bad, or the file is gone) or goes. See
+//! [`records`] for the per-client quotas that bound what a client can make
+//! the tracker keep.
 
 mod records;
 
@@ -18,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-pub use records::{Holder, Records, Refusal, SessionId, Snapshot};
+pub use records::{Holder, Quotas, Records, Refusal, SessionId, StatusCursor, StatusEntry};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
@@ -45,6 +52,8 @@ pub struct TrackerConfig {
     /// Sessions served at once; further connections wait to be accepted.
     /// One address may hold a quarter of them.
     pub max_sessions: usize,
+    /// What one client may make the tracker hold.
+    pub quotas: Quotas,
     /// Where events go besides the tracing log.
     pub events: Option<Arc<dyn EventSink>>,
     /// Where the tracker's tasks run.
@@ -57,6 +66,7 @@ impl Default for TrackerConfig {
             seed: 0,
             limits: Limits::default(),
             max_sessions: MAX_SESSIONS,
+            quotas: Quotas::default(),
             events: None,
             host: OsHost::shared(),
         }
@@ -79,7 +89,7 @@ impl Tracker {
     /// Serves sessions accepted on an already-bound `listener`.
     pub fn spawn(listener: impl Into<BoxListener>, config: TrackerConfig) -> std::io::Result<Tracker> {
         let shared = Arc::new(Shared {
-            records: Mutex::new(Records::new(config.seed)),
+            records: Mutex::new(Records::with_quotas(config.seed, config.quotas)),
             reporter: Reporter::new(Node::Tracker, config.events),
             next_session: AtomicU64::new(1),
         });
@@ -158,8 +168,7 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
             }
         };
         if request.body == TrackerRequest::Status {
-            let snapshot = shared.records().snapshot();
-            if let Err(error) = send_status(&mut connection, snapshot).await {
+            if let Err(error) = send_status(&shared, &mut connection).await {
                 tracing::info!(remote = %session.remote, %error, "status answer failed");
                 break;
             }
@@ -184,36 +193,28 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
     }
 }
 
-/// How many holders one `StatusFile` frame lists: well inside a frame even
-/// with 20-digit ids.
-const HOLDERS_PER_FRAME: usize = 2000;
+/// How many ids (clients, files, holders) one page of a status answer
+/// holds: the tracker reads a page under the lock, lets go of it, sends the
+/// page (however slowly the reader takes it), then reads the next one. So an
+/// answer costs a page of memory, not a copy of the records, and never keeps
+/// other sessions waiting for the lock.
+const STATUS_PAGE: usize = 4096;
 
-/// Streams a status answer: clients, files, then the end.
-async fn send_status(connection: &mut Connection, snapshot: Snapshot) -> Result<(), ConnectionError> {
-    for (client, addr, files) in snapshot.clients {
-        connection
-            .write(&TrackerReply::StatusClient { client, addr, files })
-            .await?;
-    }
-    for (file, info, holders) in snapshot.files {
-        let mut parts = holders.chunks(HOLDERS_PER_FRAME).peekable();
-        if parts.peek().is_none() {
-            let reply = TrackerReply::StatusFile {
-                file,
-                info,
-                holders: Vec::new(),
-            };
-            connection.write(&reply).await?;
-            continue;
-        }
-        for part in parts {
-            let reply = TrackerReply::StatusFile {
-                file: file.clone(),
-                info,
-                holders: part.to_vec(),
+/// Streams a status answer: clients, files, then the end, a page at a time.
+/// On a busy tracker the answer is not one instant's picture: each page is
+/// read as the records stand then.
+async fn send_status(shared: &Shared, connection: &mut Connection) -> Result<(), ConnectionError> {
+    let mut cursor = StatusCursor::Start;
+    while cursor != StatusCursor::Done {
+        let (page, next) = shared.records().status_page(cursor, STATUS_PAGE);
+        for entry in page {
+            let reply = match entry {
+                StatusEntry::Client { client, addr, files } => TrackerReply::StatusClient { client, addr, files },
+                StatusEntry::File { file, info, holders } => TrackerReply::StatusFile { file, info, holders },
             };
             connection.write(&reply).await?;
         }
+        cursor = next;
     }
     connection.write(&TrackerReply::StatusEnd).await
 }
@@ -235,15 +236,15 @@ impl Shared {
                 self.reporter.report(trace, Event::Announced { client, file });
                 Ok(TrackerReply::Ack)
             }),
-            TrackerRequest::Lookup { file, exclude } => session.registered().map(|client| {
-                let holder = self.records().lookup(client, &file, &exclude);
-                match holder {
+            TrackerRequest::Lookup { file, failover } => session.registered().and_then(|client| {
+                let holder = self.records().lookup(client, &file, failover)?;
+                Ok(match holder {
                     Some(Holder { peer, addr, info }) => {
                         self.reporter.report(trace, Event::PeerChosen { client, file, peer });
                         TrackerReply::Peer { peer, addr, info }
                     }
                     None => TrackerReply::NoPeer,
-                }
+                })
             }),
             TrackerRequest::Leave => session.registered().map(|client| {
                 self.records().forget(client, session.id);
@@ -251,28 +252,30 @@ impl Shared {
                 self.reporter.report(trace, Event::ClientLeft { client });
                 TrackerReply::Ack
             }),
-            TrackerRequest::Report { file, peer, problem } => session.registered().map(|client| {
-                tracing::info!(%client, %peer, %file, ?problem, "holder reported");
-                // A bad copy stays bad: stop offering it. A connection
-                // problem may be passing; a dead peer's session ends anyway.
-                let mut records = self.records();
-                // Believed only from a client the tracker sent to that peer:
-                // nobody can knock out holders it never dealt with.
-                let credible = records.was_offered(client, &file, peer);
-                if problem.is_bad_copy() && credible && records.drop_holding(peer, &file) {
-                    drop(records);
-                    let event = Event::HolderDropped {
-                        client: peer,
-                        file,
-                        reason: problem,
-                    };
-                    self.reporter.report(trace, event);
-                }
-                TrackerReply::Ack
+            TrackerRequest::Report {
+                file,
+                peer,
+                sha1,
+                problem,
+            } => session.registered().and_then(|client| {
+                // Believed about the reporter's own downloads only: the
+                // holder is not offered to this client again during this
+                // download, and nobody else's choices change. Whether a
+                // copy is bad is for its holder to check (it is told on
+                // the transfer's connection).
+                let recorded = self.records().report(client, &file, peer, sha1)?;
+                tracing::info!(%client, %peer, %file, ?problem, recorded, "holder reported");
+                Ok(TrackerReply::Ack)
             }),
-            TrackerRequest::Withdraw { file } => session.registered().map(|client| {
-                self.records().drop_holding(client, &file);
-                tracing::info!(%client, %file, "holder withdrew");
+            TrackerRequest::Withdraw { file, sha1, reason } => session.registered().map(|client| {
+                let dropped = self.records().drop_holding(client, &file, sha1);
+                tracing::info!(%client, %file, dropped, "holder withdrew");
+                // A holder that found its own copy bad: the one way a copy
+                // stops being offered to everyone while its holder stays.
+                if let (true, Some(reason)) = (dropped, reason.filter(|reason| reason.is_bad_copy())) {
+                    self.reporter
+                        .report(trace, Event::HolderDropped { client, file, reason });
+                }
                 TrackerReply::Ack
             }),
             TrackerRequest::Ping => session.registered().map(|_| TrackerReply::Ack),

@@ -1,13 +1,29 @@
-//! The tracker's records: who is registered, who holds what. No I/O.
+//! The tracker's records: who is registered, who holds what, and what each
+//! client's downloads under way have learned. No I/O.
+//!
+//! Everything a client makes the tracker keep lives in that client's
+//! record and goes with it: the files it announced, and for each file it
+//! looked up, how many lookups it made (for the seeded choice) and the
+//! holders it reported during its current download. Each of these is capped
+//! per client ([`Quotas`]), so no client, whatever it sends, can make the
+//! tracker hold more than its share; past a cap the request is refused with
+//! a reason.
+//!
+//! A report is a claim, not a proof: it only stops the tracker offering that
+//! holder *to the reporter*. Only a holder itself (a `Withdraw`, or its
+//! session ending) removes its copy from what everyone else is offered, so
+//! no client can unlist an honest holder, nor free a name for other content
+//! while a holder of the recorded content is registered.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::Bound;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
 
-use crate::protocol::{ClientId, FileInfo, FileName};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, STATUS_HOLDERS_PER_FRAME};
 
 /// Identifies one session (one TCP connection) on the tracker, so that the
 /// end of an old session never removes a client that registered again.
@@ -41,6 +57,59 @@ pub enum Refusal {
         /// What this announce claims.
         announced: FileInfo,
     },
+    /// The client announced as many files as one client may.
+    #[error("client {client} already holds {limit} files, the most one client may announce to this tracker (withdraw some first)")]
+    TooManyFiles {
+        /// The client.
+        client: ClientId,
+        /// [`Quotas::files`].
+        limit: usize,
+    },
+    /// The client is in the middle of downloading as many files as one
+    /// client may.
+    #[error("client {client} is failing over on {limit} files at once, the most this tracker follows for one client (finish some downloads first)")]
+    TooManyDownloads {
+        /// The client.
+        client: ClientId,
+        /// [`Quotas::lookups`].
+        limit: usize,
+    },
+    /// The client reported as many holders as one client may.
+    #[error("client {client} has reported {limit} holders in its downloads under way, the most this tracker keeps for one client (start a new download to clear them)")]
+    TooManyReports {
+        /// The client.
+        client: ClientId,
+        /// [`Quotas::reports`].
+        limit: usize,
+    },
+}
+
+/// How much one client may make the tracker hold. Each cap bounds the
+/// memory a client costs whatever it sends; an honest client stays far
+/// below them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Files one client may hold (announced and not withdrawn) at once.
+    pub files: usize,
+    /// Files one client may have lookup state for: the count of its lookups
+    /// (which seeds the choice of holder) and its reports. State of files
+    /// with no reports pending is dropped when this fills; only files in
+    /// the middle of a failover count against it.
+    pub lookups: usize,
+    /// Holders one client may have reported, over all its downloads under
+    /// way (a report lasts until the client begins a new download of that
+    /// file, or leaves).
+    pub reports: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            files: 100_000,
+            lookups: 10_000,
+            reports: 10_000,
+        }
+    }
 }
 
 /// A holder picked for a download.
@@ -54,13 +123,47 @@ pub struct Holder {
     pub info: FileInfo,
 }
 
-/// A copy of the records, for a status answer.
+/// One entry of a status answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusEntry {
+    /// A registered client.
+    Client {
+        /// The client.
+        client: ClientId,
+        /// Where its peer server listens.
+        addr: SocketAddr,
+        /// How many files it holds.
+        files: u64,
+    },
+    /// A file and some of its holders: a file with more holders than fit a
+    /// frame comes as several consecutive entries.
+    File {
+        /// The file.
+        file: FileName,
+        /// Its recorded size and SHA-1.
+        info: FileInfo,
+        /// Holders, in id order.
+        holders: Vec<ClientId>,
+    },
+}
+
+/// Where a status answer stands between two pages: the next page goes on
+/// from here, whatever changed in between.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Registered clients: id, address, how many files each holds.
-    pub clients: Vec<(ClientId, SocketAddr, u64)>,
-    /// Every file ever announced: name, record, current holders.
-    pub files: Vec<(FileName, FileInfo, Vec<ClientId>)>,
+pub enum StatusCursor {
+    /// Nothing sent yet.
+    #[default]
+    Start,
+    /// The clients after this one are still to send.
+    AfterClient(ClientId),
+    /// The clients are sent; the files are still to send.
+    Files,
+    /// This file's holders after this one are still to send.
+    InFile(FileName, ClientId),
+    /// The files after this one are still to send.
+    AfterFile(FileName),
+    /// Everything is sent.
+    Done,
 }
 
 /// Everything the tracker knows.
@@ -68,17 +171,17 @@ pub struct Snapshot {
 pub struct Records {
     /// Every random choice derives from this.
     seed: u64,
-    /// Registered clients.
-    clients: HashMap<ClientId, ClientRecord>,
-    /// Every file ever announced, with its content and current holders.
-    files: HashMap<FileName, FileRecord>,
-    /// How many lookups each client made for each file: with the seed, it
-    /// decides the lookup's random choice, so that lookups of different
-    /// clients never change each other's outcome.
-    lookups: HashMap<(ClientId, FileName), u64>,
-    /// The holders each registered client was given for each file: a report
-    /// about a holder is believed only from a client that was sent to it.
-    offered: HashMap<ClientId, HashMap<FileName, BTreeSet<ClientId>>>,
+    /// What one client may make the tracker hold.
+    quotas: Quotas,
+    /// Registered clients, in id order (status answers page through them).
+    clients: BTreeMap<ClientId, ClientRecord>,
+    /// Every file some registered client holds, with its content and
+    /// holders, in name order.
+    files: BTreeMap<FileName, FileRecord>,
+    /// Counts changes to holder lists: each list is stamped with the count
+    /// at its last change, so a lookup can tell whether what it worked out
+    /// from a list still holds.
+    changes: u64,
 }
 
 /// A registered client.
@@ -90,15 +193,43 @@ struct ClientRecord {
     session: SessionId,
     /// The files it announced.
     files: BTreeSet<FileName>,
+    /// What its lookups of each file have left behind.
+    wants: BTreeMap<FileName, Want>,
+    /// How many holders `wants` holds as reported, over all files.
+    reported: usize,
 }
 
-/// A file ever announced.
+/// One client's lookups of one file.
+#[derive(Debug)]
+struct Want {
+    /// How many holders it was given for this file: with the seed, it keys
+    /// the next choice, so repeated lookups spread over the holders and
+    /// lookups by different clients never change each other's outcome.
+    lookups: u64,
+    /// The version the reports are about: reports about another version
+    /// than the one recorded now no longer apply.
+    sha1: Digest,
+    /// Holders reported during the current download, with the session they
+    /// were on: one that comes back on a new session gets a fresh chance.
+    reported: BTreeMap<ClientId, SessionId>,
+    /// The positions a lookup skips in the file's holder list (the asker's
+    /// and those of the reported holders still on their session), sorted,
+    /// with the stamp of the list they were worked out from. Kept up to
+    /// date by each report while the list stays unchanged, so a failover
+    /// through thousands of holders costs each lookup O(log n), not a pass
+    /// over every holder reported.
+    skipped: Option<(u64, Vec<usize>)>,
+}
+
+/// A file some registered client holds.
 #[derive(Debug)]
 struct FileRecord {
     /// Size and SHA-1 from its first announce; later announces must match.
     info: FileInfo,
     /// Who holds it now, ordered so a seeded choice is reproducible.
     holders: Holders,
+    /// [`Records::changes`] when `holders` last changed.
+    stamp: u64,
 }
 
 /// The holders of one file: a sorted list, so that a lookup picks the k-th
@@ -108,9 +239,14 @@ struct FileRecord {
 struct Holders(Vec<ClientId>);
 
 impl Holders {
-    fn insert(&mut self, client: ClientId) {
-        if let Err(at) = self.0.binary_search(&client) {
-            self.0.insert(at, client);
+    /// Adds `client`; returns whether it was not there yet.
+    fn insert(&mut self, client: ClientId) -> bool {
+        match self.0.binary_search(&client) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, client);
+                true
+            }
         }
     }
 
@@ -124,42 +260,105 @@ impl Holders {
         }
     }
 
+    fn position(&self, client: &ClientId) -> Option<usize> {
+        self.0.binary_search(client).ok()
+    }
+
     fn iter(&self) -> impl Iterator<Item = &ClientId> {
         self.0.iter()
     }
 
-    /// How many holders are not in `skip`, and a way to find the k-th of
-    /// them: the (sorted, distinct) positions of the skipped ones.
-    fn eligible(&self, skip: impl IntoIterator<Item = ClientId>) -> (usize, Vec<usize>) {
-        let mut skipped: Vec<usize> = skip.into_iter().filter_map(|c| self.0.binary_search(&c).ok()).collect();
+    /// The sorted, distinct positions of the holders in `skip`.
+    fn positions(&self, skip: impl IntoIterator<Item = ClientId>) -> Vec<usize> {
+        let mut skipped: Vec<usize> = skip.into_iter().filter_map(|c| self.position(&c)).collect();
         skipped.sort_unstable();
         skipped.dedup();
-        (self.0.len() - skipped.len(), skipped)
+        skipped
     }
 
-    /// The k-th holder (in id order) whose position is not in `skipped`.
+    /// The k-th holder (in id order) whose position is not in `skipped`
+    /// (sorted, distinct), in O(log n): before the j-th skipped position
+    /// lie `skipped[j] - j` holders not skipped, a count that never falls
+    /// as j grows, so a binary search finds how many skipped positions
+    /// come before the answer.
     fn nth_eligible(&self, k: usize, skipped: &[usize]) -> ClientId {
-        let mut at = k;
-        for &position in skipped {
-            if position <= at {
-                at += 1;
+        let (mut low, mut high) = (0, skipped.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            if skipped[middle] - middle <= k {
+                low = middle + 1;
             } else {
-                break;
+                high = middle;
             }
         }
-        self.0[at]
+        self.0[k + low]
+    }
+
+    /// The holders after `after` (all of them for `None`).
+    fn after(&self, after: Option<ClientId>) -> &[ClientId] {
+        let from = match after.map(|after| self.0.binary_search(&after)) {
+            None => 0,
+            Some(Ok(at)) => at + 1,
+            Some(Err(at)) => at,
+        };
+        &self.0[from..]
+    }
+}
+
+impl ClientRecord {
+    /// The state of `file`'s lookups, made if need be: when the client has
+    /// state for as many files as it may, the state of files with no
+    /// reports pending (a lookup count only) is dropped first.
+    fn want(&mut self, client: ClientId, file: &FileName, sha1: Digest, quotas: &Quotas) -> Result<&mut Want, Refusal> {
+        if !self.wants.contains_key(file) && self.wants.len() >= quotas.lookups {
+            self.wants.retain(|_, want| !want.reported.is_empty());
+            if self.wants.len() >= quotas.lookups {
+                let limit = quotas.lookups;
+                return Err(Refusal::TooManyDownloads { client, limit });
+            }
+        }
+        let want = self.wants.entry(file.clone()).or_insert_with(|| Want {
+            lookups: 0,
+            sha1,
+            reported: BTreeMap::new(),
+            skipped: None,
+        });
+        if want.sha1 != sha1 {
+            // The name now holds other content: reports about the old one
+            // say nothing about the new.
+            self.reported -= want.reported.len();
+            want.reported.clear();
+            want.skipped = None;
+            want.sha1 = sha1;
+        }
+        Ok(want)
+    }
+
+    /// Forgets the holders reported about `file`: a new download begins.
+    fn clear_reports(&mut self, file: &FileName) {
+        if let Some(want) = self.wants.get_mut(file) {
+            self.reported -= want.reported.len();
+            want.reported.clear();
+            want.skipped = None;
+        }
     }
 }
 
 impl Records {
-    /// Empty records whose random choices derive from `seed`.
+    /// Empty records whose random choices derive from `seed`, with the
+    /// default quotas.
     pub fn new(seed: u64) -> Records {
+        Records::with_quotas(seed, Quotas::default())
+    }
+
+    /// Empty records whose random choices derive from `seed`.
+    pub fn with_quotas(seed: u64, quotas: Quotas) -> Records {
         Records {
             seed,
-            clients: HashMap::new(),
-            files: HashMap::new(),
-            lookups: HashMap::new(),
-            offered: HashMap::new(),
+            quotas,
+            clients: BTreeMap::new(),
+            files: BTreeMap::new(),
+            changes: 0,
         }
     }
 
@@ -173,8 +372,14 @@ impl Records {
                 Ok(())
             }
             None => {
-                let files = BTreeSet::new();
-                self.clients.insert(client, ClientRecord { addr, session, files });
+                let record = ClientRecord {
+                    addr,
+                    session,
+                    files: BTreeSet::new(),
+                    wants: BTreeMap::new(),
+                    reported: 0,
+                };
+                self.clients.insert(client, record);
                 Ok(())
             }
         }
@@ -183,48 +388,125 @@ impl Records {
     /// Records that `client` holds `file` with content `info`.
     pub fn announce(&mut self, client: ClientId, file: &FileName, info: FileInfo) -> Result<(), Refusal> {
         let record = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
+        if let Some(recorded) = self.files.get(file).map(|entry| entry.info) {
+            if recorded != info {
+                return Err(Refusal::ContentMismatch {
+                    file: file.clone(),
+                    recorded,
+                    announced: info,
+                });
+            }
+        }
+        if !record.files.contains(file) && record.files.len() >= self.quotas.files {
+            let limit = self.quotas.files;
+            return Err(Refusal::TooManyFiles { client, limit });
+        }
         let entry = self.files.entry(file.clone()).or_insert_with(|| FileRecord {
             info,
             holders: Holders::default(),
+            stamp: 0,
         });
-        if entry.info != info {
-            return Err(Refusal::ContentMismatch {
-                file: file.clone(),
-                recorded: entry.info,
-                announced: info,
-            });
+        if entry.holders.insert(client) {
+            self.changes += 1;
+            entry.stamp = self.changes;
         }
-        entry.holders.insert(client);
         record.files.insert(file.clone());
         Ok(())
     }
 
     /// Picks a holder of `file` at random for `client`, never `client`
-    /// itself nor anyone in `exclude`; `None` if nobody is left.
-    pub fn lookup(&mut self, client: ClientId, file: &FileName, exclude: &[ClientId]) -> Option<Holder> {
-        let record = self.files.get(file)?;
-        let skip = std::iter::once(client).chain(exclude.iter().copied());
-        let (eligible, skipped) = record.holders.eligible(skip);
-        if eligible == 0 {
-            return None;
+    /// itself nor a holder it reported during this download; `None` if
+    /// nobody is left. Without `failover`, a new download begins: the
+    /// client's reports about `file` are forgotten first.
+    pub fn lookup(&mut self, client: ClientId, file: &FileName, failover: bool) -> Result<Option<Holder>, Refusal> {
+        // Borrowed field by field: the asker's record changes while the
+        // file's record and other clients' records are read.
+        let Records {
+            seed,
+            quotas,
+            clients,
+            files,
+            ..
+        } = self;
+        let asker = clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
+        if !failover {
+            asker.clear_reports(file);
         }
-        let nth = self.lookups.entry((client, file.clone())).or_insert(0);
-        let mut rng = choice_rng(self.seed, client, file, *nth);
-        *nth += 1;
-        let peer = record.holders.nth_eligible(rng.random_range(0..eligible), &skipped);
-        let info = record.info;
-        self.offered
-            .entry(client)
-            .or_default()
-            .entry(file.clone())
-            .or_default()
-            .insert(peer);
-        let addr = self.clients[&peer].addr;
-        Some(Holder { peer, addr, info })
+        let Some(record) = files.get(file) else {
+            return Ok(None);
+        };
+        let (info, stamp) = (record.info, record.stamp);
+        let want = asker.want(client, file, info.sha1, quotas)?;
+        if want.skipped.as_ref().is_none_or(|(at, _)| *at != stamp) {
+            // The holder list changed since the skipped positions were
+            // worked out (or they never were): work them out again. A
+            // report names the holder's session: one that went and came
+            // back is another chance, not the holder that failed.
+            let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
+            let still = reported
+                .into_iter()
+                .filter(|(peer, session)| clients.get(peer).is_some_and(|holder| holder.session == *session))
+                .map(|(peer, _)| peer);
+            let positions = record.holders.positions(std::iter::once(client).chain(still));
+            let want = want_mut(clients, client, file);
+            want.skipped = Some((stamp, positions));
+        }
+        let want = want_mut(clients, client, file);
+        let (_, skipped) = want.skipped.as_ref().expect("worked out above");
+        let eligible = record.holders.0.len() - skipped.len();
+        if eligible == 0 {
+            return Ok(None);
+        }
+        let mut rng = choice_rng(*seed, client, file, want.lookups);
+        let peer = record.holders.nth_eligible(rng.random_range(0..eligible), skipped);
+        want.lookups += 1;
+        let addr = clients[&peer].addr;
+        Ok(Some(Holder { peer, addr, info }))
     }
 
-    /// Forgets `client` and everything it held, if it is still registered on
-    /// `session`. Returns whether it was.
+    /// Records that `peer` failed `client` with version `sha1` of `file`:
+    /// `client` is not offered `peer` for it again during this download.
+    /// Nobody else's choices change. A report about a version other than
+    /// the one recorded, or about a client that does not hold the file, is
+    /// ignored. Returns whether it was recorded.
+    pub fn report(&mut self, client: ClientId, file: &FileName, peer: ClientId, sha1: Digest) -> Result<bool, Refusal> {
+        if !self.clients.contains_key(&client) {
+            return Err(Refusal::NotRegistered);
+        }
+        let (holder_session, position, stamp) = match (self.files.get(file), self.clients.get(&peer)) {
+            (Some(record), Some(holder)) if record.info.sha1 == sha1 && peer != client => {
+                match record.holders.position(&peer) {
+                    Some(position) => (holder.session, position, record.stamp),
+                    None => return Ok(false),
+                }
+            }
+            _ => return Ok(false),
+        };
+        let quotas = self.quotas;
+        let asker = self.clients.get_mut(&client).expect("checked above");
+        let reported = asker.reported;
+        let want = asker.want(client, file, sha1, &quotas)?;
+        if want.reported.insert(peer, holder_session).is_some() {
+            return Ok(true);
+        }
+        if reported >= quotas.reports {
+            want.reported.remove(&peer);
+            let limit = quotas.reports;
+            return Err(Refusal::TooManyReports { client, limit });
+        }
+        // Keep the skipped positions of the next lookup up to date.
+        if let Some((_, skipped)) = want.skipped.as_mut().filter(|(at, _)| *at == stamp) {
+            if let Err(at) = skipped.binary_search(&position) {
+                skipped.insert(at, position);
+            }
+        }
+        asker.reported += 1;
+        Ok(true)
+    }
+
+    /// Forgets `client`, everything it held and everything its lookups
+    /// left behind, if it is still registered on `session`. Returns whether
+    /// it was.
     pub fn forget(&mut self, client: ClientId, session: SessionId) -> bool {
         if self.clients.get(&client).is_none_or(|record| record.session != session) {
             return false;
@@ -233,13 +515,18 @@ impl Records {
         for file in record.files {
             self.unhold(client, &file);
         }
-        self.offered.remove(&client);
         true
     }
 
-    /// Stops offering `client` as a holder of `file` (its copy is bad).
-    /// Returns whether it was offered.
-    pub fn drop_holding(&mut self, client: ClientId, file: &FileName) -> bool {
+    /// Stops offering `client` as a holder of `file`, at the holder's own
+    /// request (it deleted the file, or found it bad). With `sha1`, only if
+    /// that is the version recorded: a late withdrawal never removes a
+    /// version announced after it. Returns whether it was offered.
+    pub fn drop_holding(&mut self, client: ClientId, file: &FileName, sha1: Option<Digest>) -> bool {
+        let recorded = self.files.get(file).map(|record| record.info.sha1);
+        if sha1.is_some_and(|sha1| recorded != Some(sha1)) {
+            return false;
+        }
         if let Some(record) = self.clients.get_mut(&client) {
             record.files.remove(file);
         }
@@ -253,18 +540,14 @@ impl Records {
             return false;
         };
         let held = entry.holders.remove(&client);
+        if held {
+            self.changes += 1;
+            entry.stamp = self.changes;
+        }
         if entry.holders.0.is_empty() {
             self.files.remove(file);
         }
         held
-    }
-
-    /// Whether `client` was given `peer` as a holder of `file`.
-    pub fn was_offered(&self, client: ClientId, file: &FileName, peer: ClientId) -> bool {
-        self.offered
-            .get(&client)
-            .and_then(|files| files.get(file))
-            .is_some_and(|peers| peers.contains(&peer))
     }
 
     /// The current holders of `file`, in id order.
@@ -275,29 +558,101 @@ impl Records {
             .unwrap_or_default()
     }
 
-    /// Every registered client (id, address, number of files held), and
-    /// every file ever announced with its record and current holders; both
-    /// sorted.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut clients: Vec<(ClientId, SocketAddr, u64)> = self
-            .clients
-            .iter()
-            .map(|(id, record)| (*id, record.addr, record.files.len() as u64))
-            .collect();
-        clients.sort();
-        let mut files: Vec<(FileName, FileInfo, Vec<ClientId>)> = self
-            .files
-            .iter()
-            .map(|(file, record)| (file.clone(), record.info, record.holders.iter().copied().collect()))
-            .collect();
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        Snapshot { clients, files }
+    /// The next page of a status answer, from `cursor` on: registered
+    /// clients in id order, then files in name order with their holders.
+    /// A page holds at most `budget` ids (an entry counts one, each holder
+    /// listed one more; a page always holds something), so building it
+    /// costs a page of memory however large the records: the tracker sends
+    /// a page, then reads the next one from where the cursor stands. Returns the page and the cursor of
+    /// the next one ([`StatusCursor::Done`] after the last).
+    pub fn status_page(&self, mut cursor: StatusCursor, budget: usize) -> (Vec<StatusEntry>, StatusCursor) {
+        let mut page = Vec::new();
+        let mut spent = 0;
+        while spent < budget.max(1) && cursor != StatusCursor::Done {
+            cursor = match &cursor {
+                StatusCursor::Start | StatusCursor::AfterClient(_) => {
+                    let next = match &cursor {
+                        StatusCursor::AfterClient(after) => {
+                            self.clients.range((Bound::Excluded(*after), Bound::Unbounded)).next()
+                        }
+                        _ => self.clients.iter().next(),
+                    };
+                    match next {
+                        Some((client, record)) => {
+                            page.push(StatusEntry::Client {
+                                client: *client,
+                                addr: record.addr,
+                                files: record.files.len() as u64,
+                            });
+                            spent += 1;
+                            StatusCursor::AfterClient(*client)
+                        }
+                        None => StatusCursor::Files,
+                    }
+                }
+                StatusCursor::Files | StatusCursor::AfterFile(_) | StatusCursor::InFile(..) => {
+                    let (next, after) = match &cursor {
+                        StatusCursor::InFile(file, holder) => match self.files.get_key_value(file) {
+                            Some(next) => (Some(next), Some(*holder)),
+                            None => (self.files_after(file), None),
+                        },
+                        StatusCursor::AfterFile(file) => (self.files_after(file), None),
+                        _ => (self.files.iter().next(), None),
+                    };
+                    match next {
+                        Some((file, record)) => {
+                            let rest = record.holders.after(after);
+                            let room = budget.saturating_sub(spent + 1).min(STATUS_HOLDERS_PER_FRAME);
+                            if room == 0 && !rest.is_empty() && !page.is_empty() {
+                                break; // no room left for a holder: next page
+                            }
+                            let holders = &rest[..rest.len().min(room.max(1))];
+                            // A file's first part goes out even with no
+                            // holder; a later part only with holders in it.
+                            if after.is_none() || !holders.is_empty() {
+                                spent += 1 + holders.len();
+                                page.push(StatusEntry::File {
+                                    file: file.clone(),
+                                    info: record.info,
+                                    holders: holders.to_vec(),
+                                });
+                            }
+                            match holders.last() {
+                                Some(last) if holders.len() < rest.len() => StatusCursor::InFile(file.clone(), *last),
+                                _ => StatusCursor::AfterFile(file.clone()),
+                            }
+                        }
+                        None => StatusCursor::Done,
+                    }
+                }
+                StatusCursor::Done => StatusCursor::Done,
+            };
+        }
+        (page, cursor)
+    }
+
+    fn files_after(&self, file: &FileName) -> Option<(&FileName, &FileRecord)> {
+        self.files
+            .range::<FileName, _>((Bound::Excluded(file), Bound::Unbounded))
+            .next()
     }
 
     /// Whether `client` is registered.
     pub fn is_registered(&self, client: ClientId) -> bool {
         self.clients.contains_key(&client)
     }
+
+    /// Whether the records hold nothing at all: no client, no file, no
+    /// state of any kind (what is left once everyone has gone).
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty() && self.files.is_empty()
+    }
+}
+
+/// The lookup state of `client` for `file`, which must exist.
+fn want_mut<'a>(clients: &'a mut BTreeMap<ClientId, ClientRecord>, client: ClientId, file: &FileName) -> &'a mut Want {
+    let asker = clients.get_mut(&client).expect("a registered client");
+    asker.wants.get_mut(file).expect("a file it looked up")
 }
 
 /// The random generator of one lookup: a function of the seed, the asker, the
@@ -319,7 +674,6 @@ fn choice_rng(seed: u64, client: ClientId, file: &FileName, nth: u64) -> ChaCha8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Digest;
 
     fn file(name: &str) -> FileName {
         name.parse().unwrap()
@@ -338,19 +692,46 @@ mod tests {
 
     /// Records with clients 1..=n registered, each on its own session.
     fn records(seed: u64, n: u64) -> Records {
-        let mut records = Records::new(seed);
+        records_with(seed, n, Quotas::default())
+    }
+
+    fn records_with(seed: u64, n: u64, quotas: Quotas) -> Records {
+        let mut records = Records::with_quotas(seed, quotas);
         for id in 1..=n {
             records.register(ClientId(id), addr(id as u16), id).unwrap();
         }
         records
     }
 
+    /// The holder `client` is offered for `file` in a new download.
+    fn first(records: &mut Records, client: u64, name: &str) -> Option<ClientId> {
+        let found = records.lookup(ClientId(client), &file(name), false).unwrap();
+        found.map(|holder| holder.peer)
+    }
+
+    /// The holder `client` is offered next in the download under way.
+    fn next(records: &mut Records, client: u64, name: &str) -> Option<ClientId> {
+        let found = records.lookup(ClientId(client), &file(name), true).unwrap();
+        found.map(|holder| holder.peer)
+    }
+
+    /// Every entry of a status answer, read in pages of `budget`.
+    fn status(records: &Records, budget: usize) -> Vec<StatusEntry> {
+        let (mut all, mut cursor) = (Vec::new(), StatusCursor::Start);
+        while cursor != StatusCursor::Done {
+            let (page, next) = records.status_page(cursor, budget);
+            all.extend(page);
+            cursor = next;
+        }
+        all
+    }
+
     #[test]
     fn a_lookup_finds_an_announced_holder_but_never_the_asker() {
         let mut records = records(0, 2);
-        assert_eq!(records.lookup(ClientId(2), &file("a"), &[]), None);
+        assert_eq!(records.lookup(ClientId(2), &file("a"), false), Ok(None));
         records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
-        let holder = records.lookup(ClientId(2), &file("a"), &[]).unwrap();
+        let holder = records.lookup(ClientId(2), &file("a"), false).unwrap().unwrap();
         assert_eq!(
             holder,
             Holder {
@@ -359,8 +740,11 @@ mod tests {
                 info: info(b"x")
             }
         );
-        assert_eq!(records.lookup(ClientId(1), &file("a"), &[]), None);
-        assert_eq!(records.lookup(ClientId(2), &file("a"), &[ClientId(1)]), None);
+        assert_eq!(first(&mut records, 1, "a"), None);
+        assert_eq!(
+            records.lookup(ClientId(9), &file("a"), false),
+            Err(Refusal::NotRegistered)
+        );
     }
 
     #[test]
@@ -400,10 +784,24 @@ mod tests {
         for id in [5, 1, 3, 9, 7, 3] {
             holders.insert(ClientId(id));
         }
-        let (count, skipped) = holders.eligible([ClientId(3), ClientId(9), ClientId(4), ClientId(3)]);
+        let skipped = holders.positions([ClientId(3), ClientId(9), ClientId(4), ClientId(3)]);
+        let count = holders.0.len() - skipped.len();
         assert_eq!(count, 3);
         let picks: Vec<u64> = (0..count).map(|k| holders.nth_eligible(k, &skipped).0).collect();
         assert_eq!(picks, [1, 5, 7]);
+        // Every way of skipping some of ten holders: the k-th eligible is
+        // the k-th of those not skipped.
+        let mut ten = Holders::default();
+        for id in 0..10 {
+            ten.insert(ClientId(id));
+        }
+        for mask in 0u32..1024 {
+            let skip: Vec<ClientId> = (0..10).filter(|id| mask & (1 << id) != 0).map(ClientId).collect();
+            let skipped = ten.positions(skip.iter().copied());
+            let expected: Vec<ClientId> = (0..10).map(ClientId).filter(|id| !skip.contains(id)).collect();
+            let picked: Vec<ClientId> = (0..expected.len()).map(|k| ten.nth_eligible(k, &skipped)).collect();
+            assert_eq!(picked, expected, "skipping {skip:?}");
+        }
         assert!(holders.remove(&ClientId(1)) && !holders.remove(&ClientId(1)));
     }
 
@@ -412,27 +810,123 @@ mod tests {
         let mut records = records(0, 2);
         records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
         records.forget(ClientId(1), 1);
-        assert!(records.snapshot().files.is_empty());
+        assert!(status(&records, 100)
+            .iter()
+            .all(|e| !matches!(e, StatusEntry::File { .. })));
         records.announce(ClientId(2), &file("a"), info(b"new")).unwrap();
     }
 
     #[test]
-    fn only_a_client_sent_to_a_holder_is_believed_about_it() {
-        let mut records = records(0, 3);
+    fn a_report_only_hides_the_holder_from_the_reporter() {
+        let mut records = records(0, 4);
         records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
-        assert!(!records.was_offered(ClientId(3), &file("a"), ClientId(1)));
-        records.lookup(ClientId(3), &file("a"), &[]).unwrap();
-        assert!(records.was_offered(ClientId(3), &file("a"), ClientId(1)));
-        assert!(!records.was_offered(ClientId(2), &file("a"), ClientId(1)));
+        assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
+        // Client 3 says 1's copy is bad. Maybe it is, maybe 3 lies: only 3
+        // stops being sent there.
+        assert_eq!(
+            records.report(ClientId(3), &file("a"), ClientId(1), info(b"x").sha1),
+            Ok(true)
+        );
+        assert_eq!(next(&mut records, 3, "a"), None);
+        assert_eq!(first(&mut records, 4, "a"), Some(ClientId(1)));
+        assert_eq!(records.holders(&file("a")), vec![ClientId(1)]);
+        // The name stays bound to 1's content while 1 holds it.
+        let hijack = records.announce(ClientId(3), &file("a"), info(b"evil"));
+        assert!(matches!(hijack, Err(Refusal::ContentMismatch { .. })), "{hijack:?}");
+        // A new download by 3 gives 1 a fresh chance.
+        assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
     }
 
     #[test]
-    fn a_dropped_holding_is_no_longer_offered() {
+    fn failover_goes_through_every_holder_once() {
+        let mut records = records(5, 40);
+        for holder in 1..=30 {
+            records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+        }
+        let mut tried = BTreeSet::new();
+        let mut offered = first(&mut records, 40, "a");
+        while let Some(peer) = offered {
+            assert!(tried.insert(peer), "{peer} offered twice in one download");
+            records.report(ClientId(40), &file("a"), peer, info(b"x").sha1).unwrap();
+            // Holders come and go meanwhile.
+            if tried.len() == 10 {
+                for holder in 31..=35 {
+                    records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+                }
+                let untried = (1..=30).map(ClientId).find(|id| !tried.contains(id)).unwrap();
+                records.drop_holding(untried, &file("a"), None);
+                tried.insert(untried);
+            }
+            offered = next(&mut records, 40, "a");
+        }
+        assert_eq!(tried, (1..=35).map(ClientId).collect());
+    }
+
+    #[test]
+    fn a_report_about_another_version_changes_nothing() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), info(b"v1")).unwrap();
+        assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
+        // 1 changes the file in place and announces the new version.
+        assert!(records.drop_holding(ClientId(1), &file("a"), Some(info(b"v1").sha1)));
+        records.announce(ClientId(1), &file("a"), info(b"v2")).unwrap();
+        // 3's complaint about v1 arrives late: it is about v1, not v2.
+        assert_eq!(
+            records.report(ClientId(3), &file("a"), ClientId(1), info(b"v1").sha1),
+            Ok(false)
+        );
+        assert_eq!(next(&mut records, 3, "a"), Some(ClientId(1)));
+        assert_eq!(first(&mut records, 2, "a"), Some(ClientId(1)));
+        // A late withdrawal of v1 leaves v2 alone.
+        assert!(!records.drop_holding(ClientId(1), &file("a"), Some(info(b"v1").sha1)));
+        assert_eq!(records.holders(&file("a")), vec![ClientId(1)]);
+        // Reports made about v1 do not carry over to v2 either.
+        records.announce(ClientId(2), &file("b"), info(b"b1")).unwrap();
+        assert_eq!(first(&mut records, 3, "b"), Some(ClientId(2)));
+        records
+            .report(ClientId(3), &file("b"), ClientId(2), info(b"b1").sha1)
+            .unwrap();
+        records.drop_holding(ClientId(2), &file("b"), None);
+        records.announce(ClientId(2), &file("b"), info(b"b2")).unwrap();
+        assert_eq!(next(&mut records, 3, "b"), Some(ClientId(2)));
+    }
+
+    #[test]
+    fn a_reported_holder_that_comes_back_gets_a_fresh_chance() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
+        records
+            .report(ClientId(3), &file("a"), ClientId(1), info(b"x").sha1)
+            .unwrap();
+        records.forget(ClientId(1), 1);
+        records.register(ClientId(1), addr(1), 77).unwrap();
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        assert_eq!(next(&mut records, 3, "a"), Some(ClientId(1)));
+    }
+
+    #[test]
+    fn reports_about_non_holders_or_oneself_are_ignored() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        let sha1 = info(b"x").sha1;
+        assert_eq!(records.report(ClientId(3), &file("a"), ClientId(2), sha1), Ok(false));
+        assert_eq!(records.report(ClientId(3), &file("zz"), ClientId(1), sha1), Ok(false));
+        assert_eq!(records.report(ClientId(1), &file("a"), ClientId(1), sha1), Ok(false));
+        assert_eq!(
+            records.report(ClientId(9), &file("a"), ClientId(1), sha1),
+            Err(Refusal::NotRegistered)
+        );
+        assert_eq!(records.clients[&ClientId(3)].reported, 0);
+    }
+
+    #[test]
+    fn a_withdrawn_holding_is_no_longer_offered() {
         let mut records = records(0, 3);
         records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
         records.announce(ClientId(2), &file("a"), info(b"x")).unwrap();
-        assert!(records.drop_holding(ClientId(1), &file("a")));
-        assert!(!records.drop_holding(ClientId(1), &file("a")));
+        assert!(records.drop_holding(ClientId(1), &file("a"), None));
+        assert!(!records.drop_holding(ClientId(1), &file("a"), None));
         assert_eq!(records.holders(&file("a")), vec![ClientId(2)]);
         assert!(
             records.is_registered(ClientId(1)),
@@ -447,7 +941,7 @@ mod tests {
         records.announce(ClientId(2), &file("a"), info(b"x")).unwrap();
         records.forget(ClientId(1), 1);
         for _ in 0..20 {
-            assert_eq!(records.lookup(ClientId(3), &file("a"), &[]).unwrap().peer, ClientId(2));
+            assert_eq!(first(&mut records, 3, "a"), Some(ClientId(2)));
         }
         // The file's content stays recorded: a later copy must still match.
         assert!(records.announce(ClientId(3), &file("a"), info(b"y")).is_err());
@@ -463,9 +957,9 @@ mod tests {
             (0..50)
                 .map(|_| {
                     if interleave {
-                        records.lookup(ClientId(12), &file("a"), &[]);
+                        first(&mut records, 12, "a");
                     }
-                    records.lookup(ClientId(11), &file("a"), &[]).unwrap().peer
+                    first(&mut records, 11, "a").unwrap()
                 })
                 .collect::<Vec<_>>()
         };
@@ -478,5 +972,170 @@ mod tests {
         assert_ne!(choices(7, false), choices(8, false), "the seed does not matter");
         let distinct: BTreeSet<_> = choices(7, false).into_iter().collect();
         assert!(distinct.len() >= 8, "50 choices among 10 holders hit only {distinct:?}");
+    }
+
+    #[test]
+    fn clients_that_come_and_go_leave_nothing_behind() {
+        // Register, look up, report, leave: 300,000 times, each a new id, as
+        // one connection can do. Everything goes with the client.
+        let mut records = records(0, 1);
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        for id in 2..300_002 {
+            let session = id;
+            records.register(ClientId(id), addr(2), session).unwrap();
+            let holder = records.lookup(ClientId(id), &file("a"), false).unwrap().unwrap();
+            records
+                .report(ClientId(id), &file("a"), holder.peer, holder.info.sha1)
+                .unwrap();
+            assert!(records.forget(ClientId(id), session));
+        }
+        records.forget(ClientId(1), 1);
+        assert!(records.is_empty(), "{records:?}");
+    }
+
+    #[test]
+    fn one_client_cannot_hold_more_than_its_quotas() {
+        let quotas = Quotas {
+            files: 3,
+            lookups: 2,
+            reports: 2,
+        };
+        let mut records = records_with(0, 6, quotas);
+        for name in ["a", "b", "c"] {
+            records.announce(ClientId(1), &file(name), info(b"x")).unwrap();
+        }
+        let refused = records.announce(ClientId(1), &file("d"), info(b"x")).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::TooManyFiles {
+                client: ClientId(1),
+                limit: 3
+            }
+        );
+        assert!(refused.to_string().contains("3 files"), "{refused}");
+        assert!(
+            records.holders(&file("d")).is_empty(),
+            "a refused announce left a record"
+        );
+        // Announcing a file it holds again is no new file.
+        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+
+        // Lookup state: files with nothing but a count make room.
+        for name in ["a", "b", "c"] {
+            first(&mut records, 6, name);
+        }
+        // Reports pending on two files fill the lookup quota ...
+        for holder in [2, 3] {
+            records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+        }
+        records.announce(ClientId(2), &file("b"), info(b"x")).unwrap();
+        first(&mut records, 6, "a");
+        records
+            .report(ClientId(6), &file("a"), ClientId(1), info(b"x").sha1)
+            .unwrap();
+        first(&mut records, 6, "b");
+        records
+            .report(ClientId(6), &file("b"), ClientId(1), info(b"x").sha1)
+            .unwrap();
+        let full = records.lookup(ClientId(6), &file("c"), false).unwrap_err();
+        assert_eq!(
+            full,
+            Refusal::TooManyDownloads {
+                client: ClientId(6),
+                limit: 2
+            }
+        );
+        // ... and the report quota: a third holder reported is refused.
+        let refused = records.report(ClientId(6), &file("a"), ClientId(2), info(b"x").sha1);
+        assert_eq!(
+            refused,
+            Err(Refusal::TooManyReports {
+                client: ClientId(6),
+                limit: 2
+            })
+        );
+        // A new download of `a` clears its reports, and makes room.
+        first(&mut records, 6, "a");
+        records
+            .report(ClientId(6), &file("a"), ClientId(2), info(b"x").sha1)
+            .unwrap();
+        assert_eq!(records.clients[&ClientId(6)].reported, 2);
+    }
+
+    #[test]
+    fn status_pages_stay_within_their_budget_and_miss_nothing() {
+        let mut records = records(0, 2);
+        for holder in 10..5_010 {
+            records.register(ClientId(holder), addr(3), holder).unwrap();
+            records
+                .announce(ClientId(holder), &file("popular"), info(b"p"))
+                .unwrap();
+        }
+        for n in 0..300 {
+            records
+                .announce(ClientId(1), &file(&format!("f{n:03}")), info(b"x"))
+                .unwrap();
+        }
+        let budget = 100;
+        let (mut cursor, mut entries) = (StatusCursor::Start, Vec::new());
+        while cursor != StatusCursor::Done {
+            let (page, next) = records.status_page(cursor, budget);
+            let cost: usize = page
+                .iter()
+                .map(|entry| match entry {
+                    StatusEntry::Client { .. } => 1,
+                    StatusEntry::File { holders, .. } => 1 + holders.len(),
+                })
+                .sum();
+            assert!(cost <= budget, "a page of {cost} ids");
+            entries.extend(page);
+            cursor = next;
+        }
+        let clients = entries
+            .iter()
+            .filter(|e| matches!(e, StatusEntry::Client { .. }))
+            .count();
+        assert_eq!(clients, 5_002);
+        let mut popular = Vec::new();
+        let mut names = Vec::new();
+        for entry in &entries {
+            if let StatusEntry::File { file, holders, .. } = entry {
+                if names.last() != Some(file) {
+                    names.push(file.clone());
+                }
+                if file.as_str() == "popular" {
+                    popular.extend(holders.iter().copied());
+                }
+            }
+        }
+        assert_eq!(names.len(), 301);
+        assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "files out of order");
+        assert_eq!(popular, (10..5_010).map(ClientId).collect::<Vec<_>>());
+        // One big page carries as much as a frame allows per part.
+        assert_eq!(status(&records, usize::MAX), status(&records, 1_000_000));
+    }
+
+    #[test]
+    fn a_status_answer_goes_on_from_its_cursor_whatever_changed() {
+        let mut records = records(0, 3);
+        for name in ["a", "b", "c"] {
+            records.announce(ClientId(1), &file(name), info(b"x")).unwrap();
+        }
+        let (page, cursor) = records.status_page(StatusCursor::Start, 5);
+        assert_eq!(page.len(), 4, "{page:?}");
+        assert_eq!(cursor, StatusCursor::AfterFile(file("a")));
+        // Between two pages, b goes and d comes.
+        records.drop_holding(ClientId(1), &file("b"), None);
+        records.announce(ClientId(2), &file("d"), info(b"x")).unwrap();
+        let (rest, done) = records.status_page(cursor, 100);
+        assert_eq!(done, StatusCursor::Done);
+        let names: Vec<&str> = rest
+            .iter()
+            .map(|entry| match entry {
+                StatusEntry::File { file, .. } => file.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["c", "d"]);
     }
 }

@@ -14,7 +14,7 @@ use phile_core::Trace;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
-use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError};
+use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError, WallTime};
 use crate::command::{Command, Reply};
 use crate::node::{Environment, Node, NodeSpec};
 
@@ -30,13 +30,14 @@ pub struct Local {
     ephemeral_ports: bool,
     /// When the run must stop.
     deadline: Deadline,
-    /// When the run started.
-    started: std::time::Instant,
+    /// The wall clock of the run.
+    time: WallTime,
 }
 
 impl Local {
     /// A backend with no nodes yet.
     pub fn new(events: Arc<dyn EventSink>, ephemeral_ports: bool, deadline: Deadline) -> std::io::Result<Local> {
+        super::raise_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("phile-node")
@@ -47,7 +48,7 @@ impl Local {
             events,
             ephemeral_ports,
             deadline,
-            started: std::time::Instant::now(),
+            time: WallTime::starting(deadline),
         })
     }
 
@@ -62,6 +63,7 @@ impl Local {
 
 impl Backend for Local {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
+        super::check_file_budget()?;
         let addr = loopback(port, self.ephemeral_ports);
         let listener = self
             .runtime()
@@ -103,11 +105,15 @@ impl Backend for Local {
     fn settle(&mut self, _done: &dyn Fn() -> bool) {}
 
     fn sleep(&mut self, duration: Duration) {
-        std::thread::sleep(duration.min(self.deadline.left()));
+        self.time.sleep(duration);
     }
 
     fn now(&self) -> Duration {
-        self.started.elapsed()
+        self.time.now()
+    }
+
+    fn clock(&self) -> crate::event_log::Clock {
+        self.time.clock()
     }
 
     fn stop(&mut self, node: NodeKey) {

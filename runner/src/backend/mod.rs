@@ -34,6 +34,18 @@ pub enum StartError {
     /// The simulated network has no room for another node in this attempt.
     #[error(transparent)]
     OutOfHosts(#[from] sim::OutOfHosts),
+    /// Another node would run the process out of file descriptors.
+    #[error(
+        "this scenario needs more file descriptors than the limit of {limit} allows \
+         ({open} open; every node over real TCP takes about {FDS_PER_NODE}): raise the limit \
+         (ulimit -n), or run it with --sim"
+    )]
+    OutOfFiles {
+        /// The process's limit.
+        limit: u64,
+        /// How many are open now.
+        open: u64,
+    },
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -90,6 +102,10 @@ pub trait Backend {
     fn network(&mut self) -> Option<&mut dyn Network> {
         None
     }
+
+    /// A clock that reads [`Backend::now`] from any thread or task, in
+    /// seconds: it times events for the report (never for the log).
+    fn clock(&self) -> crate::event_log::Clock;
 }
 
 /// What only a simulated network can do.
@@ -102,6 +118,37 @@ pub trait Network {
     fn heal(&mut self, a: NodeKey, b: NodeKey);
 }
 
+/// About how many file descriptors one node holds over real TCP: its
+/// listener, its session, a transfer or two, a heartbeat in flight.
+pub const FDS_PER_NODE: u64 = 6;
+
+/// Raises this process's soft limit on open files to the hard limit: a
+/// scenario with many clients holds a few sockets per client, and the
+/// default soft limit (often 1,024) is far below what the system allows.
+pub fn raise_file_limit() {
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(%error, "could not raise the open-file limit");
+    }
+}
+
+/// Refuses to start another node when it would run this process out of
+/// file descriptors: better a clear error now than accept loops failing
+/// and retrying later.
+pub fn check_file_budget() -> Result<(), StartError> {
+    let Ok((limit, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return Ok(());
+    };
+    // Linux lists a process's open descriptors here; elsewhere, no check.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Ok(());
+    };
+    let open = entries.count() as u64;
+    if open + 2 * FDS_PER_NODE > limit {
+        return Err(StartError::OutOfFiles { limit, open });
+    }
+    Ok(())
+}
+
 /// The address a node listens on over real TCP: loopback, the scripted
 /// port unless ports are ephemeral.
 pub fn loopback(port: u16, ephemeral: bool) -> SocketAddr {
@@ -112,6 +159,42 @@ pub fn loopback(port: u16, ephemeral: bool) -> SocketAddr {
 pub fn past_time_limit(limit: Duration) -> Reply {
     Reply::Failed {
         error: NodeError::TimeLimit(limit.as_secs()),
+    }
+}
+
+/// Time as the real backends count it: the wall clock, from the start of
+/// the run, and sleeps that never outlast the run's deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct WallTime {
+    /// When the run started.
+    started: Instant,
+    /// When it must stop.
+    deadline: Deadline,
+}
+
+impl WallTime {
+    /// Time from now, until `deadline`.
+    pub fn starting(deadline: Deadline) -> WallTime {
+        WallTime {
+            started: Instant::now(),
+            deadline,
+        }
+    }
+
+    /// [`Backend::sleep`]: the script thread waits (the nodes go on).
+    pub fn sleep(&self, duration: Duration) {
+        std::thread::sleep(duration.min(self.deadline.left()));
+    }
+
+    /// [`Backend::now`].
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// [`Backend::clock`].
+    pub fn clock(&self) -> crate::event_log::Clock {
+        let started = self.started;
+        Box::new(move || started.elapsed().as_secs_f64())
     }
 }
 

@@ -11,12 +11,12 @@ use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use phile_core::events::EventSink;
 use phile_core::Trace;
 
-use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError};
+use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError, WallTime};
 use crate::agent::{Body, Line, Request};
 use crate::command::{Command, NodeError, Reply};
 use crate::node::NodeSpec;
@@ -33,20 +33,21 @@ pub struct Processes {
     ephemeral_ports: bool,
     /// When the run must stop.
     deadline: Deadline,
-    /// When the run started.
-    started: Instant,
+    /// The wall clock of the run.
+    time: WallTime,
 }
 
 impl Processes {
     /// A backend with no nodes yet, running `phile` for each node.
     pub fn new(phile: PathBuf, events: Arc<dyn EventSink>, ephemeral_ports: bool, deadline: Deadline) -> Processes {
+        super::raise_file_limit();
         Processes {
             phile,
             agents: Vec::new(),
             events,
             ephemeral_ports,
             deadline,
-            started: Instant::now(),
+            time: WallTime::starting(deadline),
         }
     }
 
@@ -57,6 +58,7 @@ impl Processes {
 
 impl Backend for Processes {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
+        super::check_file_budget()?;
         let mut args = vec![
             "--listen".to_owned(),
             loopback(port, self.ephemeral_ports).to_string(),
@@ -111,11 +113,15 @@ impl Backend for Processes {
     }
 
     fn sleep(&mut self, duration: Duration) {
-        std::thread::sleep(duration.min(self.deadline.left()));
+        self.time.sleep(duration);
     }
 
     fn now(&self) -> Duration {
-        self.started.elapsed()
+        self.time.now()
+    }
+
+    fn clock(&self) -> crate::event_log::Clock {
+        self.time.clock()
     }
 
     fn stop(&mut self, node: NodeKey) {

@@ -299,6 +299,25 @@ fn steps_of(event: &LogEvent, cast: &Cast) -> Vec<Step> {
         EventKind::FaultArmed { fault, file, after } => {
             vec![note(own, Tone::Fault, format!("{fault} {file} at {}", bytes(*after)))]
         }
+        EventKind::RateSet { up, down } => vec![note(
+            own,
+            Tone::Script,
+            format!("caps up {}, down {}", rate(*up), rate(*down)),
+        )],
+        EventKind::Slept { seconds } => vec![everyone(Tone::Script, format!("{seconds} s pass"))],
+        EventKind::NetworkChanged { change, a, b, ms } => {
+            let text = match ms {
+                Some(ms) => format!("{change} {ms} ms"),
+                None => change.clone(),
+            };
+            let (first, last) = (cast.column(a), cast.column(b));
+            vec![Step::Note {
+                first: first.min(last),
+                last: first.max(last),
+                text: label(&text),
+                tone: Tone::Fault,
+            }]
+        }
         EventKind::Note { text } => vec![everyone(Tone::Script, text.clone())],
         EventKind::ScenarioFailed { error, line, .. } => {
             vec![everyone(
@@ -309,6 +328,14 @@ fn steps_of(event: &LogEvent, cast: &Cast) -> Vec<Step> {
         EventKind::Other if is_participant(&event.node) => vec![note(own, Tone::Plain, event.name.clone())],
         EventKind::Other => vec![everyone(Tone::Plain, event.name.clone())],
         EventKind::ScenarioStarted { .. } | EventKind::Started | EventKind::ScenarioFinished => Vec::new(),
+    }
+}
+
+/// A rate cap for humans: "1.0 MB/s", or "none".
+fn rate(bytes_per_second: u64) -> String {
+    match bytes_per_second {
+        0 => "none".into(),
+        rate => format!("{}/s", bytes(rate)),
     }
 }
 

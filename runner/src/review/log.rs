@@ -168,6 +168,30 @@ pub enum EventKind {
         /// After how many bytes.
         after: u64,
     },
+    /// The script capped a client's rates.
+    RateSet {
+        /// Upload cap, bytes per second (0: none).
+        up: u64,
+        /// Download cap, bytes per second (0: none).
+        down: u64,
+    },
+    /// The script let time pass.
+    Slept {
+        /// How long, in seconds.
+        seconds: f64,
+    },
+    /// The script changed the simulated network between two nodes.
+    NetworkChanged {
+        /// `latency`, `partition` or `heal`.
+        change: String,
+        /// One node.
+        a: String,
+        /// The other.
+        b: String,
+        /// The delay `latency` set, in milliseconds.
+        #[serde(default)]
+        ms: Option<u64>,
+    },
     /// The script ran to its end.
     ScenarioFinished,
     /// The script stopped with an error.
@@ -327,6 +351,9 @@ fn is_known(name: &str) -> bool {
         "restarted",
         "corrupted",
         "fault_armed",
+        "rate_set",
+        "slept",
+        "network_changed",
         "scenario_finished",
         "scenario_failed",
     ];

@@ -151,6 +151,30 @@ sequenceDiagram
     }
 
     #[test]
+    fn time_rates_and_the_simulated_network_are_notes_over_their_nodes() {
+        let text = mermaid(&log(&[
+            r#"{"node":"tracker","event":"started"}"#,
+            r#"{"node":"1","event":"started"}"#,
+            r#"{"node":"2","event":"started"}"#,
+            r#"{"node":"1","event":"rate_set","up":1000000,"down":0}"#,
+            r#"{"node":"scenario","event":"network_changed","change":"latency","a":"1","b":"2","ms":100}"#,
+            r#"{"node":"scenario","event":"network_changed","change":"partition","a":"2","b":"tracker"}"#,
+            r#"{"node":"scenario","event":"slept","seconds":45.0}"#,
+        ]));
+        let notes: Vec<&str> = text.lines().filter(|line| line.contains("Note")).collect();
+        assert_eq!(
+            notes,
+            [
+                "    Note over n1: caps up 976.6 KiB/s, down none",
+                "    Note over n1,n2: latency 100 ms",
+                "    Note over n0,n2: partition",
+                "    Note over n0,n2: 45 s pass",
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_hostile_node_name_is_escaped_in_its_column_label() {
         let text = mermaid(&log(&[r#"{"node":"evil; participant x","event":"started"}"#]));
         assert!(text.contains("participant n0 as evil#59; participant x\n"), "{text}");

@@ -23,7 +23,7 @@ mod log;
 mod mermaid;
 mod summary;
 mod svg;
-mod text;
+pub(crate) mod text;
 mod view;
 
 pub use diagram::{

@@ -517,10 +517,14 @@ impl World {
     /// their events are logged), then stops every tracker and client.
     pub fn finish(&self) {
         let transfers: Vec<Transfer> = self.transfers.borrow_mut().drain(..).collect();
-        for transfer in transfers {
-            if let Err(error) = self.wait(&transfer) {
-                tracing::warn!(%error, "a transfer left running failed");
-            }
+        let failures: Vec<String> = transfers
+            .iter()
+            .filter_map(|transfer| self.wait(transfer).err())
+            .collect();
+        // One line, not one per transfer: after a time limit every one of
+        // thousands fails with the same error.
+        if let Some(first) = failures.first() {
+            tracing::warn!(failed = failures.len(), error = %first, "transfers left running failed");
         }
         let clients: Vec<NodeKey> = self.clients.borrow().values().map(|slot| slot.node).collect();
         let trackers: Vec<NodeKey> = self.trackers.borrow_mut().drain(..).collect();
@@ -588,15 +592,8 @@ fn content_rng(seed: u64, file: &FileName) -> ChaCha8Rng {
 
 /// A byte count for humans: "5 bytes", "4.0 MiB".
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
+    match n {
+        0..1024 => format!("{n} bytes"),
+        n => crate::review::text::bytes(n),
     }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use phile_core::ClientId;
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 /// Peer-to-peer file transfer: a tracker knows who holds which file; peers
@@ -148,26 +149,95 @@ fn existing_folder(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves when the process is asked to stop: Ctrl-C or SIGTERM.
-async fn stop_requested() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(terminate) => terminate,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
+/// Whether the process has been asked to stop (Ctrl-C or SIGTERM).
+///
+/// One task watches the signals for the whole life of the process, set up
+/// before any work starts, and records the request here. A wait made later
+/// still sees a signal that arrived earlier, whatever the process was doing
+/// then (hashing a big file, say): a listener made afresh for each wait
+/// would miss it, and once tokio handles a signal its default action (ending
+/// the process) is gone, so a missed signal is lost for good.
+#[derive(Clone, Debug)]
+pub struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// Starts watching for Ctrl-C and SIGTERM. The first asks the process
+    /// to stop cleanly; a second one ends it at once.
+    fn watch() -> anyhow::Result<Stop> {
+        let (asked, stop) = watch::channel(false);
+        let mut signals = Signals::new().context("cannot watch for Ctrl-C and SIGTERM")?;
+        tokio::spawn(async move {
+            loop {
+                let code = signals.next().await;
+                if asked.send_replace(true) {
+                    eprintln!("phile: asked again to stop; stopping at once");
+                    std::process::exit(code);
+                }
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        });
+        Ok(Stop(stop))
+    }
+
+    /// Resolves once the process is asked to stop (at once if it already was).
+    pub async fn requested(&self) {
+        if self.0.clone().wait_for(|asked| *asked).await.is_err() {
+            // The watching task never ends, so this cannot happen; if it
+            // did, no signal could ever arrive.
+            std::future::pending::<()>().await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+
+    /// Whether the process has been asked to stop.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
 }
+
+/// The signals that ask the process to stop.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers, from which point no such signal is missed.
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal, as the exit status a shell gives a process it ended
+    /// (128 + the signal's number).
+    async fn next(&mut self) -> i32 {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => 130,
+                _ = self.terminate.recv() => 143,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            130
+        }
+    }
+}
+
+/// Text from the network, made safe to print (see
+/// [`phile_core::protocol::printable`]): everything `phile` prints that a
+/// tracker or a peer could have written goes through it.
+pub use phile_core::protocol::printable;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -193,10 +263,12 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        // Only the commands that stop cleanly take over the signals; the
+        // others keep the default (Ctrl-C ends them).
         match cli.command {
-            Command::Tracker(args) => tracker::run(args).await,
-            Command::Peer(args) => peer::run(args).await,
-            Command::Get(args) => get::run(args).await,
+            Command::Tracker(args) => tracker::run(args, Stop::watch()?).await,
+            Command::Peer(args) => peer::run(args, Stop::watch()?).await,
+            Command::Get(args) => get::run(args, Stop::watch()?).await,
             Command::Status(args) => status::run(args).await,
             Command::Agent(args) => {
                 let args = phile_runner::agent::AgentArgs {
@@ -216,8 +288,23 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("phile: {error:#}");
+            // The chain may hold a tracker's or a peer's words.
+            eprintln!("phile: {}", printable(&format!("{error:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn remote_text_cannot_act_on_a_terminal() {
+        assert_eq!(printable("plain, é ← 1"), "plain, é ← 1");
+        assert_eq!(
+            printable("\u{1b}]0;owned\u{7}x\ny\r\u{202e}z\u{9b}"),
+            "\\u{1b}]0;owned\\u{7}x\\u{a}y\\u{d}\\u{202e}z\\u{9b}"
+        );
     }
 }

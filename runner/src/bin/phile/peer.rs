@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use phile_core::client::ClientError;
-use phile_core::storage::Folder;
-use phile_core::{Client, ClientConfig, FileName};
+use phile_core::storage::{Folder, StorageError};
+use phile_core::{Client, ClientConfig, FileInfo, FileName};
 use tokio::net::TcpListener;
 
-use crate::Identity;
+use crate::{printable, Identity, Stop};
 
 /// Options of `phile peer`.
 #[derive(Debug, Args)]
@@ -33,41 +33,61 @@ pub struct PeerArgs {
     rescan: u64,
 }
 
-pub async fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
+/// Seeds the folder until `stop` is requested.
+pub async fn run(args: PeerArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let me = &args.identity;
     crate::existing_folder(&me.dir)?;
-    let client = start(me, ClientConfig::default()).await?;
+    let client = start(me, Folder::open(&me.dir)?, ClientConfig::default()).await?;
     let tracker = me.tracker_addr().await?;
     client.register(tracker).await?;
-    seed(&client, me, tracker, Duration::from_secs(args.rescan.max(1))).await?;
+    seed(&client, me, tracker, Duration::from_secs(args.rescan.max(1)), &stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Announces everything in the folder, keeps the tracker up to date with
-/// the folder every `rescan`, and serves until asked to stop; then says
-/// goodbye and lets uploads finish for the grace period.
-pub async fn seed(client: &Client, me: &Identity, tracker: SocketAddr, rescan: Duration) -> anyhow::Result<()> {
+/// the folder every `rescan`, and serves until `stop` is requested; then
+/// says goodbye and lets uploads finish for the grace period.
+///
+/// Hashing a big file can take minutes, so every hash gives way to a stop
+/// request: the process leaves at once, and the hash (on a blocking thread)
+/// is abandoned with the runtime.
+pub async fn seed(
+    client: &Client,
+    me: &Identity,
+    tracker: SocketAddr,
+    rescan: Duration,
+    stop: &Stop,
+) -> anyhow::Result<()> {
     let mut seeding = Seeding::default();
-    let announced = client.announce_held().await?;
-    seeding.held(client, announced.iter().cloned());
+    // A tracker that went away since registering (or during a download of
+    // `get --seed`) is no reason to stop serving: the loop registers again.
+    let round = match announce_all(client, &seeding, stop).await {
+        Ok(round) => round,
+        Err(error) => {
+            tracing::warn!(%error, "could not announce the folder; will register again");
+            Round::default()
+        }
+    };
+    let announced = round.announced.len();
+    seeding.held(client, round);
     println!(
         "phile peer {} serving {} on {}; announced {} to {tracker}; Ctrl-C to stop",
         me.id,
         me.dir.display(),
         client.local_addr(),
-        files(announced.len())
+        files(announced)
     );
     let mut ticks = tokio::time::interval(rescan);
-    loop {
+    while !stop.is_requested() {
         tokio::select! {
-            _ = crate::stop_requested() => break,
+            _ = stop.requested() => break,
             _ = ticks.tick() => {}
         }
         // The tracker restarted, or the network dropped the session.
         if !client.is_registered().await {
-            rejoin(client, tracker, &mut seeding).await;
+            rejoin(client, tracker, &mut seeding, stop).await;
         }
-        if let Err(error) = seeding.rescan(client).await {
+        if let Err(error) = seeding.rescan(client, stop).await {
             tracing::warn!(%error, "could not update the tracker; will register again");
         }
     }
@@ -86,9 +106,8 @@ pub fn files(n: usize) -> String {
     format!("{n} file{}", if n == 1 { "" } else { "s" })
 }
 
-/// Opens the folder, binds the listening address and starts the client.
-pub async fn start(me: &Identity, config: ClientConfig) -> anyhow::Result<Client> {
-    let folder = Folder::open(&me.dir)?;
+/// Binds the listening address and starts the client on `folder`.
+pub async fn start(me: &Identity, folder: Folder, config: ClientConfig) -> anyhow::Result<Client> {
     let listener = TcpListener::bind(me.listen).await.map_err(|error| {
         let hint = if error.kind() == ErrorKind::AddrInUse {
             " (choose another with --listen)"
@@ -123,10 +142,10 @@ struct Seeding {
 }
 
 impl Seeding {
-    /// Records `files` as announced, as they are now.
-    fn held(&mut self, client: &Client, files: impl IntoIterator<Item = FileName>) {
+    /// Records what `round` announced or was refused, as the files are now.
+    fn held(&mut self, client: &Client, round: Round) {
         self.known.clear();
-        for file in files {
+        for file in round.announced.into_iter().chain(round.refused) {
             if let Some(stamp) = stamp_of(client, &file) {
                 self.known.insert(file, stamp);
             }
@@ -136,8 +155,9 @@ impl Seeding {
     /// Compares the folder with what the tracker was told: a file deleted or
     /// changed in place is withdrawn; a new (or changed) file is announced
     /// once it has kept its size and age for a whole rescan interval, so a
-    /// file still being copied in is never announced half-way.
-    async fn rescan(&mut self, client: &Client) -> Result<(), ClientError> {
+    /// file still being copied in is never announced half-way. Returns
+    /// early, leaving the rest for the next rescan, when `stop` is requested.
+    async fn rescan(&mut self, client: &Client, stop: &Stop) -> Result<(), ClientError> {
         let present: Vec<FileName> = client.folder().list()?;
         let gone: Vec<FileName> = self
             .known
@@ -148,7 +168,7 @@ impl Seeding {
         for file in gone {
             client.withdraw(&file).await?;
             self.known.remove(&file);
-            println!("withdrew {file} (deleted or changed)");
+            println!("withdrew {} (deleted or changed)", printable(file.as_str()));
         }
         for file in present {
             if self.known.contains_key(&file) {
@@ -159,18 +179,30 @@ impl Seeding {
                 continue; // new, or still changing: look again next time
             }
             self.arriving.remove(&file);
-            match client.upload(&file).await {
-                Ok(info) => {
-                    println!("announced {file} ({} bytes, sha1 {})", info.size, info.sha1);
+            let info = match hash(client, &file, false, stop).await {
+                Some(Ok(info)) => info,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "{file} not readable yet");
+                    continue;
+                }
+                None => return Ok(()),
+            };
+            match client.announce(&file, info).await {
+                Ok(()) => {
+                    println!(
+                        "announced {} ({} bytes, sha1 {})",
+                        printable(file.as_str()),
+                        info.size,
+                        info.sha1
+                    );
                     self.known.insert(file, stamp);
                 }
                 // The tracker knows other content under this name (another
                 // peer holds it): say so once, and not again while unchanged.
                 Err(ClientError::Refused(reason)) => {
-                    eprintln!("phile: not announcing {file}: {reason}; rename it to share it");
+                    not_announced(&file, &reason);
                     self.known.insert(file, stamp);
                 }
-                Err(ClientError::Storage(error)) => tracing::debug!(%error, "{file} not readable yet"),
                 Err(error) => return Err(error),
             }
         }
@@ -178,17 +210,100 @@ impl Seeding {
     }
 }
 
+/// Files at least this big take a noticeable time to hash (about a second
+/// per few hundred megabytes), so the peer says it is busy with one.
+const NOTICEABLE_HASH: u64 = 256 * 1024 * 1024;
+
+/// The size and SHA-1 of `file`; `None` if `stop` was requested first.
+/// Unless `hashed_before` (the folder remembers the hash of a file it has
+/// seen unchanged), a big file is announced on standard output, since
+/// hashing it can take minutes.
+async fn hash(
+    client: &Client,
+    file: &FileName,
+    hashed_before: bool,
+    stop: &Stop,
+) -> Option<Result<FileInfo, StorageError>> {
+    match stamp_of(client, file) {
+        Some((size, _)) if size >= NOTICEABLE_HASH && !hashed_before => {
+            println!(
+                "hashing {} ({size} bytes) before announcing it",
+                printable(file.as_str())
+            );
+        }
+        _ => {}
+    }
+    tokio::select! {
+        biased;
+        _ = stop.requested() => None,
+        info = client.folder().info(file) => Some(info),
+    }
+}
+
+/// Tells the user the tracker refused `file`; `reason` is the tracker's.
+fn not_announced(file: &FileName, reason: &str) {
+    eprintln!(
+        "phile: not announcing {}: {}; rename it to share it",
+        printable(file.as_str()),
+        printable(reason)
+    );
+}
+
+/// What one round of announcing the whole folder did.
+#[derive(Default)]
+struct Round {
+    /// The files the tracker accepted.
+    announced: Vec<FileName>,
+    /// The files it refused (it knows other content under the name).
+    refused: Vec<FileName>,
+}
+
+/// Announces every file of the folder, hashing those not hashed yet. A file
+/// the tracker refuses or that cannot be read is skipped with a message; a
+/// stop request ends the round early. `seeding` says which files were
+/// hashed before (when registering again).
+async fn announce_all(client: &Client, seeding: &Seeding, stop: &Stop) -> Result<Round, ClientError> {
+    let mut round = Round::default();
+    for file in client.folder().list()? {
+        let hashed_before = seeding
+            .known
+            .get(&file)
+            .is_some_and(|stamp| Some(*stamp) == stamp_of(client, &file));
+        let info = match hash(client, &file, hashed_before, stop).await {
+            Some(Ok(info)) => info,
+            Some(Err(error)) => {
+                eprintln!(
+                    "phile: not announcing {}: {}",
+                    printable(file.as_str()),
+                    printable(&error.to_string())
+                );
+                continue;
+            }
+            None => break,
+        };
+        match client.announce(&file, info).await {
+            Ok(()) => round.announced.push(file),
+            Err(ClientError::Refused(reason)) => {
+                not_announced(&file, &reason);
+                round.refused.push(file);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(round)
+}
+
 /// Registers again and announces everything (the tracker restarted, or the
 /// network came back).
-async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding) {
+async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding, stop: &Stop) {
     match client.register(tracker).await {
-        Ok(()) => match client.announce_held().await {
-            Ok(files) => {
+        Ok(()) => match announce_all(client, seeding, stop).await {
+            Ok(round) => {
                 println!(
                     "registered again with {tracker}; announced {}",
-                    self::files(files.len())
+                    self::files(round.announced.len())
                 );
-                seeding.held(client, files);
+                seeding.held(client, round);
             }
             Err(error) => tracing::warn!(%error, "registered again, but could not announce"),
         },

@@ -11,6 +11,8 @@ use phile_core::client::Progress;
 use phile_core::protocol::Problem;
 use phile_core::{ClientId, FileName};
 
+use crate::printable;
+
 /// Shows the progress of every download of one `phile get`.
 #[derive(Debug)]
 pub struct Display {
@@ -32,8 +34,10 @@ impl Display {
         }
     }
 
-    /// Prints a line without tearing the bars.
+    /// Prints a line without tearing the bars. Lines quote remote text (a
+    /// tracker's reasons, names), so control characters are shown escaped.
     pub fn line(&self, text: &str) {
+        let text = &*printable(text);
         match &self.bars {
             Some(bars) => {
                 let _ = bars.println(text);
@@ -53,7 +57,7 @@ impl Display {
 impl Progress for Display {
     fn begin(&self, file: &FileName, peer: ClientId, size: u64) {
         let Some(bars) = &self.bars else {
-            println!("{file}: fetching {size} bytes from peer {peer}");
+            self.line(&format!("{file}: fetching {size} bytes from peer {peer}"));
             return;
         };
         let style = ProgressStyle::with_template(
@@ -64,7 +68,7 @@ impl Progress for Display {
         let bar = bars.add(
             ProgressBar::new(size)
                 .with_style(style)
-                .with_message(format!("{file} ← {peer}")),
+                .with_message(printable(&format!("{file} ← {peer}")).into_owned()),
         );
         // A failover starts a new bar for the same file.
         if let Some(old) = self

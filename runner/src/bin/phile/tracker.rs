@@ -19,7 +19,8 @@ pub struct TrackerArgs {
     seed: Option<u64>,
 }
 
-pub async fn run(args: TrackerArgs) -> anyhow::Result<ExitCode> {
+/// Runs a tracker until `stop` is requested.
+pub async fn run(args: TrackerArgs, stop: crate::Stop) -> anyhow::Result<ExitCode> {
     let config = TrackerConfig {
         seed: args.seed.unwrap_or_else(rand::random),
         ..TrackerConfig::default()
@@ -33,7 +34,7 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<ExitCode> {
         anyhow::anyhow!("cannot listen on {}: {error}{hint}", args.listen)
     })?;
     println!("phile tracker listening on {}; Ctrl-C to stop", tracker.local_addr());
-    crate::stop_requested().await;
+    stop.requested().await;
     tracing::info!("stopping");
     tracker.shutdown().await;
     Ok(ExitCode::SUCCESS)
