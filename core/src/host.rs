@@ -9,6 +9,7 @@
 //! tasks scoped to a simulated host, blocking work done inline so that a run
 //! repeats exactly. The node code is the same for both.
 
+use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -26,10 +27,52 @@ pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The address of the other side.
     fn peer_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Writes up to `len` bytes of `file`, starting at `offset`, as
+    /// [`AsyncWrite::poll_write`] writes bytes from memory, but without
+    /// bringing them into this process: the kernel sends them from its page
+    /// cache (`sendfile`). Returns how many bytes went out; 0 means the
+    /// file ends before `offset`.
+    ///
+    /// A stream that cannot (a simulated one; any stream off Linux) answers
+    /// an error of kind [`io::ErrorKind::Unsupported`], the default: the
+    /// caller then reads the file and writes its bytes. A wrapper forwards
+    /// this to the stream it wraps if it can account for the bytes without
+    /// seeing them (a rate cap counts them, a fault counts them up to its
+    /// byte); otherwise it keeps the default.
+    fn poll_send_file(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, file, offset, len);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
 }
 
 /// A stream of any kind.
 pub type BoxStream = Box<dyn Stream>;
+
+/// A boxed stream is a stream: every call, the optional ones included,
+/// reaches the stream inside, so a wrapper around a [`BoxStream`] forwards
+/// a capability by calling it on its inner box.
+impl<S: Stream + ?Sized> Stream for Box<S> {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        (**self).peer_addr()
+    }
+
+    fn poll_send_file(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
+    }
+}
 
 /// A bound socket that accepts connections.
 pub trait Listener: Send + 'static {
@@ -119,6 +162,65 @@ impl Stream for tokio::net::TcpStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::TcpStream::peer_addr(self)
     }
+
+    #[cfg(target_os = "linux")]
+    fn poll_send_file(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        use std::os::fd::AsFd;
+        loop {
+            std::task::ready!(self.poll_write_ready(cx))?;
+            // `try_io` clears the readiness on `WouldBlock`, so the next
+            // `poll_write_ready` waits for the socket to drain.
+            let sent = self.try_io(tokio::io::Interest::WRITABLE, || {
+                send_file(self.as_fd(), file.as_fd(), offset, len)
+            });
+            match sent {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                // The file system cannot feed sendfile (EINVAL), or the
+                // kernel lacks it (ENOSYS): reading and writing will do.
+                Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, error)));
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+/// Sends up to `len` bytes of `file`, from `offset`, to `socket`, with
+/// `sendfile(2)`: the kernel moves them from the page cache to the socket
+/// without copying them through this process. The file's own position is
+/// left alone. The only `unsafe` of the zero-copy path.
+///
+/// The socket is non-blocking: a full send buffer is `WouldBlock`. Reading
+/// the file is not: pages that are not in the page cache are read from the
+/// disk during the call, on the calling task's thread (as nginx's
+/// `sendfile on` does). The kernel's readahead overlaps those reads with
+/// the sending, so this waits only when the disk is slower than the link; a
+/// freshly written or recently sent file is in the page cache.
+#[cfg(target_os = "linux")]
+fn send_file(
+    socket: std::os::fd::BorrowedFd<'_>,
+    file: std::os::fd::BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // A 32-bit `off_t` cannot reach past 2 GiB: the caller copies instead.
+    let mut offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::Unsupported))?;
+    // SAFETY: both descriptors are borrowed, so they stay open for the whole
+    // call; `offset` is a live local the kernel reads and advances; no other
+    // memory of this process is touched.
+    let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut offset, len) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
 }
 
 impl Listener for tokio::net::TcpListener {

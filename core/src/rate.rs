@@ -258,6 +258,41 @@ impl Stream for Throttled {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.peer_addr()
     }
+
+    /// Sends a file through the kernel like the stream it wraps, charged
+    /// to the upload cap as [`AsyncWrite::poll_write`] is: at most a quantum
+    /// at a time, and only when the cap allows.
+    fn poll_send_file(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let bucket = &this.limits.up;
+        if bucket.rate() == 0 || len == 0 {
+            return Pin::new(&mut this.inner).poll_send_file(cx, file, offset, len);
+        }
+        let want = len.min(QUANTUM);
+        let Poll::Ready(granted) = poll_turn(bucket, &mut this.write_turn, want, cx) else {
+            return Poll::Pending;
+        };
+        let polled = Pin::new(&mut this.inner).poll_send_file(cx, file, offset, granted.min(len));
+        match &polled {
+            // No room on the wire yet: the send keeps its turn.
+            Poll::Pending => {}
+            Poll::Ready(Ok(sent)) => {
+                this.write_turn = Turn::Free;
+                bucket.refund(granted - sent);
+            }
+            Poll::Ready(Err(_)) => {
+                this.write_turn = Turn::Free;
+                bucket.refund(granted);
+            }
+        }
+        polled
+    }
 }
 
 /// A listener whose connections are held to a client's caps.
@@ -281,17 +316,52 @@ impl Listener for ThrottledListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::PeerStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A pair of connected in-memory streams, as `Stream`s.
+    /// A pair of connected in-memory streams, as `Stream`s that can send a
+    /// file (as the kernel would), so the caps' forwarding of it is tested.
+    struct Pipe(tokio::io::DuplexStream);
+
+    impl AsyncRead for Pipe {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Stream for Pipe {
+        fn peer_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+        }
+
+        /// Stands in for the kernel: reads the file, writes what it read.
+        fn poll_send_file(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            file: &std::fs::File,
+            offset: u64,
+            len: usize,
+        ) -> Poll<io::Result<usize>> {
+            let mut bytes = vec![0u8; len.min(1 << 16)];
+            let read = std::os::unix::fs::FileExt::read_at(file, &mut bytes, offset)?;
+            Pin::new(&mut self.0).poll_write(cx, &bytes[..read])
+        }
+    }
+
     fn pipe() -> (BoxStream, BoxStream) {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let somewhere = SocketAddr::from(([127, 0, 0, 1], 1));
-        (
-            Box::new(PeerStream::new(a, somewhere)),
-            Box::new(PeerStream::new(b, somewhere)),
-        )
+        (Box::new(Pipe(a)), Box::new(Pipe(b)))
     }
 
     /// How long moving `len` bytes takes, in virtual time, through a
@@ -318,6 +388,37 @@ mod tests {
             let took = time_to_move(10_000_000, up, down).await.as_secs_f64();
             assert!((took - 10.0).abs() < 0.2, "up {up}, down {down}: {took} s");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_sent_through_the_kernel_is_held_to_the_upload_cap() {
+        use std::io::Write as _;
+        const LEN: usize = 10_000_000;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![7u8; LEN]).unwrap();
+        let limits = Arc::new(RateLimits::default());
+        limits.set(1_000_000, 0);
+        let (sender, mut receiver) = pipe();
+        let mut tx = limits.wrap(sender);
+        let started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            receiver.read_to_end(&mut sink).await.unwrap();
+            sink.len()
+        });
+        let mut offset = 0;
+        while offset < LEN {
+            let send =
+                std::future::poll_fn(|cx| Pin::new(&mut tx).poll_send_file(cx, &file, offset as u64, LEN - offset));
+            offset += send.await.unwrap();
+        }
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), LEN);
+        let took = started.elapsed().as_secs_f64();
+        assert!(
+            (took - 10.0).abs() < 0.2,
+            "10 MB sent from a file at 1 MB/s took {took} s"
+        );
     }
 
     #[tokio::test(start_paused = true)]

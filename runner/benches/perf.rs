@@ -1,12 +1,17 @@
 //! phile's performance, measured against baselines in the same run.
 //!
 //! ```text
-//! cargo bench -p phile-runner --bench perf               # the full run (1 GiB file, 1,000 connections, ...)
-//! cargo bench -p phile-runner --bench perf -- --size 4G  # a bigger file (memory must not grow)
+//! cargo bench -p phile-runner --bench perf               # the full run (1 and 4 GiB files on tmpfs and disk, ...)
+//! cargo bench -p phile-runner --bench perf -- --size 1G  # one file size only
+//! cargo bench -p phile-runner --bench perf -- --runs 5   # repeat each big-file measurement 5 times
 //! cargo bench -p phile-runner --bench perf -- --smoke    # tiny sizes: checks the harness works
+//! cargo bench -p phile-runner --bench perf -- --bin-dir DIR    # measure another build's phile and phile-run
 //! cargo bench -p phile-runner --bench perf -- --only lookups   # one section: big-file, default-scenario,
-//!                                                              # many-peers, tracker-memory, lookups
+//!                                                              # scenarios, many-peers, simulation, tracker-memory, lookups
 //! ```
+//!
+//! Repeated measurements print as `median (lowest-highest)`: the machine may
+//! be shared, so one run proves little.
 //!
 //! Every figure is printed next to its baseline and their ratio; nothing is
 //! asserted about time (CI runs `--smoke` through `tests/bench_smoke.rs`
@@ -28,8 +33,12 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// What to measure, and how much.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Size of the big file.
-    pub size: u64,
+    /// Sizes of the big file.
+    pub sizes: Vec<u64>,
+    /// How many times each big-file measurement runs.
+    pub runs: usize,
+    /// Runs of each shipped scenario.
+    pub scenario_runs: usize,
     /// Runs of the default scenario.
     pub default_runs: usize,
     /// Client counts of the many-peers scenario.
@@ -61,7 +70,9 @@ pub struct Config {
 impl Config {
     fn full() -> Config {
         Config {
-            size: 1 << 30,
+            sizes: vec![1 << 30, 4 << 30],
+            runs: 3,
+            scenario_runs: 5,
             default_runs: 20,
             scale: vec![100, 1000, 5000],
             sim_scale: vec![100, 1000, 10_000],
@@ -81,7 +92,9 @@ impl Config {
     /// Sizes small enough for CI: the harness runs end to end in seconds.
     pub fn smoke() -> Config {
         Config {
-            size: 4 << 20,
+            sizes: vec![4 << 20],
+            runs: 1,
+            scenario_runs: 1,
             default_runs: 2,
             scale: vec![20, 40],
             sim_scale: vec![20, 40],
@@ -195,11 +208,32 @@ pub fn run(config: &Config) -> Vec<Row> {
     let wanted = |section: &str| config.only.as_deref().is_none_or(|only| section.contains(only));
     let mut rows = Vec::new();
     if wanted("big-file") {
-        rows.extend(big_file(config, work.path()));
+        let mut places = Vec::new();
+        if let Some(memory) = &memory {
+            places.push(Place {
+                name: "tmpfs",
+                dir: memory.path().to_owned(),
+                syncs: false,
+            });
+        }
+        places.push(Place {
+            name: "disk",
+            dir: work.path().to_owned(),
+            syncs: true,
+        });
+        for &size in &config.sizes {
+            rows.push(sha1_row(config, size));
+            for place in &places {
+                rows.extend(big_file(config, size, place));
+            }
+        }
         rows.push(aria2_row());
     }
     if wanted("default-scenario") {
         rows.extend(default_scenario(config, scenario_root));
+    }
+    if wanted("scenarios") {
+        rows.extend(shipped_scenarios(config, scenario_root));
     }
     if wanted("many-peers") {
         rows.extend(many_peers(config, scenario_root));
@@ -227,10 +261,13 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-const USAGE: &str = "usage: cargo bench -p phile-runner --bench perf -- [--smoke] [--size SIZE] [--only SECTION]
+const USAGE: &str =
+    "usage: cargo bench -p phile-runner --bench perf -- [--smoke] [--size SIZE] [--runs N] [--only SECTION]
   --smoke         tiny sizes: checks the harness works, in seconds
-  --size SIZE     size of the big file (default 1G; K, M, G suffixes)
-  --only SECTION  big-file, default-scenario, many-peers, simulation, swarm, tracker-memory or lookups";
+  --size SIZE     size of the big file (default: 1G, then 4G; K, M, G suffixes)
+  --runs N        how many times each big-file measurement runs (default 3)
+  --only SECTION  big-file, default-scenario, scenarios, many-peers, simulation, swarm, tracker-memory or lookups
+  --bin-dir DIR   measure the phile and phile-run binaries in DIR (another build) instead of this build's";
 
 fn parse_size(text: &str) -> u64 {
     let text = text.trim().to_ascii_uppercase();
@@ -256,9 +293,22 @@ fn main() {
             // Helper modes: this binary is also the far end of a baseline.
             "--copy-send" => return copy_send(&args.next().unwrap(), Path::new(&args.next().unwrap())),
             "--echo-server" => return echo_server(),
+            "--sha1-speed" => return println!("{}", sha1_speed(args.next().unwrap().parse().unwrap()).as_nanos()),
             "--smoke" => config = Config::smoke(),
-            "--size" => config.size = parse_size(&args.next().expect("--size takes a size")),
+            "--size" => config.sizes = vec![parse_size(&args.next().expect("--size takes a size"))],
+            "--runs" => {
+                config.runs = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--runs takes a positive number")
+            }
             "--only" => config.only = args.next(),
+            "--bin-dir" => {
+                // Another build's binaries, to compare it with this one.
+                let dir = PathBuf::from(args.next().expect("--bin-dir takes a folder"));
+                (config.phile, config.phile_run) = (dir.join("phile"), dir.join("phile-run"));
+            }
             "--bench" => {} // cargo passes it
             "--help" | "-h" => return println!("{USAGE}"),
             other => {
@@ -360,6 +410,17 @@ fn tracker(config: &Config) -> (Daemon, String) {
 
 // ---------------------------------------------------------------- big file
 
+/// A file system the big file is moved on.
+struct Place {
+    /// How the table names it.
+    name: &'static str,
+    /// A folder on it, for this run only.
+    dir: PathBuf,
+    /// Whether writes there must be synced to count as stored (a disk, not
+    /// tmpfs): the baseline then syncs too, as phile does.
+    syncs: bool,
+}
+
 fn write_test_file(path: &Path, size: u64) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
     let mut block = vec![0u8; 1 << 20];
@@ -391,14 +452,25 @@ fn settle_disk() {
     unsafe { libc::sync() };
 }
 
-/// The sending end of the plain TCP copy (run in a child process).
+/// The sending end of the plain TCP copy (run in a child process): the
+/// kernel sends the file from its page cache (`sendfile`), as a tuned
+/// server would.
 fn copy_send(addr: &str, path: &Path) {
-    let mut socket = TcpStream::connect(addr).unwrap();
-    pump(&mut std::fs::File::open(path).unwrap(), &mut socket);
+    use std::os::fd::AsRawFd;
+    let socket = TcpStream::connect(addr).unwrap();
+    let file = std::fs::File::open(path).unwrap();
+    let mut left = file.metadata().unwrap().len();
+    while left > 0 {
+        // SAFETY: both descriptors are open for the whole call; a null
+        // offset makes sendfile use (and advance) the file's own position.
+        let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), std::ptr::null_mut(), 1 << 30) };
+        assert!(sent > 0, "sendfile failed: {}", std::io::Error::last_os_error());
+        left -= sent as u64;
+    }
 }
 
-/// Copies everything from `from` to `to` through a 1 MiB buffer: the plain
-/// way (std::io::copy would pick the kernel's zero-copy paths instead).
+/// Copies everything from `from` to `to` through one reused 1 MiB buffer:
+/// the receiving end of the plain copy (`recv_into`, then `write`).
 fn pump(from: &mut impl Read, to: &mut impl Write) {
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -410,9 +482,10 @@ fn pump(from: &mut impl Read, to: &mut impl Write) {
     }
 }
 
-/// A plain TCP copy of `source` between two processes, written to disk and
-/// synced like a download: the speed limit of the link and the disk.
-fn tcp_copy(config: &Config, source: &Path, target: &Path) -> Duration {
+/// A plain TCP copy of `source` between two processes, written to `target`
+/// (and synced if `sync`, like a download): the speed limit of the link
+/// and the file system, with no verification.
+fn tcp_copy(config: &Config, source: &Path, target: &Path, sync: bool) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let started = Instant::now();
@@ -430,7 +503,9 @@ fn tcp_copy(config: &Config, source: &Path, target: &Path) -> Duration {
     let (mut socket, _) = listener.accept().unwrap();
     let mut file = std::fs::File::create(target).unwrap();
     pump(&mut socket, &mut file);
-    file.sync_data().unwrap();
+    if sync {
+        file.sync_data().unwrap();
+    }
     let took = started.elapsed();
     match sender {
         Ok(mut process) => drop(process.wait()),
@@ -439,18 +514,22 @@ fn tcp_copy(config: &Config, source: &Path, target: &Path) -> Duration {
     took
 }
 
-/// SHA-1 of the file's bytes on one core: the speed limit of verification.
-fn sha1_speed(path: &Path) -> Duration {
+/// SHA-1 over `size` bytes on one core, 256 KiB at a time from a buffer of
+/// up to 64 MiB (bigger than the caches, as a stream is): the speed limit
+/// of verification.
+fn sha1_speed(size: u64) -> Duration {
+    let len = (64 << 20).min(size) as u32;
+    let buffer: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let started = Instant::now();
-    let mut file = std::fs::File::open(path).unwrap();
     let mut hasher = Sha1::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).unwrap();
-        if n == 0 {
+    let mut left = size;
+    for chunk in buffer.chunks(256 << 10).cycle() {
+        if left == 0 {
             break;
         }
-        hasher.update(&buffer[..n]);
+        let n = chunk.len().min(left as usize);
+        hasher.update(&chunk[..n]);
+        left -= n as u64;
     }
     std::hint::black_box(hasher.finalize());
     started.elapsed()
@@ -460,25 +539,132 @@ fn rate(size: u64, took: Duration) -> f64 {
     size as f64 / MIB / took.as_secs_f64()
 }
 
-fn big_file(config: &Config, work: &Path) -> Vec<Row> {
-    let size = config.size;
-    let label = human_size(size);
-    let (seeds, downloads, copies) = (work.join("seeds"), work.join("downloads"), work.join("copies"));
+/// The median, lowest and highest of `values`.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+}
+
+/// `median (lowest-highest)`, or one figure for one run.
+fn figure(values: &[f64], decimals: usize) -> String {
+    let (median, low, high) = spread(values);
+    if values.len() == 1 {
+        format!("{median:.decimals$}")
+    } else {
+        format!("{median:.decimals$} ({low:.decimals$}–{high:.decimals$})")
+    }
+}
+
+fn sha1_row(config: &Config, size: u64) -> Row {
+    // In a process of its own: its 64 MiB buffer would count in the peak
+    // memory of every process this one starts later (a child started with
+    // vfork inherits its parent's high-water mark).
+    let took = if config.helpers_in_threads {
+        sha1_speed(size)
+    } else {
+        let me = std::env::current_exe().unwrap();
+        let output = Command::new(me)
+            .args(["--sha1-speed", &size.to_string()])
+            .output()
+            .unwrap();
+        let nanos = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+        Duration::from_nanos(nanos)
+    };
+    let hash = rate(size, took);
+    row(
+        format!("{} SHA-1 on one core, MiB/s", human_size(size)),
+        "",
+        format!("{hash:.0}"),
+        "",
+    )
+}
+
+/// A scenario that writes a random file of `size` bytes on one client and
+/// downloads it to another, printing the download's time.
+fn download_script(size: u64) -> String {
+    format!(
+        "let t = tracker(0);
+let seeder = client(1);
+let downloader = client(2);
+seeder.register(t);
+downloader.register(t);
+seeder.write_random(\"big.bin\", {size});
+seeder.upload(\"big.bin\");
+let r = downloader.download(\"big.bin\");
+assert(r.ok, \"the download failed\");
+print(`download secs ${{r.secs}}`);
+"
+    )
+}
+
+/// Runs `program` to its end, keeping its standard output; returns its wall
+/// time, peak memory (MiB), whether it succeeded, and what it printed.
+// Reaped by `wait4`, which reports the child's own peak memory.
+#[allow(clippy::zombie_processes)]
+fn run_captured(program: &Path, args: &[&str]) -> (Duration, f64, bool, String) {
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let mut output = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut output).unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; status and usage are valid pointers.
+    let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let took = started.elapsed();
+    let ok = waited > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (took, usage.ru_maxrss as f64 / 1024.0, ok, output)
+}
+
+/// One scenario download of `size` bytes in `root`: the download's own
+/// time (from the script), and the peak memory of the whole `phile-run`.
+fn scenario_download(config: &Config, size: u64, root: &Path) -> (Duration, f64) {
+    std::fs::create_dir_all(root).unwrap();
+    let script = root.join("download.rhai");
+    std::fs::write(&script, download_script(size)).unwrap();
+    let clients = root.join("clients");
+    let (_, rss, ok, output) = run_captured(
+        &config.phile_run,
+        &[
+            script.to_str().unwrap(),
+            "--root",
+            clients.to_str().unwrap(),
+            "--ephemeral-ports",
+            "-q",
+        ],
+    );
+    assert!(ok, "the download scenario failed:\n{output}");
+    let secs: f64 = output
+        .lines()
+        .find_map(|line| line.strip_prefix("download secs "))
+        .and_then(|secs| secs.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no download time in {output:?}"));
+    let _ = std::fs::remove_dir_all(root);
+    (Duration::from_secs_f64(secs), rss)
+}
+
+/// Moves a file of `size` bytes on `place`, `config.runs` times each: a
+/// plain TCP copy, `phile get` from a `phile peer`, and a scenario download
+/// in `phile-run`. The copies and `phile get` alternate, so a slow moment
+/// of the machine hits both alike.
+fn big_file(config: &Config, size: u64, place: &Place) -> Vec<Row> {
+    let label = format!("{} on {}", human_size(size), place.name);
+    let base = place.dir.join(format!("big-{size}"));
+    let (seeds, downloads, copies) = (base.join("seeds"), base.join("downloads"), base.join("copies"));
     for dir in [&seeds, &downloads, &copies] {
         std::fs::create_dir_all(dir).unwrap();
     }
     let source = seeds.join("big.bin");
     write_test_file(&source, size);
 
-    settle_disk();
-    let copy = rate(size, tcp_copy(config, &source, &copies.join("big.bin")));
-    let hash = rate(size, sha1_speed(&source));
-    settle_disk();
-    let limit = copy.min(hash);
-    let limiter = if copy < hash { "TCP copy" } else { "SHA-1" };
-
-    let (_tracker, addr) = tracker(config);
-    let seeds_dir = seeds.to_str().unwrap();
+    let (tracker, addr) = tracker(config);
     let mut seeder = Daemon::start(
         &config.phile,
         &[
@@ -486,7 +672,7 @@ fn big_file(config: &Config, work: &Path) -> Vec<Row> {
             "--id",
             "1",
             "--dir",
-            seeds_dir,
+            seeds.to_str().unwrap(),
             "--tracker",
             &addr,
             "--listen",
@@ -494,47 +680,78 @@ fn big_file(config: &Config, work: &Path) -> Vec<Row> {
         ],
     );
     seeder.line(); // ready: the file is hashed and announced
-    settle_disk();
-    let (took, get_rss, ok) = run_measured(
-        &config.phile,
-        &[
-            "get",
-            "big.bin",
-            "--id",
-            "2",
-            "--dir",
-            downloads.to_str().unwrap(),
-            "--tracker",
-            &addr,
-            "--grace",
-            "0",
-        ],
-    );
-    assert!(ok, "phile get failed");
+
+    let (mut copy, mut get, mut get_ratio, mut get_rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..config.runs {
+        let target = copies.join("big.bin");
+        settle_disk();
+        let copied = rate(size, tcp_copy(config, &source, &target, place.syncs));
+        std::fs::remove_file(&target).unwrap();
+        settle_disk();
+        let id = (2 + run).to_string();
+        let (took, rss, ok) = run_measured(
+            &config.phile,
+            &[
+                "get",
+                "big.bin",
+                "--id",
+                &id,
+                "--dir",
+                downloads.to_str().unwrap(),
+                "--tracker",
+                &addr,
+                "--grace",
+                "0",
+            ],
+        );
+        assert!(ok, "phile get failed");
+        std::fs::remove_file(downloads.join("big.bin")).unwrap();
+        copy.push(copied);
+        get.push(rate(size, took));
+        get_ratio.push(rate(size, took) / copied);
+        get_rss.push(rss);
+    }
     let seeder_rss = peak_rss(seeder.pid());
-    let phile = rate(size, took);
+    drop((seeder, tracker));
+    // Room for the scenario's two copies of the file (tmpfs is memory).
+    let _ = std::fs::remove_dir_all(&base);
+
+    let (mut scenario, mut scenario_rss) = (Vec::new(), Vec::new());
+    for _ in 0..config.runs {
+        settle_disk();
+        let (took, rss) = scenario_download(config, size, &base.join("scenario"));
+        scenario.push(rate(size, took));
+        scenario_rss.push(rss);
+    }
+    let copy_median = spread(&copy).0;
+    let scenario_ratio: Vec<f64> = scenario.iter().map(|rate| rate / copy_median).collect();
+    let synced = if place.syncs { ", synced" } else { "" };
     vec![
         row(
-            format!("{label} download (verified, synced), MiB/s"),
-            format!("{phile:.0}"),
-            format!("{limit:.0} ({limiter})"),
-            format!("{:.2}", phile / limit),
-        ),
-        row(
-            format!("{label} plain TCP copy between two processes, MiB/s"),
+            format!("{label}: plain TCP copy between two processes (sendfile to recv{synced}), MiB/s"),
             "",
-            format!("{copy:.0}"),
+            figure(&copy, 0),
             "",
         ),
         row(
-            format!("{label} SHA-1 on one core, MiB/s"),
-            "",
-            format!("{hash:.0}"),
-            "",
+            format!("{label}: `phile get` download (verified{synced}), MiB/s"),
+            figure(&get, 0),
+            format!("{} (TCP copy, same runs)", figure(&copy, 0)),
+            figure(&get_ratio, 2),
         ),
         row(
-            format!("peak RSS while moving {label}: seeder / downloader, MiB"),
-            format!("{seeder_rss:.0} / {get_rss:.0}"),
+            format!("{label}: scenario download in `phile-run` (verified{synced}), MiB/s"),
+            figure(&scenario, 0),
+            format!("{copy_median:.0} (TCP copy, median)"),
+            figure(&scenario_ratio, 2),
+        ),
+        row(
+            format!("{label}: peak RSS, seeder / `phile get` / `phile-run` (both nodes), MiB"),
+            format!(
+                "{seeder_rss:.0} / {:.0} / {:.0}",
+                spread(&get_rss).2,
+                spread(&scenario_rss).2
+            ),
             "64 (target)",
             "",
         ),
@@ -602,6 +819,45 @@ fn default_scenario(config: &Config, work: &Path) -> Vec<Row> {
         ),
         format!("{:.1}", scenario.as_secs_f64() / start.as_secs_f64()),
     )]
+}
+
+/// Every shipped scenario (`scenarios/*.rhai`, and `scenarios/sim/*.rhai`
+/// with `--sim`) as a whole process, median of `config.scenario_runs`: a
+/// step that turns slow shows here by the scenario's name.
+fn shipped_scenarios(config: &Config, work: &Path) -> Vec<Row> {
+    let mut scripts = Vec::new();
+    for (folder, sim) in [(config.scenarios.clone(), false), (config.scenarios.join("sim"), true)] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "rhai"))
+            .collect();
+        found.sort();
+        scripts.extend(found.into_iter().map(|path| (path, sim)));
+    }
+    let root = work.join("shipped-root");
+    scripts
+        .iter()
+        .map(|(script, sim)| {
+            let mut args = vec![script.to_str().unwrap(), "--root", root.to_str().unwrap(), "-q"];
+            args.push(if *sim { "--sim" } else { "--ephemeral-ports" });
+            let times: Vec<f64> = (0..config.scenario_runs)
+                .map(|_| {
+                    let (took, _, ok) = run_measured(&config.phile_run, &args);
+                    assert!(ok, "scenario {} failed", script.display());
+                    took.as_secs_f64() * 1e3
+                })
+                .collect();
+            let name = script.strip_prefix(&config.scenarios).unwrap_or(script);
+            let mode = if *sim { " --sim" } else { "" };
+            row(
+                format!("scenario {}{mode}, whole process, ms", name.display()),
+                figure(&times, 1),
+                "",
+                "",
+            )
+        })
+        .collect()
 }
 
 /// The many-peers scenario for `clients` clients (bench/many_peers.rhai),

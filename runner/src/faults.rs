@@ -250,13 +250,19 @@ impl FaultyStream {
                     self.header_sent();
                 }
             }
-            State::Counting { sent, strike_at, .. } => {
-                *sent += bytes.len() as u64;
-                if sent == strike_at {
-                    self.strike();
-                }
-            }
+            State::Counting { .. } => self.counted(bytes.len() as u64),
             _ => {}
+        }
+    }
+
+    /// Accounts for `len` body bytes that went out, striking when the count
+    /// is reached.
+    fn counted(&mut self, len: u64) {
+        if let State::Counting { sent, strike_at, .. } = &mut self.state {
+            *sent += len;
+            if sent == strike_at {
+                self.strike();
+            }
         }
     }
 
@@ -374,5 +380,129 @@ impl Stream for FaultyStream {
             .as_ref()
             .expect("the stream is held until dropped")
             .peer_addr()
+    }
+
+    /// A file body sent through the kernel is counted like written bytes:
+    /// the send is cut at the fault's byte, which then strikes.
+    fn poll_send_file(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        match self.state {
+            State::Dead => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            State::Stalled => return self.poll_downloader_gone(cx).map(Err),
+            // The header frame is still going out: its bytes must be seen,
+            // so they go through `poll_write` (they always do: frames are
+            // flushed before a body starts).
+            State::Listening(_) | State::Armed { .. } => return Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+            State::Counting { .. } | State::Clear => {}
+        }
+        let allowed = self.allowance(len);
+        let polled = self.inner().poll_send_file(cx, file, offset, allowed);
+        if let Poll::Ready(Ok(sent)) = polled {
+            self.counted(sent as u64);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use phile_core::connection::{Connection, ConnectionError};
+    use phile_core::host::accept;
+    use phile_core::protocol::ClientId;
+    use phile_core::storage::Folder;
+
+    use super::*;
+
+    /// A peer server holding `len` bytes as "f", with a kill armed after
+    /// `after` of them, serving one downloader over real TCP: what the
+    /// downloader's receiving ended with, and the byte count the crash was
+    /// told of.
+    async fn download_with_kill_after(len: usize, after: u64) -> (Result<(), ConnectionError>, Option<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        let file: FileName = "f".parse().unwrap();
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        folder.write(&file, bytes).await.unwrap();
+
+        let faults = Arc::new(Faults::default());
+        let crashed = Arc::new(Mutex::new(None));
+        let seen = crashed.clone();
+        faults.on_crash(Box::new(move |_, _, sent| *seen.lock().unwrap() = Some(sent)));
+        faults.arm(Fault {
+            kind: FaultKind::Kill,
+            file: file.clone(),
+            after,
+        });
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener: BoxListener = Box::new(FaultyListener::new(tcp.into(), faults));
+        let server = tokio::spawn(async move {
+            let (stream, _) = accept(&mut listener).await.unwrap();
+            let mut connection = Connection::new(stream, Duration::from_secs(5)).unwrap();
+            let _: Option<Request<PeerRequest>> = connection.read().await.unwrap();
+            let mut held = folder.open_file(&file).await.unwrap();
+            let info = held.info();
+            connection.write(&PeerReply::File { info }).await.unwrap();
+            // Fails once the fault strikes; the connection then closes.
+            let _ = connection.write_body(&mut held, info.size).await;
+        });
+
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut connection = Connection::new(Box::new(stream), Duration::from_secs(5)).unwrap();
+        let get = PeerRequest::Get {
+            file: "f".parse().unwrap(),
+            client: ClientId(2),
+        };
+        connection
+            .write(&Request {
+                trace: Trace::default(),
+                body: get,
+            })
+            .await
+            .unwrap();
+        let header: Option<PeerReply> = connection.read().await.unwrap();
+        let Some(PeerReply::File { info }) = header else {
+            panic!("no file header: {header:?}");
+        };
+        let received = connection.read_body(info.size, &mut Discard).await;
+        server.await.unwrap();
+        let sent = *crashed.lock().unwrap();
+        (received, sent)
+    }
+
+    /// Keeps nothing of what arrives: the error of an incomplete body says
+    /// how much did.
+    struct Discard;
+
+    impl phile_core::connection::BodySink for Discard {
+        fn buffer(&mut self) -> Vec<u8> {
+            Vec::new()
+        }
+
+        async fn accept(&mut self, _chunk: Vec<u8>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kill_strikes_at_its_exact_byte_when_the_kernel_sends_the_file() {
+        // A few MiB: the body goes out in several kernel sends, the fault
+        // falling inside one of them.
+        for after in [0, 1, 65_537, 3_000_001] {
+            let (received, crashed) = download_with_kill_after(5_000_000, after).await;
+            assert_eq!(crashed, Some(after), "the crash was told another count");
+            assert!(
+                matches!(received, Err(ConnectionError::ClosedMidBody { received, .. }) if received == after),
+                "{received:?}"
+            );
+        }
     }
 }

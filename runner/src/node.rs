@@ -133,14 +133,6 @@ impl Node {
         matches!(self, Node::Client(node) if node.client.is_stopped())
     }
 
-    /// Resolves when the node stops, for whatever reason.
-    pub async fn stopped(&self) {
-        match self {
-            Node::Tracker(_) => std::future::pending().await,
-            Node::Client(node) => node.client.stopped().await,
-        }
-    }
-
     /// Stops the node and waits until its tasks are gone.
     pub async fn shutdown(&self) {
         match self {

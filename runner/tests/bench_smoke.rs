@@ -11,10 +11,16 @@ fn the_benchmark_runs_end_to_end_at_smoke_size() {
     let measures: Vec<&str> = rows.iter().map(|row| row.what.as_str()).collect();
     for expected in [
         "download",
+        "on tmpfs",
+        "on disk",
         "TCP copy",
+        "`phile get` download",
+        "scenario download in `phile-run`",
         "SHA-1",
         "peak RSS",
         "default scenario",
+        "scenario default.rhai, whole process",
+        "scenario sim/crash_during_transfer.rhai --sim",
         "clients x 5 downloads",
         "--sim: 40 clients",
         "registering one by one",

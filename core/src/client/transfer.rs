@@ -268,7 +268,11 @@ struct Counted<'a, S> {
 }
 
 impl<S: BodySink + Send> BodySink for Counted<'_, S> {
-    async fn accept(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+    fn buffer(&mut self) -> Vec<u8> {
+        self.sink.buffer()
+    }
+
+    async fn accept(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
         self.received += chunk.len() as u64;
         self.sink.accept(chunk).await?;
         self.progress.advance(self.file, self.received);

@@ -14,7 +14,7 @@ use phile_core::Trace;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
-use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError, WallTime};
+use super::{loopback, past_time_limit, Backend, Deadline, FileBudget, NodeKey, StartError, WallTime};
 use crate::command::{Command, Reply};
 use crate::node::{Environment, Node, NodeSpec};
 
@@ -32,6 +32,8 @@ pub struct Local {
     deadline: Deadline,
     /// The wall clock of the run.
     time: WallTime,
+    /// File descriptors left for more nodes.
+    files: FileBudget,
 }
 
 impl Local {
@@ -49,6 +51,7 @@ impl Local {
             ephemeral_ports,
             deadline,
             time: WallTime::starting(deadline),
+            files: FileBudget::default(),
         })
     }
 
@@ -63,7 +66,7 @@ impl Local {
 
 impl Backend for Local {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
-        super::check_file_budget()?;
+        self.files.reserve_node()?;
         let addr = loopback(port, self.ephemeral_ports);
         let listener = self
             .runtime()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use phile_core::events::EventSink;
 use phile_core::Trace;
 
-use super::{loopback, past_time_limit, Backend, Deadline, NodeKey, StartError, WallTime};
+use super::{loopback, past_time_limit, Backend, Deadline, FileBudget, NodeKey, StartError, WallTime};
 use crate::agent::{Body, Line, Request};
 use crate::command::{Command, NodeError, Reply};
 use crate::node::NodeSpec;
@@ -35,6 +35,8 @@ pub struct Processes {
     deadline: Deadline,
     /// The wall clock of the run.
     time: WallTime,
+    /// File descriptors left for more nodes.
+    files: FileBudget,
 }
 
 impl Processes {
@@ -48,6 +50,7 @@ impl Processes {
             ephemeral_ports,
             deadline,
             time: WallTime::starting(deadline),
+            files: FileBudget::default(),
         }
     }
 
@@ -58,7 +61,7 @@ impl Processes {
 
 impl Backend for Processes {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
-        super::check_file_budget()?;
+        self.files.reserve_node()?;
         let mut args = vec![
             "--listen".to_owned(),
             loopback(port, self.ephemeral_ports).to_string(),

@@ -21,11 +21,11 @@
 //! pass to the next delayed packet or timer. A crash takes the host down:
 //! its tasks are aborted and its sockets closed, as a machine's would be.
 //!
-//! turmoil-net fixes its set of hosts when the network is entered, and scans
-//! every host at each step, so the simulator starts with room for a few
-//! dozen nodes; a script that creates more makes the run start over with
-//! twice the room ([`OutOfHosts`]). The run being deterministic, the new
-//! attempt repeats the first exactly up to where it stopped.
+//! turmoil-net fixes its set of hosts when the network is entered, so the
+//! simulator starts with room for [`FIRST_CAPACITY`] nodes; a script that
+//! creates more makes the run start over with [`GROWTH`] times the room
+//! ([`OutOfHosts`]). The run being deterministic, the new attempt repeats
+//! the first exactly up to where it stopped.
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
@@ -56,6 +56,12 @@ use crate::node::{Environment, HostCrash, Node, NodeSpec};
 /// small scenario 10 ms and spares most big ones a restart.
 pub const FIRST_CAPACITY: usize = 1024;
 
+/// How much more room each new attempt makes. An attempt repeats all the
+/// work of the one before, so growing by four keeps the repeated work under
+/// a third of the final run's (doubling cost 10,000 clients 2.5 times the
+/// work), while the room stays within four times what the script needs.
+pub const GROWTH: usize = 4;
+
 /// How long a settling operation may let virtual time pass waiting for
 /// what only a timeout brings about (a partitioned client's session timing
 /// out at the tracker).
@@ -79,7 +85,9 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     /// The host of each client, by id: it keeps it across restarts.
     client_hosts: HashMap<u64, (HostId, IpAddr)>,
-    /// Hosts not yet given to a node, in order.
+    /// The latest node started on each host.
+    node_on_host: HashMap<HostId, NodeKey>,
+    /// Hosts not yet given to a node, the next one last.
     free_hosts: Vec<(HostId, IpAddr)>,
     /// How many hosts this attempt has.
     capacity: usize,
@@ -125,7 +133,9 @@ impl Sim {
             .mtu(65536)
             .default_backlog(4096);
         let mut net = Net::with_config(config);
+        // Reversed, so that popping hands out the hosts in address order.
         let free_hosts = (0..capacity)
+            .rev()
             .map(|index| {
                 let ip = host_ip(index);
                 (net.add_host(ip), ip)
@@ -145,6 +155,7 @@ impl Sim {
         Ok(Sim {
             nodes: Vec::new(),
             client_hosts: HashMap::new(),
+            node_on_host: HashMap::new(),
             free_hosts,
             capacity,
             scheduler,
@@ -175,12 +186,11 @@ impl Sim {
         if let Some(host) = client.and_then(|id| self.client_hosts.get(&id)) {
             return Ok(*host);
         }
-        if self.free_hosts.is_empty() {
+        let Some(host) = self.free_hosts.pop() else {
             return Err(OutOfHosts {
-                needed: self.capacity * 2,
+                needed: self.capacity * GROWTH,
             });
-        }
-        let host = self.free_hosts.remove(0);
+        };
         if let Some(id) = client {
             self.client_hosts.insert(id, host);
         }
@@ -201,12 +211,12 @@ impl Sim {
         }
     }
 
-    /// Drops the nodes whose host crashed, on their host.
+    /// Drops the nodes whose host crashed, on their host. Only the crashed
+    /// ones are visited: this runs after every step of the script.
     fn bury_crashed(&mut self) {
-        for key in 0..self.nodes.len() {
-            if self.nodes[key].crashed.load(Ordering::SeqCst) {
-                self.drop_node(NodeKey(key));
-            }
+        let crashed = std::mem::take(&mut *self.scheduler.crashed.lock().expect("crashes poisoned"));
+        for key in crashed {
+            self.drop_node(key);
         }
     }
 
@@ -331,9 +341,10 @@ impl Backend for Sim {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
         let (host, ip) = self.host_for(spec.client)?;
         // A restarted client's old node is gone for good.
-        if let Some(old) = self.nodes.iter().rposition(|node| node.host == host) {
-            self.drop_node(NodeKey(old));
+        if let Some(&old) = self.node_on_host.get(&host) {
+            self.drop_node(old);
         }
+        let key = NodeKey(self.nodes.len());
         turmoil_net::set_current(host);
         let _inside = self.runtime().enter();
         let listener = self
@@ -347,7 +358,7 @@ impl Backend for Sim {
                 scheduler: self.scheduler.clone(),
             }),
             events: self.events.clone(),
-            crash: self.scheduler.crash_of(host, crashed.clone()),
+            crash: self.scheduler.crash_of(host, key, crashed.clone()),
         };
         let listener: BoxListener = Box::new(SimListener(listener));
         let node = Node::start(spec, listener, environment).map_err(|error| StartError::Other(error.to_string()))?;
@@ -359,7 +370,8 @@ impl Backend for Sim {
             node: Some(Arc::new(node)),
             crashed,
         });
-        Ok(NodeKey(self.nodes.len() - 1))
+        self.node_on_host.insert(host, key);
+        Ok(key)
     }
 
     fn addr(&self, node: NodeKey) -> SocketAddr {
@@ -640,6 +652,8 @@ struct Scheduler {
     /// Each host's tasks, to abort them all when it crashes. A std mutex:
     /// held for a push or a sweep.
     tasks: Mutex<HashMap<HostId, Vec<HostTask>>>,
+    /// Nodes whose host crashed since the harness last buried them.
+    crashed: Mutex<Vec<NodeKey>>,
 }
 
 /// A task of a host: how to abort it, and its waker (to count it as ready
@@ -687,12 +701,14 @@ impl Scheduler {
         list.push((handle.abort_handle(), waker));
     }
 
-    /// What crashing `host` does: mark it, and abort all its tasks.
-    fn crash_of(self: &Arc<Self>, host: HostId, crashed: Arc<AtomicBool>) -> HostCrash {
+    /// What crashing `host` (running `node`) does: mark it, and abort all
+    /// its tasks.
+    fn crash_of(self: &Arc<Self>, host: HostId, node: NodeKey, crashed: Arc<AtomicBool>) -> HostCrash {
         let scheduler = Arc::downgrade(self);
         Arc::new(move || {
             crashed.store(true, Ordering::SeqCst);
             if let Some(scheduler) = scheduler.upgrade() {
+                scheduler.crashed.lock().expect("crashes poisoned").push(node);
                 let tasks = scheduler.tasks.lock().expect("tasks poisoned").remove(&host);
                 for (task, waker) in tasks.into_iter().flatten() {
                     // tokio runs the cancellation without our waker: count
