@@ -49,7 +49,7 @@ use crate::protocol::{
 };
 use crate::storage::{PartFile, StorageError};
 use crate::swarm::scheduler::{Arrival, Scheduler};
-use crate::swarm::wire::{self, Outbound};
+use crate::swarm::wire;
 use crate::swarm::Partial;
 use crate::trace;
 
@@ -104,8 +104,9 @@ pub struct SwarmStart {
 
 /// What a connection to one peer reports to the download.
 enum Heard {
-    /// Connected: the peer holds `bits`; requests go out on `out`.
-    Joined(Outbound, Bitfield),
+    /// Connected: the peer holds `bits`; requests go out through the
+    /// sender (the connection writes them).
+    Joined(Requests, Bitfield),
     /// The piece hashes.
     Layer(Vec<Digest>),
     /// A piece's bytes.
@@ -120,6 +121,11 @@ enum Heard {
     Ended(Option<Problem>),
 }
 
+/// Requests to one peer, written by its connection's task: the download's
+/// loop never waits on a peer's socket (two peers that each wait to write
+/// to the other while neither reads would stall until the idle timeout).
+type Requests = mpsc::UnboundedSender<Request<PeerRequest>>;
+
 /// A checked piece on its way to disk.
 type Checking = Pin<Box<dyn Future<Output = (ClientId, usize, Result<bool, StorageError>)> + Send>>;
 
@@ -129,7 +135,7 @@ type Link = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A peer the download talks to.
 struct Peer {
     /// Where requests go.
-    out: Outbound,
+    out: Requests,
     /// When it last sent something asked for (or was connected).
     progress: Instant,
     /// Whether it was told a piece of its was bad (it closes next).
@@ -474,10 +480,30 @@ impl<'a> Run<'a> {
                     .map(|bytes| bytes.to_vec())
                 {
                     Ok(bytes) => match Bitfield::from_bytes(layout.count(), bytes) {
-                        Ok(bits) => match tell.send((peer, Heard::Joined(out, bits))).await {
-                            Ok(()) => listen(&mut inbound, layout, peer, &tell).await,
-                            Err(_) => return, // the download is over
-                        },
+                        Ok(bits) => {
+                            let (requests, mut queued) = mpsc::unbounded_channel::<Request<PeerRequest>>();
+                            if tell.send((peer, Heard::Joined(requests, bits))).await.is_err() {
+                                return; // the download is over
+                            }
+                            let mut out = out;
+                            let writing = async move {
+                                while let Some(request) = queued.recv().await {
+                                    if out.message(&request).await.is_err() {
+                                        return Some(Problem::Cut);
+                                    }
+                                }
+                                None
+                            };
+                            tokio::select! {
+                                biased;
+                                ended = listen(&mut inbound, layout, peer, &tell) => ended,
+                                cut = writing => match cut {
+                                    Some(problem) => Some(problem),
+                                    // The download let the peer go.
+                                    None => return,
+                                },
+                            }
+                        }
                         Err(_) => Some(Problem::Garbled),
                     },
                     Err(error) => Some(connection_problem(&error)),
@@ -563,7 +589,7 @@ impl<'a> Run<'a> {
             trace: Trace::default(),
             body: request,
         };
-        if link.out.message(&request).await.is_ok() {
+        if link.out.send(request).is_ok() {
             return true;
         }
         self.broken.push(peer);
@@ -657,7 +683,7 @@ impl<'a> Run<'a> {
         };
         if let Some(link) = self.peers.get_mut(&peer) {
             link.blamed = true;
-            if link.out.message(&complaint).await.is_err() {
+            if link.out.send(complaint).is_err() {
                 self.peers.remove(&peer);
             }
         }
