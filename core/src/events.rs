@@ -6,6 +6,7 @@
 //! [`Trace`] of the request that caused them, never a time or a port, so a log
 //! built from them is the same on every run.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,12 +94,26 @@ pub enum Event {
     DownloadFinished {
         /// The file.
         file: FileName,
-        /// The peer that delivered it.
-        from: ClientId,
+        /// The peer that delivered it (a whole-file download only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<ClientId>,
         /// Its size.
         bytes: u64,
         /// Its SHA-1.
         sha1: Digest,
+        /// Whether it came in pieces from a swarm.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        swarm: bool,
+        /// For a swarm download, the bytes of checked pieces each peer
+        /// sent. How much each peer sends depends on timing, so a log that
+        /// must repeat over real networks leaves it out
+        /// ([`Event::without_timing`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::protocol::client_keys::option"
+        )]
+        sources: Option<BTreeMap<ClientId, u64>>,
     },
     /// A download ended without the file.
     DownloadFailed {
@@ -150,6 +165,32 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// This event without what depends on the timing of a real network
+    /// (how many bytes each peer of a swarm sent): what a log that must
+    /// be the same on every run over TCP keeps.
+    pub fn without_timing(self) -> Event {
+        match self {
+            Event::DownloadFinished {
+                file,
+                from,
+                bytes,
+                sha1,
+                swarm,
+                ..
+            } => Event::DownloadFinished {
+                file,
+                from,
+                bytes,
+                sha1,
+                swarm,
+                sources: None,
+            },
+            other => other,
+        }
+    }
+}
+
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -159,11 +200,25 @@ impl fmt::Display for Event {
             Event::FileSent { file, to, bytes } => write!(f, "sent {file} ({bytes} bytes) to {to}"),
             Event::DownloadFinished {
                 file,
-                from,
+                from: Some(from),
                 bytes,
                 sha1,
+                ..
             } => {
                 write!(f, "stored {file} ({bytes} bytes, sha1 {sha1}) from {from}")
+            }
+            Event::DownloadFinished {
+                file,
+                bytes,
+                sha1,
+                sources,
+                ..
+            } => {
+                let peers = sources.as_ref().map_or(0, BTreeMap::len);
+                write!(
+                    f,
+                    "stored {file} ({bytes} bytes, sha1 {sha1}) in pieces from {peers} peers"
+                )
             }
             Event::DownloadFailed { file, error } => write!(f, "download of {file} failed: {error}"),
             Event::TransferRejected { file, peer, reason } => write!(f, "rejected {peer} for {file}: it {reason}"),

@@ -27,6 +27,24 @@
 //! reports the holder (`Report`), which only stops the tracker offering that
 //! holder *to that downloader*, and looks up again (`Lookup { file,
 //! failover: true }`). Nobody but the holder itself can unlist its copy.
+//!
+//! A swarm download (pieces from several peers at once, see
+//! [`crate::pieces`]) opens one connection to each peer it draws from:
+//!
+//! ```text
+//! downloader -> tracker   Swarm { file, fresh }    tracker -> downloader  Swarm { info, root, peers } | NoPeer
+//! downloader -> peer      Join { file, sha1, piece_size }
+//!                                                  peer -> downloader     Joined { pieces } + bitfield bytes
+//! downloader -> peer      Layer                    peer -> downloader     Layer { pieces } + 20 bytes a piece
+//! downloader -> peer      Piece { index } (several in flight)
+//!                                                  peer -> downloader     Piece { index } + the piece's bytes
+//!                                                  peer -> downloader     Have { index } (whenever it gains one)
+//! downloader -> peer      Cancel { index }         (endgame: it came from elsewhere)
+//! downloader -> peer      BadPiece { index }       peer -> downloader     Checked, then it closes
+//! ```
+//!
+//! Bitfields, layers and pieces are raw bytes after their header frame, as
+//! a whole file is: they can be larger than a frame.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -58,6 +76,21 @@ pub const STATUS_HOLDERS_PER_FRAME: usize = 2000;
 /// or accepted as names, so a half-written file can never be mistaken for a
 /// whole one.
 pub const PARTIAL_SUFFIX: &str = ".phile-part";
+
+/// The suffix of a swarm download's partial file, kept across restarts so
+/// that an interrupted download resumes. Never listed, served or accepted
+/// as a name.
+pub const SWARM_PART_SUFFIX: &str = ".phile-swarm";
+
+/// The suffix of the record of which pieces of a swarm download's partial
+/// file are verified. Never listed, served or accepted as a name.
+pub const PIECES_SUFFIX: &str = ".phile-pieces";
+
+/// The suffixes no file name may end with: phile's own files.
+pub const RESERVED_SUFFIXES: [&str; 3] = [PARTIAL_SUFFIX, SWARM_PART_SUFFIX, PIECES_SUFFIX];
+
+/// The most peers one swarm answer of the tracker lists.
+pub const SWARM_PEERS_PER_ANSWER: usize = 40;
 
 /// The codec that cuts a byte stream into frames (and back).
 pub fn frame_codec() -> LengthDelimitedCodec {
@@ -174,7 +207,7 @@ impl TryFrom<String> for FileName {
         if let Some(c) = name.chars().find(|c| c.is_control()) {
             return Err(InvalidFileName::Control(name, c));
         }
-        if name.ends_with(PARTIAL_SUFFIX) {
+        if RESERVED_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
             return Err(InvalidFileName::Reserved(name));
         }
         Ok(FileName(name))
@@ -215,8 +248,10 @@ pub enum InvalidFileName {
         "invalid file name {0:?}: it contains the control character {1:?}; file names cannot hold control characters"
     )]
     Control(String, char),
-    /// Ends with the suffix reserved for downloads in progress.
-    #[error("invalid file name {0:?}: names ending in {PARTIAL_SUFFIX:?} are reserved for downloads in progress")]
+    /// Ends with a suffix reserved for downloads in progress.
+    #[error(
+        "invalid file name {0:?}: names ending in {PARTIAL_SUFFIX:?}, {SWARM_PART_SUFFIX:?} or {PIECES_SUFFIX:?} are reserved for downloads in progress"
+    )]
     Reserved(String),
 }
 
@@ -332,6 +367,11 @@ pub enum TrackerRequest {
         file: FileName,
         /// Its size and SHA-1.
         info: FileInfo,
+        /// The root of its hash tree ([`crate::pieces`]): what swarm
+        /// downloads check pieces against. Recorded with the size and
+        /// SHA-1 at the first announce, and part of the content: a later
+        /// announce must match it.
+        root: Digest,
     },
     /// "Who holds `file`?" The answer never names the asker, nor a holder
     /// the asker reported (`Report`) during this download.
@@ -344,6 +384,21 @@ pub enum TrackerRequest {
         /// whose trouble was passing gets a fresh chance.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         failover: bool,
+    },
+    /// "I am downloading `file` in pieces": the tracker records the asker
+    /// as a member of the file's swarm (offered to other swarm downloads,
+    /// never to whole-file ones) until it announces the whole file,
+    /// withdraws it or goes, and answers with up to
+    /// [`SWARM_PEERS_PER_ANSWER`] other members and holders, chosen at
+    /// random, never the asker nor a peer it reported during this
+    /// download.
+    Swarm {
+        /// The file wanted.
+        file: FileName,
+        /// Whether a new download begins (the first ask of a download):
+        /// the tracker then forgets the asker's reports about `file`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fresh: bool,
     },
     /// "I am leaving": the tracker forgets the client and what it held, and
     /// the client closes the session after the `Ack`.
@@ -405,6 +460,8 @@ pub enum Problem {
     WrongSize,
     /// The bytes did not hash to the tracker's record.
     WrongContent,
+    /// A piece did not hash to its entry in the file's hash tree.
+    WrongPiece,
 }
 
 impl Problem {
@@ -420,6 +477,7 @@ impl Problem {
             Problem::Garbled => "answered with garbage",
             Problem::WrongSize => "offered the wrong size",
             Problem::WrongContent => "sent content with the wrong SHA-1",
+            Problem::WrongPiece => "sent a piece that failed its hash",
         }
     }
 
@@ -444,6 +502,18 @@ pub enum TrackerReply {
         addr: SocketAddr,
         /// The size and SHA-1 the tracker recorded for the file.
         info: FileInfo,
+        /// The root of the file's hash tree the tracker recorded.
+        root: Digest,
+    },
+    /// The answer to a [`TrackerRequest::Swarm`]: what the file must be,
+    /// and peers to draw pieces from.
+    Swarm {
+        /// The size and SHA-1 the tracker recorded for the file.
+        info: FileInfo,
+        /// The root of the file's hash tree the tracker recorded.
+        root: Digest,
+        /// Other members of the swarm (at most [`SWARM_PEERS_PER_ANSWER`]).
+        peers: Vec<SwarmPeer>,
     },
     /// Nobody (else) holds the file.
     NoPeer,
@@ -476,6 +546,17 @@ pub enum TrackerReply {
     StatusEnd,
 }
 
+/// A peer a swarm answer names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmPeer {
+    /// The peer.
+    pub peer: ClientId,
+    /// Where its peer server listens.
+    pub addr: SocketAddr,
+    /// Whether it announced the whole file (else it is downloading it).
+    pub complete: bool,
+}
+
 /// What a downloader asks of a peer, on a fresh connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -495,6 +576,40 @@ pub enum PeerRequest {
         /// The SHA-1 the downloader computed.
         sha1: Digest,
     },
+    /// "Let us trade pieces of version `sha1` of `file`, cut into pieces
+    /// of `piece_size` bytes": opens a swarm conversation. The peer
+    /// answers with the pieces it holds ([`PeerReply::Joined`]), in
+    /// pieces of that size whatever size it downloads in itself.
+    Join {
+        /// The file.
+        file: FileName,
+        /// Who asks.
+        client: ClientId,
+        /// The version (the tracker's record).
+        sha1: Digest,
+        /// The piece size of the conversation, in bytes.
+        piece_size: u64,
+    },
+    /// "Send me the piece hashes" (for the conversation's piece size).
+    Layer,
+    /// "Send me piece `index`." Several may be in flight; they are
+    /// answered in order.
+    Piece {
+        /// The piece.
+        index: u64,
+    },
+    /// "Never mind piece `index`": it came from another peer.
+    Cancel {
+        /// The piece.
+        index: u64,
+    },
+    /// "Piece `index` you sent failed its hash": the peer checks its own
+    /// copy, answers [`PeerReply::Checked`] and closes the connection; the
+    /// downloader asks it nothing more.
+    BadPiece {
+        /// The piece.
+        index: u64,
+    },
 }
 
 /// A peer's answer to [`PeerRequest::Get`].
@@ -511,6 +626,92 @@ pub enum PeerReply {
         /// A sentence for the user.
         reason: String,
     },
+    /// The answer to a [`PeerRequest::Join`]: a bitfield of `pieces` bits
+    /// (one a piece held, the first piece in the high bit) follows, as
+    /// `pieces.div_ceil(8)` raw bytes.
+    Joined {
+        /// How many pieces the file has.
+        pieces: u64,
+    },
+    /// The answer to [`PeerRequest::Layer`]: the hash of every piece
+    /// follows, `pieces` × 20 raw bytes.
+    Layer {
+        /// How many pieces the file has.
+        pieces: u64,
+    },
+    /// Piece `index` follows, as raw bytes (its length is the layout's).
+    Piece {
+        /// The piece.
+        index: u64,
+    },
+    /// The peer does not hold piece `index` (any more).
+    Missing {
+        /// The piece.
+        index: u64,
+    },
+    /// The peer gained piece `index` (pushed, between answers).
+    Have {
+        /// The piece.
+        index: u64,
+    },
+    /// The peer checked its copy after a [`PeerRequest::BadPiece`]; it
+    /// closes the connection next.
+    Checked,
+}
+
+/// Serde for maps keyed by client id (bytes per peer of a swarm download):
+/// JSON writes the keys as strings, and a map read back through a buffer
+/// (an internally tagged enum, such as an event or a reply between
+/// processes) no longer knows they were numbers, so they are parsed here.
+pub mod client_keys {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ClientId;
+
+    /// The map as JSON writes it: string keys.
+    pub fn serialize<S: Serializer>(map: &BTreeMap<ClientId, u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        map.serialize(serializer)
+    }
+
+    /// The map, its keys parsed.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<ClientId, u64>, D::Error> {
+        let raw = BTreeMap::<String, u64>::deserialize(deserializer)?;
+        raw.into_iter()
+            .map(|(key, bytes)| match key.parse() {
+                Ok(id) => Ok((ClientId(id), bytes)),
+                Err(_) => Err(D::Error::custom(format!("{key:?} is not a client id"))),
+            })
+            .collect()
+    }
+
+    /// [`serialize`] and [`deserialize`] for an optional map.
+    pub mod option {
+        use std::collections::BTreeMap;
+
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        use super::ClientId;
+
+        /// The map, if any, as JSON writes it.
+        pub fn serialize<S: Serializer>(
+            map: &Option<BTreeMap<ClientId, u64>>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            map.serialize(serializer)
+        }
+
+        /// The map, if any, its keys parsed.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<BTreeMap<ClientId, u64>>, D::Error> {
+            #[derive(Deserialize)]
+            struct Keys(#[serde(with = "super")] BTreeMap<ClientId, u64>);
+            Ok(Option::<Keys>::deserialize(deserializer)?.map(|Keys(map)| map))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -554,6 +755,15 @@ mod tests {
             TrackerRequest::Announce {
                 file: file("test1.txt"),
                 info: info(),
+                root: Digest([7; 20]),
+            },
+            TrackerRequest::Swarm {
+                file: file("big.iso"),
+                fresh: true,
+            },
+            TrackerRequest::Swarm {
+                file: file("big.iso"),
+                fresh: false,
             },
             TrackerRequest::Lookup {
                 file: file("test1.txt"),
@@ -592,6 +802,16 @@ mod tests {
                 peer: ClientId(10000),
                 addr: "127.0.0.1:10000".parse().unwrap(),
                 info: info(),
+                root: Digest([7; 20]),
+            },
+            TrackerReply::Swarm {
+                info: info(),
+                root: Digest([7; 20]),
+                peers: vec![SwarmPeer {
+                    peer: ClientId(10001),
+                    addr: "127.0.0.1:10001".parse().unwrap(),
+                    complete: false,
+                }],
             },
             TrackerReply::NoPeer,
             TrackerReply::Refused { reason: "no".into() },
@@ -613,6 +833,16 @@ mod tests {
                 client: ClientId(10002),
             },
             PeerRequest::Received { sha1: info().sha1 },
+            PeerRequest::Join {
+                file: file("big.iso"),
+                client: ClientId(10002),
+                sha1: info().sha1,
+                piece_size: 262_144,
+            },
+            PeerRequest::Layer,
+            PeerRequest::Piece { index: 3 },
+            PeerRequest::Cancel { index: 3 },
+            PeerRequest::BadPiece { index: 4 },
         ]
         .into_iter()
         .map(|body| Request { trace, body })
@@ -620,6 +850,12 @@ mod tests {
         let peer_replies = vec![
             PeerReply::File { info: info() },
             PeerReply::Refused { reason: "gone".into() },
+            PeerReply::Joined { pieces: 64 },
+            PeerReply::Layer { pieces: 64 },
+            PeerReply::Piece { index: 3 },
+            PeerReply::Missing { index: 3 },
+            PeerReply::Have { index: 9 },
+            PeerReply::Checked,
         ];
         Samples {
             tracker_requests,
@@ -643,6 +879,38 @@ mod tests {
             assert_eq!(&decode::<T>(&payload).unwrap(), message);
             assert!(wire.is_empty(), "the frame was not consumed whole");
         }
+    }
+
+    #[test]
+    fn bytes_per_peer_survive_a_round_trip_inside_a_tagged_event() {
+        // Events and replies cross between processes as internally tagged
+        // JSON, which reads a map through a buffer: the keys must still
+        // come back as client ids.
+        let sources: std::collections::BTreeMap<ClientId, u64> = [(ClientId(7), 5), (ClientId(22002), 9)].into();
+        let event = crate::events::Event::DownloadFinished {
+            file: "f".parse().unwrap(),
+            from: None,
+            bytes: 14,
+            sha1: Digest([0; 20]),
+            swarm: true,
+            sources: Some(sources.clone()),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""sources":{"7":5,"22002":9}"#), "{json}");
+        assert_eq!(serde_json::from_str::<crate::events::Event>(&json).unwrap(), event);
+        let swarmed = crate::client::Swarmed {
+            sources,
+            resumed: 0,
+            piece_size: 16384,
+        };
+        let wrapped = serde_json::json!({ "type": "x", "swarm": swarmed });
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Tagged {
+            X { swarm: crate::client::Swarmed },
+        }
+        let Tagged::X { swarm } = serde_json::from_value(wrapped).unwrap();
+        assert_eq!(swarm, swarmed);
     }
 
     #[test]
@@ -684,6 +952,21 @@ mod tests {
             holders,
         };
         assert!(matches!(encode(&reply), Err(ProtocolError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_full_swarm_answer_fits_a_frame() {
+        let peer = SwarmPeer {
+            peer: ClientId(u64::MAX),
+            addr: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".parse().unwrap(),
+            complete: false,
+        };
+        let reply = TrackerReply::Swarm {
+            info: info(),
+            root: Digest([0xff; 20]),
+            peers: vec![peer; SWARM_PEERS_PER_ANSWER],
+        };
+        assert!(encode(&reply).unwrap().len() < MAX_FRAME_LEN / 8);
     }
 
     #[test]
@@ -744,6 +1027,8 @@ mod tests {
             "del\u{7f}",
             "c1\u{9b}31m",
             "x.phile-part",
+            "x.phile-swarm",
+            "x.phile-pieces",
             &"n".repeat(256),
         ] {
             assert!(bad.parse::<FileName>().is_err(), "{bad:?} was accepted");

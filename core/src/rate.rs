@@ -1,12 +1,14 @@
 //! Rate caps: a client's upload and download, over all its peer transfers
 //! together, each held to a number of bytes per second.
 //!
-//! Each direction is a token bucket on tokio's clock, so the same code
+//! Each direction is a schedule on tokio's clock, so the same code
 //! throttles real transfers in real time and simulated ones in virtual time.
-//! A transfer may move bytes while its bucket is not in debt, and what it
-//! moves is charged afterwards (possibly into debt); the next move waits
-//! until the debt is paid. Moves are cut to [`QUANTUM`] bytes, so a cap
-//! holds to within a quantum whatever the read and write sizes are.
+//! Before a stream moves bytes it reserves the time they take at the cap,
+//! after every move reserved before, and waits for its turn; what it did
+//! not move is given back. Streams that share a cap thus take turns, in the
+//! order they asked, and each gets its share. Moves are cut to [`QUANTUM`]
+//! bytes, so a cap holds to within a quantum whatever the read and write
+//! sizes are.
 //!
 //! The caps wrap the streams a client uses with other peers ([`Throttled`]);
 //! its tracker session is never throttled.
@@ -59,8 +61,8 @@ impl RateLimits {
         Box::new(Throttled {
             inner: stream,
             limits: self.clone(),
-            read_wait: None,
-            write_wait: None,
+            read_turn: Turn::Free,
+            write_turn: Turn::Free,
         })
     }
 
@@ -73,23 +75,28 @@ impl RateLimits {
     }
 }
 
-/// One direction's token bucket.
+/// One direction's schedule: the bytes it may move, in the order they were
+/// asked for.
 #[derive(Debug, Default)]
 struct Bucket {
     /// Bytes per second; 0: no cap. Atomic, so an uncapped stream never
     /// takes the lock.
     rate: AtomicU64,
-    /// The balance, guarded by a std mutex (never held across an `.await`).
-    state: Mutex<Balance>,
+    /// When the direction is next free, guarded by a std mutex (never held
+    /// across an `.await`).
+    state: Mutex<Schedule>,
 }
 
-/// Tokens in hand (negative: debt) as of an instant.
+/// The time the moves reserved so far take.
 #[derive(Debug, Default)]
-struct Balance {
-    /// Bytes that may move now; below zero, what must be paid back first.
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    updated: Option<Instant>,
+struct Schedule {
+    /// When the last move reserved ends; `None` before the first.
+    next_free: Option<Instant>,
+}
+
+/// How long `bytes` take at `rate` bytes per second.
+fn duration_of(bytes: usize, rate: u64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / rate as f64)
 }
 
 impl Bucket {
@@ -98,50 +105,53 @@ impl Bucket {
     }
 
     fn set_rate(&self, rate: u64) {
-        let mut balance = self.state.lock().expect("rate bucket poisoned");
-        *balance = Balance::default();
+        let mut schedule = self.state.lock().expect("rate schedule poisoned");
+        *schedule = Schedule::default();
         self.rate.store(rate, Ordering::Relaxed);
     }
 
-    /// `None` if bytes may move now; else when they may.
-    fn wait_until(&self, now: Instant) -> Option<Instant> {
+    /// Reserves the time to move up to `bytes` bytes, after every move
+    /// reserved before: `None` if they may move now, else when they may.
+    /// Streams that share a cap thus take turns in the order they asked
+    /// (a wait computed from a shared debt would let whichever stream
+    /// happens to wake first move every time, and starve the others). A
+    /// direction idle for a while may move one [`QUANTUM`] at once.
+    fn reserve(&self, bytes: usize, now: Instant) -> Option<Instant> {
         let rate = self.rate();
         if rate == 0 {
             return None;
         }
-        let mut balance = self.state.lock().expect("rate bucket poisoned");
-        balance.refill(rate, now);
-        if balance.tokens >= 0.0 {
-            return None;
-        }
-        let debt = Duration::from_secs_f64(-balance.tokens / rate as f64);
-        // Never a zero wait: tokio's timer rounds to milliseconds.
-        Some(now + debt.max(Duration::from_millis(1)))
+        let mut schedule = self.state.lock().expect("rate schedule poisoned");
+        let slack = duration_of(QUANTUM, rate);
+        let earliest = now.checked_sub(slack).unwrap_or(now);
+        let start = schedule.next_free.map_or(earliest, |free| free.max(earliest));
+        schedule.next_free = Some(start + duration_of(bytes, rate));
+        (start > now).then_some(start)
     }
 
-    /// Charges `bytes` that moved.
-    fn spend(&self, bytes: usize, now: Instant) {
+    /// Gives back the time of `bytes` reserved and not moved.
+    fn refund(&self, bytes: usize) {
         let rate = self.rate();
         if rate == 0 || bytes == 0 {
             return;
         }
-        let mut balance = self.state.lock().expect("rate bucket poisoned");
-        balance.refill(rate, now);
-        balance.tokens -= bytes as f64;
+        let mut schedule = self.state.lock().expect("rate schedule poisoned");
+        if let Some(free) = schedule.next_free.as_mut() {
+            *free = free.checked_sub(duration_of(bytes, rate)).unwrap_or(*free);
+        }
     }
 }
 
-impl Balance {
-    /// Adds what accrued since the last update, up to one quantum: a cap
-    /// allows no bursts beyond that after a pause.
-    fn refill(&mut self, rate: u64, now: Instant) {
-        let accrued = match self.updated {
-            Some(updated) => now.saturating_duration_since(updated).as_secs_f64() * rate as f64,
-            None => QUANTUM as f64,
-        };
-        self.tokens = (self.tokens + accrued).min(QUANTUM as f64);
-        self.updated = Some(now);
-    }
+/// Where a stream's read or write stands with its direction's schedule.
+#[derive(Debug, Default)]
+enum Turn {
+    /// Nothing reserved.
+    #[default]
+    Free,
+    /// A move of this many bytes is reserved, from when the sleep ends.
+    Waiting(Pin<Box<Sleep>>, usize),
+    /// A move of this many bytes may happen now.
+    Granted(usize),
 }
 
 /// A stream held to a client's caps.
@@ -150,24 +160,30 @@ struct Throttled {
     inner: BoxStream,
     /// The caps.
     limits: Arc<RateLimits>,
-    /// The wait before the next read may move bytes, if any.
-    read_wait: Option<Pin<Box<Sleep>>>,
-    /// The wait before the next write may move bytes, if any.
-    write_wait: Option<Pin<Box<Sleep>>>,
+    /// The next read's turn.
+    read_turn: Turn,
+    /// The next write's turn.
+    write_turn: Turn,
 }
 
-/// Waits until `bucket` lets bytes move; `Ready` when they may now.
-fn poll_allowed(bucket: &Bucket, wait: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> Poll<()> {
+/// Waits for the turn to move up to `want` bytes; `Ready` with the bytes
+/// granted.
+fn poll_turn(bucket: &Bucket, turn: &mut Turn, want: usize, cx: &mut Context<'_>) -> Poll<usize> {
     loop {
-        if let Some(sleep) = wait {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+        match turn {
+            Turn::Granted(granted) => return Poll::Ready(*granted),
+            Turn::Waiting(sleep, reserved) => {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *turn = Turn::Granted(*reserved);
             }
-            *wait = None;
-        }
-        match bucket.wait_until(Instant::now()) {
-            None => return Poll::Ready(()),
-            Some(until) => *wait = Some(Box::pin(tokio::time::sleep_until(until))),
+            Turn::Free => {
+                *turn = match bucket.reserve(want, Instant::now()) {
+                    None => Turn::Granted(want),
+                    Some(at) => Turn::Waiting(Box::pin(tokio::time::sleep_until(at)), want),
+                }
+            }
         }
     }
 }
@@ -175,19 +191,27 @@ fn poll_allowed(bucket: &Bucket, wait: &mut Option<Pin<Box<Sleep>>>, cx: &mut Co
 impl AsyncRead for Throttled {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.limits.down.rate() == 0 {
+        let bucket = &this.limits.down;
+        if bucket.rate() == 0 || buf.remaining() == 0 {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if poll_allowed(&this.limits.down, &mut this.read_wait, cx).is_pending() {
+        let want = buf.remaining().min(QUANTUM);
+        let Poll::Ready(granted) = poll_turn(bucket, &mut this.read_turn, want, cx) else {
             return Poll::Pending;
-        }
-        let room = buf.remaining().min(QUANTUM);
+        };
+        let room = granted.min(buf.remaining());
         let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
         let polled = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
         let read = limited.filled().len();
-        if let Poll::Ready(Ok(())) = polled {
-            buf.advance(read);
-            this.limits.down.spend(read, Instant::now());
+        // Nothing to read yet: the turn goes back, so a stream that waits
+        // for its peer to speak holds up no other.
+        this.read_turn = Turn::Free;
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                buf.advance(read);
+                bucket.refund(granted - read);
+            }
+            _ => bucket.refund(granted),
         }
         polled
     }
@@ -196,16 +220,27 @@ impl AsyncRead for Throttled {
 impl AsyncWrite for Throttled {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.limits.up.rate() == 0 {
+        let bucket = &this.limits.up;
+        if bucket.rate() == 0 || bytes.is_empty() {
             return Pin::new(&mut this.inner).poll_write(cx, bytes);
         }
-        if poll_allowed(&this.limits.up, &mut this.write_wait, cx).is_pending() {
+        let want = bytes.len().min(QUANTUM);
+        let Poll::Ready(granted) = poll_turn(bucket, &mut this.write_turn, want, cx) else {
             return Poll::Pending;
-        }
-        let move_now = bytes.len().min(QUANTUM);
+        };
+        let move_now = granted.min(bytes.len());
         let polled = Pin::new(&mut this.inner).poll_write(cx, &bytes[..move_now]);
-        if let Poll::Ready(Ok(written)) = polled {
-            this.limits.up.spend(written, Instant::now());
+        match &polled {
+            // No room on the wire yet: the write keeps its turn.
+            Poll::Pending => {}
+            Poll::Ready(Ok(written)) => {
+                this.write_turn = Turn::Free;
+                bucket.refund(granted - written);
+            }
+            Poll::Ready(Err(_)) => {
+                this.write_turn = Turn::Free;
+                bucket.refund(granted);
+            }
         }
         polled
     }
@@ -235,15 +270,26 @@ impl Stream for Throttled {
         len: usize,
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.limits.up.rate() == 0 {
+        let bucket = &this.limits.up;
+        if bucket.rate() == 0 || len == 0 {
             return Pin::new(&mut this.inner).poll_send_file(cx, file, offset, len);
         }
-        if poll_allowed(&this.limits.up, &mut this.write_wait, cx).is_pending() {
+        let want = len.min(QUANTUM);
+        let Poll::Ready(granted) = poll_turn(bucket, &mut this.write_turn, want, cx) else {
             return Poll::Pending;
-        }
-        let polled = Pin::new(&mut this.inner).poll_send_file(cx, file, offset, len.min(QUANTUM));
-        if let Poll::Ready(Ok(sent)) = polled {
-            this.limits.up.spend(sent, Instant::now());
+        };
+        let polled = Pin::new(&mut this.inner).poll_send_file(cx, file, offset, granted.min(len));
+        match &polled {
+            // No room on the wire yet: the send keeps its turn.
+            Poll::Pending => {}
+            Poll::Ready(Ok(sent)) => {
+                this.write_turn = Turn::Free;
+                bucket.refund(granted - sent);
+            }
+            Poll::Ready(Err(_)) => {
+                this.write_turn = Turn::Free;
+                bucket.refund(granted);
+            }
         }
         polled
     }
@@ -403,5 +449,40 @@ mod tests {
         }
         let took = started.elapsed().as_secs_f64();
         assert!((took - 4.0).abs() < 0.2, "4 MB through a 1 MB/s cap took {took} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_that_share_a_cap_take_turns() {
+        // Two streams write as fast as they may through one 1 MB/s cap:
+        // after two seconds each has moved about half of it. (With waits
+        // worked out from a shared debt, whichever stream woke first moved
+        // every time, and the other got next to nothing.)
+        let limits = Arc::new(RateLimits::default());
+        limits.set(1_000_000, 0);
+        let moved: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        for counter in &moved {
+            let (sender, mut receiver) = pipe();
+            let mut tx = limits.wrap(sender);
+            tokio::spawn(async move {
+                let _ = tx.write_all(&vec![1u8; 4_000_000]).await;
+            });
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 1 << 16];
+                while let Ok(read) = receiver.read(&mut buffer).await {
+                    if read == 0 {
+                        break;
+                    }
+                    counter.fetch_add(read as u64, Ordering::Relaxed);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (a, b) = (moved[0].load(Ordering::Relaxed), moved[1].load(Ordering::Relaxed));
+        assert!(
+            (a + b).abs_diff(2_000_000) < 200_000,
+            "{a} + {b} bytes in 2 s at 1 MB/s"
+        );
+        assert!(a.abs_diff(b) <= 2 * QUANTUM as u64, "unfair shares: {a} and {b}");
     }
 }

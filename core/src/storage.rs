@@ -17,6 +17,14 @@
 //!
 //! Every call that may block (file I/O, hashing) runs through the node's
 //! [`Host`]: on a blocking thread for real, inline under simulation.
+//!
+//! Hash trees for swarm downloads live in [`trees`]; a swarm download's
+//! partial file, which survives restarts, in [`part`].
+
+mod part;
+mod trees;
+
+pub use part::{PartData, PartFile, Resumed};
 
 use std::collections::HashMap;
 use std::fs;
@@ -70,6 +78,9 @@ pub struct Folder {
     /// The SHA-1 of each file hashed so far, with the stamp it had then.
     /// Shared with blocking jobs; a std mutex, never held across an `.await`.
     known: Arc<Mutex<HashMap<FileName, Known>>>,
+    /// The hash tree of each file that needed one ([`trees`]), keyed and
+    /// guarded like `known`.
+    trees: Arc<Mutex<HashMap<FileName, trees::KnownTree>>>,
     /// Where blocking work runs.
     host: Arc<dyn Host>,
     /// Whether putting a file in place may replace one already there.
@@ -158,6 +169,7 @@ impl Folder {
         Folder {
             dir,
             known: Arc::default(),
+            trees: Arc::default(),
             host: Arc::new(OsHost),
             replace: true,
         }

@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 use phile_core::protocol::{
-    self, ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, Trace, TrackerReply,
-    TrackerRequest,
+    self, ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, SwarmPeer, Trace,
+    TrackerReply, TrackerRequest,
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -61,6 +61,7 @@ fn problem() -> impl Strategy<Value = Problem> {
         Just(Problem::Garbled),
         Just(Problem::WrongSize),
         Just(Problem::WrongContent),
+        Just(Problem::WrongPiece),
     ]
 }
 
@@ -73,7 +74,12 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
                 advertise,
             }
         }),
-        (file_name(), info()).prop_map(|(file, info)| TrackerRequest::Announce { file, info }),
+        (file_name(), info(), any::<[u8; 20]>()).prop_map(|(file, info, root)| TrackerRequest::Announce {
+            file,
+            info,
+            root: Digest(root)
+        }),
+        (file_name(), any::<bool>()).prop_map(|(file, fresh)| TrackerRequest::Swarm { file, fresh }),
         (file_name(), any::<bool>()).prop_map(|(file, failover)| TrackerRequest::Lookup { file, failover }),
         Just(TrackerRequest::Leave),
         (file_name(), client(), any::<[u8; 20]>(), problem()).prop_map(|(file, peer, sha1, problem)| {
@@ -101,7 +107,25 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
 fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
     prop_oneof![
         Just(TrackerReply::Ack),
-        (client(), addr(), info()).prop_map(|(peer, addr, info)| TrackerReply::Peer { peer, addr, info }),
+        (client(), addr(), info(), any::<[u8; 20]>()).prop_map(|(peer, addr, info, root)| TrackerReply::Peer {
+            peer,
+            addr,
+            info,
+            root: Digest(root)
+        }),
+        (
+            info(),
+            any::<[u8; 20]>(),
+            proptest::collection::vec((client(), addr(), any::<bool>()), 0..24)
+        )
+            .prop_map(|(info, root, peers)| TrackerReply::Swarm {
+                info,
+                root: Digest(root),
+                peers: peers
+                    .into_iter()
+                    .map(|(peer, addr, complete)| SwarmPeer { peer, addr, complete })
+                    .collect(),
+            }),
         Just(TrackerReply::NoPeer),
         ".{0,100}".prop_map(|reason| TrackerReply::Refused { reason }),
     ]
@@ -111,6 +135,18 @@ fn peer_request() -> impl Strategy<Value = PeerRequest> {
     prop_oneof![
         (file_name(), client()).prop_map(|(file, client)| PeerRequest::Get { file, client }),
         any::<[u8; 20]>().prop_map(|sha1| PeerRequest::Received { sha1: Digest(sha1) }),
+        (file_name(), client(), any::<[u8; 20]>(), any::<u64>()).prop_map(|(file, client, sha1, piece_size)| {
+            PeerRequest::Join {
+                file,
+                client,
+                sha1: Digest(sha1),
+                piece_size,
+            }
+        }),
+        Just(PeerRequest::Layer),
+        any::<u64>().prop_map(|index| PeerRequest::Piece { index }),
+        any::<u64>().prop_map(|index| PeerRequest::Cancel { index }),
+        any::<u64>().prop_map(|index| PeerRequest::BadPiece { index }),
     ]
 }
 
@@ -118,6 +154,12 @@ fn peer_reply() -> impl Strategy<Value = PeerReply> {
     prop_oneof![
         info().prop_map(|info| PeerReply::File { info }),
         ".{0,100}".prop_map(|reason| PeerReply::Refused { reason }),
+        any::<u64>().prop_map(|pieces| PeerReply::Joined { pieces }),
+        any::<u64>().prop_map(|pieces| PeerReply::Layer { pieces }),
+        any::<u64>().prop_map(|index| PeerReply::Piece { index }),
+        any::<u64>().prop_map(|index| PeerReply::Missing { index }),
+        any::<u64>().prop_map(|index| PeerReply::Have { index }),
+        Just(PeerReply::Checked),
     ]
 }
 

@@ -47,6 +47,8 @@ pub struct Config {
     pub sim_scale: Vec<usize>,
     /// Host counts of the simulator's sequential round trips.
     pub sim_sequential: Vec<usize>,
+    /// Swarm set-ups (bench/swarm.rhai): the issue's, then the table of N.
+    pub swarms: Vec<SwarmSetup>,
     /// Registered clients for the tracker's memory.
     pub registered: usize,
     /// Concurrent connections for the lookup rate.
@@ -75,6 +77,7 @@ impl Config {
             scale: vec![100, 1000, 5000],
             sim_scale: vec![100, 1000, 10_000],
             sim_sequential: vec![1000, 10_000],
+            swarms: SwarmSetup::full(),
             registered: 10_000,
             connections: 1000,
             lookup_time: Duration::from_secs(5),
@@ -96,12 +99,88 @@ impl Config {
             scale: vec![20, 40],
             sim_scale: vec![20, 40],
             sim_sequential: vec![20],
+            swarms: SwarmSetup::smoke(),
             registered: 200,
             connections: 20,
             lookup_time: Duration::from_millis(200),
             helpers_in_threads: true,
             ..Config::full()
         }
+    }
+}
+
+/// One swarm measurement: a seeder and `downloaders` downloaders, all
+/// capped, fetching one file at once (bench/swarm.rhai).
+#[derive(Clone, Debug)]
+pub struct SwarmSetup {
+    /// Under --sim (virtual seconds) or over real TCP.
+    pub sim: bool,
+    pub downloaders: usize,
+    pub bytes: u64,
+    /// Caps, bytes per second.
+    pub seeder_up: u64,
+    pub up: u64,
+    pub down: u64,
+    /// The piece size, if not the default (256 KiB).
+    pub piece_size: Option<u64>,
+    /// The issue's target for time / bound, if any.
+    pub target: Option<f64>,
+}
+
+impl SwarmSetup {
+    /// The issue's two set-ups (16 MiB to 31 downloaders under --sim, 8 MiB
+    /// to 7 over TCP), then swarms of 4, 16 and 64 under --sim and 4 and 16
+    /// over TCP with the same caps.
+    fn full() -> Vec<SwarmSetup> {
+        let sim = |downloaders, target| SwarmSetup {
+            sim: true,
+            downloaders,
+            bytes: 16 << 20,
+            seeder_up: 4_000_000,
+            up: 2_000_000,
+            down: 8_000_000,
+            piece_size: None,
+            target,
+        };
+        let tcp = |downloaders, target| SwarmSetup {
+            sim: false,
+            downloaders,
+            bytes: 8 << 20,
+            seeder_up: 20_000_000,
+            up: 10_000_000,
+            down: 10_000_000,
+            piece_size: None,
+            target,
+        };
+        let small_pieces = |setup: SwarmSetup| SwarmSetup {
+            piece_size: Some(64 << 10),
+            ..setup
+        };
+        vec![
+            sim(31, Some(1.3)),
+            tcp(7, Some(1.6)),
+            small_pieces(sim(31, Some(1.3))),
+            small_pieces(tcp(7, Some(1.6))),
+            sim(4, None),
+            sim(16, None),
+            sim(64, None),
+            tcp(4, None),
+            tcp(16, None),
+        ]
+    }
+
+    fn smoke() -> Vec<SwarmSetup> {
+        let small = |sim| SwarmSetup {
+            sim,
+            downloaders: 3,
+            bytes: 1 << 20,
+            seeder_up: 4_000_000,
+            up: 2_000_000,
+            down: 8_000_000,
+            piece_size: Some(64 << 10),
+            target: None,
+        };
+        vec![small(true), small(false)]
     }
 }
 
@@ -173,6 +252,9 @@ pub fn run(config: &Config) -> Vec<Row> {
     if wanted("simulation") {
         rows.extend(simulation(config, scenario_root));
     }
+    if wanted("swarm") {
+        rows.extend(swarms(config, scenario_root));
+    }
     if wanted("tracker-memory") {
         rows.push(tracker_memory(config));
     }
@@ -195,7 +277,7 @@ const USAGE: &str =
   --smoke         tiny sizes: checks the harness works, in seconds
   --size SIZE     size of the big file (default: 1G, then 4G; K, M, G suffixes)
   --runs N        how many times each big-file measurement runs (default 3)
-  --only SECTION  big-file, default-scenario, scenarios, many-peers, simulation, tracker-memory or lookups
+  --only SECTION  big-file, default-scenario, scenarios, many-peers, simulation, swarm, tracker-memory or lookups
   --bin-dir DIR   measure the phile and phile-run binaries in DIR (another build) instead of this build's";
 
 fn parse_size(text: &str) -> u64 {
@@ -855,6 +937,84 @@ fn simulation(config: &Config, work: &Path) -> Vec<Row> {
     rows
 }
 
+/// Swarms against the fluid bound: for each set-up, the time until the last
+/// downloader has the file, in a swarm and with whole files (each from one
+/// holder the tracker picks), beside the bound.
+fn swarms(config: &Config, work: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (index, setup) in config.swarms.iter().enumerate() {
+        let run = |swarm: bool| {
+            // A piece size is an option of swarm downloads only.
+            let options = match setup.piece_size.filter(|_| swarm) {
+                Some(bytes) => format!("#{{ swarm: swarm, piece_size: {bytes} }}"),
+                None => "#{ swarm: swarm }".to_owned(),
+            };
+            let source = include_str!("../../bench/swarm.rhai").replacen(
+                "let downloaders = 31; let size = 16777216; let seeder_up = 4000000; let up = 2000000; let down = 8000000; let swarm = true;",
+                &format!(
+                    "let downloaders = {}; let size = {}; let seeder_up = {}; let up = {}; let down = {}; let swarm = {swarm};",
+                    setup.downloaders, setup.bytes, setup.seeder_up, setup.up, setup.down
+                ),
+                1,
+            );
+            let source = source.replacen("#{ swarm: swarm }", &options, 1);
+            let name = format!("swarm_{index}_{swarm}");
+            run_printing(config, work, &name, &source, setup.sim)
+        };
+        let (swarm_secs, bound) = run(true);
+        let (whole_secs, _) = run(false);
+        let mode = if setup.sim { "--sim, virtual s" } else { "TCP, s" };
+        let target = setup
+            .target
+            .map_or(String::new(), |target| format!(" (target ≤ {target})"));
+        let pieces = setup
+            .piece_size
+            .map_or(String::new(), |bytes| format!(", {} KiB pieces", bytes >> 10));
+        rows.push(row(
+            format!(
+                "swarm, {mode}: 1 seeder at {} MB/s up, {} downloaders at {} MB/s up / {} MB/s down, {} MiB{pieces}: last downloader done",
+                setup.seeder_up / 1_000_000,
+                setup.downloaders,
+                setup.up / 1_000_000,
+                setup.down / 1_000_000,
+                setup.bytes >> 20
+            ),
+            format!("{swarm_secs:.2}; whole files: {whole_secs:.2}"),
+            format!("fluid bound {bound:.2}"),
+            format!("{:.2}{target}; whole files {:.2}", swarm_secs / bound, whole_secs / bound),
+        ));
+    }
+    rows
+}
+
+/// Runs `source` (with or without `--sim`) and reads the `BENCH last=…
+/// bound=…` line it prints: the seconds it measured and the bound.
+fn run_printing(config: &Config, work: &Path, name: &str, source: &str, sim: bool) -> (f64, f64) {
+    let script = work.join(format!("{name}.rhai"));
+    std::fs::write(&script, source).unwrap();
+    let root = work.join(name);
+    let mode = if sim { "--sim" } else { "--ephemeral-ports" };
+    let output = Command::new(&config.phile_run)
+        .args([script.to_str().unwrap(), "--root", root.to_str().unwrap(), mode])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", config.phile_run.display()));
+    let _ = std::fs::remove_dir_all(&root);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{name} failed: {stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("BENCH "))
+        .unwrap_or_else(|| panic!("{name} printed no BENCH line: {stdout}"));
+    let value = |key: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(key))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    (value("last="), value("bound="))
+}
+
 /// Runs `source` as a scenario under `--sim`; its wall time and peak memory.
 fn run_simulated(config: &Config, work: &Path, name: &str, source: &str) -> (Duration, f64) {
     let script = work.join(format!("{name}.rhai"));
@@ -966,7 +1126,8 @@ fn tracker_memory(config: &Config) -> Row {
             });
             for file in 0..5 {
                 let file = format!("file{file}.bin").parse().unwrap();
-                wire.ask(TrackerRequest::Announce { file, info });
+                let root = Digest([0; 20]);
+                wire.ask(TrackerRequest::Announce { file, info, root });
             }
             wire
         })
@@ -1101,6 +1262,7 @@ fn lookup_rate(config: &Config) -> Vec<Row> {
             wire.ask(TrackerRequest::Announce {
                 file: "hot.bin".parse().unwrap(),
                 info,
+                root: Digest([0; 20]),
             });
             wire
         })

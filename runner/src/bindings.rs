@@ -14,7 +14,7 @@ use rhai::{
 
 use crate::faults::FaultKind;
 use crate::tree;
-use crate::world::{ClientRef, DownloadResult, NodeRef, TrackerRef, Transfer, Verdict, World};
+use crate::world::{ClientRef, DownloadOptions, DownloadResult, NodeRef, TrackerRef, Transfer, Verdict, World};
 
 type ScriptResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -112,7 +112,16 @@ fn register_client_methods(engine: &mut Engine, world: &Rc<World>) {
         "download",
         move |ctx: NativeCallContext, c: &mut ClientRef, name: &str| {
             at(&w, &ctx);
-            lift(w.download(c, name)).map(|result| result_map(&result))
+            lift(w.download(c, name, DownloadOptions::default())).map(|result| result_map(&result))
+        },
+    );
+    let w = world.clone();
+    engine.register_fn(
+        "download",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str, options: Map| {
+            at(&w, &ctx);
+            let options = download_options(options)?;
+            lift(w.download(c, name, options)).map(|result| result_map(&result))
         },
     );
     let w = world.clone();
@@ -179,7 +188,16 @@ fn register_transfers(engine: &mut Engine, world: &Rc<World>) {
         "start_download",
         move |ctx: NativeCallContext, c: &mut ClientRef, name: &str| {
             at(&w, &ctx);
-            lift(w.start_download(c, name))
+            lift(w.start_download(c, name, DownloadOptions::default()))
+        },
+    );
+    let w = world.clone();
+    engine.register_fn(
+        "start_download",
+        move |ctx: NativeCallContext, c: &mut ClientRef, name: &str, options: Map| {
+            at(&w, &ctx);
+            let options = download_options(options)?;
+            lift(w.start_download(c, name, options))
         },
     );
     let w = world.clone();
@@ -220,6 +238,15 @@ fn register_time_and_network(engine: &mut Engine, world: &Rc<World>) {
     });
     let w = world.clone();
     engine.register_fn("now", move || w.seconds_now() as FLOAT);
+    let w = world.clone();
+    engine.register_fn(
+        "fluid_bound",
+        move |bytes: INT, seeders: Array, downloaders: Array| -> ScriptResult<FLOAT> {
+            let seeders = clients("fluid_bound", "seeders", seeders)?;
+            let downloaders = clients("fluid_bound", "downloaders", downloaders)?;
+            lift(w.fluid_bound(bytes, &seeders, &downloaders)).map(|secs| secs as FLOAT)
+        },
+    );
     let w = world.clone();
     engine.register_fn(
         "set_rate",
@@ -312,6 +339,55 @@ fn register_checks(engine: &mut Engine, world: &Rc<World>) {
     });
 }
 
+/// The clients in `array`, an argument of `function` named `what`.
+fn clients(function: &str, what: &str, array: Array) -> ScriptResult<Vec<ClientRef>> {
+    array
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let type_name = item.type_name();
+            item.try_cast::<ClientRef>().ok_or_else(|| {
+                script_error(format!(
+                    "{function} takes arrays of clients, but item {i} of {what} has type {type_name}"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A download's options map: `swarm` (bool) and `piece_size` (integer).
+fn download_options(options: Map) -> ScriptResult<DownloadOptions> {
+    let mut parsed = DownloadOptions::default();
+    for (key, value) in options {
+        let type_name = value.type_name();
+        match key.as_str() {
+            "swarm" => {
+                parsed.swarm = value.as_bool().map_err(|_| {
+                    script_error(format!(
+                        "download option swarm must be true or false, not a {type_name}"
+                    ))
+                })?;
+            }
+            "piece_size" => {
+                let size = value.as_int().map_err(|_| {
+                    script_error(format!(
+                        "download option piece_size must be a number of bytes, not a {type_name}"
+                    ))
+                })?;
+                let size = u64::try_from(size)
+                    .map_err(|_| script_error(format!("download option piece_size must be positive, not {size}")))?;
+                parsed.piece_size = Some(size);
+            }
+            other => {
+                return Err(script_error(format!(
+                    "unknown download option {other:?}: the options are swarm (true or false) and piece_size (bytes)"
+                )))
+            }
+        }
+    }
+    Ok(parsed)
+}
+
 fn strings(items: Vec<String>) -> Array {
     items.into_iter().map(Dynamic::from).collect()
 }
@@ -327,6 +403,17 @@ fn result_map(result: &DownloadResult) -> Map {
             map.insert("bytes".into(), (delivered.info.size as INT).into());
             map.insert("sha1".into(), delivered.info.sha1.to_string().into());
             map.insert("secs".into(), (delivered.secs as FLOAT).into());
+            if let Some(swarm) = &delivered.swarm {
+                let sources: Map = swarm
+                    .sources
+                    .iter()
+                    .map(|(peer, bytes)| (peer.to_string().into(), (*bytes as INT).into()))
+                    .collect();
+                map.insert("swarm".into(), true.into());
+                map.insert("sources".into(), sources.into());
+                map.insert("resumed".into(), (swarm.resumed as INT).into());
+                map.insert("piece_size".into(), (swarm.piece_size as INT).into());
+            }
         }
         Err(error) => {
             map.insert("ok".into(), false.into());

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use phile_core::client::Downloaded;
+use phile_core::client::{Downloaded, SwarmOptions};
 use phile_core::FileName;
 use serde::{Deserialize, Serialize};
 
@@ -25,18 +25,25 @@ pub enum Command {
         /// The file, which must be in the node's folder.
         file: FileName,
     },
-    /// Locate, fetch, verify, store and announce `file`.
+    /// Locate, fetch, verify, store and announce `file`: whole from one
+    /// holder, or in pieces from a swarm with `swarm`.
     Download {
         /// The file wanted.
         file: FileName,
+        /// Swarm it, with these options.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        swarm: Option<SwarmOptions>,
     },
-    /// Locate `file` now and fetch it in the background, as transfer
-    /// `transfer` (a number the runner chose).
+    /// Locate `file` now (or join its swarm, with `swarm`) and fetch it in
+    /// the background, as transfer `transfer` (a number the runner chose).
     StartDownload {
         /// The file wanted.
         file: FileName,
         /// The runner's number for this transfer.
         transfer: u64,
+        /// Swarm it, with these options.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        swarm: Option<SwarmOptions>,
     },
     /// Wait for background transfer `transfer`, then announce its file.
     FinishDownload {
@@ -83,6 +90,11 @@ pub enum Reply {
     Started {
         /// The holder the tracker chose.
         from: u64,
+    },
+    /// A background swarm download started, with this many peers offered.
+    Swarming {
+        /// How many peers the tracker offered first.
+        peers: usize,
     },
     /// A file arrived, verified and stored.
     Downloaded {

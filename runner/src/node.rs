@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use phile_core::client::{ClientError, DownloadError, Downloaded};
+use phile_core::client::{ClientError, DownloadError, Downloaded, SwarmOptions};
 use phile_core::events::EventSink;
 use phile_core::host::{BoxListener, Host};
 use phile_core::storage::Folder;
@@ -97,6 +97,7 @@ impl Node {
             limits: spec.limits,
             events: Some(environment.events),
             host: environment.host.clone(),
+            seed: spec.seed,
             ..ClientConfig::default()
         };
         let listener = Box::new(FaultyListener::new(listener, faults.clone()));
@@ -159,13 +160,22 @@ impl ClientNode {
         match command {
             Command::Register { tracker } => done(client.register(tracker).await),
             Command::Upload { file } => done(client.upload(&file).await),
-            Command::Download { file } => match client.download(&file).await {
-                Ok(fetched) => Reply::Downloaded {
-                    downloaded: fetched.downloaded,
-                },
-                Err(error) => self.not_downloaded(error),
+            Command::Download { file, swarm } => {
+                let fetched = match swarm {
+                    None => client.download(&file).await,
+                    Some(options) => client.swarm_download(&file, options).await,
+                };
+                match fetched {
+                    Ok(fetched) => Reply::Downloaded {
+                        downloaded: fetched.downloaded,
+                    },
+                    Err(error) => self.not_downloaded(error),
+                }
+            }
+            Command::StartDownload { file, transfer, swarm } => match swarm {
+                None => self.start_download(file, transfer).await,
+                Some(options) => self.start_swarm(file, transfer, options).await,
             },
-            Command::StartDownload { file, transfer } => self.start_download(file, transfer).await,
             Command::FinishDownload { transfer } => self.finish_download(transfer).await,
             Command::Leave => done(client.leave(Duration::ZERO).await),
             Command::Kill => {
@@ -201,6 +211,25 @@ impl ClientNode {
             .expect("transfers poisoned")
             .insert(transfer, (file, outcome));
         Reply::Started { from: source.peer.0 }
+    }
+
+    /// Joins the swarm of `file` now, then fetches it in the background.
+    async fn start_swarm(&self, file: FileName, transfer: u64, options: SwarmOptions) -> Reply {
+        let start = match self.client.swarm_start(&file, options).await {
+            Ok(start) => start,
+            Err(error) => return self.not_downloaded(error),
+        };
+        let peers = start.peers.len();
+        let (done, outcome) = oneshot::channel();
+        let (client, at) = (self.client.clone(), trace::next());
+        self.host.spawn(Box::pin(async move {
+            let _ = done.send(traced(at, client.swarm_receive(start)).await);
+        }));
+        self.transfers
+            .lock()
+            .expect("transfers poisoned")
+            .insert(transfer, (file, outcome));
+        Reply::Swarming { peers }
     }
 
     /// Waits for a background transfer, then announces its file.
@@ -275,5 +304,6 @@ fn node_error(error: ClientError) -> NodeError {
         ClientError::Unexpected(reply) => NodeError::Tracker(format!("unexpected answer from the tracker: {reply:?}")),
         ClientError::Storage(error) => NodeError::Folder(error.to_string()),
         ClientError::Disk(error) => NodeError::Folder(error),
+        ClientError::Changed(file) => NodeError::Folder(format!("{file} changed before it could be announced")),
     }
 }

@@ -26,6 +26,8 @@ fn the_benchmark_runs_end_to_end_at_smoke_size() {
         "registering one by one",
         "tracker peak RSS",
         "lookups/s",
+        "swarm, --sim",
+        "swarm, TCP",
     ] {
         assert!(
             measures.iter().any(|m| m.contains(expected)),

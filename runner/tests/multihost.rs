@@ -205,6 +205,9 @@ fn files_cross_hosts_intact_and_a_vanished_host_is_failed_over() {
                 &tracker,
                 "--timeout",
                 "1",
+                // The whole-file failover; a swarm download just draws
+                // from the holders it can reach.
+                "--single",
             ],
         )
         .output()

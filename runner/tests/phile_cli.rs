@@ -195,16 +195,41 @@ fn a_tracker_a_seeder_and_a_downloader_as_processes() {
     let stdout = text(&got.stdout);
     assert!(got.status.success(), "{stdout}{}", text(&got.stderr));
     assert!(stdout.contains("big.bin: 3000000 bytes from peer 1"), "{stdout}");
-    // Not a terminal: plain lines, no bar drawing.
+    // Not a terminal: plain lines, no bar drawing. A swarm download (the
+    // default) counts pieces: 3 MB is 12 pieces of 256 KiB.
     assert!(
-        stdout.contains("big.bin: fetching 3000000 bytes from peer 1"),
+        stdout.contains("big.bin: 12/12 pieces, drawing from 1 peers"),
         "{stdout}"
     );
     assert!(!stdout.contains('\u{1b}'), "terminal codes in plain output: {stdout:?}");
     assert_eq!(std::fs::read(downloads.join("big.bin")).unwrap(), big);
     assert_eq!(std::fs::read_to_string(downloads.join("a.txt")).unwrap(), "hello");
 
-    // The status shows the seeder (the downloader left when done).
+    // `--single` is the founding design's download: the whole file from
+    // one holder, shown as a stream of bytes, not of pieces.
+    let single = dir.path().join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    let got = phile(&[
+        "get",
+        "big.bin",
+        "--single",
+        "--id",
+        "3",
+        "--dir",
+        single.to_str().unwrap(),
+        "--tracker",
+        &addr,
+    ]);
+    let stdout = text(&got.stdout);
+    assert!(got.status.success(), "{stdout}{}", text(&got.stderr));
+    assert!(
+        stdout.contains("big.bin: fetching 3000000 bytes from peer 1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pieces"), "{stdout}");
+    assert_eq!(std::fs::read(single.join("big.bin")).unwrap(), big);
+
+    // The status shows the seeder (the downloaders left when done).
     let known = status(&addr);
     assert_eq!(known["clients"].as_array().unwrap().len(), 1);
     let files = known["files"].as_array().unwrap();
@@ -312,10 +337,14 @@ fn a_progress_bar_is_drawn_on_a_terminal() {
     };
     let screen = text(&output.stdout);
     assert!(output.status.success(), "{screen}");
-    assert!(screen.contains("big.bin ← 1"), "no progress bar drawn: {screen:?}");
+    // A swarm download (the default): its bar counts pieces and peers.
+    assert!(
+        screen.contains("big.bin 1/31 pieces ← 1 peers"),
+        "no progress bar drawn: {screen:?}"
+    );
     assert!(screen.contains("MiB/s"), "no rate in the bar: {screen:?}");
     assert!(
-        !screen.contains("fetching 8000000 bytes"),
+        !screen.contains("pieces, drawing from"),
         "plain lines on a terminal: {screen:?}"
     );
 }
@@ -482,6 +511,7 @@ impl Holder {
         let announce = TrackerRequest::Announce {
             file: name.parse().unwrap(),
             info: Self::info_of(&content),
+            root: phile_core::pieces::Tree::of(&content).root(),
         };
         assert_eq!(ask(&mut session, announce), TrackerReply::Ack);
         Holder {
@@ -572,6 +602,8 @@ fn ctrl_c_during_a_download_keeps_nothing_half_written() {
         &addr,
         "--timeout",
         "60",
+        // The whole-file download; a swarm download keeps its checked pieces.
+        "--single",
     ]);
     // The holder answers with a header and the first bytes, then stalls.
     let _stalled = holder.begin(1000);
@@ -614,7 +646,7 @@ fn two_gets_into_one_folder_keep_each_others_downloads() {
     let holder = Holder::announce(&addr, 1, "big.bin", big.clone());
 
     // The first `get` is half-way through big.bin...
-    let mut first = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
+    let mut first = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &["--single"]));
     let connection = holder.begin(1000);
     assert!(first.line().starts_with("big.bin: fetching"));
     let partial = raw_entries(&downloads);
@@ -686,7 +718,7 @@ fn get_never_replaces_a_different_file_unless_told_and_skips_identical_ones() {
     assert!(stdout.contains("new.txt: 5 bytes from peer 1"), "{stdout}");
     // A name given twice is fetched once, and reported once.
     let count = |prefix: &str| stdout.lines().filter(|line| line.starts_with(prefix)).count();
-    assert_eq!(count("new.txt: fetching"), 1, "{stdout}");
+    assert_eq!(count("new.txt: 1/1 pieces"), 1, "{stdout}");
     assert_eq!(count("new.txt: 5 bytes"), 1, "{stdout}");
     assert_eq!(count("same.txt"), 1, "{stdout}");
     assert!(
@@ -707,7 +739,7 @@ fn a_file_that_appears_during_its_download_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let (_tracker, addr) = tracker();
     let holder = Holder::announce(&addr, 1, "x.bin", pattern(100_000));
-    let mut get = Running::start(&get_args(&["x.bin"], "2", dir.path(), &addr, &[]));
+    let mut get = Running::start(&get_args(&["x.bin"], "2", dir.path(), &addr, &["--single"]));
     let connection = holder.begin(10);
     assert!(get.line().starts_with("x.bin: fetching"));
     // The check before fetching found nothing; now someone puts a file there.
@@ -737,7 +769,7 @@ fn a_stored_file_is_a_success_when_the_tracker_restarts_mid_transfer() {
     let (mut tracker, addr) = tracker();
     let content = pattern(2_000_000);
     let holder = Holder::announce(&addr, 1, "big.bin", content.clone());
-    let mut get = Running::start(&get_args(&["big.bin"], "2", dir.path(), &addr, &[]));
+    let mut get = Running::start(&get_args(&["big.bin"], "2", dir.path(), &addr, &["--single"]));
     let connection = holder.begin(1000);
     assert!(get.line().starts_with("big.bin: fetching"));
 
@@ -802,7 +834,7 @@ fn remote_text_reaches_the_terminal_escaped() {
     let dir = tempfile::tempdir().unwrap();
 
     // `get`: the tracker refuses the lookup.
-    let got = phile(&get_args(&["x"], "2", dir.path(), &addr, &[]));
+    let got = phile(&get_args(&["x"], "2", dir.path(), &addr, &["--single"]));
     let (stdout, stderr) = (text(&got.stdout), text(&got.stderr));
     assert_eq!(got.status.code(), Some(1));
     assert!(

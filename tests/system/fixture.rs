@@ -190,9 +190,14 @@ impl Raw {
         assert_eq!(self.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
     }
 
-    /// Announces `file` with `info`.
-    pub async fn announce(&mut self, file: &str, info: FileInfo) {
-        self.request(TrackerRequest::Announce { file: name(file), info }).await;
+    /// Announces `file` with `info` and hash tree root `root`.
+    pub async fn announce(&mut self, file: &str, info: FileInfo, root: Digest) {
+        self.request(TrackerRequest::Announce {
+            file: name(file),
+            info,
+            root,
+        })
+        .await;
         assert_eq!(self.reply::<TrackerReply>().await, Some(TrackerReply::Ack));
     }
 

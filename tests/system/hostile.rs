@@ -120,7 +120,11 @@ async fn requests_out_of_order_are_refused_and_the_session_goes_on() {
         sha1: Digest::of(b"x"),
     };
     for early in [
-        TrackerRequest::Announce { file: name("x"), info },
+        TrackerRequest::Announce {
+            file: name("x"),
+            info,
+            root: phile_core::pieces::Tree::of(b"x").root(),
+        },
         TrackerRequest::Lookup {
             file: name("f.txt"),
             failover: false,
@@ -161,6 +165,7 @@ async fn requests_out_of_order_are_refused_and_the_session_goes_on() {
     raw.request(TrackerRequest::Announce {
         file: name("f.txt"),
         info,
+        root: phile_core::pieces::Tree::of(b"x").root(),
     })
     .await;
     match raw.reply::<TrackerReply>().await {
@@ -266,6 +271,7 @@ async fn a_registered_client_that_goes_silent_is_forgotten() {
                 size: 1,
                 sha1: Digest::of(b"x"),
             },
+            phile_core::pieces::Tree::of(b"x").root(),
         )
         .await;
     assert!(b.lookup(&name("f")).await.unwrap().is_some());
@@ -322,6 +328,7 @@ async fn fail_over_from(swarm: &Swarm, addr: SocketAddr) -> Result<phile_core::c
         peer: ClientId(66),
         addr,
         info,
+        root: Digest([0; 20]),
     };
     let outcome = swarm.b.receive(&name("f.txt"), fake).await;
     let leftovers = std::fs::read_dir(swarm.b.folder().dir()).unwrap().count();
@@ -419,6 +426,7 @@ async fn with_no_honest_holder_left_the_download_fails_with_every_reason() {
         peer: ClientId(66),
         addr: closed_port,
         info,
+        root: Digest([0; 20]),
     };
     let error = swarm.b.receive(&name("f.txt"), fake).await.unwrap_err();
     assert!(matches!(error, DownloadError::Exhausted { .. }), "{error:?}");
@@ -547,6 +555,7 @@ async fn a_false_report_neither_unlists_an_honest_holder_nor_frees_its_name() {
     let hijack = TrackerRequest::Announce {
         file: name("doc.txt"),
         info: evil,
+        root: phile_core::pieces::Tree::of(b"evil").root(),
     };
     attacker.request(hijack).await;
     match attacker.reply::<TrackerReply>().await {
@@ -686,6 +695,7 @@ async fn failover_goes_on_through_thousands_of_failed_holders() {
     let honest = registered(1, dir.path(), &tracker).await;
     honest.folder().write(&name("f.txt"), "the content").await.unwrap();
     let info = honest.upload(&name("f.txt")).await.unwrap();
+    let root = honest.folder().content(&name("f.txt")).await.unwrap().1;
     // Half the fakes give an address that refuses connections, half one
     // that cuts the file short.
     let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
@@ -704,7 +714,7 @@ async fn failover_goes_on_through_thousands_of_failed_holders() {
         let mut fake = Raw::connect(tracker.local_addr()).await;
         let advertise = if i % 2 == 0 { refusing } else { cutting };
         fake.register(FIRST_FAKE + i, advertise).await;
-        fake.announce("f.txt", info).await;
+        fake.announce("f.txt", info, root).await;
         fakes.push(fake);
     }
     let events = Recorded::new();
@@ -748,12 +758,15 @@ async fn one_client_cannot_make_the_tracker_hold_more_than_its_share() {
         sha1: Digest::of(b"x"),
     };
     for n in 0..100 {
-        hoarder.announce(&format!("file-{n}"), info).await;
+        hoarder
+            .announce(&format!("file-{n}"), info, phile_core::pieces::Tree::of(b"x").root())
+            .await;
     }
     hoarder
         .request(TrackerRequest::Announce {
             file: name("one-too-many"),
             info,
+            root: phile_core::pieces::Tree::of(b"x").root(),
         })
         .await;
     match hoarder.reply::<TrackerReply>().await {
@@ -782,7 +795,9 @@ async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them(
         sha1: Digest::of(b"x"),
     };
     for n in 0..5_000 {
-        holder.announce(&format!("file-{n:05}"), info).await;
+        holder
+            .announce(&format!("file-{n:05}"), info, phile_core::pieces::Tree::of(b"x").root())
+            .await;
     }
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -795,7 +810,9 @@ async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them(
     // While the answer is under way the tracker serves everyone else, and
     // what changes meanwhile shows in the part not yet sent: the tracker
     // reads its records a page at a time, it does not answer from a copy.
-    holder.announce("zzz-late", info).await;
+    holder
+        .announce("zzz-late", info, phile_core::pieces::Tree::of(b"x").root())
+        .await;
     let mut names = Vec::new();
     loop {
         match reader.reply::<TrackerReply>().await {
@@ -925,6 +942,7 @@ async fn stalled_holders_cost_the_first_byte_timeout_not_the_idle_timeout() {
     let honest = registered(1, dir.path(), &tracker).await;
     honest.folder().write(&name("f.txt"), "the content").await.unwrap();
     let info = honest.upload(&name("f.txt")).await.unwrap();
+    let root = honest.folder().content(&name("f.txt")).await.unwrap().1;
     // Holders that accept, read the request, and never answer.
     let staller = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stalling = staller.local_addr().unwrap();
@@ -939,7 +957,7 @@ async fn stalled_holders_cost_the_first_byte_timeout_not_the_idle_timeout() {
     for id in [101, 102, 103] {
         let mut fake = Raw::connect(tracker.local_addr()).await;
         fake.register(id, stalling).await;
-        fake.announce("f.txt", info).await;
+        fake.announce("f.txt", info, root).await;
         fakes.push(fake);
     }
     let (first_byte, idle) = (Duration::from_millis(500), Duration::from_secs(20));

@@ -9,12 +9,19 @@
 //!    checks size and SHA-1 against the tracker's record, and renames it into
 //!    place, failing over to other holders as need be;
 //! 3. [`Client::announce`] tells the tracker, so this client seeds it too.
+//!
+//! A swarm download ([`Client::swarm_start`], [`Client::swarm_receive`],
+//! chained by [`Client::swarm_download`]) fetches the file in pieces from
+//! several peers at once instead (see [`swarm`]).
 
 mod holdings;
 mod serve;
 mod session;
+mod share;
+pub mod swarm;
 mod transfer;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -24,14 +31,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use session::{status, SessionError, StatusAnswer, StatusLimits};
+pub use swarm::{SwarmOptions, SwarmStart};
 pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::protocol::{printable, ClientId, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
+use crate::pieces::InvalidPieceSize;
+use crate::protocol::{printable, ClientId, Digest, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
 use crate::rate::RateLimits;
 use crate::server::{self, Limits, ServerHandle};
 use crate::storage::{Folder, StorageError};
+use crate::swarm::Swarms;
 use crate::trace;
 use holdings::{Holdings, SharedSession};
 use serve::Seeder;
@@ -69,6 +79,10 @@ pub struct ClientConfig {
     pub progress: Option<Arc<dyn Progress>>,
     /// Where the client's sockets, tasks and blocking work live.
     pub host: Arc<dyn Host>,
+    /// Seeds the order in which swarm downloads fetch pieces that are
+    /// equally rare (with the client's id and the file): a scenario's
+    /// seed, so a run repeats.
+    pub seed: u64,
 }
 
 impl Default for ClientConfig {
@@ -79,6 +93,7 @@ impl Default for ClientConfig {
             events: None,
             progress: None,
             host: OsHost::shared(),
+            seed: 0,
         }
     }
 }
@@ -92,19 +107,39 @@ pub struct Source {
     pub addr: SocketAddr,
     /// The size and SHA-1 the tracker recorded: what the holder must deliver.
     pub info: FileInfo,
+    /// The root of the file's hash tree the tracker recorded (remembered
+    /// with the file, so announcing it costs no pass over it).
+    pub root: Digest,
 }
 
 /// A file received, verified and stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Downloaded {
-    /// The peer that delivered it.
+    /// The peer that delivered it (of a swarm download: the one that sent
+    /// the most).
     pub from: ClientId,
     /// Its size and SHA-1.
     pub info: FileInfo,
+    /// How a swarm download went; `None` for a whole-file download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<Swarmed>,
+}
+
+/// How a swarm download went.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Swarmed {
+    /// The bytes of checked pieces each peer sent.
+    #[serde(with = "crate::protocol::client_keys")]
+    pub sources: BTreeMap<ClientId, u64>,
+    /// The bytes an earlier, interrupted attempt had left (not fetched
+    /// again).
+    pub resumed: u64,
+    /// The piece size.
+    pub piece_size: u64,
 }
 
 /// A file [`Client::download`] stored, and whether the tracker knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fetched {
     /// What arrived, from whom.
     pub downloaded: Downloaded,
@@ -135,6 +170,9 @@ pub enum ClientError {
     /// Writing a download to the client's folder failed.
     #[error("the folder failed while storing a download: {0}")]
     Disk(String),
+    /// A file changed in the folder between its download and its announce.
+    #[error("{0} changed in the folder before it could be announced")]
+    Changed(FileName),
     /// The client stopped (it was shut down, left or crashed) while busy.
     #[error("client {0} stopped")]
     Stopped(ClientId),
@@ -156,6 +194,22 @@ pub enum DownloadError {
         /// How many more holders were tried and failed.
         unlisted: u64,
     },
+    /// A swarm download ran out of peers that could deliver the pieces it
+    /// lacks. (How many it lacks depends on timing, so the message does
+    /// not say: it goes into the event log.)
+    #[error("no peer delivered the missing pieces of {file}{}", blame(.rejected))]
+    Incomplete {
+        /// The file.
+        file: FileName,
+        /// How many pieces are missing (those checked are kept on disk
+        /// for the next attempt).
+        missing: usize,
+        /// The peers blamed for bad pieces.
+        rejected: Vec<Rejection>,
+    },
+    /// A swarm download was asked for a piece size that is not one.
+    #[error(transparent)]
+    PieceSize(#[from] InvalidPieceSize),
     /// The client itself could not go on (not registered, tracker gone,
     /// folder failing): not the file's fault.
     #[error(transparent)]
@@ -171,6 +225,14 @@ pub struct Rejection {
     pub problem: Problem,
     /// The details (byte counts, system errors), for logs.
     pub error: TransferError,
+}
+
+/// The peers blamed in a swarm download, after a colon; nothing if none.
+fn blame(rejected: &[Rejection]) -> String {
+    match rejected {
+        [] => String::new(),
+        _ => format!(": {}", describe(rejected, 0)),
+    }
 }
 
 fn describe(rejected: &[Rejection], unlisted: u64) -> String {
@@ -215,6 +277,10 @@ pub struct Client {
     downloads: TaskTracker,
     /// The address it asks the tracker to give out, if not the default.
     advertise: Option<SocketAddr>,
+    /// Its swarm downloads under way, served to others by its peer server.
+    swarms: Arc<Swarms>,
+    /// Seeds the order of its swarm downloads' pieces.
+    seed: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -242,11 +308,16 @@ impl Client {
         let stop = CancellationToken::new();
         let session = Arc::new(Mutex::new(None));
         let holdings = Arc::new(Holdings::new(Arc::downgrade(&session)));
+        let swarms = Arc::new(Swarms::default());
         let seeder = Arc::new(Seeder {
             folder: folder.clone(),
             reporter: reporter.clone(),
             request_timeout: config.limits.request_timeout,
             holdings: holdings.clone(),
+            swarms: swarms.clone(),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(share::UPLOAD_SLOTS)),
+            idle_timeout: config.limits.idle_timeout,
+            spread: share::Spread::default(),
         });
         let serve = move |connection| seeder.clone().serve(connection);
         let rate = Arc::new(RateLimits::default());
@@ -267,6 +338,8 @@ impl Client {
             rate,
             downloads: TaskTracker::new(),
             advertise: config.advertise,
+            swarms,
+            seed: config.seed,
         })
     }
 
@@ -330,7 +403,7 @@ impl Client {
     pub async fn announce_held(&self) -> Result<Vec<FileName>, ClientError> {
         let mut announced = Vec::new();
         for file in self.folder.list()? {
-            let info = self.folder.info(&file).await?;
+            let (info, _) = self.folder.content(&file).await?;
             match self.announce(&file, info).await {
                 Ok(()) => announced.push(file),
                 Err(ClientError::Refused(reason)) => tracing::warn!(%file, "not announced: {reason}"),
@@ -342,7 +415,7 @@ impl Client {
 
     /// Tells the tracker this client holds `file`, which must be in its folder.
     pub async fn upload(&self, file: &FileName) -> Result<FileInfo, ClientError> {
-        let info = self.folder.info(file).await?;
+        let (info, _) = self.folder.content(file).await?;
         self.announce(file, info).await?;
         Ok(info)
     }
@@ -362,11 +435,18 @@ impl Client {
         }
     }
 
-    /// Tells the tracker this client holds `file` with content `info`.
+    /// Tells the tracker this client holds `file` with content `info`, and
+    /// the root of its hash tree (remembered by the folder, or computed
+    /// now).
     pub async fn announce(&self, file: &FileName, info: FileInfo) -> Result<(), ClientError> {
+        let (now, root) = self.folder.content(file).await?;
+        if now != info {
+            return Err(ClientError::Changed(file.clone()));
+        }
         let request = TrackerRequest::Announce {
             file: file.clone(),
             info,
+            root,
         };
         match self.ask_tracker(request).await? {
             TrackerReply::Ack => {
@@ -393,7 +473,7 @@ impl Client {
             failover,
         };
         match self.ask_tracker(request).await? {
-            TrackerReply::Peer { peer, addr, info } => Ok(Some(Source { peer, addr, info })),
+            TrackerReply::Peer { peer, addr, info, root } => Ok(Some(Source { peer, addr, info, root })),
             TrackerReply::NoPeer => Ok(None),
             other => Err(refusal(other)),
         }
@@ -447,15 +527,24 @@ impl Client {
                     if let Err(error) = self.folder.store(file, received).await {
                         return Err(self.failed(file, ClientError::from(error).into()));
                     }
-                    let Source { peer: from, info, .. } = source;
+                    let Source {
+                        peer: from, info, root, ..
+                    } = source;
+                    self.folder.remember_root(file, info, root);
                     let event = Event::DownloadFinished {
                         file: file.clone(),
-                        from,
+                        from: Some(from),
                         bytes: info.size,
                         sha1: info.sha1,
+                        swarm: false,
+                        sources: None,
                     };
                     self.reporter.report(trace::next(), event);
-                    return Ok(Downloaded { from, info });
+                    return Ok(Downloaded {
+                        from,
+                        info,
+                        swarm: None,
+                    });
                 }
                 Err(rejected) => rejected,
             };

@@ -1,4 +1,5 @@
-//! A client's peer server: sends the files of its folder to whoever asks.
+//! A client's peer server: sends the files of its folder to whoever asks,
+//! whole, or in pieces to swarm downloads (see [`super::share`]).
 //!
 //! It is also where a bad copy comes to light. Before sending, it checks
 //! that the file is still what the client announced (a file changed since
@@ -11,10 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, Reporter};
-use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, Trace};
+use crate::protocol::{ClientId, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, Trace};
 use crate::storage::{Folder, StorageError};
+use crate::swarm::Swarms;
 use crate::trace;
 
 use super::holdings::Holdings;
@@ -29,30 +33,62 @@ pub(crate) struct Seeder {
     pub request_timeout: Duration,
     /// What the client announced, and the way to withdraw a bad copy.
     pub holdings: Arc<Holdings>,
+    /// The client's swarm downloads under way, whose pieces it serves.
+    pub swarms: Arc<Swarms>,
+    /// The pieces it may send at once, over all swarm conversations.
+    pub upload_slots: Arc<Semaphore>,
+    /// How long a swarm conversation may stay silent with nothing asked.
+    pub idle_timeout: Duration,
+    /// How often each piece went out, so the least sent goes first.
+    pub spread: super::share::Spread,
 }
 
 impl Seeder {
     /// Serves one downloader's connection: one `Get`, the file, the
-    /// confirmation, then the connection closes.
+    /// confirmation, then the connection closes; or a swarm conversation,
+    /// opened by `Join`.
     pub(crate) async fn serve(self: Arc<Self>, mut connection: Connection) {
         let remote = connection.peer_addr();
-        if let Err(error) = self.serve_one(&mut connection).await {
+        // A connection that asks nothing frees its slot quickly.
+        let first = connection
+            .read_within::<Request<PeerRequest>>(self.request_timeout)
+            .await;
+        let served = match first {
+            Ok(Some(Request {
+                body:
+                    PeerRequest::Join {
+                        file,
+                        client,
+                        sha1,
+                        piece_size,
+                    },
+                ..
+            })) => {
+                self.share(connection, file, client, sha1, piece_size).await;
+                Ok(())
+            }
+            Ok(Some(request)) => self.serve_one(&mut connection, request).await,
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = served {
             tracing::info!(node = %self.reporter.node(), %remote, %error, "peer connection ended early");
         }
     }
 
-    async fn serve_one(&self, connection: &mut Connection) -> Result<(), ConnectionError> {
-        // A connection that asks nothing frees its slot quickly.
-        let Some(request) = connection
-            .read_within::<Request<PeerRequest>>(self.request_timeout)
-            .await?
-        else {
-            return Ok(());
-        };
+    async fn serve_one(
+        &self,
+        connection: &mut Connection,
+        request: Request<PeerRequest>,
+    ) -> Result<(), ConnectionError> {
         match request.body {
             PeerRequest::Get { file, client } => self.send_file(connection, request.trace, file, client).await,
             PeerRequest::Received { .. } => {
                 let reason = "nothing was sent to confirm: ask with `get` first".to_owned();
+                connection.write(&PeerReply::Refused { reason }).await
+            }
+            other => {
+                let reason = format!("{other:?} needs a swarm conversation: send `join` first");
                 connection.write(&PeerReply::Refused { reason }).await
             }
         }
@@ -121,7 +157,8 @@ impl Seeder {
                 // The check runs as part of the downloader's operation, on
                 // the trace of its confirmation, and before the connection
                 // closes: the downloader waits for the close.
-                trace::traced(trace, self.check_copy(&file, to, sha1)).await;
+                let complaint = format!("{file} arrived with sha1 {sha1}");
+                trace::traced(trace, self.check_copy(&file, to, &complaint)).await;
             }
             Some(other) => tracing::info!(%node, %to, "{to} answered {other:?} instead of confirming {file}"),
             None => tracing::info!(%node, %to, "{to} closed the connection without confirming {file}"),
@@ -129,18 +166,19 @@ impl Seeder {
         Ok(())
     }
 
-    /// A downloader says the bytes of `file` it got hash to `received`, not
-    /// to what was sent: hashes the copy on disk afresh (what the folder
-    /// remembers cannot see a change that kept size, time and inode), and
-    /// withdraws it only if it no longer matches what was announced.
-    async fn check_copy(&self, file: &FileName, to: ClientId, received: Digest) {
+    /// A downloader says the bytes of `file` it got do not hash as they
+    /// should (`complaint` says how): hashes the copy on disk afresh (what
+    /// the folder remembers cannot see a change that kept size, time and
+    /// inode), and withdraws it only if it no longer matches what was
+    /// announced.
+    pub(super) async fn check_copy(&self, file: &FileName, to: ClientId, complaint: &str) {
         let node = self.reporter.node();
         let Some(announced) = self.holdings.announced(file) else {
             return; // not on offer: nothing to withdraw
         };
         let reason = match self.folder.hash(file).await {
             Ok(now) if now == announced => {
-                tracing::info!(%node, %to, "{to} says {file} arrived with sha1 {received}; this copy checks out, keeping it");
+                tracing::info!(%node, %to, "{to} says {complaint}; this copy checks out, keeping it");
                 return;
             }
             Ok(FileInfo { size, .. }) if size != announced.size => Some(Problem::WrongSize),

@@ -49,6 +49,15 @@ pub enum TransferError {
     /// Storing what arrived failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The peer answered something out of place.
+    #[error("answered {0} out of place")]
+    OutOfPlace(String),
+    /// A piece of a swarm download failed its hash.
+    #[error("piece {index} failed its hash")]
+    WrongPiece {
+        /// The piece.
+        index: usize,
+    },
 }
 
 impl TransferError {
@@ -67,6 +76,8 @@ impl TransferError {
             }
             TransferError::Connection(_) => Problem::Cut,
             TransferError::Refused(_) | TransferError::NoAnswer => Problem::Refused,
+            TransferError::OutOfPlace(_) => Problem::Garbled,
+            TransferError::WrongPiece { .. } => Problem::WrongPiece,
             TransferError::WrongSize { .. } => Problem::WrongSize,
             TransferError::WrongContent { .. } => Problem::WrongContent,
             TransferError::Storage(_) => return None,
@@ -170,6 +181,7 @@ pub(crate) async fn fetch(
             .into());
         }
         Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason).into()),
+        Some(other) => return Err(TransferError::OutOfPlace(format!("{other:?}")).into()),
         None => return Err(TransferError::NoAnswer.into()),
     }
     let mut incoming = folder.incoming(file)?;
@@ -239,6 +251,11 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     /// will be tried if there is one.
     fn rejected(&self, file: &FileName, peer: ClientId, problem: Problem) {
         let _ = (file, peer, problem);
+    }
+    /// A swarm download of `file` holds `held` of its `pieces` pieces
+    /// (`bytes` of `size` bytes), drawing from `peers` peers.
+    fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
+        let _ = (file, held, pieces, peers, bytes, size);
     }
 }
 

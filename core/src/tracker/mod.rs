@@ -25,12 +25,14 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-pub use records::{Holder, Quotas, Records, Refusal, SessionId, StatusCursor, StatusEntry};
+pub use records::{
+    Content, Holder, Quotas, Records, Refusal, SessionId, StatusCursor, StatusEntry, Swarm, SwarmMember,
+};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::protocol::{ClientId, Request, Trace, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, Request, SwarmPeer, Trace, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, ServerHandle};
 
 /// The port the seed's tracker listens on.
@@ -231,18 +233,39 @@ impl Shared {
                 let addr = advertise.unwrap_or(SocketAddr::new(session.remote.ip(), port));
                 self.register(session, client, addr, trace)
             }
-            TrackerRequest::Announce { file, info } => session.registered().and_then(|client| {
-                self.records().announce(client, &file, info)?;
+            TrackerRequest::Announce { file, info, root } => session.registered().and_then(|client| {
+                self.records().announce(client, &file, Content { info, root })?;
                 self.reporter.report(trace, Event::Announced { client, file });
                 Ok(TrackerReply::Ack)
             }),
             TrackerRequest::Lookup { file, failover } => session.registered().and_then(|client| {
                 let holder = self.records().lookup(client, &file, failover)?;
                 Ok(match holder {
-                    Some(Holder { peer, addr, info }) => {
+                    Some(Holder { peer, addr, content }) => {
                         self.reporter.report(trace, Event::PeerChosen { client, file, peer });
-                        TrackerReply::Peer { peer, addr, info }
+                        TrackerReply::Peer {
+                            peer,
+                            addr,
+                            info: content.info,
+                            root: content.root,
+                        }
                     }
+                    None => TrackerReply::NoPeer,
+                })
+            }),
+            // No event: how often a swarm download asks for more peers
+            // depends on timing.
+            TrackerRequest::Swarm { file, fresh } => session.registered().and_then(|client| {
+                let swarm = self.records().swarm(client, &file, fresh)?;
+                Ok(match swarm {
+                    Some(Swarm { content, peers }) => TrackerReply::Swarm {
+                        info: content.info,
+                        root: content.root,
+                        peers: peers
+                            .into_iter()
+                            .map(|SwarmMember { peer, addr, complete }| SwarmPeer { peer, addr, complete })
+                            .collect(),
+                    },
                     None => TrackerReply::NoPeer,
                 })
             }),

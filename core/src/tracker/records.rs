@@ -9,6 +9,11 @@
 //! tracker hold more than its share; past a cap the request is refused with
 //! a reason.
 //!
+//! A file's swarm is its holders plus its *members*: clients downloading it
+//! in pieces, which serve the pieces they have to other swarm downloads
+//! (never to whole-file ones). A member becomes a holder when it announces
+//! the whole file, and stops being one when it withdraws or goes.
+//!
 //! A report is a claim, not a proof: it only stops the tracker offering that
 //! holder *to the reporter*. Only a holder itself (a `Withdraw`, or its
 //! session ending) removes its copy from what everyone else is offered, so
@@ -23,7 +28,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
 
-use crate::protocol::{ClientId, Digest, FileInfo, FileName, STATUS_HOLDERS_PER_FRAME};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, STATUS_HOLDERS_PER_FRAME, SWARM_PEERS_PER_ANSWER};
 
 /// Identifies one session (one TCP connection) on the tracker, so that the
 /// end of an old session never removes a client that registered again.
@@ -47,18 +52,19 @@ pub enum Refusal {
     #[error("register first: this connection has not registered a client")]
     NotRegistered,
     /// The same name was announced with other content before.
-    #[error("{file} is recorded with size {} and sha1 {}; this copy has size {} and sha1 {} (files of the same name must have the same content)",
-        .recorded.size, .recorded.sha1, .announced.size, .announced.sha1)]
+    #[error("{file} is recorded with size {} and sha1 {} (hash tree root {}); this copy has size {} and sha1 {} (root {}) (files of the same name must have the same content)",
+        .recorded.info.size, .recorded.info.sha1, .recorded.root, .announced.info.size, .announced.info.sha1, .announced.root)]
     ContentMismatch {
         /// The file.
         file: FileName,
         /// What the first announce recorded.
-        recorded: FileInfo,
+        recorded: Box<Content>,
         /// What this announce claims.
-        announced: FileInfo,
+        announced: Box<Content>,
     },
-    /// The client announced as many files as one client may.
-    #[error("client {client} already holds {limit} files, the most one client may announce to this tracker (withdraw some first)")]
+    /// The client announced (or is downloading in a swarm) as many files
+    /// as one client may.
+    #[error("client {client} already holds {limit} files (or downloads them in a swarm), the most one client may announce to this tracker (withdraw some first)")]
     TooManyFiles {
         /// The client.
         client: ClientId,
@@ -112,6 +118,16 @@ impl Default for Quotas {
     }
 }
 
+/// What identifies a file's content at the tracker: its size and SHA-1,
+/// and the root of its hash tree ([`crate::pieces`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Content {
+    /// Size and SHA-1.
+    pub info: FileInfo,
+    /// The root of the hash tree.
+    pub root: Digest,
+}
+
 /// A holder picked for a download.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -119,8 +135,30 @@ pub struct Holder {
     pub peer: ClientId,
     /// Where its peer server listens.
     pub addr: SocketAddr,
-    /// The file's recorded size and SHA-1.
-    pub info: FileInfo,
+    /// The file's recorded content.
+    pub content: Content,
+}
+
+/// The answer to a swarm lookup: what the file is, and peers to trade
+/// pieces with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swarm {
+    /// The file's recorded content.
+    pub content: Content,
+    /// Holders and members, chosen at random (at most
+    /// [`SWARM_PEERS_PER_ANSWER`]), holders first.
+    pub peers: Vec<SwarmMember>,
+}
+
+/// A peer a swarm lookup offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwarmMember {
+    /// The peer.
+    pub peer: ClientId,
+    /// Where its peer server listens.
+    pub addr: SocketAddr,
+    /// Whether it holds the whole file.
+    pub complete: bool,
 }
 
 /// One entry of a status answer.
@@ -193,6 +231,8 @@ struct ClientRecord {
     session: SessionId,
     /// The files it announced.
     files: BTreeSet<FileName>,
+    /// The files whose swarm it is a member of (downloading in pieces).
+    joined: BTreeSet<FileName>,
     /// What its lookups of each file have left behind.
     wants: BTreeMap<FileName, Want>,
     /// How many holders `wants` holds as reported, over all files.
@@ -221,13 +261,16 @@ struct Want {
     skipped: Option<(u64, Vec<usize>)>,
 }
 
-/// A file some registered client holds.
+/// A file some registered client holds, or downloads in a swarm.
 #[derive(Debug)]
 struct FileRecord {
-    /// Size and SHA-1 from its first announce; later announces must match.
-    info: FileInfo,
+    /// Size, SHA-1 and hash tree root from its first announce; later
+    /// announces must match.
+    content: Content,
     /// Who holds it now, ordered so a seeded choice is reproducible.
     holders: Holders,
+    /// Who downloads it in pieces now (swarm members), in id order.
+    members: Holders,
     /// [`Records::changes`] when `holders` last changed.
     stamp: u64,
 }
@@ -376,6 +419,7 @@ impl Records {
                     addr,
                     session,
                     files: BTreeSet::new(),
+                    joined: BTreeSet::new(),
                     wants: BTreeMap::new(),
                     reported: 0,
                 };
@@ -385,31 +429,36 @@ impl Records {
         }
     }
 
-    /// Records that `client` holds `file` with content `info`.
-    pub fn announce(&mut self, client: ClientId, file: &FileName, info: FileInfo) -> Result<(), Refusal> {
+    /// Records that `client` holds `file` with content `content`; it is no
+    /// longer a member of the file's swarm, if it was.
+    pub fn announce(&mut self, client: ClientId, file: &FileName, content: Content) -> Result<(), Refusal> {
         let record = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
-        if let Some(recorded) = self.files.get(file).map(|entry| entry.info) {
-            if recorded != info {
+        if let Some(recorded) = self.files.get(file).map(|entry| entry.content) {
+            if recorded != content {
                 return Err(Refusal::ContentMismatch {
                     file: file.clone(),
-                    recorded,
-                    announced: info,
+                    recorded: Box::new(recorded),
+                    announced: Box::new(content),
                 });
             }
         }
-        if !record.files.contains(file) && record.files.len() >= self.quotas.files {
+        let new = !record.files.contains(file) && !record.joined.contains(file);
+        if new && record.files.len() + record.joined.len() >= self.quotas.files {
             let limit = self.quotas.files;
             return Err(Refusal::TooManyFiles { client, limit });
         }
         let entry = self.files.entry(file.clone()).or_insert_with(|| FileRecord {
-            info,
+            content,
             holders: Holders::default(),
+            members: Holders::default(),
             stamp: 0,
         });
+        entry.members.remove(&client);
         if entry.holders.insert(client) {
             self.changes += 1;
             entry.stamp = self.changes;
         }
+        record.joined.remove(file);
         record.files.insert(file.clone());
         Ok(())
     }
@@ -435,8 +484,8 @@ impl Records {
         let Some(record) = files.get(file) else {
             return Ok(None);
         };
-        let (info, stamp) = (record.info, record.stamp);
-        let want = asker.want(client, file, info.sha1, quotas)?;
+        let (content, stamp) = (record.content, record.stamp);
+        let want = asker.want(client, file, content.info.sha1, quotas)?;
         if want.skipped.as_ref().is_none_or(|(at, _)| *at != stamp) {
             // The holder list changed since the skipped positions were
             // worked out (or they never were): work them out again. A
@@ -461,7 +510,66 @@ impl Records {
         let peer = record.holders.nth_eligible(rng.random_range(0..eligible), skipped);
         want.lookups += 1;
         let addr = clients[&peer].addr;
-        Ok(Some(Holder { peer, addr, info }))
+        Ok(Some(Holder { peer, addr, content }))
+    }
+
+    /// A swarm lookup by `client` for `file`: records `client` as a member
+    /// of the file's swarm (unless it holds the file) and picks, at random,
+    /// up to [`SWARM_PEERS_PER_ANSWER`] other holders and members, never a
+    /// peer it reported during this download. `None` if nobody holds or
+    /// downloads the file. With `fresh`, a new download begins: the
+    /// client's reports about `file` are forgotten first.
+    pub fn swarm(&mut self, client: ClientId, file: &FileName, fresh: bool) -> Result<Option<Swarm>, Refusal> {
+        let quotas = self.quotas;
+        let asker = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
+        if fresh {
+            asker.clear_reports(file);
+        }
+        let Some(record) = self.files.get_mut(file) else {
+            return Ok(None);
+        };
+        if !asker.files.contains(file) && !asker.joined.contains(file) {
+            if asker.files.len() + asker.joined.len() >= quotas.files {
+                let limit = quotas.files;
+                return Err(Refusal::TooManyFiles { client, limit });
+            }
+            asker.joined.insert(file.clone());
+            record.members.insert(client);
+        }
+        let content = record.content;
+        let want = asker.want(client, file, content.info.sha1, &quotas)?;
+        let nth = want.lookups;
+        want.lookups += 1;
+        let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
+        let record = &self.files[file];
+        let clients = &self.clients;
+        let skip: Vec<ClientId> = std::iter::once(client)
+            .chain(
+                reported
+                    .into_iter()
+                    .filter(|(peer, session)| clients.get(peer).is_some_and(|holder| holder.session == *session))
+                    .map(|(peer, _)| peer),
+            )
+            .collect();
+        let (held_skip, member_skip) = (
+            record.holders.positions(skip.iter().copied()),
+            record.members.positions(skip.iter().copied()),
+        );
+        let held = record.holders.0.len() - held_skip.len();
+        let joined = record.members.0.len() - member_skip.len();
+        let mut rng = choice_rng(self.seed, client, file, nth);
+        let peers = sample(&mut rng, held + joined, SWARM_PEERS_PER_ANSWER)
+            .into_iter()
+            .map(|k| {
+                let (peer, complete) = match k < held {
+                    true => (record.holders.nth_eligible(k, &held_skip), true),
+                    false => (record.members.nth_eligible(k - held, &member_skip), false),
+                };
+                let addr = clients[&peer].addr;
+                SwarmMember { peer, addr, complete }
+            })
+            .collect();
+        Ok(Some(Swarm { content, peers }))
     }
 
     /// Records that `peer` failed `client` with version `sha1` of `file`:
@@ -474,10 +582,11 @@ impl Records {
             return Err(Refusal::NotRegistered);
         }
         let (holder_session, position, stamp) = match (self.files.get(file), self.clients.get(&peer)) {
-            (Some(record), Some(holder)) if record.info.sha1 == sha1 && peer != client => {
-                match record.holders.position(&peer) {
-                    Some(position) => (holder.session, position, record.stamp),
-                    None => return Ok(false),
+            (Some(record), Some(holder)) if record.content.info.sha1 == sha1 && peer != client => {
+                match (record.holders.position(&peer), record.members.position(&peer)) {
+                    (Some(position), _) => (holder.session, Some(position), record.stamp),
+                    (None, Some(_)) => (holder.session, None, record.stamp),
+                    (None, None) => return Ok(false),
                 }
             }
             _ => return Ok(false),
@@ -495,7 +604,8 @@ impl Records {
             return Err(Refusal::TooManyReports { client, limit });
         }
         // Keep the skipped positions of the next lookup up to date.
-        if let Some((_, skipped)) = want.skipped.as_mut().filter(|(at, _)| *at == stamp) {
+        let holding = want.skipped.as_mut().filter(|(at, _)| *at == stamp).zip(position);
+        if let Some(((_, skipped), position)) = holding {
             if let Err(at) = skipped.binary_search(&position) {
                 skipped.insert(at, position);
             }
@@ -512,29 +622,32 @@ impl Records {
             return false;
         }
         let record = self.clients.remove(&client).expect("checked above");
-        for file in record.files {
-            self.unhold(client, &file);
+        for file in record.files.iter().chain(&record.joined) {
+            self.unhold(client, file);
         }
         true
     }
 
-    /// Stops offering `client` as a holder of `file`, at the holder's own
-    /// request (it deleted the file, or found it bad). With `sha1`, only if
-    /// that is the version recorded: a late withdrawal never removes a
-    /// version announced after it. Returns whether it was offered.
+    /// Stops offering `client` as a holder (or swarm member) of `file`, at
+    /// its own request (it deleted the file, found it bad, or gave up its
+    /// swarm download). With `sha1`, only if that is the version recorded:
+    /// a late withdrawal never removes a version announced after it.
+    /// Returns whether it held the file (a membership does not count).
     pub fn drop_holding(&mut self, client: ClientId, file: &FileName, sha1: Option<Digest>) -> bool {
-        let recorded = self.files.get(file).map(|record| record.info.sha1);
+        let recorded = self.files.get(file).map(|record| record.content.info.sha1);
         if sha1.is_some_and(|sha1| recorded != Some(sha1)) {
             return false;
         }
         if let Some(record) = self.clients.get_mut(&client) {
             record.files.remove(file);
+            record.joined.remove(file);
         }
         self.unhold(client, file)
     }
 
-    /// Removes one holding; a file nobody holds any more is forgotten with
-    /// it, so its name is free for new content. Returns whether it was held.
+    /// Removes one holding or membership; a file nobody holds or downloads
+    /// any more is forgotten with it, so its name is free for new content.
+    /// Returns whether it was held.
     fn unhold(&mut self, client: ClientId, file: &FileName) -> bool {
         let Some(entry) = self.files.get_mut(file) else {
             return false;
@@ -544,10 +657,20 @@ impl Records {
             self.changes += 1;
             entry.stamp = self.changes;
         }
-        if entry.holders.0.is_empty() {
+        entry.members.remove(&client);
+        if entry.holders.0.is_empty() && entry.members.0.is_empty() {
             self.files.remove(file);
         }
         held
+    }
+
+    /// The current swarm members of `file` (downloading it in pieces), in
+    /// id order.
+    pub fn members(&self, file: &FileName) -> Vec<ClientId> {
+        self.files
+            .get(file)
+            .map(|record| record.members.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The current holders of `file`, in id order.
@@ -613,7 +736,7 @@ impl Records {
                                 spent += 1 + holders.len();
                                 page.push(StatusEntry::File {
                                     file: file.clone(),
-                                    info: record.info,
+                                    info: record.content.info,
                                     holders: holders.to_vec(),
                                 });
                             }
@@ -655,6 +778,19 @@ fn want_mut<'a>(clients: &'a mut BTreeMap<ClientId, ClientRecord>, client: Clien
     asker.wants.get_mut(file).expect("a file it looked up")
 }
 
+/// `count` distinct numbers below `range`, chosen at random (Floyd's
+/// algorithm: `count` draws, whatever `range`), in increasing order.
+fn sample(rng: &mut ChaCha8Rng, range: usize, count: usize) -> Vec<usize> {
+    let mut chosen = BTreeSet::new();
+    for top in range.saturating_sub(count)..range {
+        let pick = rng.random_range(0..=top);
+        if !chosen.insert(pick) {
+            chosen.insert(top);
+        }
+    }
+    chosen.into_iter().collect()
+}
+
 /// The random generator of one lookup: a function of the seed, the asker, the
 /// file and how many times the asker looked it up before, and of nothing
 /// else (not the order in which concurrent lookups arrive).
@@ -683,6 +819,13 @@ mod tests {
         FileInfo {
             size: content.len() as u64,
             sha1: Digest::of(content),
+        }
+    }
+
+    fn content(bytes: &[u8]) -> Content {
+        Content {
+            info: info(bytes),
+            root: crate::pieces::Tree::of(bytes).root(),
         }
     }
 
@@ -730,14 +873,14 @@ mod tests {
     fn a_lookup_finds_an_announced_holder_but_never_the_asker() {
         let mut records = records(0, 2);
         assert_eq!(records.lookup(ClientId(2), &file("a"), false), Ok(None));
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         let holder = records.lookup(ClientId(2), &file("a"), false).unwrap().unwrap();
         assert_eq!(
             holder,
             Holder {
                 peer: ClientId(1),
                 addr: addr(1),
-                info: info(b"x")
+                content: content(b"x")
             }
         );
         assert_eq!(first(&mut records, 1, "a"), None);
@@ -751,11 +894,11 @@ mod tests {
     fn announcing_needs_registration_and_matching_content() {
         let mut records = records(0, 2);
         assert_eq!(
-            records.announce(ClientId(9), &file("a"), info(b"x")),
+            records.announce(ClientId(9), &file("a"), content(b"x")),
             Err(Refusal::NotRegistered)
         );
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
-        let refused = records.announce(ClientId(2), &file("a"), info(b"y"));
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        let refused = records.announce(ClientId(2), &file("a"), content(b"y"));
         assert!(matches!(refused, Err(Refusal::ContentMismatch { .. })));
         assert_eq!(records.holders(&file("a")), vec![ClientId(1)]);
     }
@@ -808,18 +951,18 @@ mod tests {
     #[test]
     fn a_file_nobody_holds_is_forgotten_and_its_name_freed() {
         let mut records = records(0, 2);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         records.forget(ClientId(1), 1);
         assert!(status(&records, 100)
             .iter()
             .all(|e| !matches!(e, StatusEntry::File { .. })));
-        records.announce(ClientId(2), &file("a"), info(b"new")).unwrap();
+        records.announce(ClientId(2), &file("a"), content(b"new")).unwrap();
     }
 
     #[test]
     fn a_report_only_hides_the_holder_from_the_reporter() {
         let mut records = records(0, 4);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
         // Client 3 says 1's copy is bad. Maybe it is, maybe 3 lies: only 3
         // stops being sent there.
@@ -831,7 +974,7 @@ mod tests {
         assert_eq!(first(&mut records, 4, "a"), Some(ClientId(1)));
         assert_eq!(records.holders(&file("a")), vec![ClientId(1)]);
         // The name stays bound to 1's content while 1 holds it.
-        let hijack = records.announce(ClientId(3), &file("a"), info(b"evil"));
+        let hijack = records.announce(ClientId(3), &file("a"), content(b"evil"));
         assert!(matches!(hijack, Err(Refusal::ContentMismatch { .. })), "{hijack:?}");
         // A new download by 3 gives 1 a fresh chance.
         assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
@@ -841,7 +984,7 @@ mod tests {
     fn failover_goes_through_every_holder_once() {
         let mut records = records(5, 40);
         for holder in 1..=30 {
-            records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+            records.announce(ClientId(holder), &file("a"), content(b"x")).unwrap();
         }
         let mut tried = BTreeSet::new();
         let mut offered = first(&mut records, 40, "a");
@@ -851,7 +994,7 @@ mod tests {
             // Holders come and go meanwhile.
             if tried.len() == 10 {
                 for holder in 31..=35 {
-                    records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+                    records.announce(ClientId(holder), &file("a"), content(b"x")).unwrap();
                 }
                 let untried = (1..=30).map(ClientId).find(|id| !tried.contains(id)).unwrap();
                 records.drop_holding(untried, &file("a"), None);
@@ -865,11 +1008,11 @@ mod tests {
     #[test]
     fn a_report_about_another_version_changes_nothing() {
         let mut records = records(0, 3);
-        records.announce(ClientId(1), &file("a"), info(b"v1")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"v1")).unwrap();
         assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
         // 1 changes the file in place and announces the new version.
         assert!(records.drop_holding(ClientId(1), &file("a"), Some(info(b"v1").sha1)));
-        records.announce(ClientId(1), &file("a"), info(b"v2")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"v2")).unwrap();
         // 3's complaint about v1 arrives late: it is about v1, not v2.
         assert_eq!(
             records.report(ClientId(3), &file("a"), ClientId(1), info(b"v1").sha1),
@@ -881,34 +1024,34 @@ mod tests {
         assert!(!records.drop_holding(ClientId(1), &file("a"), Some(info(b"v1").sha1)));
         assert_eq!(records.holders(&file("a")), vec![ClientId(1)]);
         // Reports made about v1 do not carry over to v2 either.
-        records.announce(ClientId(2), &file("b"), info(b"b1")).unwrap();
+        records.announce(ClientId(2), &file("b"), content(b"b1")).unwrap();
         assert_eq!(first(&mut records, 3, "b"), Some(ClientId(2)));
         records
             .report(ClientId(3), &file("b"), ClientId(2), info(b"b1").sha1)
             .unwrap();
         records.drop_holding(ClientId(2), &file("b"), None);
-        records.announce(ClientId(2), &file("b"), info(b"b2")).unwrap();
+        records.announce(ClientId(2), &file("b"), content(b"b2")).unwrap();
         assert_eq!(next(&mut records, 3, "b"), Some(ClientId(2)));
     }
 
     #[test]
     fn a_reported_holder_that_comes_back_gets_a_fresh_chance() {
         let mut records = records(0, 3);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
         records
             .report(ClientId(3), &file("a"), ClientId(1), info(b"x").sha1)
             .unwrap();
         records.forget(ClientId(1), 1);
         records.register(ClientId(1), addr(1), 77).unwrap();
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         assert_eq!(next(&mut records, 3, "a"), Some(ClientId(1)));
     }
 
     #[test]
     fn reports_about_non_holders_or_oneself_are_ignored() {
         let mut records = records(0, 3);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         let sha1 = info(b"x").sha1;
         assert_eq!(records.report(ClientId(3), &file("a"), ClientId(2), sha1), Ok(false));
         assert_eq!(records.report(ClientId(3), &file("zz"), ClientId(1), sha1), Ok(false));
@@ -923,8 +1066,8 @@ mod tests {
     #[test]
     fn a_withdrawn_holding_is_no_longer_offered() {
         let mut records = records(0, 3);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
-        records.announce(ClientId(2), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        records.announce(ClientId(2), &file("a"), content(b"x")).unwrap();
         assert!(records.drop_holding(ClientId(1), &file("a"), None));
         assert!(!records.drop_holding(ClientId(1), &file("a"), None));
         assert_eq!(records.holders(&file("a")), vec![ClientId(2)]);
@@ -937,14 +1080,14 @@ mod tests {
     #[test]
     fn a_forgotten_client_is_never_chosen() {
         let mut records = records(0, 3);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
-        records.announce(ClientId(2), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        records.announce(ClientId(2), &file("a"), content(b"x")).unwrap();
         records.forget(ClientId(1), 1);
         for _ in 0..20 {
             assert_eq!(first(&mut records, 3, "a"), Some(ClientId(2)));
         }
         // The file's content stays recorded: a later copy must still match.
-        assert!(records.announce(ClientId(3), &file("a"), info(b"y")).is_err());
+        assert!(records.announce(ClientId(3), &file("a"), content(b"y")).is_err());
     }
 
     #[test]
@@ -952,7 +1095,7 @@ mod tests {
         let choices = |seed: u64, interleave: bool| {
             let mut records = records(seed, 12);
             for holder in 1..=10 {
-                records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+                records.announce(ClientId(holder), &file("a"), content(b"x")).unwrap();
             }
             (0..50)
                 .map(|_| {
@@ -979,13 +1122,13 @@ mod tests {
         // Register, look up, report, leave: 300,000 times, each a new id, as
         // one connection can do. Everything goes with the client.
         let mut records = records(0, 1);
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         for id in 2..300_002 {
             let session = id;
             records.register(ClientId(id), addr(2), session).unwrap();
             let holder = records.lookup(ClientId(id), &file("a"), false).unwrap().unwrap();
             records
-                .report(ClientId(id), &file("a"), holder.peer, holder.info.sha1)
+                .report(ClientId(id), &file("a"), holder.peer, holder.content.info.sha1)
                 .unwrap();
             assert!(records.forget(ClientId(id), session));
         }
@@ -1002,9 +1145,9 @@ mod tests {
         };
         let mut records = records_with(0, 6, quotas);
         for name in ["a", "b", "c"] {
-            records.announce(ClientId(1), &file(name), info(b"x")).unwrap();
+            records.announce(ClientId(1), &file(name), content(b"x")).unwrap();
         }
-        let refused = records.announce(ClientId(1), &file("d"), info(b"x")).unwrap_err();
+        let refused = records.announce(ClientId(1), &file("d"), content(b"x")).unwrap_err();
         assert_eq!(
             refused,
             Refusal::TooManyFiles {
@@ -1018,7 +1161,7 @@ mod tests {
             "a refused announce left a record"
         );
         // Announcing a file it holds again is no new file.
-        records.announce(ClientId(1), &file("a"), info(b"x")).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
 
         // Lookup state: files with nothing but a count make room.
         for name in ["a", "b", "c"] {
@@ -1026,9 +1169,9 @@ mod tests {
         }
         // Reports pending on two files fill the lookup quota ...
         for holder in [2, 3] {
-            records.announce(ClientId(holder), &file("a"), info(b"x")).unwrap();
+            records.announce(ClientId(holder), &file("a"), content(b"x")).unwrap();
         }
-        records.announce(ClientId(2), &file("b"), info(b"x")).unwrap();
+        records.announce(ClientId(2), &file("b"), content(b"x")).unwrap();
         first(&mut records, 6, "a");
         records
             .report(ClientId(6), &file("a"), ClientId(1), info(b"x").sha1)
@@ -1068,12 +1211,12 @@ mod tests {
         for holder in 10..5_010 {
             records.register(ClientId(holder), addr(3), holder).unwrap();
             records
-                .announce(ClientId(holder), &file("popular"), info(b"p"))
+                .announce(ClientId(holder), &file("popular"), content(b"p"))
                 .unwrap();
         }
         for n in 0..300 {
             records
-                .announce(ClientId(1), &file(&format!("f{n:03}")), info(b"x"))
+                .announce(ClientId(1), &file(&format!("f{n:03}")), content(b"x"))
                 .unwrap();
         }
         let budget = 100;
@@ -1119,14 +1262,14 @@ mod tests {
     fn a_status_answer_goes_on_from_its_cursor_whatever_changed() {
         let mut records = records(0, 3);
         for name in ["a", "b", "c"] {
-            records.announce(ClientId(1), &file(name), info(b"x")).unwrap();
+            records.announce(ClientId(1), &file(name), content(b"x")).unwrap();
         }
         let (page, cursor) = records.status_page(StatusCursor::Start, 5);
         assert_eq!(page.len(), 4, "{page:?}");
         assert_eq!(cursor, StatusCursor::AfterFile(file("a")));
         // Between two pages, b goes and d comes.
         records.drop_holding(ClientId(1), &file("b"), None);
-        records.announce(ClientId(2), &file("d"), info(b"x")).unwrap();
+        records.announce(ClientId(2), &file("d"), content(b"x")).unwrap();
         let (rest, done) = records.status_page(cursor, 100);
         assert_eq!(done, StatusCursor::Done);
         let names: Vec<&str> = rest
@@ -1137,5 +1280,105 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["c", "d"]);
+    }
+
+    /// The peers `client`'s swarm lookup of `name` offers, with whether each
+    /// is complete.
+    fn swarm(records: &mut Records, client: u64, name: &str, fresh: bool) -> Option<Vec<(u64, bool)>> {
+        let answer = records.swarm(ClientId(client), &file(name), fresh).unwrap()?;
+        Some(answer.peers.iter().map(|peer| (peer.peer.0, peer.complete)).collect())
+    }
+
+    #[test]
+    fn a_swarm_lookup_joins_the_swarm_and_offers_holders_and_members() {
+        let mut records = records(0, 5);
+        assert_eq!(swarm(&mut records, 2, "a", true), None, "nobody has a yet");
+        assert!(records.members(&file("a")).is_empty(), "joined a file nobody holds");
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        assert_eq!(swarm(&mut records, 2, "a", true), Some(vec![(1, true)]));
+        assert_eq!(swarm(&mut records, 3, "a", true), Some(vec![(1, true), (2, false)]));
+        assert_eq!(records.members(&file("a")), [ClientId(2), ClientId(3)]);
+        // A whole-file download is never offered a member.
+        for _ in 0..20 {
+            assert_eq!(first(&mut records, 4, "a"), Some(ClientId(1)));
+        }
+        // Announcing the whole file turns a member into a holder.
+        records.announce(ClientId(2), &file("a"), content(b"x")).unwrap();
+        assert_eq!(records.members(&file("a")), [ClientId(3)]);
+        assert_eq!(records.holders(&file("a")), [ClientId(1), ClientId(2)]);
+        let answer = records.swarm(ClientId(4), &file("a"), true).unwrap().unwrap();
+        assert_eq!(answer.content, content(b"x"));
+        assert_eq!(answer.peers.len(), 3);
+    }
+
+    #[test]
+    fn a_swarm_answer_is_capped_seeded_and_never_names_the_asker() {
+        let answer = |seed: u64| {
+            let mut records = records(seed, 60);
+            for holder in 1..=30 {
+                records.announce(ClientId(holder), &file("a"), content(b"x")).unwrap();
+            }
+            for member in 31..=50 {
+                records.swarm(ClientId(member), &file("a"), true).unwrap();
+            }
+            swarm(&mut records, 45, "a", true).unwrap()
+        };
+        let peers = answer(3);
+        assert_eq!(peers.len(), SWARM_PEERS_PER_ANSWER);
+        let distinct: BTreeSet<u64> = peers.iter().map(|(peer, _)| *peer).collect();
+        assert_eq!(distinct.len(), peers.len(), "a peer offered twice: {peers:?}");
+        assert!(!distinct.contains(&45), "the asker was offered to itself");
+        assert!(peers.iter().all(|(peer, complete)| *complete == (*peer <= 30)));
+        assert_eq!(answer(3), peers, "same seed, other peers");
+        assert_ne!(answer(4), peers, "the seed does not matter");
+    }
+
+    #[test]
+    fn a_swarm_report_hides_a_holder_or_member_from_the_reporter_only() {
+        let mut records = records(0, 5);
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        records.swarm(ClientId(2), &file("a"), true).unwrap();
+        swarm(&mut records, 3, "a", true).unwrap();
+        let sha1 = info(b"x").sha1;
+        assert_eq!(records.report(ClientId(3), &file("a"), ClientId(1), sha1), Ok(true));
+        assert_eq!(records.report(ClientId(3), &file("a"), ClientId(2), sha1), Ok(true));
+        assert_eq!(swarm(&mut records, 3, "a", false), Some(vec![]));
+        assert_eq!(
+            swarm(&mut records, 4, "a", true),
+            Some(vec![(1, true), (2, false), (3, false)])
+        );
+        // A new download gives both a fresh chance.
+        assert_eq!(
+            swarm(&mut records, 3, "a", true),
+            Some(vec![(1, true), (2, false), (4, false)])
+        );
+    }
+
+    #[test]
+    fn a_member_that_gives_up_or_goes_leaves_the_swarm() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        records.swarm(ClientId(2), &file("a"), true).unwrap();
+        records.swarm(ClientId(3), &file("a"), true).unwrap();
+        assert!(!records.drop_holding(ClientId(2), &file("a"), Some(info(b"x").sha1)));
+        assert_eq!(records.members(&file("a")), [ClientId(3)]);
+        // With its last holder gone, the file lives on while it has members:
+        // its name stays bound to its content.
+        records.forget(ClientId(1), 1);
+        assert!(records.announce(ClientId(2), &file("a"), content(b"evil")).is_err());
+        records.forget(ClientId(3), 3);
+        assert!(records.members(&file("a")).is_empty());
+        records.announce(ClientId(2), &file("a"), content(b"new")).unwrap();
+    }
+
+    #[test]
+    fn sampling_picks_distinct_numbers_in_range() {
+        let mut rng = choice_rng(1, ClientId(1), &file("a"), 0);
+        for (range, count) in [(0, 5), (3, 5), (10, 10), (1000, 24)] {
+            let picked = sample(&mut rng, range, count);
+            assert_eq!(picked.len(), count.min(range));
+            assert!(picked.windows(2).all(|pair| pair[0] < pair[1]));
+            assert!(picked.iter().all(|pick| *pick < range));
+        }
     }
 }

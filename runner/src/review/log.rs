@@ -91,13 +91,15 @@ pub enum EventKind {
     DownloadFinished {
         /// The file.
         file: String,
-        /// The peer that delivered it.
-        from: ClientId,
+        /// The peer that delivered it; none for a swarm download, which
+        /// came in pieces from several.
+        #[serde(default)]
+        from: Option<ClientId>,
         /// Its size.
         bytes: u64,
-        /// Extension point for swarm downloads: how many bytes each peer
-        /// gave, keyed by peer id. No event carries it yet; the report shows
-        /// it when one does.
+        /// For a swarm download under `--sim`: how many bytes each peer
+        /// gave, keyed by peer id (over TCP it depends on timing, and the
+        /// log leaves it out).
         #[serde(default)]
         sources: Option<BTreeMap<String, u64>>,
     },
@@ -261,7 +263,7 @@ impl EventKind {
             | EventKind::ClientLeft { client } => vec![*client],
             EventKind::PeerChosen { client, peer, .. } => vec![*client, *peer],
             EventKind::FileSent { to, .. } => vec![*to],
-            EventKind::DownloadFinished { from, .. } => vec![*from],
+            EventKind::DownloadFinished { from, .. } => from.iter().copied().collect(),
             EventKind::TransferRejected { peer, .. } => vec![*peer],
             _ => Vec::new(),
         }

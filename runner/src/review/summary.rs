@@ -178,7 +178,7 @@ impl Builder {
                 sources,
             } => {
                 let result = DownloadResult::Finished {
-                    from: from.to_string(),
+                    from: from.map_or_else(|| "a swarm".to_owned(), |from| from.to_string()),
                     bytes: *bytes,
                     sources: sources.clone(),
                 };

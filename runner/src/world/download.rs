@@ -1,10 +1,13 @@
-//! Downloads: `c.download`, `c.start_download`, `x.wait`.
+//! Downloads: `c.download`, `c.start_download`, `x.wait`, whole files or
+//! in pieces from a swarm (`#{ swarm: true }`).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use phile_core::client::Downloaded;
+use phile_core::client::{Downloaded, SwarmOptions, Swarmed};
+use phile_core::pieces::PieceSize;
 use phile_core::{FileInfo, FileName, Trace};
 
 use super::{bytes, explain, parse_name, ClientRef, Verdict, World};
@@ -23,12 +26,43 @@ pub struct DownloadResult {
 /// A successful download.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivered {
-    /// The peer that delivered.
+    /// The peer that delivered (of a swarm download: the one that sent
+    /// the most).
     pub from: u64,
     /// Size and SHA-1.
     pub info: FileInfo,
     /// Seconds it took, virtual under simulation (never logged).
     pub secs: f64,
+    /// How a swarm download went: the bytes each peer sent, what an
+    /// earlier attempt left.
+    pub swarm: Option<Swarmed>,
+}
+
+/// How the script asked for a download (its options map).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// In pieces from a swarm, rather than whole from one holder.
+    pub swarm: bool,
+    /// The piece size of a swarm download.
+    pub piece_size: Option<u64>,
+}
+
+impl DownloadOptions {
+    /// The options as a command carries them; an error for options that
+    /// make no sense.
+    fn for_command(self) -> Verdict<Option<SwarmOptions>> {
+        if let Some(size) = self.piece_size {
+            if !self.swarm {
+                return Err(format!(
+                    "piece_size: {size} applies to swarm downloads only: add swarm: true"
+                ));
+            }
+            PieceSize::new(size).map_err(|error| error.to_string())?;
+        }
+        Ok(self.swarm.then_some(SwarmOptions {
+            piece_size: self.piece_size,
+        }))
+    }
 }
 
 /// A download started by `start_download`, as the script holds it.
@@ -53,12 +87,17 @@ enum TransferState {
 }
 
 impl World {
-    /// `c.download(name)`.
-    pub fn download(&self, c: &ClientRef, name: &str) -> Verdict<DownloadResult> {
+    /// `c.download(name)` and `c.download(name, options)`.
+    pub fn download(&self, c: &ClientRef, name: &str, options: DownloadOptions) -> Verdict<DownloadResult> {
         let file = parse_name(name)?;
+        let swarm = options.for_command()?;
         let node = self.live(c)?;
         let started = self.now();
-        let reply = self.operation(|trace| self.call(node, trace, Command::Download { file: file.clone() }))?;
+        let command = Command::Download {
+            file: file.clone(),
+            swarm,
+        };
+        let reply = self.operation(|trace| self.call(node, trace, command))?;
         self.conclude(c, file, reply, started)
     }
 
@@ -68,20 +107,25 @@ impl World {
         self.count(|s| s.steps += 1);
         let outcome = match reply {
             Reply::Downloaded {
-                downloaded: Downloaded { from, info },
+                downloaded: Downloaded { from, info, swarm },
             } => {
                 let secs = (self.now() - started).as_secs_f64();
                 self.count(|s| s.downloads_ok += 1);
                 let sha1 = info.sha1.to_string();
                 let (size, ms) = (bytes(info.size), secs * 1e3);
+                let source = match &swarm {
+                    Some(swarm) => describe_sources(&swarm.sources),
+                    None => format!("from {from}"),
+                };
                 self.say(
                     c.id,
-                    format_args!("download {file}: ok from {from} ({size}, sha1 {sha1:.8}…, {ms:.1} ms)"),
+                    format_args!("download {file}: ok {source} ({size}, sha1 {sha1:.8}…, {ms:.1} ms)"),
                 );
                 Ok(Delivered {
                     from: from.0,
                     info,
                     secs,
+                    swarm,
                 })
             }
             // A downloader that went down while its transfer ran.
@@ -107,10 +151,12 @@ impl World {
         })
     }
 
-    /// `c.start_download(name)`: asks the tracker now, fetches in the
-    /// background; the file is announced when the script waits for it.
-    pub fn start_download(&self, c: &ClientRef, name: &str) -> Verdict<Transfer> {
+    /// `c.start_download(name)` and `c.start_download(name, options)`:
+    /// asks the tracker now, fetches in the background; the file is
+    /// announced when the script waits for it.
+    pub fn start_download(&self, c: &ClientRef, name: &str, options: DownloadOptions) -> Verdict<Transfer> {
         let file = parse_name(name)?;
+        let swarm = options.for_command()?;
         let node = self.live(c)?;
         let started = self.now();
         let number = self.next_transfer.replace(self.next_transfer.get() + 1);
@@ -118,10 +164,17 @@ impl World {
         let command = Command::StartDownload {
             file: file.clone(),
             transfer: number,
+            swarm,
         };
-        let state = match self.call(node, trace, command) {
-            Reply::Started { from } => {
-                self.say(c.id, format_args!("start download {file} from {from}"));
+        let reply = self.call(node, trace, command);
+        let begun = match &reply {
+            Reply::Started { from } => Some(format!("from {from}")),
+            Reply::Swarming { peers } => Some(format!("in pieces from a swarm ({peers} peers offered)")),
+            _ => None,
+        };
+        let state = match begun {
+            Some(begun) => {
+                self.say(c.id, format_args!("start download {file} {begun}"));
                 TransferState::Running {
                     c: *c,
                     node,
@@ -131,7 +184,7 @@ impl World {
                     started,
                 }
             }
-            reply => {
+            None => {
                 self.end(trace)?;
                 TransferState::Done(self.conclude(c, file, reply, started)?)
             }
@@ -166,8 +219,32 @@ impl World {
         result
     }
 
+    /// The fewest seconds in which `bytes` bytes can get from `seeders` to
+    /// every one of `downloaders` under their rate caps (`fluid_bound`).
+    pub fn fluid_bound(&self, bytes: i64, seeders: &[ClientRef], downloaders: &[ClientRef]) -> Verdict<f64> {
+        let bytes = u64::try_from(bytes).map_err(|_| format!("fluid_bound: {bytes} bytes is not a size"))?;
+        let rates = |clients: &[ClientRef]| -> Verdict<Vec<(u64, u64)>> {
+            clients.iter().map(|c| self.slot(c, |slot| slot.rate)).collect()
+        };
+        let seeders = rates(seeders)?;
+        let downloaders = rates(downloaders)?;
+        if downloaders.is_empty() {
+            return Err("fluid_bound: give at least one downloader".into());
+        }
+        let uploads: Vec<u64> = seeders.iter().map(|(up, _)| *up).collect();
+        Ok(super::fluid::bound(bytes, &uploads, &downloaders))
+    }
+
     /// Time since the run started: virtual under simulation.
     pub(super) fn now(&self) -> Duration {
         self.backend.borrow().now()
+    }
+}
+
+/// "in pieces from 3 peers", for a step line.
+fn describe_sources(sources: &BTreeMap<phile_core::ClientId, u64>) -> String {
+    match sources.len() {
+        1 => "in pieces from 1 peer".to_owned(),
+        peers => format!("in pieces from {peers} peers"),
     }
 }

@@ -60,12 +60,15 @@ impl World {
             ));
         }
         let (dir, port, tracker) = self.slot(c, |slot| (slot.dir.clone(), slot.port, slot.tracker))?;
-        // Leftovers of the downloads it was making when it went down go.
+        // Leftovers of the whole-file downloads it was making when it went
+        // down go; those of swarm downloads stay, to resume.
         Folder::open(&dir).map_err(|e| format!("cannot reopen the folder of client {}: {e}", c.id))?;
         let node = self.start_client(c.id, &dir, port)?;
         if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {
             slot.node = node;
             slot.down = None;
+            // A new process: no cap until the script sets one again.
+            slot.rate = (0, 0);
         }
         let reply = self.operation(|mut trace| {
             let subject = Subject::Node(Node::Client(ClientId(c.id)));

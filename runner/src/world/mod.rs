@@ -13,6 +13,7 @@
 
 mod download;
 mod faults;
+mod fluid;
 mod network;
 
 pub use network::NodeRef;
@@ -41,7 +42,7 @@ use crate::node::NodeSpec;
 use crate::tree::Tree;
 use crate::Output;
 
-pub use download::{Delivered, DownloadResult, Transfer};
+pub use download::{Delivered, DownloadOptions, DownloadResult, Transfer};
 
 /// How long the tracker gets to notice a client that went away, over real
 /// networks, before the operation fails.
@@ -110,6 +111,8 @@ struct Slot {
     tracker: Option<SocketAddr>,
     /// Why it is down, when the script put it down ("killed", "left").
     down: Option<&'static str>,
+    /// Its rate caps (upload, download; 0: none), for `fluid_bound`.
+    rate: (u64, u64),
 }
 
 /// The state of one scenario run.
@@ -353,6 +356,7 @@ impl World {
             port,
             tracker: None,
             down: None,
+            rate: (0, 0),
         };
         self.clients.borrow_mut().insert(id, slot);
         self.log

@@ -64,6 +64,9 @@ impl World {
         if let Reply::Failed { error } = reply {
             return Err(format!("client {} cannot set its rates: {error}", c.id));
         }
+        if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {
+            slot.rate = (up, down);
+        }
         self.count(|s| s.steps += 1);
         self.say(
             c.id,

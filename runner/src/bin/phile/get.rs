@@ -9,6 +9,12 @@
 //! `--overwrite` the folder also refuses to replace a file at the rename
 //! itself (an atomic no-replace rename): a file that appeared meanwhile is
 //! kept, and the download is dropped.
+//!
+//! A download swarms unless `--single` says otherwise: pieces from every
+//! holder and every other downloader at once, each checked as it arrives,
+//! served to the others while the download goes on. Pieces checked stay in
+//! the folder (hidden) when a download fails or is interrupted, Ctrl-C
+//! included, and the next `phile get` of the file fetches only the rest.
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use phile_core::client::{ClientError, DownloadError, Downloaded, Source};
+use phile_core::client::{ClientError, DownloadError, Downloaded, SwarmOptions};
 use phile_core::storage::{Folder, StorageError};
 use phile_core::{Client, ClientConfig, FileInfo, FileName};
 
@@ -43,6 +49,12 @@ pub struct GetArgs {
     /// already has the content the tracker records is never fetched again.
     #[arg(long)]
     overwrite: bool,
+
+    /// Fetch each file whole from one holder the tracker picks (the
+    /// founding design), instead of in pieces from every holder and
+    /// downloader at once.
+    #[arg(long)]
+    single: bool,
 }
 
 /// How one file's download ended.
@@ -106,17 +118,23 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let downloads = files.iter().map(|file| {
         let (client, display) = (&client, &display);
         async move {
-            let outcome = fetch(client, file, args.overwrite).await;
+            let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
             (file, outcome)
         }
     });
-    // Ctrl-C stops the downloads (their partial files are deleted), says
-    // goodbye to the tracker and exits.
+    // Ctrl-C stops the downloads (a whole-file download's partial file is
+    // deleted; a swarm download's checked pieces are kept, for the next
+    // attempt), says goodbye to the tracker and exits.
     let outcomes = tokio::select! {
         outcomes = futures::future::join_all(downloads) => outcomes,
         _ = stop.requested() => {
-            eprintln!("phile: interrupted; nothing half-downloaded is kept");
+            let kept = if args.single {
+                "nothing half-downloaded is kept"
+            } else {
+                "the pieces checked so far are kept for the next attempt"
+            };
+            eprintln!("phile: interrupted; {kept}");
             client.leave(Duration::ZERO).await.ok();
             return Ok(ExitCode::from(130));
         }
@@ -143,30 +161,71 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Locates, checks against the folder, receives and announces one file.
-async fn fetch(client: &Client, file: &FileName, overwrite: bool) -> Outcome {
+/// Locates, checks against the folder, receives and announces one file:
+/// in pieces from a swarm (`swarm`), or whole from one holder.
+async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -> Outcome {
+    if swarm {
+        return fetch_swarm(client, file, overwrite).await;
+    }
     let source = match client.first_source(file).await {
         Ok(source) => source,
         Err(error) => return Outcome::Failed(error),
     };
     // Compared before fetching: the common case (the file is here, or
     // another one is) costs no transfer.
-    match already(client.folder(), file, &source).await {
+    match already(client.folder(), file, &source.info).await {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
         Ok(Some(Held::Other)) if !overwrite => return Outcome::Taken { meanwhile: false },
         Ok(_) => {}
         Err(error) => return Outcome::Failed(ClientError::from(error).into()),
     }
     let started = Instant::now();
-    let downloaded = match client.receive(file, source).await {
+    let info = source.info;
+    let received = client.receive(file, source).await;
+    arrived(client, file, info, started, received).await
+}
+
+/// [`fetch`] in pieces from a swarm.
+async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outcome {
+    let start = match client.swarm_start(file, SwarmOptions::default()).await {
+        Ok(start) => start,
+        Err(error) => return Outcome::Failed(error),
+    };
+    let info = start.info;
+    let here = match already(client.folder(), file, &info).await {
+        Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
+        Ok(Some(Held::Other)) if !overwrite => Some(Outcome::Taken { meanwhile: false }),
+        Ok(_) => None,
+        Err(error) => Some(Outcome::Failed(ClientError::from(error).into())),
+    };
+    if let Some(outcome) = here {
+        // Joining the swarm made this client one of its members: it leaves.
+        client.leave_swarm(file, info.sha1).await;
+        return outcome;
+    }
+    let started = Instant::now();
+    let received = client.swarm_receive(start).await;
+    arrived(client, file, info, started, received).await
+}
+
+/// What a download that ended with `received` comes to; a stored file is
+/// announced.
+async fn arrived(
+    client: &Client,
+    file: &FileName,
+    info: FileInfo,
+    started: Instant,
+    received: Result<Downloaded, DownloadError>,
+) -> Outcome {
+    let downloaded = match received {
         Ok(downloaded) => downloaded,
         // The folder refused to replace a file put there meanwhile (only
         // without --overwrite): the same content is as good as ours.
         Err(DownloadError::Client(ClientError::Storage(StorageError::Io { source: error, .. })))
             if error.kind() == ErrorKind::AlreadyExists =>
         {
-            return match already(client.folder(), file, &source).await {
-                Ok(Some(Held::Same)) => Outcome::AlreadyHere(source.info),
+            return match already(client.folder(), file, &info).await {
+                Ok(Some(Held::Same)) => Outcome::AlreadyHere(info),
                 _ => Outcome::Taken { meanwhile: true },
             };
         }
@@ -198,9 +257,9 @@ enum Held {
     Other,
 }
 
-/// What the folder holds under `file`, compared with `source`'s record;
-/// `None` if nothing.
-async fn already(folder: &Folder, file: &FileName, source: &Source) -> Result<Option<Held>, StorageError> {
+/// What the folder holds under `file`, compared with the tracker's record
+/// `recorded`; `None` if nothing.
+async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Result<Option<Held>, StorageError> {
     let path = folder.path(file);
     let metadata = match tokio::fs::symlink_metadata(&path).await {
         Ok(metadata) => metadata,
@@ -208,11 +267,11 @@ async fn already(folder: &Folder, file: &FileName, source: &Source) -> Result<Op
         Err(error) => return Err(StorageError::Io { path, source: error }),
     };
     // Cheap first: a size that differs needs no hash.
-    if !metadata.is_file() || metadata.len() != source.info.size {
+    if !metadata.is_file() || metadata.len() != recorded.size {
         return Ok(Some(Held::Other));
     }
     match folder.hash(file).await {
-        Ok(info) if info == source.info => Ok(Some(Held::Same)),
+        Ok(info) if info == *recorded => Ok(Some(Held::Same)),
         Ok(_) => Ok(Some(Held::Other)),
         // Replaced by something else between the look and the hash.
         Err(StorageError::NotFound { .. }) => Ok(Some(Held::Other)),
@@ -233,10 +292,25 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
                 0..1_000_000 => String::new(),
                 size => format!(", {:.0} MiB/s", size as f64 / secs / (1024.0 * 1024.0)),
             };
+            let from = match &downloaded.swarm {
+                Some(swarm) => {
+                    let peers: Vec<String> = swarm.sources.keys().map(ToString::to_string).collect();
+                    let plural = if peers.len() == 1 { "" } else { "s" };
+                    let resumed = match swarm.resumed {
+                        0 => String::new(),
+                        kept => format!(", {kept} bytes kept from an earlier attempt"),
+                    };
+                    if peers.is_empty() {
+                        "from the pieces an earlier attempt kept".to_owned()
+                    } else {
+                        format!("from peer{plural} {} (in pieces{resumed})", peers.join(", "))
+                    }
+                }
+                None => format!("from peer {}", downloaded.from),
+            };
             display.line(&format!(
-                "{file}: {} bytes from peer {}, sha1 {}, in {:.1} ms{rate}",
+                "{file}: {} bytes {from}, sha1 {}, in {:.1} ms{rate}",
                 downloaded.info.size,
-                downloaded.from,
                 downloaded.info.sha1,
                 secs * 1e3
             ));

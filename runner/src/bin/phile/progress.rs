@@ -86,6 +86,28 @@ impl Progress for Display {
         self.line(&format!("{file}: gave up on peer {peer}, which {}", problem.describe()));
     }
 
+    fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
+        let Some(bars) = &self.bars else {
+            // Off a terminal, a line per tenth of the pieces at most.
+            let tenth = pieces.div_ceil(10).max(1);
+            if held == 1 || held.is_multiple_of(tenth) || held == pieces {
+                self.line(&format!("{file}: {held}/{pieces} pieces, drawing from {peers} peers"));
+            }
+            return;
+        };
+        let mut by_file = self.by_file.lock().expect("progress poisoned");
+        let bar = by_file.entry(file.clone()).or_insert_with(|| {
+            let style = ProgressStyle::with_template(
+                "{msg:32!} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> ");
+            bars.add(ProgressBar::new(size).with_style(style))
+        });
+        bar.set_message(printable(&format!("{file} {held}/{pieces} pieces ← {peers} peers")).into_owned());
+        bar.set_position(bytes);
+    }
+
     fn advance(&self, file: &FileName, received: u64) {
         if let Some(bar) = self.by_file.lock().expect("progress poisoned").get(file) {
             bar.set_position(received);

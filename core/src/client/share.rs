@@ -1,0 +1,389 @@
+//! The peer server's side of a swarm conversation: the pieces of a file,
+//! to a downloader that asks for them in pieces of its own size.
+//!
+//! The file is either held whole (in the folder) or being downloaded in a
+//! swarm (a [`Partial`]): then only checked pieces are offered, and the
+//! downloader is told of each new one as it is gained (`Have`). Requests
+//! are answered in order; a piece goes out only with one of the client's
+//! upload slots, which a fair (first come, first served) semaphore hands
+//! out, so a client serving many downloaders sends each of them a piece in
+//! turn rather than trickling to all at once, and its first pieces reach
+//! the swarm early.
+//!
+//! Of the pieces a downloader asked for, the one this client has sent least
+//! often (to anyone) goes first: a seeder asked for the same pieces by many
+//! downloaders spreads different pieces among them, which they then trade,
+//! rather than sending the same few to all.
+//!
+//! A downloader that finds a piece bad says so (`BadPiece`): a whole copy
+//! is checked as in a whole-file transfer (and withdrawn only if it really
+//! is bad); a partial one re-checks the pieces behind it and drops those
+//! that went bad.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::serve::Seeder;
+use crate::connection::{Connection, ConnectionError};
+use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
+use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Request};
+use crate::storage::PartData;
+use crate::swarm::wire::{self, Inbound, Outbound};
+use crate::swarm::Partial;
+use crate::trace;
+
+/// How many pieces one client sends at once, over all its conversations.
+pub(crate) const UPLOAD_SLOTS: usize = 2;
+
+/// How many times each piece went out, for one file cut one way.
+type SendCounts = Arc<Mutex<Vec<u32>>>;
+
+/// The counts as the registry keeps them: alive while a conversation is.
+type WeakCounts = Weak<Mutex<Vec<u32>>>;
+
+/// How many times a client sent each piece of each file it serves, by file
+/// and piece size, shared by its conversations while any is open.
+#[derive(Default)]
+pub(crate) struct Spread {
+    /// A std mutex: held for a lookup. Looked up by key, never iterated.
+    counts: Mutex<HashMap<(FileName, u64), WeakCounts>>,
+}
+
+impl Spread {
+    /// The counts of `file` cut as `layout`, shared with every conversation
+    /// about it.
+    fn of(&self, file: &FileName, layout: &Layout) -> SendCounts {
+        let mut counts = self.counts.lock().expect("send counts poisoned");
+        counts.retain(|_, counts| counts.strong_count() > 0);
+        let key = (file.clone(), layout.piece.bytes());
+        if let Some(shared) = counts.get(&key).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let shared = Arc::new(Mutex::new(vec![0; layout.count()]));
+        counts.insert(key, Arc::downgrade(&shared));
+        shared
+    }
+}
+
+/// Where the pieces of a conversation come from.
+enum Pieces {
+    /// A file held whole.
+    Whole {
+        /// Reads of the file.
+        data: PartData,
+    },
+    /// A swarm download under way.
+    Partial(Arc<Partial>),
+}
+
+/// One swarm conversation being served.
+struct Conversation<'a> {
+    /// The server.
+    seeder: &'a Seeder,
+    /// The file.
+    file: FileName,
+    /// Who asks.
+    to: ClientId,
+    /// Its version.
+    sha1: Digest,
+    /// The pieces as the downloader cuts them.
+    wanted: Layout,
+    /// Where they come from.
+    pieces: Pieces,
+    /// Pieces asked for and not sent yet, in order.
+    queue: VecDeque<usize>,
+    /// How often each piece went out from this client, to anyone.
+    sent: SendCounts,
+    /// The pieces the downloader knows this side holds.
+    told: Bitfield,
+    /// How many of a partial download's gains were looked at.
+    seen: usize,
+}
+
+impl Seeder {
+    /// Serves a swarm conversation opened by `Join`.
+    pub(crate) async fn share(&self, connection: Connection, file: FileName, to: ClientId, sha1: Digest, piece: u64) {
+        let (requests, mut replies) = wire::split(connection);
+        let Some(conversation) = self.open_conversation(&mut replies, file, to, sha1, piece).await else {
+            return;
+        };
+        if let Err(error) = conversation.run(requests, replies).await {
+            tracing::debug!(node = %self.reporter.node(), %error, "swarm conversation ended");
+        }
+    }
+
+    /// Checks a `Join` and answers it with the pieces held; `None` if it
+    /// was refused.
+    async fn open_conversation(
+        &self,
+        replies: &mut Outbound,
+        file: FileName,
+        to: ClientId,
+        sha1: Digest,
+        piece: u64,
+    ) -> Option<Conversation<'_>> {
+        let refuse = |reason: String| PeerReply::Refused { reason };
+        let node = self.reporter.node();
+        let found = match PieceSize::new(piece) {
+            Err(error) => Err(refuse(error.to_string())),
+            Ok(piece) => self.pieces_of(&file, sha1).await.map(|found| (found, piece)),
+        };
+        let ((pieces, size), piece) = match found {
+            Ok(found) => found,
+            Err(refusal) => {
+                tracing::info!(%node, %to, "refused a swarm conversation about {file}: {refusal:?}");
+                let _ = replies.message(&refusal).await;
+                return None;
+            }
+        };
+        let wanted = Layout::new(size, piece);
+        let told = match &pieces {
+            Pieces::Whole { .. } => Bitfield::full(wanted.count()),
+            Pieces::Partial(partial) => partial.held_as(&wanted),
+        };
+        let seen = match &pieces {
+            Pieces::Partial(partial) => partial.gained_since(usize::MAX, &wanted).1,
+            Pieces::Whole { .. } => 0,
+        };
+        let joined = PeerReply::Joined {
+            pieces: wanted.count() as u64,
+        };
+        replies.message_with_body(&joined, told.as_bytes()).await.ok()?;
+        let sent = self.spread.of(&file, &wanted);
+        Some(Conversation {
+            seeder: self,
+            file,
+            to,
+            sha1,
+            wanted,
+            pieces,
+            queue: VecDeque::new(),
+            sent,
+            told,
+            seen,
+        })
+    }
+
+    /// The pieces of version `sha1` of `file`, from a download under way or
+    /// the file held whole, with the file's size; else the refusal.
+    async fn pieces_of(&self, file: &FileName, sha1: Digest) -> Result<(Pieces, u64), PeerReply> {
+        let node = self.reporter.node();
+        if let Some(partial) = self.swarms.get(file).filter(|partial| partial.info.sha1 == sha1) {
+            let size = partial.info.size;
+            return Ok((Pieces::Partial(partial), size));
+        }
+        let (info, data) = match self.folder.open_pieces(file).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                let reason = format!("{node} does not hold {file}");
+                return Err(PeerReply::Refused { reason });
+            }
+        };
+        let announced = self.holdings.announced(file);
+        if info.sha1 != sha1 || announced.is_some_and(|announced| announced != info) {
+            let reason = format!("{node} does not hold that version of {file}");
+            return Err(PeerReply::Refused { reason });
+        }
+        Ok((Pieces::Whole { data }, info.size))
+    }
+}
+
+/// A wait for an upload slot that keeps its place in the queue across
+/// turns of the conversation's loop.
+type SlotWait = Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>;
+
+impl Conversation<'_> {
+    /// Answers requests until the downloader closes, goes silent with
+    /// nothing asked for the idle timeout, or complains.
+    async fn run(mut self, mut requests: Inbound, mut replies: Outbound) -> Result<(), ConnectionError> {
+        let slots = self.seeder.upload_slots.clone();
+        let idle = self.seeder.idle_timeout;
+        let partial = match &self.pieces {
+            Pieces::Partial(partial) => Some(partial.clone()),
+            Pieces::Whole { .. } => None,
+        };
+        let mut slot: Option<SlotWait> = None;
+        loop {
+            if slot.is_none() && !self.queue.is_empty() {
+                slot = Some(Box::pin(slots.clone().acquire_owned_unwrapped()));
+            }
+            let silence = self.queue.is_empty().then_some(idle);
+            tokio::select! {
+                biased;
+                request = requests.message::<Request<PeerRequest>>(silence) => {
+                    let Some(request) = request? else { return Ok(()) };
+                    if !self.answer(request, &mut replies).await? {
+                        return Ok(());
+                    }
+                }
+                _ = gained(partial.as_deref(), self.seen) => self.tell_gains(&mut replies).await?,
+                permit = wait(&mut slot) => {
+                    slot = None;
+                    if let Some(index) = self.least_sent() {
+                        self.send_piece(index, &mut replies).await?;
+                    }
+                    drop(permit);
+                }
+            }
+        }
+    }
+
+    /// Takes the piece asked for that this client sent least often so far
+    /// (the first asked among equals) off the queue, counting it as sent.
+    fn least_sent(&mut self) -> Option<usize> {
+        let mut sent = self.sent.lock().expect("send counts poisoned");
+        let count = |index: &usize| sent.get(*index).copied().unwrap_or(u32::MAX);
+        let (at, _) = self.queue.iter().enumerate().min_by_key(|(_, index)| count(index))?;
+        let index = self.queue.remove(at)?;
+        if let Some(times) = sent.get_mut(index) {
+            *times += 1;
+        }
+        Some(index)
+    }
+
+    /// Handles one request; `false` when the conversation is over.
+    async fn answer(&mut self, request: Request<PeerRequest>, replies: &mut Outbound) -> Result<bool, ConnectionError> {
+        match request.body {
+            PeerRequest::Piece { index } => self.queue.push_back(index as usize),
+            PeerRequest::Cancel { index } => self.queue.retain(|queued| *queued != index as usize),
+            PeerRequest::Layer => self.send_layer(replies).await?,
+            PeerRequest::BadPiece { index } => {
+                trace::traced(request.trace, self.check(index as usize)).await;
+                replies.message(&PeerReply::Checked).await?;
+                replies.close().await;
+                return Ok(false);
+            }
+            other => {
+                let reason = format!("{other:?} has no place in a swarm conversation");
+                replies.message(&PeerReply::Refused { reason }).await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the piece hashes for the downloader's piece size, when this
+    /// side can work them out (a partial download only for piece sizes no
+    /// finer than its own).
+    async fn send_layer(&self, replies: &mut Outbound) -> Result<(), ConnectionError> {
+        let hashes = match &self.pieces {
+            Pieces::Whole { .. } => match self.seeder.folder.layer(&self.file, self.wanted.piece).await {
+                Ok((info, hashes)) if info.sha1 == self.sha1 => Some(hashes),
+                _ => None,
+            },
+            Pieces::Partial(partial) => partial
+                .layer()
+                .filter(|_| self.wanted.piece >= partial.layout().piece)
+                .map(|layer| coarser_layer(&partial.layout(), layer.hashes(), self.wanted.piece)),
+        };
+        let Some(hashes) = hashes else {
+            let reason = format!("cannot give the piece hashes of {} for that piece size", self.file);
+            return replies.message(&PeerReply::Refused { reason }).await;
+        };
+        let bytes: Vec<u8> = hashes.iter().flat_map(|hash| hash.0).collect();
+        let header = PeerReply::Layer {
+            pieces: hashes.len() as u64,
+        };
+        replies.message_with_body(&header, &bytes).await
+    }
+
+    /// Sends piece `index`, or says it is missing.
+    async fn send_piece(&mut self, index: usize, replies: &mut Outbound) -> Result<(), ConnectionError> {
+        let range = self.wanted.range(index);
+        let data = match &self.pieces {
+            _ if index >= self.wanted.count() => None,
+            Pieces::Whole { data } => Some(data.clone()),
+            Pieces::Partial(partial) if partial.holds(range.clone()) => partial.data().cloned(),
+            Pieces::Partial(_) => None,
+        };
+        let Some(data) = data else {
+            self.told.clear(index);
+            return replies.message(&PeerReply::Missing { index: index as u64 }).await;
+        };
+        let bytes = data.read(range).await?;
+        replies
+            .message_with_body(&PeerReply::Piece { index: index as u64 }, &bytes)
+            .await
+    }
+
+    /// Tells the downloader of the pieces gained since it was last told.
+    async fn tell_gains(&mut self, replies: &mut Outbound) -> Result<(), ConnectionError> {
+        let Pieces::Partial(partial) = &self.pieces else {
+            return Ok(());
+        };
+        let (fresh, seen) = partial.gained_since(self.seen, &self.wanted);
+        self.seen = seen;
+        for index in fresh {
+            if self.told.set(index) {
+                replies.message(&PeerReply::Have { index: index as u64 }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The downloader says piece `index` failed its hash: checks the copy
+    /// behind it.
+    async fn check(&self, index: usize) {
+        let node = self.seeder.reporter.node();
+        match &self.pieces {
+            Pieces::Whole { .. } => {
+                let complaint = format!("piece {index} of {} failed its hash", self.file);
+                self.seeder.check_copy(&self.file, self.to, &complaint).await;
+            }
+            Pieces::Partial(partial) => {
+                let (Some(layer), Some(data)) = (partial.layer(), partial.data()) else {
+                    return;
+                };
+                let own = partial.layout();
+                let range = self.wanted.range(index.min(self.wanted.count() - 1));
+                for piece in 0..own.count() {
+                    let bytes = own.range(piece);
+                    if bytes.start >= range.end || bytes.end <= range.start {
+                        continue;
+                    }
+                    let good = match data.read(bytes).await {
+                        Ok(read) => layer.checks(piece, &read),
+                        Err(_) => false,
+                    };
+                    if !good {
+                        tracing::warn!(%node, "piece {piece} of {} went bad on disk; dropping it", self.file);
+                        partial.lose(piece);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `partial` gained more than `seen` pieces; never for a
+/// file held whole, which gains nothing.
+async fn gained(partial: Option<&Partial>, seen: usize) {
+    match partial {
+        Some(partial) => partial.gained_beyond(seen).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the permit `slot` waits for; never if it waits for none.
+async fn wait(slot: &mut Option<SlotWait>) -> OwnedSemaphorePermit {
+    match slot {
+        Some(waiting) => waiting.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Acquiring a permit of a semaphore that is never closed.
+trait AcquireUnwrapped {
+    /// A permit, once one is free.
+    fn acquire_owned_unwrapped(self) -> impl Future<Output = OwnedSemaphorePermit> + Send;
+}
+
+impl AcquireUnwrapped for Arc<Semaphore> {
+    async fn acquire_owned_unwrapped(self) -> OwnedSemaphorePermit {
+        self.acquire_owned().await.expect("upload slots are never closed")
+    }
+}

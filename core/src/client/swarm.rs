@@ -1,0 +1,987 @@
+//! A swarm download: a file in pieces from several peers at once.
+//!
+//! [`Client::swarm_start`] asks the tracker for the swarm (which records the
+//! client as a member, so others draw from it too) and gets the file's
+//! size, SHA-1, hash tree root and up to a couple of dozen peers.
+//! [`Client::swarm_receive`] then:
+//!
+//! 1. resumes what an interrupted download left ([`Folder::resume`]), or
+//!    starts afresh;
+//! 2. connects to the peers (one connection each, [`MAX_LINKS`] at most),
+//!    learns which pieces each holds, and fetches the piece hashes from the
+//!    first one, checked against the root;
+//! 3. asks each peer for several pieces at once, rarest first, with an
+//!    endgame ([`Scheduler`]); checks every piece as it arrives, writes it
+//!    to the partial file, and serves it to others from then on;
+//! 4. asks the tracker for more peers while it has few, saves the record of
+//!    checked pieces every [`RECORD_INTERVAL`], and gives up only when no
+//!    peer is left that could deliver what is missing;
+//! 5. checks the whole file once more and renames it into place.
+//!
+//! A peer that sends a piece that fails its hash is blamed, once: the
+//! download logs `transfer_rejected`, tells the peer (which checks its own
+//! copy, as after a whole-file transfer, and withdraws it if it is bad),
+//! tells the tracker (which stops offering that peer to this client), and
+//! never asks it again. Other trouble with a peer (it cannot be reached,
+//! cuts the connection, stalls) costs it its place but is not logged:
+//! peers of a swarm come and go, and when they do depends on timing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Client, ClientError, DownloadError, Downloaded, Fetched, Rejection, Swarmed, TransferError};
+use crate::connection::{Connection, ConnectionError};
+use crate::events::Event;
+use crate::pieces::{hashes_from_bytes, Bitfield, Layer, Layout, PieceSize};
+use crate::protocol::{
+    ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, SwarmPeer, Trace, TrackerReply,
+    TrackerRequest,
+};
+use crate::storage::{PartFile, StorageError};
+use crate::swarm::scheduler::{Arrival, Scheduler};
+use crate::swarm::wire;
+use crate::swarm::Partial;
+use crate::trace;
+
+/// The most peers one download draws from at once. A downloader learns
+/// which pieces a peer holds only from peers it is connected to: with too
+/// few (16), downloaders of a swarm of 31 kept asking the seeder for pieces
+/// others already had, and it sent the file 3.6 times over.
+pub const MAX_LINKS: usize = 40;
+
+/// How often a download saves the record of its checked pieces (after
+/// syncing them), so that a crash loses at most this much work.
+pub const RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a download with fewer than [`MAX_LINKS`] peers asks the
+/// tracker for more.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most bytes of pieces a download keeps in flight to one peer: a few
+/// pieces, whatever their size, so a fast peer never waits for the next
+/// request. A peer gets as many requests in flight as it delivered pieces
+/// in the last [`RECORD_INTERVAL`], plus one, up to this: a slow peer (a
+/// seeder shared by many) is not asked for pieces that faster peers could
+/// send sooner.
+const IN_FLIGHT_BYTES: u64 = 1 << 20;
+
+/// How many requests a newly connected peer gets in flight.
+const FIRST_PIPELINE: usize = 2;
+
+/// What a swarm download may be asked to do differently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwarmOptions {
+    /// The piece size, in bytes (a power of two from 16 KiB to 16 MiB);
+    /// [`PieceSize::DEFAULT`] when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub piece_size: Option<u64>,
+}
+
+/// A swarm download begun: the swarm as the tracker described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmStart {
+    /// The file.
+    pub file: FileName,
+    /// Its recorded size and SHA-1.
+    pub info: FileInfo,
+    /// Its recorded hash tree root.
+    pub root: Digest,
+    /// The peers offered first.
+    pub peers: Vec<SwarmPeer>,
+    /// The piece size of this download.
+    pub piece: PieceSize,
+}
+
+/// What a connection to one peer reports to the download.
+enum Heard {
+    /// Connected: the peer holds `bits`; requests go out through the
+    /// sender (the connection writes them).
+    Joined(Requests, Bitfield),
+    /// The piece hashes.
+    Layer(Vec<Digest>),
+    /// A piece's bytes.
+    Piece(usize, Bytes),
+    /// The peer gained a piece.
+    Have(usize),
+    /// The peer does not hold a piece after all.
+    Missing(usize),
+    /// The peer checked its copy after a complaint.
+    Checked,
+    /// The connection is over; with the problem, if the peer misbehaved.
+    Ended(Option<Problem>),
+}
+
+/// Requests to one peer, written by its connection's task: the download's
+/// loop never waits on a peer's socket (two peers that each wait to write
+/// to the other while neither reads would stall until the idle timeout).
+type Requests = mpsc::UnboundedSender<Request<PeerRequest>>;
+
+/// A checked piece on its way to disk.
+type Checking = Pin<Box<dyn Future<Output = (ClientId, usize, Result<bool, StorageError>)> + Send>>;
+
+/// A connection's reading side, run by the download itself.
+type Link = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A peer the download talks to.
+struct Peer {
+    /// Where requests go.
+    out: Requests,
+    /// When it last sent something asked for (or was connected).
+    progress: Instant,
+    /// Whether it was told a piece of its was bad (it closes next).
+    blamed: bool,
+    /// Pieces it delivered since the last tick.
+    delivered: usize,
+}
+
+impl Client {
+    /// Begins a swarm download of `file`: asks the tracker for the swarm,
+    /// joining it. Fails (and reports `download_failed`) if nobody else
+    /// holds or downloads the file, or the piece size is not one.
+    pub async fn swarm_start(&self, file: &FileName, options: SwarmOptions) -> Result<SwarmStart, DownloadError> {
+        let piece = match options.piece_size.map(PieceSize::new).transpose() {
+            Ok(piece) => piece.unwrap_or(PieceSize::DEFAULT),
+            Err(error) => return Err(self.failed(file, DownloadError::PieceSize(error))),
+        };
+        let request = TrackerRequest::Swarm {
+            file: file.clone(),
+            fresh: true,
+        };
+        let (info, root, peers) = match self.ask_tracker(request).await {
+            Ok(TrackerReply::Swarm { info, root, peers }) => (info, root, peers),
+            Ok(TrackerReply::NoPeer) => return Err(self.failed(file, DownloadError::NoPeer(file.clone()))),
+            Ok(other) => return Err(self.failed(file, super::refusal(other).into())),
+            Err(error) => return Err(self.failed(file, error.into())),
+        };
+        if peers.is_empty() {
+            self.leave_swarm(file, info.sha1).await;
+            return Err(self.failed(file, DownloadError::NoPeer(file.clone())));
+        }
+        // The tracker offers this client to others from now on: it answers
+        // them at once (with the pieces it has, none yet), rather than
+        // refusing peers that then wait before they try again.
+        let partial = Partial::new(info, root, Layout::new(info.size, piece));
+        self.swarms.insert(file, Arc::new(partial));
+        Ok(SwarmStart {
+            file: file.clone(),
+            info,
+            root,
+            peers,
+            piece,
+        })
+    }
+
+    /// Fetches the file of `start` in pieces, checks it and stores it (see
+    /// the module's documentation). Reports `download_finished` (with the
+    /// bytes each peer sent) or `download_failed`, and `transfer_rejected`
+    /// for each peer blamed for a bad piece. Verified pieces stay on disk
+    /// if it fails, for the next attempt.
+    pub async fn swarm_receive(&self, start: SwarmStart) -> Result<Downloaded, DownloadError> {
+        let _under_way = self.downloads.token();
+        let (file, sha1) = (start.file.clone(), start.info.sha1);
+        let received = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            received = self.swarm_until_stored(start) => Some(received),
+        };
+        self.swarms.remove(&file);
+        let error = match received {
+            Some(Ok(downloaded)) => return Ok(downloaded),
+            Some(Err(error)) => error,
+            None => ClientError::Stopped(self.id).into(),
+        };
+        if !self.stop.is_cancelled() {
+            self.leave_swarm(&file, sha1).await;
+        }
+        Err(self.failed(&file, error))
+    }
+
+    /// Downloads `file` in a swarm: begin, receive, announce. A stored file
+    /// is a success even if the tracker cannot be told, as for
+    /// [`Client::download`].
+    pub async fn swarm_download(&self, file: &FileName, options: SwarmOptions) -> Result<Fetched, DownloadError> {
+        let start = self.swarm_start(file, options).await?;
+        let downloaded = self.swarm_receive(start).await?;
+        let announced = match self.announce(file, downloaded.info).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(node = %self.id, %error, "stored {file} but could not tell the tracker");
+                false
+            }
+        };
+        Ok(Fetched { downloaded, announced })
+    }
+
+    /// Tells the tracker this client no longer downloads `file` (it joined
+    /// the swarm with [`Client::swarm_start`] and will not receive).
+    pub async fn leave_swarm(&self, file: &FileName, sha1: Digest) {
+        self.swarms.remove(file);
+        let request = TrackerRequest::Withdraw {
+            file: file.clone(),
+            sha1: Some(sha1),
+            reason: None,
+        };
+        if let Err(error) = self.ask_tracker(request).await {
+            tracing::debug!(node = %self.id, %error, "could not leave the swarm of {file}");
+        }
+    }
+
+    async fn swarm_until_stored(&self, start: SwarmStart) -> Result<Downloaded, DownloadError> {
+        let layout = Layout::new(start.info.size, start.piece);
+        let resumed = self
+            .folder
+            .resume(&start.file, start.info, start.root, start.piece)
+            .await
+            .map_err(ClientError::from)?;
+        let (held, hashes) = match resumed {
+            Some(resumed) => (resumed.verified, resumed.hashes),
+            None => (Bitfield::empty(layout.count()), None),
+        };
+        let mut run = Run::new(self, &start, layout, held);
+        // Served from now on: peers that connect early hear of every piece
+        // this download gains.
+        self.swarms.insert(&start.file, run.partial.clone());
+        if let Some(hashes) = hashes {
+            let layer =
+                Layer::verified(layout, hashes, start.root).map_err(|_| ClientError::Disk("bad record".into()))?;
+            run.open_part(layer).await?;
+        }
+        run.offer(&start.peers);
+        run.go().await
+    }
+}
+
+/// The state of one swarm download.
+struct Run<'a> {
+    /// The downloading client.
+    client: &'a Client,
+    /// The file.
+    file: FileName,
+    /// Its recorded size and SHA-1.
+    info: FileInfo,
+    /// Its hash tree root.
+    root: Digest,
+    /// The plan: who holds what, what is asked of whom.
+    plan: Scheduler,
+    /// The partial file, once the piece hashes are known.
+    part: Option<PartFile>,
+    /// The download as served to others.
+    partial: Arc<Partial>,
+    /// The peer asked for the piece hashes, if any.
+    layer_from: Option<ClientId>,
+    /// Connected peers.
+    peers: BTreeMap<ClientId, Peer>,
+    /// Peers connecting.
+    connecting: BTreeSet<ClientId>,
+    /// Peers offered by the tracker and not tried yet, in the order offered.
+    offered: Vec<SwarmPeer>,
+    /// Peers never to be asked again in this download: they misbehaved.
+    dropped: BTreeSet<ClientId>,
+    /// Peers that could not serve just now (unreachable, refused, gone),
+    /// with when they may be tried again.
+    resting: BTreeMap<ClientId, Instant>,
+    /// Peers a request could not be written to: dropped at the next turn.
+    broken: Vec<ClientId>,
+    /// Peers blamed for a bad piece, and what they did.
+    blamed: Vec<Rejection>,
+    /// Bytes of checked pieces from each peer.
+    sources: BTreeMap<ClientId, u64>,
+    /// Bytes already on disk when the download began.
+    resumed: u64,
+    /// What the connections hear, as they hear it.
+    heard: mpsc::Receiver<(ClientId, Heard)>,
+    /// The other end, handed to each connection.
+    tell: mpsc::Sender<(ClientId, Heard)>,
+    /// The connections' reading sides.
+    links: FuturesUnordered<Link>,
+    /// Pieces being checked and written.
+    checking: FuturesUnordered<Checking>,
+    /// Whether pieces were checked since the record was last saved.
+    unsaved: bool,
+    /// When the tracker was last asked for peers.
+    refreshed: Instant,
+    /// When a piece last checked out.
+    progress: Instant,
+    /// The most requests in flight to one peer.
+    pipeline: usize,
+}
+
+impl<'a> Run<'a> {
+    fn new(client: &'a Client, start: &SwarmStart, layout: Layout, held: Bitfield) -> Run<'a> {
+        let pipeline = (IN_FLIGHT_BYTES / layout.piece.bytes()).clamp(4, 64) as usize;
+        let seed = order_seed(client.seed, client.id, &start.file);
+        let resumed = held.iter_held().map(|index| layout.len(index)).sum();
+        let (tell, heard) = mpsc::channel(64);
+        let now = Instant::now();
+        Run {
+            client,
+            file: start.file.clone(),
+            info: start.info,
+            root: start.root,
+            plan: Scheduler::new(layout, held, seed, pipeline),
+            part: None,
+            // The one announced at the start, if it is this download's.
+            partial: client
+                .swarms
+                .get(&start.file)
+                .filter(|partial| {
+                    partial.info == start.info && partial.root == start.root && partial.layout() == layout
+                })
+                .unwrap_or_else(|| Arc::new(Partial::new(start.info, start.root, layout))),
+            layer_from: None,
+            peers: BTreeMap::new(),
+            connecting: BTreeSet::new(),
+            offered: Vec::new(),
+            dropped: BTreeSet::new(),
+            resting: BTreeMap::new(),
+            broken: Vec::new(),
+            blamed: Vec::new(),
+            sources: BTreeMap::new(),
+            resumed,
+            heard,
+            tell,
+            links: FuturesUnordered::new(),
+            checking: FuturesUnordered::new(),
+            unsaved: false,
+            refreshed: now,
+            progress: now,
+            pipeline,
+        }
+    }
+
+    /// Opens the partial file for the pieces of `layer`, and serves the
+    /// pieces held from then on.
+    async fn open_part(&mut self, layer: Layer) -> Result<(), DownloadError> {
+        let folder = &self.client.folder;
+        let part = folder
+            .part(&self.file, self.info, self.root, layer)
+            .await
+            .map_err(ClientError::from)?;
+        self.partial.open(part.layer().clone(), part.data(), self.plan.have());
+        self.part = Some(part);
+        Ok(())
+    }
+
+    /// Adds peers the tracker offered, skipping those known already, those
+    /// that misbehaved, and those resting.
+    fn offer(&mut self, peers: &[SwarmPeer]) {
+        let now = Instant::now();
+        self.resting.retain(|_, until| *until > now);
+        for peer in peers {
+            let known = self.peers.contains_key(&peer.peer)
+                || self.connecting.contains(&peer.peer)
+                || self.dropped.contains(&peer.peer)
+                || self.resting.contains_key(&peer.peer)
+                || self.offered.iter().any(|offered| offered.peer == peer.peer);
+            if !known && peer.peer != self.client.id {
+                self.offered.push(*peer);
+            }
+        }
+    }
+
+    /// Runs the download to its end.
+    async fn go(mut self) -> Result<Downloaded, DownloadError> {
+        let mut tick = tokio::time::interval(RECORD_INTERVAL.min(REFRESH_INTERVAL));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            for peer in std::mem::take(&mut self.broken) {
+                self.drop_peer(peer, Some(Problem::Cut)).await;
+            }
+            self.connect_offered();
+            if self.plan.is_complete() && self.checking.is_empty() && !self.awaiting_complaints() {
+                match self.finish().await? {
+                    Some(downloaded) => return Ok(downloaded),
+                    None => continue,
+                }
+            }
+            if self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty() {
+                // Nobody to draw from: ask for more at once (then at every
+                // tick); give up when the tracker knows of nobody left.
+                if self.offered.is_empty() && self.refreshed.elapsed() >= REFRESH_INTERVAL / 2 {
+                    self.refresh().await?;
+                    if self.offered.is_empty() && self.resting.is_empty() {
+                        return Err(self.exhausted().await);
+                    }
+                }
+                if !self.offered.is_empty() {
+                    continue;
+                }
+            }
+            tokio::select! {
+                biased;
+                Some((peer, heard)) = self.heard.recv() => self.hear(peer, heard).await?,
+                Some((peer, index, good)) = self.checking.next(), if !self.checking.is_empty() => {
+                    self.checked(peer, index, good).await?
+                }
+                Some(()) = self.links.next(), if !self.links.is_empty() => {}
+                _ = tick.tick() => self.tend().await?,
+            }
+        }
+    }
+
+    /// Whether a blamed peer has yet to answer its complaint: the download
+    /// does not end before, so the peer's check (and any withdrawal) is
+    /// part of it.
+    fn awaiting_complaints(&self) -> bool {
+        self.peers.values().any(|peer| peer.blamed)
+    }
+
+    /// Starts connecting to offered peers, up to [`MAX_LINKS`].
+    fn connect_offered(&mut self) {
+        while self.peers.len() + self.connecting.len() < MAX_LINKS && !self.offered.is_empty() {
+            let peer = self.offered.remove(0);
+            self.connecting.insert(peer.peer);
+            let link = self.link(peer.peer, peer.addr);
+            self.links.push(Box::pin(link));
+        }
+    }
+
+    /// A connection to `peer` at `addr`: joins the conversation, then
+    /// reports what it hears until it ends.
+    fn link(&self, peer: ClientId, addr: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+        let client = self.client;
+        let (host, rate, limits, tell) = (
+            client.host.clone(),
+            client.rate.clone(),
+            client.limits,
+            self.tell.clone(),
+        );
+        let join = PeerRequest::Join {
+            file: self.file.clone(),
+            client: client.id,
+            sha1: self.info.sha1,
+            piece_size: self.plan.layout().piece.bytes(),
+        };
+        let layout = self.plan.layout();
+        async move {
+            let wrap = |stream| rate.wrap(stream);
+            let connected = Connection::connect_wrapped(host.as_ref(), addr, limits.idle_timeout, wrap).await;
+            let Ok(mut connection) = connected else {
+                let _ = tell.send((peer, Heard::Ended(Some(Problem::Unreachable)))).await;
+                return;
+            };
+            let joined = join_conversation(&mut connection, join, layout, limits.first_byte_timeout).await;
+            let (mut inbound, out) = wire::split(connection);
+            let ended = match joined {
+                Err(problem) => Some(problem),
+                Ok(()) => match inbound
+                    .body(layout.count().div_ceil(8))
+                    .await
+                    .map(|bytes| bytes.to_vec())
+                {
+                    Ok(bytes) => match Bitfield::from_bytes(layout.count(), bytes) {
+                        Ok(bits) => {
+                            let (requests, mut queued) = mpsc::unbounded_channel::<Request<PeerRequest>>();
+                            if tell.send((peer, Heard::Joined(requests, bits))).await.is_err() {
+                                return; // the download is over
+                            }
+                            let mut out = out;
+                            let writing = async move {
+                                while let Some(request) = queued.recv().await {
+                                    if out.message(&request).await.is_err() {
+                                        return Some(Problem::Cut);
+                                    }
+                                }
+                                None
+                            };
+                            tokio::select! {
+                                biased;
+                                ended = listen(&mut inbound, layout, peer, &tell) => ended,
+                                cut = writing => match cut {
+                                    Some(problem) => Some(problem),
+                                    // The download let the peer go.
+                                    None => return,
+                                },
+                            }
+                        }
+                        Err(_) => Some(Problem::Garbled),
+                    },
+                    Err(error) => Some(connection_problem(&error)),
+                },
+            };
+            let _ = tell.send((peer, Heard::Ended(ended))).await;
+        }
+    }
+
+    /// Acts on what a connection heard.
+    async fn hear(&mut self, peer: ClientId, heard: Heard) -> Result<(), DownloadError> {
+        match heard {
+            Heard::Joined(out, bits) => {
+                self.connecting.remove(&peer);
+                let progress = Instant::now();
+                self.peers.insert(
+                    peer,
+                    Peer {
+                        out,
+                        progress,
+                        blamed: false,
+                        delivered: 0,
+                    },
+                );
+                self.plan.join(peer, bits);
+                self.plan.set_pipeline(peer, FIRST_PIPELINE.min(self.pipeline));
+                self.ask(peer).await;
+            }
+            Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
+            Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes).await,
+            Heard::Have(index) => {
+                if self.plan.gained(peer, index) {
+                    self.ask(peer).await;
+                }
+            }
+            Heard::Missing(index) => {
+                self.plan.lost(peer, index);
+                self.ask_everyone().await;
+            }
+            Heard::Checked => {}
+            Heard::Ended(problem) => self.drop_peer(peer, problem).await,
+        }
+        Ok(())
+    }
+
+    /// Asks `peer` for what it should send next: the piece hashes if they
+    /// are still unknown and nobody else was asked, else pieces.
+    async fn ask(&mut self, peer: ClientId) {
+        if self.peers.get(&peer).is_none_or(|p| p.blamed) {
+            return;
+        }
+        if self.part.is_none() {
+            // Only a peer that holds a piece surely knows the hashes: a
+            // downloader that has just joined refuses to give them.
+            if self.layer_from.is_none() && self.plan.useful(peer) {
+                self.layer_from = Some(peer);
+                self.send(peer, PeerRequest::Layer).await;
+            }
+            return;
+        }
+        for index in self.plan.requests(peer) {
+            if !self.send(peer, PeerRequest::Piece { index: index as u64 }).await {
+                return;
+            }
+        }
+    }
+
+    /// Asks every connected peer for what it should send next.
+    async fn ask_everyone(&mut self) {
+        let peers: Vec<ClientId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.ask(peer).await;
+        }
+    }
+
+    /// Sends `request` to `peer`; a peer that cannot be written to is
+    /// dropped (at the next turn of the loop). Returns whether it went.
+    async fn send(&mut self, peer: ClientId, request: PeerRequest) -> bool {
+        let Some(link) = self.peers.get_mut(&peer).filter(|_| !self.broken.contains(&peer)) else {
+            return false;
+        };
+        let request = Request {
+            trace: Trace::default(),
+            body: request,
+        };
+        if link.out.send(request).is_ok() {
+            return true;
+        }
+        self.broken.push(peer);
+        false
+    }
+
+    /// The piece hashes came from `peer`: checked against the root, they
+    /// open the partial file and the pieces can be asked for.
+    async fn take_layer(&mut self, peer: ClientId, hashes: Vec<Digest>) -> Result<(), DownloadError> {
+        if self.part.is_some() {
+            return Ok(());
+        }
+        self.layer_from = None;
+        match Layer::verified(self.plan.layout(), hashes, self.root) {
+            Ok(layer) => {
+                self.open_part(layer).await?;
+                self.ask_everyone().await;
+            }
+            Err(error) => {
+                tracing::info!(node = %self.client.id, %peer, %error, "bad piece hashes for {}", self.file);
+                self.drop_peer(peer, Some(Problem::Garbled)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Piece `index` arrived from `peer`: checked and written in the
+    /// background, unless it is a duplicate.
+    async fn take_piece(&mut self, peer: ClientId, index: usize, bytes: Bytes) {
+        match self.peers.get_mut(&peer) {
+            // Nothing more is taken from a peer blamed for a bad piece.
+            Some(link) if !link.blamed => {
+                link.progress = Instant::now();
+                link.delivered += 1;
+            }
+            _ => return,
+        }
+        if let (Arrival::Check, Some(part)) = (self.plan.arrived(peer, index), &self.part) {
+            let taking = part.take_piece(index, bytes);
+            self.checking.push(Box::pin(async move { (peer, index, taking.await) }));
+        }
+        self.ask(peer).await;
+    }
+
+    /// Piece `index` from `peer` was checked (and, if good, written).
+    async fn checked(
+        &mut self,
+        peer: ClientId,
+        index: usize,
+        good: Result<bool, StorageError>,
+    ) -> Result<(), DownloadError> {
+        let good = good.map_err(|error| ClientError::Disk(error.to_string()))?;
+        let cancels = self.plan.checked(index, good);
+        if !good {
+            self.blame(peer, index).await?;
+            return Ok(());
+        }
+        let bytes = self.plan.layout().len(index);
+        *self.sources.entry(peer).or_default() += bytes;
+        self.partial.gain(index);
+        self.unsaved = true;
+        self.progress = Instant::now();
+        self.show_progress();
+        for (other, index) in cancels {
+            self.send(other, PeerRequest::Cancel { index: index as u64 }).await;
+        }
+        Ok(())
+    }
+
+    /// `peer` sent piece `index`, which failed its hash: the download logs
+    /// it, never asks `peer` again, tells it (it checks its own copy) and
+    /// tells the tracker (which stops offering it to this client).
+    async fn blame(&mut self, peer: ClientId, index: usize) -> Result<(), DownloadError> {
+        let client = self.client;
+        tracing::info!(node = %client.id, %peer, "piece {index} of {} failed its hash", self.file);
+        let problem = Problem::WrongPiece;
+        if let Some(progress) = &client.progress {
+            progress.rejected(&self.file, peer, problem);
+        }
+        let event = Event::TransferRejected {
+            file: self.file.clone(),
+            peer,
+            reason: problem.describe().to_owned(),
+        };
+        client.reporter.report(trace::next(), event);
+        self.dropped.insert(peer);
+        let released = self.plan.leave(peer);
+        let complaint = Request {
+            trace: trace::next(),
+            body: PeerRequest::BadPiece { index: index as u64 },
+        };
+        if let Some(link) = self.peers.get_mut(&peer) {
+            link.blamed = true;
+            if link.out.send(complaint).is_err() {
+                self.peers.remove(&peer);
+            }
+        }
+        let report = TrackerRequest::Report {
+            file: self.file.clone(),
+            peer,
+            sha1: self.info.sha1,
+            problem,
+        };
+        match client.ask_tracker(report).await {
+            Ok(TrackerReply::Ack) => {}
+            Ok(other) => return Err(super::refusal(other).into()),
+            Err(error) => return Err(error.into()),
+        }
+        if self.blamed.len() < super::REJECTIONS_LISTED {
+            let error = TransferError::WrongPiece { index };
+            self.blamed.push(Rejection { peer, problem, error });
+        }
+        if !released.is_empty() {
+            self.ask_everyone().await;
+        }
+        Ok(())
+    }
+
+    /// Forgets `peer`: what was in flight to it goes to others. One that
+    /// misbehaved (`problem`: it garbled or stalled) is not tried again in
+    /// this download; one that could not serve just now (or hung up) may
+    /// be, once it has rested.
+    async fn drop_peer(&mut self, peer: ClientId, problem: Option<Problem>) {
+        self.connecting.remove(&peer);
+        self.peers.remove(&peer);
+        tracing::debug!(node = %self.client.id, %peer, ?problem, "dropped a peer of the swarm of {}", self.file);
+        match problem {
+            Some(Problem::Garbled | Problem::Stalled | Problem::WrongPiece) => {
+                self.dropped.insert(peer);
+            }
+            _ if !self.dropped.contains(&peer) => {
+                self.resting.insert(peer, Instant::now() + REFRESH_INTERVAL);
+            }
+            _ => {}
+        }
+        if self.layer_from == Some(peer) {
+            self.layer_from = None;
+        }
+        self.plan.leave(peer);
+        self.ask_everyone().await;
+    }
+
+    /// What happens every tick: the record is saved, peers that stalled
+    /// are dropped, and the tracker is asked for more peers if need be.
+    async fn tend(&mut self) -> Result<(), DownloadError> {
+        self.save().await?;
+        for (id, peer) in &mut self.peers {
+            let pipeline =
+                (std::mem::take(&mut peer.delivered) + 1).clamp(FIRST_PIPELINE.min(self.pipeline), self.pipeline);
+            self.plan.set_pipeline(*id, pipeline);
+        }
+        self.ask_everyone().await;
+        let idle = self.client.limits.idle_timeout;
+        let stalled: Vec<ClientId> = self
+            .peers
+            .iter()
+            .filter(|(id, peer)| {
+                (self.plan.in_flight(**id) > 0 || peer.blamed)
+                    && peer.progress.elapsed() > idle.max(super::CONFIRMATION_WAIT)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in stalled {
+            self.drop_peer(peer, Some(Problem::Stalled)).await;
+        }
+        let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
+        if wanting && self.refreshed.elapsed() >= REFRESH_INTERVAL && !self.plan.is_complete() {
+            self.refresh().await?;
+        }
+        if !self.plan.is_complete()
+            && self.offered.is_empty()
+            && self.connecting.is_empty()
+            && self.peers.keys().all(|peer| !self.plan.useful(*peer))
+            && self.checking.is_empty()
+            && self.progress.elapsed() > idle
+        {
+            return Err(self.exhausted().await);
+        }
+        Ok(())
+    }
+
+    /// Saves the record of checked pieces, if it changed.
+    async fn save(&mut self) -> Result<(), DownloadError> {
+        if let (true, Some(part)) = (self.unsaved, &self.part) {
+            part.save(self.plan.have()).await.map_err(ClientError::from)?;
+            self.unsaved = false;
+        }
+        Ok(())
+    }
+
+    /// Asks the tracker for more peers.
+    async fn refresh(&mut self) -> Result<(), DownloadError> {
+        self.refreshed = Instant::now();
+        let request = TrackerRequest::Swarm {
+            file: self.file.clone(),
+            fresh: false,
+        };
+        match self.client.ask_tracker(request).await.map_err(DownloadError::from)? {
+            TrackerReply::Swarm { peers, .. } => self.offer(&peers),
+            TrackerReply::NoPeer => {}
+            other => return Err(super::refusal(other).into()),
+        }
+        Ok(())
+    }
+
+    /// Why the download ends without the file: the pieces nobody could
+    /// deliver, and the peers blamed. The pieces checked are recorded
+    /// first, for the next attempt.
+    async fn exhausted(&mut self) -> DownloadError {
+        if let Err(error) = self.save().await {
+            return error;
+        }
+        DownloadError::Incomplete {
+            file: self.file.clone(),
+            missing: self.plan.have().len() - self.plan.have().held(),
+            rejected: std::mem::take(&mut self.blamed),
+        }
+    }
+
+    /// Every piece is checked: the whole file is checked once more and put
+    /// in place. `None` if pieces went bad on disk meanwhile (they are
+    /// fetched again).
+    async fn finish(&mut self) -> Result<Option<Downloaded>, DownloadError> {
+        self.unsaved = true;
+        self.save().await?;
+        let part = self.part.as_ref().expect("pieces come only with a part file");
+        let whole = part.hash_whole().await.map_err(ClientError::from)?;
+        if whole != self.info {
+            let bad = part.bad_pieces(self.plan.have()).await.map_err(ClientError::from)?;
+            if bad.is_empty() {
+                let _ = part.discard().await;
+                return Err(ClientError::Disk(format!(
+                    "every piece of {} checks out, yet the whole file has sha1 {}, not {}: the tracker's record is inconsistent",
+                    self.file, whole.sha1, self.info.sha1
+                ))
+                .into());
+            }
+            for index in bad {
+                tracing::warn!(node = %self.client.id, "piece {index} of {} went bad on disk; fetching it again", self.file);
+                self.plan.forget(index);
+                self.partial.lose(index);
+            }
+            self.ask_everyone().await;
+            return Ok(None);
+        }
+        let stored = part.store(&self.client.folder, &self.file).await;
+        self.client.swarms.remove(&self.file);
+        if let Err(error) = stored {
+            let _ = part.discard().await;
+            return Err(ClientError::from(error).into());
+        }
+        Ok(Some(self.finished()))
+    }
+
+    /// Reports the stored file and describes it.
+    fn finished(&mut self) -> Downloaded {
+        let client = self.client;
+        let event = Event::DownloadFinished {
+            file: self.file.clone(),
+            from: None,
+            bytes: self.info.size,
+            sha1: self.info.sha1,
+            swarm: true,
+            sources: Some(self.sources.clone()),
+        };
+        client.reporter.report(trace::next(), event);
+        // The peer that sent most (the lowest id among equals).
+        let from = self
+            .sources
+            .iter()
+            .max_by_key(|(peer, bytes)| (**bytes, std::cmp::Reverse(**peer)))
+            .map_or(client.id, |(peer, _)| *peer);
+        Downloaded {
+            from,
+            info: self.info,
+            swarm: Some(Swarmed {
+                sources: std::mem::take(&mut self.sources),
+                resumed: self.resumed,
+                piece_size: self.plan.layout().piece.bytes(),
+            }),
+        }
+    }
+
+    /// Tells the progress display how far the download is.
+    fn show_progress(&self) {
+        if let Some(progress) = &self.client.progress {
+            let have = self.plan.have();
+            let bytes: u64 = have.iter_held().map(|index| self.plan.layout().len(index)).sum();
+            progress.swarming(
+                &self.file,
+                have.held(),
+                have.len(),
+                self.peers.len(),
+                bytes,
+                self.info.size,
+            );
+        }
+    }
+}
+
+/// Sends `join` and reads the header of the answer (the bitfield follows).
+async fn join_conversation(
+    connection: &mut Connection,
+    join: PeerRequest,
+    layout: Layout,
+    first_byte: Duration,
+) -> Result<(), Problem> {
+    let request = Request {
+        trace: Trace::default(),
+        body: join,
+    };
+    connection
+        .write(&request)
+        .await
+        .map_err(|error| connection_problem(&error))?;
+    match connection.read_within::<PeerReply>(first_byte).await {
+        Ok(Some(PeerReply::Joined { pieces })) if pieces == layout.count() as u64 => Ok(()),
+        Ok(Some(PeerReply::Refused { reason })) => {
+            tracing::debug!(%reason, "the peer refused to join");
+            Err(Problem::Refused)
+        }
+        Ok(None) => {
+            tracing::debug!("the peer closed before it answered the join");
+            Err(Problem::Refused)
+        }
+        Ok(Some(_)) => Err(Problem::Garbled),
+        Err(ConnectionError::Idle(_)) => Err(Problem::Unresponsive),
+        Err(error) => Err(connection_problem(&error)),
+    }
+}
+
+/// Reads what a peer says until the conversation ends; returns the
+/// problem, if the peer misbehaved.
+async fn listen(
+    inbound: &mut wire::Inbound,
+    layout: Layout,
+    peer: ClientId,
+    tell: &mpsc::Sender<(ClientId, Heard)>,
+) -> Option<Problem> {
+    loop {
+        let heard = match inbound.message::<PeerReply>(None).await {
+            Ok(None) => return None,
+            Err(error) => return Some(connection_problem(&error)),
+            Ok(Some(reply)) => match read_reply(inbound, layout, reply).await {
+                Ok(heard) => heard,
+                Err(problem) => return Some(problem),
+            },
+        };
+        let last = matches!(heard, Heard::Checked);
+        if tell.send((peer, heard)).await.is_err() || last {
+            return None;
+        }
+    }
+}
+
+/// The meaning of one reply, with the body that follows it.
+async fn read_reply(inbound: &mut wire::Inbound, layout: Layout, reply: PeerReply) -> Result<Heard, Problem> {
+    let count = layout.count() as u64;
+    let body_problem = |error: ConnectionError| connection_problem(&error);
+    Ok(match reply {
+        PeerReply::Piece { index } if index < count => {
+            let bytes = inbound
+                .body(layout.len(index as usize) as usize)
+                .await
+                .map_err(body_problem)?;
+            Heard::Piece(index as usize, bytes)
+        }
+        PeerReply::Layer { pieces } if pieces == count => {
+            let bytes = inbound.body(count as usize * 20).await.map_err(body_problem)?;
+            Heard::Layer(hashes_from_bytes(&bytes).ok_or(Problem::Garbled)?)
+        }
+        PeerReply::Have { index } if index < count => Heard::Have(index as usize),
+        PeerReply::Missing { index } if index < count => Heard::Missing(index as usize),
+        PeerReply::Checked => Heard::Checked,
+        PeerReply::Refused { .. } => return Err(Problem::Refused),
+        _ => return Err(Problem::Garbled),
+    })
+}
+
+/// What a connection's failure says about the peer.
+fn connection_problem(error: &ConnectionError) -> Problem {
+    match error {
+        ConnectionError::Idle(_) => Problem::Stalled,
+        ConnectionError::FrameTooLarge | ConnectionError::Protocol(_) => Problem::Garbled,
+        _ => Problem::Cut,
+    }
+}
+
+/// The seed of a download's shuffle of pieces: the client's seed, its id
+/// and the file, so that downloaders of one file fetch in different orders
+/// and a run repeats.
+fn order_seed(seed: u64, client: ClientId, file: &FileName) -> u64 {
+    let digest = Digest::of(format!("{seed} {client} {file}").as_bytes());
+    u64::from_le_bytes(digest.0[..8].try_into().expect("8 bytes"))
+}

@@ -1,0 +1,609 @@
+//! A swarm download's partial file, which outlives the process that writes
+//! it, so an interrupted download resumes where it stopped.
+//!
+//! The pieces of `NAME` are written at their place in `.NAME.TAG.phile-swarm`
+//! as they arrive and verify (`TAG`: 8 hex digits of the name's SHA-1, so
+//! long names cut short never collide). Which pieces are verified is kept
+//! in `.NAME.TAG.phile-pieces`: the file's size, SHA-1 and hash tree root,
+//! the piece size, the piece hashes and a bitfield. The record is written
+//! only after the partial file is synced, and replaced atomically, so every
+//! piece it lists is on disk: a restarted download trusts it without
+//! hashing anything again, and fetches only the pieces it does not list
+//! (those that arrived after the last record are fetched again). The whole
+//! file is still verified once more before it is renamed into place.
+//!
+//! Neither file is ever listed, served or accepted as a name, and neither
+//! is removed by [`Folder::open`] as an abandoned `.phile-part` is: they
+//! are kept on purpose. The partial file is locked by the process writing
+//! it, so two processes never write one download.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::{at, read_at, sync_dir, Folder, Known, Stamp, StorageError};
+use crate::host::Host;
+use crate::pieces::{coarser_layer, hashes_from_bytes, Bitfield, Layer, Layout, PieceSize};
+use crate::protocol::{Digest, FileInfo, FileName, PARTIAL_SUFFIX, PIECES_SUFFIX, SWARM_PART_SUFFIX};
+
+/// The first line of a record of verified pieces.
+const RECORD_MAGIC: &[u8] = b"phile-pieces 1\n";
+
+/// What an interrupted download of a file left, in the pieces of the new
+/// attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resumed {
+    /// The piece hashes, when the record's piece size allows working them
+    /// out (else they must be fetched again).
+    pub hashes: Option<Vec<Digest>>,
+    /// The pieces verified and on disk.
+    pub verified: Bitfield,
+}
+
+/// The header of a record, as JSON on its second line.
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordHeader {
+    /// The file's size and SHA-1.
+    info: FileInfo,
+    /// The root of its hash tree.
+    root: Digest,
+    /// The piece size of the record.
+    piece_size: u64,
+}
+
+/// A swarm download's partial file, open and locked by this process.
+pub struct PartFile {
+    /// Reads and writes of its bytes.
+    data: PartData,
+    /// The partial file's path.
+    path: PathBuf,
+    /// The record's path.
+    record: PathBuf,
+    /// The folder's path.
+    dir: PathBuf,
+    /// The piece hashes every piece is checked against.
+    layer: Arc<Layer>,
+    /// The file's size and SHA-1, and its root.
+    content: (FileInfo, Digest),
+}
+
+impl std::fmt::Debug for PartFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartFile").field("path", &self.path).finish()
+    }
+}
+
+/// Reads of a partial file's pieces, shared with the peers served from it.
+#[derive(Clone)]
+pub struct PartData {
+    /// The open file.
+    file: Arc<fs::File>,
+    /// Where blocking reads and writes run.
+    host: Arc<dyn Host>,
+}
+
+impl PartData {
+    /// The bytes `range` of the file.
+    pub async fn read(&self, range: Range<u64>) -> io::Result<Bytes> {
+        let file = self.file.clone();
+        self.host
+            .blocking(move || {
+                let mut bytes = BytesMut::zeroed((range.end - range.start) as usize);
+                let mut filled = 0;
+                while filled < bytes.len() {
+                    match read_at(&file, &mut bytes[filled..], range.start + filled as u64)? {
+                        0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        read => filled += read,
+                    }
+                }
+                Ok(bytes.freeze())
+            })
+            .await
+    }
+}
+
+impl Folder {
+    /// Opens a held file for reading pieces of it, with its size and
+    /// SHA-1 (remembered, or hashed now) of the very file opened.
+    pub async fn open_pieces(&self, name: &FileName) -> Result<(FileInfo, PartData), StorageError> {
+        let held = self.open_file(name).await?;
+        let data = PartData {
+            file: held.file.clone(),
+            host: self.host.clone(),
+        };
+        Ok((held.info, data))
+    }
+
+    /// The paths of the partial file and the record of a swarm download of
+    /// `name`.
+    fn swarm_paths(&self, name: &FileName) -> (PathBuf, PathBuf) {
+        let mut cut = name.as_str().len().min(200);
+        while !name.as_str().is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let tag = &Digest::of(name.as_str().as_bytes()).to_string()[..8];
+        let stem = format!(".{}.{tag}", &name.as_str()[..cut]);
+        (
+            self.dir.join(format!("{stem}{SWARM_PART_SUFFIX}")),
+            self.dir.join(format!("{stem}{PIECES_SUFFIX}")),
+        )
+    }
+
+    /// What an earlier, interrupted swarm download of `name` left for
+    /// content `info` with root `root`, seen in pieces of `piece` bytes;
+    /// `None` if nothing usable. Leftovers of another version are removed.
+    pub async fn resume(
+        &self,
+        name: &FileName,
+        info: FileInfo,
+        root: Digest,
+        piece: PieceSize,
+    ) -> Result<Option<Resumed>, StorageError> {
+        let (data, record) = self.swarm_paths(name);
+        self.host
+            .blocking(move || {
+                let resumed = read_record(&record, &data, info, root, piece)?;
+                if resumed.is_none() {
+                    remove_leftovers(&data, &record)?;
+                }
+                Ok(resumed)
+            })
+            .await
+    }
+
+    /// Opens (or creates) the partial file of `name`, to hold content `info`
+    /// with root `root` in the pieces of `layer`, locked by this process: a
+    /// download under way in another process is an error that says so.
+    pub async fn part(
+        &self,
+        name: &FileName,
+        info: FileInfo,
+        root: Digest,
+        layer: Layer,
+    ) -> Result<PartFile, StorageError> {
+        let (path, record) = self.swarm_paths(name);
+        let size = layer.layout().size;
+        let opened = path.clone();
+        let file = self.host.blocking(move || open_locked(&opened, size)).await?;
+        Ok(PartFile {
+            data: PartData {
+                file: Arc::new(file),
+                host: self.host.clone(),
+            },
+            path,
+            record,
+            dir: self.dir.clone(),
+            layer: Arc::new(layer),
+            content: (info, root),
+        })
+    }
+}
+
+impl PartFile {
+    /// Reads of the file's bytes, for serving its verified pieces.
+    pub fn data(&self) -> PartData {
+        self.data.clone()
+    }
+
+    /// The piece hashes.
+    pub fn layer(&self) -> &Arc<Layer> {
+        &self.layer
+    }
+
+    /// Checks `bytes` against piece `index`'s hash and, if they are the
+    /// piece, writes them at its place. Returns whether they were. The
+    /// returned future does the work on the host's blocking side, started
+    /// at once (so a caller can go on receiving meanwhile).
+    pub fn take_piece(
+        &self,
+        index: usize,
+        bytes: Bytes,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
+        let (file, layer, path) = (self.data.file.clone(), self.layer.clone(), self.path.clone());
+        self.data.host.blocking(move || {
+            if !layer.checks(index, &bytes) {
+                return Ok(false);
+            }
+            let offset = layer.layout().range(index).start;
+            write_all_at(&file, &bytes, offset).map_err(at(&path))?;
+            Ok(true)
+        })
+    }
+
+    /// Syncs what was written, then records `verified` in place of the
+    /// last record, atomically: every piece a record lists is on disk.
+    pub async fn save(&self, verified: &Bitfield) -> Result<(), StorageError> {
+        let (file, path, record, dir) = (
+            self.data.file.clone(),
+            self.path.clone(),
+            self.record.clone(),
+            self.dir.clone(),
+        );
+        let contents = self.record_bytes(verified);
+        self.data
+            .host
+            .blocking(move || {
+                file.sync_data().map_err(at(&path))?;
+                write_record(&dir, &record, &contents)
+            })
+            .await
+    }
+
+    fn record_bytes(&self, verified: &Bitfield) -> Vec<u8> {
+        let (info, root) = self.content;
+        let header = RecordHeader {
+            info,
+            root,
+            piece_size: self.layer.layout().piece.bytes(),
+        };
+        let mut bytes = RECORD_MAGIC.to_vec();
+        bytes.extend(serde_json::to_vec(&header).expect("a header always serialises"));
+        bytes.push(b'\n');
+        bytes.extend(self.layer.to_bytes());
+        bytes.extend_from_slice(verified.as_bytes());
+        bytes
+    }
+
+    /// The size and SHA-1 of what the partial file holds, read back from
+    /// disk: the check of the whole before it goes into place.
+    pub async fn hash_whole(&self) -> Result<FileInfo, StorageError> {
+        let (file, path) = (self.data.file.clone(), self.path.clone());
+        self.data.host.blocking(move || super::hash(&file, &path)).await
+    }
+
+    /// The pieces of `verified` whose bytes on disk no longer match their
+    /// hash (a disk that lost them): to be fetched again.
+    pub async fn bad_pieces(&self, verified: &Bitfield) -> Result<Vec<usize>, StorageError> {
+        let held: Vec<usize> = verified.iter_held().collect();
+        let (data, layer) = (self.data.clone(), self.layer.clone());
+        let mut bad = Vec::new();
+        for index in held {
+            let bytes = data.read(layer.layout().range(index)).await.map_err(at(&self.path))?;
+            if !layer.checks(index, &bytes) {
+                bad.push(index);
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Puts the (verified) file into `folder` as `name`, replacing a file
+    /// there only if the folder replaces files, and removes the record. The
+    /// folder remembers its size, SHA-1 and root.
+    pub async fn store(&self, folder: &Folder, name: &FileName) -> Result<(), StorageError> {
+        let (info, root) = self.content;
+        let (target, replace) = (folder.path(name), folder.replace);
+        let (path, record, dir) = (self.path.clone(), self.record.clone(), self.dir.clone());
+        let file = self.data.file.clone();
+        let stamp = folder
+            .host
+            .blocking(move || {
+                put_in_place(&path, &target, replace)?;
+                sync_dir(&dir).map_err(at(&dir))?;
+                remove_if_there(&record)?;
+                Ok::<_, StorageError>(Stamp::of(&file.metadata().map_err(at(&target))?))
+            })
+            .await?;
+        folder
+            .known
+            .lock()
+            .expect("digest cache poisoned")
+            .insert(name.clone(), Known { stamp, info });
+        folder.remember_root(name, info, root);
+        Ok(())
+    }
+
+    /// Deletes the partial file and its record: what they hold is of no
+    /// use (the download was dropped, or the name taken meanwhile).
+    pub async fn discard(&self) -> Result<(), StorageError> {
+        let (path, record) = (self.path.clone(), self.record.clone());
+        let file = self.data.file.clone();
+        self.data
+            .host
+            .blocking(move || {
+                // Ours: unlocked first, so it is not taken for another's.
+                let _ = file.unlock();
+                remove_leftovers(&path, &record)
+            })
+            .await
+    }
+}
+
+/// Writes all of `bytes` at `offset` of `file`.
+fn write_all_at(file: &fs::File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::write_all_at(file, bytes, offset);
+    #[cfg(not(unix))]
+    {
+        use std::io::Seek;
+        let mut file = file;
+        file.seek(io::SeekFrom::Start(offset))?;
+        file.write_all(bytes)
+    }
+}
+
+/// Opens the partial file at `path`, creating it with `size` bytes (sparse)
+/// if need be, and locks it for this process.
+fn open_locked(path: &Path, size: u64) -> Result<fs::File, StorageError> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Like any file a program creates: it becomes the stored file.
+        options.mode(0o666).custom_flags(libc::O_NOFOLLOW);
+    }
+    let file = options.open(path).map_err(at(path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let busy = io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another phile process is downloading this file into the same folder",
+            );
+            return Err(at(path)(busy));
+        }
+        Err(fs::TryLockError::Error(error)) => return Err(at(path)(error)),
+    }
+    if file.metadata().map_err(at(path))?.len() != size {
+        file.set_len(size).map_err(at(path))?;
+    }
+    Ok(file)
+}
+
+/// Reads the record at `record` of the partial file at `data`, if both are
+/// there and describe content `info` with root `root`, in pieces of
+/// `piece` bytes.
+fn read_record(
+    record: &Path,
+    data: &Path,
+    info: FileInfo,
+    root: Digest,
+    piece: PieceSize,
+) -> Result<Option<Resumed>, StorageError> {
+    let mut bytes = Vec::new();
+    match fs::File::open(record) {
+        Ok(mut file) => file.read_to_end(&mut bytes).map_err(at(record))?,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(at(record)(error)),
+    };
+    let data_len = match fs::symlink_metadata(data) {
+        Ok(meta) if meta.is_file() => meta.len(),
+        _ => return Ok(None),
+    };
+    let Some((header, layer, verified)) = parse_record(&bytes) else {
+        tracing::warn!(record = %record.display(), "unreadable record of pieces; starting over");
+        return Ok(None);
+    };
+    if header.info != info || header.root != root || data_len != info.size {
+        return Ok(None);
+    }
+    let Ok(own) = PieceSize::new(header.piece_size) else {
+        return Ok(None);
+    };
+    let own = Layout::new(info.size, own);
+    let (Ok(layer), Ok(verified)) = (
+        Layer::verified(own, layer, root),
+        Bitfield::from_bytes(own.count(), verified.to_vec()),
+    ) else {
+        return Ok(None);
+    };
+    let wanted = Layout::new(info.size, piece);
+    let hashes = (piece >= own.piece).then(|| coarser_layer(&own, layer.hashes(), piece));
+    Ok(Some(Resumed {
+        hashes,
+        verified: verified.covering(&own, &wanted),
+    }))
+}
+
+/// The parts of a record: header, piece hashes, bitfield bytes.
+fn parse_record(bytes: &[u8]) -> Option<(RecordHeader, Vec<Digest>, &[u8])> {
+    let rest = bytes.strip_prefix(RECORD_MAGIC)?;
+    let end = rest.iter().position(|byte| *byte == b'\n')?;
+    let header: RecordHeader = serde_json::from_slice(&rest[..end]).ok()?;
+    let layout = Layout::new(header.info.size, PieceSize::new(header.piece_size).ok()?);
+    let rest = &rest[end + 1..];
+    let hashes_len = layout.count().checked_mul(20)?;
+    if rest.len() != hashes_len + layout.count().div_ceil(8) {
+        return None;
+    }
+    Some((header, hashes_from_bytes(&rest[..hashes_len])?, &rest[hashes_len..]))
+}
+
+/// Writes `contents` to a temporary file beside `record`, syncs it and
+/// renames it over `record`.
+fn write_record(dir: &Path, record: &Path, contents: &[u8]) -> Result<(), StorageError> {
+    let mut temp = tempfile::Builder::new()
+        .prefix(".pieces.")
+        .suffix(PARTIAL_SUFFIX)
+        .tempfile_in(dir)
+        .map_err(at(dir))?;
+    // A live temporary file, not a leftover: see `remove_if_abandoned`.
+    temp.as_file().lock().map_err(at(temp.path()))?;
+    temp.write_all(contents).map_err(at(temp.path()))?;
+    temp.as_file().sync_data().map_err(at(temp.path()))?;
+    temp.persist(record).map_err(|error| at(record)(error.error))?;
+    sync_dir(dir).map_err(at(dir))
+}
+
+/// Renames `from` to `to`; unless `replace`, never over a file already
+/// there (a hard link fails if `to` exists, atomically).
+fn put_in_place(from: &Path, to: &Path, replace: bool) -> Result<(), StorageError> {
+    if replace {
+        return fs::rename(from, to).map_err(at(to));
+    }
+    fs::hard_link(from, to).map_err(at(to))?;
+    fs::remove_file(from).map_err(at(from))
+}
+
+fn remove_if_there(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(at(path)(error)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a partial file and its record, unless a live process holds the
+/// partial file's lock.
+fn remove_leftovers(data: &Path, record: &Path) -> Result<(), StorageError> {
+    if let Ok(file) = fs::File::open(data) {
+        if let Err(fs::TryLockError::WouldBlock) = file.try_lock() {
+            return Ok(());
+        }
+    }
+    remove_if_there(data)?;
+    remove_if_there(record)
+}
+
+/// Reads all of the file at `path`.
+#[cfg(test)]
+fn read_file(path: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    fs::File::open(path).unwrap().read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pieces::Tree;
+
+    fn name(text: &str) -> FileName {
+        text.parse().unwrap()
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 253) as u8 ^ (i / 4096) as u8).collect()
+    }
+
+    /// A file's content, info, root and layer in pieces of `piece`.
+    fn file(len: usize, piece: u64) -> (Vec<u8>, FileInfo, Digest, Layer) {
+        let bytes = content(len);
+        let tree = Tree::of(&bytes);
+        let piece = PieceSize::new(piece).unwrap();
+        let layout = Layout::new(len as u64, piece);
+        let layer = Layer::verified(layout, tree.layer(piece), tree.root()).unwrap();
+        let info = FileInfo {
+            size: len as u64,
+            sha1: Digest::of(&bytes),
+        };
+        (bytes, info, tree.root(), layer)
+    }
+
+    fn piece_of(bytes: &[u8], layer: &Layer, index: usize) -> Bytes {
+        let range = layer.layout().range(index);
+        Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize])
+    }
+
+    /// Every entry of the folder, hidden ones included.
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn verified_pieces_survive_a_restart_and_the_rest_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        let (bytes, info, root, layer) = file(100_000, 16 * 1024);
+        let piece = layer.layout().piece;
+        assert_eq!(folder.resume(&name("f"), info, root, piece).await.unwrap(), None);
+        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let mut verified = Bitfield::empty(layer.layout().count());
+        for index in [0, 2, 6] {
+            assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
+            verified.set(index);
+        }
+        let mut wrong = piece_of(&bytes, &layer, 3).to_vec();
+        wrong[0] ^= 1;
+        assert!(
+            !part.take_piece(3, wrong.into()).await.unwrap(),
+            "a bad piece was taken"
+        );
+        part.save(&verified).await.unwrap();
+        // Piece 4 arrives after the last record: not trusted after a crash.
+        assert!(part.take_piece(4, piece_of(&bytes, &layer, 4)).await.unwrap());
+        drop(part);
+
+        // A restart: the folder is opened again; nothing is cleaned away.
+        let folder = Folder::open(dir.path()).unwrap();
+        assert!(folder.list().unwrap().is_empty(), "a partial download is listed");
+        let resumed = folder.resume(&name("f"), info, root, piece).await.unwrap().unwrap();
+        assert_eq!(resumed.verified, verified);
+        assert_eq!(resumed.hashes.as_deref(), Some(layer.hashes()));
+        // The same, seen in pieces of 32 KiB: only whole ones count.
+        let coarse = folder
+            .resume(&name("f"), info, root, PieceSize::new(32 * 1024).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(coarse.verified.iter_held().collect::<Vec<_>>(), [3]);
+
+        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        for index in resumed.verified.iter_missing().collect::<Vec<_>>() {
+            assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
+        }
+        assert_eq!(part.hash_whole().await.unwrap(), info);
+        part.store(&folder, &name("f")).await.unwrap();
+        assert_eq!(entries(dir.path()), ["f"], "leftovers after the store");
+        assert_eq!(folder.read(&name("f")).await.unwrap(), bytes);
+        assert_eq!(folder.content(&name("f")).await.unwrap(), (info, root));
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_another_version_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        let (bytes, info, root, layer) = file(50_000, 16 * 1024);
+        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
+        let mut verified = Bitfield::empty(layer.layout().count());
+        verified.set(0);
+        part.save(&verified).await.unwrap();
+        drop(part);
+        let (_, other, other_root, _) = file(50_001, 16 * 1024);
+        let piece = layer.layout().piece;
+        assert_eq!(folder.resume(&name("f"), other, other_root, piece).await.unwrap(), None);
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_download_under_way_in_another_process_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        let (_, info, root, layer) = file(20_000, 16 * 1024);
+        let first = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        // A second handle stands for a second process: the lock is per
+        // open file, so it is refused as another process would be.
+        let second = folder.part(&name("f"), info, root, layer).await.unwrap_err();
+        assert!(second.to_string().contains("another phile process"), "{second}");
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_piece_that_went_bad_on_disk_is_found_and_a_store_never_replaces_unless_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap().keeping_existing();
+        let (bytes, info, root, layer) = file(40_000, 16 * 1024);
+        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let all = Bitfield::full(layer.layout().count());
+        for index in 0..layer.layout().count() {
+            assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
+        }
+        write_all_at(&part.data.file, b"X", 20_000).unwrap();
+        assert_eq!(part.bad_pieces(&all).await.unwrap(), [1]);
+        assert_ne!(part.hash_whole().await.unwrap(), info);
+        fs::write(dir.path().join("f"), "the user's own").unwrap();
+        let refused = part.store(&folder, &name("f")).await.unwrap_err();
+        assert!(matches!(&refused, StorageError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists));
+        assert_eq!(read_file(&dir.path().join("f")), b"the user's own");
+    }
+}

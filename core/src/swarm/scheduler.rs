@@ -1,0 +1,468 @@
+//! Which piece to ask which peer for, next. No I/O, no clock.
+//!
+//! The download keeps, per connected peer, the pieces it holds and the
+//! requests in flight to it. Whenever a peer has room in its pipeline
+//! ([`Scheduler::requests`]), it is asked for the pieces it holds that this
+//! download lacks and nobody else is fetching, rarest first (fewest
+//! connected peers hold them), ties broken by a seeded shuffle so that
+//! downloaders that see the same peers still fetch different pieces and
+//! have something to trade. Once every missing piece is asked of someone
+//! (the endgame), a peer with room is also asked for pieces already in
+//! flight elsewhere, so one slow peer cannot hold up the last piece; the
+//! first copy to verify wins and the others are cancelled.
+//!
+//! A piece that arrives is checked against its hash by the caller
+//! ([`Scheduler::arrived`], then [`Scheduler::checked`]). A bad one is
+//! simply missing again; the caller drops the peer that sent it
+//! ([`Scheduler::leave`]), which releases what was in flight to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::pieces::{Bitfield, Layout};
+use crate::protocol::ClientId;
+
+/// How many peers may be asked for one piece at once in the endgame.
+pub const ENDGAME_COPIES: u8 = 3;
+
+/// The endgame waits until at most this many pieces are missing. Every
+/// missing piece can be in flight long before the end (a small file, many
+/// peers with deep pipelines), and duplicate requests then would spend the
+/// upload of the peers that hold the rarest pieces (the seeder, early on)
+/// on copies: in a swarm, that upload is what bounds everyone's time.
+pub const ENDGAME_PIECES: usize = 4;
+
+/// What became of a piece that arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Check it against its hash, then report with [`Scheduler::checked`].
+    Check,
+    /// Already held or being checked (an endgame duplicate): drop it.
+    Unwanted,
+}
+
+/// One connected peer, as far as pieces go.
+#[derive(Clone, Debug)]
+struct PeerPieces {
+    /// What it holds.
+    bits: Bitfield,
+    /// What it was asked for and has not sent yet.
+    in_flight: BTreeSet<usize>,
+    /// How many requests it may have in flight.
+    pipeline: usize,
+}
+
+/// The piece plan of one download.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    /// The pieces.
+    layout: Layout,
+    /// The pieces held and verified.
+    have: Bitfield,
+    /// The pieces that arrived and are being checked.
+    checking: Bitfield,
+    /// How many connected peers hold each piece.
+    availability: Vec<u32>,
+    /// How many peers each piece is in flight from.
+    requesters: Vec<u8>,
+    /// Each piece's place in the seeded shuffle that breaks ties.
+    rank: Vec<u32>,
+    /// The connected peers, by id.
+    peers: BTreeMap<ClientId, PeerPieces>,
+    /// How many requests a peer may have in flight until told otherwise
+    /// ([`Scheduler::set_pipeline`]).
+    pipeline: usize,
+}
+
+impl Scheduler {
+    /// A plan for the pieces of `layout`, holding `have` already, asking
+    /// each peer for at most `pipeline` pieces at once; `seed` shuffles the
+    /// order among pieces equally rare.
+    pub fn new(layout: Layout, have: Bitfield, seed: u64, pipeline: usize) -> Scheduler {
+        let count = layout.count();
+        assert_eq!(have.len(), count, "a bitfield of another layout");
+        Scheduler {
+            layout,
+            have,
+            checking: Bitfield::empty(count),
+            availability: vec![0; count],
+            requesters: vec![0; count],
+            rank: shuffled(count, seed),
+            peers: BTreeMap::new(),
+            pipeline: pipeline.max(1),
+        }
+    }
+
+    /// The pieces held and verified.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// The pieces.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Whether every piece is held.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_complete()
+    }
+
+    /// Whether `peer` is connected.
+    pub fn knows(&self, peer: ClientId) -> bool {
+        self.peers.contains_key(&peer)
+    }
+
+    /// How many requests are in flight to `peer`.
+    pub fn in_flight(&self, peer: ClientId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.in_flight.len())
+    }
+
+    /// Whether `peer` holds a piece this download lacks.
+    pub fn useful(&self, peer: ClientId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.bits.iter_held().any(|index| !self.have.has(index)))
+    }
+
+    /// Whether some piece this download lacks is held by no connected peer.
+    pub fn lacks_a_source(&self) -> bool {
+        (0..self.layout.count()).any(|index| !self.have.has(index) && self.availability[index] == 0)
+    }
+
+    /// Whether the download is in its endgame: at most
+    /// [`ENDGAME_PIECES`] pieces are missing, and every one of them is
+    /// asked of someone already.
+    pub fn endgame(&self) -> bool {
+        let mut missing = 0;
+        for index in 0..self.layout.count() {
+            if self.settled(index) {
+                continue;
+            }
+            missing += 1;
+            if missing > ENDGAME_PIECES || self.requesters[index] == 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether piece `index` needs no more asking: held, or being checked.
+    fn settled(&self, index: usize) -> bool {
+        self.have.has(index) || self.checking.has(index)
+    }
+
+    /// `peer` connected, holding `bits` (replacing what was known of it).
+    pub fn join(&mut self, peer: ClientId, bits: Bitfield) {
+        assert_eq!(bits.len(), self.layout.count(), "a bitfield of another layout");
+        self.leave(peer);
+        for index in bits.iter_held() {
+            self.availability[index] += 1;
+        }
+        let in_flight = BTreeSet::new();
+        let pipeline = self.pipeline;
+        self.peers.insert(
+            peer,
+            PeerPieces {
+                bits,
+                in_flight,
+                pipeline,
+            },
+        );
+    }
+
+    /// Lets `peer` have `pipeline` requests in flight (at least one): as
+    /// many as it delivers in a while, so a slow peer does not sit on
+    /// pieces a faster one could send.
+    pub fn set_pipeline(&mut self, peer: ClientId, pipeline: usize) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.pipeline = pipeline.max(1);
+        }
+    }
+
+    /// `peer` gained piece `index`; returns whether this download lacks it.
+    pub fn gained(&mut self, peer: ClientId, index: usize) -> bool {
+        let Some(p) = self.peers.get_mut(&peer).filter(|_| index < self.layout.count()) else {
+            return false;
+        };
+        if p.bits.set(index) {
+            self.availability[index] += 1;
+        }
+        !self.have.has(index)
+    }
+
+    /// `peer` says it does not hold piece `index` (any more).
+    pub fn lost(&mut self, peer: ClientId, index: usize) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.bits.clear(index) {
+            self.availability[index] -= 1;
+        }
+        if p.in_flight.remove(&index) {
+            self.requesters[index] -= 1;
+        }
+    }
+
+    /// `peer` is gone (or dropped): returns the pieces that were in flight
+    /// to it, free to be asked of others.
+    pub fn leave(&mut self, peer: ClientId) -> Vec<usize> {
+        let Some(p) = self.peers.remove(&peer) else {
+            return Vec::new();
+        };
+        for index in p.bits.iter_held() {
+            self.availability[index] -= 1;
+        }
+        for index in &p.in_flight {
+            self.requesters[*index] -= 1;
+        }
+        p.in_flight.into_iter().collect()
+    }
+
+    /// The pieces to ask `peer` for now, filling its pipeline: rarest
+    /// first among those nobody is fetching; in the endgame, also pieces in
+    /// flight elsewhere. They count as in flight from here on.
+    pub fn requests(&mut self, peer: ClientId) -> Vec<usize> {
+        let Some(p) = self.peers.get(&peer) else {
+            return Vec::new();
+        };
+        let room = p.pipeline.saturating_sub(p.in_flight.len());
+        if room == 0 {
+            return Vec::new();
+        }
+        let fresh = |index: &usize| !self.settled(*index) && self.requesters[*index] == 0;
+        let mut picks = self.pick(p, room, fresh, |index| (0, self.availability[index], self.rank[index]));
+        if picks.len() < room && self.endgame() {
+            let copy = |index: &usize| {
+                !self.settled(*index) && self.requesters[*index] < ENDGAME_COPIES && !p.in_flight.contains(index)
+            };
+            let key = |index: usize| (self.requesters[index], self.availability[index], self.rank[index]);
+            let more = self.pick(
+                p,
+                room - picks.len(),
+                |index| copy(index) && !picks.contains(index),
+                key,
+            );
+            picks.extend(more);
+        }
+        let p = self.peers.get_mut(&peer).expect("checked above");
+        for index in &picks {
+            p.in_flight.insert(*index);
+            self.requesters[*index] += 1;
+        }
+        picks
+    }
+
+    /// Up to `room` pieces `p` holds that pass `eligible`, lowest `key` first.
+    fn pick<K: Ord>(
+        &self,
+        p: &PeerPieces,
+        room: usize,
+        eligible: impl Fn(&usize) -> bool,
+        key: impl Fn(usize) -> K,
+    ) -> Vec<usize> {
+        let mut candidates: Vec<(K, usize)> = p
+            .bits
+            .iter_held()
+            .filter(|index| eligible(index))
+            .map(|index| (key(index), index))
+            .collect();
+        if candidates.len() > room {
+            candidates.select_nth_unstable_by(room, |a, b| a.cmp(b));
+            candidates.truncate(room);
+        }
+        candidates.sort_unstable();
+        candidates.into_iter().map(|(_, index)| index).collect()
+    }
+
+    /// Piece `index` arrived from `peer`.
+    pub fn arrived(&mut self, peer: ClientId, index: usize) -> Arrival {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.in_flight.remove(&index) {
+                self.requesters[index] -= 1;
+            }
+        }
+        if index >= self.layout.count() || self.settled(index) {
+            return Arrival::Unwanted;
+        }
+        self.checking.set(index);
+        Arrival::Check
+    }
+
+    /// Piece `index` was checked: `good`, it is held, and the returned
+    /// requests for it still in flight elsewhere are to be cancelled; not
+    /// good, it is missing again.
+    pub fn checked(&mut self, index: usize, good: bool) -> Vec<(ClientId, usize)> {
+        self.checking.clear(index);
+        if !good {
+            return Vec::new();
+        }
+        self.have.set(index);
+        let mut cancels = Vec::new();
+        for (peer, p) in &mut self.peers {
+            if p.in_flight.remove(&index) {
+                self.requesters[index] -= 1;
+                cancels.push((*peer, index));
+            }
+        }
+        cancels
+    }
+
+    /// Piece `index`, held, turned out bad on disk: missing again.
+    pub fn forget(&mut self, index: usize) {
+        self.have.clear(index);
+    }
+}
+
+/// A seeded shuffle of `0..count`: each piece's rank.
+fn shuffled(count: usize, seed: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..count as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for top in (1..count).rev() {
+        order.swap(top, rng.random_range(0..=top));
+    }
+    let mut rank = vec![0; count];
+    for (place, index) in order.into_iter().enumerate() {
+        rank[index as usize] = place as u32;
+    }
+    rank
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pieces::PieceSize;
+
+    fn layout(pieces: u64) -> Layout {
+        Layout::new(pieces * 16384, PieceSize::SMALLEST)
+    }
+
+    fn bits(count: usize, held: &[usize]) -> Bitfield {
+        let mut bits = Bitfield::empty(count);
+        for index in held {
+            bits.set(*index);
+        }
+        bits
+    }
+
+    fn peer(id: u64) -> ClientId {
+        ClientId(id)
+    }
+
+    #[test]
+    fn the_rarest_piece_comes_first() {
+        let mut plan = Scheduler::new(layout(4), Bitfield::empty(4), 1, 1);
+        plan.join(peer(1), bits(4, &[0, 1, 2, 3]));
+        plan.join(peer(2), bits(4, &[0, 1, 2]));
+        plan.join(peer(3), bits(4, &[0, 2]));
+        // Piece 3 only peer 1 has; then 1 (two peers); then 0 and 2.
+        assert_eq!(plan.requests(peer(1)), [3]);
+        assert_eq!(plan.requests(peer(2)), [1]);
+        let third = plan.requests(peer(3));
+        assert!(third == [0] || third == [2], "{third:?}");
+    }
+
+    #[test]
+    fn pieces_in_flight_are_not_asked_twice_before_the_endgame() {
+        let mut plan = Scheduler::new(layout(10), Bitfield::empty(10), 7, 3);
+        let all: Vec<usize> = (0..10).collect();
+        plan.join(peer(1), bits(10, &all));
+        plan.join(peer(2), bits(10, &all));
+        let (first, second) = (plan.requests(peer(1)), plan.requests(peer(2)));
+        assert_eq!((first.len(), second.len()), (3, 3));
+        assert!(
+            first.iter().all(|index| !second.contains(index)),
+            "{first:?} {second:?}"
+        );
+        assert!(plan.requests(peer(1)).is_empty(), "the pipeline overflowed");
+        assert!(!plan.endgame());
+
+        // Every missing piece in flight, but many of them: no endgame yet,
+        // so no peer is asked for a copy of what another is sending.
+        let mut plan = Scheduler::new(layout(10), Bitfield::empty(10), 7, 10);
+        plan.join(peer(1), bits(10, &all));
+        plan.join(peer(2), bits(10, &all));
+        assert_eq!(plan.requests(peer(1)).len(), 10);
+        assert!(!plan.endgame());
+        assert!(plan.requests(peer(2)).is_empty(), "copies before the endgame");
+    }
+
+    #[test]
+    fn the_seed_breaks_ties_so_downloaders_fetch_different_pieces() {
+        let order = |seed| {
+            let mut plan = Scheduler::new(layout(64), Bitfield::empty(64), seed, 8);
+            plan.join(peer(1), Bitfield::full(64));
+            plan.requests(peer(1))
+        };
+        assert_eq!(order(1), order(1));
+        assert_ne!(order(1), order(2));
+    }
+
+    #[test]
+    fn the_endgame_asks_several_peers_and_the_first_good_copy_cancels_the_rest() {
+        let mut plan = Scheduler::new(layout(3), bits(3, &[0, 1]), 1, 4);
+        plan.join(peer(1), Bitfield::full(3));
+        plan.join(peer(2), Bitfield::full(3));
+        assert_eq!(plan.requests(peer(1)), [2]);
+        assert!(plan.endgame());
+        assert_eq!(plan.requests(peer(2)), [2], "no duplicate in the endgame");
+        assert!(plan.requests(peer(2)).is_empty(), "asked twice of one peer");
+        assert_eq!(plan.arrived(peer(2), 2), Arrival::Check);
+        assert_eq!(plan.arrived(peer(1), 2), Arrival::Unwanted, "a duplicate was checked");
+        plan.join(peer(3), Bitfield::full(3));
+        assert_eq!(plan.checked(2, true), []);
+        assert!(plan.is_complete());
+
+        let mut plan = Scheduler::new(layout(2), bits(2, &[0]), 1, 4);
+        for id in 1..=5 {
+            plan.join(peer(id), Bitfield::full(2));
+        }
+        let asked: usize = (1..=5).map(|id| plan.requests(peer(id)).len()).sum();
+        assert_eq!(asked, ENDGAME_COPIES as usize, "copies are capped");
+        assert_eq!(plan.arrived(peer(1), 1), Arrival::Check);
+        assert_eq!(plan.checked(1, true), [(peer(2), 1), (peer(3), 1)]);
+    }
+
+    #[test]
+    fn a_bad_piece_is_missing_again_and_its_sender_is_dropped() {
+        let mut plan = Scheduler::new(layout(2), Bitfield::empty(2), 1, 2);
+        plan.join(peer(1), Bitfield::full(2));
+        assert_eq!(plan.requests(peer(1)).len(), 2);
+        plan.join(peer(2), bits(2, &[0, 1]));
+        let sent = plan.requests(peer(1))[..].to_vec();
+        assert!(sent.is_empty());
+        assert_eq!(plan.arrived(peer(1), 0), Arrival::Check);
+        assert!(plan.checked(0, false).is_empty());
+        assert_eq!(plan.leave(peer(1)), [1], "what was in flight to the liar");
+        assert!(!plan.knows(peer(1)));
+        let again = plan.requests(peer(2));
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert!(!plan.useful(peer(1)));
+    }
+
+    #[test]
+    fn a_peers_pipeline_can_shrink_and_grow() {
+        let mut plan = Scheduler::new(layout(10), Bitfield::empty(10), 1, 4);
+        plan.join(peer(1), Bitfield::full(10));
+        plan.set_pipeline(peer(1), 1);
+        assert_eq!(plan.requests(peer(1)).len(), 1);
+        plan.set_pipeline(peer(1), 3);
+        assert_eq!(plan.requests(peer(1)).len(), 2);
+        assert_eq!(plan.in_flight(peer(1)), 3);
+    }
+
+    #[test]
+    fn peers_gain_and_lose_pieces_and_availability_follows() {
+        let mut plan = Scheduler::new(layout(3), Bitfield::empty(3), 1, 1);
+        plan.join(peer(1), Bitfield::empty(3));
+        assert!(!plan.useful(peer(1)));
+        assert!(plan.lacks_a_source());
+        assert!(plan.gained(peer(1), 2));
+        assert_eq!(plan.requests(peer(1)), [2]);
+        plan.lost(peer(1), 2);
+        assert_eq!(plan.in_flight(peer(1)), 0);
+        assert!(plan.requests(peer(1)).is_empty());
+        assert!(!plan.gained(peer(9), 0), "an unknown peer");
+        assert!(!plan.gained(peer(1), 99), "a piece past the end");
+    }
+}
