@@ -323,6 +323,26 @@ async fn send_file(stream: &mut BoxStream, file: &File, len: u64, idle: Duration
     Ok(sent)
 }
 
+/// Writes all of `bytes`, failing only if a write makes no progress for
+/// `idle`: a chunk (2 MiB) can take longer than that under a rate cap
+/// shared by many transfers, and is still moving.
+pub(crate) async fn write_progressing<W: tokio::io::AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    mut bytes: &[u8],
+    idle: Duration,
+) -> Result<(), ConnectionError> {
+    while !bytes.is_empty() {
+        let written = timeout(idle, stream.write(bytes))
+            .await
+            .map_err(|_| ConnectionError::Idle(idle))??;
+        if written == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+        }
+        bytes = &bytes[written..];
+    }
+    Ok(())
+}
+
 /// Sends bytes `from..len` of `source` by reading them into one buffer,
 /// reused for the whole body, and writing them.
 async fn copy_body<S: BodySource>(
@@ -340,9 +360,7 @@ async fn copy_body<S: BodySource>(
         if read == 0 {
             return Err(ended_early(sent, len));
         }
-        timeout(idle, stream.write_all(&filled[..read]))
-            .await
-            .map_err(|_| ConnectionError::Idle(idle))??;
+        write_progressing(stream, &filled[..read], idle).await?;
         sent += read as u64;
         buffer = filled;
     }
@@ -644,6 +662,37 @@ mod tests {
                 ),
                 "{file_sends}"
             );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_write_fails_only_when_it_stops_moving() {
+        // A chunk that takes longer than the idle timeout to drain (a rate
+        // cap shared by many transfers) goes through while it moves, and
+        // fails once nothing moves for the idle timeout.
+        let idle = Duration::from_millis(100);
+        let body = content(1 << 20);
+        for stops_after in [None, Some(4)] {
+            let (mut writer, mut reader) = tokio::io::duplex(64 * 1024);
+            let reading = tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let mut reads = 0;
+                while stops_after != Some(reads) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if reader.read(&mut buffer).await.unwrap() == 0 {
+                        break;
+                    }
+                    reads += 1;
+                }
+                reader
+            });
+            let written = write_progressing(&mut writer, &body, idle).await;
+            match stops_after {
+                None => written.unwrap(),
+                Some(_) => assert!(matches!(written, Err(ConnectionError::Idle(_))), "{written:?}"),
+            }
+            drop(writer);
+            drop(reading.await.unwrap());
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct SwarmSetup {
     pub seeder_up: u64,
     pub up: u64,
     pub down: u64,
+    /// The piece size, if not the default (256 KiB).
+    pub piece_size: Option<u64>,
     /// The target for time / bound, if any.
     pub target: Option<f64>,
 }
@@ -137,6 +139,7 @@ impl SwarmSetup {
             seeder_up: 4_000_000,
             up: 2_000_000,
             down: 8_000_000,
+            piece_size: None,
             target,
         };
         let tcp = |downloaders, target| SwarmSetup {
@@ -146,11 +149,18 @@ impl SwarmSetup {
             seeder_up: 20_000_000,
             up: 10_000_000,
             down: 10_000_000,
+            piece_size: None,
             target,
+        };
+        let small_pieces = |setup: SwarmSetup| SwarmSetup {
+            piece_size: Some(64 << 10),
+            ..setup
         };
         vec![
             sim(31, Some(1.3)),
             tcp(7, Some(1.6)),
+            small_pieces(sim(31, Some(1.3))),
+            small_pieces(tcp(7, Some(1.6))),
             sim(4, None),
             sim(16, None),
             sim(64, None),
@@ -167,6 +177,7 @@ impl SwarmSetup {
             seeder_up: 4_000_000,
             up: 2_000_000,
             down: 8_000_000,
+            piece_size: Some(64 << 10),
             target: None,
         };
         vec![small(true), small(false)]
@@ -933,6 +944,11 @@ fn swarms(config: &Config, work: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     for (index, setup) in config.swarms.iter().enumerate() {
         let run = |swarm: bool| {
+            // A piece size is an option of swarm downloads only.
+            let options = match setup.piece_size.filter(|_| swarm) {
+                Some(bytes) => format!("#{{ swarm: swarm, piece_size: {bytes} }}"),
+                None => "#{ swarm: swarm }".to_owned(),
+            };
             let source = include_str!("../../bench/swarm.rhai").replacen(
                 "let downloaders = 31; let size = 16777216; let seeder_up = 4000000; let up = 2000000; let down = 8000000; let swarm = true;",
                 &format!(
@@ -941,6 +957,7 @@ fn swarms(config: &Config, work: &Path) -> Vec<Row> {
                 ),
                 1,
             );
+            let source = source.replacen("#{ swarm: swarm }", &options, 1);
             let name = format!("swarm_{index}_{swarm}");
             run_printing(config, work, &name, &source, setup.sim)
         };
@@ -950,9 +967,12 @@ fn swarms(config: &Config, work: &Path) -> Vec<Row> {
         let target = setup
             .target
             .map_or(String::new(), |target| format!(" (target ≤ {target})"));
+        let pieces = setup
+            .piece_size
+            .map_or(String::new(), |bytes| format!(", {} KiB pieces", bytes >> 10));
         rows.push(row(
             format!(
-                "swarm, {mode}: 1 seeder at {} MB/s up, {} downloaders at {} MB/s up / {} MB/s down, {} MiB: last downloader done",
+                "swarm, {mode}: 1 seeder at {} MB/s up, {} downloaders at {} MB/s up / {} MB/s down, {} MiB{pieces}: last downloader done",
                 setup.seeder_up / 1_000_000,
                 setup.downloaders,
                 setup.up / 1_000_000,

@@ -122,11 +122,7 @@ impl Outbound {
     pub async fn message_with_body<T: Serialize>(&mut self, message: &T, body: &[u8]) -> Result<(), ConnectionError> {
         self.message(message).await?;
         let stream = self.frames.get_mut();
-        for chunk in body.chunks(CHUNK_LEN) {
-            timeout(self.idle, stream.write_all(chunk))
-                .await
-                .map_err(|_| ConnectionError::Idle(self.idle))??;
-        }
+        crate::connection::write_progressing(stream, body, self.idle).await?;
         timeout(self.idle, stream.flush())
             .await
             .map_err(|_| ConnectionError::Idle(self.idle))??;
