@@ -94,6 +94,9 @@ pub struct Outcome {
     /// When each event of the log happened, in the run's seconds (virtual
     /// under `--sim`): for the report's timeline, never in the log.
     pub times: Vec<f64>,
+    /// Each `fluid_bound` the script asked for, against the time the
+    /// downloads it bounds took: for the report, never in the log.
+    pub fluid_bounds: Vec<review::FluidBound>,
     /// Why the script stopped early, if it did.
     pub failure: Option<ScriptFailure>,
 }
@@ -223,6 +226,7 @@ fn run_attempt(options: &RunOptions, deadline: Deadline, capacity: usize, printe
     Ok(Attempt::Finished(Outcome {
         events: log.lines(),
         times: log.times(),
+        fluid_bounds: world.fluid_bounds(),
         stats: world.stats(),
         elapsed: Duration::ZERO,
         failure,

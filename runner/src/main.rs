@@ -165,7 +165,11 @@ fn main() -> ExitCode {
     // Written whether or not the script failed: a failed run is the one
     // most worth reviewing.
     let log = Log::from_lines(outcome.events.iter().map(String::as_str));
-    let review_written = review.write(log, Some(outcome.times.clone()));
+    let extras = ReportExtras {
+        times: Some(outcome.times.clone()),
+        fluid_bounds: outcome.fluid_bounds.clone(),
+    };
+    let review_written = review.write(log, extras);
     if let Err(error) = &review_written {
         eprintln!("phile-run: {error}");
     }
@@ -243,7 +247,7 @@ fn render(events: &std::path::Path, cli: &Cli) -> ExitCode {
     let written = std::fs::read_to_string(events)
         .map_err(|error| format!("cannot read {}: {error}", events.display()))
         .and_then(|text| Log::parse(&text).map_err(|error| format!("{}: {error}", events.display())))
-        .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log), None));
+        .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log), ReportExtras::default()));
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -273,9 +277,10 @@ impl ReviewFiles {
     }
 
     /// Writes what was asked for, from `log` (the run's own log cannot
-    /// fail to parse, but a caller's can) and, for the run just made, when
-    /// each event happened (the report draws a timeline from them).
-    fn write(self, log: Result<Log, phile_runner::review::ParseError>, times: Option<Vec<f64>>) -> Result<(), String> {
+    /// fail to parse, but a caller's can) and, for the run just made, what
+    /// it measured beside the log (when each event happened, for the
+    /// timeline; swarm times against their fluid bounds).
+    fn write(self, log: Result<Log, phile_runner::review::ParseError>, extras: ReportExtras) -> Result<(), String> {
         if self.diagram.is_none() && self.report.is_none() {
             return Ok(());
         }
@@ -284,10 +289,6 @@ impl ReviewFiles {
             write_to(&path, file, &mermaid(&log))?;
         }
         if let Some((path, file)) = self.report {
-            let extras = ReportExtras {
-                times,
-                ..ReportExtras::default()
-            };
             let html = html_report(&log, &extras)
                 .map_err(|error| format!("cannot make the report {}: {error}", path.display()))?;
             write_to(&path, file, &html)?;

@@ -212,6 +212,36 @@ fn help_describes_the_review_options() {
 }
 
 #[test]
+fn a_swarm_report_sets_each_swarm_against_its_fluid_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.html");
+    let output = run_in(
+        &dir.path().join("root"),
+        &scenario("sim/swarm_flattens.rhai"),
+        &["--sim", "--report", report.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let html = read(&report);
+    let table = &html[html.find("against the fluid bound").expect("a table of fluid bounds")..];
+    // The script asks for a bound after each of its three swarms; the
+    // whole-file downloads of the same size after them are not swarms it
+    // asked about.
+    for (file, downloaders) in [("swarm-1.bin", 1), ("swarm-4.bin", 4), ("swarm-16.bin", 16)] {
+        let row = format!("<td>{file}</td><td class=\"num\">{downloaders}</td>");
+        assert!(table.contains(&row), "no row {row} in the fluid table");
+    }
+    assert!(
+        !table.contains("<td>whole-"),
+        "a whole-file download was set against a bound"
+    );
+    assert_eq!(
+        table.matches("4.000 s").count(),
+        3,
+        "the bound is 4 s (the seeder's upload) each time"
+    );
+}
+
+#[test]
 fn every_shipped_scenario_draws_under_the_simulator() {
     let dir = tempfile::tempdir().unwrap();
     let mut drawn = 0;

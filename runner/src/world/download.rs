@@ -109,8 +109,16 @@ impl World {
             Reply::Downloaded {
                 downloaded: Downloaded { from, info, swarm },
             } => {
-                let secs = (self.now() - started).as_secs_f64();
+                let now = self.now();
+                let secs = (now - started).as_secs_f64();
                 self.count(|s| s.downloads_ok += 1);
+                self.downloads_timed.borrow_mut().push(super::fluid::Timed {
+                    client: c.id,
+                    file: file.to_string(),
+                    bytes: info.size,
+                    started: started.as_secs_f64(),
+                    finished: now.as_secs_f64(),
+                });
                 let sha1 = info.sha1.to_string();
                 let (size, ms) = (bytes(info.size), secs * 1e3);
                 let source = match &swarm {
@@ -221,18 +229,25 @@ impl World {
 
     /// The fewest seconds in which `bytes` bytes can get from `seeders` to
     /// every one of `downloaders` under their rate caps (`fluid_bound`).
-    pub fn fluid_bound(&self, bytes: i64, seeders: &[ClientRef], downloaders: &[ClientRef]) -> Verdict<f64> {
+    pub fn fluid_bound(&self, bytes: i64, seeders: &[ClientRef], downloader_refs: &[ClientRef]) -> Verdict<f64> {
         let bytes = u64::try_from(bytes).map_err(|_| format!("fluid_bound: {bytes} bytes is not a size"))?;
         let rates = |clients: &[ClientRef]| -> Verdict<Vec<(u64, u64)>> {
             clients.iter().map(|c| self.slot(c, |slot| slot.rate)).collect()
         };
         let seeders = rates(seeders)?;
-        let downloaders = rates(downloaders)?;
+        let downloaders = rates(downloader_refs)?;
         if downloaders.is_empty() {
             return Err("fluid_bound: give at least one downloader".into());
         }
         let uploads: Vec<u64> = seeders.iter().map(|(up, _)| *up).collect();
-        Ok(super::fluid::bound(bytes, &uploads, &downloaders))
+        let bound = super::fluid::bound(bytes, &uploads, &downloaders);
+        self.bounds_asked.borrow_mut().push(super::fluid::BoundAsked {
+            bytes,
+            downloaders: downloader_refs.iter().map(|c| c.id).collect(),
+            bound_secs: bound,
+            at: self.now().as_secs_f64(),
+        });
+        Ok(bound)
     }
 
     /// Time since the run started: virtual under simulation.

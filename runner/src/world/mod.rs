@@ -143,6 +143,10 @@ pub struct World {
     /// Set when the simulation ran out of room for nodes: the run starts
     /// over with room for this many.
     needs_room: Cell<Option<usize>>,
+    /// Every `fluid_bound` the script asked for, for the report.
+    bounds_asked: RefCell<Vec<fluid::BoundAsked>>,
+    /// Every download that stored its file, timed, for the report.
+    downloads_timed: RefCell<Vec<fluid::Timed>>,
 }
 
 impl World {
@@ -167,6 +171,8 @@ impl World {
             deadline,
             output,
             needs_room: Cell::new(None),
+            bounds_asked: RefCell::default(),
+            downloads_timed: RefCell::default(),
         }
     }
 
@@ -188,6 +194,13 @@ impl World {
     /// The counts so far.
     pub fn stats(&self) -> Stats {
         self.stats.get()
+    }
+
+    /// Each `fluid_bound` the script asked for, against the time the
+    /// downloads it bounds took (for the report; times are the run's own,
+    /// virtual under `--sim`, and never enter the log).
+    pub fn fluid_bounds(&self) -> Vec<crate::review::FluidBound> {
+        fluid::against_downloads(&self.bounds_asked.borrow(), &self.downloads_timed.borrow())
     }
 
     fn count(&self, update: impl FnOnce(&mut Stats)) {
