@@ -267,7 +267,13 @@ fn read_lines(
                 }
             }
             Ok(Line::Ready { .. }) => {}
-            Err(error) => tracing::warn!(%error, "unreadable line from a node process: {text}"),
+            // A line we cannot read may be the reply someone waits for:
+            // waiting on would hang the run for good. The pipe no longer
+            // speaks our protocol, so the node counts as gone.
+            Err(error) => {
+                tracing::error!(%error, "unreadable line from a node process, which now counts as gone: {text}");
+                break;
+            }
         }
     }
     gone.store(true, Ordering::SeqCst);
