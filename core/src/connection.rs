@@ -678,6 +678,9 @@ mod tests {
                 let mut buffer = vec![0u8; 64 * 1024];
                 let mut reads = 0;
                 while stops_after != Some(reads) {
+                    // A slow reader is the point of the test: it drains a
+                    // read every 50 ms of the paused (virtual) clock, so
+                    // no wall-clock time passes.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if reader.read(&mut buffer).await.unwrap() == 0 {
                         break;

@@ -415,6 +415,8 @@ impl Backend for Sim {
     }
 
     fn sleep(&mut self, duration: Duration) {
+        // The script's `sleep(secs)`: letting virtual time pass is what was
+        // asked, and the harness jumps straight over it.
         let _ = self.drive(async move { tokio::time::sleep(duration).await }, false);
     }
 
