@@ -230,18 +230,7 @@ impl AsyncWrite for Throttled {
         };
         let move_now = granted.min(bytes.len());
         let polled = Pin::new(&mut this.inner).poll_write(cx, &bytes[..move_now]);
-        match &polled {
-            // No room on the wire yet: the write keeps its turn.
-            Poll::Pending => {}
-            Poll::Ready(Ok(written)) => {
-                this.write_turn = Turn::Free;
-                bucket.refund(granted - written);
-            }
-            Poll::Ready(Err(_)) => {
-                this.write_turn = Turn::Free;
-                bucket.refund(granted);
-            }
-        }
+        end_turn(bucket, &mut this.write_turn, granted, &polled);
         polled
     }
 
@@ -279,20 +268,22 @@ impl Stream for Throttled {
             return Poll::Pending;
         };
         let polled = Pin::new(&mut this.inner).poll_send_file(cx, file, offset, granted.min(len));
-        match &polled {
-            // No room on the wire yet: the send keeps its turn.
-            Poll::Pending => {}
-            Poll::Ready(Ok(sent)) => {
-                this.write_turn = Turn::Free;
-                bucket.refund(granted - sent);
-            }
-            Poll::Ready(Err(_)) => {
-                this.write_turn = Turn::Free;
-                bucket.refund(granted);
-            }
-        }
+        end_turn(bucket, &mut this.write_turn, granted, &polled);
         polled
     }
+}
+
+/// After an upload move that was `granted` bytes: a move still pending
+/// keeps its turn (no room on the wire yet); one that is done frees the
+/// turn and gives back what it did not send.
+fn end_turn(bucket: &Bucket, turn: &mut Turn, granted: usize, polled: &Poll<io::Result<usize>>) {
+    let sent = match polled {
+        Poll::Pending => return,
+        Poll::Ready(Ok(sent)) => *sent,
+        Poll::Ready(Err(_)) => 0,
+    };
+    *turn = Turn::Free;
+    bucket.refund(granted - sent);
 }
 
 /// A listener whose connections are held to a client's caps.
