@@ -118,3 +118,116 @@ async fn downloaders_of_one_file_trade_pieces_while_they_download() {
         "only {from_peers} bytes came from other downloaders"
     );
 }
+
+/// One side of a raw swarm conversation with a peer, as a downloader.
+struct Conversation {
+    inbound: phile_core::swarm::wire::Inbound,
+    outbound: phile_core::swarm::wire::Outbound,
+    /// The pieces the peer says it holds.
+    shown: phile_core::pieces::Bitfield,
+}
+
+impl Conversation {
+    /// Joins `peer`'s conversation about `file` (`sha1`) in pieces of
+    /// `piece` bytes, as downloader `id`.
+    async fn join(peer: &Client, id: u64, file: &str, sha1: Digest, pieces: usize, piece: u64) -> Conversation {
+        use phile_core::connection::Connection;
+        use phile_core::host::OsHost;
+        use phile_core::protocol::{PeerReply, PeerRequest, Request, Trace};
+        let mut connection = Connection::connect(&OsHost, peer.local_addr(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let body = PeerRequest::Join {
+            file: name(file),
+            client: ClientId(id),
+            sha1,
+            piece_size: piece,
+        };
+        connection
+            .write(&Request {
+                trace: Trace::default(),
+                body,
+            })
+            .await
+            .unwrap();
+        let joined: PeerReply = connection.read().await.unwrap().unwrap();
+        assert_eq!(joined, PeerReply::Joined { pieces: pieces as u64 });
+        let (mut inbound, outbound) = phile_core::swarm::wire::split(connection);
+        let bits = inbound.body(pieces.div_ceil(8)).await.unwrap().to_vec();
+        let shown = phile_core::pieces::Bitfield::from_bytes(pieces, bits).unwrap();
+        Conversation {
+            inbound,
+            outbound,
+            shown,
+        }
+    }
+
+    /// Asks for piece `index` and reads it.
+    async fn fetch(&mut self, index: usize, len: usize) {
+        use phile_core::protocol::{PeerReply, PeerRequest, Request, Trace};
+        let body = PeerRequest::Piece { index: index as u64 };
+        let request = Request {
+            trace: Trace::default(),
+            body,
+        };
+        self.outbound.message(&request).await.unwrap();
+        let reply = self.inbound.message::<PeerReply>(None).await.unwrap();
+        assert_eq!(reply, Some(PeerReply::Piece { index: index as u64 }));
+        self.inbound.body(len).await.unwrap();
+    }
+
+    /// The next piece the peer shows.
+    async fn next_shown(&mut self) -> usize {
+        use phile_core::protocol::PeerReply;
+        match self.inbound.message::<PeerReply>(None).await.unwrap() {
+            Some(PeerReply::Have { index }) => {
+                self.shown.set(index as usize);
+                index as usize
+            }
+            other => panic!("expected a piece shown, got {other:?}"),
+        }
+    }
+}
+
+use phile_core::protocol::Digest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_beside_several_downloaders_shows_each_a_piece_at_a_time_until_every_piece_went_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let piece = 16 * 1024;
+    let bytes = content(4 * piece, 5);
+    let sha1 = Digest::of(&bytes);
+    let seeder = client(1, dir.path(), &tracker).await;
+    seeder.folder().write(&name("f"), bytes).await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+
+    // Alone, a downloader is shown the whole file.
+    let mut first = Conversation::join(&seeder, 2, "f", sha1, 4, piece as u64).await;
+    assert!(first.shown.is_complete());
+    // Beside it, the next is shown one piece, one nobody was sent yet.
+    let mut second = Conversation::join(&seeder, 3, "f", sha1, 4, piece as u64).await;
+    assert_eq!(second.shown.iter_held().collect::<Vec<_>>(), [0]);
+    // The first takes piece 0; the third is shown a piece neither sent
+    // nor shown yet.
+    first.fetch(0, piece).await;
+    let mut third = Conversation::join(&seeder, 4, "f", sha1, 4, piece as u64).await;
+    assert_eq!(third.shown.iter_held().collect::<Vec<_>>(), [1]);
+    // Each piece sent to the second shows it one more: the least spread.
+    second.fetch(0, piece).await;
+    assert_eq!(second.next_shown().await, 2);
+    second.fetch(2, piece).await;
+    assert_eq!(second.next_shown().await, 3);
+    first.fetch(1, piece).await;
+    second.fetch(3, piece).await;
+    assert_eq!(second.next_shown().await, 1);
+    assert!(second.shown.is_complete());
+    // Every piece went out once: the third, which waited, is shown the rest.
+    let rest = [
+        third.next_shown().await,
+        third.next_shown().await,
+        third.next_shown().await,
+    ];
+    assert_eq!(rest, [0, 2, 3]);
+    assert!(third.shown.is_complete());
+}

@@ -25,13 +25,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::serve::Seeder;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Request};
 use crate::storage::PartData;
+use crate::swarm::seeding::{Tally, REVEALED};
 use crate::swarm::wire::{self, Inbound, Outbound};
 use crate::swarm::Partial;
 use crate::trace;
@@ -39,32 +40,58 @@ use crate::trace;
 /// How many pieces one client sends at once, over all its conversations.
 pub(crate) const UPLOAD_SLOTS: usize = 2;
 
-/// How many times each piece went out, for one file cut one way.
-type SendCounts = Arc<Mutex<Vec<u32>>>;
+/// How a client spread the pieces of one file cut one way, shared by its
+/// conversations about it while any is open.
+pub(crate) struct FileSpread {
+    /// A std mutex: held for a count, never across an `.await`.
+    tally: Mutex<Tally>,
+    /// Wakes the conversations that hide pieces once every piece went out.
+    spread: Notify,
+}
 
-/// The counts as the registry keeps them: alive while a conversation is.
-type WeakCounts = Weak<Mutex<Vec<u32>>>;
+impl FileSpread {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().expect("send counts poisoned")
+    }
 
-/// How many times a client sent each piece of each file it serves, by file
-/// and piece size, shared by its conversations while any is open.
+    /// Resolves once every piece went out at least once.
+    async fn everywhere(&self) {
+        loop {
+            let notified = self.spread.notified();
+            tokio::pin!(notified);
+            // Registered before the tally is read, so no wake-up is missed.
+            notified.as_mut().enable();
+            if self.tally().spread() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// How a client spread each file it serves, by file and piece size.
 #[derive(Default)]
 pub(crate) struct Spread {
     /// A std mutex: held for a lookup. Looked up by key, never iterated.
-    counts: Mutex<HashMap<(FileName, u64), WeakCounts>>,
+    /// Weak: a file's tally lives while a conversation about it is open.
+    files: Mutex<HashMap<(FileName, u64), Weak<FileSpread>>>,
 }
 
 impl Spread {
-    /// The counts of `file` cut as `layout`, shared with every conversation
+    /// The tally of `file` cut as `layout`, shared with every conversation
     /// about it.
-    fn of(&self, file: &FileName, layout: &Layout) -> SendCounts {
-        let mut counts = self.counts.lock().expect("send counts poisoned");
-        counts.retain(|_, counts| counts.strong_count() > 0);
+    fn of(&self, file: &FileName, layout: &Layout) -> Arc<FileSpread> {
+        let mut files = self.files.lock().expect("send counts poisoned");
+        files.retain(|_, spread| spread.strong_count() > 0);
         let key = (file.clone(), layout.piece.bytes());
-        if let Some(shared) = counts.get(&key).and_then(Weak::upgrade) {
+        if let Some(shared) = files.get(&key).and_then(Weak::upgrade) {
             return shared;
         }
-        let shared = Arc::new(Mutex::new(vec![0; layout.count()]));
-        counts.insert(key, Arc::downgrade(&shared));
+        let shared = Arc::new(FileSpread {
+            tally: Mutex::new(Tally::new(layout.count())),
+            spread: Notify::new(),
+        });
+        files.insert(key, Arc::downgrade(&shared));
         shared
     }
 }
@@ -96,10 +123,13 @@ struct Conversation<'a> {
     pieces: Pieces,
     /// Pieces asked for and not sent yet, in order.
     queue: VecDeque<usize>,
-    /// How often each piece went out from this client, to anyone.
-    sent: SendCounts,
+    /// How this client spread the file's pieces, to anyone.
+    spread: Arc<FileSpread>,
     /// The pieces the downloader knows this side holds.
     told: Bitfield,
+    /// Whether this side holds the whole file but shows only some of it
+    /// (super-seeding, [`crate::swarm::seeding`]).
+    hiding: bool,
     /// How many of a partial download's gains were looked at.
     seen: usize,
 }
@@ -141,7 +171,25 @@ impl Seeder {
             }
         };
         let wanted = Layout::new(size, piece);
+        let spread = self.spread.of(&file, &wanted);
+        // Beside other downloaders, a seeder shows each only a few pieces
+        // until every piece went out once; alone, a downloader sees all.
+        let hiding =
+            matches!(pieces, Pieces::Whole { .. }) && Arc::strong_count(&spread) > 1 && !spread.tally().spread();
+        if let Pieces::Partial(partial) = &pieces {
+            partial.meet(to);
+        }
         let told = match &pieces {
+            Pieces::Whole { .. } if hiding => {
+                let mut told = Bitfield::empty(wanted.count());
+                let mut tally = spread.tally();
+                for _ in 0..REVEALED {
+                    if let Some(index) = tally.reveal(&told) {
+                        told.set(index);
+                    }
+                }
+                told
+            }
             Pieces::Whole { .. } => Bitfield::full(wanted.count()),
             Pieces::Partial(partial) => partial.held_as(&wanted),
         };
@@ -153,7 +201,6 @@ impl Seeder {
             pieces: wanted.count() as u64,
         };
         replies.message_with_body(&joined, told.as_bytes()).await.ok()?;
-        let sent = self.spread.of(&file, &wanted);
         Some(Conversation {
             seeder: self,
             file,
@@ -162,8 +209,9 @@ impl Seeder {
             wanted,
             pieces,
             queue: VecDeque::new(),
-            sent,
+            spread,
             told,
+            hiding,
             seen,
         })
     }
@@ -206,6 +254,7 @@ impl Conversation<'_> {
             Pieces::Partial(partial) => Some(partial.clone()),
             Pieces::Whole { .. } => None,
         };
+        let spread = self.spread.clone();
         let mut slot: Option<SlotWait> = None;
         loop {
             if slot.is_none() && !self.queue.is_empty() {
@@ -221,10 +270,12 @@ impl Conversation<'_> {
                     }
                 }
                 _ = gained(partial.as_deref(), self.seen) => self.tell_gains(&mut replies).await?,
+                _ = spread.everywhere(), if self.hiding => self.show_all(&mut replies).await?,
                 permit = wait(&mut slot) => {
                     slot = None;
                     if let Some(index) = self.least_sent() {
                         self.send_piece(index, &mut replies).await?;
+                        self.show_another(&mut replies).await?;
                     }
                     drop(permit);
                 }
@@ -235,21 +286,51 @@ impl Conversation<'_> {
     /// Takes the piece asked for that this client sent least often so far
     /// (the first asked among equals) off the queue, counting it as sent.
     fn least_sent(&mut self) -> Option<usize> {
-        let mut sent = self.sent.lock().expect("send counts poisoned");
-        let count = |index: &usize| sent.get(*index).copied().unwrap_or(u32::MAX);
-        let (at, _) = self.queue.iter().enumerate().min_by_key(|(_, index)| count(index))?;
-        let index = self.queue.remove(at)?;
-        if let Some(times) = sent.get_mut(index) {
-            *times += 1;
+        let mut tally = self.spread.tally();
+        let index = tally.least_sent(self.queue.iter().copied())?;
+        let at = self.queue.iter().position(|queued| *queued == index)?;
+        self.queue.remove(at);
+        tally.send(index);
+        if tally.spread() {
+            drop(tally);
+            self.spread.spread.notify_waiters();
         }
         Some(index)
+    }
+
+    /// While hiding, shows the downloader one more piece: the one sent and
+    /// shown least often.
+    async fn show_another(&mut self, replies: &mut Outbound) -> Result<(), ConnectionError> {
+        if !self.hiding {
+            return Ok(());
+        }
+        let Some(index) = self.spread.tally().reveal(&self.told) else {
+            return Ok(());
+        };
+        self.told.set(index);
+        replies.message(&PeerReply::Have { index: index as u64 }).await
+    }
+
+    /// Every piece went out once: shows the downloader the rest.
+    async fn show_all(&mut self, replies: &mut Outbound) -> Result<(), ConnectionError> {
+        self.hiding = false;
+        let hidden: Vec<usize> = self.told.iter_missing().collect();
+        for index in hidden {
+            self.told.set(index);
+            replies.message(&PeerReply::Have { index: index as u64 }).await?;
+        }
+        Ok(())
     }
 
     /// Handles one request; `false` when the conversation is over.
     async fn answer(&mut self, request: Request<PeerRequest>, replies: &mut Outbound) -> Result<bool, ConnectionError> {
         match request.body {
             PeerRequest::Piece { index } => self.queue.push_back(index as usize),
-            PeerRequest::Cancel { index } => self.queue.retain(|queued| *queued != index as usize),
+            PeerRequest::Cancel { index } => {
+                // A shown piece it no longer wants: show it another.
+                self.queue.retain(|queued| *queued != index as usize);
+                self.show_another(replies).await?;
+            }
             PeerRequest::Layer => self.send_layer(replies).await?,
             PeerRequest::BadPiece { index } => {
                 trace::traced(request.trace, self.check(index as usize)).await;

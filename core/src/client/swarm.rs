@@ -314,6 +314,9 @@ struct Run<'a> {
     progress: Instant,
     /// The most requests in flight to one peer.
     pipeline: usize,
+    /// How many of the downloaders met (who opened a conversation with
+    /// this one) were looked at.
+    met: usize,
 }
 
 impl<'a> Run<'a> {
@@ -356,6 +359,7 @@ impl<'a> Run<'a> {
             refreshed: now,
             progress: now,
             pipeline,
+            met: 0,
         }
     }
 
@@ -378,21 +382,41 @@ impl<'a> Run<'a> {
         let now = Instant::now();
         self.resting.retain(|_, until| *until > now);
         for peer in peers {
-            let known = self.peers.contains_key(&peer.peer)
-                || self.connecting.contains(&peer.peer)
-                || self.dropped.contains(&peer.peer)
-                || self.resting.contains_key(&peer.peer)
-                || self.offered.iter().any(|offered| offered.peer == peer.peer);
-            if !known && peer.peer != self.client.id {
+            if !self.knows_of(peer.peer) {
                 self.offered.push(*peer);
             }
         }
+    }
+
+    /// Whether `peer` is this client, or connected, offered, dropped or
+    /// resting.
+    fn knows_of(&self, peer: ClientId) -> bool {
+        peer == self.client.id
+            || self.peers.contains_key(&peer)
+            || self.connecting.contains(&peer)
+            || self.dropped.contains(&peer)
+            || self.resting.contains_key(&peer)
+            || self.offered.iter().any(|offered| offered.peer == peer)
+    }
+
+    /// Downloaders opened conversations with this one. Any it does not know
+    /// of is a swarm member to draw from too: the tracker, which has their
+    /// addresses, is asked for the swarm again.
+    async fn meet(&mut self) -> Result<(), DownloadError> {
+        let (met, seen) = self.partial.met_since(self.met);
+        self.met = seen;
+        let strangers = met.iter().any(|peer| !self.knows_of(*peer));
+        if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.plan.is_complete() {
+            self.refresh().await?;
+        }
+        Ok(())
     }
 
     /// Runs the download to its end.
     async fn go(mut self) -> Result<Downloaded, DownloadError> {
         let mut tick = tokio::time::interval(RECORD_INTERVAL.min(REFRESH_INTERVAL));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let partial = self.partial.clone();
         loop {
             for peer in std::mem::take(&mut self.broken) {
                 self.drop_peer(peer, Some(Problem::Cut)).await;
@@ -424,6 +448,7 @@ impl<'a> Run<'a> {
                     self.checked(peer, index, good).await?
                 }
                 Some(()) = self.links.next(), if !self.links.is_empty() => {}
+                _ = partial.met_beyond(self.met) => self.meet().await?,
                 _ = tick.tick() => self.tend().await?,
             }
         }

@@ -4,6 +4,8 @@
 //!
 //! - [`scheduler`]: which piece to ask which peer for (rarest first, an
 //!   endgame), pure;
+//! - [`seeding`]: which piece a seeder sends first, and which it shows
+//!   (super-seeding), pure;
 //! - [`wire`]: a conversation's two directions, so pieces flow one way
 //!   while requests come the other;
 //! - [`Partial`]: a download under way as the peers it serves see it (its
@@ -14,6 +16,7 @@
 //! [`crate::storage::PartFile`].
 
 pub mod scheduler;
+pub mod seeding;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::Notify;
 
 use crate::pieces::{Bitfield, Layer, Layout};
-use crate::protocol::{Digest, FileInfo, FileName};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName};
 use crate::storage::PartData;
 
 /// A swarm download under way, as the peers it serves see it: what the file
@@ -50,6 +53,9 @@ pub struct Partial {
     /// and the order in which peers hear of a piece would then differ from
     /// run to run (a simulation would not repeat).
     gained: Notify,
+    /// Wakes the download when a downloader it may not know of opens a
+    /// conversation with it.
+    met: Notify,
 }
 
 /// The pieces a partial download holds.
@@ -59,6 +65,11 @@ struct Gains {
     /// Every piece gained, in order (a conversation remembers how far it
     /// told its peer).
     log: Vec<usize>,
+    /// The downloaders that opened a conversation with this one, in order.
+    /// Conversations go one way, so these are swarm members it can draw
+    /// from only once it connects to them too; the first downloaders of a
+    /// swarm would otherwise know only the peers that came before them.
+    met: Vec<ClientId>,
 }
 
 impl std::fmt::Debug for Partial {
@@ -77,8 +88,13 @@ impl Partial {
             root,
             layout,
             pieces: OnceLock::new(),
-            state: Mutex::new(Gains { held, log: Vec::new() }),
+            state: Mutex::new(Gains {
+                held,
+                log: Vec::new(),
+                met: Vec::new(),
+            }),
             gained: Notify::new(),
+            met: Notify::new(),
         }
     }
 
@@ -162,6 +178,35 @@ impl Partial {
             // Registered before the count is read, so no gain is missed.
             notified.as_mut().enable();
             if self.state().log.len() > seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Partial {
+    /// Downloader `peer` opened a conversation with this download.
+    pub fn meet(&self, peer: ClientId) {
+        self.state().met.push(peer);
+        self.met.notify_waiters();
+    }
+
+    /// The downloaders met since the `seen`-th, with the count to remember
+    /// for next time.
+    pub fn met_since(&self, seen: usize) -> (Vec<ClientId>, usize) {
+        let state = self.state();
+        (state.met[seen.min(state.met.len())..].to_vec(), state.met.len())
+    }
+
+    /// Waits until more than `seen` downloaders were met.
+    pub async fn met_beyond(&self, seen: usize) {
+        loop {
+            let notified = self.met.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read, so no meeting is missed.
+            notified.as_mut().enable();
+            if self.state().met.len() > seen {
                 return;
             }
             notified.await;
