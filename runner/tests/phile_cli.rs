@@ -405,6 +405,26 @@ fn errors_are_one_clear_line_and_exit_1() {
 
     let usage = phile(&["get", "--id", "1"]);
     assert_eq!(usage.status.code(), Some(2));
+
+    // A rate cap is a whole number with an optional K, M or G.
+    let bad_rate = phile(&[
+        "get",
+        "x",
+        "--id",
+        "1",
+        "--dir",
+        folder,
+        "--tracker",
+        &closed,
+        "--max-download",
+        "1.5M",
+    ]);
+    assert_eq!(bad_rate.status.code(), Some(2));
+    assert!(
+        text(&bad_rate.stderr).contains("optionally followed by K, M or G"),
+        "{}",
+        text(&bad_rate.stderr)
+    );
 }
 
 #[test]
@@ -442,8 +462,14 @@ fn every_command_explains_itself() {
         "--advertise",
         "--rescan",
         "--grace",
+        "--max-upload",
+        "--max-download",
     ] {
         assert!(peer_help.contains(option), "peer --help lacks {option}");
+    }
+    let get_help = text(&phile(&["get", "--help"]).stdout);
+    for option in ["--max-upload", "--max-download"] {
+        assert!(get_help.contains(option), "get --help lacks {option}");
     }
 }
 
