@@ -9,7 +9,10 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use phile_core::protocol::{ClientId, Digest, FileInfo, PeerReply, Request, TrackerReply, TrackerRequest};
+use phile_core::pieces::PieceSize;
+use phile_core::protocol::{
+    ClientId, Digest, FileInfo, PeerReply, Request, TrackerReply, TrackerRequest, PIECES_SUFFIX, SWARM_PART_SUFFIX,
+};
 
 /// How long a test waits for a line a process should print: long enough
 /// for a loaded machine, short enough that a silent process fails the test
@@ -98,6 +101,16 @@ impl Running {
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
+    /// Sends SIGINT, as Ctrl-C on a terminal does.
+    fn interrupt(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a process id fits a pid_t");
+        // SAFETY: kill(2) takes plain integers and touches no memory of
+        // ours; the child is not reaped yet (it is waited for only after
+        // this), so its id cannot name another process.
+        let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+        assert_eq!(sent, 0, "cannot signal {pid}: {}", std::io::Error::last_os_error());
+    }
+
     /// Asks the process to stop and waits for it to exit.
     fn terminate(mut self) -> ExitStatus {
         self.signal_stop();
@@ -143,8 +156,13 @@ fn tracker_at(listen: &str) -> (Running, String) {
 
 /// Starts a peer seeding `dir`; returns once it has announced its files.
 fn peer(id: &str, dir: &Path, tracker: &str) -> Running {
+    peer_with(id, dir, tracker, &[])
+}
+
+/// [`peer`], with the options `extra` too.
+fn peer_with(id: &str, dir: &Path, tracker: &str, extra: &[&str]) -> Running {
     let dir = dir.to_str().unwrap();
-    let args = [
+    let mut args = vec![
         "peer",
         "--id",
         id,
@@ -157,6 +175,7 @@ fn peer(id: &str, dir: &Path, tracker: &str) -> Running {
         "--rescan",
         "1",
     ];
+    args.extend_from_slice(extra);
     let mut peer = Running::start(&args);
     let ready = peer.line();
     assert!(ready.starts_with(&format!("phile peer {id} serving")), "{ready}");
@@ -405,6 +424,26 @@ fn errors_are_one_clear_line_and_exit_1() {
 
     let usage = phile(&["get", "--id", "1"]);
     assert_eq!(usage.status.code(), Some(2));
+
+    // A rate cap is a whole number with an optional K, M or G.
+    let bad_rate = phile(&[
+        "get",
+        "x",
+        "--id",
+        "1",
+        "--dir",
+        folder,
+        "--tracker",
+        &closed,
+        "--max-download",
+        "1.5M",
+    ]);
+    assert_eq!(bad_rate.status.code(), Some(2));
+    assert!(
+        text(&bad_rate.stderr).contains("optionally followed by K, M or G"),
+        "{}",
+        text(&bad_rate.stderr)
+    );
 }
 
 #[test]
@@ -442,8 +481,14 @@ fn every_command_explains_itself() {
         "--advertise",
         "--rescan",
         "--grace",
+        "--max-upload",
+        "--max-download",
     ] {
         assert!(peer_help.contains(option), "peer --help lacks {option}");
+    }
+    let get_help = text(&phile(&["get", "--help"]).stdout);
+    for option in ["--max-upload", "--max-download"] {
+        assert!(get_help.contains(option), "get --help lacks {option}");
     }
 }
 
@@ -622,6 +667,139 @@ fn ctrl_c_during_a_download_keeps_nothing_half_written() {
         Vec::<String>::new(),
         "something was left in the folder"
     );
+}
+
+/// The entry of `dir` named `.NAME.TAG` + `suffix`: the partial file
+/// (`.phile-swarm`) or the record of verified pieces (`.phile-pieces`) of a
+/// swarm download of `name`.
+fn swarm_leftover(dir: &Path, name: &str, suffix: &str) -> Option<String> {
+    let prefix = format!(".{name}.");
+    raw_entries(dir)
+        .into_iter()
+        .find(|entry| entry.starts_with(&prefix) && entry.ends_with(suffix))
+}
+
+/// Waits until the swarm download of `name` into `dir` by `get` has
+/// recorded verified pieces, and returns the lines `get` printed meanwhile.
+/// Fails if `get` ends first: a cap meant to slow it down did not.
+///
+/// The download saves its record (once a second, after syncing the pieces
+/// it lists) without printing anything, so between the lines `get` prints
+/// this looks for the record at least every 20 ms. The record is only
+/// ever written once a piece has been verified, so its presence in a fresh
+/// folder means at least one piece is kept.
+fn wait_for_recorded_pieces(get: &mut Running, dir: &Path, name: &str) -> Vec<String> {
+    let deadline = Instant::now() + LINE_WAIT;
+    let mut printed = Vec::new();
+    while swarm_leftover(dir, name, PIECES_SUFFIX).is_none() {
+        match get.lines.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) => printed.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                "get ended before it recorded a piece (was it capped?); it printed {printed:?}, errors: {}",
+                get.stderr()
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no piece recorded within {LINE_WAIT:?}; get printed {printed:?}, errors: {}",
+            get.stderr()
+        );
+    }
+    printed
+}
+
+/// Interrupts `get`, a swarm download of `name` (`size` bytes) into `dir`
+/// that has recorded pieces, as Ctrl-C does, and checks that it stopped
+/// with 130 and its pieces kept. `printed`: what `get` printed so far.
+fn interrupt_and_check_the_pieces_are_kept(mut get: Running, printed: Vec<String>, dir: &Path, name: &str, size: u64) {
+    get.interrupt();
+    let status = get.child.wait().unwrap();
+    let printed = printed.join("\n") + "\n" + &get.rest();
+    let errors = get.stderr();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{status:?}; printed {printed}; errors: {errors}"
+    );
+    assert!(
+        errors.contains("interrupted; the pieces checked so far are kept for the next attempt"),
+        "{errors}"
+    );
+    // Had every piece arrived, the interruption would have come too late
+    // to show anything: the cap would not have held the download back.
+    let pieces = size.div_ceil(PieceSize::DEFAULT.bytes());
+    assert!(
+        !printed.contains(&format!("{name}: {pieces}/{pieces} pieces")),
+        "the whole file arrived before the interruption: {printed}"
+    );
+    assert!(!dir.join(name).exists(), "{name} was stored: {printed}");
+    let entries = raw_entries(dir);
+    assert!(
+        swarm_leftover(dir, name, SWARM_PART_SUFFIX).is_some() && swarm_leftover(dir, name, PIECES_SUFFIX).is_some(),
+        "the partial file or its record is gone: {entries:?}"
+    );
+    assert_eq!(entries.len(), 2, "{entries:?}");
+}
+
+#[test]
+fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    // 12 pieces of 256 KiB; at 1 MB/s the download takes about 3 s, the
+    // first record of pieces is saved within about 1 s.
+    let big = pattern(3_000_000);
+    std::fs::write(seeds.join("big.bin"), &big).unwrap();
+    let (_tracker, addr) = tracker();
+    let _seeder = peer_with("1", &seeds, &addr, &["--max-upload", "1M"]);
+
+    let mut first = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
+    let printed = wait_for_recorded_pieces(&mut first, &downloads, "big.bin");
+    interrupt_and_check_the_pieces_are_kept(first, printed, &downloads, "big.bin", 3_000_000);
+
+    // The same command again: it resumes from the record.
+    let again = phile(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
+    let stdout = text(&again.stdout);
+    assert!(again.status.success(), "{stdout}{}", text(&again.stderr));
+    let kept: u64 = stdout
+        .split_once("big.bin: 3000000 bytes from peer 1 (in pieces, ")
+        .and_then(|(_, rest)| rest.split_once(" bytes kept from an earlier attempt)"))
+        .and_then(|(kept, _)| kept.parse().ok())
+        .unwrap_or_else(|| panic!("no resumed bytes reported: {stdout}"));
+    assert!(kept > 0 && kept < 3_000_000, "kept {kept} bytes: {stdout}");
+    // It counted from the pieces kept, not from the first piece.
+    assert!(!stdout.contains("big.bin: 1/12 pieces"), "{stdout}");
+    assert_eq!(std::fs::read(downloads.join("big.bin")).unwrap(), big);
+    assert_eq!(
+        raw_entries(&downloads),
+        ["big.bin"],
+        "the partial file or its record was left"
+    );
+}
+
+#[test]
+fn max_download_holds_a_get_back_long_enough_to_interrupt_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
+    let (_tracker, addr) = tracker();
+    // Uncapped: only the downloader's own cap slows the download (uncapped,
+    // it ends before its first record of pieces is due).
+    let _seeder = peer("1", &seeds, &addr);
+
+    let mut get = Running::start(&get_args(
+        &["big.bin"],
+        "2",
+        &downloads,
+        &addr,
+        &["--max-download", "1M"],
+    ));
+    let printed = wait_for_recorded_pieces(&mut get, &downloads, "big.bin");
+    interrupt_and_check_the_pieces_are_kept(get, printed, &downloads, "big.bin", 3_000_000);
 }
 
 /// `phile get NAMES... --id ID --dir DIR --tracker ADDR` plus `extra`.

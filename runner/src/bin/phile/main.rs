@@ -25,7 +25,8 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Exit status: 0 on success; 1 when something failed (a file did not
 /// arrive, an address is in use, the tracker is unreachable); 2 on bad
-/// command-line use.
+/// command-line use; 130 when `get` is stopped (Ctrl-C, SIGTERM) before
+/// its downloads end.
 #[derive(Debug, Parser)]
 #[command(
     name = "phile",
@@ -103,6 +104,19 @@ struct Identity {
     /// before it is given up, in seconds; a download then tries another peer.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
+
+    /// The most this peer sends to other peers, in bytes per second, over
+    /// all its uploads together: a whole number, optionally followed by K,
+    /// M or G (10^3, 10^6, 10^9: 2M is 2,000,000 bytes per second). 0 means
+    /// no cap.
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value = "0", value_parser = bytes_per_sec)]
+    max_upload: u64,
+
+    /// The most this peer receives from other peers, in bytes per second,
+    /// over all its downloads together; written as --max-upload is. 0
+    /// means no cap.
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value = "0", value_parser = bytes_per_sec)]
+    max_download: u64,
 }
 
 impl Identity {
@@ -125,6 +139,29 @@ impl Identity {
     async fn tracker_addr(&self) -> anyhow::Result<SocketAddr> {
         resolve(&self.tracker).await
     }
+}
+
+/// Reads a rate cap: a whole number of bytes per second, optionally
+/// followed by K, M or G (either case) for 10^3, 10^6 and 10^9, the
+/// decimal multiples network rates are given in.
+fn bytes_per_sec(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&text[..at], 1_000),
+        Some((at, 'm' | 'M')) => (&text[..at], 1_000_000),
+        Some((at, 'g' | 'G')) => (&text[..at], 1_000_000_000),
+        _ => (text, 1),
+    };
+    // Digits only: `u64::from_str` would also take a sign.
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(
+            "expected a whole number of bytes per second, optionally followed by K, M or G (as in 500K or 2M)".into(),
+        );
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(unit))
+        .ok_or_else(|| "too large a rate".into())
 }
 
 /// Resolves `HOST:PORT` to the first address it names.
@@ -297,7 +334,21 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::printable;
+    use super::{bytes_per_sec, printable};
+
+    #[test]
+    fn rate_caps_are_whole_numbers_with_decimal_suffixes() {
+        assert_eq!(bytes_per_sec("0"), Ok(0));
+        assert_eq!(bytes_per_sec("1500"), Ok(1500));
+        assert_eq!(bytes_per_sec("500K"), Ok(500_000));
+        assert_eq!(bytes_per_sec("500k"), Ok(500_000));
+        assert_eq!(bytes_per_sec("2M"), Ok(2_000_000));
+        assert_eq!(bytes_per_sec("1G"), Ok(1_000_000_000));
+        assert_eq!(bytes_per_sec("18446744073709551615"), Ok(u64::MAX));
+        for bad in ["", "M", "1.5M", "-1", "+1", "2MB", "2 M", "K2", "x", "20000000000G"] {
+            assert!(bytes_per_sec(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 
     #[test]
     fn remote_text_cannot_act_on_a_terminal() {

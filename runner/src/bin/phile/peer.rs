@@ -121,7 +121,10 @@ pub async fn start(me: &Identity, folder: Folder, config: ClientConfig) -> anyho
         limits: me.limits(),
         ..config
     };
-    Ok(Client::start(me.client_id(), folder, listener, config)?)
+    let client = Client::start(me.client_id(), folder, listener, config)?;
+    // Capped before registering, so no transfer ever runs uncapped.
+    client.set_rate(me.max_upload, me.max_download);
+    Ok(client)
 }
 
 /// Size and modification time: what tells that a file changed.
