@@ -7,7 +7,8 @@
 //! cargo bench -p phile-runner --bench perf -- --smoke    # tiny sizes: checks the harness works
 //! cargo bench -p phile-runner --bench perf -- --bin-dir DIR    # measure another build's phile and phile-run
 //! cargo bench -p phile-runner --bench perf -- --only lookups   # one section: big-file, default-scenario,
-//!                                                              # scenarios, many-peers, simulation, tracker-memory, lookups
+//!                                                              # scenarios, many-peers, simulation, swarm,
+//!                                                              # bittorrent, tracker-memory, lookups
 //! ```
 //!
 //! Repeated measurements print as `median (lowest-highest)`: the machine may
@@ -49,6 +50,8 @@ pub struct Config {
     pub sim_sequential: Vec<usize>,
     /// Swarm set-ups (bench/swarm.rhai): the issue's, then the table of N.
     pub swarms: Vec<SwarmSetup>,
+    /// Comparisons with aria2c (`bittorrent`).
+    pub torrents: Vec<TorrentSetup>,
     /// Registered clients for the tracker's memory.
     pub registered: usize,
     /// Concurrent connections for the lookup rate.
@@ -78,6 +81,7 @@ impl Config {
             sim_scale: vec![100, 1000, 10_000],
             sim_sequential: vec![1000, 10_000],
             swarms: SwarmSetup::full(),
+            torrents: TorrentSetup::full(),
             registered: 10_000,
             connections: 1000,
             lookup_time: Duration::from_secs(5),
@@ -100,6 +104,7 @@ impl Config {
             sim_scale: vec![20, 40],
             sim_sequential: vec![20],
             swarms: SwarmSetup::smoke(),
+            torrents: TorrentSetup::smoke(),
             registered: 200,
             connections: 20,
             lookup_time: Duration::from_millis(200),
@@ -238,7 +243,10 @@ pub fn run(config: &Config) -> Vec<Row> {
                 rows.extend(big_file(config, size, place));
             }
         }
-        rows.push(aria2_row());
+    }
+    if wanted("bittorrent") {
+        let place = if memory.is_some() { "tmpfs" } else { "disk" };
+        rows.extend(bittorrent(config, scenario_root, place));
     }
     if wanted("default-scenario") {
         rows.extend(default_scenario(config, scenario_root));
@@ -277,7 +285,7 @@ const USAGE: &str =
   --smoke         tiny sizes: checks the harness works, in seconds
   --size SIZE     size of the big file (default: 1G, then 4G; K, M, G suffixes)
   --runs N        how many times each big-file measurement runs (default 3)
-  --only SECTION  big-file, default-scenario, scenarios, many-peers, simulation, swarm, tracker-memory or lookups
+  --only SECTION  big-file, default-scenario, scenarios, many-peers, simulation, swarm, bittorrent, tracker-memory or lookups
   --bin-dir DIR   measure the phile and phile-run binaries in DIR (another build) instead of this build's";
 
 fn parse_size(text: &str) -> u64 {
@@ -355,6 +363,18 @@ impl Daemon {
         let mut line = String::new();
         self.1.read_line(&mut line).unwrap();
         line.trim_end().to_owned()
+    }
+
+    /// Reads a `phile peer`'s lines until it says it serves: its files
+    /// are hashed and announced (a big file is hashed first, and says so).
+    fn wait_until_serving(&mut self) {
+        loop {
+            let line = self.line();
+            assert!(!line.is_empty(), "the peer ended before it served");
+            if line.starts_with("phile peer") {
+                return;
+            }
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -690,7 +710,7 @@ fn big_file(config: &Config, size: u64, place: &Place) -> Vec<Row> {
             "127.0.0.1:0",
         ],
     );
-    seeder.line(); // ready: the file is hashed and announced
+    seeder.wait_until_serving();
 
     let (mut copy, mut get, mut get_ratio, mut get_rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..config.runs {
@@ -713,6 +733,10 @@ fn big_file(config: &Config, size: u64, place: &Place) -> Vec<Row> {
                 &addr,
                 "--grace",
                 "0",
+                // The whole-file path: one holder, `sendfile`, one hash
+                // pass. The swarm download is set against aria2c in the
+                // `bittorrent` section.
+                "--single",
             ],
         );
         assert!(ok, "phile get failed");
@@ -745,7 +769,7 @@ fn big_file(config: &Config, size: u64, place: &Place) -> Vec<Row> {
             "",
         ),
         row(
-            format!("{label}: `phile get` download (verified{synced}), MiB/s"),
+            format!("{label}: `phile get --single` download (verified{synced}), MiB/s"),
             figure(&get, 0),
             format!("{} (TCP copy, same runs)", figure(&copy, 0)),
             figure(&get_ratio, 2),
@@ -769,28 +793,350 @@ fn big_file(config: &Config, size: u64, place: &Place) -> Vec<Row> {
     ]
 }
 
-fn aria2_row() -> Row {
-    let found = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if found("aria2c") && found("opentracker") {
-        row(
-            "aria2c via opentracker (BitTorrent)",
-            "skipped: installed, but this harness does not drive them yet",
-            "",
-            "",
-        )
-    } else {
-        row(
-            "aria2c via opentracker (BitTorrent)",
-            "skipped: not installed",
-            "apt install aria2 opentracker (the harness does not drive them yet)",
-            "",
-        )
+// ---------------------------------------------------------------- BitTorrent
+
+/// One comparison with a real BitTorrent client: a seeder and `downloaders`
+/// downloaders of one file of `bytes`, all on tmpfs over loopback.
+#[derive(Clone, Debug)]
+pub struct TorrentSetup {
+    pub bytes: u64,
+    pub downloaders: usize,
+    /// The seeder's upload cap, bytes per second, if any.
+    pub seeder_up: Option<u64>,
+}
+
+impl TorrentSetup {
+    /// The issue's two set-ups, then four downloaders of a seeder capped
+    /// at 20 MB/s, where only trading among downloaders goes faster.
+    fn full() -> Vec<TorrentSetup> {
+        let setup = |bytes, downloaders, seeder_up| TorrentSetup {
+            bytes,
+            downloaders,
+            seeder_up,
+        };
+        vec![
+            setup(1 << 30, 1, None),
+            setup(256 << 20, 4, None),
+            setup(64 << 20, 4, Some(20_000_000)),
+        ]
     }
+
+    fn smoke() -> Vec<TorrentSetup> {
+        vec![TorrentSetup {
+            bytes: 4 << 20,
+            downloaders: 2,
+            seeder_up: None,
+        }]
+    }
+
+    fn label(&self) -> String {
+        let cap = self.seeder_up.map_or(String::new(), |up| {
+            format!(", seeder capped at {} MB/s", up / 1_000_000)
+        });
+        let downloaders = match self.downloaders {
+            1 => "one downloader".to_owned(),
+            n => format!("{n} downloaders at once"),
+        };
+        format!("{} to {downloaders}{cap}", human_size(self.bytes))
+    }
+}
+
+/// Whether `tool` is on the PATH.
+fn installed(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// A port free at the time of asking, for programs that cannot be told to
+/// pick their own and say which.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `program` to its end and returns what it printed; panics if it
+/// fails.
+fn output_of(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What every aria2c of the comparison is told: BitTorrent through the
+/// tracker only (no DHT, peer exchange or local discovery, which phile does
+/// not have either), no preallocation, quiet.
+const ARIA2_COMMON: &[&str] = &[
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--enable-peer-exchange=false",
+    "--bt-enable-lpd=false",
+    "--disable-ipv6=true",
+    "--file-allocation=none",
+    "--summary-interval=0",
+    "--console-log-level=error",
+    "--show-console-readout=false",
+    "--auto-save-interval=0",
+];
+
+/// A BitTorrent swarm ready for downloaders: opentracker, and an aria2c
+/// seeding the file. Both are killed when it is dropped.
+struct Torrent {
+    torrent: PathBuf,
+    _tracker: Daemon,
+    _seeder: Daemon,
+}
+
+impl Torrent {
+    /// Makes a torrent of `file` (256 KiB pieces, as phile's default) and
+    /// starts a tracker and a seeder for it; returns once the tracker
+    /// lists the seeder.
+    fn start(file: &Path, work: &Path, seeder_up: Option<u64>) -> Torrent {
+        let port = free_port();
+        let torrent = work.join("file.torrent");
+        let announce = format!("http://127.0.0.1:{port}/announce");
+        output_of(
+            "mktorrent",
+            &[
+                "-a",
+                &announce,
+                "-l",
+                "18",
+                "-o",
+                torrent.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+        );
+        let info_hash = output_of("aria2c", &["-S", torrent.to_str().unwrap()])
+            .lines()
+            .find_map(|line| line.strip_prefix("Info Hash: "))
+            .expect("aria2c -S gives the info hash")
+            .trim()
+            .to_owned();
+        // Debian's opentracker serves only the torrents of its whitelist. It
+        // changes its root to `-d` first, so the list's path is inside it.
+        std::fs::write(work.join("whitelist"), format!("{info_hash}\n")).unwrap();
+        let port_text = port.to_string();
+        let tracker = Daemon::start(
+            Path::new("opentracker"),
+            &[
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port_text,
+                "-P",
+                &port_text,
+                "-d",
+                work.to_str().unwrap(),
+                "-w",
+                "/whitelist",
+            ],
+        );
+        let cap = format!("--max-upload-limit={}", seeder_up.unwrap_or(0));
+        let listen = format!("--listen-port={}", free_port());
+        let dir = format!("--dir={}", file.parent().unwrap().display());
+        let mut args: Vec<&str> = ARIA2_COMMON.to_vec();
+        // Seeds until killed, without hashing the file first (phile's
+        // seeder hashed it before the clock starts too).
+        args.extend(["--seed-ratio=0.0", "--bt-seed-unverified=true", &cap, &listen, &dir]);
+        args.push(torrent.to_str().unwrap());
+        let seeder = Daemon::start(Path::new("aria2c"), &args);
+        wait_for_seeder(port, &info_hash);
+        Torrent {
+            torrent,
+            _tracker: tracker,
+            _seeder: seeder,
+        }
+    }
+
+    /// Starts `count` aria2c downloaders at once, each into its own folder
+    /// under `dir`, and waits for all of them to finish (and verify every
+    /// piece); returns the time.
+    fn download(&self, dir: &Path, count: usize) -> Duration {
+        let started = Instant::now();
+        let children: Vec<Child> = (0..count)
+            .map(|index| {
+                let into = dir.join(format!("aria2-{index}"));
+                let dir = format!("--dir={}", into.display());
+                let listen = format!("--listen-port={}", free_port());
+                Command::new("aria2c")
+                    .args(ARIA2_COMMON)
+                    // Leaves as soon as it has the file, as `phile get` does.
+                    .args(["--seed-time=0", "--bt-stop-timeout=60", &dir, &listen])
+                    .arg(&self.torrent)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("cannot start aria2c")
+            })
+            .collect();
+        for mut child in children {
+            assert!(child.wait().unwrap().success(), "an aria2c download failed");
+        }
+        started.elapsed()
+    }
+}
+
+/// Waits until opentracker lists a complete copy of `info_hash` (the
+/// seeder announced). Neither program says when it is ready, so the
+/// tracker's scrape is asked every few milliseconds.
+fn wait_for_seeder(port: u16, info_hash: &str) {
+    let escaped: String = (0..info_hash.len())
+        .step_by(2)
+        .map(|at| format!("%{}", &info_hash[at..at + 2]))
+        .collect();
+    let request = format!("GET /scrape?info_hash={escaped} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut answer = Vec::new();
+            if stream.write_all(request.as_bytes()).is_ok() && stream.read_to_end(&mut answer).is_ok() {
+                let answer = String::from_utf8_lossy(&answer);
+                if answer.contains("8:completei") && !answer.contains("8:completei0e") {
+                    return;
+                }
+            }
+        }
+        // An outside program's readiness, which it does not announce: the
+        // only wait in this harness that is not on an event.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the aria2c seeder never showed up at opentracker");
+}
+
+/// `phile get` by `count` downloaders at once, each in its own folder
+/// under `dir`, from a `phile peer` seeding `file`; the time until all
+/// have stored and verified it.
+fn phile_swarm(
+    config: &Config,
+    file: &Path,
+    dir: &Path,
+    count: usize,
+    seeder_up: Option<u64>,
+    single: bool,
+) -> Duration {
+    let (_tracker, addr) = tracker(config);
+    let cap = seeder_up.unwrap_or(0).to_string();
+    let mut args = vec![
+        "peer",
+        "--id",
+        "1",
+        "--dir",
+        file.parent().unwrap().to_str().unwrap(),
+        "--tracker",
+        &addr,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    if seeder_up.is_some() {
+        args.extend(["--max-upload", &cap]);
+    }
+    let mut seeder = Daemon::start(&config.phile, &args);
+    seeder.wait_until_serving();
+    let started = Instant::now();
+    let children: Vec<Child> = (0..count)
+        .map(|index| {
+            let into = dir.join(format!("phile-{index}"));
+            std::fs::create_dir_all(&into).unwrap();
+            Command::new(&config.phile)
+                .args(["get", file.file_name().unwrap().to_str().unwrap(), "--tracker", &addr])
+                .args(["--id", &(2 + index).to_string(), "--dir", into.to_str().unwrap()])
+                .args(["--listen", "127.0.0.1:0"])
+                .args(single.then_some("--single"))
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("cannot start phile get")
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(output.status.success(), "a `phile get` failed: {out}{err}");
+    }
+    started.elapsed()
+}
+
+/// Checks that every downloader's copy under `dir` is `file`.
+fn all_copies_equal(file: &Path, dir: &Path) {
+    let original = std::fs::read(file).unwrap();
+    let name = file.file_name().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let copy = std::fs::read(entry.unwrap().path().join(name)).unwrap();
+        assert!(copy == original, "a downloaded copy differs");
+    }
+}
+
+/// phile against aria2c with opentracker, on `place` (tmpfs, where there
+/// is one) over loopback, end to end: from launching the downloaders until all have the file verified.
+/// The two alternate, `config.runs` times each.
+fn bittorrent(config: &Config, work: &Path, place: &str) -> Vec<Row> {
+    if !(installed("aria2c") && installed("opentracker") && installed("mktorrent")) {
+        return vec![row(
+            "phile against aria2c with opentracker (BitTorrent)",
+            "skipped: not installed",
+            "apt install aria2 opentracker mktorrent",
+            "",
+        )];
+    }
+    let mut rows = Vec::new();
+    for setup in &config.torrents {
+        let base = work.join(format!("bittorrent-{}-{}", setup.bytes, setup.downloaders));
+        let seeds = base.join("seeds");
+        std::fs::create_dir_all(&seeds).unwrap();
+        let file = seeds.join("big.bin");
+        write_test_file(&file, setup.bytes);
+        let torrent = Torrent::start(&file, &base, setup.seeder_up);
+        // One downloader has no one to trade with: whole-file `--single`
+        // is measured beside the swarm download too.
+        let ways: &[bool] = if setup.downloaders == 1 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        let (mut phile, mut aria2) = (vec![Vec::new(); ways.len()], Vec::new());
+        for _ in 0..config.runs {
+            let downloads = base.join("downloads");
+            for (&single, times) in ways.iter().zip(&mut phile) {
+                std::fs::create_dir_all(&downloads).unwrap();
+                let took = phile_swarm(config, &file, &downloads, setup.downloaders, setup.seeder_up, single);
+                times.push(took.as_secs_f64());
+                all_copies_equal(&file, &downloads);
+                std::fs::remove_dir_all(&downloads).unwrap();
+            }
+            std::fs::create_dir_all(&downloads).unwrap();
+            aria2.push(torrent.download(&downloads, setup.downloaders).as_secs_f64());
+            all_copies_equal(&file, &downloads);
+            std::fs::remove_dir_all(&downloads).unwrap();
+        }
+        drop(torrent);
+        let _ = std::fs::remove_dir_all(&base);
+        for (&single, phile) in ways.iter().zip(&phile) {
+            let speedup: Vec<f64> = phile.iter().zip(&aria2).map(|(phile, aria2)| aria2 / phile).collect();
+            let get = if single { "`phile get --single`" } else { "`phile get`" };
+            rows.push(row(
+                format!(
+                    "{} on {place}: {get} against aria2c (BitTorrent, via opentracker), s",
+                    setup.label()
+                ),
+                figure(phile, 2),
+                format!("aria2c {}", figure(&aria2, 2)),
+                format!("{}x faster", figure(&speedup, 1)),
+            ));
+        }
+    }
+    rows
 }
 
 fn human_size(size: u64) -> String {

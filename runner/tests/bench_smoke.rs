@@ -14,7 +14,7 @@ fn the_benchmark_runs_end_to_end_at_smoke_size() {
         "on tmpfs",
         "on disk",
         "TCP copy",
-        "`phile get` download",
+        "`phile get --single` download",
         "scenario download in `phile-run`",
         "SHA-1",
         "peak RSS",
@@ -28,6 +28,7 @@ fn the_benchmark_runs_end_to_end_at_smoke_size() {
         "lookups/s",
         "swarm, --sim",
         "swarm, TCP",
+        "aria2c",
     ] {
         assert!(
             measures.iter().any(|m| m.contains(expected)),
