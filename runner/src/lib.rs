@@ -97,6 +97,9 @@ pub struct Outcome {
     /// Each `fluid_bound` the script asked for, against the time the
     /// downloads it bounds took: for the report, never in the log.
     pub fluid_bounds: Vec<review::FluidBound>,
+    /// When each download that stored its file began and ended, in the
+    /// seconds of `times`: for the report's timeline, never in the log.
+    pub download_spans: Vec<review::DownloadSpan>,
     /// Why the script stopped early, if it did.
     pub failure: Option<ScriptFailure>,
 }
@@ -227,6 +230,7 @@ fn run_attempt(options: &RunOptions, deadline: Deadline, capacity: usize, printe
         events: log.lines(),
         times: log.times(),
         fluid_bounds: world.fluid_bounds(),
+        download_spans: world.download_spans(),
         stats: world.stats(),
         elapsed: Duration::ZERO,
         failure,

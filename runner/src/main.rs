@@ -168,6 +168,7 @@ fn main() -> ExitCode {
     let extras = ReportExtras {
         times: Some(outcome.times.clone()),
         fluid_bounds: outcome.fluid_bounds.clone(),
+        download_spans: outcome.download_spans.clone(),
     };
     let review_written = review.write(log, extras);
     if let Err(error) = &review_written {

@@ -29,6 +29,24 @@ pub struct ReportExtras {
     /// downloaders took against the fluid lower bound. The report shows a
     /// table of them when there are any.
     pub fluid_bounds: Vec<FluidBound>,
+    /// When each download the script made began and stored its file, in
+    /// the seconds of [`ReportExtras::times`]. A swarm download logs no
+    /// event when it begins (it has no single holder to choose), so the
+    /// timeline draws it only from these.
+    pub download_spans: Vec<DownloadSpan>,
+}
+
+/// When one download that stored its file began and ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DownloadSpan {
+    /// The downloader.
+    pub client: u64,
+    /// The file.
+    pub file: String,
+    /// When the script asked for it, in seconds.
+    pub started: f64,
+    /// When it was stored, in seconds.
+    pub finished: f64,
 }
 
 /// A swarm download's time against the fluid lower bound
@@ -74,7 +92,7 @@ pub fn html_report(log: &Log, extras: &ReportExtras) -> Result<String, ReportErr
     let times = checked_times(log, extras)?;
     let summary = RunSummary::of(log);
     let diagram = Diagram::with_summary(log, &summary);
-    let page = Page::new(log, &summary, &diagram, times, &extras.fluid_bounds);
+    let page = Page::new(log, &summary, &diagram, times, extras);
     let mut environment = Environment::new();
     // A name the template uses but the page lacks is a bug, not a blank.
     environment.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -190,7 +208,7 @@ impl<'a> Page<'a> {
         summary: &RunSummary,
         diagram: &Diagram,
         times: Option<&[f64]>,
-        fluid_bounds: &'a [FluidBound],
+        extras: &'a ReportExtras,
     ) -> Page<'a> {
         let scenario = summary.scenario.clone().unwrap_or_else(|| "an unnamed scenario".into());
         let failed = summary.downloads.iter().filter(|d| !d.is_ok()).map(DownloadRow::of);
@@ -212,8 +230,8 @@ impl<'a> Page<'a> {
             nodes: Table::of(summary.nodes.iter().map(NodeRow::of)),
             downloads: Table::of(summary.downloads.iter().map(DownloadRow::of)),
             has_sources: summary.downloads.iter().any(|d| !DownloadRow::sources(d).is_empty()),
-            timeline: times.and_then(|times| SvgTimeline::of(log, times, diagram)),
-            fluid_bounds: fluid_bounds.iter().map(FluidRow::of).collect(),
+            timeline: times.and_then(|times| SvgTimeline::of(log, times, &extras.download_spans, diagram)),
+            fluid_bounds: extras.fluid_bounds.iter().map(FluidRow::of).collect(),
         }
     }
 }
@@ -496,6 +514,40 @@ mod tests {
             html_report(&log, &short),
             Err(ReportError::TimesMisaligned { times: 1, events: 14 })
         ));
+    }
+
+    #[test]
+    fn a_swarm_download_is_drawn_from_its_span_on_its_lane_and_each_sources() {
+        let lines = [
+            r#"{"node":"tracker","event":"started"}"#,
+            r#"{"node":"10000","event":"started"}"#,
+            r#"{"node":"10001","event":"started"}"#,
+            r#"{"node":"10002","event":"started"}"#,
+            r#"{"node":"10002","event":"download_finished","file":"f","bytes":3072,"sha1":"s","swarm":true,"sources":{"10000":2048,"10001":1024}}"#,
+        ];
+        let log = Log::from_lines(lines).unwrap();
+        let times = Some(vec![0.0, 0.0, 0.0, 0.0, 2.5]);
+        let span = DownloadSpan {
+            client: 10002,
+            file: "f".into(),
+            started: 1.0,
+            finished: 2.5,
+        };
+        let extras = ReportExtras {
+            times: times.clone(),
+            download_spans: vec![span],
+            ..ReportExtras::default()
+        };
+        let html = html_report(&log, &extras).unwrap();
+        assert_eq!(html.matches("<rect class=\"ok\"").count(), 1, "the downloader's bar");
+        assert_eq!(html.matches("<rect class=\"ok upload\"").count(), 2, "a bar per source");
+        assert!(html.contains("f from 2 peers to 10002: ok (1.50 s)"), "{html}");
+        // Without its span, a swarm download has no start to draw from.
+        let unspanned = ReportExtras {
+            times,
+            ..ReportExtras::default()
+        };
+        assert!(!html_report(&log, &unspanned).unwrap().contains("id=\"timeline\""));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use diagram::{
     Arrow, Diagram, Participant, Step, Tone, HEAD_STEPS, MAX_LABEL_CHARS, MAX_MIDDLE_STEPS, MAX_PARTICIPANTS,
     MAX_STEPS, TAIL_STEPS,
 };
-pub use html::{html_report, FluidBound, ReportError, ReportExtras, MAX_TABLE_ROWS};
+pub use html::{html_report, DownloadSpan, FluidBound, ReportError, ReportExtras, MAX_TABLE_ROWS};
 pub use log::{ClientId, EventKind, Log, LogEvent, ParseError};
 pub use mermaid::mermaid;
 pub use summary::{Download, DownloadResult, NodeTotals, RunOutcome, RunSummary};

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::diagram::{Arrow, Diagram, Step, Tone};
+use super::html::DownloadSpan;
 use super::log::{EventKind, Log};
 use super::text::{clip, thousands};
 
@@ -221,10 +222,12 @@ struct SvgBar {
     title: String,
 }
 
-/// A transfer attempt: from the tracker's choice of a holder to its end.
+/// A transfer attempt: from the tracker's choice of a holder to its end,
+/// or a swarm download from the script's call to the file stored.
 struct Attempt {
     receiver: String,
-    sender: String,
+    /// The holder, or the peers that sent pieces (known under `--sim`).
+    senders: Vec<String>,
     file: String,
     start: f64,
     end: f64,
@@ -235,15 +238,15 @@ impl SvgTimeline {
     /// Lays out every transfer attempt of `log` by the `times` of its
     /// events (aligned with them; checked by the caller). `None` when the
     /// log has no transfer.
-    pub(crate) fn of(log: &Log, times: &[f64], diagram: &Diagram) -> Option<SvgTimeline> {
-        let attempts = attempts(log, times);
+    pub(crate) fn of(log: &Log, times: &[f64], spans: &[DownloadSpan], diagram: &Diagram) -> Option<SvgTimeline> {
+        let attempts = attempts(log, times, spans);
         if attempts.is_empty() {
             return None;
         }
         let lane_of = |node: &str| diagram.column(node).unwrap_or(0);
         let mut used: Vec<usize> = attempts
             .iter()
-            .flat_map(|a| [lane_of(&a.receiver), lane_of(&a.sender)])
+            .flat_map(|a| std::iter::once(&a.receiver).chain(&a.senders).map(|node| lane_of(node)))
             .collect();
         used.sort_unstable();
         used.dedup();
@@ -259,20 +262,32 @@ impl SvgTimeline {
             span: (end - start).max(1e-9),
         };
         let mut bars = Vec::new();
-        for attempt in attempts.iter().take(MAX_TIMELINE_BARS / 2) {
+        let mut bars_not_drawn = 0;
+        for attempt in &attempts {
+            let lanes = 1 + attempt.senders.len();
+            if bars.len() + lanes > MAX_TIMELINE_BARS {
+                bars_not_drawn += lanes;
+                continue;
+            }
             let (x, width) = scale.bar(attempt.start, attempt.end);
+            let from = match &attempt.senders[..] {
+                [] => "a swarm".to_owned(),
+                [holder] => holder.clone(),
+                peers => format!("{} peers", peers.len()),
+            };
             let title = format!(
-                "{} from {} to {}: {} ({})",
+                "{} from {from} to {}: {} ({})",
                 clip(&attempt.file, 60),
-                attempt.sender,
                 attempt.receiver,
                 attempt.outcome,
                 duration(attempt.end - attempt.start)
             );
-            for (node, class) in [
-                (&attempt.receiver, attempt.outcome.to_string()),
-                (&attempt.sender, format!("{} upload", attempt.outcome)),
-            ] {
+            let receiver = (&attempt.receiver, attempt.outcome.to_string());
+            let senders = attempt
+                .senders
+                .iter()
+                .map(|sender| (sender, format!("{} upload", attempt.outcome)));
+            for (node, class) in std::iter::once(receiver).chain(senders) {
                 let y = lane_y[&lane_of(node)];
                 bars.push(SvgBar {
                     x,
@@ -294,21 +309,41 @@ impl SvgTimeline {
                 })
                 .collect(),
             ticks: scale.ticks(),
-            bars_not_drawn: 2 * attempts.len() - bars.len(),
+            bars_not_drawn,
             bars,
         })
     }
 }
 
-/// Every transfer attempt, in the order they ended.
-fn attempts(log: &Log, times: &[f64]) -> Vec<Attempt> {
+/// Every transfer attempt, in the order they ended. A swarm download
+/// (finished with no single holder) is drawn from its span in `spans`.
+fn attempts(log: &Log, times: &[f64], spans: &[DownloadSpan]) -> Vec<Attempt> {
     let mut open: HashMap<(String, String), (String, f64)> = HashMap::new();
+    let mut spans_used = vec![false; spans.len()];
     let mut attempts = Vec::new();
     for (event, time) in log.events.iter().zip(times) {
         let client = event.node.clone();
         let (file, outcome) = match &event.kind {
             EventKind::PeerChosen { client, file, peer } => {
                 open.insert((client.to_string(), file.clone()), (peer.to_string(), *time));
+                continue;
+            }
+            EventKind::DownloadFinished {
+                file,
+                from: None,
+                sources,
+                ..
+            } => {
+                if let Some(start) = swarm_start(spans, &mut spans_used, &client, file) {
+                    attempts.push(Attempt {
+                        receiver: client,
+                        senders: sources.iter().flat_map(|sources| sources.keys().cloned()).collect(),
+                        file: file.clone(),
+                        start,
+                        end: *time,
+                        outcome: "ok",
+                    });
+                }
                 continue;
             }
             EventKind::DownloadFinished { file, .. } => (file, "ok"),
@@ -319,7 +354,7 @@ fn attempts(log: &Log, times: &[f64]) -> Vec<Attempt> {
         if let Some((sender, start)) = open.remove(&(client.clone(), file.clone())) {
             attempts.push(Attempt {
                 receiver: client,
-                sender,
+                senders: vec![sender],
                 file: file.clone(),
                 start,
                 end: *time,
@@ -328,6 +363,16 @@ fn attempts(log: &Log, times: &[f64]) -> Vec<Attempt> {
         }
     }
     attempts
+}
+
+/// When the swarm download of `file` by `client` began: the first span of
+/// that client and file not used yet (spans come in the order downloads
+/// were stored, as their events do). Marks it used.
+fn swarm_start(spans: &[DownloadSpan], used: &mut [bool], client: &str, file: &str) -> Option<f64> {
+    let index = (0..spans.len())
+        .find(|&index| !used[index] && spans[index].client.to_string() == client && spans[index].file == file)?;
+    used[index] = true;
+    Some(spans[index].started)
 }
 
 /// Seconds to x positions on the time axis.

@@ -196,9 +196,24 @@ impl World {
         self.stats.get()
     }
 
+    /// When each download that stored its file began and ended (for the
+    /// report's timeline; times are the run's own, virtual under `--sim`,
+    /// and never enter the log).
+    pub fn download_spans(&self) -> Vec<crate::review::DownloadSpan> {
+        let timed = self.downloads_timed.borrow();
+        timed
+            .iter()
+            .map(|download| crate::review::DownloadSpan {
+                client: download.client,
+                file: download.file.clone(),
+                started: download.started,
+                finished: download.finished,
+            })
+            .collect()
+    }
+
     /// Each `fluid_bound` the script asked for, against the time the
-    /// downloads it bounds took (for the report; times are the run's own,
-    /// virtual under `--sim`, and never enter the log).
+    /// downloads it bounds took (for the report, like the spans).
     pub fn fluid_bounds(&self) -> Vec<crate::review::FluidBound> {
         fluid::against_downloads(&self.bounds_asked.borrow(), &self.downloads_timed.borrow())
     }
