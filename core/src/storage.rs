@@ -24,7 +24,7 @@
 mod part;
 mod trees;
 
-pub use part::{PartData, PartFile, Resumed};
+pub use part::{PartData, PartFile, Resumed, WholeHash};
 
 use std::collections::HashMap;
 use std::fs;

@@ -886,6 +886,10 @@ const ARIA2_COMMON: &[&str] = &[
     "--auto-save-interval=0",
 ];
 
+/// Where each aria2c listens: it takes a free port of the range itself, so
+/// two of them never race for one.
+const ARIA2_PORTS: &str = "--listen-port=20000-40000";
+
 /// A BitTorrent swarm ready for downloaders: opentracker, and an aria2c
 /// seeding the file. Both are killed when it is dropped.
 struct Torrent {
@@ -940,12 +944,12 @@ impl Torrent {
             ],
         );
         let cap = format!("--max-upload-limit={}", seeder_up.unwrap_or(0));
-        let listen = format!("--listen-port={}", free_port());
+        let listen = ARIA2_PORTS;
         let dir = format!("--dir={}", file.parent().unwrap().display());
         let mut args: Vec<&str> = ARIA2_COMMON.to_vec();
         // Seeds until killed, without hashing the file first (phile's
         // seeder hashed it before the clock starts too).
-        args.extend(["--seed-ratio=0.0", "--bt-seed-unverified=true", &cap, &listen, &dir]);
+        args.extend(["--seed-ratio=0.0", "--bt-seed-unverified=true", &cap, listen, &dir]);
         args.push(torrent.to_str().unwrap());
         let seeder = Daemon::start(Path::new("aria2c"), &args);
         wait_for_seeder(port, &info_hash);
@@ -965,11 +969,10 @@ impl Torrent {
             .map(|index| {
                 let into = dir.join(format!("aria2-{index}"));
                 let dir = format!("--dir={}", into.display());
-                let listen = format!("--listen-port={}", free_port());
                 Command::new("aria2c")
                     .args(ARIA2_COMMON)
                     // Leaves as soon as it has the file, as `phile get` does.
-                    .args(["--seed-time=0", "--bt-stop-timeout=60", &dir, &listen])
+                    .args(["--seed-time=0", "--bt-stop-timeout=60", &dir, ARIA2_PORTS])
                     .arg(&self.torrent)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -978,7 +981,8 @@ impl Torrent {
             })
             .collect();
         for mut child in children {
-            assert!(child.wait().unwrap().success(), "an aria2c download failed");
+            let status = child.wait().unwrap();
+            assert!(status.success(), "an aria2c download failed: {status}");
         }
         started.elapsed()
     }

@@ -47,7 +47,7 @@ use crate::protocol::{
     ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Problem, Request, SwarmPeer, Trace, TrackerReply,
     TrackerRequest,
 };
-use crate::storage::{PartFile, StorageError};
+use crate::storage::{PartFile, StorageError, WholeHash};
 use crate::swarm::scheduler::{Arrival, Scheduler};
 use crate::swarm::wire;
 use crate::swarm::Partial;
@@ -131,6 +131,13 @@ type Checking = Pin<Box<dyn Future<Output = (ClientId, usize, Result<bool, Stora
 
 /// A connection's reading side, run by the download itself.
 type Link = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A step of the whole-file hash.
+type Hashing = Pin<Box<dyn Future<Output = Result<WholeHash, StorageError>> + Send>>;
+
+/// The whole-file hash goes on in steps of at least this many bytes (or to
+/// the end): one per piece would wake the download for little.
+const HASH_STEP: u64 = 4 << 20;
 
 /// A peer the download talks to.
 struct Peer {
@@ -306,6 +313,11 @@ struct Run<'a> {
     links: FuturesUnordered<Link>,
     /// Pieces being checked and written.
     checking: FuturesUnordered<Checking>,
+    /// The whole file's SHA-1 from its start, as far as the pieces from the
+    /// start are in; `None` while a step of it runs.
+    whole: Option<WholeHash>,
+    /// The step of the whole-file hash under way, if any.
+    hashing: Option<Hashing>,
     /// Whether pieces were checked since the record was last saved.
     unsaved: bool,
     /// When the tracker was last asked for peers.
@@ -355,6 +367,8 @@ impl<'a> Run<'a> {
             tell,
             links: FuturesUnordered::new(),
             checking: FuturesUnordered::new(),
+            whole: Some(WholeHash::default()),
+            hashing: None,
             unsaved: false,
             refreshed: now,
             progress: now,
@@ -373,7 +387,31 @@ impl<'a> Run<'a> {
             .map_err(ClientError::from)?;
         self.partial.open(part.layer().clone(), part.data(), self.plan.have());
         self.part = Some(part);
+        self.hash_ahead();
         Ok(())
+    }
+
+    /// Hashes the whole file on from where it stopped, as far as the pieces
+    /// from there are in, read back from disk: the check of the whole file
+    /// before the rename, made while the download goes on, so that little
+    /// is left of it when the last piece is in.
+    fn hash_ahead(&mut self) {
+        let (Some(part), Some(whole)) = (&self.part, &self.whole) else {
+            return;
+        };
+        let layout = self.plan.layout();
+        let from = whole.hashed();
+        let mut to = from;
+        let mut index = (from / layout.piece.bytes()) as usize;
+        while index < layout.count() && self.plan.have().has(index) {
+            to = layout.range(index).end;
+            index += 1;
+        }
+        if to - from < HASH_STEP && to < self.info.size {
+            return;
+        }
+        let whole = self.whole.take().expect("checked above");
+        self.hashing = Some(Box::pin(part.hash_on(whole, to)));
     }
 
     /// Adds peers the tracker offered, skipping those known already, those
@@ -448,6 +486,11 @@ impl<'a> Run<'a> {
                     self.checked(peer, index, good).await?
                 }
                 Some(()) = self.links.next(), if !self.links.is_empty() => {}
+                hashed = hashing(&mut self.hashing), if self.hashing.is_some() => {
+                    self.hashing = None;
+                    self.whole = Some(hashed.map_err(ClientError::from)?);
+                    self.hash_ahead();
+                }
                 _ = partial.met_beyond(self.met) => self.meet().await?,
                 _ = tick.tick() => self.tend().await?,
             }
@@ -678,6 +721,7 @@ impl<'a> Run<'a> {
         self.unsaved = true;
         self.progress = Instant::now();
         self.show_progress();
+        self.hash_ahead();
         for (other, index) in cancels {
             self.send(other, PeerRequest::Cancel { index: index as u64 }).await;
         }
@@ -841,7 +885,35 @@ impl<'a> Run<'a> {
         self.unsaved = true;
         self.save().await?;
         let part = self.part.as_ref().expect("pieces come only with a part file");
-        let whole = part.hash_whole().await.map_err(ClientError::from)?;
+        if let Some(step) = self.hashing.take() {
+            self.whole = Some(step.await.map_err(ClientError::from)?);
+        }
+        // A piece found bad on disk while served (a peer complained, and
+        // the check of it failed) may be in the part already hashed.
+        let lost: Vec<usize> = {
+            let served = self.partial.held_as(&self.plan.layout());
+            self.plan
+                .have()
+                .iter_held()
+                .filter(|index| !served.has(*index))
+                .collect()
+        };
+        if !lost.is_empty() {
+            for index in lost {
+                self.plan.forget(index);
+            }
+            self.whole = Some(WholeHash::default());
+            self.ask_everyone().await;
+            return Ok(None);
+        }
+        let so_far = self.whole.take().unwrap_or_default();
+        let whole = part
+            .hash_on(so_far, self.info.size)
+            .await
+            .map_err(ClientError::from)?
+            .finish();
+        // Next time, if there is one, from the start again.
+        self.whole = Some(WholeHash::default());
         if whole != self.info {
             let bad = part.bad_pieces(self.plan.have()).await.map_err(ClientError::from)?;
             if bad.is_empty() {
@@ -943,6 +1015,14 @@ async fn join_conversation(
         Ok(Some(_)) => Err(Problem::Garbled),
         Err(ConnectionError::Idle(_)) => Err(Problem::Unresponsive),
         Err(error) => Err(connection_problem(&error)),
+    }
+}
+
+/// Resolves with the step of the whole-file hash under way; never if none.
+async fn hashing(step: &mut Option<Hashing>) -> Result<WholeHash, StorageError> {
+    match step {
+        Some(step) => step.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use sha1::{Digest as _, Sha1};
 
 use super::{at, read_at, sync_dir, Folder, Known, Stamp, StorageError};
 use crate::host::Host;
@@ -75,6 +76,35 @@ pub struct PartFile {
 impl std::fmt::Debug for PartFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartFile").field("path", &self.path).finish()
+    }
+}
+
+/// How much of a partial file is read back per call while hashing it
+/// whole: small enough to stay in the CPU's caches between the read and
+/// the hash.
+const HASH_CHUNK: usize = 256 << 10;
+
+/// The SHA-1 of a partial file from its start, as far as it got.
+#[derive(Clone, Debug, Default)]
+pub struct WholeHash {
+    /// The hash of the bytes so far.
+    hasher: Sha1,
+    /// How many bytes from the start it has taken in.
+    hashed: u64,
+}
+
+impl WholeHash {
+    /// How many bytes from the start it has taken in.
+    pub fn hashed(&self) -> u64 {
+        self.hashed
+    }
+
+    /// The size and SHA-1 of the bytes taken in.
+    pub fn finish(self) -> FileInfo {
+        FileInfo {
+            size: self.hashed,
+            sha1: Digest(self.hasher.finalize().into()),
+        }
     }
 }
 
@@ -249,11 +279,36 @@ impl PartFile {
         bytes
     }
 
-    /// The size and SHA-1 of what the partial file holds, read back from
-    /// disk: the check of the whole before it goes into place.
-    pub async fn hash_whole(&self) -> Result<FileInfo, StorageError> {
-        let (file, path) = (self.data.file.clone(), self.path.clone());
-        self.data.host.blocking(move || super::hash(&file, &path)).await
+    /// Carries `whole` on to byte `to` of the partial file, read back from
+    /// disk: the check of the whole before it goes into place, made while
+    /// the download goes on, as far as the pieces from the start are in.
+    /// The future owns what it needs, so the download can keep it among
+    /// its other work.
+    pub fn hash_on(
+        &self,
+        mut whole: WholeHash,
+        to: u64,
+    ) -> impl std::future::Future<Output = Result<WholeHash, StorageError>> + Send + 'static {
+        let (file, path, host) = (self.data.file.clone(), self.path.clone(), self.data.host.clone());
+        async move {
+            host.blocking(move || {
+                let mut buffer = vec![0u8; (to.saturating_sub(whole.hashed) as usize).min(HASH_CHUNK)];
+                while whole.hashed < to {
+                    let want = ((to - whole.hashed) as usize).min(buffer.len());
+                    match read_at(&file, &mut buffer[..want], whole.hashed) {
+                        Ok(0) => return Err(at(&path)(io::ErrorKind::UnexpectedEof.into())),
+                        Ok(read) => {
+                            whole.hasher.update(&buffer[..read]);
+                            whole.hashed += read as u64;
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(at(&path)(error)),
+                    }
+                }
+                Ok(whole)
+            })
+            .await
+        }
     }
 
     /// The pieces of `verified` whose bytes on disk no longer match their
@@ -551,7 +606,11 @@ mod tests {
         for index in resumed.verified.iter_missing().collect::<Vec<_>>() {
             assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
         }
-        assert_eq!(part.hash_whole().await.unwrap(), info);
+        // Hashed whole in two steps, as a download does while it goes on.
+        let half = part.hash_on(WholeHash::default(), info.size / 2).await.unwrap();
+        assert_eq!(half.hashed(), info.size / 2);
+        let whole = part.hash_on(half, info.size).await.unwrap();
+        assert_eq!(whole.finish(), info);
         part.store(&folder, &name("f")).await.unwrap();
         assert_eq!(entries(dir.path()), ["f"], "leftovers after the store");
         assert_eq!(folder.read(&name("f")).await.unwrap(), bytes);
@@ -600,7 +659,10 @@ mod tests {
         }
         write_all_at(&part.data.file, b"X", 20_000).unwrap();
         assert_eq!(part.bad_pieces(&all).await.unwrap(), [1]);
-        assert_ne!(part.hash_whole().await.unwrap(), info);
+        assert_ne!(
+            part.hash_on(WholeHash::default(), info.size).await.unwrap().finish(),
+            info
+        );
         fs::write(dir.path().join("f"), "the user's own").unwrap();
         let refused = part.store(&folder, &name("f")).await.unwrap_err();
         assert!(matches!(&refused, StorageError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists));

@@ -6,7 +6,8 @@
 //! download lacks and nobody else is fetching, rarest first (fewest
 //! connected peers hold them), ties broken by a seeded shuffle so that
 //! downloaders that see the same peers still fetch different pieces and
-//! have something to trade. Once every missing piece is asked of someone
+//! have something to trade (a shuffle window by window, so the start of
+//! the file comes first: [`SHUFFLE_WINDOW`]). Once every missing piece is asked of someone
 //! (the endgame), a peer with room is also asked for pieces already in
 //! flight elsewhere, so one slow peer cannot hold up the last piece; the
 //! first copy to verify wins and the others are cancelled.
@@ -318,12 +319,23 @@ impl Scheduler {
     }
 }
 
-/// A seeded shuffle of `0..count`: each piece's rank.
+/// How many pieces the tie-breaking shuffle mixes at a time: the pieces
+/// of the first window rank before those of the second, and so on. Among
+/// pieces equally rare, a download so fetches the start of the file
+/// first, in a seeded order, and the whole-file hash (which can only go
+/// from the start) keeps up with it; downloaders still fetch different
+/// pieces within a window to trade.
+pub const SHUFFLE_WINDOW: usize = 64;
+
+/// Each piece's rank in a seeded shuffle of `0..count`, window by window
+/// ([`SHUFFLE_WINDOW`]).
 fn shuffled(count: usize, seed: u64) -> Vec<u32> {
     let mut order: Vec<u32> = (0..count as u32).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for top in (1..count).rev() {
-        order.swap(top, rng.random_range(0..=top));
+    for window in order.chunks_mut(SHUFFLE_WINDOW) {
+        for top in (1..window.len()).rev() {
+            window.swap(top, rng.random_range(0..=top));
+        }
     }
     let mut rank = vec![0; count];
     for (place, index) in order.into_iter().enumerate() {
@@ -401,6 +413,27 @@ mod tests {
         };
         assert_eq!(order(1), order(1));
         assert_ne!(order(1), order(2));
+    }
+
+    #[test]
+    fn among_equally_rare_pieces_the_start_of_the_file_comes_first() {
+        let count = 3 * SHUFFLE_WINDOW;
+        let mut plan = Scheduler::new(layout(count as u64), Bitfield::empty(count), 5, SHUFFLE_WINDOW);
+        plan.join(peer(1), Bitfield::full(count));
+        let first = plan.requests(peer(1));
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..SHUFFLE_WINDOW).collect::<Vec<_>>(),
+            "the first window, whole"
+        );
+        assert_ne!(first, sorted, "shuffled within it");
+        // A rarer piece still comes first, wherever it is.
+        let mut plan = Scheduler::new(layout(count as u64), Bitfield::empty(count), 5, 1);
+        plan.join(peer(1), Bitfield::full(count));
+        plan.join(peer(2), bits(count, &(0..count - 1).collect::<Vec<_>>()));
+        assert_eq!(plan.requests(peer(1)), [count - 1]);
     }
 
     #[test]
