@@ -598,7 +598,9 @@ pub enum PeerRequest {
         /// The piece.
         index: u64,
     },
-    /// "Never mind piece `index`": it came from another peer.
+    /// "Never mind piece `index`": it came from another peer. Also sent
+    /// for a piece only shown, never asked for, so that a peer showing a
+    /// piece at a time (super-seeding) shows another.
     Cancel {
         /// The piece.
         index: u64,

@@ -725,7 +725,32 @@ impl<'a> Run<'a> {
         for (other, index) in cancels {
             self.send(other, PeerRequest::Cancel { index: index as u64 }).await;
         }
+        self.nudge(index, peer).await;
         Ok(())
+    }
+
+    /// Tells the peers other than its `sender` that hold piece `index`
+    /// (just checked), were never asked for it, and now have nothing this
+    /// download lacks, that it came from elsewhere (`Cancel`). A seeder that shows a piece at a
+    /// time (super-seeding) then shows another: without this, a downloader
+    /// that got the one piece a seeder showed it from someone else would
+    /// ask that seeder nothing more, and hear of nothing more from it, until
+    /// every piece went out.
+    async fn nudge(&mut self, index: usize, sender: ClientId) {
+        let idle: Vec<ClientId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|peer| {
+                *peer != sender
+                    && self.plan.in_flight(*peer) == 0
+                    && self.plan.holds(*peer, index)
+                    && !self.plan.useful(*peer)
+            })
+            .collect();
+        for peer in idle {
+            self.send(peer, PeerRequest::Cancel { index: index as u64 }).await;
+        }
     }
 
     /// `peer` sent piece `index`, which failed its hash: the download logs

@@ -125,6 +125,11 @@ impl Scheduler {
         self.peers.get(&peer).map_or(0, |p| p.in_flight.len())
     }
 
+    /// Whether `peer` is known to hold piece `index`.
+    pub fn holds(&self, peer: ClientId, index: usize) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.bits.has(index))
+    }
+
     /// Whether `peer` holds a piece this download lacks.
     pub fn useful(&self, peer: ClientId) -> bool {
         self.peers
