@@ -172,3 +172,26 @@ fn time_is_virtual_under_the_simulator() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_swarm_download_of_an_empty_file_ends_under_the_simulator() {
+    // The whole-file hash once started an empty step over and over when
+    // nothing was left to hash; under --sim that task was always ready, so
+    // no packet was ever delivered and the run never ended.
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        a.write_random("empty.bin", 0);
+        a.upload("empty.bin");
+        let r = b.download("empty.bin", #{ swarm: true });
+        assert(r.ok, `the swarm download of an empty file failed: ${r.error}`);
+    "#;
+    let simulated = run_source_with(script, |o| {
+        o.settings.sim = true;
+        o.time_limit = std::time::Duration::from_secs(20);
+    });
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
+}

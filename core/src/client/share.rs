@@ -74,16 +74,17 @@ impl FileSpread {
 pub(crate) struct Spread {
     /// A std mutex: held for a lookup. Looked up by key, never iterated.
     /// Weak: a file's tally lives while a conversation about it is open.
-    files: Mutex<HashMap<(FileName, u64), Weak<FileSpread>>>,
+    /// Keyed by version too: two versions of a name are two files.
+    files: Mutex<HashMap<(FileName, Digest, u64), Weak<FileSpread>>>,
 }
 
 impl Spread {
-    /// The tally of `file` cut as `layout`, shared with every conversation
-    /// about it.
-    fn of(&self, file: &FileName, layout: &Layout) -> Arc<FileSpread> {
+    /// The tally of version `sha1` of `file` cut as `layout`, shared with
+    /// every conversation about it.
+    fn of(&self, file: &FileName, sha1: Digest, layout: &Layout) -> Arc<FileSpread> {
         let mut files = self.files.lock().expect("send counts poisoned");
         files.retain(|_, spread| spread.strong_count() > 0);
-        let key = (file.clone(), layout.piece.bytes());
+        let key = (file.clone(), sha1, layout.piece.bytes());
         if let Some(shared) = files.get(&key).and_then(Weak::upgrade) {
             return shared;
         }
@@ -171,7 +172,7 @@ impl Seeder {
             }
         };
         let wanted = Layout::new(size, piece);
-        let spread = self.spread.of(&file, &wanted);
+        let spread = self.spread.of(&file, sha1, &wanted);
         // Beside other downloaders, a seeder shows each only a few pieces
         // until every piece went out once; alone, a downloader sees all.
         let hiding =

@@ -407,7 +407,9 @@ impl<'a> Run<'a> {
             to = layout.range(index).end;
             index += 1;
         }
-        if to - from < HASH_STEP && to < self.info.size {
+        // Nothing new (all of it hashed, or waiting on the next piece), or
+        // too little to be worth a step before the end.
+        if to == from || (to - from < HASH_STEP && to < self.info.size) {
             return;
         }
         let whole = self.whole.take().expect("checked above");
@@ -440,14 +442,16 @@ impl<'a> Run<'a> {
     /// Downloaders opened conversations with this one. Any it does not know
     /// of is a swarm member to draw from too: the tracker, which has their
     /// addresses, is asked for the swarm again.
-    async fn meet(&mut self) -> Result<(), DownloadError> {
+    async fn meet(&mut self) {
         let (met, seen) = self.partial.met_since(self.met);
         self.met = seen;
         let strangers = met.iter().any(|peer| !self.knows_of(*peer));
         if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.plan.is_complete() {
-            self.refresh().await?;
+            // Only a chance to do better: the tick asks again anyway.
+            if let Err(error) = self.refresh().await {
+                tracing::debug!(node = %self.client.id, %error, "could not ask for the swarm of {}", self.file);
+            }
         }
-        Ok(())
     }
 
     /// Runs the download to its end.
@@ -491,7 +495,7 @@ impl<'a> Run<'a> {
                     self.whole = Some(hashed.map_err(ClientError::from)?);
                     self.hash_ahead();
                 }
-                _ = partial.met_beyond(self.met) => self.meet().await?,
+                _ = partial.met_beyond(self.met) => self.meet().await,
                 _ = tick.tick() => self.tend().await?,
             }
         }
@@ -599,12 +603,17 @@ impl<'a> Run<'a> {
                 self.plan.join(peer, bits);
                 self.plan.set_pipeline(peer, FIRST_PIPELINE.min(self.pipeline));
                 self.ask(peer).await;
+                if let Some(index) = self.plan.first_held_of(peer) {
+                    self.nudge_if_idle(peer, index).await;
+                }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
             Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes).await,
             Heard::Have(index) => {
                 if self.plan.gained(peer, index) {
                     self.ask(peer).await;
+                } else {
+                    self.nudge_if_idle(peer, index).await;
                 }
             }
             Heard::Missing(index) => {
@@ -749,6 +758,16 @@ impl<'a> Run<'a> {
             })
             .collect();
         for peer in idle {
+            self.send(peer, PeerRequest::Cancel { index: index as u64 }).await;
+        }
+    }
+
+    /// `peer` showed piece `index`, which this download holds already: if
+    /// it is asked for nothing and has nothing else this download lacks,
+    /// it is told so (`Cancel`), as [`Run::nudge`] does, so that a seeder
+    /// showing a piece at a time shows another.
+    async fn nudge_if_idle(&mut self, peer: ClientId, index: usize) {
+        if self.plan.in_flight(peer) == 0 && self.plan.have().has(index) && !self.plan.useful(peer) {
             self.send(peer, PeerRequest::Cancel { index: index as u64 }).await;
         }
     }

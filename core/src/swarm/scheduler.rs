@@ -130,6 +130,13 @@ impl Scheduler {
         self.peers.get(&peer).is_some_and(|p| p.bits.has(index))
     }
 
+    /// The first piece `peer` is known to hold that this download holds
+    /// too, if any.
+    pub fn first_held_of(&self, peer: ClientId) -> Option<usize> {
+        let p = self.peers.get(&peer)?;
+        p.bits.iter_held().find(|index| self.have.has(*index))
+    }
+
     /// Whether `peer` holds a piece this download lacks.
     pub fn useful(&self, peer: ClientId) -> bool {
         self.peers

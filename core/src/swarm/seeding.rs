@@ -81,10 +81,13 @@ impl Tally {
     /// sent, then shown, least often (lowest index among equals), counted
     /// as shown; `None` if it was shown everything.
     pub fn reveal(&mut self, told: &Bitfield) -> Option<usize> {
+        let count = |counts: &[u32], index: usize| counts.get(index).copied().unwrap_or(u32::MAX);
         let index = told
             .iter_missing()
-            .min_by_key(|index| (self.sent[*index], self.shown[*index], *index))?;
-        self.shown[index] += 1;
+            .min_by_key(|index| (count(&self.sent, *index), count(&self.shown, *index), *index))?;
+        if let Some(shown) = self.shown.get_mut(index) {
+            *shown += 1;
+        }
         Some(index)
     }
 }

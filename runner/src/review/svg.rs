@@ -346,7 +346,12 @@ fn attempts(log: &Log, times: &[f64], spans: &[DownloadSpan]) -> Vec<Attempt> {
                 }
                 continue;
             }
-            EventKind::DownloadFinished { file, .. } => (file, "ok"),
+            EventKind::DownloadFinished { file, .. } => {
+                // Its span is used up too, or a later swarm download of the
+                // same file by the same client would take its start.
+                swarm_start(spans, &mut spans_used, &client, file);
+                (file, "ok")
+            }
             EventKind::TransferRejected { file, .. } => (file, "rejected"),
             EventKind::DownloadFailed { file, .. } => (file, "failed"),
             _ => continue,
@@ -365,9 +370,9 @@ fn attempts(log: &Log, times: &[f64], spans: &[DownloadSpan]) -> Vec<Attempt> {
     attempts
 }
 
-/// When the swarm download of `file` by `client` began: the first span of
-/// that client and file not used yet (spans come in the order downloads
-/// were stored, as their events do). Marks it used.
+/// When the download of `file` by `client` that just finished began: the
+/// first span of that client and file not used yet (spans come in the
+/// order downloads were stored, as their events do). Marks it used.
 fn swarm_start(spans: &[DownloadSpan], used: &mut [bool], client: &str, file: &str) -> Option<f64> {
     let index = (0..spans.len())
         .find(|&index| !used[index] && spans[index].client.to_string() == client && spans[index].file == file)?;
