@@ -56,16 +56,7 @@ impl FileSpread {
 
     /// Resolves once every piece went out at least once.
     async fn everywhere(&self) {
-        loop {
-            let notified = self.spread.notified();
-            tokio::pin!(notified);
-            // Registered before the tally is read, so no wake-up is missed.
-            notified.as_mut().enable();
-            if self.tally().spread() {
-                return;
-            }
-            notified.await;
-        }
+        crate::swarm::wait_until(&self.spread, || self.tally().spread()).await
     }
 }
 

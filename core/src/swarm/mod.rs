@@ -172,16 +172,7 @@ impl Partial {
 
     /// Waits until more than `seen` pieces were gained.
     pub async fn gained_beyond(&self, seen: usize) {
-        loop {
-            let notified = self.gained.notified();
-            tokio::pin!(notified);
-            // Registered before the count is read, so no gain is missed.
-            notified.as_mut().enable();
-            if self.state().log.len() > seen {
-                return;
-            }
-            notified.await;
-        }
+        wait_until(&self.gained, || self.state().log.len() > seen).await
     }
 }
 
@@ -201,16 +192,23 @@ impl Partial {
 
     /// Waits until more than `seen` downloaders were met.
     pub async fn met_beyond(&self, seen: usize) {
-        loop {
-            let notified = self.met.notified();
-            tokio::pin!(notified);
-            // Registered before the count is read, so no meeting is missed.
-            notified.as_mut().enable();
-            if self.state().met.len() > seen {
-                return;
-            }
-            notified.await;
+        wait_until(&self.met, || self.state().met.len() > seen).await
+    }
+}
+
+/// Waits until `ready` holds, woken by `notify` (`notify_waiters`) each
+/// time it may have come to hold.
+pub(crate) async fn wait_until(notify: &Notify, ready: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before `ready` is asked, so no wake-up between the
+        // two is missed.
+        notified.as_mut().enable();
+        if ready() {
+            return;
         }
+        notified.await;
     }
 }
 
