@@ -110,11 +110,17 @@ fn main() -> ExitCode {
     if let Some(events) = &cli.render {
         return render(events, &cli);
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // Under --sim the run keeps virtual time: a wall-clock stamp on its log
+    // lines would say nothing true about when things happened.
+    if cli.sim {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     // A scenario with many clients holds a few sockets per client; the
     // default soft limit (often 1024) is far below what the system allows.
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -247,7 +253,14 @@ fn rerun_command(cli: &Cli, script: &std::path::Path) -> String {
 fn render(events: &std::path::Path, cli: &Cli) -> ExitCode {
     let written = std::fs::read_to_string(events)
         .map_err(|error| format!("cannot read {}: {error}", events.display()))
-        .and_then(|text| Log::parse(&text).map_err(|error| format!("{}: {error}", events.display())))
+        .and_then(|text| {
+            Log::parse(&text).map_err(|error| {
+                format!(
+                    "{}: {error}; --render reads the JSON-lines event log a run wrote with --events FILE",
+                    events.display()
+                )
+            })
+        })
         .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log), ReportExtras::default()));
     match written {
         Ok(()) => ExitCode::SUCCESS,

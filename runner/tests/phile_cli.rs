@@ -217,7 +217,7 @@ fn a_tracker_a_seeder_and_a_downloader_as_processes() {
     // Not a terminal: plain lines, no bar drawing. A swarm download (the
     // default) counts pieces: 3 MB is 12 pieces of 256 KiB.
     assert!(
-        stdout.contains("big.bin: 12/12 pieces, drawing from 1 peers"),
+        stdout.contains("big.bin: 12/12 pieces, drawing from 1 peer\n"),
         "{stdout}"
     );
     assert!(!stdout.contains('\u{1b}'), "terminal codes in plain output: {stdout:?}");
@@ -358,7 +358,7 @@ fn a_progress_bar_is_drawn_on_a_terminal() {
     assert!(output.status.success(), "{screen}");
     // A swarm download (the default): its bar counts pieces and peers.
     assert!(
-        screen.contains("big.bin 1/31 pieces ← 1 peers"),
+        screen.contains("big.bin ") && screen.contains(" 1/31 pieces ← 1 peer "),
         "no progress bar drawn: {screen:?}"
     );
     assert!(screen.contains("MiB/s"), "no rate in the bar: {screen:?}");
@@ -462,7 +462,7 @@ fn a_file_nobody_has_makes_get_exit_1() {
     ]);
     assert_eq!(got.status.code(), Some(1));
     assert!(text(&got.stdout).contains("ghost.txt: failed: no peer has ghost.txt"));
-    assert!(text(&got.stderr).contains("1 of 1 files did not arrive"));
+    assert!(text(&got.stderr).contains("1 of 1 file did not arrive"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

@@ -35,6 +35,53 @@ async fn registering_with_no_tracker_says_where_it_looked() {
     assert!(error.to_string().contains(&closed.to_string()), "{error}");
 }
 
+/// A server that accepts connections and, on each, writes `answer` (if
+/// any) and then keeps it open, reading nothing.
+async fn not_a_tracker(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let _ = socket.write_all(answer).await;
+            open.push(socket);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn registering_with_a_server_of_another_kind_asks_if_it_is_a_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = not_a_tracker(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+    let error = client(1, dir.path()).await.register(web).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Session(SessionError::NoAnswer { .. })),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&web.to_string()) && message.contains("phile tracker"),
+        "{message}"
+    );
+}
+
+// On tokio's paused clock, which jumps to the next timer when every task
+// waits: the silent server costs no real time.
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_given_up_on_before_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = not_a_tracker(b"").await;
+    let started = tokio::time::Instant::now();
+    let error = client(1, dir.path()).await.register(silent).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Session(SessionError::NoAnswer { .. })),
+        "{error:?}"
+    );
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(10), "{error}");
+}
+
 #[tokio::test]
 async fn the_tracker_forgets_a_client_that_stops() {
     let dir = tempfile::tempdir().unwrap();

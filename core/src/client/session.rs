@@ -11,6 +11,12 @@ use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
 use crate::trace;
 use crate::tracker::StatusEntry;
 
+/// The longest a server is given to answer a session's first request: a
+/// tracker answers a registration at once, so a server silent that long is
+/// most likely something else, and the user hears so without waiting for
+/// the whole idle timeout.
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why the tracker could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -18,6 +24,15 @@ pub enum SessionError {
     #[error("cannot reach the tracker at {addr}: {error} (is it running, and is that its address?)")]
     Unreachable {
         /// The tracker's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: ConnectionError,
+    },
+    /// The server reached never gave the answer a tracker gives: another
+    /// kind of server, or a tracker that stopped before answering.
+    #[error("no tracker's answer from {addr}: {error} (is that the address of a phile tracker?)")]
+    NoAnswer {
+        /// The server's address.
         addr: SocketAddr,
         /// What went wrong.
         error: ConnectionError,
@@ -164,6 +179,8 @@ pub(crate) struct Session {
     addr: SocketAddr,
     /// A request was sent and its reply not read: the session is out of step.
     in_flight: bool,
+    /// The server has answered a request: it is a tracker.
+    answered: bool,
     /// Cancelled when the session is dropped: its heartbeats stop.
     ended: CancellationToken,
     /// Cancels `ended` on drop.
@@ -186,6 +203,7 @@ impl Session {
             connection,
             addr,
             in_flight: false,
+            answered: false,
             ended,
             _end_on_drop,
         })
@@ -218,15 +236,34 @@ impl Session {
     }
 
     async fn exchange(&mut self, trace: Trace, request: TrackerRequest) -> Result<TrackerReply, SessionError> {
-        let lost = |error| SessionError::Lost { addr: self.addr, error };
+        let (addr, answered) = (self.addr, self.answered);
+        // Until a first answer, a failure more likely means the address is
+        // not a tracker's than that a session broke.
+        let failed = |error| match answered {
+            true => SessionError::Lost { addr, error },
+            false => SessionError::NoAnswer { addr, error },
+        };
         self.connection
             .write(&Request { trace, body: request })
             .await
-            .map_err(lost)?;
-        match self.connection.read().await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(SessionError::Closed(self.addr)),
-            Err(error) => Err(SessionError::Lost { addr: self.addr, error }),
+            .map_err(failed)?;
+        let reply = match answered {
+            true => self.connection.read().await,
+            false => tokio::time::timeout(FIRST_ANSWER_TIMEOUT, self.connection.read())
+                .await
+                .unwrap_or(Err(ConnectionError::Idle(FIRST_ANSWER_TIMEOUT))),
+        };
+        match reply {
+            Ok(Some(reply)) => {
+                self.answered = true;
+                Ok(reply)
+            }
+            Ok(None) if !answered => {
+                let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "it closed the connection");
+                Err(failed(closed.into()))
+            }
+            Ok(None) => Err(SessionError::Closed(addr)),
+            Err(error) => Err(failed(error)),
         }
     }
 }

@@ -29,7 +29,7 @@ pub struct NodeKey(pub usize);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The port is taken.
-    #[error("port {0} is in use (another phile-run still running?); stop it, or run with --ephemeral-ports")]
+    #[error("port {0} is in use (another phile-run, or a phile tracker, still running?); stop it, or run with --ephemeral-ports")]
     PortInUse(u16),
     /// The simulated network has no room for another node in this attempt.
     #[error(transparent)]

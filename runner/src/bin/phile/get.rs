@@ -147,7 +147,8 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         report(&display, &client, file, outcome);
     }
     if missing > 0 {
-        eprintln!("phile: {missing} of {} files did not arrive", files.len());
+        let files = crate::progress::count(files.len(), "file");
+        eprintln!("phile: {missing} of {files} did not arrive");
     }
     if args.seed {
         crate::peer::seed(&client, me, tracker, Duration::from_secs(2), &stop).await?;
@@ -288,9 +289,12 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             announced,
         } => {
             let secs = took.as_secs_f64().max(1e-9);
-            let rate = match downloaded.info.size {
+            // The bytes that came this time: pieces kept from an earlier
+            // attempt did not.
+            let kept = downloaded.swarm.as_ref().map_or(0, |swarm| swarm.resumed);
+            let rate = match downloaded.info.size - kept {
                 0..1_000_000 => String::new(),
-                size => format!(", {:.0} MiB/s", size as f64 / secs / (1024.0 * 1024.0)),
+                fetched => format!(", {:.0} MiB/s", fetched as f64 / secs / (1024.0 * 1024.0)),
             };
             let from = match &downloaded.swarm {
                 Some(swarm) => {

@@ -83,7 +83,7 @@ struct Identity {
     dir: PathBuf,
 
     /// The tracker's address, HOST:PORT.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = host_and_port)]
     tracker: String,
 
     /// Where this peer's server listens for other peers.
@@ -162,6 +162,21 @@ fn bytes_per_sec(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|number| number.checked_mul(unit))
         .ok_or_else(|| "too large a rate".into())
+}
+
+/// Checks that `text` has the form `HOST:PORT` (a bracketed IPv6 address
+/// for a host with colons), so a mistyped address is a usage error (exit
+/// 2) before anything starts; whether the host exists is learnt later.
+fn host_and_port(text: &str) -> Result<String, String> {
+    let wrong = || {
+        format!("expected HOST:PORT, as in 127.0.0.1:8000 or tracker.example:8000 ([::1]:8000 for IPv6), not {text:?}")
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(wrong)?;
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.is_empty() || (host.contains(':') && !bracketed) || port.parse::<u16>().is_err() {
+        return Err(wrong());
+    }
+    Ok(text.to_owned())
 }
 
 /// Resolves `HOST:PORT` to the first address it names.
@@ -334,7 +349,17 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes_per_sec, printable};
+    use super::{bytes_per_sec, host_and_port, printable};
+
+    #[test]
+    fn a_tracker_address_needs_a_host_and_a_port() {
+        for good in ["127.0.0.1:8000", "tracker.example:1", "localhost:65535", "[::1]:8000"] {
+            assert_eq!(host_and_port(good).as_deref(), Ok(good));
+        }
+        for bad in ["127.0.0.1", ":8000", "host:", "host:port", "host:65536", "::1:8000", ""] {
+            assert!(host_and_port(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 
     #[test]
     fn rate_caps_are_whole_numbers_with_decimal_suffixes() {

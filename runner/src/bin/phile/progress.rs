@@ -91,20 +91,25 @@ impl Progress for Display {
             // Off a terminal, a line per tenth of the pieces at most.
             let tenth = pieces.div_ceil(10).max(1);
             if held == 1 || held.is_multiple_of(tenth) || held == pieces {
-                self.line(&format!("{file}: {held}/{pieces} pieces, drawing from {peers} peers"));
+                self.line(&format!(
+                    "{file}: {held}/{pieces} pieces, drawing from {}",
+                    count(peers, "peer")
+                ));
             }
             return;
         };
         let mut by_file = self.by_file.lock().expect("progress poisoned");
         let bar = by_file.entry(file.clone()).or_insert_with(|| {
+            // A long name is cut short, never the counts after it.
             let style = ProgressStyle::with_template(
-                "{msg:32!} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
+                "{prefix:20!} {msg:28} [{bar:24.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
             )
             .expect("the template is valid")
             .progress_chars("=> ");
-            bars.add(ProgressBar::new(size).with_style(style))
+            let bar = ProgressBar::new(size).with_style(style);
+            bars.add(bar.with_prefix(printable(file.as_str()).into_owned()))
         });
-        bar.set_message(printable(&format!("{file} {held}/{pieces} pieces ← {peers} peers")).into_owned());
+        bar.set_message(format!("{held}/{pieces} pieces ← {}", count(peers, "peer")));
         bar.set_position(bytes);
     }
 
@@ -112,5 +117,14 @@ impl Progress for Display {
         if let Some(bar) = self.by_file.lock().expect("progress poisoned").get(file) {
             bar.set_position(received);
         }
+    }
+}
+
+/// `n` and `noun`, plural unless `n` is 1: "1 peer", "3 peers".
+pub fn count(n: impl TryInto<u64>, noun: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }

@@ -19,6 +19,8 @@ use phile_core::tracker::StatusEntry;
 use phile_core::{ClientId, FileInfo, FileName};
 use serde_json::json;
 
+use crate::progress::count;
+
 /// The most rows each table shows; the rest are counted.
 const MAX_ROWS: usize = 500;
 
@@ -29,7 +31,7 @@ const MAX_HOLDERS_SHOWN: usize = 10;
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The tracker's address, HOST:PORT.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::host_and_port)]
     tracker: String,
 
     /// Print JSON instead of tables (all of it, as it arrives).
@@ -52,6 +54,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         SessionError::AnswerTooLong { .. } => {
             anyhow::anyhow!("{error} (raise --max-entries if it really knows that much)")
         }
+        // These say what to check already.
+        error @ SessionError::Unreachable { .. } => anyhow::anyhow!("{error}"),
         error => anyhow::anyhow!("{error} (is {addr} a phile tracker?)"),
     };
     let mut answer = phile_core::client::status(addr, limits).await.map_err(explain)?;
@@ -203,8 +207,9 @@ impl Tables {
 
     fn render(&self, addr: SocketAddr) -> String {
         let mut out = format!(
-            "tracker {addr}: {} clients, {} files\n\n",
-            self.client_count, self.file_count
+            "tracker {addr}: {}, {}\n\n",
+            count(self.client_count, "client"),
+            count(self.file_count, "file")
         );
         out += &table(["CLIENT", "ADDRESS", "FILES"], &self.clients);
         out += &more(self.client_count, self.clients.len(), "clients");
