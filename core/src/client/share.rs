@@ -373,13 +373,12 @@ impl Conversation<'_> {
             Pieces::Partial(partial) if partial.holds(range.clone()) => partial.data().cloned(),
             Pieces::Partial(_) => None,
         };
-        let Some(data) = data else {
+        let Some(mut data) = data else {
             self.told.clear(index);
             return replies.message(&PeerReply::Missing { index: index as u64 }).await;
         };
-        let bytes = data.read(range).await?;
         replies
-            .message_with_body(&PeerReply::Piece { index: index as u64 }, &bytes)
+            .message_with_file(&PeerReply::Piece { index: index as u64 }, &mut data, range)
             .await
     }
 
