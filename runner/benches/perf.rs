@@ -587,22 +587,24 @@ fn figure(values: &[f64], decimals: usize) -> String {
     }
 }
 
+/// [`sha1_speed`], in a process of its own: its 64 MiB buffer would count
+/// in the peak memory of every process this one starts later (a child
+/// started with vfork inherits its parent's high-water mark).
+fn sha1_time(config: &Config, size: u64) -> Duration {
+    if config.helpers_in_threads {
+        return sha1_speed(size);
+    }
+    let me = std::env::current_exe().unwrap();
+    let output = Command::new(me)
+        .args(["--sha1-speed", &size.to_string()])
+        .output()
+        .unwrap();
+    let nanos = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    Duration::from_nanos(nanos)
+}
+
 fn sha1_row(config: &Config, size: u64) -> Row {
-    // In a process of its own: its 64 MiB buffer would count in the peak
-    // memory of every process this one starts later (a child started with
-    // vfork inherits its parent's high-water mark).
-    let took = if config.helpers_in_threads {
-        sha1_speed(size)
-    } else {
-        let me = std::env::current_exe().unwrap();
-        let output = Command::new(me)
-            .args(["--sha1-speed", &size.to_string()])
-            .output()
-            .unwrap();
-        let nanos = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
-        Duration::from_nanos(nanos)
-    };
-    let hash = rate(size, took);
+    let hash = rate(size, sha1_time(config, size));
     row(
         format!("{} SHA-1 on one core, MiB/s", human_size(size)),
         "",
@@ -1101,6 +1103,9 @@ fn bittorrent(config: &Config, work: &Path, place: &str) -> Vec<Row> {
         std::fs::create_dir_all(&seeds).unwrap();
         let file = seeds.join("big.bin");
         write_test_file(&file, setup.bytes);
+        // Before anything else starts: the floor counts the CPU of this
+        // process and of the children it waits for.
+        let floor = (setup.seeder_up.is_none()).then(|| Floor::measure(config, &file, &base, setup.downloaders));
         let torrent = Torrent::start(&file, &base, setup.seeder_up);
         // One downloader has no one to trade with: whole-file `--single`
         // is measured beside the swarm download too.
@@ -1126,6 +1131,9 @@ fn bittorrent(config: &Config, work: &Path, place: &str) -> Vec<Row> {
         }
         drop(torrent);
         let _ = std::fs::remove_dir_all(&base);
+        if let Some(floor) = floor {
+            rows.push(floor.row(&setup.label(), place, &aria2));
+        }
         for (&single, phile) in ways.iter().zip(&phile) {
             let speedup: Vec<f64> = phile.iter().zip(&aria2).map(|(phile, aria2)| aria2 / phile).collect();
             let get = if single { "`phile get --single`" } else { "`phile get`" };
@@ -1141,6 +1149,97 @@ fn bittorrent(config: &Config, work: &Path, place: &str) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// The least time a set-up of the aria2c comparison can take on this
+/// machine, whatever the client: each downloader's copy as a plain TCP copy
+/// ([`tcp_copy`], nothing checked), all at once; and the same plus the CPU
+/// of checking every byte as phile does (hashed twice: per piece, then the
+/// whole file), spread perfectly over every core. A ratio to aria2c above
+/// these is out of any client's reach here.
+#[derive(Clone, Copy, Debug)]
+struct Floor {
+    /// Wall time of the plain copies, all at once (median).
+    copies: Duration,
+    /// CPU time those copies took, both ends (median).
+    copy_cpu: Duration,
+    /// CPU time of two SHA-1 passes over every downloader's copy.
+    hashing: Duration,
+    /// The cores the work may spread over.
+    cores: u32,
+}
+
+impl Floor {
+    fn measure(config: &Config, file: &Path, base: &Path, downloaders: usize) -> Floor {
+        let size = std::fs::metadata(file).unwrap().len();
+        let (mut copies, mut copy_cpu) = (Vec::new(), Vec::new());
+        for _ in 0..config.runs {
+            let targets: Vec<PathBuf> = (0..downloaders)
+                .map(|index| base.join(format!("floor-{index}")))
+                .collect();
+            let cpu = cpu_time();
+            let started = Instant::now();
+            std::thread::scope(|scope| {
+                for target in &targets {
+                    scope.spawn(|| tcp_copy(config, file, target, false));
+                }
+            });
+            copies.push(started.elapsed());
+            copy_cpu.push(cpu_time() - cpu);
+            for target in &targets {
+                std::fs::remove_file(target).unwrap();
+            }
+        }
+        Floor {
+            copies: median(copies),
+            copy_cpu: median(copy_cpu),
+            hashing: sha1_time(config, size) * 2 * downloaders as u32,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+
+    /// Nothing checked: the plain copies' wall time.
+    fn bare(&self) -> Duration {
+        self.copies
+    }
+
+    /// Checked as phile checks: the copies' CPU and two SHA-1 passes over
+    /// every core, never less than the copies' own wall time.
+    fn checked(&self) -> Duration {
+        ((self.copy_cpu + self.hashing) / self.cores).max(self.copies)
+    }
+
+    fn row(&self, setup: &str, place: &str, aria2: &[f64]) -> Row {
+        let aria2 = spread(aria2).0;
+        let (bare, checked) = (self.bare().as_secs_f64(), self.checked().as_secs_f64());
+        row(
+            format!(
+                "{setup} on {place}: the least any client can take here: plain TCP copies at once / \
+                 the same with every byte SHA-1'd twice over {} cores, s",
+                self.cores
+            ),
+            "",
+            format!("{bare:.2} / {checked:.2}"),
+            format!(
+                "aria2c {aria2:.2} s is {:.1}x / {:.1}x these",
+                aria2 / bare,
+                aria2 / checked
+            ),
+        )
+    }
+}
+
+/// The CPU time this process and the children it has waited for have used.
+fn cpu_time() -> Duration {
+    let used = |who| {
+        // SAFETY: getrusage fills the struct it is given, which is plain
+        // data that all zeros is a valid value of.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(who, &mut usage) }, 0);
+        let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        time(usage.ru_utime) + time(usage.ru_stime)
+    };
+    used(libc::RUSAGE_SELF) + used(libc::RUSAGE_CHILDREN)
 }
 
 fn human_size(size: u64) -> String {
