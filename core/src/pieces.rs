@@ -122,6 +122,18 @@ impl Layout {
         range.end - range.start
     }
 
+    /// How many bytes the pieces `held` marks come to, without visiting
+    /// them: every piece is whole but the last.
+    pub fn bytes_held(&self, held: &Bitfield) -> u64 {
+        let last = self.count() - 1;
+        let short_by = if held.has(last) {
+            self.piece.bytes() - self.len(last)
+        } else {
+            0
+        };
+        held.held() as u64 * self.piece.bytes() - short_by
+    }
+
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.size == 0
@@ -594,6 +606,20 @@ mod tests {
         assert_eq!(Layout::new(0, PieceSize::DEFAULT).count(), 1);
         assert_eq!(Layout::new(0, PieceSize::DEFAULT).len(0), 0);
         assert_eq!(Layout::new(512 * KIB, PieceSize::DEFAULT).count(), 2);
+    }
+
+    #[test]
+    fn the_bytes_held_count_the_short_last_piece_as_short() {
+        let layout = Layout::new(600 * KIB, PieceSize::DEFAULT);
+        let mut held = Bitfield::empty(3);
+        assert_eq!(layout.bytes_held(&held), 0);
+        held.set(1);
+        assert_eq!(layout.bytes_held(&held), 256 * KIB);
+        held.set(2);
+        assert_eq!(layout.bytes_held(&held), (256 + 88) * KIB);
+        assert_eq!(layout.bytes_held(&Bitfield::full(3)), 600 * KIB);
+        let empty = Layout::new(0, PieceSize::DEFAULT);
+        assert_eq!(empty.bytes_held(&Bitfield::full(1)), 0);
     }
 
     #[test]

@@ -335,7 +335,7 @@ impl<'a> Run<'a> {
     fn new(client: &'a Client, start: &SwarmStart, layout: Layout, held: Bitfield) -> Run<'a> {
         let pipeline = (IN_FLIGHT_BYTES / layout.piece.bytes()).clamp(4, 64) as usize;
         let seed = order_seed(client.seed, client.id, &start.file);
-        let resumed = held.iter_held().map(|index| layout.len(index)).sum();
+        let resumed = layout.bytes_held(&held);
         let (tell, heard) = mpsc::channel(64);
         let now = Instant::now();
         Run {
@@ -1018,7 +1018,7 @@ impl<'a> Run<'a> {
     fn show_progress(&self) {
         if let Some(progress) = &self.client.progress {
             let have = self.plan.have();
-            let bytes: u64 = have.iter_held().map(|index| self.plan.layout().len(index)).sum();
+            let bytes = self.plan.layout().bytes_held(have);
             progress.swarming(
                 &self.file,
                 have.held(),

@@ -17,7 +17,7 @@
 //! simply missing again; the caller drops the peer that sent it
 //! ([`Scheduler::leave`]), which releases what was in flight to it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -68,6 +68,10 @@ pub struct Scheduler {
     have: Bitfield,
     /// The pieces that arrived and are being checked.
     checking: Bitfield,
+    /// Every piece before this one is settled (held or being checked):
+    /// scans for pieces to ask for start here, so that a download costs
+    /// less per piece as it goes on.
+    unsettled_from: usize,
     /// How many connected peers hold each piece.
     availability: Vec<u32>,
     /// How many peers each piece is in flight from.
@@ -88,16 +92,19 @@ impl Scheduler {
     pub fn new(layout: Layout, have: Bitfield, seed: u64, pipeline: usize) -> Scheduler {
         let count = layout.count();
         assert_eq!(have.len(), count, "a bitfield of another layout");
-        Scheduler {
+        let mut plan = Scheduler {
             layout,
             have,
             checking: Bitfield::empty(count),
+            unsettled_from: 0,
             availability: vec![0; count],
             requesters: vec![0; count],
             rank: shuffled(count, seed),
             peers: BTreeMap::new(),
             pipeline: pipeline.max(1),
-        }
+        };
+        plan.skip_settled();
+        plan
     }
 
     /// The pieces held and verified.
@@ -154,7 +161,7 @@ impl Scheduler {
     /// asked of someone already.
     pub fn endgame(&self) -> bool {
         let mut missing = 0;
-        for index in 0..self.layout.count() {
+        for index in self.unsettled_from..self.layout.count() {
             if self.settled(index) {
                 continue;
             }
@@ -169,6 +176,18 @@ impl Scheduler {
     /// Whether piece `index` needs no more asking: held, or being checked.
     fn settled(&self, index: usize) -> bool {
         self.have.has(index) || self.checking.has(index)
+    }
+
+    /// Moves [`Scheduler::unsettled_from`] past the pieces settled since.
+    fn skip_settled(&mut self) {
+        while self.unsettled_from < self.layout.count() && self.settled(self.unsettled_from) {
+            self.unsettled_from += 1;
+        }
+    }
+
+    /// Piece `index` needs asking again.
+    fn unsettle(&mut self, index: usize) {
+        self.unsettled_from = self.unsettled_from.min(index);
     }
 
     /// `peer` connected, holding `bits` (replacing what was known of it).
@@ -278,18 +297,22 @@ impl Scheduler {
         eligible: impl Fn(&usize) -> bool,
         key: impl Fn(usize) -> K,
     ) -> Vec<usize> {
-        let mut candidates: Vec<(K, usize)> = p
-            .bits
-            .iter_held()
-            .filter(|index| eligible(index))
-            .map(|index| (key(index), index))
-            .collect();
-        if candidates.len() > room {
-            candidates.select_nth_unstable_by(room, |a, b| a.cmp(b));
-            candidates.truncate(room);
+        // The `room` lowest so far, the highest of them on top: a piece
+        // that does not beat it is passed over without a push. Called for
+        // every piece that arrives, so it must not sort the whole file.
+        let mut best: BinaryHeap<(K, usize)> = BinaryHeap::with_capacity(room + 1);
+        let held = (self.unsettled_from..self.layout.count()).filter(|index| p.bits.has(*index));
+        for index in held.filter(|index| eligible(index)) {
+            let candidate = (key(index), index);
+            if best.len() == room && best.peek().is_some_and(|worst| candidate >= *worst) {
+                continue;
+            }
+            best.push(candidate);
+            if best.len() > room {
+                best.pop();
+            }
         }
-        candidates.sort_unstable();
-        candidates.into_iter().map(|(_, index)| index).collect()
+        best.into_sorted_vec().into_iter().map(|(_, index)| index).collect()
     }
 
     /// Piece `index` arrived from `peer`.
@@ -303,6 +326,7 @@ impl Scheduler {
             return Arrival::Unwanted;
         }
         self.checking.set(index);
+        self.skip_settled();
         Arrival::Check
     }
 
@@ -312,6 +336,7 @@ impl Scheduler {
     pub fn checked(&mut self, index: usize, good: bool) -> Vec<(ClientId, usize)> {
         self.checking.clear(index);
         if !good {
+            self.unsettle(index);
             return Vec::new();
         }
         self.have.set(index);
@@ -328,6 +353,7 @@ impl Scheduler {
     /// Piece `index`, held, turned out bad on disk: missing again.
     pub fn forget(&mut self, index: usize) {
         self.have.clear(index);
+        self.unsettle(index);
     }
 }
 
@@ -488,6 +514,18 @@ mod tests {
         let again = plan.requests(peer(2));
         assert_eq!(again.len(), 2, "{again:?}");
         assert!(!plan.useful(peer(1)));
+    }
+
+    #[test]
+    fn a_piece_lost_on_disk_is_asked_again_though_every_piece_after_it_is_held() {
+        let mut plan = Scheduler::new(layout(3), bits(3, &[0, 1]), 1, 4);
+        plan.join(peer(1), Bitfield::full(3));
+        assert_eq!(plan.requests(peer(1)), [2]);
+        assert_eq!(plan.arrived(peer(1), 2), Arrival::Check);
+        assert!(plan.checked(2, true).is_empty());
+        assert!(plan.is_complete());
+        plan.forget(0);
+        assert_eq!(plan.requests(peer(1)), [0]);
     }
 
     #[test]
