@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::host::{BoxStream, Host, Stream};
+use crate::host::{BoxStream, Host};
 use crate::protocol::{self, ProtocolError, MAX_FRAME_LEN};
 
 /// The size of one chunk of a file body in flight.
@@ -235,8 +234,20 @@ impl Connection {
     /// do that; otherwise (a simulated stream, another system) it is read
     /// into one reused buffer and written.
     pub async fn write_body<S: BodySource>(&mut self, source: &mut S, len: u64) -> Result<(), ConnectionError> {
+        let idle = self.idle_timeout;
         // Frames are flushed by `write`, so the stream is ours alone here.
-        write_file_body(self.frames.get_mut(), source, 0..len, self.idle_timeout).await
+        let stream = self.frames.get_mut();
+        let sent = match source.file() {
+            Some(file) => send_file(stream, file, len, idle).await?,
+            None => 0,
+        };
+        if sent < len {
+            copy_body(stream, source, sent, len, idle).await?;
+        }
+        timeout(idle, stream.flush())
+            .await
+            .map_err(|_| ConnectionError::Idle(idle))??;
+        Ok(())
     }
 
     /// Receives exactly `len` raw bytes into `sink`, a chunk of up to
@@ -294,44 +305,16 @@ fn ended_early(sent: u64, len: u64) -> ConnectionError {
     io::Error::new(io::ErrorKind::UnexpectedEof, message).into()
 }
 
-/// Streams the bytes `range` of `source` to `stream` and flushes it: a file
-/// through the kernel (`sendfile`) where the stream can do that, otherwise
-/// (a simulated stream, another system) read into one reused buffer and
-/// written. Fails if `source` ends before `range` does.
-pub(crate) async fn write_file_body<W: Stream + ?Sized, S: BodySource>(
-    stream: &mut W,
-    source: &mut S,
-    range: Range<u64>,
-    idle: Duration,
-) -> Result<(), ConnectionError> {
-    let sent = match source.file() {
-        Some(file) => send_file(stream, file, range.clone(), idle).await?,
-        None => range.start,
-    };
-    if sent < range.end {
-        copy_body(stream, source, sent..range.end, idle).await?;
-    }
-    timeout(idle, stream.flush())
-        .await
-        .map_err(|_| ConnectionError::Idle(idle))??;
-    Ok(())
-}
-
-/// Sends the bytes `range` of `file` through the kernel, as far as
-/// `stream` can; returns the offset it reached: `range.end`, or less if the
+/// Sends `len` bytes of `file`, from its start, through the kernel, as far
+/// as `stream` can; returns how many went out: `len`, or fewer if the
 /// stream cannot send files (then the caller copies the rest).
-async fn send_file<W: Stream + ?Sized>(
-    stream: &mut W,
-    file: &File,
-    range: Range<u64>,
-    idle: Duration,
-) -> Result<u64, ConnectionError> {
-    let mut sent = range.start;
-    while sent < range.end {
-        let want = (range.end - sent).min(SEND_FILE_MAX) as usize;
-        let moved = std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_send_file(cx, file, sent, want));
+async fn send_file(stream: &mut BoxStream, file: &File, len: u64, idle: Duration) -> Result<u64, ConnectionError> {
+    let mut sent = 0u64;
+    while sent < len {
+        let want = (len - sent).min(SEND_FILE_MAX) as usize;
+        let moved = std::future::poll_fn(|cx| Pin::new(&mut **stream).poll_send_file(cx, file, sent, want));
         match timeout(idle, moved).await.map_err(|_| ConnectionError::Idle(idle))? {
-            Ok(0) => return Err(ended_early(sent, range.end)),
+            Ok(0) => return Err(ended_early(sent, len)),
             Ok(moved) => sent += moved as u64,
             Err(error) if error.kind() == io::ErrorKind::Unsupported => break,
             Err(error) => return Err(error.into()),
@@ -360,16 +343,17 @@ pub(crate) async fn write_progressing<W: tokio::io::AsyncWrite + Unpin + ?Sized>
     Ok(())
 }
 
-/// Sends the bytes `range` of `source` by reading them into one buffer,
+/// Sends bytes `from..len` of `source` by reading them into one buffer,
 /// reused for the whole body, and writing them.
-async fn copy_body<W: Stream + ?Sized, S: BodySource>(
-    stream: &mut W,
+async fn copy_body<S: BodySource>(
+    stream: &mut BoxStream,
     source: &mut S,
-    range: Range<u64>,
+    from: u64,
+    len: u64,
     idle: Duration,
 ) -> Result<(), ConnectionError> {
-    let (mut sent, len) = (range.start, range.end);
-    let mut buffer = vec![0u8; CHUNK_LEN.min((len - sent) as usize)];
+    let mut sent = from;
+    let mut buffer = vec![0u8; CHUNK_LEN.min((len - from) as usize)];
     while sent < len {
         buffer.truncate(CHUNK_LEN.min((len - sent) as usize));
         let (filled, read) = source.read_at(sent, buffer).await?;

@@ -478,25 +478,15 @@ impl BodySource for HeldFile {
         Some(&self.file)
     }
 
-    async fn read_at(&mut self, offset: u64, buffer: Vec<u8>) -> io::Result<(Vec<u8>, usize)> {
-        read_on(&self.host, &self.file, offset, buffer).await
+    async fn read_at(&mut self, offset: u64, mut buffer: Vec<u8>) -> io::Result<(Vec<u8>, usize)> {
+        let file = self.file.clone();
+        self.host
+            .blocking(move || {
+                let read = read_at(&file, &mut buffer, offset)?;
+                Ok((buffer, read))
+            })
+            .await
     }
-}
-
-/// [`BodySource::read_at`] of an open file: the read runs where `host`
-/// runs blocking work.
-async fn read_on(
-    host: &Arc<dyn Host>,
-    file: &Arc<fs::File>,
-    offset: u64,
-    mut buffer: Vec<u8>,
-) -> io::Result<(Vec<u8>, usize)> {
-    let file = file.clone();
-    host.blocking(move || {
-        let read = read_at(&file, &mut buffer, offset)?;
-        Ok((buffer, read))
-    })
-    .await
 }
 
 /// Reads into `buffer` from `offset` without moving the file's position.

@@ -373,12 +373,13 @@ impl Conversation<'_> {
             Pieces::Partial(partial) if partial.holds(range.clone()) => partial.data().cloned(),
             Pieces::Partial(_) => None,
         };
-        let Some(mut data) = data else {
+        let Some(data) = data else {
             self.told.clear(index);
             return replies.message(&PeerReply::Missing { index: index as u64 }).await;
         };
+        let bytes = data.read(range).await?;
         replies
-            .message_with_file(&PeerReply::Piece { index: index as u64 }, &mut data, range)
+            .message_with_body(&PeerReply::Piece { index: index as u64 }, &bytes)
             .await
     }
 

@@ -27,8 +27,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
-use super::{at, read_at, read_on, sync_dir, Folder, Known, Stamp, StorageError};
-use crate::connection::BodySource;
+use super::{at, read_at, sync_dir, Folder, Known, Stamp, StorageError};
 use crate::host::Host;
 use crate::pieces::{coarser_layer, hashes_from_bytes, Bitfield, Layer, Layout, PieceSize};
 use crate::protocol::{Digest, FileInfo, FileName, PARTIAL_SUFFIX, PIECES_SUFFIX, SWARM_PART_SUFFIX};
@@ -135,18 +134,6 @@ impl PartData {
                 Ok(bytes.freeze())
             })
             .await
-    }
-}
-
-/// A piece is sent as a whole file's body is: through the kernel where the
-/// stream can, read here otherwise.
-impl BodySource for PartData {
-    fn file(&self) -> Option<&fs::File> {
-        Some(&self.file)
-    }
-
-    async fn read_at(&mut self, offset: u64, buffer: Vec<u8>) -> io::Result<(Vec<u8>, usize)> {
-        read_on(&self.host, &self.file, offset, buffer).await
     }
 }
 

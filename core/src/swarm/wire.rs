@@ -9,25 +9,18 @@
 //! for the next message is bounded only when the caller says so (a peer may
 //! rightly have nothing to say for a while).
 
-use std::fs::File;
-use std::io;
-use std::net::SocketAddr;
-use std::ops::Range;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::connection::{self, BodySource, Connection, ConnectionError, CHUNK_LEN};
-use crate::host::{BoxStream, Stream};
+use crate::connection::{Connection, ConnectionError, CHUNK_LEN};
+use crate::host::BoxStream;
 use crate::protocol::{self, MAX_FRAME_LEN};
 
 /// Splits an open connection into its two directions. Bytes the connection
@@ -35,8 +28,7 @@ use crate::protocol::{self, MAX_FRAME_LEN};
 pub fn split(connection: Connection) -> (Inbound, Outbound) {
     let idle = connection.idle_timeout();
     let (stream, read_ahead) = connection.into_parts();
-    let shared = Arc::new(Mutex::new(stream));
-    let (read, write) = (Half(shared.clone()), Half(shared));
+    let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, protocol::frame_codec());
     frames.read_buffer_mut().extend_from_slice(&read_ahead);
     (
@@ -51,7 +43,7 @@ pub fn split(connection: Connection) -> (Inbound, Outbound) {
 /// The receiving direction of a conversation.
 pub struct Inbound {
     /// Frames, read from the stream's read half.
-    frames: FramedRead<Half, LengthDelimitedCodec>,
+    frames: FramedRead<ReadHalf<BoxStream>, LengthDelimitedCodec>,
     /// The longest a body may make no progress.
     idle: Duration,
 }
@@ -110,7 +102,7 @@ impl Inbound {
 /// The sending direction of a conversation.
 pub struct Outbound {
     /// Frames, written to the stream's write half.
-    frames: FramedWrite<Half, LengthDelimitedCodec>,
+    frames: FramedWrite<WriteHalf<BoxStream>, LengthDelimitedCodec>,
     /// The longest a write may make no progress.
     idle: Duration,
 }
@@ -137,73 +129,9 @@ impl Outbound {
         Ok(())
     }
 
-    /// Sends one message and, after it, the bytes `range` of `source`: a
-    /// file goes from the page cache to the socket (`sendfile`) where the
-    /// stream can do that.
-    pub async fn message_with_file<T: Serialize, S: BodySource>(
-        &mut self,
-        message: &T,
-        source: &mut S,
-        range: Range<u64>,
-    ) -> Result<(), ConnectionError> {
-        self.message(message).await?;
-        connection::write_file_body(self.frames.get_mut(), source, range, self.idle).await
-    }
-
     /// Closes this direction: the other side reads the end of the stream.
     pub async fn close(&mut self) {
         let _ = timeout(self.idle, self.frames.get_mut().shutdown()).await;
-    }
-}
-
-/// One direction of a conversation's stream. Both halves reach the one
-/// stream, each for one poll at a time under a lock held for that poll
-/// only, as tokio's `split` does; unlike its halves, the sending half is
-/// still a [`Stream`], so it can hand a file to the kernel.
-struct Half(Arc<Mutex<BoxStream>>);
-
-impl Half {
-    /// Polls the stream. A poll never blocks, so the lock is held briefly;
-    /// a poll that panicked leaves the stream as usable as it was.
-    fn with<R>(&self, poll: impl FnOnce(Pin<&mut BoxStream>) -> R) -> R {
-        let mut stream = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        poll(Pin::new(&mut *stream))
-    }
-}
-
-impl AsyncRead for Half {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.with(|stream| stream.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Half {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.with(|stream| stream.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|stream| stream.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|stream| stream.poll_shutdown(cx))
-    }
-}
-
-impl Stream for Half {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.with(|stream| stream.peer_addr())
-    }
-
-    fn poll_send_file(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        file: &File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        self.with(|stream| stream.poll_send_file(cx, file, offset, len))
     }
 }
 
