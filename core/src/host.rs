@@ -100,6 +100,14 @@ pub trait Host: Send + Sync + 'static {
     /// is done. The job starts at once, before the future is polled, so a
     /// caller can overlap it with other work.
     fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) -> Task;
+
+    /// Starts `job` as [`Host::run_blocking`] does, for a job that may take
+    /// seconds (hashing a whole file): a host that keeps few blocking
+    /// threads runs it on a thread of its own, so it never holds up the
+    /// short jobs of a download under way.
+    fn run_long(&self, job: Box<dyn FnOnce() + Send>) -> Task {
+        self.run_blocking(job)
+    }
 }
 
 impl dyn Host {
@@ -109,16 +117,39 @@ impl dyn Host {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let (result, done) = tokio::sync::oneshot::channel();
-        let running = self.run_blocking(Box::new(move || {
-            // The receiver only goes away if the caller gave up waiting.
-            let _ = result.send(job());
-        }));
-        async move {
-            running.await;
-            done.await.expect("a blocking job panicked")
-        }
+        let (job, result) = reporting(job);
+        result_of(self.run_blocking(job), result)
     }
+
+    /// Runs `job` as [`Host::run_long`] does, and returns its result.
+    pub fn long<R, F>(&self, job: F) -> impl Future<Output = R> + Send + 'static
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (job, result) = reporting(job);
+        result_of(self.run_long(job), result)
+    }
+}
+
+/// `job`, made to send its result on the returned channel.
+fn reporting<R, F>(job: F) -> (Box<dyn FnOnce() + Send>, tokio::sync::oneshot::Receiver<R>)
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (result, receiver) = tokio::sync::oneshot::channel();
+    let job = Box::new(move || {
+        // The receiver only goes away if the caller gave up waiting.
+        let _ = result.send(job());
+    });
+    (job, receiver)
+}
+
+/// The result of a job started as `running`, once it is done.
+async fn result_of<R>(running: Task, result: tokio::sync::oneshot::Receiver<R>) -> R {
+    running.await;
+    result.await.expect("a blocking job panicked")
 }
 
 /// The real host: this machine's TCP stack and tokio's runtime.
@@ -153,6 +184,23 @@ impl Host for OsHost {
                 if error.is_panic() {
                     std::panic::resume_unwind(error.into_panic());
                 }
+            }
+        })
+    }
+
+    /// A thread of its own: `phile get` and `phile peer` keep tokio's
+    /// blocking pool small, for the short jobs of each piece.
+    fn run_long(&self, job: Box<dyn FnOnce() + Send>) -> Task {
+        let (ended, end) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("phile-long-job".into())
+            .spawn(move || {
+                let _ = ended.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
+            })
+            .expect("the system refused a new thread");
+        Box::pin(async move {
+            if let Ok(Err(panic)) = end.await {
+                std::panic::resume_unwind(panic);
             }
         })
     }
@@ -296,4 +344,35 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for PeerStream<S
 /// Accepts the next connection on `listener`.
 pub async fn accept(listener: &mut BoxListener) -> io::Result<(BoxStream, SocketAddr)> {
     std::future::poll_fn(|cx| listener.poll_accept(cx)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_job_runs_while_every_blocking_thread_is_busy() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let host = OsHost::shared();
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            // The pool's one thread waits until the long job is done.
+            let short = host.blocking(move || released.recv().unwrap());
+            let long = tokio::time::timeout(std::time::Duration::from_secs(5), host.long(|| 6 * 7)).await;
+            release.send(()).unwrap();
+            short.await;
+            assert_eq!(long.ok(), Some(42), "the long job waited for the busy pool");
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "hashing went wrong")]
+    fn a_long_job_that_panics_panics_its_caller() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(OsHost::shared().long(|| panic!("hashing went wrong")));
+    }
 }

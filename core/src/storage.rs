@@ -244,7 +244,7 @@ impl Folder {
         let (file, path) = (self.open_held(name)?, self.path(name));
         let (known, name) = (self.known.clone(), name.clone());
         self.host
-            .blocking(move || {
+            .long(move || {
                 let stamp = Stamp::of(&file.metadata().map_err(at(&path))?);
                 let info = hash(&file, &path)?;
                 known
@@ -305,7 +305,7 @@ impl Folder {
         let reader = file.clone();
         let info = self
             .host
-            .blocking(move || {
+            .long(move || {
                 let stamp = Stamp::of(&reader.metadata().map_err(at(&path))?);
                 let remembered = known.lock().expect("digest cache poisoned").get(&name).copied();
                 if let Some(known) = remembered.filter(|known| known.stamp == stamp) {

@@ -467,6 +467,36 @@ fn a_file_nobody_has_makes_get_exit_1() {
 }
 
 #[test]
+fn a_server_that_never_answers_is_named_as_no_tracker_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts connections (the kernel's backlog does) and says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let got = phile(&[
+        "get",
+        "x.txt",
+        "--id",
+        "1",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--tracker",
+        &addr,
+    ]);
+    let took = started.elapsed();
+    assert_eq!(got.status.code(), Some(1));
+    let error = text(&got.stderr);
+    assert!(
+        error.contains(&format!(
+            "no answer from {addr} within 10 s (is that the address of a phile tracker?)"
+        )),
+        "{error}"
+    );
+    // Not the idle timeout (30 s).
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
 fn every_command_explains_itself() {
     for command in ["tracker", "peer", "get", "status"] {
         let help = text(&phile(&[command, "--help"]).stdout);

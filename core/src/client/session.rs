@@ -11,12 +11,6 @@ use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
 use crate::trace;
 use crate::tracker::StatusEntry;
 
-/// The longest a server is given to answer a session's first request: a
-/// tracker answers a registration at once, so a server silent that long is
-/// most likely something else, and the user hears so without waiting for
-/// the whole idle timeout.
-const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why the tracker could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -247,13 +241,7 @@ impl Session {
             .write(&Request { trace, body: request })
             .await
             .map_err(failed)?;
-        let reply = match answered {
-            true => self.connection.read().await,
-            false => tokio::time::timeout(FIRST_ANSWER_TIMEOUT, self.connection.read())
-                .await
-                .unwrap_or(Err(ConnectionError::Idle(FIRST_ANSWER_TIMEOUT))),
-        };
-        match reply {
+        match self.connection.read().await {
             Ok(Some(reply)) => {
                 self.answered = true;
                 Ok(reply)

@@ -139,6 +139,12 @@ type Hashing = Pin<Box<dyn Future<Output = Result<WholeHash, StorageError>> + Se
 /// the end): one per piece would wake the download for little.
 const HASH_STEP: u64 = 4 << 20;
 
+/// The most one step of the whole-file hash takes in (tens of
+/// milliseconds): a resumed download's held pieces are hashed in several
+/// steps, so no step holds a blocking thread for long (`phile get` keeps
+/// few).
+const HASH_STEP_MAX: u64 = 64 << 20;
+
 /// A peer the download talks to.
 struct Peer {
     /// Where requests go.
@@ -403,7 +409,7 @@ impl<'a> Run<'a> {
         let from = whole.hashed();
         let mut to = from;
         let mut index = (from / layout.piece.bytes()) as usize;
-        while index < layout.count() && self.plan.have().has(index) {
+        while index < layout.count() && self.plan.have().has(index) && to - from < HASH_STEP_MAX {
             to = layout.range(index).end;
             index += 1;
         }

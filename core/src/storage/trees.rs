@@ -76,7 +76,7 @@ impl Folder {
         let (path, name) = (self.path(name), name.clone());
         let (known, trees) = (self.known.clone(), self.trees.clone());
         self.host
-            .blocking(move || {
+            .long(move || {
                 let stamp = Stamp::of(&file.metadata().map_err(at(&path))?);
                 let remembered = trees.lock().expect("tree cache poisoned").get(&name).cloned();
                 let fits = |tree: &KnownTree| match (piece, &tree.layer) {

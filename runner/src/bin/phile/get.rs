@@ -113,7 +113,7 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     };
     let client = crate::peer::start(me, folder, config).await?;
     let tracker = me.tracker_addr().await?;
-    client.register(tracker).await?;
+    crate::register(&client, tracker).await?;
 
     let downloads = files.iter().map(|file| {
         let (client, display) = (&client, &display);

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use phile_core::client::Client;
 use phile_core::ClientId;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -164,8 +165,27 @@ fn bytes_per_sec(text: &str) -> Result<u64, String> {
         .ok_or_else(|| "too large a rate".into())
 }
 
-/// The blocking threads of `get` and `peer`: one per core, and two at the
-/// least, so that one long job (hashing a big file) never holds up the rest.
+/// How long `get` and `peer` wait for the tracker's answer to their
+/// registration. A tracker answers at once, so a server silent this long is
+/// most likely not one, and the user hears so now rather than after the
+/// whole idle timeout.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Registers `client` with the tracker at `tracker`, within
+/// [`REGISTER_TIMEOUT`].
+async fn register(client: &Client, tracker: SocketAddr) -> anyhow::Result<()> {
+    match tokio::time::timeout(REGISTER_TIMEOUT, client.register(tracker)).await {
+        Ok(registered) => Ok(registered?),
+        Err(_) => anyhow::bail!(
+            "no answer from {tracker} within {} s (is that the address of a phile tracker?)",
+            REGISTER_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The blocking threads of `get` and `peer`: one per core, two at the least.
+/// Long jobs (hashing a whole file, which a peer's complaint can start) run
+/// on threads of their own (`Host::run_long`), so they never hold these up.
 fn blocking_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2))
 }
@@ -320,10 +340,10 @@ fn main() -> ExitCode {
         // blocking pool, one per piece. The pool adds a thread whenever a
         // job comes and none is idle, so a swarm download grew it to a
         // dozen threads that took turns on two cores: a 1 GiB download
-        // from one seeder took 2.7-2.9 s, and 2.0-2.4 s with a thread per
-        // core (measured with `phile get`; README, "Against a BitTorrent
-        // client"). Nothing these commands run on the pool waits on
-        // anything but the disk.
+        // from one seeder took 2.7-2.9 s, 2.6-3.0 s with four threads and
+        // 2.0-2.6 s with two (README, "Against a BitTorrent client"). No
+        // job on the pool waits for another; only the disk, and once, at
+        // the start, the resolver.
         runtime.max_blocking_threads(blocking_threads());
     }
     let runtime = match runtime.build() {

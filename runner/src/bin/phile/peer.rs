@@ -39,7 +39,7 @@ pub async fn run(args: PeerArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     crate::existing_folder(&me.dir)?;
     let client = start(me, Folder::open(&me.dir)?, ClientConfig::default()).await?;
     let tracker = me.tracker_addr().await?;
-    client.register(tracker).await?;
+    crate::register(&client, tracker).await?;
     seed(&client, me, tracker, Duration::from_secs(args.rescan.max(1)), &stop).await?;
     Ok(ExitCode::SUCCESS)
 }
