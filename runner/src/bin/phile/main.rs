@@ -340,8 +340,8 @@ fn main() -> ExitCode {
         // blocking pool, one per piece. The pool adds a thread whenever a
         // job comes and none is idle, so a swarm download grew it to a
         // dozen threads that took turns on two cores: a 1 GiB download
-        // from one seeder took 2.7-2.9 s, 2.6-3.0 s with four threads and
-        // 2.0-2.6 s with two (README, "Against a BitTorrent client"). No
+        // from one seeder took 2.78 s (median), 2.74 s with four threads
+        // and 2.30 s with two (README, "Against a BitTorrent client"). No
         // job on the pool waits for another; only the disk, and once, at
         // the start, the resolver.
         runtime.max_blocking_threads(blocking_threads());
