@@ -51,16 +51,22 @@ async fn not_a_tracker(answer: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn registering_with_a_server_of_another_kind_asks_if_it_is_a_tracker() {
+/// Registers a client with `server`, checks that it failed as
+/// [`SessionError::NoAnswer`], and returns the error's message.
+async fn no_answer_from(server: std::net::SocketAddr) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let web = not_a_tracker(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
-    let error = client(1, dir.path()).await.register(web).await.unwrap_err();
+    let error = client(1, dir.path()).await.register(server).await.unwrap_err();
     assert!(
         matches!(error, ClientError::Session(SessionError::NoAnswer { .. })),
         "{error:?}"
     );
-    let message = error.to_string();
+    error.to_string()
+}
+
+#[tokio::test]
+async fn registering_with_a_server_of_another_kind_asks_if_it_is_a_tracker() {
+    let web = not_a_tracker(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+    let message = no_answer_from(web).await;
     assert!(
         message.contains(&web.to_string()) && message.contains("phile tracker"),
         "{message}"
@@ -71,14 +77,8 @@ async fn registering_with_a_server_of_another_kind_asks_if_it_is_a_tracker() {
 // waits: the silent server costs no real time.
 #[tokio::test(start_paused = true)]
 async fn a_silent_server_is_given_up_on_at_the_idle_timeout_as_no_tracker() {
-    let dir = tempfile::tempdir().unwrap();
-    let silent = not_a_tracker(b"").await;
-    let error = client(1, dir.path()).await.register(silent).await.unwrap_err();
-    assert!(
-        matches!(error, ClientError::Session(SessionError::NoAnswer { .. })),
-        "{error:?}"
-    );
-    assert!(error.to_string().contains("idle timeout"), "{error}");
+    let message = no_answer_from(not_a_tracker(b"").await).await;
+    assert!(message.contains("idle timeout"), "{message}");
 }
 
 #[tokio::test]
