@@ -302,23 +302,34 @@ impl Folder {
     pub async fn open_file(&self, name: &FileName) -> Result<HeldFile, StorageError> {
         let file = Arc::new(self.open_held(name)?);
         let (path, known, name) = (self.path(name), self.known.clone(), name.clone());
-        let reader = file.clone();
-        let info = self
+        let (reader, looked_up) = (file.clone(), path.clone());
+        let (lookup, cache) = (name.clone(), known.clone());
+        // Most opens find the digest remembered: a short job. Only a hash
+        // takes a long one.
+        let (stamp, remembered) = self
             .host
-            .long(move || {
-                let stamp = Stamp::of(&reader.metadata().map_err(at(&path))?);
-                let remembered = known.lock().expect("digest cache poisoned").get(&name).copied();
-                if let Some(known) = remembered.filter(|known| known.stamp == stamp) {
-                    return Ok(known.info);
-                }
-                let info = hash(&reader, &path)?;
-                known
-                    .lock()
-                    .expect("digest cache poisoned")
-                    .insert(name, Known { stamp, info });
-                Ok::<_, StorageError>(info)
+            .blocking(move || {
+                let stamp = Stamp::of(&reader.metadata().map_err(at(&looked_up))?);
+                let remembered = cache.lock().expect("digest cache poisoned").get(&lookup).copied();
+                Ok::<_, StorageError>((stamp, remembered.filter(|known| known.stamp == stamp)))
             })
             .await?;
+        let info = match remembered {
+            Some(known) => known.info,
+            None => {
+                let reader = file.clone();
+                self.host
+                    .long(move || {
+                        let info = hash(&reader, &path)?;
+                        known
+                            .lock()
+                            .expect("digest cache poisoned")
+                            .insert(name, Known { stamp, info });
+                        Ok::<_, StorageError>(info)
+                    })
+                    .await?
+            }
+        };
         Ok(HeldFile {
             file,
             info,
