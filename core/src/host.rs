@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -152,6 +153,12 @@ async fn result_of<R>(running: Task, result: tokio::sync::oneshot::Receiver<R>) 
     result.await.expect("a blocking job panicked")
 }
 
+/// The most long jobs [`OsHost`] runs on threads of their own at once.
+const LONG_THREADS: usize = 4;
+
+/// How many long jobs run on threads of their own now, in this process.
+static LONG_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
 /// The real host: this machine's TCP stack and tokio's runtime.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OsHost;
@@ -189,15 +196,32 @@ impl Host for OsHost {
     }
 
     /// A thread of its own: `phile get` and `phile peer` keep tokio's
-    /// blocking pool small, for the short jobs of each piece.
+    /// blocking pool small, for the short jobs of each piece. At most
+    /// [`LONG_THREADS`] at once, since peers can start long jobs (each
+    /// complaint about a piece hashes a file): past that, or if the system
+    /// refuses a thread, the job waits its turn in the blocking pool.
     fn run_long(&self, job: Box<dyn FnOnce() + Send>) -> Task {
+        if LONG_RUNNING.fetch_add(1, Ordering::AcqRel) >= LONG_THREADS {
+            LONG_RUNNING.fetch_sub(1, Ordering::AcqRel);
+            return self.run_blocking(job);
+        }
+        // Where the job waits to be taken, so that it is not lost if no
+        // thread can be started.
+        let slot = Arc::new(std::sync::Mutex::new(Some(job)));
         let (ended, end) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
+        let taken = slot.clone();
+        let spawned = std::thread::Builder::new()
             .name("phile-long-job".into())
             .spawn(move || {
+                let job = taken.lock().expect("never poisoned").take().expect("taken once");
                 let _ = ended.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
-            })
-            .expect("the system refused a new thread");
+                LONG_RUNNING.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            LONG_RUNNING.fetch_sub(1, Ordering::AcqRel);
+            let job = slot.lock().expect("never poisoned").take().expect("not taken");
+            return self.run_blocking(job);
+        }
         Box::pin(async move {
             if let Ok(Err(panic)) = end.await {
                 std::panic::resume_unwind(panic);
@@ -350,8 +374,17 @@ pub async fn accept(listener: &mut BoxListener) -> io::Result<(BoxStream, Socket
 mod tests {
     use super::*;
 
+    /// The long threads are counted per process: tests that take them run
+    /// one at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     #[test]
     fn a_long_job_runs_while_every_blocking_thread_is_busy() {
+        let _alone = alone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .max_blocking_threads(1)
             .enable_all()
@@ -370,8 +403,33 @@ mod tests {
     }
 
     #[test]
+    fn past_the_long_threads_a_long_job_waits_in_the_blocking_pool() {
+        let _alone = alone();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let host = OsHost::shared();
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let released = Arc::new(std::sync::Mutex::new(released));
+            // Every thread of its own taken, by jobs that wait.
+            let waiting: Vec<_> = (0..LONG_THREADS)
+                .map(|_| {
+                    let released = released.clone();
+                    host.long(move || released.lock().unwrap().recv().unwrap())
+                })
+                .collect();
+            let name = host.long(|| std::thread::current().name().map(str::to_owned)).await;
+            for _ in 0..LONG_THREADS {
+                release.send(()).unwrap();
+            }
+            futures::future::join_all(waiting).await;
+            assert_ne!(name.as_deref(), Some("phile-long-job"), "a fifth thread of its own");
+        });
+    }
+
+    #[test]
     #[should_panic(expected = "hashing went wrong")]
     fn a_long_job_that_panics_panics_its_caller() {
+        let _alone = alone();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(OsHost::shared().long(|| panic!("hashing went wrong")));
     }
