@@ -71,6 +71,34 @@ async fn a_swarm_download_draws_pieces_from_several_peers_and_they_add_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_download_goes_on_with_the_peers_it_knows_when_the_tracker_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let bytes = content(3_000_000, 9);
+    let seeder = client(1, dir.path(), &tracker).await;
+    seeder.folder().write(&name("f"), bytes.clone()).await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+    // Capped, so the download outlasts the tracker by seconds: it asks the
+    // tracker for more peers every second meanwhile.
+    seeder.set_rate(1_000_000, 0);
+    let downloader = client(2, dir.path(), &tracker).await;
+    let start = downloader
+        .swarm_start(&name("f"), SwarmOptions::default())
+        .await
+        .unwrap();
+
+    tracker.shutdown().await;
+    let downloaded = tokio::time::timeout(Duration::from_secs(30), downloader.swarm_receive(start))
+        .await
+        .unwrap()
+        .expect("the seeder it knows delivers every piece");
+
+    assert_eq!(downloaded.swarm.unwrap().sources.values().sum::<u64>(), 3_000_000);
+    assert_eq!(downloader.folder().read(&name("f")).await.unwrap(), bytes);
+    assert_eq!(entries(&dir.path().join("2")), ["f"], "leftovers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloaders_of_one_file_trade_pieces_while_they_download() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();

@@ -13,7 +13,8 @@
 //! 3. asks each peer for several pieces at once, rarest first, with an
 //!    endgame ([`Scheduler`]); checks every piece as it arrives, writes it
 //!    to the partial file, and serves it to others from then on;
-//! 4. asks the tracker for more peers while it has few, saves the record of
+//! 4. asks the tracker for more peers while it has few (going on with the
+//!    peers it knows if the tracker stops answering), saves the record of
 //!    checked pieces every [`RECORD_INTERVAL`], and gives up only when no
 //!    peer is left that could deliver what is missing;
 //! 5. checks the whole file once more and renames it into place.
@@ -326,6 +327,9 @@ struct Run<'a> {
     hashing: Option<Hashing>,
     /// Whether pieces were checked since the record was last saved.
     unsaved: bool,
+    /// Whether the tracker failed to answer (the download goes on with
+    /// the peers it knows).
+    tracker_lost: bool,
     /// When the tracker was last asked for peers.
     refreshed: Instant,
     /// When a piece last checked out.
@@ -376,6 +380,7 @@ impl<'a> Run<'a> {
             whole: Some(WholeHash::default()),
             hashing: None,
             unsaved: false,
+            tracker_lost: false,
             refreshed: now,
             progress: now,
             pipeline,
@@ -815,7 +820,9 @@ impl<'a> Run<'a> {
         match client.ask_tracker(report).await {
             Ok(TrackerReply::Ack) => {}
             Ok(other) => return Err(super::refusal(other).into()),
-            Err(error) => return Err(error.into()),
+            // The peer is never asked again here anyway: the download goes
+            // on without the tracker's help.
+            Err(error) => self.tracker_trouble(error.into()),
         }
         if self.blamed.len() < super::REJECTIONS_LISTED {
             let error = TransferError::WrongPiece { index };
@@ -876,7 +883,11 @@ impl<'a> Run<'a> {
         }
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
         if wanting && self.refreshed.elapsed() >= REFRESH_INTERVAL && !self.plan.is_complete() {
-            self.refresh().await?;
+            // More peers would help, but those connected may well deliver
+            // the rest: the download ends only when nobody is left.
+            if let Err(error) = self.refresh().await {
+                self.tracker_trouble(error);
+            }
         }
         if !self.plan.is_complete()
             && self.offered.is_empty()
@@ -897,6 +908,17 @@ impl<'a> Run<'a> {
             self.unsaved = false;
         }
         Ok(())
+    }
+
+    /// The tracker could not be asked something the download can do
+    /// without (it restarted, say): said once, at `warn`, then at `debug`.
+    fn tracker_trouble(&mut self, error: DownloadError) {
+        let (node, file) = (self.client.id, &self.file);
+        if std::mem::replace(&mut self.tracker_lost, true) {
+            tracing::debug!(%node, %error, "still no answer from the tracker about {file}");
+        } else {
+            tracing::warn!(%node, %error, "going on with the peers of {file} already known, without the tracker");
+        }
     }
 
     /// Asks the tracker for more peers.
