@@ -23,6 +23,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "phile-run",
     version,
+    override_usage = "phile-run [OPTIONS] SCRIPT\n       phile-run --render EVENTS.jsonl [--diagram FILE] [--report FILE]",
     after_help = "The scenario language: scenarios/README.md. Logs: RUST_LOG=info (or debug) phile-run ...",
     group(ArgGroup::new("review").args(["diagram", "report"]).multiple(true))
 )]
@@ -111,7 +112,10 @@ fn main() -> ExitCode {
         return render(events, &cli);
     }
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            // --quiet prints only errors; RUST_LOG, when set, still decides.
+            EnvFilter::new(if cli.quiet { "error" } else { "warn" })
+        }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     // Under --sim the run keeps virtual time: a wall-clock stamp on its log

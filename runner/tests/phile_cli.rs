@@ -810,6 +810,44 @@ fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
 }
 
 #[test]
+fn a_swarm_get_whose_only_holder_dies_says_what_is_missing_and_that_the_next_get_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
+    let (_tracker, addr) = tracker();
+    let mut seeder = peer_with("1", &seeds, &addr, &["--max-upload", "1M"]);
+
+    let mut get = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
+    let printed = wait_for_recorded_pieces(&mut get, &downloads, "big.bin");
+    seeder.child.kill().unwrap();
+    seeder.child.wait().unwrap();
+
+    let status = get.wait_within(Duration::from_secs(60)).expect("get ends");
+    let printed = printed.join("\n") + "\n" + &get.rest();
+    assert_eq!(status.code(), Some(1), "{printed}{}", get.stderr());
+    let (_, missing) = printed
+        .split_once("big.bin: failed: no peer delivered the missing pieces of big.bin (")
+        .unwrap_or_else(|| panic!("{printed}"));
+    let (missing, hint) = missing.split_once(" missing; ").unwrap_or_else(|| panic!("{printed}"));
+    let missing: u64 = missing
+        .trim_end_matches(" pieces")
+        .trim_end_matches(" piece")
+        .parse()
+        .unwrap();
+    assert!((1..12).contains(&missing), "{missing} of 12 pieces missing: {printed}");
+    assert!(
+        hint.starts_with("the pieces checked are kept, and getting it again fetches only the rest)"),
+        "{printed}"
+    );
+    assert!(
+        swarm_leftover(&downloads, "big.bin", PIECES_SUFFIX).is_some(),
+        "{printed}"
+    );
+}
+
+#[test]
 fn max_download_holds_a_get_back_long_enough_to_interrupt_it() {
     let dir = tempfile::tempdir().unwrap();
     let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));

@@ -389,7 +389,12 @@ impl Client {
             TrackerReply::Ack => {
                 let heartbeat = session.ended();
                 *current = Some(session);
-                let beats = send_heartbeats(Arc::downgrade(&self.session), self.limits.heartbeat_interval, heartbeat);
+                let beats = send_heartbeats(
+                    self.id,
+                    Arc::downgrade(&self.session),
+                    self.limits.heartbeat_interval,
+                    heartbeat,
+                );
                 self.host.spawn(Box::pin(beats));
                 Ok(())
             }
@@ -749,7 +754,7 @@ async fn end_session_on_stop(stop: CancellationToken, session: Weak<SharedSessio
 }
 
 /// Sends a heartbeat every `interval` on the session until it ends.
-async fn send_heartbeats(session: Weak<SharedSession>, interval: Duration, ended: CancellationToken) {
+async fn send_heartbeats(node: ClientId, session: Weak<SharedSession>, interval: Duration, ended: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await; // the first tick is immediate; registering was the first sign of life
     loop {
@@ -765,9 +770,9 @@ async fn send_heartbeats(session: Weak<SharedSession>, interval: Duration, ended
         };
         match open.request(TrackerRequest::Ping).await {
             Ok(TrackerReply::Ack) => {}
-            Ok(other) => tracing::warn!(?other, "the tracker did not acknowledge a heartbeat"),
+            Ok(other) => tracing::warn!(%node, ?other, "the tracker did not acknowledge a heartbeat"),
             Err(error) => {
-                tracing::warn!(%error, "heartbeat failed; the session is over");
+                tracing::warn!(%node, %error, "heartbeat failed; the session is over");
                 session.take();
                 return;
             }

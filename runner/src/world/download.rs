@@ -177,7 +177,10 @@ impl World {
         let reply = self.call(node, trace, command);
         let begun = match &reply {
             Reply::Started { from } => Some(format!("from {from}")),
-            Reply::Swarming { peers } => Some(format!("in pieces from a swarm ({peers} peers offered)")),
+            Reply::Swarming { peers } => {
+                let plural = if *peers == 1 { "" } else { "s" };
+                Some(format!("in pieces from a swarm ({peers} peer{plural} offered)"))
+            }
             _ => None,
         };
         let state = match begun {

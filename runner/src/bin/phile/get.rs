@@ -342,6 +342,15 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             ))
         }
         // The error may quote the tracker; the display escapes it.
-        Outcome::Failed(error) => display.line(&format!("{file}: failed: {error}")),
+        Outcome::Failed(error) => {
+            let resume = match error {
+                DownloadError::Incomplete { missing, .. } => format!(
+                    " ({} missing; the pieces checked are kept, and getting it again fetches only the rest)",
+                    crate::progress::count(*missing, "piece")
+                ),
+                _ => String::new(),
+            };
+            display.line(&format!("{file}: failed: {error}{resume}"))
+        }
     }
 }
