@@ -46,12 +46,15 @@ pub enum RunOutcome {
 pub struct NodeTotals {
     /// The node as the log names it (`tracker`, `10002`).
     pub name: String,
-    /// Bytes of the files it sent whole (`file_sent`); transfers cut short
-    /// are not counted, as the receiver threw them away.
+    /// Bytes of the files it sent whole (`file_sent`) and of the pieces it
+    /// sent to swarm downloads that stored the file, when the log lists
+    /// their `sources`; transfers cut short are not counted, as the
+    /// receiver threw them away.
     pub bytes_sent: u64,
     /// Bytes of the verified files it stored (`download_finished`).
     pub bytes_received: u64,
-    /// The files it served, each with how many times, in first-served order.
+    /// The files it served (whole, or pieces of them to a swarm download),
+    /// each with how many downloads, in first-served order.
     pub served: Vec<(String, u64)>,
     /// Its downloads that stored the file.
     pub downloads_ok: u64,
@@ -177,6 +180,11 @@ impl Builder {
                 bytes,
                 sources,
             } => {
+                // A swarm download lists what each peer sent it (always
+                // under --sim): each served it that much.
+                for (peer, sent) in sources.iter().flatten() {
+                    self.file_sent(peer, file, *sent);
+                }
                 let result = DownloadResult::Finished {
                     from: from.map_or_else(|| "a swarm".to_owned(), |from| from.to_string()),
                     bytes: *bytes,
@@ -255,7 +263,8 @@ mod tests {
 {"seq":12,"node":"10001","event":"download_finished","file":"a.txt","from":10000,"bytes":5,"sha1":"s"}
 {"seq":13,"node":"10000","event":"file_sent","file":"b.txt","to":10001,"bytes":100}
 {"seq":14,"node":"10001","event":"download_finished","file":"b.txt","from":10000,"bytes":100,"sha1":"s"}
-{"seq":15,"node":"scenario","event":"scenario_failed","error":"assertion failed: x","line":9,"column":1}"#;
+{"seq":15,"node":"10002","event":"download_finished","file":"c.bin","bytes":30,"sha1":"s","swarm":true,"sources":{"10000":10,"10001":20}}
+{"seq":16,"node":"scenario","event":"scenario_failed","error":"assertion failed: x","line":9,"column":1}"#;
 
     #[test]
     fn bytes_and_downloads_are_counted_per_node() {
@@ -263,19 +272,24 @@ mod tests {
         let names: Vec<&str> = summary.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["tracker", "10000", "10001", "10002"]);
         let seeder = summary.node("10000").unwrap();
-        assert_eq!(seeder.bytes_sent, 110);
+        assert_eq!(seeder.bytes_sent, 120, "whole files and swarm pieces");
         assert_eq!(seeder.bytes_received, 0);
-        assert_eq!(seeder.served, [("a.txt".to_string(), 2), ("b.txt".to_string(), 1)]);
+        let served = |name: &str, times| (name.to_string(), times);
+        assert_eq!(
+            seeder.served,
+            [served("a.txt", 2), served("b.txt", 1), served("c.bin", 1)]
+        );
         let second = summary.node("10001").unwrap();
-        assert_eq!((second.bytes_sent, second.bytes_received), (0, 105));
+        assert_eq!((second.bytes_sent, second.bytes_received), (20, 105));
+        assert_eq!(second.served, [served("c.bin", 1)]);
         assert_eq!((second.downloads_ok, second.downloads_failed), (2, 1));
-        assert_eq!(summary.node("10002").unwrap().bytes_received, 5);
+        assert_eq!(summary.node("10002").unwrap().bytes_received, 35);
     }
 
     #[test]
     fn downloads_keep_their_rejections_and_the_run_its_outcome() {
         let summary = RunSummary::of(&Log::parse(LOG).unwrap());
-        assert_eq!((summary.downloads_ok(), summary.downloads_failed()), (3, 1));
+        assert_eq!((summary.downloads_ok(), summary.downloads_failed()), (4, 1));
         let failover = &summary.downloads[1];
         assert_eq!((failover.client.as_str(), failover.file.as_str()), ("10002", "a.txt"));
         assert_eq!(
