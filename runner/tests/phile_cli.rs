@@ -848,6 +848,38 @@ fn a_swarm_get_whose_only_holder_dies_says_what_is_missing_and_that_the_next_get
 }
 
 #[test]
+fn each_files_result_is_printed_as_soon_as_it_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
+    std::fs::write(seeds.join("small.txt"), "small").unwrap();
+    let (_tracker, addr) = tracker();
+    let _seeder = peer_with("1", &seeds, &addr, &["--max-upload", "1M"]);
+
+    // The big file first: its result, seconds away, must not hold back the
+    // small one's.
+    let mut get = Running::start(&get_args(&["big.bin", "small.txt"], "2", &downloads, &addr, &[]));
+    let mut printed = Vec::new();
+    let first_result = loop {
+        let line = get.line();
+        printed.push(line.clone());
+        if line.contains(" bytes from peer ") {
+            break line;
+        }
+    };
+    assert!(
+        first_result.starts_with("small.txt: 5 bytes from peer 1"),
+        "{printed:?}"
+    );
+    let status = get.wait_within(Duration::from_secs(60)).expect("get ends");
+    let rest = get.rest();
+    assert!(status.success(), "{rest}{}", get.stderr());
+    assert!(rest.contains("big.bin: 3000000 bytes from peer 1"), "{rest}");
+}
+
+#[test]
 fn max_download_holds_a_get_back_long_enough_to_interrupt_it() {
     let dir = tempfile::tempdir().unwrap();
     let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));

@@ -115,19 +115,22 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let tracker = me.tracker_addr().await?;
     crate::register(&client, tracker).await?;
 
+    // Each file's result is printed as soon as it is known, so a small
+    // file's line does not wait for a big one, nor go unseen on Ctrl-C.
     let downloads = files.iter().map(|file| {
         let (client, display) = (&client, &display);
         async move {
             let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
-            (file, outcome)
+            report(display, client, file, &outcome);
+            outcome.is_success()
         }
     });
     // Ctrl-C stops the downloads (a whole-file download's partial file is
     // deleted; a swarm download's checked pieces are kept, for the next
     // attempt), says goodbye to the tracker and exits.
-    let outcomes = tokio::select! {
-        outcomes = futures::future::join_all(downloads) => outcomes,
+    let arrived = tokio::select! {
+        arrived = futures::future::join_all(downloads) => arrived,
         _ = stop.requested() => {
             let kept = if args.single {
                 "nothing half-downloaded is kept"
@@ -139,13 +142,7 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(130));
         }
     };
-    let mut missing = 0;
-    for (file, outcome) in &outcomes {
-        if !outcome.is_success() {
-            missing += 1;
-        }
-        report(&display, &client, file, outcome);
-    }
+    let missing = arrived.iter().filter(|arrived| !**arrived).count();
     if missing > 0 {
         let files = crate::progress::count(files.len(), "file");
         eprintln!("phile: {missing} of {files} did not arrive");

@@ -109,8 +109,11 @@ impl Progress for Display {
             let bar = ProgressBar::new(size).with_style(style);
             bars.add(bar.with_prefix(printable(file.as_str()).into_owned()))
         });
-        bar.set_message(format!("{held}/{pieces} pieces ← {}", count(peers, "peer")));
+        // The bytes first: a position alone may not be drawn (it is rate
+        // limited), a new message is, with the position already set, so
+        // the pieces and the bytes on screen agree.
         bar.set_position(bytes);
+        bar.set_message(format!("{held}/{pieces} pieces ← {}", count(peers, "peer")));
     }
 
     fn advance(&self, file: &FileName, received: u64) {
