@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use phile_core::client::SwarmOptions;
+use phile_core::client::{DownloadError, Progress, SwarmOptions};
 use phile_core::storage::Folder;
 use phile_core::{Client, ClientConfig, ClientId, FileName, Tracker, TrackerConfig};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 fn name(text: &str) -> FileName {
     text.parse().unwrap()
@@ -96,6 +97,63 @@ async fn a_swarm_download_goes_on_with_the_peers_it_knows_when_the_tracker_goes_
     assert_eq!(downloaded.swarm.unwrap().sources.values().sum::<u64>(), 3_000_000);
     assert_eq!(downloader.folder().read(&name("f")).await.unwrap(), bytes);
     assert_eq!(entries(&dir.path().join("2")), ["f"], "leftovers");
+}
+
+/// Wakes a test when a swarm download has checked its first piece.
+#[derive(Debug, Default)]
+struct FirstPiece(Notify);
+
+impl Progress for FirstPiece {
+    fn begin(&self, _: &FileName, _: ClientId, _: u64) {}
+    fn advance(&self, _: &FileName, _: u64) {}
+    fn swarming(&self, _: &FileName, held: usize, _: usize, _: usize, _: u64, _: u64) {
+        if held > 0 {
+            self.0.notify_one();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_tracker_a_swarm_download_whose_peers_are_gone_fails_keeping_its_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let seeder = client(1, dir.path(), &tracker).await;
+    seeder.folder().write(&name("f"), content(3_000_000, 4)).await.unwrap();
+    seeder.upload(&name("f")).await.unwrap();
+    seeder.set_rate(1_000_000, 0);
+    let first_piece = Arc::new(FirstPiece::default());
+    let config = ClientConfig {
+        progress: Some(first_piece.clone()),
+        ..ClientConfig::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let folder = Folder::create_empty(dir.path().join("2")).unwrap();
+    let downloader = Arc::new(Client::start(ClientId(2), folder, listener, config).unwrap());
+    downloader.register(tracker.local_addr()).await.unwrap();
+    let start = downloader
+        .swarm_start(&name("f"), SwarmOptions::default())
+        .await
+        .unwrap();
+
+    tracker.shutdown().await;
+    let receiving = tokio::spawn({
+        let downloader = downloader.clone();
+        async move { downloader.swarm_receive(start).await }
+    });
+    first_piece.0.notified().await;
+    seeder.shutdown().await;
+    let failed = tokio::time::timeout(Duration::from_secs(30), receiving)
+        .await
+        .expect("it gives up, rather than wait for a tracker that is gone")
+        .unwrap()
+        .expect_err("nobody could deliver the rest");
+
+    let DownloadError::Incomplete { missing, .. } = failed else {
+        panic!("{failed:?}");
+    };
+    assert!((1..12).contains(&missing), "{missing} of 12 pieces missing");
+    let kept = entries(&dir.path().join("2"));
+    assert!(kept.iter().any(|entry| entry.ends_with(".phile-pieces")), "{kept:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

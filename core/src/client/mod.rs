@@ -195,8 +195,8 @@ pub enum DownloadError {
         unlisted: u64,
     },
     /// A swarm download ran out of peers that could deliver the pieces it
-    /// lacks. (How many it lacks depends on timing, so the message does
-    /// not say: it goes into the event log.)
+    /// lacks. (How many it lacks depends on timing, so the message, which
+    /// goes into the event log, does not say; `missing` does.)
     #[error("no peer delivered the missing pieces of {file}{}", blame(.rejected))]
     Incomplete {
         /// The file.

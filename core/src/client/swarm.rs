@@ -14,7 +14,7 @@
 //!    endgame ([`Scheduler`]); checks every piece as it arrives, writes it
 //!    to the partial file, and serves it to others from then on;
 //! 4. asks the tracker for more peers while it has few (going on with the
-//!    peers it knows if the tracker stops answering), saves the record of
+//!    peers connected if the tracker cannot be reached), saves the record of
 //!    checked pieces every [`RECORD_INTERVAL`], and gives up only when no
 //!    peer is left that could deliver what is missing;
 //! 5. checks the whole file once more and renames it into place.
@@ -327,8 +327,8 @@ struct Run<'a> {
     hashing: Option<Hashing>,
     /// Whether pieces were checked since the record was last saved.
     unsaved: bool,
-    /// Whether the tracker failed to answer (the download goes on with
-    /// the peers it knows).
+    /// Whether the tracker could not be reached when last asked (the
+    /// download goes on with the peers connected).
     tracker_lost: bool,
     /// When the tracker was last asked for peers.
     refreshed: Instant,
@@ -459,7 +459,7 @@ impl<'a> Run<'a> {
         let strangers = met.iter().any(|peer| !self.knows_of(*peer));
         if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.plan.is_complete() {
             // Only a chance to do better: the tick asks again anyway.
-            if let Err(error) = self.refresh().await {
+            if let Err(error) = self.ask_for_peers().await {
                 tracing::debug!(node = %self.client.id, %error, "could not ask for the swarm of {}", self.file);
             }
         }
@@ -483,10 +483,12 @@ impl<'a> Run<'a> {
             }
             if self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty() {
                 // Nobody to draw from: ask for more at once (then at every
-                // tick); give up when the tracker knows of nobody left.
+                // tick); give up when the tracker knows of nobody left, or
+                // cannot be reached (only it could offer the resting peers
+                // again).
                 if self.offered.is_empty() && self.refreshed.elapsed() >= REFRESH_INTERVAL / 2 {
-                    self.refresh().await?;
-                    if self.offered.is_empty() && self.resting.is_empty() {
+                    self.ask_for_peers().await?;
+                    if self.offered.is_empty() && (self.resting.is_empty() || self.tracker_lost) {
                         return Err(self.exhausted().await);
                     }
                 }
@@ -822,7 +824,8 @@ impl<'a> Run<'a> {
             Ok(other) => return Err(super::refusal(other).into()),
             // The peer is never asked again here anyway: the download goes
             // on without the tracker's help.
-            Err(error) => self.tracker_trouble(error.into()),
+            Err(error) if unreachable(&error) => self.lost_the_tracker(&error),
+            Err(error) => return Err(error.into()),
         }
         if self.blamed.len() < super::REJECTIONS_LISTED {
             let error = TransferError::WrongPiece { index };
@@ -883,11 +886,7 @@ impl<'a> Run<'a> {
         }
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
         if wanting && self.refreshed.elapsed() >= REFRESH_INTERVAL && !self.plan.is_complete() {
-            // More peers would help, but those connected may well deliver
-            // the rest: the download ends only when nobody is left.
-            if let Err(error) = self.refresh().await {
-                self.tracker_trouble(error);
-            }
+            self.ask_for_peers().await?;
         }
         if !self.plan.is_complete()
             && self.offered.is_empty()
@@ -910,14 +909,31 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The tracker could not be asked something the download can do
-    /// without (it restarted, say): said once, at `warn`, then at `debug`.
-    fn tracker_trouble(&mut self, error: DownloadError) {
+    /// Asks the tracker for more peers. A tracker that cannot be reached
+    /// (it restarted, say) is no reason to stop: the peers connected may
+    /// well deliver the rest. A refusal is.
+    async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
+        match self.refresh().await {
+            Ok(()) => {
+                self.tracker_lost = false;
+                Ok(())
+            }
+            Err(DownloadError::Client(error)) if unreachable(&error) => {
+                self.lost_the_tracker(&error);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The tracker could not be reached: said once, at `warn`, until it
+    /// answers again; then at `debug`.
+    fn lost_the_tracker(&mut self, error: &ClientError) {
         let (node, file) = (self.client.id, &self.file);
         if std::mem::replace(&mut self.tracker_lost, true) {
-            tracing::debug!(%node, %error, "still no answer from the tracker about {file}");
+            tracing::debug!(%node, %error, "still no tracker to ask about {file}");
         } else {
-            tracing::warn!(%node, %error, "going on with the peers of {file} already known, without the tracker");
+            tracing::warn!(%node, %error, "going on with the peers of {file} connected, without the tracker");
         }
     }
 
@@ -1057,6 +1073,12 @@ impl<'a> Run<'a> {
             );
         }
     }
+}
+
+/// Whether `error` says the tracker cannot be reached (its session broke,
+/// or there is none), rather than that it refused.
+fn unreachable(error: &ClientError) -> bool {
+    matches!(error, ClientError::Session(_) | ClientError::NotRegistered(_))
 }
 
 /// Sends `join` and reads the header of the answer (the bitfield follows).
