@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::protocol::{ClientId, Digest, FileName, Problem, Trace};
+use crate::protocol::{count, ClientId, Digest, FileName, Problem, Trace};
 
 /// Which node an event happened on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -214,11 +214,8 @@ impl fmt::Display for Event {
                 sources,
                 ..
             } => {
-                let peers = sources.as_ref().map_or(0, BTreeMap::len);
-                write!(
-                    f,
-                    "stored {file} ({bytes} bytes, sha1 {sha1}) in pieces from {peers} peers"
-                )
+                let peers = count(sources.as_ref().map_or(0, BTreeMap::len), "peer");
+                write!(f, "stored {file} ({bytes} bytes, sha1 {sha1}) in pieces from {peers}")
             }
             Event::DownloadFailed { file, error } => write!(f, "download of {file} failed: {error}"),
             Event::TransferRejected { file, peer, reason } => write!(f, "rejected {peer} for {file}: it {reason}"),

@@ -101,6 +101,14 @@ pub fn frame_codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// `n` and `noun`, plural unless `n` is 1: "1 peer", "3 peers".
+pub fn count(n: impl TryInto<u64>, noun: &str) -> String {
+    match n.try_into().unwrap_or(u64::MAX) {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// Text from the network (a refusal's reason, a file name) made safe to
 /// print on a terminal or write to a log: control characters (ESC,
 /// newline, C1 codes) and the invisible characters that reorder or hide

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
+use phile_core::protocol::count;
 use phile_runner::review::{html_report, mermaid, Log, ReportExtras};
 use phile_runner::{run, RunOptions, Settings, Stats, DEFAULT_SEED};
 use tracing_subscriber::EnvFilter;
@@ -23,7 +24,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "phile-run",
     version,
-    override_usage = "phile-run [OPTIONS] SCRIPT\n       phile-run --render EVENTS.jsonl [--diagram FILE] [--report FILE]",
+    override_usage = "phile-run [OPTIONS] SCRIPT\n       phile-run --render EVENTS.jsonl <--diagram FILE | --report FILE>...",
     after_help = "The scenario language: scenarios/README.md. Logs: RUST_LOG=info (or debug) phile-run ...",
     group(ArgGroup::new("review").args(["diagram", "report"]).multiple(true))
 )]
@@ -111,11 +112,14 @@ fn main() -> ExitCode {
     if let Some(events) = &cli.render {
         return render(events, &cli);
     }
+    if cli.quiet && std::env::var_os("RUST_LOG").is_none() {
+        // --quiet logs only errors, here and in the node processes of
+        // --processes, which inherit the environment; a RUST_LOG the user
+        // set still decides. Set before any other thread starts.
+        std::env::set_var("RUST_LOG", "error");
+    }
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            // --quiet prints only errors; RUST_LOG, when set, still decides.
-            EnvFilter::new(if cli.quiet { "error" } else { "warn" })
-        }))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     // Under --sim the run keeps virtual time: a wall-clock stamp on its log
@@ -206,15 +210,14 @@ fn main() -> ExitCode {
 
 /// "15 steps, 5 downloads (4 ok, 1 failed), 1 assertion held, 6 ms".
 fn summary(stats: &Stats, elapsed: Duration) -> String {
-    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     let downloads = stats.downloads_ok + stats.downloads_failed;
     format!(
         "{}, {} ({} ok, {} failed), {} held, {} ms",
-        plural(stats.steps, "step"),
-        plural(downloads, "download"),
+        count(stats.steps, "step"),
+        count(downloads, "download"),
         stats.downloads_ok,
         stats.downloads_failed,
-        plural(stats.assertions, "assertion"),
+        count(stats.assertions, "assertion"),
         elapsed.as_millis()
     )
 }

@@ -47,7 +47,7 @@ pub enum SessionError {
     #[error("the session with the tracker at {0} broke off in the middle of a request; register again")]
     OutOfStep(SocketAddr),
     /// A status answer went on past the entry cap.
-    #[error("the tracker at {addr} has more than {max} status entries (clients and files) to send, more than this client reads; stopped reading")]
+    #[error("the tracker at {addr} has more than {max} status entries to send (a client, or a file and some of its holders, each); stopped reading there")]
     AnswerTooLong {
         /// The tracker's address.
         addr: SocketAddr,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use phile_core::client::{Downloaded, SwarmOptions, Swarmed};
 use phile_core::pieces::PieceSize;
+use phile_core::protocol::count;
 use phile_core::{FileInfo, FileName, Trace};
 
 use super::{bytes, explain, parse_name, ClientRef, Verdict, World};
@@ -177,10 +178,7 @@ impl World {
         let reply = self.call(node, trace, command);
         let begun = match &reply {
             Reply::Started { from } => Some(format!("from {from}")),
-            Reply::Swarming { peers } => {
-                let plural = if *peers == 1 { "" } else { "s" };
-                Some(format!("in pieces from a swarm ({peers} peer{plural} offered)"))
-            }
+            Reply::Swarming { peers } => Some(format!("in pieces from a swarm ({} offered)", count(*peers, "peer"))),
             _ => None,
         };
         let state = match begun {
@@ -261,8 +259,5 @@ impl World {
 
 /// "in pieces from 3 peers", for a step line.
 fn describe_sources(sources: &BTreeMap<phile_core::ClientId, u64>) -> String {
-    match sources.len() {
-        1 => "in pieces from 1 peer".to_owned(),
-        peers => format!("in pieces from {peers} peers"),
-    }
+    format!("in pieces from {}", count(sources.len(), "peer"))
 }

@@ -129,8 +129,8 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     // Ctrl-C stops the downloads (a whole-file download's partial file is
     // deleted; a swarm download's checked pieces are kept, for the next
     // attempt), says goodbye to the tracker and exits.
-    let arrived = tokio::select! {
-        arrived = futures::future::join_all(downloads) => arrived,
+    let ok: Vec<bool> = tokio::select! {
+        ok = futures::future::join_all(downloads) => ok,
         _ = stop.requested() => {
             let kept = if args.single {
                 "nothing half-downloaded is kept"
@@ -142,7 +142,7 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(130));
         }
     };
-    let missing = arrived.iter().filter(|arrived| !**arrived).count();
+    let missing = ok.iter().filter(|&&ok| !ok).count();
     if missing > 0 {
         let files = crate::progress::count(files.len(), "file");
         eprintln!("phile: {missing} of {files} did not arrive");
@@ -340,14 +340,13 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
         }
         // The error may quote the tracker; the display escapes it.
         Outcome::Failed(error) => {
-            let resume = match error {
-                DownloadError::Incomplete { missing, .. } => format!(
-                    " ({} missing; the pieces checked are kept, and getting it again fetches only the rest)",
+            display.line(&format!("{file}: failed: {error}"));
+            if let DownloadError::Incomplete { missing, .. } = error {
+                display.line(&format!(
+                    "{file}: {} missing; the pieces checked are kept, and getting it again fetches only the rest",
                     crate::progress::count(*missing, "piece")
-                ),
-                _ => String::new(),
-            };
-            display.line(&format!("{file}: failed: {error}{resume}"))
+                ));
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //! a pipe, CI), so nothing is lost and nothing is garbled.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use phile_core::client::Progress;
@@ -12,6 +12,48 @@ use phile_core::protocol::Problem;
 use phile_core::{ClientId, FileName};
 
 use crate::printable;
+
+/// The bars on screen, if any: log lines are written around them.
+static ON_SCREEN: OnceLock<MultiProgress> = OnceLock::new();
+
+/// Where log lines go: standard error, with the progress bars (if any)
+/// lifted while a line is written, so a warning during a download (the
+/// tracker went away, say) never tears them.
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+/// One log line, written out whole when dropped.
+pub struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let write = || {
+            let _ = std::io::stderr().write_all(&self.0);
+        };
+        match ON_SCREEN.get() {
+            Some(bars) => bars.suspend(write),
+            None => write(),
+        }
+    }
+}
 
 /// Shows the progress of every download of one `phile get`.
 #[derive(Debug)]
@@ -28,6 +70,9 @@ impl Display {
         let bars = std::io::stderr()
             .is_terminal()
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        if let Some(bars) = &bars {
+            let _ = ON_SCREEN.set(bars.clone());
+        }
         Display {
             bars,
             by_file: Mutex::new(HashMap::new()),
@@ -98,6 +143,7 @@ impl Progress for Display {
             }
             return;
         };
+        let message = format!("{held}/{pieces} pieces ← {}", count(peers, "peer"));
         let mut by_file = self.by_file.lock().expect("progress poisoned");
         let bar = by_file.entry(file.clone()).or_insert_with(|| {
             // A long name is cut short, never the counts after it.
@@ -106,14 +152,17 @@ impl Progress for Display {
             )
             .expect("the template is valid")
             .progress_chars("=> ");
-            let bar = ProgressBar::new(size).with_style(style);
+            let bar = ProgressBar::new(size)
+                .with_style(style)
+                .with_position(bytes)
+                .with_message(message.clone());
             bars.add(bar.with_prefix(printable(file.as_str()).into_owned()))
         });
-        // The bytes first: a position alone may not be drawn (it is rate
-        // limited), a new message is, with the position already set, so
-        // the pieces and the bytes on screen agree.
+        // The bytes first, then the message: whichever of the two gets
+        // drawn (drawing is rate limited) shows the pieces with their
+        // bytes, never the pieces ahead of them.
         bar.set_position(bytes);
-        bar.set_message(format!("{held}/{pieces} pieces ← {}", count(peers, "peer")));
+        bar.set_message(message);
     }
 
     fn advance(&self, file: &FileName, received: u64) {
@@ -123,11 +172,4 @@ impl Progress for Display {
     }
 }
 
-/// `n` and `noun`, plural unless `n` is 1: "1 peer", "3 peers".
-pub fn count(n: impl TryInto<u64>, noun: &str) -> String {
-    let n: u64 = n.try_into().unwrap_or(u64::MAX);
-    match n {
-        1 => format!("1 {noun}"),
-        n => format!("{n} {noun}s"),
-    }
-}
+pub use phile_core::protocol::count;
