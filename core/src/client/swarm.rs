@@ -136,6 +136,11 @@ type Link = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A step of the whole-file hash.
 type Hashing = Pin<Box<dyn Future<Output = Result<WholeHash, StorageError>> + Send>>;
 
+/// A request to the tracker for more peers, answered beside the download:
+/// a tracker slow to answer (or gone without a word, which takes the
+/// session's idle timeout to notice) must not hold up the pieces.
+type Asking<'a> = Pin<Box<dyn Future<Output = Result<TrackerReply, ClientError>> + Send + 'a>>;
+
 /// The whole-file hash goes on in steps of at least this many bytes (or to
 /// the end): one per piece would wake the download for little.
 const HASH_STEP: u64 = 4 << 20;
@@ -332,6 +337,8 @@ struct Run<'a> {
     tracker_lost: bool,
     /// When the tracker was last asked for peers.
     refreshed: Instant,
+    /// The request for more peers under way, if any.
+    asking: Option<Asking<'a>>,
     /// When a piece last checked out.
     progress: Instant,
     /// The most requests in flight to one peer.
@@ -382,6 +389,7 @@ impl<'a> Run<'a> {
             unsaved: false,
             tracker_lost: false,
             refreshed: now,
+            asking: None,
             progress: now,
             pipeline,
             met: 0,
@@ -458,10 +466,7 @@ impl<'a> Run<'a> {
         self.met = seen;
         let strangers = met.iter().any(|peer| !self.knows_of(*peer));
         if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.plan.is_complete() {
-            // Only a chance to do better: the tick asks again anyway.
-            if let Err(error) = self.ask_for_peers().await {
-                tracing::debug!(node = %self.client.id, %error, "could not ask for the swarm of {}", self.file);
-            }
+            self.start_asking();
         }
     }
 
@@ -487,7 +492,14 @@ impl<'a> Run<'a> {
                 // cannot be reached (only it could offer the resting peers
                 // again).
                 if self.offered.is_empty() && self.refreshed.elapsed() >= REFRESH_INTERVAL / 2 {
-                    self.ask_for_peers().await?;
+                    // Nothing else to tend meanwhile: the answer is awaited.
+                    if let Some(asking) = self.asking.take() {
+                        let reply = asking.await;
+                        self.take_peers(reply)?;
+                    }
+                    if self.offered.is_empty() {
+                        self.ask_for_peers().await?;
+                    }
                     if self.offered.is_empty() && (self.resting.is_empty() || self.tracker_lost) {
                         return Err(self.exhausted().await);
                     }
@@ -507,6 +519,10 @@ impl<'a> Run<'a> {
                     self.hashing = None;
                     self.whole = Some(hashed.map_err(ClientError::from)?);
                     self.hash_ahead();
+                }
+                reply = asked(&mut self.asking), if self.asking.is_some() => {
+                    self.asking = None;
+                    self.take_peers(reply)?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet().await,
                 _ = tick.tick() => self.tend().await?,
@@ -886,7 +902,7 @@ impl<'a> Run<'a> {
         }
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
         if wanting && self.refreshed.elapsed() >= REFRESH_INTERVAL && !self.plan.is_complete() {
-            self.ask_for_peers().await?;
+            self.start_asking();
         }
         if !self.plan.is_complete()
             && self.offered.is_empty()
@@ -909,21 +925,46 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Asks the tracker for more peers. A tracker that cannot be reached
-    /// (it restarted, say) is no reason to stop: the peers connected may
-    /// well deliver the rest. A refusal is.
+    /// Asks the tracker for more peers and waits for the answer.
     async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
-        match self.refresh().await {
-            Ok(()) => {
-                self.tracker_lost = false;
-                Ok(())
-            }
-            Err(DownloadError::Client(error)) if unreachable(&error) => {
-                self.lost_the_tracker(&error);
-                Ok(())
-            }
-            Err(error) => Err(error),
+        let reply = self.ask_swarm().await;
+        self.take_peers(reply)
+    }
+
+    /// Asks the tracker for more peers, unless a request is under way; the
+    /// answer comes in the download's loop.
+    fn start_asking(&mut self) {
+        if self.asking.is_none() {
+            self.asking = Some(Box::pin(self.ask_swarm()));
         }
+    }
+
+    /// The request for more peers.
+    fn ask_swarm(&mut self) -> impl Future<Output = Result<TrackerReply, ClientError>> + Send + 'a {
+        self.refreshed = Instant::now();
+        let request = TrackerRequest::Swarm {
+            file: self.file.clone(),
+            fresh: false,
+        };
+        self.client.ask_tracker(request)
+    }
+
+    /// The tracker's answer to a request for more peers. A tracker that
+    /// cannot be reached (it restarted, say) is no reason to stop: the
+    /// peers connected may well deliver the rest. A refusal is.
+    fn take_peers(&mut self, reply: Result<TrackerReply, ClientError>) -> Result<(), DownloadError> {
+        match reply {
+            Ok(TrackerReply::Swarm { peers, .. }) => self.offer(&peers),
+            Ok(TrackerReply::NoPeer) => {}
+            Ok(other) => return Err(super::refusal(other).into()),
+            Err(error) if unreachable(&error) => {
+                self.lost_the_tracker(&error);
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.tracker_lost = false;
+        Ok(())
     }
 
     /// The tracker could not be reached: said once, at `warn`, until it
@@ -935,21 +976,6 @@ impl<'a> Run<'a> {
         } else {
             tracing::warn!(%node, %error, "going on with the peers of {file} connected, without the tracker");
         }
-    }
-
-    /// Asks the tracker for more peers.
-    async fn refresh(&mut self) -> Result<(), DownloadError> {
-        self.refreshed = Instant::now();
-        let request = TrackerRequest::Swarm {
-            file: self.file.clone(),
-            fresh: false,
-        };
-        match self.client.ask_tracker(request).await.map_err(DownloadError::from)? {
-            TrackerReply::Swarm { peers, .. } => self.offer(&peers),
-            TrackerReply::NoPeer => {}
-            other => return Err(super::refusal(other).into()),
-        }
-        Ok(())
     }
 
     /// Why the download ends without the file: the pieces nobody could
@@ -1116,6 +1142,15 @@ async fn join_conversation(
 async fn hashing(step: &mut Option<Hashing>) -> Result<WholeHash, StorageError> {
     match step {
         Some(step) => step.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the tracker's answer to `asking`; never if nothing was
+/// asked.
+async fn asked(asking: &mut Option<Asking<'_>>) -> Result<TrackerReply, ClientError> {
+    match asking {
+        Some(asking) => asking.await,
         None => std::future::pending().await,
     }
 }
