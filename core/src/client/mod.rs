@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -655,15 +655,20 @@ impl Client {
 
     /// Sends one request on the session and waits for its reply.
     async fn ask_tracker(&self, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
-        let mut current = self.session.lock().await;
-        let session = current.as_mut().ok_or(ClientError::NotRegistered(self.id))?;
-        let reply = session.request(request).await;
-        if reply.is_err() {
-            // A broken session is no session: the client is unregistered
-            // until it registers again.
-            current.take();
-        }
-        Ok(reply?)
+        ask_on(&self.session, self.id, request).await
+    }
+
+    /// Sends one request on the session in a task of its own, and hands
+    /// back where its reply will come. The request runs to its end even if
+    /// nobody waits for the reply any more: one dropped half-way would leave
+    /// its reply in the pipe, and the session out of step for the next.
+    fn ask_tracker_aside(&self, request: TrackerRequest) -> oneshot::Receiver<Result<TrackerReply, ClientError>> {
+        let (tell, reply) = oneshot::channel();
+        let (session, id) = (self.session.clone(), self.id);
+        self.host.spawn(Box::pin(trace::inherit(async move {
+            let _ = tell.send(ask_on(&session, id, request).await);
+        })));
+        reply
     }
 
     /// Caps the client's upload and download at `up` and `down` bytes per
@@ -780,9 +785,49 @@ async fn send_heartbeats(node: ClientId, session: Weak<SharedSession>, interval:
     }
 }
 
+/// Sends one request on `session` (client `id`'s) and waits for its reply.
+async fn ask_on(session: &SharedSession, id: ClientId, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
+    let mut current = session.lock().await;
+    let open = current.as_mut().ok_or(ClientError::NotRegistered(id))?;
+    let reply = open.request(request).await;
+    if reply.is_err() {
+        // A broken session is no session: the client is unregistered until
+        // it registers again.
+        current.take();
+    }
+    Ok(reply?)
+}
+
 fn refusal(reply: TrackerReply) -> ClientError {
     match reply {
         TrackerReply::Refused { reason } => ClientError::Refused(reason),
         other => ClientError::Unexpected(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Tracker, TrackerConfig};
+
+    #[tokio::test]
+    async fn a_request_set_aside_runs_to_its_end_by_itself_and_the_session_stays_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let folder = Folder::create_empty(dir.path().join("1")).unwrap();
+        let client = Client::start(ClientId(1), folder, listener, ClientConfig::default()).unwrap();
+        client.register(tracker.local_addr()).await.unwrap();
+
+        // Nobody waits for these: they run all the same, one after the
+        // other, each to its end.
+        let unheard: Vec<_> = (0..5).map(|_| client.ask_tracker_aside(TrackerRequest::Ping)).collect();
+        let waited = client.ask_tracker_aside(TrackerRequest::Ping);
+        drop(unheard);
+        let timely = |reply| tokio::time::timeout(Duration::from_secs(10), reply);
+        assert!(matches!(timely(waited).await, Ok(Ok(Ok(TrackerReply::Ack)))));
+        // The session is in step for the next request.
+        let next = client.ask_tracker(TrackerRequest::Ping).await;
+        assert!(matches!(next, Ok(TrackerReply::Ack)), "{next:?}");
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Client, ClientError, DownloadError, Downloaded, Fetched, Rejection, Swarmed, TransferError};
@@ -138,8 +138,9 @@ type Hashing = Pin<Box<dyn Future<Output = Result<WholeHash, StorageError>> + Se
 
 /// A request to the tracker for more peers, answered beside the download:
 /// a tracker slow to answer (or gone without a word, which takes the
-/// session's idle timeout to notice) must not hold up the pieces.
-type Asking<'a> = Pin<Box<dyn Future<Output = Result<TrackerReply, ClientError>> + Send + 'a>>;
+/// session's idle timeout to notice) must not hold up the pieces. It runs
+/// in a task of its own, to its end, even if the download ends first.
+type Asking = oneshot::Receiver<Result<TrackerReply, ClientError>>;
 
 /// The whole-file hash goes on in steps of at least this many bytes (or to
 /// the end): one per piece would wake the download for little.
@@ -338,7 +339,7 @@ struct Run<'a> {
     /// When the tracker was last asked for peers.
     refreshed: Instant,
     /// The request for more peers under way, if any.
-    asking: Option<Asking<'a>>,
+    asking: Option<Asking>,
     /// When a piece last checked out.
     progress: Instant,
     /// The most requests in flight to one peer.
@@ -494,7 +495,7 @@ impl<'a> Run<'a> {
                 if self.offered.is_empty() && self.refreshed.elapsed() >= REFRESH_INTERVAL / 2 {
                     // Nothing else to tend meanwhile: the answer is awaited.
                     if let Some(asking) = self.asking.take() {
-                        let reply = asking.await;
+                        let reply = answer_to(asking, self.client.id).await;
                         self.take_peers(reply)?;
                     }
                     if self.offered.is_empty() {
@@ -522,6 +523,9 @@ impl<'a> Run<'a> {
                 }
                 reply = asked(&mut self.asking), if self.asking.is_some() => {
                     self.asking = None;
+                    // The task asking ends without an answer only if the
+                    // client stops.
+                    let reply = reply.unwrap_or(Err(ClientError::Stopped(self.client.id)));
                     self.take_peers(reply)?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet().await,
@@ -927,7 +931,8 @@ impl<'a> Run<'a> {
 
     /// Asks the tracker for more peers and waits for the answer.
     async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
-        let reply = self.ask_swarm().await;
+        let asking = self.ask_swarm();
+        let reply = answer_to(asking, self.client.id).await;
         self.take_peers(reply)
     }
 
@@ -935,18 +940,18 @@ impl<'a> Run<'a> {
     /// answer comes in the download's loop.
     fn start_asking(&mut self) {
         if self.asking.is_none() {
-            self.asking = Some(Box::pin(self.ask_swarm()));
+            self.asking = Some(self.ask_swarm());
         }
     }
 
-    /// The request for more peers.
-    fn ask_swarm(&mut self) -> impl Future<Output = Result<TrackerReply, ClientError>> + Send + 'a {
+    /// The request for more peers, sent.
+    fn ask_swarm(&mut self) -> Asking {
         self.refreshed = Instant::now();
         let request = TrackerRequest::Swarm {
             file: self.file.clone(),
             fresh: false,
         };
-        self.client.ask_tracker(request)
+        self.client.ask_tracker_aside(request)
     }
 
     /// The tracker's answer to a request for more peers. A tracker that
@@ -1146,9 +1151,15 @@ async fn hashing(step: &mut Option<Hashing>) -> Result<WholeHash, StorageError> 
     }
 }
 
-/// Resolves with the tracker's answer to `asking`; never if nothing was
-/// asked.
-async fn asked(asking: &mut Option<Asking<'_>>) -> Result<TrackerReply, ClientError> {
+/// The answer to `asking` (sent by client `id`), once it comes.
+async fn answer_to(asking: Asking, id: ClientId) -> Result<TrackerReply, ClientError> {
+    // The task asking ends without an answer only if the client stops.
+    asking.await.unwrap_or(Err(ClientError::Stopped(id)))
+}
+
+/// Resolves with the tracker's answer to `asking` (an error if the task
+/// asking was dropped); never if nothing was asked.
+async fn asked(asking: &mut Option<Asking>) -> Result<Result<TrackerReply, ClientError>, oneshot::error::RecvError> {
     match asking {
         Some(asking) => asking.await,
         None => std::future::pending().await,
