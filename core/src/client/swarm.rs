@@ -488,23 +488,7 @@ impl<'a> Run<'a> {
                 }
             }
             if self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty() {
-                // Nobody to draw from: ask for more at once (then at every
-                // tick); give up when the tracker knows of nobody left, or
-                // cannot be reached (only it could offer the resting peers
-                // again).
-                if self.offered.is_empty() && self.refreshed.elapsed() >= REFRESH_INTERVAL / 2 {
-                    // Nothing else to tend meanwhile: the answer is awaited.
-                    if let Some(asking) = self.asking.take() {
-                        let reply = answer_to(asking, self.client.id).await;
-                        self.take_peers(reply)?;
-                    }
-                    if self.offered.is_empty() {
-                        self.ask_for_peers().await?;
-                    }
-                    if self.offered.is_empty() && (self.resting.is_empty() || self.tracker_lost) {
-                        return Err(self.exhausted().await);
-                    }
-                }
+                self.find_someone().await?;
                 if !self.offered.is_empty() {
                     continue;
                 }
@@ -521,17 +505,36 @@ impl<'a> Run<'a> {
                     self.whole = Some(hashed.map_err(ClientError::from)?);
                     self.hash_ahead();
                 }
-                reply = asked(&mut self.asking), if self.asking.is_some() => {
+                reply = asked(&mut self.asking, self.client.id), if self.asking.is_some() => {
                     self.asking = None;
-                    // The task asking ends without an answer only if the
-                    // client stops.
-                    let reply = reply.unwrap_or(Err(ClientError::Stopped(self.client.id)));
                     self.take_peers(reply)?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet().await,
                 _ = tick.tick() => self.tend().await?,
             }
         }
+    }
+
+    /// Nobody to draw from: asks the tracker for more at once (then at every
+    /// tick), and gives up when it knows of nobody left, or cannot be
+    /// reached (only it could offer the resting peers again). Nothing else
+    /// needs tending meanwhile, so the answer is awaited.
+    async fn find_someone(&mut self) -> Result<(), DownloadError> {
+        if !self.offered.is_empty() || self.refreshed.elapsed() < REFRESH_INTERVAL / 2 {
+            return Ok(());
+        }
+        if self.asking.is_some() {
+            let reply = asked(&mut self.asking, self.client.id).await;
+            self.asking = None;
+            self.take_peers(reply)?;
+        }
+        if self.offered.is_empty() {
+            self.ask_for_peers().await?;
+        }
+        if self.offered.is_empty() && (self.resting.is_empty() || self.tracker_lost) {
+            return Err(self.exhausted().await);
+        }
+        Ok(())
     }
 
     /// Whether a blamed peer has yet to answer its complaint: the download
@@ -931,8 +934,8 @@ impl<'a> Run<'a> {
 
     /// Asks the tracker for more peers and waits for the answer.
     async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
-        let asking = self.ask_swarm();
-        let reply = answer_to(asking, self.client.id).await;
+        let mut asking = Some(self.ask_swarm());
+        let reply = asked(&mut asking, self.client.id).await;
         self.take_peers(reply)
     }
 
@@ -1151,17 +1154,12 @@ async fn hashing(step: &mut Option<Hashing>) -> Result<WholeHash, StorageError> 
     }
 }
 
-/// The answer to `asking` (sent by client `id`), once it comes.
-async fn answer_to(asking: Asking, id: ClientId) -> Result<TrackerReply, ClientError> {
-    // The task asking ends without an answer only if the client stops.
-    asking.await.unwrap_or(Err(ClientError::Stopped(id)))
-}
-
-/// Resolves with the tracker's answer to `asking` (an error if the task
-/// asking was dropped); never if nothing was asked.
-async fn asked(asking: &mut Option<Asking>) -> Result<Result<TrackerReply, ClientError>, oneshot::error::RecvError> {
+/// Resolves with the tracker's answer to `asking` (sent by client `id`);
+/// never if nothing was asked.
+async fn asked(asking: &mut Option<Asking>, id: ClientId) -> Result<TrackerReply, ClientError> {
     match asking {
-        Some(asking) => asking.await,
+        // The task asking ends without an answer only if the client stops.
+        Some(asking) => asking.await.unwrap_or(Err(ClientError::Stopped(id))),
         None => std::future::pending().await,
     }
 }
