@@ -90,7 +90,7 @@ struct Cli {
         value_name = "EVENTS.jsonl",
         value_parser = existing_file,
         requires = "review",
-        conflicts_with_all = ["script", "root", "seed", "events", "ephemeral_ports", "processes", "time_limit"]
+        conflicts_with_all = ["script", "root", "seed", "events", "ephemeral_ports", "processes", "sim", "time_limit", "max_operations"]
     )]
     render: Option<PathBuf>,
 }

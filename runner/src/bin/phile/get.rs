@@ -122,7 +122,7 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         async move {
             let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
-            report(display, client, file, &outcome);
+            report(display, client, file, &outcome, args.seed);
             outcome.is_success()
         }
     });
@@ -278,7 +278,7 @@ async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Resul
 }
 
 /// Prints how the download of `file` ended.
-fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome) {
+fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome, seeding: bool) {
     match outcome {
         Outcome::Arrived {
             downloaded,
@@ -291,7 +291,13 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             let kept = downloaded.swarm.as_ref().map_or(0, |swarm| swarm.resumed);
             let rate = match downloaded.info.size - kept {
                 0..1_000_000 => String::new(),
-                fetched => format!(", {:.0} MiB/s", fetched as f64 / secs / (1024.0 * 1024.0)),
+                fetched => {
+                    // One decimal below 10: 4.78 MiB/s under a 5M cap is
+                    // not "5 MiB/s".
+                    let mib = fetched as f64 / secs / (1024.0 * 1024.0);
+                    let decimals = if mib < 10.0 { 1 } else { 0 };
+                    format!(", {mib:.decimals$} MiB/s")
+                }
             };
             let from = match &downloaded.swarm {
                 Some(swarm) => {
@@ -316,9 +322,14 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
                 secs * 1e3
             ));
             if !announced {
+                // Only a seeding get stays to register again.
+                let later = if seeding {
+                    " (it will be when this peer registers again)"
+                } else {
+                    ""
+                };
                 display.line(&format!(
-                    "{file}: warning: stored and verified, but the tracker could not be told \
-                     (it will be when this peer registers again)"
+                    "{file}: warning: stored and verified, but the tracker could not be told{later}"
                 ));
             }
         }
