@@ -30,6 +30,14 @@ async fn client(id: u64, dir: &Path, tracker: &Tracker) -> Arc<Client> {
     Arc::new(client)
 }
 
+/// Client `id`, registered, holding and announcing `file` with `bytes`.
+async fn seeding(id: u64, dir: &Path, tracker: &Tracker, file: &str, bytes: Vec<u8>) -> Arc<Client> {
+    let seeder = client(id, dir, tracker).await;
+    seeder.folder().write(&name(file), bytes).await.unwrap();
+    seeder.upload(&name(file)).await.unwrap();
+    seeder
+}
+
 /// Every entry of a folder, hidden ones included.
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -47,9 +55,7 @@ async fn a_swarm_download_draws_pieces_from_several_peers_and_they_add_up() {
     let bytes = content(1_000_000, 7);
     let mut seeders = Vec::new();
     for id in 1..=3 {
-        let seeder = client(id, dir.path(), &tracker).await;
-        seeder.folder().write(&name("big.bin"), bytes.clone()).await.unwrap();
-        seeder.upload(&name("big.bin")).await.unwrap();
+        let seeder = seeding(id, dir.path(), &tracker, "big.bin", bytes.clone()).await;
         seeders.push(seeder);
     }
     let downloader = client(9, dir.path(), &tracker).await;
@@ -76,9 +82,7 @@ async fn a_swarm_download_goes_on_with_the_peers_it_knows_when_the_tracker_goes_
     let dir = tempfile::tempdir().unwrap();
     let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
     let bytes = content(3_000_000, 9);
-    let seeder = client(1, dir.path(), &tracker).await;
-    seeder.folder().write(&name("f"), bytes.clone()).await.unwrap();
-    seeder.upload(&name("f")).await.unwrap();
+    let seeder = seeding(1, dir.path(), &tracker, "f", bytes.clone()).await;
     // Capped, so the download outlasts the tracker by seconds: it asks the
     // tracker for more peers every second meanwhile.
     seeder.set_rate(1_000_000, 0);
@@ -117,9 +121,7 @@ impl Progress for FirstPiece {
 async fn without_the_tracker_a_swarm_download_whose_peers_are_gone_fails_keeping_its_pieces() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
-    let seeder = client(1, dir.path(), &tracker).await;
-    seeder.folder().write(&name("f"), content(3_000_000, 4)).await.unwrap();
-    seeder.upload(&name("f")).await.unwrap();
+    let seeder = seeding(1, dir.path(), &tracker, "f", content(3_000_000, 4)).await;
     seeder.set_rate(1_000_000, 0);
     let first_piece = Arc::new(FirstPiece::default());
     let config = ClientConfig {
@@ -161,9 +163,7 @@ async fn downloaders_of_one_file_trade_pieces_while_they_download() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
     let bytes = content(2_000_000, 3);
-    let seeder = client(1, dir.path(), &tracker).await;
-    seeder.folder().write(&name("f"), bytes.clone()).await.unwrap();
-    seeder.upload(&name("f")).await.unwrap();
+    let seeder = seeding(1, dir.path(), &tracker, "f", bytes.clone()).await;
     // The seeder uploads slowly: downloaders must share among themselves.
     seeder.set_rate(1_000_000, 0);
     let mut downloads = Vec::new();
@@ -284,9 +284,7 @@ async fn a_seeder_beside_several_downloaders_shows_each_a_piece_at_a_time_until_
     let piece = 16 * 1024;
     let bytes = content(4 * piece, 5);
     let sha1 = Digest::of(&bytes);
-    let seeder = client(1, dir.path(), &tracker).await;
-    seeder.folder().write(&name("f"), bytes).await.unwrap();
-    seeder.upload(&name("f")).await.unwrap();
+    let seeder = seeding(1, dir.path(), &tracker, "f", bytes).await;
 
     // Alone, a downloader is shown the whole file.
     let mut first = Conversation::join(&seeder, 2, "f", sha1, 4, piece as u64).await;

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -191,9 +191,7 @@ fn status(tracker: &str) -> serde_json::Value {
 #[test]
 fn a_tracker_a_seeder_and_a_downloader_as_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(seeds.join("big.bin"), &big).unwrap();
     std::fs::write(seeds.join("a.txt"), "hello").unwrap();
@@ -699,6 +697,14 @@ fn ctrl_c_during_a_download_keeps_nothing_half_written() {
     );
 }
 
+/// The folders `seeds` and `downloads` in `dir`, created.
+fn seeds_and_downloads(dir: &Path) -> (PathBuf, PathBuf) {
+    let (seeds, downloads) = (dir.join("seeds"), dir.join("downloads"));
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::create_dir_all(&downloads).unwrap();
+    (seeds, downloads)
+}
+
 /// The entry of `dir` named `.NAME.TAG` + `suffix`: the partial file
 /// (`.phile-swarm`) or the record of verified pieces (`.phile-pieces`) of a
 /// swarm download of `name`.
@@ -775,9 +781,7 @@ fn interrupt_and_check_the_pieces_are_kept(mut get: Running, printed: Vec<String
 #[test]
 fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     // 12 pieces of 256 KiB; at 1 MB/s the download takes about 3 s, the
     // first record of pieces is saved within about 1 s.
     let big = pattern(3_000_000);
@@ -812,9 +816,7 @@ fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
 #[test]
 fn a_swarm_get_whose_only_holder_dies_says_what_is_missing_and_that_the_next_get_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
     let (_tracker, addr) = tracker();
     let mut seeder = peer_with("1", &seeds, &addr, &["--max-upload", "1M"]);
@@ -850,9 +852,7 @@ fn a_swarm_get_whose_only_holder_dies_says_what_is_missing_and_that_the_next_get
 #[test]
 fn each_files_result_is_printed_as_soon_as_it_arrives() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
     std::fs::write(seeds.join("small.txt"), "small").unwrap();
     let (_tracker, addr) = tracker();
@@ -883,9 +883,7 @@ fn each_files_result_is_printed_as_soon_as_it_arrives() {
 #[test]
 fn max_download_holds_a_get_back_long_enough_to_interrupt_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
     let (_tracker, addr) = tracker();
     // Uncapped: only the downloader's own cap slows the download (uncapped,
@@ -915,9 +913,7 @@ fn get_args<'a>(names: &[&'a str], id: &'a str, dir: &'a Path, tracker: &'a str,
 #[test]
 fn two_gets_into_one_folder_keep_each_others_downloads() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     std::fs::write(seeds.join("small.txt"), "small").unwrap();
     let (_tracker, addr) = tracker();
     let _seeder = peer("3", &seeds, &addr);
@@ -965,9 +961,7 @@ fn two_gets_into_one_folder_keep_each_others_downloads() {
 #[test]
 fn get_never_replaces_a_different_file_unless_told_and_skips_identical_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (seeds, downloads) = (dir.path().join("seeds"), dir.path().join("downloads"));
-    std::fs::create_dir_all(&seeds).unwrap();
-    std::fs::create_dir_all(&downloads).unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
     for (name, content) in [("same.txt", "hello"), ("mine.txt", "theirs"), ("new.txt", "fresh")] {
         std::fs::write(seeds.join(name), content).unwrap();
     }
