@@ -292,6 +292,12 @@ impl EventLog {
         Trace::new(op)
     }
 
+    /// The script waits on operation `op`, begun earlier (`x.wait()`):
+    /// until it begins another, untraced events go there.
+    pub fn resume(&self, op: u64) {
+        self.lock().current = op;
+    }
+
     /// Ends operation `op`: its events, and those of any later operation
     /// that ended already, are written once every earlier one has ended.
     pub fn end(&self, op: u64) {

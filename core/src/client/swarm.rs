@@ -340,6 +340,9 @@ struct Run<'a> {
     refreshed: Instant,
     /// The request for more peers under way, if any.
     asking: Option<Asking>,
+    /// Reports of blamed peers on their way to the tracker, answered
+    /// beside the download like requests for more peers.
+    reports: FuturesUnordered<Asking>,
     /// When a piece last checked out.
     progress: Instant,
     /// The most requests in flight to one peer.
@@ -391,6 +394,7 @@ impl<'a> Run<'a> {
             tracker_lost: false,
             refreshed: now,
             asking: None,
+            reports: FuturesUnordered::new(),
             progress: now,
             pipeline,
             met: 0,
@@ -509,6 +513,9 @@ impl<'a> Run<'a> {
                     self.asking = None;
                     self.take_peers(reply)?;
                 }
+                Some(reply) = self.reports.next(), if !self.reports.is_empty() => {
+                    self.reported(reply.unwrap_or(Err(ClientError::Stopped(self.client.id))))?;
+                }
                 _ = partial.met_beyond(self.met) => self.meet().await,
                 _ = tick.tick() => self.tend().await?,
             }
@@ -537,11 +544,12 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Whether a blamed peer has yet to answer its complaint: the download
-    /// does not end before, so the peer's check (and any withdrawal) is
-    /// part of it.
+    /// Whether a blamed peer has yet to answer its complaint, or the
+    /// tracker its report: the download does not end before, so the peer's
+    /// check (and any withdrawal) is part of it, and the tracker hears of
+    /// the report before the announce that ends the download.
     fn awaiting_complaints(&self) -> bool {
-        self.peers.values().any(|peer| peer.blamed)
+        !self.reports.is_empty() || self.peers.values().any(|peer| peer.blamed)
     }
 
     /// Starts connecting to offered peers, up to [`MAX_LINKS`].
@@ -842,14 +850,7 @@ impl<'a> Run<'a> {
             sha1: self.info.sha1,
             problem,
         };
-        match client.ask_tracker(report).await {
-            Ok(TrackerReply::Ack) => {}
-            Ok(other) => return Err(super::refusal(other).into()),
-            // The peer is never asked again here anyway: the download goes
-            // on without the tracker's help.
-            Err(error) if unreachable(&error) => self.lost_the_tracker(&error),
-            Err(error) => return Err(error.into()),
-        }
+        self.reports.push(client.ask_tracker_aside(report));
         if self.blamed.len() < super::REJECTIONS_LISTED {
             let error = TransferError::WrongPiece { index };
             self.blamed.push(Rejection { peer, problem, error });
@@ -858,6 +859,21 @@ impl<'a> Run<'a> {
             self.ask_everyone().await;
         }
         Ok(())
+    }
+
+    /// The tracker's answer to a report of a blamed peer. A tracker that
+    /// cannot be reached is no reason to stop: the peer is never asked
+    /// again here anyway. A refusal is.
+    fn reported(&mut self, reply: Result<TrackerReply, ClientError>) -> Result<(), DownloadError> {
+        match reply {
+            Ok(TrackerReply::Ack) => Ok(()),
+            Ok(other) => Err(super::refusal(other).into()),
+            Err(error) if unreachable(&error) => {
+                self.lost_the_tracker(&error);
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Forgets `peer`: what was in flight to it goes to others. One that

@@ -218,6 +218,7 @@ impl World {
                 started,
             } => (*c, *node, file.clone(), *number, *trace, *started),
         };
+        self.log.resume(trace.op);
         let reply = self.call(node, trace, Command::FinishDownload { transfer: number });
         let result = self.end(trace).and_then(|()| self.conclude(&c, file, reply, started));
         // Whatever happened, the transfer is over: never wait on it twice.
