@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use phile_core::client::{DownloadError, Progress, SwarmOptions};
 use phile_core::storage::Folder;
-use phile_core::{Client, ClientConfig, ClientId, FileName, Tracker, TrackerConfig};
+use phile_core::{Client, ClientConfig, ClientId, FileName, Limits, Tracker, TrackerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -124,8 +124,14 @@ async fn without_the_tracker_a_swarm_download_whose_peers_are_gone_fails_keeping
     let seeder = seeding(1, dir.path(), &tracker, "f", content(3_000_000, 4)).await;
     seeder.set_rate(1_000_000, 0);
     let first_piece = Arc::new(FirstPiece::default());
+    // Without the tracker, a peer gone is tried again until nothing has
+    // come for the idle timeout: short here.
     let config = ClientConfig {
         progress: Some(first_piece.clone()),
+        limits: Limits {
+            idle_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
         ..ClientConfig::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -310,6 +310,9 @@ struct Run<'a> {
     /// Peers that could not serve just now (unreachable, refused, gone),
     /// with when they may be tried again.
     resting: BTreeMap<ClientId, Instant>,
+    /// Every peer tried, as offered: once the tracker cannot be asked, a
+    /// peer that rested is tried again from here.
+    tried: BTreeMap<ClientId, SwarmPeer>,
     /// Peers a request could not be written to: dropped at the next turn.
     broken: Vec<ClientId>,
     /// Peers blamed for a bad piece, and what they did.
@@ -333,9 +336,9 @@ struct Run<'a> {
     hashing: Option<Hashing>,
     /// Whether pieces were checked since the record was last saved.
     unsaved: bool,
-    /// Whether the tracker could not be reached when last asked (the
-    /// download goes on with the peers connected).
-    tracker_lost: bool,
+    /// Since when the tracker could not be reached, if it could not when
+    /// last asked (the download goes on with the peers it knows).
+    tracker_lost: Option<Instant>,
     /// When the tracker was last asked for peers.
     refreshed: Instant,
     /// The request for more peers under way, if any.
@@ -380,6 +383,7 @@ impl<'a> Run<'a> {
             offered: Vec::new(),
             dropped: BTreeSet::new(),
             resting: BTreeMap::new(),
+            tried: BTreeMap::new(),
             broken: Vec::new(),
             blamed: Vec::new(),
             sources: BTreeMap::new(),
@@ -391,7 +395,7 @@ impl<'a> Run<'a> {
             whole: Some(WholeHash::default()),
             hashing: None,
             unsaved: false,
-            tracker_lost: false,
+            tracker_lost: None,
             refreshed: now,
             asking: None,
             reports: FuturesUnordered::new(),
@@ -523,8 +527,9 @@ impl<'a> Run<'a> {
     }
 
     /// Nobody to draw from: asks the tracker for more at once (then at every
-    /// tick), and gives up when it knows of nobody left, or cannot be
-    /// reached (only it could offer the resting peers again). Nothing else
+    /// tick), and gives up when it knows of nobody left. Without the
+    /// tracker, the peers that rested are tried again, until neither a
+    /// piece nor the tracker has come for the idle timeout. Nothing else
     /// needs tending meanwhile, so the answer is awaited.
     async fn find_someone(&mut self) -> Result<(), DownloadError> {
         if !self.offered.is_empty() || self.refreshed.elapsed() < REFRESH_INTERVAL / 2 {
@@ -538,10 +543,31 @@ impl<'a> Run<'a> {
         if self.offered.is_empty() {
             self.ask_for_peers().await?;
         }
-        if self.offered.is_empty() && (self.resting.is_empty() || self.tracker_lost) {
+        let waited_out = self.tracker_lost.is_some_and(|since| {
+            let idle = self.client.limits.idle_timeout;
+            since.elapsed() > idle && self.progress.elapsed() > idle
+        });
+        if self.tracker_lost.is_some() {
+            self.wake_rested();
+        }
+        if self.offered.is_empty() && (self.resting.is_empty() || waited_out) {
             return Err(self.exhausted().await);
         }
         Ok(())
+    }
+
+    /// Offers again the peers whose rest is over: what the tracker does
+    /// when it can be asked.
+    fn wake_rested(&mut self) {
+        let now = Instant::now();
+        let rested: Vec<ClientId> = (self.resting.iter())
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in rested {
+            self.resting.remove(&peer);
+            self.offered.extend(self.tried.get(&peer));
+        }
     }
 
     /// Whether a blamed peer has yet to answer its complaint, or the
@@ -557,6 +583,7 @@ impl<'a> Run<'a> {
         while self.peers.len() + self.connecting.len() < MAX_LINKS && !self.offered.is_empty() {
             let peer = self.offered.remove(0);
             self.connecting.insert(peer.peer);
+            self.tried.insert(peer.peer, peer);
             let link = self.link(peer.peer, peer.addr);
             self.links.push(Box::pin(link));
         }
@@ -901,7 +928,8 @@ impl<'a> Run<'a> {
     }
 
     /// What happens every tick: the record is saved, peers that stalled
-    /// are dropped, and the tracker is asked for more peers if need be.
+    /// are dropped, and the tracker is asked for more peers if need be
+    /// (without it, the peers that rested are tried again).
     async fn tend(&mut self) -> Result<(), DownloadError> {
         self.save().await?;
         for (id, peer) in &mut self.peers {
@@ -926,6 +954,9 @@ impl<'a> Run<'a> {
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
         if wanting && self.refreshed.elapsed() >= REFRESH_INTERVAL && !self.plan.is_complete() {
             self.start_asking();
+        }
+        if self.tracker_lost.is_some() && !self.plan.is_complete() {
+            self.wake_rested();
         }
         if !self.plan.is_complete()
             && self.offered.is_empty()
@@ -987,7 +1018,7 @@ impl<'a> Run<'a> {
             }
             Err(error) => return Err(error.into()),
         }
-        self.tracker_lost = false;
+        self.tracker_lost = None;
         Ok(())
     }
 
@@ -995,10 +1026,11 @@ impl<'a> Run<'a> {
     /// answers again; then at `debug`.
     fn lost_the_tracker(&mut self, error: &ClientError) {
         let (node, file) = (self.client.id, &self.file);
-        if std::mem::replace(&mut self.tracker_lost, true) {
+        if self.tracker_lost.is_some() {
             tracing::debug!(%node, %error, "still no tracker to ask about {file}");
         } else {
             tracing::warn!(%node, %error, "going on with the peers of {file} connected, without the tracker");
+            self.tracker_lost = Some(Instant::now());
         }
     }
 
