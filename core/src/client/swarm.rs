@@ -484,6 +484,8 @@ impl<'a> Run<'a> {
         let mut tick = tokio::time::interval(RECORD_INTERVAL.min(REFRESH_INTERVAL));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let partial = self.partial.clone();
+        // At once, so a progress bar's rate counts from the start.
+        self.show_progress();
         loop {
             for peer in std::mem::take(&mut self.broken) {
                 self.drop_peer(peer, Some(Problem::Cut)).await;

@@ -3,10 +3,14 @@
 //! a pipe, CI), so nothing is lost and nothing is garbled.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    BinaryBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
+};
 use phile_core::client::Progress;
 use phile_core::protocol::Problem;
 use phile_core::{ClientId, FileName};
@@ -105,11 +109,10 @@ impl Progress for Display {
             self.line(&format!("{file}: fetching {size} bytes from peer {peer}"));
             return;
         };
-        let style = ProgressStyle::with_template(
-            "{msg:20!} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> ");
+        let style = style(
+            "{msg:20!} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {rate:>12} ETA {left}",
+            0,
+        );
         let bar = bars.add(
             ProgressBar::new(size)
                 .with_style(style)
@@ -133,9 +136,11 @@ impl Progress for Display {
 
     fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
         let Some(bars) = &self.bars else {
-            // Off a terminal, a line per tenth of the pieces at most.
+            // Off a terminal, a line per tenth of the pieces at most, none
+            // at the start (drawing from nobody yet).
             let tenth = pieces.div_ceil(10).max(1);
-            if held == 1 || held.is_multiple_of(tenth) || held == pieces {
+            let starting = peers == 0 && held < pieces;
+            if !starting && (held == 1 || held.is_multiple_of(tenth) || held == pieces) {
                 self.line(&format!(
                     "{file}: {held}/{pieces} pieces, drawing from {}",
                     count(peers, "peer")
@@ -147,11 +152,10 @@ impl Progress for Display {
         let mut by_file = self.by_file.lock().expect("progress poisoned");
         let bar = by_file.entry(file.clone()).or_insert_with(|| {
             // A long name is cut short, never the counts after it.
-            let style = ProgressStyle::with_template(
-                "{prefix:20!} {msg:28} [{bar:24.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> ");
+            let style = style(
+                "{prefix:20!} {msg:28} [{bar:24.cyan/blue}] {bytes:>10}/{total_bytes:<10} {rate:>12} ETA {left}",
+                bytes,
+            );
             let bar = ProgressBar::new(size)
                 .with_style(style)
                 .with_position(bytes)
@@ -172,4 +176,70 @@ impl Progress for Display {
     }
 }
 
+/// A bar's style from `template`, whose `{rate}` and `{left}` are the
+/// download's average since its bar appeared, not counting the `start`
+/// bytes it had then (a resumed download's). indicatif's own estimate
+/// (`{bytes_per_sec}`) weighs the last moments, and read 10–25 % high
+/// under a rate cap, where checked pieces land in bursts.
+fn style(template: &str, start: u64) -> ProgressStyle {
+    let rate = move |state: &ProgressState, out: &mut dyn fmt::Write| {
+        if let Some(rate) = average_rate(start, state.pos(), state.elapsed()) {
+            let _ = write!(out, "{}/s", BinaryBytes(rate as u64));
+        }
+    };
+    let left = move |state: &ProgressState, out: &mut dyn fmt::Write| {
+        let left = state
+            .len()
+            .and_then(|len| time_left(start, state.pos(), len, state.elapsed()));
+        match left {
+            Some(left) => {
+                // As indicatif's own `{eta}`: "6s", "2m".
+                let _ = write!(out, "{:#}", HumanDuration(left));
+            }
+            None => {
+                let _ = write!(out, "-");
+            }
+        }
+    };
+    ProgressStyle::with_template(template)
+        .expect("the template is valid")
+        .with_key("rate", rate)
+        .with_key("left", left)
+        .progress_chars("=> ")
+}
+
+/// Bytes per second from `start` to `pos` in `elapsed`; `None` before the
+/// first byte.
+fn average_rate(start: u64, pos: u64, elapsed: Duration) -> Option<f64> {
+    let seconds = elapsed.as_secs_f64();
+    (pos > start && seconds > 0.0).then(|| (pos - start) as f64 / seconds)
+}
+
+/// The time the rest of `len` takes at the average rate so far, rounded up
+/// to a whole second.
+fn time_left(start: u64, pos: u64, len: u64, elapsed: Duration) -> Option<Duration> {
+    let rate = average_rate(start, pos, elapsed)?;
+    Some(Duration::from_secs(
+        (len.saturating_sub(pos) as f64 / rate).ceil() as u64
+    ))
+}
+
 pub use phile_core::protocol::count;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_average_since_the_bar_appeared_without_the_bytes_it_had() {
+        // 4 MiB resumed, then 10 MiB in 2 s: 5 MiB/s, not 7.
+        let (start, pos) = (4 << 20, 14 << 20);
+        assert_eq!(average_rate(start, pos, Duration::from_secs(2)), Some(5.0 * 1048576.0));
+        // 6 MiB of 20 left at 5 MiB/s: 1.2 s, shown as 2.
+        let left = time_left(start, pos, 20 << 20, Duration::from_secs(2));
+        assert_eq!(left, Some(Duration::from_secs(2)));
+        // Nothing yet: no rate, no time left.
+        assert_eq!(average_rate(start, start, Duration::from_secs(1)), None);
+        assert_eq!(time_left(0, 0, 100, Duration::ZERO), None);
+    }
+}
