@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::host::{BoxListener, BoxStream, Listener, Stream};
@@ -200,17 +200,17 @@ impl AsyncRead for Throttled {
             return Poll::Pending;
         };
         let room = granted.min(buf.remaining());
-        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
-        let polled = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
-        let read = limited.filled().len();
+        // Through tokio's `Take`, which passes on the buffer's unfilled
+        // part as it is: a buffer of our own would have to be zeroed first,
+        // 64 KiB on every read.
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut (&mut this.inner).take(room as u64)).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
         // Nothing to read yet: the turn goes back, so a stream that waits
         // for its peer to speak holds up no other.
         this.read_turn = Turn::Free;
         match &polled {
-            Poll::Ready(Ok(())) => {
-                buf.advance(read);
-                bucket.refund(granted - read);
-            }
+            Poll::Ready(Ok(())) => bucket.refund(granted - read),
             _ => bucket.refund(granted),
         }
         polled

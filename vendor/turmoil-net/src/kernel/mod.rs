@@ -518,6 +518,28 @@ impl Kernel {
         }
     }
 
+    /// PATCH: `poll_recv` into a `ReadBuf`, which need not be initialised
+    /// (`recv(2)` into a caller's uninitialised buffer).
+    pub fn poll_recv_buf(
+        &mut self,
+        fd: Fd,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let ty = match self.lookup(fd) {
+            Ok(st) => st.ty,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match ty {
+            Type::Dgram => {
+                let st = self.lookup_mut(fd).expect("fd validated");
+                udp::recv(st, cx, buf)
+            }
+            Type::Stream => tcp::poll_recv_buf(self, fd, cx, buf).map_ok(|_| ()),
+            Type::SeqPacket => unimplemented!("SOCK_SEQPACKET poll_recv"),
+        }
+    }
+
     /// `shutdown(SHUT_WR)`. TCP-only in practice; UDP sockets have no
     /// FIN to send. Kernel-level shutdown-read isn't exposed because
     /// tokio's API doesn't carry the idea (see `TcpStream` docs).

@@ -35,6 +35,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::ReadBuf;
 
 use crate::kernel::packet::{self, Packet, TcpFlags, TcpSegment, Transport};
 use crate::kernel::socket::{Addr, BindKey, Domain, Fd, Socket, Tcb, TcpState, Type};
@@ -986,6 +987,18 @@ pub(super) fn poll_recv(
     cx: &mut Context<'_>,
     buf: &mut [u8],
 ) -> Poll<Result<usize>> {
+    poll_recv_buf(k, fd, cx, &mut ReadBuf::new(buf))
+}
+
+/// PATCH: `poll_recv` into a `ReadBuf`, whose unfilled part need not be
+/// initialised: the shim's `poll_read` no longer zeroes the whole buffer
+/// on every read. Same bytes, same window updates.
+pub(super) fn poll_recv_buf(
+    k: &mut Kernel,
+    fd: Fd,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<Result<usize>> {
     let recv_cap = k.recv_buf_cap;
     let (n, should_update_window, local, remote) = {
         let st = match k.lookup_mut(fd) {
@@ -1027,9 +1040,9 @@ pub(super) fn poll_recv(
         }
         let local = bound_endpoint(st);
         let tcb = st.tcb.as_mut().unwrap();
-        let n = tcb.recv_buf.len().min(buf.len());
+        let n = tcb.recv_buf.len().min(buf.remaining());
         let drained = tcb.recv_buf.split_to(n);
-        buf[..n].copy_from_slice(&drained);
+        buf.put_slice(&drained);
         // Window-update trigger: if we freed ≥ half the recv cap,
         // advertise. Crude SWS avoidance; refine alongside real flow
         // control.

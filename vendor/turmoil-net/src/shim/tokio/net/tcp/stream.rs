@@ -158,15 +158,8 @@ impl TcpStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let fd = self.fd;
-        let unfilled = buf.initialize_unfilled();
-        match sys(|k| k.poll_recv(fd, cx, unfilled)) {
-            Poll::Ready(Ok(n)) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        // PATCH: straight into `buf`, never zeroing its unfilled part.
+        sys(|k| k.poll_recv_buf(fd, cx, buf))
     }
 
     pub(super) fn poll_write_priv(
