@@ -8,7 +8,7 @@
 //! cargo bench -p phile-runner --bench perf -- --bin-dir DIR    # measure another build's phile and phile-run
 //! cargo bench -p phile-runner --bench perf -- --only lookups   # one section: big-file, default-scenario,
 //!                                                              # scenarios, many-peers, simulation, swarm,
-//!                                                              # bittorrent, tracker-memory, lookups
+//!                                                              # scheduler, bittorrent, tracker-memory, lookups
 //! ```
 //!
 //! Repeated measurements print as `median (lowest-highest)`: the machine may
@@ -52,6 +52,8 @@ pub struct Config {
     pub swarms: Vec<SwarmSetup>,
     /// Comparisons with aria2c (`bittorrent`).
     pub torrents: Vec<TorrentSetup>,
+    /// Piece counts of a swarm download's plan (`scheduler`).
+    pub plan_pieces: Vec<usize>,
     /// Registered clients for the tracker's memory.
     pub registered: usize,
     /// Concurrent connections for the lookup rate.
@@ -82,6 +84,7 @@ impl Config {
             sim_sequential: vec![1000, 10_000],
             swarms: SwarmSetup::full(),
             torrents: TorrentSetup::full(),
+            plan_pieces: vec![4096, 16_384, 65_536],
             registered: 10_000,
             connections: 1000,
             lookup_time: Duration::from_secs(5),
@@ -105,6 +108,7 @@ impl Config {
             sim_sequential: vec![20],
             swarms: SwarmSetup::smoke(),
             torrents: TorrentSetup::smoke(),
+            plan_pieces: vec![256, 1024],
             registered: 200,
             connections: 20,
             lookup_time: Duration::from_millis(200),
@@ -262,6 +266,9 @@ pub fn run(config: &Config) -> Vec<Row> {
     }
     if wanted("swarm") {
         rows.extend(swarms(config, scenario_root));
+    }
+    if wanted("scheduler") {
+        rows.extend(scheduler(config));
     }
     if wanted("tracker-memory") {
         rows.push(tracker_memory(config));
@@ -1511,6 +1518,52 @@ fn many_peers(config: &Config, work: &Path) -> Vec<Row> {
         let _ = std::fs::remove_dir_all(&root);
     }
     rows
+}
+
+// ---------------------------------------------------------------- scheduler
+
+use phile_core::pieces::{Bitfield, Layout, PieceSize};
+use phile_core::swarm::scheduler::{Arrival, Scheduler};
+
+/// The plan of a swarm download from one seeder, alone (no I/O): every
+/// piece asked for, arrived and checked, 64 in flight. Its cost per piece
+/// should not grow with the file (a 16 GiB file has 65,536 pieces).
+fn scheduler(config: &Config) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut first: Option<(usize, f64)> = None;
+    for &pieces in &config.plan_pieces {
+        let took = median((0..config.runs).map(|_| plan_one_download(pieces)).collect());
+        let per_piece = took.as_secs_f64() / pieces as f64;
+        let (base_pieces, base_per_piece) = *first.get_or_insert((pieces, per_piece));
+        rows.push(row(
+            format!("swarm plan, one seeder, {pieces} pieces, ms"),
+            format!("{:.1}", took.as_secs_f64() * 1e3),
+            format!("{:.2} µs per piece at {base_pieces}", base_per_piece * 1e6),
+            format!("{:.2} per piece", per_piece / base_per_piece),
+        ));
+    }
+    rows
+}
+
+/// How long one download's plan takes for `pieces` pieces of one seeder.
+fn plan_one_download(pieces: usize) -> Duration {
+    let layout = Layout::new(pieces as u64 * PieceSize::DEFAULT.bytes(), PieceSize::DEFAULT);
+    let mut all = Bitfield::empty(pieces);
+    for index in 0..pieces {
+        all.set(index);
+    }
+    let seeder = ClientId(1);
+    let started = Instant::now();
+    let mut plan = Scheduler::new(layout, Bitfield::empty(pieces), 1, 64);
+    plan.join(seeder, all);
+    let mut in_flight: std::collections::VecDeque<usize> = plan.requests(seeder).into();
+    while let Some(index) = in_flight.pop_front() {
+        assert_eq!(plan.arrived(seeder, index), Arrival::Check);
+        plan.checked(index, true);
+        in_flight.extend(plan.requests(seeder));
+    }
+    assert!(plan.is_complete());
+    started.elapsed()
 }
 
 // ---------------------------------------------------------------- tracker

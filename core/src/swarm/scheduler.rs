@@ -48,6 +48,10 @@ pub enum Arrival {
     Unwanted,
 }
 
+/// A piece's place in [`Scheduler::fresh`]: its availability, its rank,
+/// the piece.
+type FreshKey = (u32, u32, usize);
+
 /// One connected peer, as far as pieces go.
 #[derive(Clone, Debug)]
 struct PeerPieces {
@@ -78,6 +82,12 @@ pub struct Scheduler {
     requesters: Vec<u8>,
     /// Each piece's place in the seeded shuffle that breaks ties.
     rank: Vec<u32>,
+    /// The pieces to ask for first, in the order to ask for them: those
+    /// not settled, asked of nobody, and held by some peer, rarest first,
+    /// then by rank. Kept in step with every count it depends on, so that
+    /// finding a peer's next pieces does not look at every piece left for
+    /// every piece that arrives (quadratic in the pieces of a big file).
+    fresh: BTreeSet<FreshKey>,
     /// The connected peers, by id.
     peers: BTreeMap<ClientId, PeerPieces>,
     /// How many requests a peer may have in flight until told otherwise
@@ -100,6 +110,7 @@ impl Scheduler {
             availability: vec![0; count],
             requesters: vec![0; count],
             rank: shuffled(count, seed),
+            fresh: BTreeSet::new(),
             peers: BTreeMap::new(),
             pipeline: pipeline.max(1),
         };
@@ -190,12 +201,35 @@ impl Scheduler {
         self.unsettled_from = self.unsettled_from.min(index);
     }
 
+    /// Piece `index`'s key in [`Scheduler::fresh`], if it belongs there.
+    fn fresh_key(&self, index: usize) -> Option<FreshKey> {
+        let fresh = !self.settled(index) && self.requesters[index] == 0 && self.availability[index] > 0;
+        fresh.then(|| (self.availability[index], self.rank[index], index))
+    }
+
+    /// Changes what is known of piece `index` with `change`, keeping
+    /// [`Scheduler::fresh`] in step.
+    fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Scheduler) -> R) -> R {
+        let before = self.fresh_key(index);
+        let changed = change(self);
+        let after = self.fresh_key(index);
+        if before != after {
+            if let Some(key) = before {
+                self.fresh.remove(&key);
+            }
+            if let Some(key) = after {
+                self.fresh.insert(key);
+            }
+        }
+        changed
+    }
+
     /// `peer` connected, holding `bits` (replacing what was known of it).
     pub fn join(&mut self, peer: ClientId, bits: Bitfield) {
         assert_eq!(bits.len(), self.layout.count(), "a bitfield of another layout");
         self.leave(peer);
         for index in bits.iter_held() {
-            self.availability[index] += 1;
+            self.change(index, |plan| plan.availability[index] += 1);
         }
         let in_flight = BTreeSet::new();
         let pipeline = self.pipeline;
@@ -224,7 +258,7 @@ impl Scheduler {
             return false;
         };
         if p.bits.set(index) {
-            self.availability[index] += 1;
+            self.change(index, |plan| plan.availability[index] += 1);
         }
         !self.have.has(index)
     }
@@ -232,12 +266,11 @@ impl Scheduler {
     /// `peer` says it does not hold piece `index` (any more).
     pub fn lost(&mut self, peer: ClientId, index: usize) {
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        if p.bits.clear(index) {
-            self.availability[index] -= 1;
-        }
-        if p.in_flight.remove(&index) {
-            self.requesters[index] -= 1;
-        }
+        let (held, asked) = (p.bits.clear(index), p.in_flight.remove(&index));
+        self.change(index, |plan| {
+            plan.availability[index] -= u32::from(held);
+            plan.requesters[index] -= u8::from(asked);
+        });
     }
 
     /// `peer` is gone (or dropped): returns the pieces that were in flight
@@ -247,10 +280,10 @@ impl Scheduler {
             return Vec::new();
         };
         for index in p.bits.iter_held() {
-            self.availability[index] -= 1;
+            self.change(index, |plan| plan.availability[index] -= 1);
         }
-        for index in &p.in_flight {
-            self.requesters[*index] -= 1;
+        for &index in &p.in_flight {
+            self.change(index, |plan| plan.requesters[index] -= 1);
         }
         p.in_flight.into_iter().collect()
     }
@@ -266,8 +299,11 @@ impl Scheduler {
         if room == 0 {
             return Vec::new();
         }
-        let fresh = |index: &usize| !self.settled(*index) && self.requesters[*index] == 0;
-        let mut picks = self.pick(p, room, fresh, |index| (0, self.availability[index], self.rank[index]));
+        let mut picks: Vec<usize> = (self.fresh.iter())
+            .map(|&(_, _, index)| index)
+            .filter(|index| p.bits.has(*index))
+            .take(room)
+            .collect();
         if picks.len() < room && self.endgame() {
             let copy = |index: &usize| {
                 !self.settled(*index) && self.requesters[*index] < ENDGAME_COPIES && !p.in_flight.contains(index)
@@ -282,14 +318,15 @@ impl Scheduler {
             picks.extend(more);
         }
         let p = self.peers.get_mut(&peer).expect("checked above");
-        for index in &picks {
-            p.in_flight.insert(*index);
-            self.requesters[*index] += 1;
+        p.in_flight.extend(picks.iter().copied());
+        for &index in &picks {
+            self.change(index, |plan| plan.requesters[index] += 1);
         }
         picks
     }
 
-    /// Up to `room` pieces `p` holds that pass `eligible`, lowest `key` first.
+    /// Up to `room` pieces `p` holds that pass `eligible`, lowest `key`
+    /// first (for the endgame's copies: a few pieces, in a short scan).
     fn pick<K: Ord>(
         &self,
         p: &PeerPieces,
@@ -317,15 +354,18 @@ impl Scheduler {
 
     /// Piece `index` arrived from `peer`.
     pub fn arrived(&mut self, peer: ClientId, index: usize) -> Arrival {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            if p.in_flight.remove(&index) {
-                self.requesters[index] -= 1;
-            }
-        }
-        if index >= self.layout.count() || self.settled(index) {
+        if index >= self.layout.count() {
             return Arrival::Unwanted;
         }
-        self.checking.set(index);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.in_flight.remove(&index) {
+                self.change(index, |plan| plan.requesters[index] -= 1);
+            }
+        }
+        if self.settled(index) {
+            return Arrival::Unwanted;
+        }
+        self.change(index, |plan| plan.checking.set(index));
         self.skip_settled();
         Arrival::Check
     }
@@ -334,25 +374,28 @@ impl Scheduler {
     /// requests for it still in flight elsewhere are to be cancelled; not
     /// good, it is missing again.
     pub fn checked(&mut self, index: usize, good: bool) -> Vec<(ClientId, usize)> {
-        self.checking.clear(index);
         if !good {
+            self.change(index, |plan| plan.checking.clear(index));
             self.unsettle(index);
             return Vec::new();
         }
-        self.have.set(index);
         let mut cancels = Vec::new();
-        for (peer, p) in &mut self.peers {
-            if p.in_flight.remove(&index) {
-                self.requesters[index] -= 1;
-                cancels.push((*peer, index));
+        self.change(index, |plan| {
+            plan.checking.clear(index);
+            plan.have.set(index);
+            for (peer, p) in &mut plan.peers {
+                if p.in_flight.remove(&index) {
+                    plan.requesters[index] -= 1;
+                    cancels.push((*peer, index));
+                }
             }
-        }
+        });
         cancels
     }
 
     /// Piece `index`, held, turned out bad on disk: missing again.
     pub fn forget(&mut self, index: usize) {
-        self.have.clear(index);
+        self.change(index, |plan| plan.have.clear(index));
         self.unsettle(index);
     }
 }
@@ -552,5 +595,71 @@ mod tests {
         assert!(plan.requests(peer(1)).is_empty());
         assert!(!plan.gained(peer(9), 0), "an unknown peer");
         assert!(!plan.gained(peer(1), 99), "a piece past the end");
+    }
+
+    /// What [`Scheduler::fresh`] must hold, from the counts, and the counts
+    /// from the peers: computed the slow way.
+    fn check_in_step(plan: &Scheduler) {
+        let count = plan.layout.count();
+        for index in 0..count {
+            let holders = plan.peers.values().filter(|p| p.bits.has(index)).count();
+            let asked = plan.peers.values().filter(|p| p.in_flight.contains(&index)).count();
+            assert_eq!(plan.availability[index] as usize, holders, "availability of {index}");
+            assert_eq!(plan.requesters[index] as usize, asked, "requesters of {index}");
+        }
+        let expected: BTreeSet<FreshKey> = (0..count)
+            .filter(|&index| !plan.settled(index) && plan.requesters[index] == 0 && plan.availability[index] > 0)
+            .map(|index| (plan.availability[index], plan.rank[index], index))
+            .collect();
+        assert_eq!(plan.fresh, expected);
+    }
+
+    #[test]
+    fn the_pieces_to_ask_for_first_stay_in_step_with_every_change() {
+        let count = 200;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut plan = Scheduler::new(layout(count as u64), bits(count, &[3, 50, 51]), 1, 4);
+        for _ in 0..5_000 {
+            let who = peer(rng.random_range(1..=6));
+            let index = rng.random_range(0..count);
+            match rng.random_range(0..9) {
+                0 => {
+                    let held: Vec<usize> = (0..count).filter(|_| rng.random_bool(0.3)).collect();
+                    plan.join(who, bits(count, &held));
+                }
+                1 => {
+                    plan.gained(who, index);
+                }
+                2 => plan.lost(who, index),
+                3 if rng.random_bool(0.1) => {
+                    plan.leave(who);
+                }
+                4 => plan.set_pipeline(who, rng.random_range(1..8)),
+                5 | 6 => {
+                    let asked = plan.requests(who);
+                    let held = plan.peers.get(&who).map(|p| p.bits.clone());
+                    assert!(asked
+                        .iter()
+                        .all(|index| held.as_ref().is_some_and(|bits| bits.has(*index))));
+                }
+                7 => {
+                    // An arrival: mostly of a piece asked for, now and then
+                    // of one nobody asked for.
+                    let asked = plan.peers.get(&who).and_then(|p| p.in_flight.iter().next().copied());
+                    let piece = asked.unwrap_or(index);
+                    if plan.arrived(who, piece) == Arrival::Check {
+                        plan.checked(piece, rng.random_bool(0.9));
+                    }
+                }
+                8 if plan.have.has(index) && rng.random_bool(0.2) => plan.forget(index),
+                _ => {}
+            }
+            check_in_step(&plan);
+        }
+        assert!(
+            plan.have.held() > 100,
+            "the run got somewhere: {} held",
+            plan.have.held()
+        );
     }
 }
