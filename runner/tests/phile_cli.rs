@@ -901,6 +901,45 @@ fn max_download_holds_a_get_back_long_enough_to_interrupt_it() {
     interrupt_and_check_the_pieces_are_kept(get, printed, &downloads, "big.bin", 3_000_000);
 }
 
+#[test]
+fn a_swarm_get_says_once_in_its_own_words_that_it_goes_on_without_the_tracker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
+    let content = pattern(5_000_000);
+    std::fs::write(seeds.join("big.bin"), &content).unwrap();
+    let (mut tracker, addr) = tracker();
+    let _seeder = peer("1", &seeds, &addr);
+    // Capped, so the download outlasts the tracker by seconds (it asks the
+    // tracker for more peers every second meanwhile, and so finds it gone).
+    let mut get = Running::start(&get_args(
+        &["big.bin"],
+        "2",
+        &downloads,
+        &addr,
+        &["--max-download", "1M"],
+    ));
+    let mut printed = wait_for_recorded_pieces(&mut get, &downloads, "big.bin");
+
+    tracker.child.kill().unwrap();
+    tracker.child.wait().unwrap();
+    let status = get.wait_within(Duration::from_secs(60)).expect("get ends");
+    printed.extend(get.rest().lines().map(str::to_owned));
+    let stdout = printed.join("\n");
+    assert!(status.success(), "{stdout}{}", get.stderr());
+    let warnings: Vec<&String> = (printed.iter())
+        .filter(|line| line.starts_with("big.bin: warning: the tracker cannot be reached ("))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}{}", get.stderr());
+    assert!(warnings[0].ends_with("); going on with the peers it knows"), "{stdout}");
+    assert!(stdout.contains("big.bin: 5000000 bytes from peer 1"), "{stdout}");
+    assert!(
+        !get.stderr().contains("WARN"),
+        "the log said it again: {}",
+        get.stderr()
+    );
+    assert_eq!(std::fs::read(downloads.join("big.bin")).unwrap(), content);
+}
+
 /// `phile get NAMES... --id ID --dir DIR --tracker ADDR` plus `extra`.
 fn get_args<'a>(names: &[&'a str], id: &'a str, dir: &'a Path, tracker: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["get"];

@@ -954,7 +954,11 @@ impl<'a> Run<'a> {
             self.drop_peer(peer, Some(Problem::Stalled)).await;
         }
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
-        if wanting && self.refreshed.elapsed() >= REFRESH_INTERVAL && !self.plan.is_complete() {
+        // Once a tick: the last ask came a tick ago, give or take the
+        // time the last tick's own work took (a strict "a whole interval
+        // since" would skip every other tick).
+        let due = self.refreshed.elapsed() >= REFRESH_INTERVAL / 2;
+        if wanting && due && !self.plan.is_complete() {
             self.start_asking();
         }
         if self.tracker_lost.is_some() && !self.plan.is_complete() {
@@ -1024,14 +1028,20 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The tracker could not be reached: said once, at `warn`, until it
-    /// answers again; then at `debug`.
+    /// The tracker could not be reached: said once (to the progress
+    /// display, and logged at `info`) until it answers again; then logged
+    /// at `debug`.
     fn lost_the_tracker(&mut self, error: &ClientError) {
         let (node, file) = (self.client.id, &self.file);
         if self.tracker_lost.is_some() {
             tracing::debug!(%node, %error, "still no tracker to ask about {file}");
         } else {
-            tracing::warn!(%node, %error, "going on with the peers of {file} connected, without the tracker");
+            // A warning, but one the download handles: the display says
+            // it in its own words, the log only for those who look.
+            tracing::info!(%node, %error, "going on with the peers of {file} it knows, without the tracker");
+            if let Some(progress) = &self.client.progress {
+                progress.tracker_lost(file, &error.to_string());
+            }
             self.tracker_lost = Some(Instant::now());
         }
     }

@@ -257,6 +257,12 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
         let _ = (file, held, pieces, peers, bytes, size);
     }
+    /// A swarm download of `file` could not reach the tracker (`error`),
+    /// and goes on with the peers it knows. Said once, until the tracker
+    /// answers again.
+    fn tracker_lost(&self, file: &FileName, error: &str) {
+        let _ = (file, error);
+    }
 }
 
 /// A body sink that tells a [`Progress`] about every chunk it passes on.

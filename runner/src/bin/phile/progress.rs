@@ -169,6 +169,12 @@ impl Progress for Display {
         bar.set_message(message);
     }
 
+    fn tracker_lost(&self, file: &FileName, error: &str) {
+        self.line(&format!(
+            "{file}: warning: the tracker cannot be reached ({error}); going on with the peers it knows"
+        ));
+    }
+
     fn advance(&self, file: &FileName, received: u64) {
         if let Some(bar) = self.by_file.lock().expect("progress poisoned").get(file) {
             bar.set_position(received);
