@@ -357,20 +357,34 @@ mod tests {
 
     /// How long moving `len` bytes takes, in virtual time, through a
     /// stream capped as `up` on the sending side and `down` on the other.
+    /// Checks that the bytes arrive intact, read as the download reads: the
+    /// first half into a buffer filled a little more on each read, the
+    /// rest into the uninitialised room of a `BytesMut`.
     async fn time_to_move(len: usize, up: u64, down: u64) -> Duration {
         let (sender, receiver) = pipe();
         let (sending, receiving) = (Arc::new(RateLimits::default()), Arc::new(RateLimits::default()));
         sending.set(up, 0);
         receiving.set(0, down);
         let (mut tx, mut rx) = (sending.wrap(sender), receiving.wrap(receiver));
+        let sent: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let started = Instant::now();
-        let writer = tokio::spawn(async move {
-            tx.write_all(&vec![7u8; len]).await.unwrap();
+        let writer = tokio::spawn({
+            let sent = sent.clone();
+            async move { tx.write_all(&sent).await.unwrap() }
         });
-        let mut got = vec![0u8; len];
-        rx.read_exact(&mut got).await.unwrap();
+        let mut first_half = vec![0u8; len / 2];
+        rx.read_exact(&mut first_half).await.unwrap();
+        let mut rest = bytes::BytesMut::with_capacity(len - len / 2);
+        while rest.len() < len - len / 2 {
+            assert!(rx.read_buf(&mut rest).await.unwrap() > 0, "the stream ended early");
+        }
         writer.await.unwrap();
-        started.elapsed()
+        let took = started.elapsed();
+        assert!(
+            first_half == sent[..len / 2] && rest[..] == sent[len / 2..],
+            "the bytes changed on the way"
+        );
+        took
     }
 
     #[tokio::test(start_paused = true)]

@@ -682,4 +682,30 @@ mod tests {
         assert_eq!(events(&simulated), ["\"client_lost\""]);
         assert!(simulated.misplaced().is_none());
     }
+
+    #[test]
+    fn under_simulation_an_untraced_event_during_a_wait_goes_into_the_transfer_waited_on() {
+        let log = EventLog::create(None, Untraced::CurrentOperation).unwrap();
+        // A transfer begins and runs on; the script begins (and ends)
+        // another operation meanwhile, then waits on the transfer.
+        let transfer = log.begin();
+        let other = log.begin();
+        log.record_in(
+            other,
+            Subject::Scenario,
+            ScenarioEvent::Note {
+                text: "meanwhile".into(),
+            },
+        );
+        log.end(other.op);
+        log.resume(transfer.op);
+        log.record(
+            Trace::default(),
+            Node::Tracker,
+            Event::ClientLost { client: ClientId(3) },
+        );
+        log.end(transfer.op);
+        assert!(log.misplaced().is_none(), "{:?}", log.misplaced());
+        assert_eq!(events(&log), ["\"client_lost\"", "\"note\""]);
+    }
 }

@@ -276,8 +276,10 @@ fn every_shipped_scenario_draws_under_the_simulator() {
             // The runs of sim/ have time in them (rate caps, latency,
             // timeouts): their reports draw a timeline of the transfers
             // (whole-file ones: a swarm download has no holder chosen by
-            // the tracker to draw a bar from, and this one has only that).
-            let only_swarms = script.ends_with("swarm_resume.rhai");
+            // the tracker to draw a bar from, and these two have only
+            // swarm downloads that failed or were cut).
+            let only_swarms =
+                script.ends_with("swarm_resume.rhai") || script.ends_with("swarm_gives_up_without_tracker.rhai");
             if timed && !only_swarms {
                 assert!(html.contains("Timeline of transfers"), "{}", script.display());
             }

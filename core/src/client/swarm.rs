@@ -13,10 +13,12 @@
 //! 3. asks each peer for several pieces at once, rarest first, with an
 //!    endgame ([`Scheduler`]); checks every piece as it arrives, writes it
 //!    to the partial file, and serves it to others from then on;
-//! 4. asks the tracker for more peers while it has few (going on with the
-//!    peers connected if the tracker cannot be reached), saves the record of
+//! 4. asks the tracker for more peers while it has few, saves the record of
 //!    checked pieces every [`RECORD_INTERVAL`], and gives up only when no
-//!    peer is left that could deliver what is missing;
+//!    peer is left that could deliver what is missing. If the tracker
+//!    cannot be reached, it goes on with the peers it knows, tries again
+//!    those that could not serve for a moment, and gives up when neither a
+//!    piece nor the tracker has come for the idle timeout;
 //! 5. checks the whole file once more and renames it into place.
 //!
 //! A peer that sends a piece that fails its hash is blamed, once: the
@@ -136,7 +138,8 @@ type Link = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A step of the whole-file hash.
 type Hashing = Pin<Box<dyn Future<Output = Result<WholeHash, StorageError>> + Send>>;
 
-/// A request to the tracker for more peers, answered beside the download:
+/// A request to the tracker (for more peers, or a report of a blamed
+/// peer), answered beside the download:
 /// a tracker slow to answer (or gone without a word, which takes the
 /// session's idle timeout to notice) must not hold up the pieces. It runs
 /// in a task of its own, to its end, even if the download ends first.
@@ -497,7 +500,10 @@ impl<'a> Run<'a> {
                     None => continue,
                 }
             }
-            if self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty() {
+            // Complete but for a report the tracker has yet to answer:
+            // nobody to find, only that answer to wait for.
+            let stranded = self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty();
+            if stranded && !self.plan.is_complete() {
                 self.find_someone().await?;
                 if !self.offered.is_empty() {
                     continue;
@@ -545,22 +551,29 @@ impl<'a> Run<'a> {
         if self.offered.is_empty() {
             self.ask_for_peers().await?;
         }
-        let waited_out = self.tracker_lost.is_some_and(|since| {
-            let idle = self.client.limits.idle_timeout;
-            since.elapsed() > idle && self.progress.elapsed() > idle
-        });
-        if self.tracker_lost.is_some() {
-            self.wake_rested();
-        }
-        if self.offered.is_empty() && (self.resting.is_empty() || waited_out) {
+        self.wake_rested();
+        if self.offered.is_empty() && (self.resting.is_empty() || self.waited_out()) {
             return Err(self.exhausted().await);
         }
         Ok(())
     }
 
-    /// Offers again the peers whose rest is over: what the tracker does
-    /// when it can be asked.
+    /// Whether a download without its tracker has tried the peers that
+    /// rested long enough: neither a piece nor the tracker has come for
+    /// the idle timeout.
+    fn waited_out(&self) -> bool {
+        let idle = self.client.limits.idle_timeout;
+        self.tracker_lost
+            .is_some_and(|since| since.elapsed() > idle && self.progress.elapsed() > idle)
+    }
+
+    /// Without the tracker (until it has waited out), offers again the
+    /// peers whose rest is over: what the tracker does when it can be
+    /// asked. Never a peer dropped for misbehaving.
     fn wake_rested(&mut self) {
+        if self.tracker_lost.is_none() || self.waited_out() {
+            return;
+        }
         let now = Instant::now();
         let rested: Vec<ClientId> = (self.resting.iter())
             .filter(|(_, until)| **until <= now)
@@ -568,7 +581,9 @@ impl<'a> Run<'a> {
             .collect();
         for peer in rested {
             self.resting.remove(&peer);
-            self.offered.extend(self.tried.get(&peer));
+            if !self.dropped.contains(&peer) {
+                self.offered.extend(self.tried.get(&peer));
+            }
         }
     }
 
@@ -862,6 +877,8 @@ impl<'a> Run<'a> {
         };
         client.reporter.report(trace::next(), event);
         self.dropped.insert(peer);
+        // Its connection may have ended first, leaving it to rest.
+        self.resting.remove(&peer);
         let released = self.plan.leave(peer);
         let complaint = Request {
             trace: trace::next(),
@@ -895,7 +912,10 @@ impl<'a> Run<'a> {
     /// again here anyway. A refusal is.
     fn reported(&mut self, reply: Result<TrackerReply, ClientError>) -> Result<(), DownloadError> {
         match reply {
-            Ok(TrackerReply::Ack) => Ok(()),
+            Ok(TrackerReply::Ack) => {
+                self.tracker_lost = None;
+                Ok(())
+            }
             Ok(other) => Err(super::refusal(other).into()),
             Err(error) if unreachable(&error) => {
                 self.lost_the_tracker(&error);
@@ -961,7 +981,7 @@ impl<'a> Run<'a> {
         if wanting && due && !self.plan.is_complete() {
             self.start_asking();
         }
-        if self.tracker_lost.is_some() && !self.plan.is_complete() {
+        if !self.plan.is_complete() {
             self.wake_rested();
         }
         if !self.plan.is_complete()

@@ -253,7 +253,9 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
         let _ = (file, peer, problem);
     }
     /// A swarm download of `file` holds `held` of its `pieces` pieces
-    /// (`bytes` of `size` bytes), drawing from `peers` peers.
+    /// (`bytes` of `size` bytes), drawing from `peers` peers. Called once
+    /// as the download begins (with what it resumed, and no peers yet),
+    /// then for every piece checked.
     fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
         let _ = (file, held, pieces, peers, bytes, size);
     }

@@ -137,10 +137,9 @@ impl Progress for Display {
     fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
         let Some(bars) = &self.bars else {
             // Off a terminal, a line per tenth of the pieces at most, none
-            // at the start (drawing from nobody yet).
+            // for the call at the start (0 is a multiple of a tenth too).
             let tenth = pieces.div_ceil(10).max(1);
-            let starting = peers == 0 && held < pieces;
-            if !starting && (held == 1 || held.is_multiple_of(tenth) || held == pieces) {
+            if held > 0 && (held == 1 || held.is_multiple_of(tenth) || held == pieces) {
                 self.line(&format!(
                     "{file}: {held}/{pieces} pieces, drawing from {}",
                     count(peers, "peer")
@@ -189,23 +188,20 @@ impl Progress for Display {
 /// under a rate cap, where checked pieces land in bursts.
 fn style(template: &str, start: u64) -> ProgressStyle {
     let rate = move |state: &ProgressState, out: &mut dyn fmt::Write| {
-        if let Some(rate) = average_rate(start, state.pos(), state.elapsed()) {
-            let _ = write!(out, "{}/s", BinaryBytes(rate as u64));
-        }
+        let _ = match average_rate(start, state.pos(), state.elapsed()) {
+            Some(rate) => write!(out, "{}/s", BinaryBytes(rate as u64)),
+            None => write!(out, "-"),
+        };
     };
     let left = move |state: &ProgressState, out: &mut dyn fmt::Write| {
         let left = state
             .len()
             .and_then(|len| time_left(start, state.pos(), len, state.elapsed()));
-        match left {
-            Some(left) => {
-                // As indicatif's own `{eta}`: "6s", "2m".
-                let _ = write!(out, "{:#}", HumanDuration(left));
-            }
-            None => {
-                let _ = write!(out, "-");
-            }
-        }
+        // As indicatif's own `{eta}`: "6s", "2m".
+        let _ = match left {
+            Some(left) => write!(out, "{:#}", HumanDuration(left)),
+            None => write!(out, "-"),
+        };
     };
     ProgressStyle::with_template(template)
         .expect("the template is valid")
