@@ -521,12 +521,14 @@ impl<'a> Run<'a> {
                     self.whole = Some(hashed.map_err(ClientError::from)?);
                     self.hash_ahead();
                 }
+                // Reports before requests for peers: an older report's
+                // answer must not clear a loss a newer request found.
+                Some(reply) = self.reports.next(), if !self.reports.is_empty() => {
+                    self.reported(reply.unwrap_or(Err(ClientError::Stopped(self.client.id))))?;
+                }
                 reply = asked(&mut self.asking, self.client.id), if self.asking.is_some() => {
                     self.asking = None;
                     self.take_peers(reply)?;
-                }
-                Some(reply) = self.reports.next(), if !self.reports.is_empty() => {
-                    self.reported(reply.unwrap_or(Err(ClientError::Stopped(self.client.id))))?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet().await,
                 _ = tick.tick() => self.tend().await?,
@@ -984,12 +986,15 @@ impl<'a> Run<'a> {
         if !self.plan.is_complete() {
             self.wake_rested();
         }
+        // Without the tracker, the rested peers get their idle timeout too.
+        let tried_the_rested = self.tracker_lost.is_none() || self.resting.is_empty() || self.waited_out();
         if !self.plan.is_complete()
             && self.offered.is_empty()
             && self.connecting.is_empty()
             && self.peers.keys().all(|peer| !self.plan.useful(*peer))
             && self.checking.is_empty()
             && self.progress.elapsed() > idle
+            && tried_the_rested
         {
             return Err(self.exhausted().await);
         }

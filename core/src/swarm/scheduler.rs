@@ -265,7 +265,9 @@ impl Scheduler {
 
     /// `peer` says it does not hold piece `index` (any more).
     pub fn lost(&mut self, peer: ClientId, index: usize) {
-        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let Some(p) = self.peers.get_mut(&peer).filter(|_| index < self.layout.count()) else {
+            return;
+        };
         let (held, asked) = (p.bits.clear(index), p.in_flight.remove(&index));
         self.change(index, |plan| {
             plan.availability[index] -= u32::from(held);
@@ -595,6 +597,7 @@ mod tests {
         assert!(plan.requests(peer(1)).is_empty());
         assert!(!plan.gained(peer(9), 0), "an unknown peer");
         assert!(!plan.gained(peer(1), 99), "a piece past the end");
+        plan.lost(peer(1), 99);
     }
 
     /// What [`Scheduler::fresh`] must hold, from the counts, and the counts

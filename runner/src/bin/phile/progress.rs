@@ -137,9 +137,10 @@ impl Progress for Display {
     fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
         let Some(bars) = &self.bars else {
             // Off a terminal, a line per tenth of the pieces at most, none
-            // for the call at the start (0 is a multiple of a tenth too).
+            // while it draws from nobody (at the start, or between peers).
             let tenth = pieces.div_ceil(10).max(1);
-            if held > 0 && (held == 1 || held.is_multiple_of(tenth) || held == pieces) {
+            let drawing = peers > 0 || held == pieces;
+            if drawing && (held == 1 || held.is_multiple_of(tenth) || held == pieces) {
                 self.line(&format!(
                     "{file}: {held}/{pieces} pieces, drawing from {}",
                     count(peers, "peer")
