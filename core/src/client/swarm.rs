@@ -542,7 +542,11 @@ impl<'a> Run<'a> {
     /// piece nor the tracker has come for the idle timeout. Nothing else
     /// needs tending meanwhile, so the answer is awaited.
     async fn find_someone(&mut self) -> Result<(), DownloadError> {
-        if !self.offered.is_empty() || self.refreshed.elapsed() < REFRESH_INTERVAL / 2 {
+        // Asked just now and answered: the next tick asks again. A request
+        // under way (the tick's, as a rule) is awaited here, not left to
+        // the loop, or a download stranded would never get to decide.
+        let answered_just_now = self.asking.is_none() && self.refreshed.elapsed() < REFRESH_INTERVAL / 2;
+        if !self.offered.is_empty() || answered_just_now {
             return Ok(());
         }
         if self.asking.is_some() {
