@@ -890,14 +890,7 @@ fn max_download_holds_a_get_back_long_enough_to_interrupt_it() {
     // it ends before its first record of pieces is due).
     let _seeder = peer("1", &seeds, &addr);
 
-    let mut get = Running::start(&get_args(
-        &["big.bin"],
-        "2",
-        &downloads,
-        &addr,
-        &["--max-download", "1M"],
-    ));
-    let printed = wait_for_recorded_pieces(&mut get, &downloads, "big.bin");
+    let (get, printed) = capped_get_under_way(&downloads, &addr);
     interrupt_and_check_the_pieces_are_kept(get, printed, &downloads, "big.bin", 3_000_000);
 }
 
@@ -911,14 +904,7 @@ fn a_swarm_get_says_once_in_its_own_words_that_it_goes_on_without_the_tracker() 
     let _seeder = peer("1", &seeds, &addr);
     // Capped, so the download outlasts the tracker by seconds (it asks the
     // tracker for more peers every second meanwhile, and so finds it gone).
-    let mut get = Running::start(&get_args(
-        &["big.bin"],
-        "2",
-        &downloads,
-        &addr,
-        &["--max-download", "1M"],
-    ));
-    let mut printed = wait_for_recorded_pieces(&mut get, &downloads, "big.bin");
+    let (mut get, mut printed) = capped_get_under_way(&downloads, &addr);
 
     tracker.child.kill().unwrap();
     tracker.child.wait().unwrap();
@@ -938,6 +924,21 @@ fn a_swarm_get_says_once_in_its_own_words_that_it_goes_on_without_the_tracker() 
         get.stderr()
     );
     assert_eq!(std::fs::read(downloads.join("big.bin")).unwrap(), content);
+}
+
+/// Starts `phile get big.bin` into `downloads` (as client 2), held to
+/// 1 MB/s so that it takes seconds, and waits until it has recorded
+/// verified pieces; returns it with the lines it printed meanwhile.
+fn capped_get_under_way(downloads: &Path, tracker: &str) -> (Running, Vec<String>) {
+    let mut get = Running::start(&get_args(
+        &["big.bin"],
+        "2",
+        downloads,
+        tracker,
+        &["--max-download", "1M"],
+    ));
+    let printed = wait_for_recorded_pieces(&mut get, downloads, "big.bin");
+    (get, printed)
 }
 
 /// `phile get NAMES... --id ID --dir DIR --tracker ADDR` plus `extra`.
