@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use phile_core::client::{DownloadError, Progress, SwarmOptions};
+use phile_core::pieces::{Bitfield, Layer, Layout, PieceSize, Tree};
 use phile_core::storage::Folder;
-use phile_core::{Client, ClientConfig, ClientId, FileName, Limits, Tracker, TrackerConfig};
+use phile_core::{Client, ClientConfig, ClientId, Digest, FileInfo, FileName, Limits, Tracker, TrackerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -281,8 +283,6 @@ impl Conversation {
     }
 }
 
-use phile_core::protocol::Digest;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeder_beside_several_downloaders_shows_each_a_piece_at_a_time_until_every_piece_went_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -320,4 +320,51 @@ async fn a_seeder_beside_several_downloaders_shows_each_a_piece_at_a_time_until_
     ];
     assert_eq!(rest, [0, 2, 3]);
     assert!(third.shown.is_complete());
+}
+
+/// A `phile get` stopped during its final check leaves a record that lists
+/// every piece. Resumed in finer pieces than the record's, the download
+/// holds every piece yet lacks their hashes: it gets them from a holder
+/// and finishes, without fetching a piece again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_record_resumed_in_finer_pieces_finishes_without_fetching_a_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let bytes = content(1_000_000, 5);
+    let _seeder = seeding(1, dir.path(), &tracker, "f", bytes.clone()).await;
+    let downloader = client(2, dir.path(), &tracker).await;
+    let tree = Tree::of(&bytes);
+    let coarse = PieceSize::new(256 * 1024).unwrap();
+    let layout = Layout::new(bytes.len() as u64, coarse);
+    let layer = Layer::verified(layout, tree.layer(coarse), tree.root()).unwrap();
+    let info = FileInfo {
+        size: bytes.len() as u64,
+        sha1: Digest::of(&bytes),
+    };
+    let part = downloader
+        .folder()
+        .part(&name("f"), info, tree.root(), layer)
+        .await
+        .unwrap();
+    for index in 0..layout.count() {
+        let range = layout.range(index);
+        let piece = Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize]);
+        assert!(part.take_piece(index, piece).await.unwrap());
+    }
+    part.save(&Bitfield::full(layout.count())).await.unwrap();
+    drop(part);
+
+    let options = SwarmOptions {
+        piece_size: Some(16 * 1024),
+    };
+    let fetched = tokio::time::timeout(Duration::from_secs(30), downloader.swarm_download(&name("f"), options))
+        .await
+        .expect("it finishes")
+        .expect("every piece is on disk already");
+
+    let swarm = fetched.downloaded.swarm.unwrap();
+    assert_eq!(swarm.resumed, 1_000_000, "{swarm:?}");
+    assert!(swarm.sources.is_empty(), "a piece was fetched again: {swarm:?}");
+    assert_eq!(downloader.folder().read(&name("f")).await.unwrap(), bytes);
+    assert_eq!(entries(&dir.path().join("2")), ["f"], "leftovers");
 }

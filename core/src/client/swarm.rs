@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,8 +109,9 @@ pub struct SwarmStart {
 /// What a connection to one peer reports to the download.
 enum Heard {
     /// Connected: the peer holds `bits`; requests go out through the
-    /// sender (the connection writes them).
-    Joined(Requests, Bitfield),
+    /// sender (the connection writes them); the count of body bytes
+    /// received from it goes up as they come.
+    Joined(Requests, Bitfield, Arc<AtomicU64>),
     /// The piece hashes.
     Layer(Vec<Digest>),
     /// A piece's bytes.
@@ -159,8 +161,14 @@ const HASH_STEP_MAX: u64 = 64 << 20;
 struct Peer {
     /// Where requests go.
     out: Requests,
-    /// When it last sent something asked for (or was connected).
+    /// When it was last seen sending something asked for (bytes of it
+    /// at a tick, or a whole piece), or was connected, or was asked for
+    /// something when it owed nothing: the clock by which it stalls.
     progress: Instant,
+    /// Body bytes received from it so far, counted as they come.
+    received: Arc<AtomicU64>,
+    /// The count of `received` at the last tick.
+    received_seen: u64,
     /// Whether it was told a piece of its was bad (it closes next).
     blamed: bool,
     /// Pieces it delivered since the last tick.
@@ -322,7 +330,10 @@ struct Run<'a> {
     blamed: Vec<Rejection>,
     /// Bytes of checked pieces from each peer.
     sources: BTreeMap<ClientId, u64>,
-    /// Bytes already on disk when the download began.
+    /// Who sent each checked piece (`None`: none, or it was on disk when
+    /// the download began): a piece fetched again counts once.
+    sent_by: Vec<Option<ClientId>>,
+    /// Bytes already on disk when the download began (and still good).
     resumed: u64,
     /// What the connections hear, as they hear it.
     heard: mpsc::Receiver<(ClientId, Heard)>,
@@ -390,6 +401,7 @@ impl<'a> Run<'a> {
             broken: Vec::new(),
             blamed: Vec::new(),
             sources: BTreeMap::new(),
+            sent_by: vec![None; layout.count()],
             resumed,
             heard,
             tell,
@@ -450,8 +462,6 @@ impl<'a> Run<'a> {
     /// Adds peers the tracker offered, skipping those known already, those
     /// that misbehaved, and those resting.
     fn offer(&mut self, peers: &[SwarmPeer]) {
-        let now = Instant::now();
-        self.resting.retain(|_, until| *until > now);
         for peer in peers {
             if !self.knows_of(peer.peer) {
                 self.offered.push(*peer);
@@ -470,6 +480,26 @@ impl<'a> Run<'a> {
             || self.offered.iter().any(|offered| offered.peer == peer)
     }
 
+    /// Whether every piece is checked and on disk: the part file is open
+    /// (a download resumed in pieces finer than its record's may hold
+    /// every piece before it knows their hashes, and has no part yet).
+    fn has_everything(&self) -> bool {
+        self.part.is_some() && self.plan.is_complete()
+    }
+
+    /// Whether `peer` has something this download needs: before the piece
+    /// hashes are known, the hashes, which only a peer that holds a piece
+    /// surely knows (a downloader that has just joined refuses to give
+    /// them); any piece will do, since a download resumed in finer pieces
+    /// than its record's may hold them all and still lack their hashes.
+    /// After, a piece this download lacks.
+    fn can_help(&self, peer: ClientId) -> bool {
+        match self.part {
+            None => self.plan.holds_any(peer),
+            Some(_) => self.plan.useful(peer),
+        }
+    }
+
     /// Downloaders opened conversations with this one. Any it does not know
     /// of is a swarm member to draw from too: the tracker, which has their
     /// addresses, is asked for the swarm again.
@@ -477,7 +507,7 @@ impl<'a> Run<'a> {
         let (met, seen) = self.partial.met_since(self.met);
         self.met = seen;
         let strangers = met.iter().any(|peer| !self.knows_of(*peer));
-        if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.plan.is_complete() {
+        if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.has_everything() {
             self.start_asking();
         }
     }
@@ -494,7 +524,7 @@ impl<'a> Run<'a> {
                 self.drop_peer(peer, Some(Problem::Cut)).await;
             }
             self.connect_offered();
-            if self.plan.is_complete() && self.checking.is_empty() && !self.awaiting_complaints() {
+            if self.has_everything() && self.checking.is_empty() && !self.awaiting_complaints() {
                 match self.finish().await? {
                     Some(downloaded) => return Ok(downloaded),
                     None => continue,
@@ -503,7 +533,7 @@ impl<'a> Run<'a> {
             // Complete but for a report the tracker has yet to answer:
             // nobody to find, only that answer to wait for.
             let stranded = self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty();
-            if stranded && !self.plan.is_complete() {
+            if stranded && !self.has_everything() {
                 self.find_someone().await?;
                 if !self.offered.is_empty() {
                     continue;
@@ -648,7 +678,8 @@ impl<'a> Run<'a> {
                     Ok(bytes) => match Bitfield::from_bytes(layout.count(), bytes) {
                         Ok(bits) => {
                             let (requests, mut queued) = mpsc::unbounded_channel::<Request<PeerRequest>>();
-                            if tell.send((peer, Heard::Joined(requests, bits))).await.is_err() {
+                            let joined = Heard::Joined(requests, bits, inbound.received());
+                            if tell.send((peer, joined)).await.is_err() {
                                 return; // the download is over
                             }
                             let mut out = out;
@@ -682,7 +713,7 @@ impl<'a> Run<'a> {
     /// Acts on what a connection heard.
     async fn hear(&mut self, peer: ClientId, heard: Heard) -> Result<(), DownloadError> {
         match heard {
-            Heard::Joined(out, bits) => {
+            Heard::Joined(out, bits, received) => {
                 self.connecting.remove(&peer);
                 let progress = Instant::now();
                 self.peers.insert(
@@ -690,6 +721,8 @@ impl<'a> Run<'a> {
                     Peer {
                         out,
                         progress,
+                        received,
+                        received_seen: 0,
                         blamed: false,
                         delivered: 0,
                     },
@@ -726,20 +759,32 @@ impl<'a> Run<'a> {
         if self.peers.get(&peer).is_none_or(|p| p.blamed) {
             return;
         }
+        let owed_nothing = !self.owes(peer);
         if self.part.is_none() {
-            // Only a peer that holds a piece surely knows the hashes: a
-            // downloader that has just joined refuses to give them.
-            if self.layer_from.is_none() && self.plan.useful(peer) {
+            if self.layer_from.is_none() && self.can_help(peer) {
                 self.layer_from = Some(peer);
                 self.send(peer, PeerRequest::Layer).await;
             }
-            return;
-        }
-        for index in self.plan.requests(peer) {
-            if !self.send(peer, PeerRequest::Piece { index: index as u64 }).await {
-                return;
+        } else {
+            for index in self.plan.requests(peer) {
+                if !self.send(peer, PeerRequest::Piece { index: index as u64 }).await {
+                    break;
+                }
             }
         }
+        // A peer's stall clock starts when it first owes something: one
+        // that sat idle for long is not stalled the moment it is asked.
+        if owed_nothing && self.owes(peer) {
+            if let Some(link) = self.peers.get_mut(&peer) {
+                link.progress = Instant::now();
+            }
+        }
+    }
+
+    /// Whether `peer` has been asked for something it has yet to send:
+    /// pieces, or the piece hashes.
+    fn owes(&self, peer: ClientId) -> bool {
+        self.plan.in_flight(peer) > 0 || self.layer_from == Some(peer)
     }
 
     /// Asks every connected peer for what it should send next.
@@ -798,7 +843,12 @@ impl<'a> Run<'a> {
             }
             _ => return,
         }
-        if let (Arrival::Check, Some(part)) = (self.plan.arrived(peer, index), &self.part) {
+        // Before the hashes, nothing was asked for, and nothing can be
+        // checked: the piece is ignored, and stays to be asked for.
+        let Some(part) = &self.part else {
+            return;
+        };
+        if let Arrival::Check = self.plan.arrived(peer, index) {
             let taking = part.take_piece(index, bytes);
             self.checking.push(Box::pin(async move { (peer, index, taking.await) }));
         }
@@ -820,6 +870,7 @@ impl<'a> Run<'a> {
         }
         let bytes = self.plan.layout().len(index);
         *self.sources.entry(peer).or_default() += bytes;
+        self.sent_by[index] = Some(peer);
         self.partial.gain(index);
         self.unsaved = true;
         self.progress = Instant::now();
@@ -966,13 +1017,21 @@ impl<'a> Run<'a> {
             self.plan.set_pipeline(*id, pipeline);
         }
         self.ask_everyone().await;
+        let now = Instant::now();
+        for peer in self.peers.values_mut() {
+            // Bytes came: a slow piece is no stalled one.
+            let received = peer.received.load(Ordering::Relaxed);
+            if received != peer.received_seen {
+                peer.received_seen = received;
+                peer.progress = now;
+            }
+        }
         let idle = self.client.limits.idle_timeout;
         let stalled: Vec<ClientId> = self
             .peers
             .iter()
             .filter(|(id, peer)| {
-                (self.plan.in_flight(**id) > 0 || peer.blamed)
-                    && peer.progress.elapsed() > idle.max(super::CONFIRMATION_WAIT)
+                (self.owes(**id) || peer.blamed) && peer.progress.elapsed() > idle.max(super::CONFIRMATION_WAIT)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -984,18 +1043,18 @@ impl<'a> Run<'a> {
         // time the last tick's own work took (a strict "a whole interval
         // since" would skip every other tick).
         let due = self.refreshed.elapsed() >= REFRESH_INTERVAL / 2;
-        if wanting && due && !self.plan.is_complete() {
+        if wanting && due && !self.has_everything() {
             self.start_asking();
         }
-        if !self.plan.is_complete() {
+        if !self.has_everything() {
             self.wake_rested();
         }
         // Without the tracker, the rested peers get their idle timeout too.
         let tried_the_rested = self.tracker_lost.is_none() || self.resting.is_empty() || self.waited_out();
-        if !self.plan.is_complete()
+        if !self.has_everything()
             && self.offered.is_empty()
             && self.connecting.is_empty()
-            && self.peers.keys().all(|peer| !self.plan.useful(*peer))
+            && self.peers.keys().all(|peer| !self.can_help(*peer))
             && self.checking.is_empty()
             && self.progress.elapsed() > idle
             && tried_the_rested
@@ -1043,17 +1102,23 @@ impl<'a> Run<'a> {
     /// cannot be reached (it restarted, say) is no reason to stop: the
     /// peers connected may well deliver the rest. A refusal is.
     fn take_peers(&mut self, reply: Result<TrackerReply, ClientError>) -> Result<(), DownloadError> {
-        match reply {
-            Ok(TrackerReply::Swarm { peers, .. }) => self.offer(&peers),
-            Ok(TrackerReply::NoPeer) => {}
+        let peers = match reply {
+            Ok(TrackerReply::Swarm { peers, .. }) => peers,
+            Ok(TrackerReply::NoPeer) => Vec::new(),
             Ok(other) => return Err(super::refusal(other).into()),
             Err(error) if unreachable(&error) => {
                 self.lost_the_tracker(&error);
                 return Ok(());
             }
             Err(error) => return Err(error.into()),
-        }
+        };
         self.tracker_lost = None;
+        // A rest that is over is over, whatever the answer: a peer that
+        // rested and is not offered again is gone (a download stranded
+        // waits on no rest that has ended).
+        let now = Instant::now();
+        self.resting.retain(|_, until| *until > now);
+        self.offer(&peers);
         Ok(())
     }
 
@@ -1111,7 +1176,7 @@ impl<'a> Run<'a> {
         };
         if !lost.is_empty() {
             for index in lost {
-                self.plan.forget(index);
+                self.forget(index);
             }
             self.whole = Some(WholeHash::default());
             self.ask_everyone().await;
@@ -1137,8 +1202,7 @@ impl<'a> Run<'a> {
             }
             for index in bad {
                 tracing::warn!(node = %self.client.id, "piece {index} of {} went bad on disk; fetching it again", self.file);
-                self.plan.forget(index);
-                self.partial.lose(index);
+                self.forget(index);
             }
             self.ask_everyone().await;
             return Ok(None);
@@ -1150,6 +1214,27 @@ impl<'a> Run<'a> {
             return Err(ClientError::from(error).into());
         }
         Ok(Some(self.finished()))
+    }
+
+    /// Piece `index`, checked before, went bad on disk: it is fetched
+    /// again, and until then it counts neither as sent by its sender nor
+    /// as resumed, nor does the record list it.
+    fn forget(&mut self, index: usize) {
+        self.plan.forget(index);
+        self.partial.lose(index);
+        let bytes = self.plan.layout().len(index);
+        match self.sent_by[index].take() {
+            Some(sender) => {
+                if let Some(sent) = self.sources.get_mut(&sender) {
+                    *sent = sent.saturating_sub(bytes);
+                    if *sent == 0 {
+                        self.sources.remove(&sender);
+                    }
+                }
+            }
+            None => self.resumed = self.resumed.saturating_sub(bytes),
+        }
+        self.unsaved = true;
     }
 
     /// Reports the stored file and describes it.

@@ -155,6 +155,11 @@ impl Scheduler {
         p.bits.iter_held().find(|index| self.have.has(*index))
     }
 
+    /// Whether `peer` holds any piece at all.
+    pub fn holds_any(&self, peer: ClientId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.bits.held() > 0)
+    }
+
     /// Whether `peer` holds a piece this download lacks.
     pub fn useful(&self, peer: ClientId) -> bool {
         self.peers

@@ -9,6 +9,8 @@
 //! for the next message is bounded only when the caller says so (a peer may
 //! rightly have nothing to say for a while).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,7 +34,11 @@ pub fn split(connection: Connection) -> (Inbound, Outbound) {
     let mut frames = FramedRead::new(read, protocol::frame_codec());
     frames.read_buffer_mut().extend_from_slice(&read_ahead);
     (
-        Inbound { frames, idle },
+        Inbound {
+            frames,
+            idle,
+            received: Arc::default(),
+        },
         Outbound {
             frames: FramedWrite::new(write, protocol::frame_codec()),
             idle,
@@ -46,9 +52,19 @@ pub struct Inbound {
     frames: FramedRead<ReadHalf<BoxStream>, LengthDelimitedCodec>,
     /// The longest a body may make no progress.
     idle: Duration,
+    /// Body bytes received so far, shared with whoever watches the
+    /// conversation.
+    received: Arc<AtomicU64>,
 }
 
 impl Inbound {
+    /// A count of the body bytes received so far, kept up to date as they
+    /// come: a watcher sees a slow body make progress long before it is
+    /// whole (a 256 KiB piece at 5 KB/s takes almost a minute).
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
+    }
+
     /// The next message, `Ok(None)` if the other side closed cleanly
     /// between messages; with `limit`, an error if none comes within it.
     pub async fn message<T: DeserializeOwned>(
@@ -82,6 +98,7 @@ impl Inbound {
         let buffered = self.frames.read_buffer_mut();
         let take = buffered.len().min(len);
         body.extend_from_slice(&buffered.split_to(take));
+        self.received.fetch_add(take as u64, Ordering::Relaxed);
         while body.len() < len {
             let want = (len - body.len()).min(CHUNK_LEN) as u64;
             let mut limited = (&mut *self.frames.get_mut()).take(want);
@@ -94,6 +111,7 @@ impl Inbound {
                     expected: len as u64,
                 });
             }
+            self.received.fetch_add(read as u64, Ordering::Relaxed);
         }
         Ok(body.freeze())
     }
