@@ -23,6 +23,7 @@ mod transfer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -265,6 +266,9 @@ pub struct Client {
     /// Cancelled when the client stops or crashes: stops the server, cuts
     /// its transfers, ends the session.
     stop: CancellationToken,
+    /// Whether it stopped by crashing: then, as a killed process would,
+    /// it saves nothing on its way out.
+    crashed: AtomicBool,
     /// What watches its downloads, if anything.
     progress: Option<Arc<dyn Progress>>,
     /// Reports its events.
@@ -332,6 +336,7 @@ impl Client {
             session,
             holdings,
             stop,
+            crashed: AtomicBool::new(false),
             progress: config.progress,
             reporter,
             limits: config.limits,
@@ -683,6 +688,12 @@ impl Client {
         self.stop.is_cancelled()
     }
 
+    /// Whether the client stopped by crashing ([`Client::kill`],
+    /// [`Client::crash`]) rather than politely.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
     /// Resolves when the client stops, for whatever reason.
     pub async fn stopped(&self) {
         self.stop.cancelled().await
@@ -710,6 +721,8 @@ impl Client {
         let (file, sent) = struck.unzip();
         self.reporter.report(trace, Event::Killed { file, sent });
         self.reporter.silence();
+        // Before the stop, so whoever the stop wakes knows it crashed.
+        self.crashed.store(true, Ordering::SeqCst);
         self.stop.cancel();
     }
 

@@ -216,20 +216,16 @@ impl Client {
     /// the module's documentation). Reports `download_finished` (with the
     /// bytes each peer sent) or `download_failed`, and `transfer_rejected`
     /// for each peer blamed for a bad piece. Verified pieces stay on disk
-    /// if it fails, for the next attempt.
+    /// if it fails, for the next attempt; if the client stops (but does
+    /// not crash), the record of them is saved first.
     pub async fn swarm_receive(&self, start: SwarmStart) -> Result<Downloaded, DownloadError> {
         let _under_way = self.downloads.token();
         let (file, sha1) = (start.file.clone(), start.info.sha1);
-        let received = tokio::select! {
-            biased;
-            _ = self.stop.cancelled() => None,
-            received = self.swarm_until_stored(start) => Some(received),
-        };
+        let received = self.swarm_until_stored(start).await;
         self.swarms.remove(&file);
         let error = match received {
-            Some(Ok(downloaded)) => return Ok(downloaded),
-            Some(Err(error)) => error,
-            None => ClientError::Stopped(self.id).into(),
+            Ok(downloaded) => return Ok(downloaded),
+            Err(error) => error,
         };
         if !self.stop.is_cancelled() {
             self.leave_swarm(&file, sha1).await;
@@ -512,8 +508,28 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs the download to its end.
+    /// Runs the download to its end, or until the client stops: then
+    /// the steps are dropped wherever they are (the record of checked
+    /// pieces is consistent at every one), and the record is saved, unless
+    /// the client crashed.
     async fn go(mut self) -> Result<Downloaded, DownloadError> {
+        let stop = self.client.stop.clone();
+        let ended = tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            ended = self.steps() => Some(ended),
+        };
+        if let Some(ended) = ended {
+            return ended;
+        }
+        if !self.client.crashed() {
+            self.save().await?;
+        }
+        Err(ClientError::Stopped(self.client.id).into())
+    }
+
+    /// The download's steps, to its end.
+    async fn steps(&mut self) -> Result<Downloaded, DownloadError> {
         let mut tick = tokio::time::interval(RECORD_INTERVAL.min(REFRESH_INTERVAL));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let partial = self.partial.clone();

@@ -122,23 +122,28 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         async move {
             let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
-            report(display, client, file, &outcome, args.seed);
+            // Cut by Ctrl-C: the line below says so, once for all.
+            if !client.is_stopped() {
+                report(display, client, file, &outcome, args.seed);
+            }
             outcome.is_success()
         }
     });
-    // Ctrl-C stops the downloads (a whole-file download's partial file is
-    // deleted; a swarm download's checked pieces are kept, for the next
-    // attempt), says goodbye to the tracker and exits.
+    let mut downloads = std::pin::pin!(futures::future::join_all(downloads));
+    // Ctrl-C stops the client, which ends the downloads (a whole-file
+    // download's partial file is deleted; a swarm download records the
+    // pieces it checked, for the next attempt): they are driven until they
+    // have, as it says goodbye to the tracker; then phile exits.
     let ok: Vec<bool> = tokio::select! {
-        ok = futures::future::join_all(downloads) => ok,
+        ok = &mut downloads => ok,
         _ = stop.requested() => {
+            let _ = tokio::join!(downloads, client.leave(Duration::ZERO));
             let kept = if args.single {
                 "nothing half-downloaded is kept"
             } else {
                 "the pieces checked so far are kept for the next attempt"
             };
             eprintln!("phile: interrupted; {kept}");
-            client.leave(Duration::ZERO).await.ok();
             return Ok(ExitCode::from(130));
         }
     };
