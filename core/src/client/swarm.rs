@@ -140,6 +140,10 @@ type Link = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A step of the whole-file hash.
 type Hashing = Pin<Box<dyn Future<Output = Result<WholeHash, StorageError>> + Send>>;
 
+/// A save of the record of checked pieces (a sync of the partial file
+/// first, which on a disk can take a while: the download goes on).
+type Saving = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
+
 /// A request to the tracker (for more peers, or a report of a blamed
 /// peer), answered beside the download:
 /// a tracker slow to answer (or gone without a word, which takes the
@@ -344,8 +348,11 @@ struct Run<'a> {
     whole: Option<WholeHash>,
     /// The step of the whole-file hash under way, if any.
     hashing: Option<Hashing>,
-    /// Whether pieces were checked since the record was last saved.
+    /// Whether pieces were checked (or forgotten) since the last save of
+    /// the record began.
     unsaved: bool,
+    /// The save of the record under way, if any.
+    saving: Option<Saving>,
     /// Since when the tracker could not be reached, if it could not when
     /// last asked (the download goes on with the peers it knows).
     tracker_lost: Option<Instant>,
@@ -406,6 +413,7 @@ impl<'a> Run<'a> {
             whole: Some(WholeHash::default()),
             hashing: None,
             unsaved: false,
+            saving: None,
             tracker_lost: None,
             refreshed: now,
             asking: None,
@@ -562,10 +570,14 @@ impl<'a> Run<'a> {
                     self.checked(peer, index, good).await?
                 }
                 Some(()) = self.links.next(), if !self.links.is_empty() => {}
-                hashed = hashing(&mut self.hashing), if self.hashing.is_some() => {
+                hashed = settled(&mut self.hashing), if self.hashing.is_some() => {
                     self.hashing = None;
                     self.whole = Some(hashed.map_err(ClientError::from)?);
                     self.hash_ahead();
+                }
+                saved = settled(&mut self.saving), if self.saving.is_some() => {
+                    self.saving = None;
+                    saved.map_err(ClientError::from)?;
                 }
                 // Reports before requests for peers: an older report's
                 // answer must not clear a loss a newer request found.
@@ -1026,7 +1038,7 @@ impl<'a> Run<'a> {
     /// are dropped, and the tracker is asked for more peers if need be
     /// (without it, the peers that rested are tried again).
     async fn tend(&mut self) -> Result<(), DownloadError> {
-        self.save().await?;
+        self.start_saving();
         for (id, peer) in &mut self.peers {
             let pipeline =
                 (std::mem::take(&mut peer.delivered) + 1).clamp(FIRST_PIPELINE.min(self.pipeline), self.pipeline);
@@ -1080,11 +1092,25 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Saves the record of checked pieces, if it changed.
-    async fn save(&mut self) -> Result<(), DownloadError> {
-        if let (true, Some(part)) = (self.unsaved, &self.part) {
-            part.save(self.plan.have()).await.map_err(ClientError::from)?;
+    /// Starts saving the record of checked pieces, if it changed and no
+    /// save is under way; the download goes on meanwhile.
+    fn start_saving(&mut self) {
+        if let (true, Some(part), None) = (self.unsaved, &self.part, &self.saving) {
+            self.saving = Some(Box::pin(part.save(self.plan.have())));
             self.unsaved = false;
+        }
+    }
+
+    /// Saves the record of checked pieces, if it changed, and waits until
+    /// it is saved (after any save under way, so the last one lists the
+    /// most).
+    async fn save(&mut self) -> Result<(), DownloadError> {
+        if let Some(saving) = self.saving.take() {
+            saving.await.map_err(ClientError::from)?;
+        }
+        self.start_saving();
+        if let Some(saving) = self.saving.take() {
+            saving.await.map_err(ClientError::from)?;
         }
         Ok(())
     }
@@ -1336,8 +1362,8 @@ async fn join_conversation(
     }
 }
 
-/// Resolves with the step of the whole-file hash under way; never if none.
-async fn hashing(step: &mut Option<Hashing>) -> Result<WholeHash, StorageError> {
+/// Resolves with the outcome of `step`; never if there is none.
+async fn settled<T>(step: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
     match step {
         Some(step) => step.await,
         None => std::future::pending().await,

@@ -247,21 +247,27 @@ impl PartFile {
 
     /// Syncs what was written, then records `verified` in place of the
     /// last record, atomically: every piece a record lists is on disk.
-    pub async fn save(&self, verified: &Bitfield) -> Result<(), StorageError> {
-        let (file, path, record, dir) = (
+    /// The future owns what it needs, so the download can keep it among
+    /// its other work while the disk syncs.
+    pub fn save(
+        &self,
+        verified: &Bitfield,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send + 'static {
+        let (file, path, record, dir, host) = (
             self.data.file.clone(),
             self.path.clone(),
             self.record.clone(),
             self.dir.clone(),
+            self.data.host.clone(),
         );
         let contents = self.record_bytes(verified);
-        self.data
-            .host
-            .blocking(move || {
+        async move {
+            host.blocking(move || {
                 file.sync_data().map_err(at(&path))?;
                 write_record(&dir, &record, &contents)
             })
             .await
+        }
     }
 
     fn record_bytes(&self, verified: &Bitfield) -> Vec<u8> {
