@@ -17,6 +17,7 @@
 //! - [`tree`]: the folder tree, rendered as the seed documents it.
 
 pub mod agent;
+pub mod arguments;
 pub mod backend;
 pub mod bindings;
 pub mod command;
@@ -211,7 +212,10 @@ fn run_attempt(options: &RunOptions, deadline: Deadline, capacity: usize, printe
         });
     }
     world.finish();
-    let failure = result.err().map(|error| ScriptFailure::new(&error, &options.script));
+    let failure = result.err().map(|error| {
+        let functions = report::signatures(&engine);
+        ScriptFailure::new(&error, &options.script, &functions)
+    });
     let last = match &failure {
         None => ScenarioEvent::ScenarioFinished,
         Some(failure) => ScenarioEvent::ScenarioFailed {

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 use phile_core::protocol::count;
-use phile_runner::review::{html_report, mermaid, Log, ReportExtras};
+use phile_runner::review::{html_report, mermaid, snapshot_view, Log, ReportExtras};
 use phile_runner::{run, RunOptions, Settings, Stats, DEFAULT_SEED};
 use tracing_subscriber::EnvFilter;
 
 /// Runs a phile scenario: a Rhai script that starts a tracker and clients,
 /// makes them register, upload and download over real TCP, and checks the
-/// outcome. `--diagram` and `--report` draw the run for review; `--render
-/// EVENTS.jsonl` draws them from a log written earlier, running nothing.
+/// outcome. `--diagram`, `--report` and `--view` show the run for review;
+/// `--render EVENTS.jsonl` makes them from a log written earlier, running
+/// nothing.
 ///
 /// Exit status: 0 when the script ran to its end; 1 on a script error or a
 /// failed assertion (printed as SCRIPT:LINE:COLUMN: message); 2 on bad
@@ -24,9 +25,9 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "phile-run",
     version,
-    override_usage = "phile-run [OPTIONS] SCRIPT\n       phile-run --render EVENTS.jsonl <--diagram FILE | --report FILE>...",
+    override_usage = "phile-run [OPTIONS] SCRIPT\n       phile-run --render EVENTS.jsonl <--diagram FILE | --report FILE | --view FILE>...",
     after_help = "The scenario language: scenarios/README.md. Logs: RUST_LOG=info (or debug) phile-run ...",
-    group(ArgGroup::new("review").args(["diagram", "report"]).multiple(true))
+    group(ArgGroup::new("review").args(["diagram", "report", "view"]).multiple(true))
 )]
 struct Cli {
     /// The scenario script (.rhai).
@@ -68,11 +69,11 @@ struct Cli {
 
     /// Stop a script that runs more than this many operations (every
     /// expression counts one).
-    #[arg(long, value_name = "N", default_value_t = phile_runner::DEFAULT_MAX_OPERATIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = phile_runner::DEFAULT_MAX_OPERATIONS, value_parser = phile_runner::arguments::at_least_one)]
     max_operations: u64,
 
     /// Stop a script that runs longer than this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIME_LIMIT, value_parser = phile_runner::arguments::at_least_one)]
     time_limit: u64,
 
     /// Write the run as a Mermaid sequence diagram to FILE.
@@ -83,8 +84,13 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
 
-    /// Run no script: render --diagram and/or --report from an event log
-    /// written earlier with --events.
+    /// Write the run's event log as text to FILE, as the snapshots in
+    /// snapshots/ hold it: the events of each script line under that line.
+    #[arg(long, value_name = "FILE")]
+    view: Option<PathBuf>,
+
+    /// Run no script: render --diagram, --report and/or --view from an
+    /// event log written earlier with --events.
     #[arg(
         long,
         value_name = "EVENTS.jsonl",
@@ -253,6 +259,9 @@ fn rerun_command(cli: &Cli, script: &std::path::Path) -> String {
     if let Some(report) = &cli.report {
         command += &format!(" --report {}", report.display());
     }
+    if let Some(view) = &cli.view {
+        command += &format!(" --view {}", view.display());
+    }
     command
 }
 
@@ -278,10 +287,14 @@ fn render(events: &std::path::Path, cli: &Cli) -> ExitCode {
     }
 }
 
-/// The files `--diagram` and `--report` asked for, open for writing.
+/// The files `--diagram`, `--report` and `--view` asked for, open for
+/// writing.
 struct ReviewFiles {
     diagram: Option<(PathBuf, File)>,
     report: Option<(PathBuf, File)>,
+    view: Option<(PathBuf, File)>,
+    /// The script run, if any: the view heads each line's events with it.
+    script: Option<String>,
 }
 
 impl ReviewFiles {
@@ -294,6 +307,11 @@ impl ReviewFiles {
         Ok(ReviewFiles {
             diagram: open(&cli.diagram)?,
             report: open(&cli.report)?,
+            view: open(&cli.view)?,
+            script: cli
+                .script
+                .as_ref()
+                .and_then(|script| std::fs::read_to_string(script).ok()),
         })
     }
 
@@ -302,7 +320,7 @@ impl ReviewFiles {
     /// it measured beside the log (when each event happened, for the
     /// timeline; swarm times against their fluid bounds).
     fn write(self, log: Result<Log, phile_runner::review::ParseError>, extras: ReportExtras) -> Result<(), String> {
-        if self.diagram.is_none() && self.report.is_none() {
+        if self.diagram.is_none() && self.report.is_none() && self.view.is_none() {
             return Ok(());
         }
         let log = log.map_err(|error| format!("cannot read the event log: {error}"))?;
@@ -313,6 +331,9 @@ impl ReviewFiles {
             let html = html_report(&log, &extras)
                 .map_err(|error| format!("cannot make the report {}: {error}", path.display()))?;
             write_to(&path, file, &html)?;
+        }
+        if let Some((path, file)) = self.view {
+            write_to(&path, file, &snapshot_view(&log, self.script.as_deref()))?;
         }
         Ok(())
     }

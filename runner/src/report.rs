@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rhai::{EvalAltResult, Position};
+use rhai::{Engine, EvalAltResult, Position};
 
 /// Why a script stopped, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,9 +26,11 @@ pub struct ScriptFailure {
 }
 
 impl ScriptFailure {
-    /// Describes `error`, raised by the script at `script`.
-    pub fn new(error: &EvalAltResult, script: &Path) -> ScriptFailure {
-        let (position, message) = describe(error);
+    /// Describes `error`, raised by the script at `script`; `functions`
+    /// (the scenario's, as [`signatures`] gives them) help with a call
+    /// that matched none of them.
+    pub fn new(error: &EvalAltResult, script: &Path, functions: &[String]) -> ScriptFailure {
+        let (position, message) = describe(error, functions);
         let line = position.line().unwrap_or(0);
         let column = position.position().unwrap_or(0);
         let source = std::fs::read_to_string(script).unwrap_or_default();
@@ -54,10 +56,10 @@ impl ScriptFailure {
 
 /// The innermost position and a message for `error`, without Rhai's
 /// "(line 3, position 5)" suffix (the position is shown on its own).
-fn describe(error: &EvalAltResult) -> (Position, String) {
+fn describe(error: &EvalAltResult, functions: &[String]) -> (Position, String) {
     match error {
         EvalAltResult::ErrorInFunctionCall(function, _, inner, call) => {
-            let (position, message) = describe(inner);
+            let (position, message) = describe(inner, functions);
             if position.is_none() {
                 (*call, message)
             } else {
@@ -83,15 +85,84 @@ fn describe(error: &EvalAltResult) -> (Position, String) {
             *position,
             "the script called functions 64 deep (a recursion that never ends?)".to_owned(),
         ),
-        EvalAltResult::ErrorFunctionNotFound(..) => {
+        EvalAltResult::ErrorFunctionNotFound(call, _) => {
             let position = error.position();
             let message = strip_position(error);
-            (
-                position,
-                format!("{message}; the functions a scenario can call are listed in scenarios/README.md"),
-            )
+            let message = match call_hint(call, functions) {
+                Some(hint) => format!("{message}: {hint} (scenarios/README.md lists every function)"),
+                None => format!("{message}; the functions a scenario can call are listed in scenarios/README.md"),
+            };
+            (position, message)
         }
+        EvalAltResult::ErrorParsing(..) if strip_position(error).ends_with("object map literal") => (
+            error.position(),
+            format!(
+                "{}; a map's keys are names or strings in quotes, as in assert_tree(#{{ \"10000\": [] }})",
+                strip_position(error)
+            ),
+        ),
         other => (other.position(), strip_position(other)),
+    }
+}
+
+/// The functions a script run by `engine` can call, each as
+/// `name(type, ...)` (a method's object first: `set_rate(Client, int,
+/// int)`), in Rhai's own type names.
+pub fn signatures(engine: &Engine) -> Vec<String> {
+    let mut functions: Vec<String> = engine
+        .gen_fn_signatures(false)
+        .iter()
+        .filter_map(|signature| simplify(signature))
+        .collect();
+    functions.sort();
+    functions.dedup();
+    functions
+}
+
+/// `set_rate(_: &mut Client, _: i64, _: i64) -> ...` as
+/// `set_rate(Client, int, int)`.
+fn simplify(signature: &str) -> Option<String> {
+    let (name, rest) = signature.split_once('(')?;
+    let (parameters, _) = rest.split_once(')')?;
+    let types: Vec<&str> = parameters
+        .split(", ")
+        .filter(|parameter| !parameter.is_empty())
+        .map(|parameter| {
+            let kind = parameter.rsplit_once(": ").map_or(parameter, |(_, kind)| kind);
+            let kind = kind.trim_start_matches("&mut ").rsplit("::").next().unwrap_or(kind);
+            match kind {
+                "i64" => "int",
+                "f64" => "float",
+                "ImmutableString" | "&str" | "String" => "string",
+                "Dynamic" => "any",
+                other => other,
+            }
+        })
+        .collect();
+    Some(format!("{name}({})", types.join(", ")))
+}
+
+/// What to say of a call `call` (Rhai's `name (types)`) that matched no
+/// function: the forms a function of that name takes, or the names that
+/// are a typo or two away.
+fn call_hint(call: &str, functions: &[String]) -> Option<String> {
+    let name = call.split([' ', '(']).next()?;
+    let name_of = |function: &String| function.split('(').next().unwrap_or_default().to_owned();
+    let forms: Vec<&str> = (functions.iter())
+        .filter(|function| name_of(function) == name)
+        .filter_map(|function| function.strip_prefix(name))
+        .collect();
+    if !forms.is_empty() {
+        return Some(format!("{name} takes {}", forms.join(" or ")));
+    }
+    let mut close: Vec<String> = (functions.iter())
+        .map(name_of)
+        .filter(|known| strsim::damerau_levenshtein(known, name) <= 2)
+        .collect();
+    close.dedup();
+    match close.as_slice() {
+        [] => None,
+        names => Some(format!("did you mean {}?", names.join(" or "))),
     }
 }
 
@@ -126,6 +197,69 @@ fn render(script: &str, source: &str, line: usize, column: usize, message: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scenario_functions() -> Vec<String> {
+        [
+            "upload(Client, string)",
+            "set_rate(Client, int, int)",
+            "download(Client, string)",
+            "download(Client, string, map)",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn signatures_read_as_rhai_types_with_the_object_first() {
+        assert_eq!(
+            simplify("set_rate(_: &mut Client, _: i64, _: i64) -> core::result::Result<(), Box<EvalAltResult>>"),
+            Some("set_rate(Client, int, int)".to_owned())
+        );
+        assert_eq!(
+            simplify("start_download(_: &mut Client, _: string, _: map) -> phile_runner::world::download::Transfer"),
+            Some("start_download(Client, string, map)".to_owned())
+        );
+        assert_eq!(simplify("now() -> f64"), Some("now()".to_owned()));
+    }
+
+    #[test]
+    fn a_call_with_the_wrong_types_is_shown_the_types_its_function_takes() {
+        let hint = call_hint(
+            "set_rate (Client, &str | ImmutableString | String, i64)",
+            &scenario_functions(),
+        );
+        assert_eq!(hint.as_deref(), Some("set_rate takes (Client, int, int)"));
+        let hint = call_hint("download (Client, i64)", &scenario_functions());
+        assert_eq!(
+            hint.as_deref(),
+            Some("download takes (Client, string) or (Client, string, map)")
+        );
+    }
+
+    #[test]
+    fn a_misspelt_call_is_offered_the_names_close_to_it() {
+        let hint = call_hint(
+            "uplaod (Client, &str | ImmutableString | String)",
+            &scenario_functions(),
+        );
+        assert_eq!(hint.as_deref(), Some("did you mean upload?"));
+        assert_eq!(call_hint("frobnicate ()", &scenario_functions()), None);
+    }
+
+    #[test]
+    fn a_number_as_a_map_key_is_told_to_quote_it() {
+        let error: Box<EvalAltResult> = Engine::new().compile("let tree = #{ 10000: [] };").unwrap_err().into();
+        let (_, message) = describe(&error, &[]);
+        assert!(message.contains("keys are names or strings in quotes"), "{message}");
+    }
+
+    #[test]
+    fn the_engine_of_a_scenario_lists_its_functions() {
+        let mut engine = Engine::new();
+        engine.register_fn("set_rate", |_: i64, _: i64| ());
+        let functions = signatures(&engine);
+        assert!(functions.contains(&"set_rate(int, int)".to_owned()), "{functions:?}");
+    }
 
     #[test]
     fn renders_the_position_and_a_caret_under_the_column() {

@@ -413,7 +413,8 @@ fn errors_are_one_clear_line_and_exit_1() {
         "--tracker",
         &closed,
     ]);
-    assert_eq!(bad_name.status.code(), Some(1));
+    // Checked with the other arguments: bad command-line use.
+    assert_eq!(bad_name.status.code(), Some(2));
     assert!(
         text(&bad_name.stderr).contains("invalid file name"),
         "{}",
@@ -422,6 +423,14 @@ fn errors_are_one_clear_line_and_exit_1() {
 
     let usage = phile(&["get", "--id", "1"]);
     assert_eq!(usage.status.code(), Some(2));
+
+    let bad_id = phile(&["get", "x", "--id", "alice", "--dir", folder, "--tracker", &closed]);
+    assert_eq!(bad_id.status.code(), Some(2));
+    assert!(
+        text(&bad_id.stderr).contains("expected a peer id, a whole number such as 1 or 42, not \"alice\""),
+        "{}",
+        text(&bad_id.stderr)
+    );
 
     // A rate cap is a whole number with an optional K, M or G.
     let bad_rate = phile(&[

@@ -1,4 +1,4 @@
-//! `phile-run --diagram`, `--report` and `--render`: the review files of a
+//! `phile-run --diagram`, `--report`, `--view` and `--render`: the review files of a
 //! run, of a failed run, and of a log written earlier.
 
 use std::path::{Path, PathBuf};
@@ -292,4 +292,41 @@ fn every_shipped_scenario_draws_under_the_simulator() {
         }
     }
     assert!(drawn >= 12, "only {drawn} scenarios drawn");
+}
+
+#[test]
+fn view_writes_the_run_as_its_snapshot_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = dir.path().join("run.txt");
+    let output = run_in(
+        dir.path(),
+        &scenario("default.rhai"),
+        &["--view", view.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let snapshot = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../snapshots/default.snap"));
+    // The snapshot's body, after insta's header between two `---` lines.
+    let (_, body) = snapshot.split_once("\n---\n").expect("an insta header");
+    assert_eq!(read(&view).trim_end(), body.trim_end());
+}
+
+#[test]
+fn view_renders_a_log_written_earlier_without_its_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, view) = (dir.path().join("run.jsonl"), dir.path().join("run.txt"));
+    let output = run_in(
+        dir.path(),
+        &scenario("default.rhai"),
+        &["--events", events.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let output = phile_run(&["--render", events.to_str().unwrap(), "--view", view.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let view = read(&view);
+    assert!(
+        view.starts_with("-- (no script line)\nscenario  scenario_started"),
+        "{view}"
+    );
+    assert!(view.contains("\n-- line 42\n"), "{view}");
+    assert!(view.contains("download_finished  file=test1.txt from=10000"), "{view}");
 }

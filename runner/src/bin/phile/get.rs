@@ -33,8 +33,8 @@ use crate::{Identity, Stop};
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// The files to download (a name given twice is fetched once).
-    #[arg(required = true, value_name = "NAME")]
-    names: Vec<String>,
+    #[arg(required = true, value_name = "NAME", value_parser = file_name)]
+    names: Vec<FileName>,
 
     #[command(flatten)]
     identity: Identity,
@@ -91,12 +91,11 @@ impl Outcome {
 /// Downloads the files named in `args`; Ctrl-C (`stop`) stops them.
 pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let me = &args.identity;
-    // Check every name before touching the network; fetch each one once.
+    // Fetch each one once (clap checked every name).
     let mut files: Vec<FileName> = Vec::new();
-    for name in &args.names {
-        let file: FileName = name.parse().map_err(|error| anyhow::anyhow!("{error}"))?;
-        if !files.contains(&file) {
-            files.push(file);
+    for file in &args.names {
+        if !files.contains(file) {
+            files.push(file.clone());
         }
     }
     crate::existing_folder(&me.dir)?;
@@ -162,6 +161,11 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A file name as the protocol allows it (no `/`, no `..`, ...).
+fn file_name(text: &str) -> Result<FileName, String> {
+    text.parse().map_err(|error| format!("{error}"))
 }
 
 /// Locates, checks against the folder, receives and announces one file:

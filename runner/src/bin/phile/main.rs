@@ -76,7 +76,7 @@ struct AgentCli {
 #[derive(Debug, Args)]
 struct Identity {
     /// This peer's id, unique among the tracker's clients.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = phile_runner::arguments::peer_id)]
     id: u64,
 
     /// The folder of files this peer holds (downloads go there too).
@@ -103,7 +103,7 @@ struct Identity {
 
     /// How long a connection may make no progress (no answer, no bytes)
     /// before it is given up, in seconds; a download then tries another peer.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = phile_runner::arguments::at_least_one)]
     timeout: u64,
 
     /// The most this peer sends to other peers, in bytes per second, over
