@@ -131,7 +131,7 @@ enum Heard {
 /// to the other while neither reads would stall until the idle timeout).
 type Requests = mpsc::UnboundedSender<Request<PeerRequest>>;
 
-/// A checked piece on its way to disk.
+/// A piece being checked and, if good, written.
 type Checking = Pin<Box<dyn Future<Output = (ClientId, usize, Result<bool, StorageError>)> + Send>>;
 
 /// A connection's reading side, run by the download itself.
@@ -507,7 +507,7 @@ impl<'a> Run<'a> {
     /// Downloaders opened conversations with this one. Any it does not know
     /// of is a swarm member to draw from too: the tracker, which has their
     /// addresses, is asked for the swarm again.
-    async fn meet(&mut self) {
+    fn meet(&mut self) {
         let (met, seen) = self.partial.met_since(self.met);
         self.met = seen;
         let strangers = met.iter().any(|peer| !self.knows_of(*peer));
@@ -545,7 +545,7 @@ impl<'a> Run<'a> {
         self.show_progress();
         loop {
             for peer in std::mem::take(&mut self.broken) {
-                self.drop_peer(peer, Some(Problem::Cut)).await;
+                self.drop_peer(peer, Some(Problem::Cut));
             }
             self.connect_offered();
             if self.has_everything() && self.checking.is_empty() && !self.awaiting_complaints() {
@@ -554,8 +554,9 @@ impl<'a> Run<'a> {
                     None => continue,
                 }
             }
-            // Complete but for a report the tracker has yet to answer:
-            // nobody to find, only that answer to wait for.
+            // Nobody to draw from, and pieces still to come: someone must
+            // be found (a download complete but for a report's answer has
+            // only that answer to wait for).
             let stranded = self.peers.is_empty() && self.connecting.is_empty() && self.checking.is_empty();
             if stranded && !self.has_everything() {
                 self.find_someone().await?;
@@ -567,7 +568,7 @@ impl<'a> Run<'a> {
                 biased;
                 Some((peer, heard)) = self.heard.recv() => self.hear(peer, heard).await?,
                 Some((peer, index, good)) = self.checking.next(), if !self.checking.is_empty() => {
-                    self.checked(peer, index, good).await?
+                    self.checked(peer, index, good)?
                 }
                 Some(()) = self.links.next(), if !self.links.is_empty() => {}
                 hashed = settled(&mut self.hashing), if self.hashing.is_some() => {
@@ -588,7 +589,7 @@ impl<'a> Run<'a> {
                     self.asking = None;
                     self.take_peers(reply)?;
                 }
-                _ = partial.met_beyond(self.met) => self.meet().await,
+                _ = partial.met_beyond(self.met) => self.meet(),
                 _ = tick.tick() => self.tend().await?,
             }
         }
@@ -690,48 +691,14 @@ impl<'a> Run<'a> {
         async move {
             let wrap = |stream| rate.wrap(stream);
             let connected = Connection::connect_wrapped(host.as_ref(), addr, limits.idle_timeout, wrap).await;
-            let Ok(mut connection) = connected else {
-                let _ = tell.send((peer, Heard::Ended(Some(Problem::Unreachable)))).await;
-                return;
-            };
-            let joined = join_conversation(&mut connection, join, layout, limits.first_byte_timeout).await;
-            let (mut inbound, out) = wire::split(connection);
-            let ended = match joined {
-                Err(problem) => Some(problem),
-                Ok(()) => match inbound
-                    .body(layout.count().div_ceil(8))
-                    .await
-                    .map(|bytes| bytes.to_vec())
-                {
-                    Ok(bytes) => match Bitfield::from_bytes(layout.count(), bytes) {
-                        Ok(bits) => {
-                            let (requests, mut queued) = mpsc::unbounded_channel::<Request<PeerRequest>>();
-                            let joined = Heard::Joined(requests, bits, inbound.received());
-                            if tell.send((peer, joined)).await.is_err() {
-                                return; // the download is over
-                            }
-                            let mut out = out;
-                            let writing = async move {
-                                while let Some(request) = queued.recv().await {
-                                    if out.message(&request).await.is_err() {
-                                        return Some(Problem::Cut);
-                                    }
-                                }
-                                None
-                            };
-                            tokio::select! {
-                                biased;
-                                ended = listen(&mut inbound, layout, peer, &tell) => ended,
-                                cut = writing => match cut {
-                                    Some(problem) => Some(problem),
-                                    // The download let the peer go.
-                                    None => return,
-                                },
-                            }
-                        }
-                        Err(_) => Some(Problem::Garbled),
+            let ended = match connected {
+                Err(_) => Some(Problem::Unreachable),
+                Ok(connection) => match join_conversation(connection, join, layout, limits.first_byte_timeout).await {
+                    Err(problem) => Some(problem),
+                    Ok(joined) => match converse(joined, layout, peer, &tell).await {
+                        Conversed::Ended(problem) => problem,
+                        Conversed::LetGo => return,
                     },
-                    Err(error) => Some(connection_problem(&error)),
                 },
             };
             let _ = tell.send((peer, Heard::Ended(ended))).await;
@@ -757,33 +724,33 @@ impl<'a> Run<'a> {
                 );
                 self.plan.join(peer, bits);
                 self.plan.set_pipeline(peer, FIRST_PIPELINE.min(self.pipeline));
-                self.ask(peer).await;
+                self.ask(peer);
                 if let Some(index) = self.plan.first_held_of(peer) {
-                    self.nudge_if_idle(peer, index).await;
+                    self.nudge_if_idle(peer, index);
                 }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
-            Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes).await,
+            Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes),
             Heard::Have(index) => {
                 if self.plan.gained(peer, index) {
-                    self.ask(peer).await;
+                    self.ask(peer);
                 } else {
-                    self.nudge_if_idle(peer, index).await;
+                    self.nudge_if_idle(peer, index);
                 }
             }
             Heard::Missing(index) => {
                 self.plan.lost(peer, index);
-                self.ask_everyone().await;
+                self.ask_everyone();
             }
             Heard::Checked => {}
-            Heard::Ended(problem) => self.drop_peer(peer, problem).await,
+            Heard::Ended(problem) => self.drop_peer(peer, problem),
         }
         Ok(())
     }
 
     /// Asks `peer` for what it should send next: the piece hashes if they
     /// are still unknown and nobody else was asked, else pieces.
-    async fn ask(&mut self, peer: ClientId) {
+    fn ask(&mut self, peer: ClientId) {
         if self.peers.get(&peer).is_none_or(|p| p.blamed) {
             return;
         }
@@ -791,11 +758,11 @@ impl<'a> Run<'a> {
         if self.part.is_none() {
             if self.layer_from.is_none() && self.can_help(peer) {
                 self.layer_from = Some(peer);
-                self.send(peer, PeerRequest::Layer).await;
+                self.send(peer, PeerRequest::Layer);
             }
         } else {
             for index in self.plan.requests(peer) {
-                if !self.send(peer, PeerRequest::Piece { index: index as u64 }).await {
+                if !self.send(peer, PeerRequest::Piece { index: index as u64 }) {
                     break;
                 }
             }
@@ -816,16 +783,16 @@ impl<'a> Run<'a> {
     }
 
     /// Asks every connected peer for what it should send next.
-    async fn ask_everyone(&mut self) {
+    fn ask_everyone(&mut self) {
         let peers: Vec<ClientId> = self.peers.keys().copied().collect();
         for peer in peers {
-            self.ask(peer).await;
+            self.ask(peer);
         }
     }
 
     /// Sends `request` to `peer`; a peer that cannot be written to is
     /// dropped (at the next turn of the loop). Returns whether it went.
-    async fn send(&mut self, peer: ClientId, request: PeerRequest) -> bool {
+    fn send(&mut self, peer: ClientId, request: PeerRequest) -> bool {
         let Some(link) = self.peers.get_mut(&peer).filter(|_| !self.broken.contains(&peer)) else {
             return false;
         };
@@ -850,11 +817,11 @@ impl<'a> Run<'a> {
         match Layer::verified(self.plan.layout(), hashes, self.root) {
             Ok(layer) => {
                 self.open_part(layer).await?;
-                self.ask_everyone().await;
+                self.ask_everyone();
             }
             Err(error) => {
                 tracing::info!(node = %self.client.id, %peer, %error, "bad piece hashes for {}", self.file);
-                self.drop_peer(peer, Some(Problem::Garbled)).await;
+                self.drop_peer(peer, Some(Problem::Garbled));
             }
         }
         Ok(())
@@ -862,7 +829,7 @@ impl<'a> Run<'a> {
 
     /// Piece `index` arrived from `peer`: checked and written in the
     /// background, unless it is a duplicate.
-    async fn take_piece(&mut self, peer: ClientId, index: usize, bytes: Bytes) {
+    fn take_piece(&mut self, peer: ClientId, index: usize, bytes: Bytes) {
         match self.peers.get_mut(&peer) {
             // Nothing more is taken from a peer blamed for a bad piece.
             Some(link) if !link.blamed => {
@@ -880,20 +847,15 @@ impl<'a> Run<'a> {
             let taking = part.take_piece(index, bytes);
             self.checking.push(Box::pin(async move { (peer, index, taking.await) }));
         }
-        self.ask(peer).await;
+        self.ask(peer);
     }
 
     /// Piece `index` from `peer` was checked (and, if good, written).
-    async fn checked(
-        &mut self,
-        peer: ClientId,
-        index: usize,
-        good: Result<bool, StorageError>,
-    ) -> Result<(), DownloadError> {
-        let good = good.map_err(|error| ClientError::Disk(error.to_string()))?;
+    fn checked(&mut self, peer: ClientId, index: usize, good: Result<bool, StorageError>) -> Result<(), DownloadError> {
+        let good = good.map_err(ClientError::from)?;
         let cancels = self.plan.checked(index, good);
         if !good {
-            self.blame(peer, index).await?;
+            self.blame(peer, index)?;
             return Ok(());
         }
         let bytes = self.plan.layout().len(index);
@@ -905,33 +867,24 @@ impl<'a> Run<'a> {
         self.show_progress();
         self.hash_ahead();
         for (other, index) in cancels {
-            self.send(other, PeerRequest::Cancel { index: index as u64 }).await;
+            self.send(other, PeerRequest::Cancel { index: index as u64 });
         }
-        self.nudge(index, peer).await;
+        self.nudge(index, peer);
         Ok(())
     }
 
-    /// Tells the peers other than its `sender` that hold piece `index`
-    /// (just checked), were never asked for it, and now have nothing this
-    /// download lacks, that it came from elsewhere (`Cancel`). A seeder that shows a piece at a
-    /// time (super-seeding) then shows another: without this, a downloader
-    /// that got the one piece a seeder showed it from someone else would
-    /// ask that seeder nothing more, and hear of nothing more from it, until
-    /// every piece went out.
-    async fn nudge(&mut self, index: usize, sender: ClientId) {
-        let idle: Vec<ClientId> = self
-            .peers
-            .keys()
-            .copied()
-            .filter(|peer| {
-                *peer != sender
-                    && self.plan.in_flight(*peer) == 0
-                    && self.plan.holds(*peer, index)
-                    && !self.plan.useful(*peer)
-            })
+    /// Piece `index` just checked out: every peer other than its `sender`
+    /// that holds it is nudged ([`Run::nudge_if_idle`]). A seeder that
+    /// shows a piece at a time (super-seeding) then shows another: without
+    /// this, a downloader that got the one piece a seeder showed it from
+    /// someone else would ask that seeder nothing more, and hear of nothing
+    /// more from it, until every piece went out.
+    fn nudge(&mut self, index: usize, sender: ClientId) {
+        let holders: Vec<ClientId> = (self.peers.keys().copied())
+            .filter(|peer| *peer != sender && self.plan.holds(*peer, index))
             .collect();
-        for peer in idle {
-            self.send(peer, PeerRequest::Cancel { index: index as u64 }).await;
+        for peer in holders {
+            self.nudge_if_idle(peer, index);
         }
     }
 
@@ -939,16 +892,16 @@ impl<'a> Run<'a> {
     /// it is asked for nothing and has nothing else this download lacks,
     /// it is told so (`Cancel`), as [`Run::nudge`] does, so that a seeder
     /// showing a piece at a time shows another.
-    async fn nudge_if_idle(&mut self, peer: ClientId, index: usize) {
+    fn nudge_if_idle(&mut self, peer: ClientId, index: usize) {
         if self.plan.in_flight(peer) == 0 && self.plan.have().has(index) && !self.plan.useful(peer) {
-            self.send(peer, PeerRequest::Cancel { index: index as u64 }).await;
+            self.send(peer, PeerRequest::Cancel { index: index as u64 });
         }
     }
 
     /// `peer` sent piece `index`, which failed its hash: the download logs
     /// it, never asks `peer` again, tells it (it checks its own copy) and
     /// tells the tracker (which stops offering it to this client).
-    async fn blame(&mut self, peer: ClientId, index: usize) -> Result<(), DownloadError> {
+    fn blame(&mut self, peer: ClientId, index: usize) -> Result<(), DownloadError> {
         let client = self.client;
         tracing::info!(node = %client.id, %peer, "piece {index} of {} failed its hash", self.file);
         let problem = Problem::WrongPiece;
@@ -987,7 +940,7 @@ impl<'a> Run<'a> {
             self.blamed.push(Rejection { peer, problem, error });
         }
         if !released.is_empty() {
-            self.ask_everyone().await;
+            self.ask_everyone();
         }
         Ok(())
     }
@@ -1014,7 +967,7 @@ impl<'a> Run<'a> {
     /// misbehaved (`problem`: it garbled or stalled) is not tried again in
     /// this download; one that could not serve just now (or hung up) may
     /// be, once it has rested.
-    async fn drop_peer(&mut self, peer: ClientId, problem: Option<Problem>) {
+    fn drop_peer(&mut self, peer: ClientId, problem: Option<Problem>) {
         self.connecting.remove(&peer);
         self.peers.remove(&peer);
         tracing::debug!(node = %self.client.id, %peer, ?problem, "dropped a peer of the swarm of {}", self.file);
@@ -1031,7 +984,7 @@ impl<'a> Run<'a> {
             self.layer_from = None;
         }
         self.plan.leave(peer);
-        self.ask_everyone().await;
+        self.ask_everyone();
     }
 
     /// What happens every tick: the record is saved, peers that stalled
@@ -1044,7 +997,7 @@ impl<'a> Run<'a> {
                 (std::mem::take(&mut peer.delivered) + 1).clamp(FIRST_PIPELINE.min(self.pipeline), self.pipeline);
             self.plan.set_pipeline(*id, pipeline);
         }
-        self.ask_everyone().await;
+        self.ask_everyone();
         let now = Instant::now();
         for peer in self.peers.values_mut() {
             // Bytes came: a slow piece is no stalled one.
@@ -1064,7 +1017,7 @@ impl<'a> Run<'a> {
             .map(|(id, _)| *id)
             .collect();
         for peer in stalled {
-            self.drop_peer(peer, Some(Problem::Stalled)).await;
+            self.drop_peer(peer, Some(Problem::Stalled));
         }
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
         // Once a tick: the last ask came a tick ago, give or take the
@@ -1221,7 +1174,7 @@ impl<'a> Run<'a> {
                 self.forget(index);
             }
             self.whole = Some(WholeHash::default());
-            self.ask_everyone().await;
+            self.ask_everyone();
             return Ok(None);
         }
         let so_far = self.whole.take().unwrap_or_default();
@@ -1246,7 +1199,7 @@ impl<'a> Run<'a> {
                 tracing::warn!(node = %self.client.id, "piece {index} of {} went bad on disk; fetching it again", self.file);
                 self.forget(index);
             }
-            self.ask_everyone().await;
+            self.ask_everyone();
             return Ok(None);
         }
         let stored = part.store(&self.client.folder, &self.file).await;
@@ -1331,8 +1284,79 @@ fn unreachable(error: &ClientError) -> bool {
     matches!(error, ClientError::Session(_) | ClientError::NotRegistered(_))
 }
 
-/// Sends `join` and reads the header of the answer (the bitfield follows).
+/// A conversation joined: its two directions, and the pieces the peer
+/// holds.
+struct Joined {
+    inbound: wire::Inbound,
+    outbound: wire::Outbound,
+    bits: Bitfield,
+}
+
+/// How a conversation went.
+enum Conversed {
+    /// It ended, with the problem if the peer misbehaved: the download is
+    /// to be told.
+    Ended(Option<Problem>),
+    /// The download let the peer go (or is over): nothing to tell.
+    LetGo,
+}
+
+/// Sends `join` on `connection`, reads the answer and the peer's bitfield.
 async fn join_conversation(
+    mut connection: Connection,
+    join: PeerRequest,
+    layout: Layout,
+    first_byte: Duration,
+) -> Result<Joined, Problem> {
+    read_join_answer(&mut connection, join, layout, first_byte).await?;
+    let (mut inbound, outbound) = wire::split(connection);
+    let bytes = inbound
+        .body(layout.count().div_ceil(8))
+        .await
+        .map_err(|error| connection_problem(&error))?;
+    let bits = Bitfield::from_bytes(layout.count(), bytes.to_vec()).map_err(|_| Problem::Garbled)?;
+    Ok(Joined {
+        inbound,
+        outbound,
+        bits,
+    })
+}
+
+/// Runs a joined conversation with `peer`: hands the download a way to
+/// send requests (written here) and reports what the peer says, until
+/// either side ends it.
+async fn converse(joined: Joined, layout: Layout, peer: ClientId, tell: &mpsc::Sender<(ClientId, Heard)>) -> Conversed {
+    let Joined {
+        mut inbound,
+        mut outbound,
+        bits,
+    } = joined;
+    let (requests, mut queued) = mpsc::unbounded_channel::<Request<PeerRequest>>();
+    if tell
+        .send((peer, Heard::Joined(requests, bits, inbound.received())))
+        .await
+        .is_err()
+    {
+        return Conversed::LetGo;
+    }
+    let writing = async move {
+        while let Some(request) = queued.recv().await {
+            if outbound.message(&request).await.is_err() {
+                return Conversed::Ended(Some(Problem::Cut));
+            }
+        }
+        // The download dropped the sender: it let the peer go.
+        Conversed::LetGo
+    };
+    tokio::select! {
+        biased;
+        ended = listen(&mut inbound, layout, peer, tell) => Conversed::Ended(ended),
+        cut = writing => cut,
+    }
+}
+
+/// Sends `join` and reads the header of the answer (the bitfield follows).
+async fn read_join_answer(
     connection: &mut Connection,
     join: PeerRequest,
     layout: Layout,

@@ -56,8 +56,8 @@ impl Tally {
     }
 
     /// Of `asked` (in the order asked), the piece sent least often, the
-    /// first asked among equals; `None` if `asked` is empty. Pieces past
-    /// the end come first, to be refused at once.
+    /// first asked among equals; `None` if `asked` is empty. A piece past
+    /// the end counts as never sent (it is refused when its turn comes).
     pub fn least_sent(&self, asked: impl IntoIterator<Item = usize>) -> Option<usize> {
         let count = |index: usize| self.sent.get(index).copied().unwrap_or(0);
         asked
