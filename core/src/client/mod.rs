@@ -731,12 +731,24 @@ impl Client {
     /// finish for up to `grace`, then stops. Not being registered is no
     /// error: it just stops.
     pub async fn leave(&self, grace: Duration) -> Result<(), ClientError> {
-        let said_goodbye = match self.ask_tracker(TrackerRequest::Leave).await {
+        // One hold of the session from the goodbye to its end: a request
+        // queued meanwhile (a swarm download's refresh) then finds no
+        // session, as if the tracker were gone, instead of going out after
+        // the goodbye and being refused.
+        let reply = {
+            let mut session = self.session.lock().await;
+            let reply = match session.as_mut() {
+                Some(open) => open.request(TrackerRequest::Leave).await.map_err(ClientError::from),
+                None => Err(ClientError::NotRegistered(self.id)),
+            };
+            session.take();
+            reply
+        };
+        let said_goodbye = match reply {
             Ok(TrackerReply::Ack) | Err(ClientError::NotRegistered(_)) => Ok(()),
             Ok(other) => Err(refusal(other)),
             Err(error) => Err(error),
         };
-        self.session.lock().await.take();
         self.server.drain(grace).await;
         self.stop.cancel();
         // The downloads it was making end now (and say so): wait for them,

@@ -531,9 +531,27 @@ impl<'a> Run<'a> {
             return ended;
         }
         if !self.client.crashed() {
-            self.save().await?;
+            self.wind_down().await?;
         }
         Err(ClientError::Stopped(self.client.id).into())
+    }
+
+    /// The client stopped politely: the work handed to blocking threads
+    /// ends first (nothing the download started outlives the client's
+    /// leaving, and the part file stays locked while any of it runs), the
+    /// pieces it checked count, and the record is saved.
+    async fn wind_down(&mut self) -> Result<(), DownloadError> {
+        if self.hashing.is_some() {
+            let _ = settled(&mut self.hashing).await;
+            self.hashing = None;
+        }
+        while let Some((_, index, good)) = self.checking.next().await {
+            if let Ok(true) = good {
+                self.plan.checked(index, true);
+                self.unsaved = true;
+            }
+        }
+        self.save().await
     }
 
     /// The download's steps, to its end.
@@ -999,13 +1017,16 @@ impl<'a> Run<'a> {
         }
         self.ask_everyone();
         let now = Instant::now();
-        for peer in self.peers.values_mut() {
-            // Bytes came: a slow piece is no stalled one.
+        for (id, peer) in &mut self.peers {
+            // Bytes came: a slow piece is no stalled one. Not for a peer
+            // blamed (its answer to the complaint is what is awaited) or
+            // one asked for the piece hashes (nobody else is asked
+            // meanwhile: they must come whole within the idle timeout).
             let received = peer.received.load(Ordering::Relaxed);
-            if received != peer.received_seen {
-                peer.received_seen = received;
+            if received != peer.received_seen && !peer.blamed && self.layer_from != Some(*id) {
                 peer.progress = now;
             }
+            peer.received_seen = received;
         }
         let idle = self.client.limits.idle_timeout;
         let stalled: Vec<ClientId> = self
@@ -1058,12 +1079,18 @@ impl<'a> Run<'a> {
     /// it is saved (after any save under way, so the last one lists the
     /// most).
     async fn save(&mut self) -> Result<(), DownloadError> {
-        if let Some(saving) = self.saving.take() {
-            saving.await.map_err(ClientError::from)?;
-        }
+        self.saved().await?;
         self.start_saving();
-        if let Some(saving) = self.saving.take() {
-            saving.await.map_err(ClientError::from)?;
+        self.saved().await
+    }
+
+    /// Waits for the save under way, if any. Awaited in place, so a save
+    /// cut short by a stop is still there for the stop to wait on.
+    async fn saved(&mut self) -> Result<(), DownloadError> {
+        if self.saving.is_some() {
+            let saved = settled(&mut self.saving).await;
+            self.saving = None;
+            saved.map_err(ClientError::from)?;
         }
         Ok(())
     }
@@ -1128,7 +1155,10 @@ impl<'a> Run<'a> {
             // A warning, but one the download handles: the display says
             // it in its own words, the log only for those who look.
             tracing::info!(%node, %error, "going on with the peers of {file} it knows, without the tracker");
-            if let Some(progress) = &self.client.progress {
+            // No session at all: the client is leaving (or a failure the
+            // display heard of first), nothing to warn the user of.
+            let leaving = matches!(error, ClientError::NotRegistered(_));
+            if let (Some(progress), false) = (&self.client.progress, leaving) {
                 progress.tracker_lost(file, &error.to_string());
             }
             self.tracker_lost = Some(Instant::now());
@@ -1156,8 +1186,10 @@ impl<'a> Run<'a> {
         self.unsaved = true;
         self.save().await?;
         let part = self.part.as_ref().expect("pieces come only with a part file");
-        if let Some(step) = self.hashing.take() {
-            self.whole = Some(step.await.map_err(ClientError::from)?);
+        if self.hashing.is_some() {
+            let hashed = settled(&mut self.hashing).await;
+            self.hashing = None;
+            self.whole = Some(hashed.map_err(ClientError::from)?);
         }
         // A piece found bad on disk while served (a peer complained, and
         // the check of it failed) may be in the part already hashed.

@@ -121,8 +121,9 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         async move {
             let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
-            // Cut by Ctrl-C: the line below says so, once for all.
-            if !client.is_stopped() {
+            // Cut by Ctrl-C: the line below says so, once for all (a file
+            // that arrived all the same says so).
+            if outcome.is_success() || !client.is_stopped() {
                 report(display, client, file, &outcome, args.seed);
             }
             outcome.is_success()
@@ -180,7 +181,10 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
     };
     // Compared before fetching: the common case (the file is here, or
     // another one is) costs no transfer.
-    match already(client.folder(), file, &source.info).await {
+    let Some(held) = until_stopped(client, already(client.folder(), file, &source.info)).await else {
+        return Outcome::Failed(ClientError::Stopped(client.id()).into());
+    };
+    match held {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
         Ok(Some(Held::Other)) if !overwrite => return Outcome::Taken { meanwhile: false },
         Ok(_) => {}
@@ -199,7 +203,10 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
         Err(error) => return Outcome::Failed(error),
     };
     let info = start.info;
-    let here = match already(client.folder(), file, &info).await {
+    let Some(held) = until_stopped(client, already(client.folder(), file, &info)).await else {
+        return Outcome::Failed(ClientError::Stopped(client.id()).into());
+    };
+    let here = match held {
         Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
         Ok(Some(Held::Other)) if !overwrite => Some(Outcome::Taken { meanwhile: false }),
         Ok(_) => None,
@@ -213,6 +220,17 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     let started = Instant::now();
     let received = client.swarm_receive(start).await;
     arrived(client, file, info, started, received).await
+}
+
+/// What `check` comes to, or `None` if the client stops first (Ctrl-C):
+/// hashing a big file already in the folder can take minutes, and a
+/// download that has not begun has nothing to save.
+async fn until_stopped<T>(client: &Client, check: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = client.stopped() => None,
+        done = check => Some(done),
+    }
 }
 
 /// What a download that ended with `received` comes to; a stored file is
