@@ -138,8 +138,8 @@ pub struct SwarmSetup {
 
 impl SwarmSetup {
     /// The two set-ups (16 MiB to 31 downloaders under --sim, 8 MiB
-    /// to 7 over TCP), then swarms of 4, 16 and 64 under --sim and 4 and 16
-    /// over TCP with the same caps.
+    /// to 7 over TCP), then swarms of 4, 16, 64 and 128 under --sim and 4
+    /// and 16 over TCP with the same caps.
     fn full() -> Vec<SwarmSetup> {
         let sim = |downloaders, target| SwarmSetup {
             sim: true,
@@ -173,6 +173,7 @@ impl SwarmSetup {
             sim(4, None),
             sim(16, None),
             sim(64, None),
+            sim(128, None),
             tcp(4, None),
             tcp(16, None),
         ]
