@@ -165,9 +165,10 @@ const HASH_STEP_MAX: u64 = 64 << 20;
 struct Peer {
     /// Where requests go.
     out: Requests,
-    /// When it was last seen sending something asked for (bytes of it
-    /// at a tick, or a whole piece), or was connected, or was asked for
-    /// something when it owed nothing: the clock by which it stalls.
+    /// When it was last seen sending (a whole piece, or body bytes seen at
+    /// a tick, except while it owes the piece hashes or an answer to a
+    /// complaint), was connected, or was asked for something when it owed
+    /// nothing: the clock by which it stalls.
     progress: Instant,
     /// Body bytes received from it so far, counted as they come.
     received: Arc<AtomicU64>,
@@ -1167,7 +1168,8 @@ impl<'a> Run<'a> {
 
     /// Why the download ends without the file: the pieces nobody could
     /// deliver, and the peers blamed. The pieces checked are recorded
-    /// first, for the next attempt.
+    /// first, for the next attempt; if that fails, its error is the
+    /// answer instead.
     async fn exhausted(&mut self) -> DownloadError {
         if let Err(error) = self.save().await {
             return error;
