@@ -103,11 +103,16 @@ impl Running {
 
     /// Sends SIGINT, as Ctrl-C on a terminal does.
     fn interrupt(&self) {
+        self.send(libc::SIGINT);
+    }
+
+    /// Sends `signal` to the process.
+    fn send(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("a process id fits a pid_t");
         // SAFETY: kill(2) takes plain integers and touches no memory of
         // ours; the child is not reaped yet (it is waited for only after
         // this), so its id cannot name another process.
-        let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+        let sent = unsafe { libc::kill(pid, signal) };
         assert_eq!(sent, 0, "cannot signal {pid}: {}", std::io::Error::last_os_error());
     }
 
@@ -838,6 +843,39 @@ fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
         raw_entries(&downloads),
         ["big.bin"],
         "the partial file or its record was left"
+    );
+}
+
+#[test]
+fn ctrl_c_does_not_wait_for_a_tracker_that_went_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
+    std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
+    let (tracker, addr) = tracker();
+    let _seeder = peer_with("1", &seeds, &addr, &["--max-upload", "1M"]);
+    let mut get = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
+    let printed = wait_for_recorded_pieces(&mut get, &downloads, "big.bin");
+
+    // Frozen, the tracker keeps its connections open and answers nothing:
+    // without a bound on the goodbye, Ctrl-C would wait out the 30 s idle
+    // timeout.
+    tracker.send(libc::SIGSTOP);
+    let interrupted = Instant::now();
+    get.interrupt();
+    let status = get.wait_within(Duration::from_secs(10));
+    tracker.send(libc::SIGCONT);
+    let status = status.unwrap_or_else(|| panic!("get still runs 10 s after Ctrl-C; printed {printed:?}"));
+    assert_eq!(status.code(), Some(130), "errors: {}", get.stderr());
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(5),
+        "Ctrl-C took {:?}",
+        interrupted.elapsed()
+    );
+    assert!(get.stderr().contains("phile: stopping..."), "{}", get.stderr());
+    assert!(
+        swarm_leftover(&downloads, "big.bin", PIECES_SUFFIX).is_some(),
+        "the record of pieces is gone: {:?}",
+        raw_entries(&downloads)
     );
 }
 

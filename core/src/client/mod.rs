@@ -269,6 +269,9 @@ pub struct Client {
     /// Whether it stopped by crashing: then, as a killed process would,
     /// it saves nothing on its way out.
     crashed: AtomicBool,
+    /// Cancelled to end its downloads: when it stops, or alone
+    /// ([`Client::halt_downloads`]) while it stays registered and serving.
+    halt: CancellationToken,
     /// What watches its downloads, if anything.
     progress: Option<Arc<dyn Progress>>,
     /// Reports its events.
@@ -335,6 +338,7 @@ impl Client {
             server,
             session,
             holdings,
+            halt: stop.child_token(),
             stop,
             crashed: AtomicBool::new(false),
             progress: config.progress,
@@ -505,7 +509,7 @@ impl Client {
         // A client that stops (or crashes) drops its downloads with it.
         let received = tokio::select! {
             biased;
-            _ = self.stop.cancelled() => None,
+            _ = self.halt.cancelled() => None,
             received = self.receive_until_delivered(file, source) => Some(received),
         };
         match received {
@@ -686,6 +690,24 @@ impl Client {
     /// Whether the client has stopped (shut down, left, or crashed).
     pub fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
+    }
+
+    /// Ends the downloads under way, as a stop would (a swarm download
+    /// records the pieces it checked), and any begun later, while the
+    /// client stays registered and serving: a polite exit stops fetching
+    /// at once, then says goodbye ([`Client::leave`]).
+    pub fn halt_downloads(&self) {
+        self.halt.cancel();
+    }
+
+    /// Whether the client's downloads were halted (or it stopped).
+    pub fn is_halted(&self) -> bool {
+        self.halt.is_cancelled()
+    }
+
+    /// Resolves when the client's downloads are halted (or it stops).
+    pub async fn halted(&self) {
+        self.halt.cancelled().await
     }
 
     /// Whether the client stopped by crashing ([`Client::kill`],

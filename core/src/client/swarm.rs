@@ -232,7 +232,9 @@ impl Client {
             Ok(downloaded) => return Ok(downloaded),
             Err(error) => error,
         };
-        if !self.stop.is_cancelled() {
+        // Halted, the client is leaving (or gone): its goodbye takes it
+        // out of every swarm, and must not wait behind a withdrawal.
+        if !self.halt.is_cancelled() {
             self.leave_swarm(&file, sha1).await;
         }
         Err(self.failed(&file, error))
@@ -522,7 +524,7 @@ impl<'a> Run<'a> {
     /// pieces is consistent at every one), and the record is saved, unless
     /// the client crashed.
     async fn go(mut self) -> Result<Downloaded, DownloadError> {
-        let stop = self.client.stop.clone();
+        let stop = self.client.halt.clone();
         let ended = tokio::select! {
             biased;
             _ = stop.cancelled() => None,

@@ -123,21 +123,24 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
             display.finish(file);
             // Cut by Ctrl-C: the line below says so, once for all (a file
             // that arrived all the same says so).
-            if outcome.is_success() || !client.is_stopped() {
+            if outcome.is_success() || !client.is_halted() {
                 report(display, client, file, &outcome, args.seed);
             }
             outcome.is_success()
         }
     });
     let mut downloads = std::pin::pin!(futures::future::join_all(downloads));
-    // Ctrl-C stops the client, which ends the downloads (a whole-file
-    // download's partial file is deleted; a swarm download records the
-    // pieces it checked, for the next attempt): they are driven until they
-    // have, as it says goodbye to the tracker; then phile exits.
+    // Ctrl-C halts the downloads at once (a whole-file download's partial
+    // file is deleted; a swarm download records the pieces it checked, for
+    // the next attempt), drives them until they have ended, then says
+    // goodbye to the tracker and exits.
     let ok: Vec<bool> = tokio::select! {
         ok = &mut downloads => ok,
         _ = stop.requested() => {
-            let _ = tokio::join!(downloads, client.leave(Duration::ZERO));
+            eprintln!("phile: stopping...");
+            client.halt_downloads();
+            downloads.await;
+            goodbye(&client).await;
             let kept = if args.single {
                 "nothing half-downloaded is kept"
             } else {
@@ -167,6 +170,24 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
 /// A file name as the protocol allows it (no `/`, no `..`, ...).
 fn file_name(text: &str) -> Result<FileName, String> {
     text.parse().map_err(|error| format!("{error}"))
+}
+
+/// How long a `get` stopped by Ctrl-C waits for the tracker to answer its
+/// goodbye. The goodbye is a courtesy (the tracker forgets a client whose
+/// session ends anyway), and a silent tracker would otherwise hold Ctrl-C
+/// up for the idle timeout.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+
+/// Leaves the tracker, or, if it does not answer within [`GOODBYE_WAIT`],
+/// stops without its answer.
+async fn goodbye(client: &Client) {
+    if tokio::time::timeout(GOODBYE_WAIT, client.leave(Duration::ZERO))
+        .await
+        .is_err()
+    {
+        tracing::info!("the tracker did not answer the goodbye; stopping without it");
+        client.shutdown().await;
+    }
 }
 
 /// Locates, checks against the folder, receives and announces one file:
@@ -228,7 +249,7 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
 async fn until_stopped<T>(client: &Client, check: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
-        _ = client.stopped() => None,
+        _ = client.halted() => None,
         done = check => Some(done),
     }
 }
