@@ -850,7 +850,8 @@ fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
 fn ctrl_c_does_not_wait_for_a_tracker_that_went_silent() {
     let dir = tempfile::tempdir().unwrap();
     let (seeds, downloads) = seeds_and_downloads(dir.path());
-    std::fs::write(seeds.join("big.bin"), pattern(3_000_000)).unwrap();
+    // 6 s at 1 MB/s: it is still under way when Ctrl-C comes.
+    std::fs::write(seeds.join("big.bin"), pattern(6_000_000)).unwrap();
     let (tracker, addr) = tracker();
     let _seeder = peer_with("1", &seeds, &addr, &["--max-upload", "1M"]);
     let mut get = Running::start(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
@@ -858,8 +859,15 @@ fn ctrl_c_does_not_wait_for_a_tracker_that_went_silent() {
 
     // Frozen, the tracker keeps its connections open and answers nothing:
     // without a bound on the goodbye, Ctrl-C would wait out the 30 s idle
-    // timeout.
+    // timeout. The download goes on for over a second first (its progress
+    // lines are the clock), so that its request for more peers, made every
+    // second, has gone out and hangs, holding the session.
     tracker.send(libc::SIGSTOP);
+    let frozen = Instant::now();
+    let mut printed = printed;
+    while frozen.elapsed() < Duration::from_millis(1200) {
+        printed.push(get.line());
+    }
     let interrupted = Instant::now();
     get.interrupt();
     let status = get.wait_within(Duration::from_secs(10));

@@ -1158,9 +1158,8 @@ impl<'a> Run<'a> {
             // A warning, but one the download handles: the display says
             // it in its own words, the log only for those who look.
             tracing::info!(%node, %error, "going on with the peers of {file} it knows, without the tracker");
-            // No session at all: the client is leaving (or a failure the
-            // display heard of first), nothing to warn the user of.
-            let leaving = matches!(error, ClientError::NotRegistered(_));
+            // Halted, the client is leaving: nothing to warn the user of.
+            let leaving = self.client.is_halted();
             if let (Some(progress), false) = (&self.client.progress, leaving) {
                 progress.tracker_lost(file, &error.to_string());
             }

@@ -82,6 +82,17 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// A download cut short because the client's downloads were halted.
+    fn halted(client: &Client) -> Outcome {
+        Outcome::Failed(ClientError::Stopped(client.id()).into())
+    }
+
+    /// Whether it was cut short by a halt or a stop, and nothing else
+    /// went wrong.
+    fn is_cut(&self) -> bool {
+        matches!(self, Outcome::Failed(DownloadError::Client(ClientError::Stopped(_))))
+    }
+
     /// Whether the file is in the folder, whole and verified.
     fn is_success(&self) -> bool {
         matches!(self, Outcome::Arrived { .. } | Outcome::AlreadyHere(_))
@@ -121,9 +132,10 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         async move {
             let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
-            // Cut by Ctrl-C: the line below says so, once for all (a file
-            // that arrived all the same says so).
-            if outcome.is_success() || !client.is_halted() {
+            // Cut by Ctrl-C: the line below says so, once for all (any
+            // other outcome, a file that arrived all the same included,
+            // says so).
+            if !(client.is_halted() && outcome.is_cut()) {
                 report(display, client, file, &outcome, args.seed);
             }
             outcome.is_success()
@@ -178,15 +190,15 @@ fn file_name(text: &str) -> Result<FileName, String> {
 /// up for the idle timeout.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 
-/// Leaves the tracker, or, if it does not answer within [`GOODBYE_WAIT`],
-/// stops without its answer.
+/// Leaves the tracker, waiting at most [`GOODBYE_WAIT`] for its answer:
+/// phile exits either way, and the tracker forgets a client whose
+/// connection closes.
 async fn goodbye(client: &Client) {
     if tokio::time::timeout(GOODBYE_WAIT, client.leave(Duration::ZERO))
         .await
         .is_err()
     {
-        tracing::info!("the tracker did not answer the goodbye; stopping without it");
-        client.shutdown().await;
+        tracing::info!("the tracker did not answer the goodbye; exiting without it");
     }
 }
 
@@ -196,14 +208,17 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
     if swarm {
         return fetch_swarm(client, file, overwrite).await;
     }
-    let source = match client.first_source(file).await {
+    let Some(located) = until_halted(client, client.first_source(file)).await else {
+        return Outcome::halted(client);
+    };
+    let source = match located {
         Ok(source) => source,
         Err(error) => return Outcome::Failed(error),
     };
     // Compared before fetching: the common case (the file is here, or
     // another one is) costs no transfer.
-    let Some(held) = until_stopped(client, already(client.folder(), file, &source.info)).await else {
-        return Outcome::Failed(ClientError::Stopped(client.id()).into());
+    let Some(held) = until_halted(client, already(client.folder(), file, &source.info)).await else {
+        return Outcome::halted(client);
     };
     match held {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
@@ -219,13 +234,16 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
 
 /// [`fetch`] in pieces from a swarm.
 async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outcome {
-    let start = match client.swarm_start(file, SwarmOptions::default()).await {
+    let Some(started) = until_halted(client, client.swarm_start(file, SwarmOptions::default())).await else {
+        return Outcome::halted(client);
+    };
+    let start = match started {
         Ok(start) => start,
         Err(error) => return Outcome::Failed(error),
     };
     let info = start.info;
-    let Some(held) = until_stopped(client, already(client.folder(), file, &info)).await else {
-        return Outcome::Failed(ClientError::Stopped(client.id()).into());
+    let Some(held) = until_halted(client, already(client.folder(), file, &info)).await else {
+        return Outcome::halted(client);
     };
     let here = match held {
         Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
@@ -235,7 +253,7 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     };
     if let Some(outcome) = here {
         // Joining the swarm made this client one of its members: it leaves.
-        client.leave_swarm(file, info.sha1).await;
+        until_halted(client, client.leave_swarm(file, info.sha1)).await;
         return outcome;
     }
     let started = Instant::now();
@@ -243,14 +261,15 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     arrived(client, file, info, started, received).await
 }
 
-/// What `check` comes to, or `None` if the client stops first (Ctrl-C):
-/// hashing a big file already in the folder can take minutes, and a
-/// download that has not begun has nothing to save.
-async fn until_stopped<T>(client: &Client, check: impl std::future::Future<Output = T>) -> Option<T> {
+/// What `step` comes to, or `None` if the downloads are halted first
+/// (Ctrl-C): hashing a big file already in the folder can take minutes,
+/// and a tracker gone silent the idle timeout; a download that has not
+/// begun has nothing to save, and phile is about to exit.
+async fn until_halted<T>(client: &Client, step: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
         _ = client.halted() => None,
-        done = check => Some(done),
+        done = step => Some(done),
     }
 }
 
@@ -281,12 +300,13 @@ async fn arrived(
     // A stored, verified file is a success even if the tracker cannot be
     // told (it restarted meanwhile): a peer that registers again announces
     // everything it holds.
-    let announced = match client.announce(file, downloaded.info).await {
-        Ok(()) => true,
-        Err(error) => {
+    let announced = match until_halted(client, client.announce(file, downloaded.info)).await {
+        Some(Ok(())) => true,
+        Some(Err(error)) => {
             tracing::debug!(%error, "stored {file} but could not tell the tracker");
             false
         }
+        None => false,
     };
     Outcome::Arrived {
         downloaded,
