@@ -195,3 +195,24 @@ fn a_swarm_download_of_an_empty_file_ends_under_the_simulator() {
     });
     assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
 }
+
+#[test]
+fn a_client_cut_off_from_its_tracker_leaves_within_the_goodbye_wait() {
+    // The tracker never hears the goodbye: the client waits 2 s for its
+    // answer, not the 30 s idle timeout, says so, and has left all the
+    // same (its server no longer serves).
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        a.register(t);
+        partition(a, t);
+        let before = now();
+        let said = "";
+        try { a.leave(); } catch (error) { said = `${error}`; }
+        let took = now() - before;
+        assert(took >= 2.0 && took < 3.0, `leaving took ${took} s`);
+        assert(said.contains("did not answer the goodbye"), `leave said: ${said}`);
+    "#;
+    let simulated = run_source_with(script, |o| o.settings.sim = true);
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
+}

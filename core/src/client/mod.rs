@@ -177,6 +177,10 @@ pub enum ClientError {
     /// The client stopped (it was shut down, left or crashed) while busy.
     #[error("client {0} stopped")]
     Stopped(ClientId),
+    /// The tracker did not answer a goodbye within the time given; the
+    /// client left all the same.
+    #[error("the tracker did not answer the goodbye within {0:?}")]
+    GoodbyeUnanswered(Duration),
 }
 
 /// Why a download ended without the file.
@@ -757,7 +761,7 @@ impl Client {
         // queued meanwhile (a swarm download's refresh) then finds no
         // session, as if the tracker were gone, instead of going out after
         // the goodbye and being refused.
-        let reply = {
+        let goodbye = async {
             let mut session = self.session.lock().await;
             let reply = match session.as_mut() {
                 Some(open) => open.request(TrackerRequest::Leave).await.map_err(ClientError::from),
@@ -766,10 +770,15 @@ impl Client {
             session.take();
             reply
         };
-        let said_goodbye = match reply {
-            Ok(TrackerReply::Ack) | Err(ClientError::NotRegistered(_)) => Ok(()),
-            Ok(other) => Err(refusal(other)),
-            Err(error) => Err(error),
+        // A courtesy: the tracker forgets a client whose session ends
+        // anyway, so a silent one (or a request of ours it leaves
+        // hanging, holding the session) is not waited on for long. The
+        // stop below ends the session then.
+        let said_goodbye = match tokio::time::timeout(GOODBYE_WAIT, goodbye).await {
+            Ok(Ok(TrackerReply::Ack) | Err(ClientError::NotRegistered(_))) => Ok(()),
+            Ok(Ok(other)) => Err(refusal(other)),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ClientError::GoodbyeUnanswered(GOODBYE_WAIT)),
         };
         self.server.drain(grace).await;
         self.stop.cancel();
@@ -795,6 +804,9 @@ impl Drop for Client {
         self.stop.cancel();
     }
 }
+
+/// How long [`Client::leave`] waits for the tracker to answer its goodbye.
+pub const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 
 /// Ends the tracker session as soon as the client stops, whoever stopped it
 /// (a fault crashes the client from inside its server).

@@ -152,7 +152,9 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
             eprintln!("phile: stopping...");
             client.halt_downloads();
             downloads.await;
-            goodbye(&client).await;
+            if let Err(error) = client.leave(Duration::ZERO).await {
+                tracing::info!(%error, "could not say goodbye to the tracker");
+            }
             let kept = if args.single {
                 "nothing half-downloaded is kept"
             } else {
@@ -182,24 +184,6 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
 /// A file name as the protocol allows it (no `/`, no `..`, ...).
 fn file_name(text: &str) -> Result<FileName, String> {
     text.parse().map_err(|error| format!("{error}"))
-}
-
-/// How long a `get` stopped by Ctrl-C waits for the tracker to answer its
-/// goodbye. The goodbye is a courtesy (the tracker forgets a client whose
-/// session ends anyway), and a silent tracker would otherwise hold Ctrl-C
-/// up for the idle timeout.
-const GOODBYE_WAIT: Duration = Duration::from_secs(2);
-
-/// Leaves the tracker, waiting at most [`GOODBYE_WAIT`] for its answer:
-/// phile exits either way, and the tracker forgets a client whose
-/// connection closes.
-async fn goodbye(client: &Client) {
-    if tokio::time::timeout(GOODBYE_WAIT, client.leave(Duration::ZERO))
-        .await
-        .is_err()
-    {
-        tracing::info!("the tracker did not answer the goodbye; exiting without it");
-    }
 }
 
 /// Locates, checks against the folder, receives and announces one file:
