@@ -221,8 +221,9 @@ impl Client {
     /// the module's documentation). Reports `download_finished` (with the
     /// bytes each peer sent) or `download_failed`, and `transfer_rejected`
     /// for each peer blamed for a bad piece. Verified pieces stay on disk
-    /// if it fails, for the next attempt; if the client stops (but does
-    /// not crash), the record of them is saved first.
+    /// if it fails, for the next attempt; if it is halted (the client
+    /// stopping, but not crashing, or [`Client::halt_downloads`]), the
+    /// record of them is saved first.
     pub async fn swarm_receive(&self, start: SwarmStart) -> Result<Downloaded, DownloadError> {
         let _under_way = self.downloads.token();
         let (file, sha1) = (start.file.clone(), start.info.sha1);
@@ -519,15 +520,15 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs the download to its end, or until the client stops: then
-    /// the steps are dropped wherever they are (the record of checked
-    /// pieces is consistent at every one), and the record is saved, unless
-    /// the client crashed.
+    /// Runs the download to its end, or until the client's downloads are
+    /// halted (its stop halts them too): then the steps are dropped
+    /// wherever they are (the record of checked pieces is consistent at
+    /// every one), and the record is saved, unless the client crashed.
     async fn go(mut self) -> Result<Downloaded, DownloadError> {
-        let stop = self.client.halt.clone();
+        let halt = self.client.halt.clone();
         let ended = tokio::select! {
             biased;
-            _ = stop.cancelled() => None,
+            _ = halt.cancelled() => None,
             ended = self.steps() => Some(ended),
         };
         if let Some(ended) = ended {
@@ -539,7 +540,7 @@ impl<'a> Run<'a> {
         Err(ClientError::Stopped(self.client.id).into())
     }
 
-    /// The client stopped politely: the work handed to blocking threads
+    /// Halted politely (no crash): the work handed to blocking threads
     /// ends first (nothing the download started outlives the client's
     /// leaving, and the part file stays locked while any of it runs), the
     /// pieces it checked count, and the record is saved.
