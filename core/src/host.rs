@@ -197,7 +197,7 @@ impl Host for OsHost {
 
     /// A thread of its own: `phile get` and `phile peer` keep tokio's
     /// blocking pool small, for the short jobs of each piece. At most
-    /// [`LONG_THREADS`] at once, since peers can start long jobs (each
+    /// `LONG_THREADS` at once, since peers can start long jobs (each
     /// complaint about a piece hashes a file): past that, or if the system
     /// refuses a thread, the job waits its turn in the blocking pool.
     fn run_long(&self, job: Box<dyn FnOnce() + Send>) -> Task {

@@ -10,7 +10,7 @@
 //! bytes, so a cap holds to within a quantum whatever the read and write
 //! sizes are.
 //!
-//! The caps wrap the streams a client uses with other peers ([`Throttled`]);
+//! The caps wrap the streams a client uses with other peers (`Throttled`);
 //! its tracker session is never throttled.
 
 use std::future::Future as _;

@@ -18,8 +18,8 @@
 //! Every call that may block (file I/O, hashing) runs through the node's
 //! [`Host`]: on a blocking thread for real, inline under simulation.
 //!
-//! Hash trees for swarm downloads live in [`trees`]; a swarm download's
-//! partial file, which survives restarts, in [`part`].
+//! Hash trees for swarm downloads live in `trees`; a swarm download's
+//! partial file, which survives restarts, in `part`.
 
 mod part;
 mod trees;

@@ -4,7 +4,7 @@
 //!
 //! A fault is a wrapper around the streams the peer server accepts, not a
 //! branch in the server's send loop: [`FaultyListener`] hands the server
-//! [`FaultyStream`]s, which read the downloader's request to learn which
+//! `FaultyStream`s, which read the downloader's request to learn which
 //! file it wants, and, when a fault is armed for that file, count the body
 //! bytes that go out and strike at the armed count. The production path of
 //! `phile-core` knows nothing of them.

@@ -34,7 +34,7 @@ struct Cli {
     #[arg(value_parser = existing_file, required_unless_present = "render")]
     script: Option<PathBuf>,
 
-    /// Folder holding one sub-folder per client (ROOT/<id>).
+    /// Folder holding one sub-folder per client (ROOT/ID, where ID is the client's id).
     #[arg(long, value_name = "DIR", default_value = "/tmp")]
     root: PathBuf,
 

@@ -41,7 +41,7 @@ use crate::pieces::InvalidPieceSize;
 use crate::protocol::{printable, ClientId, Digest, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
 use crate::rate::RateLimits;
 use crate::server::{self, Limits, ServerHandle};
-use crate::storage::{Folder, StorageError};
+use crate::storage::{Folder, Received, StorageError};
 use crate::swarm::Swarms;
 use crate::trace;
 use holdings::{Holdings, SharedSession};
@@ -510,19 +510,49 @@ impl Client {
     pub async fn receive(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
         // Counted, so that leaving waits until every download has ended.
         let _under_way = self.downloads.token();
-        // A client that stops (or crashes) drops its downloads with it.
-        let received = tokio::select! {
+        // A client that stops (or crashes) drops its downloads with it; a
+        // file that arrived checked goes into place all the same, since a
+        // rename cut short would store it yet report it lost.
+        let delivered = tokio::select! {
             biased;
             _ = self.halt.cancelled() => None,
-            received = self.receive_until_delivered(file, source) => Some(received),
+            delivered = self.receive_until_delivered(file, source) => Some(delivered),
         };
-        match received {
-            Some(received) => received,
-            None => Err(self.failed(file, ClientError::Stopped(self.id).into())),
+        let (received, source) = match delivered {
+            Some(delivered) => delivered?,
+            None => return Err(self.failed(file, ClientError::Stopped(self.id).into())),
+        };
+        if let Err(error) = self.folder.store(file, received).await {
+            return Err(self.failed(file, ClientError::from(error).into()));
         }
+        let Source {
+            peer: from, info, root, ..
+        } = source;
+        self.folder.remember_root(file, info, root);
+        let event = Event::DownloadFinished {
+            file: file.clone(),
+            from: Some(from),
+            bytes: info.size,
+            sha1: info.sha1,
+            swarm: false,
+            sources: None,
+        };
+        self.reporter.report(trace::next(), event);
+        Ok(Downloaded {
+            from,
+            info,
+            swarm: None,
+        })
     }
 
-    async fn receive_until_delivered(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
+    /// Fetches `file` into a temporary file and checks it, from `source`
+    /// or, when it fails, the next holder the tracker offers: the file
+    /// checked, and the holder it came from.
+    async fn receive_until_delivered(
+        &self,
+        file: &FileName,
+        source: Source,
+    ) -> Result<(Received, Source), DownloadError> {
         let mut source = source;
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut tried = 0u64;
@@ -541,29 +571,7 @@ impl Client {
             )
             .await;
             let Rejected { error, complaint } = match fetched {
-                Ok(received) => {
-                    if let Err(error) = self.folder.store(file, received).await {
-                        return Err(self.failed(file, ClientError::from(error).into()));
-                    }
-                    let Source {
-                        peer: from, info, root, ..
-                    } = source;
-                    self.folder.remember_root(file, info, root);
-                    let event = Event::DownloadFinished {
-                        file: file.clone(),
-                        from: Some(from),
-                        bytes: info.size,
-                        sha1: info.sha1,
-                        swarm: false,
-                        sources: None,
-                    };
-                    self.reporter.report(trace::next(), event);
-                    return Ok(Downloaded {
-                        from,
-                        info,
-                        swarm: None,
-                    });
-                }
+                Ok(received) => return Ok((received, source)),
                 Err(rejected) => rejected,
             };
             let Some(problem) = error.problem() else {

@@ -5,7 +5,7 @@
 //! size, SHA-1, hash tree root and up to a couple of dozen peers.
 //! [`Client::swarm_receive`] then:
 //!
-//! 1. resumes what an interrupted download left ([`Folder::resume`]), or
+//! 1. resumes what an interrupted download left ([`Folder::resume`](crate::storage::Folder::resume)), or
 //!    starts afresh;
 //! 2. connects to the peers (one connection each, [`MAX_LINKS`] at most),
 //!    learns which pieces each holds, and fetches the piece hashes from the
@@ -524,6 +524,8 @@ impl<'a> Run<'a> {
     /// halted (its stop halts them too): then the steps are dropped
     /// wherever they are (the record of checked pieces is consistent at
     /// every one), and the record is saved, unless the client crashed.
+    /// A file checked whole goes into place even if a halt comes now: a
+    /// rename cut short would store the file yet report it lost.
     async fn go(mut self) -> Result<Downloaded, DownloadError> {
         let halt = self.client.halt.clone();
         let ended = tokio::select! {
@@ -531,13 +533,18 @@ impl<'a> Run<'a> {
             _ = halt.cancelled() => None,
             ended = self.steps() => Some(ended),
         };
-        if let Some(ended) = ended {
-            return ended;
+        match ended {
+            Some(checked) => {
+                checked?;
+                self.store().await
+            }
+            None => {
+                if !self.client.crashed() {
+                    self.wind_down().await?;
+                }
+                Err(ClientError::Stopped(self.client.id).into())
+            }
         }
-        if !self.client.crashed() {
-            self.wind_down().await?;
-        }
-        Err(ClientError::Stopped(self.client.id).into())
     }
 
     /// Halted politely (no crash): the work handed to blocking threads
@@ -558,8 +565,8 @@ impl<'a> Run<'a> {
         self.save().await
     }
 
-    /// The download's steps, to its end.
-    async fn steps(&mut self) -> Result<Downloaded, DownloadError> {
+    /// The download's steps, until the whole file is checked.
+    async fn steps(&mut self) -> Result<(), DownloadError> {
         let mut tick = tokio::time::interval(RECORD_INTERVAL.min(REFRESH_INTERVAL));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let partial = self.partial.clone();
@@ -571,9 +578,9 @@ impl<'a> Run<'a> {
             }
             self.connect_offered();
             if self.has_everything() && self.checking.is_empty() && !self.awaiting_complaints() {
-                match self.finish().await? {
-                    Some(downloaded) => return Ok(downloaded),
-                    None => continue,
+                match self.check_whole().await? {
+                    true => return Ok(()),
+                    false => continue,
                 }
             }
             // Nobody to draw from, and pieces still to come: someone must
@@ -1183,10 +1190,10 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Every piece is checked: the whole file is checked once more and put
-    /// in place. `None` if pieces went bad on disk meanwhile (they are
-    /// fetched again).
-    async fn finish(&mut self) -> Result<Option<Downloaded>, DownloadError> {
+    /// Every piece is checked: the whole file is checked once more.
+    /// `false` if pieces went bad on disk meanwhile (they are fetched
+    /// again).
+    async fn check_whole(&mut self) -> Result<bool, DownloadError> {
         self.unsaved = true;
         self.save().await?;
         let part = self.part.as_ref().expect("pieces come only with a part file");
@@ -1211,7 +1218,7 @@ impl<'a> Run<'a> {
             }
             self.whole = Some(WholeHash::default());
             self.ask_everyone();
-            return Ok(None);
+            return Ok(false);
         }
         let so_far = self.whole.take().unwrap_or_default();
         let whole = part
@@ -1236,15 +1243,21 @@ impl<'a> Run<'a> {
                 self.forget(index);
             }
             self.ask_everyone();
-            return Ok(None);
+            return Ok(false);
         }
+        Ok(true)
+    }
+
+    /// The whole file checks out: puts it in place.
+    async fn store(&mut self) -> Result<Downloaded, DownloadError> {
+        let part = self.part.as_ref().expect("pieces come only with a part file");
         let stored = part.store(&self.client.folder, &self.file).await;
         self.client.swarms.remove(&self.file);
         if let Err(error) = stored {
             let _ = part.discard().await;
             return Err(ClientError::from(error).into());
         }
-        Ok(Some(self.finished()))
+        Ok(self.finished())
     }
 
     /// Piece `index`, checked before, went bad on disk: it is fetched

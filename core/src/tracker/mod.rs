@@ -13,7 +13,7 @@
 //! failed hides that holder from the reporter, never from anyone else; a
 //! holder's copy stops being offered only when the holder itself withdraws
 //! it (its own re-check found it bad, or the file is gone) or goes. See
-//! [`records`] for the per-client quotas that bound what a client can make
+//! `records` for the per-client quotas that bound what a client can make
 //! the tracker keep.
 
 mod records;

@@ -15,7 +15,7 @@
 //! - blocking work (file I/O, hashing) runs inline: no other thread ever
 //!   takes part, so a run repeats exactly.
 //!
-//! The harness loop ([`Sim::drive`]): let every woken task run; move every
+//! The harness loop (`Sim::drive`): let every woken task run; move every
 //! packet the hosts emitted (through the rules, now or after a delay); repeat
 //! at the same instant while anything moves; when nothing does, let time
 //! pass to the next delayed packet or timer. A crash takes the host down:

@@ -8,8 +8,8 @@
 //! down. Errors come back as a sentence for the user; the bindings give it
 //! the script position.
 //!
-//! Downloads live in [`download`], faults (kill, leave, restart, corrupt)
-//! in [`faults`], time and the network in [`network`].
+//! Downloads live in `download`, faults (kill, leave, restart, corrupt)
+//! in `faults`, time and the network in `network`.
 
 mod download;
 mod faults;

@@ -373,7 +373,11 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
                 downloaded.info.sha1,
                 secs * 1e3
             ));
-            if !announced {
+            if !announced && client.is_halted() {
+                display.line(&format!(
+                    "{file}: stored and verified; interrupted before the tracker was told"
+                ));
+            } else if !announced {
                 // Only a seeding get stays to register again.
                 let later = if seeding {
                     " (it will be when this peer registers again)"
