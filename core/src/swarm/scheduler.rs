@@ -359,6 +359,41 @@ impl Scheduler {
         best.into_sorted_vec().into_iter().map(|(_, index)| index).collect()
     }
 
+    /// Takes back the requests in flight to `peer` for pieces one of
+    /// `to` holds and has room in its pipeline for, so they can be asked
+    /// of it (the caller cancels them): returns those pieces.
+    pub fn withdraw(&mut self, peer: ClientId, to: &[ClientId]) -> Vec<usize> {
+        let Some(p) = self.peers.get(&peer) else {
+            return Vec::new();
+        };
+        let mut room: Vec<(ClientId, usize)> = (to.iter())
+            .filter(|other| **other != peer)
+            .filter_map(|other| {
+                let o = self.peers.get(other)?;
+                Some((*other, o.pipeline.saturating_sub(o.in_flight.len())))
+            })
+            .collect();
+        let mut movable = Vec::new();
+        for &index in &p.in_flight {
+            let taker = room
+                .iter_mut()
+                .find(|(other, free)| *free > 0 && self.peers[other].bits.has(index));
+            if let Some((_, free)) = taker {
+                *free -= 1;
+                movable.push(index);
+            }
+        }
+        for &index in &movable {
+            self.peers
+                .get_mut(&peer)
+                .expect("checked above")
+                .in_flight
+                .remove(&index);
+            self.change(index, |plan| plan.requesters[index] -= 1);
+        }
+        movable
+    }
+
     /// Piece `index` arrived from `peer`.
     pub fn arrived(&mut self, peer: ClientId, index: usize) -> Arrival {
         if index >= self.layout.count() {
@@ -490,6 +525,30 @@ mod tests {
         assert_eq!(plan.requests(peer(1)).len(), many);
         assert!(!plan.endgame());
         assert!(plan.requests(peer(2)).is_empty(), "copies before the endgame");
+    }
+
+    #[test]
+    fn requests_withdrawn_from_a_peer_go_to_holders_with_room() {
+        // More pieces than the endgame's: no copies are asked for.
+        let count = ENDGAME_PIECES + 4;
+        let mut plan = Scheduler::new(layout(count as u64), Bitfield::empty(count), 3, count);
+        plan.join(peer(1), Bitfield::full(count));
+        assert_eq!(plan.requests(peer(1)).len(), count);
+        // Peers 2 and 3 gain pieces while peer 1 sits on every request;
+        // peer 2 has room for two requests. Peer 3 is not among those the
+        // pieces may go to.
+        plan.join(peer(2), bits(count, &[1, 2, 3]));
+        plan.join(peer(3), bits(count, &[4, 5]));
+        plan.set_pipeline(peer(2), 2);
+        assert!(plan.requests(peer(2)).is_empty(), "copies before the endgame");
+        let mut withdrawn = plan.withdraw(peer(1), &[peer(2)]);
+        withdrawn.sort_unstable();
+        assert_eq!(withdrawn, [1, 2], "only as many as peer 2 has room for");
+        assert_eq!(plan.in_flight(peer(1)), count - 2);
+        let mut moved = plan.requests(peer(2));
+        moved.sort_unstable();
+        assert_eq!(moved, [1, 2]);
+        assert!(plan.requests(peer(1)).is_empty(), "asked twice");
     }
 
     #[test]
