@@ -4,6 +4,7 @@
 //! same way everywhere, and bring its [`Reply`] back.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use phile_core::client::{Downloaded, SwarmOptions};
 use phile_core::FileName;
@@ -100,6 +101,10 @@ pub enum Reply {
     Downloaded {
         /// From whom, and what.
         downloaded: Downloaded,
+        /// For a download in the background, how long it took until the
+        /// file was stored (the script may wait for it much later).
+        #[serde(default)]
+        took: Option<Duration>,
     },
     /// A download ended without the file, as downloads may (nobody holds
     /// it, every holder failed, the downloader stopped): a result, not a

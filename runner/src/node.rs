@@ -18,6 +18,7 @@ use phile_core::storage::Folder;
 use phile_core::trace::{self, traced};
 use phile_core::{Client, ClientConfig, ClientId, FileName, Limits, Trace, Tracker, TrackerConfig};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::command::{Command, NodeError, Reply};
 use crate::faults::{Faults, FaultyListener};
@@ -74,8 +75,9 @@ pub struct ClientNode {
     transfers: Mutex<HashMap<u64, (FileName, oneshot::Receiver<Received>)>>,
 }
 
-/// The outcome of a background transfer, and the trace it left.
-type Received = (Result<Downloaded, DownloadError>, Trace);
+/// The outcome of a background transfer, the trace it left, and how long
+/// it took from the script's start of it to its end.
+type Received = (Result<Downloaded, DownloadError>, Trace, Duration);
 
 impl Node {
     /// Starts a node of `spec` listening on `listener`.
@@ -168,6 +170,7 @@ impl ClientNode {
                 match fetched {
                     Ok(fetched) => Reply::Downloaded {
                         downloaded: fetched.downloaded,
+                        took: None,
                     },
                     Err(error) => self.not_downloaded(error),
                 }
@@ -197,6 +200,7 @@ impl ClientNode {
 
     /// Locates `file`, then fetches it in the background.
     async fn start_download(&self, file: FileName, transfer: u64) -> Reply {
+        let begun = Instant::now();
         let source = match self.client.first_source(&file).await {
             Ok(source) => source,
             Err(error) => return self.not_downloaded(error),
@@ -204,7 +208,8 @@ impl ClientNode {
         let (done, outcome) = oneshot::channel();
         let (client, at, fetching) = (self.client.clone(), trace::next(), file.clone());
         self.host.spawn(Box::pin(async move {
-            let _ = done.send(traced(at, client.receive(&fetching, source)).await);
+            let (received, at) = traced(at, client.receive(&fetching, source)).await;
+            let _ = done.send((received, at, begun.elapsed()));
         }));
         self.transfers
             .lock()
@@ -215,6 +220,7 @@ impl ClientNode {
 
     /// Joins the swarm of `file` now, then fetches it in the background.
     async fn start_swarm(&self, file: FileName, transfer: u64, options: SwarmOptions) -> Reply {
+        let begun = Instant::now();
         let start = match self.client.swarm_start(&file, options).await {
             Ok(start) => start,
             Err(error) => return self.not_downloaded(error),
@@ -223,7 +229,8 @@ impl ClientNode {
         let (done, outcome) = oneshot::channel();
         let (client, at) = (self.client.clone(), trace::next());
         self.host.spawn(Box::pin(async move {
-            let _ = done.send(traced(at, client.swarm_receive(start)).await);
+            let (received, at) = traced(at, client.swarm_receive(start)).await;
+            let _ = done.send((received, at, begun.elapsed()));
         }));
         self.transfers
             .lock()
@@ -241,16 +248,27 @@ impl ClientNode {
                 self.id()
             )));
         };
-        let Ok((received, at)) = outcome.await else {
+        let Ok((received, at, took)) = outcome.await else {
             return self.not_downloaded(ClientError::Stopped(self.client.id()).into());
         };
         let downloaded = match received {
             Ok(downloaded) => downloaded,
             Err(error) => return self.not_downloaded(error),
         };
+        // A stored, verified file is a success even if the tracker cannot
+        // be told (the session was lost or timed out meanwhile); a tracker
+        // that refuses it (another client recorded other content under the
+        // name) is the script's to hear of.
         match traced(at, self.client.announce(&file, downloaded.info)).await.0 {
-            Ok(()) => Reply::Downloaded { downloaded },
-            Err(error) => failed(node_error(error)),
+            Ok(()) => {}
+            Err(error @ (ClientError::NotRegistered(_) | ClientError::Session(_))) => {
+                tracing::warn!(node = %self.id(), %error, "stored {file} but could not tell the tracker");
+            }
+            Err(error) => return failed(node_error(error)),
+        }
+        Reply::Downloaded {
+            downloaded,
+            took: Some(took),
         }
     }
 

@@ -216,3 +216,29 @@ fn a_client_cut_off_from_its_tracker_leaves_within_the_goodbye_wait() {
     let simulated = run_source_with(script, |o| o.settings.sim = true);
     assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
 }
+
+#[test]
+fn a_background_download_is_timed_to_when_its_file_was_stored() {
+    // The script waits for it long after it ended: `secs` is still the
+    // time it took (a 1 MB file at 1 MB/s: about a second), and a file
+    // stored while the client lost its session is a success all the same.
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        a.set_rate(1000000, 0);
+        a.write_random("f.bin", 1000000);
+        a.upload("f.bin");
+        let x = b.start_download("f.bin", #{ swarm: true });
+        sleep(5);
+        partition(b, t);
+        sleep(60);
+        let r = x.wait();
+        assert(r.ok, `the download failed: ${r.error}`);
+        assert(r.secs > 0.9 && r.secs < 2.0, `timed at ${r.secs} s`);
+    "#;
+    let simulated = run_source_with(script, |o| o.settings.sim = true);
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
+}

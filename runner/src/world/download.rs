@@ -109,8 +109,11 @@ impl World {
         let outcome = match reply {
             Reply::Downloaded {
                 downloaded: Downloaded { from, info, swarm },
+                took,
             } => {
-                let now = self.now();
+                // A download in the background ended when the file was
+                // stored, not when the script waited for it.
+                let now = took.map_or_else(|| self.now(), |took| started + took);
                 let secs = (now - started).as_secs_f64();
                 self.count(|s| s.downloads_ok += 1);
                 self.downloads_timed.borrow_mut().push(super::fluid::Timed {
