@@ -170,7 +170,7 @@ struct Peer {
     /// a tick, except while it owes the piece hashes or an answer to a
     /// complaint), was connected, or was asked for something when it owed
     /// nothing: the clock by which it stalls.
-    progress: Instant,
+    stall_clock: Instant,
     /// Body bytes received from it so far, counted as they come.
     received: Arc<AtomicU64>,
     /// The count of `received` at the last tick.
@@ -322,7 +322,7 @@ struct Run<'a> {
     /// Peers offered by the tracker and not tried yet, in the order offered.
     offered: Vec<SwarmPeer>,
     /// Peers never to be asked again in this download: they misbehaved.
-    dropped: BTreeSet<ClientId>,
+    banned: BTreeSet<ClientId>,
     /// Peers that could not serve just now (unreachable, refused, gone),
     /// with when they may be tried again.
     resting: BTreeMap<ClientId, Instant>,
@@ -332,7 +332,7 @@ struct Run<'a> {
     /// Peers a request could not be written to: dropped at the next turn.
     broken: Vec<ClientId>,
     /// Peers blamed for a bad piece, and what they did.
-    blamed: Vec<Rejection>,
+    rejections: Vec<Rejection>,
     /// Bytes of checked pieces from each peer.
     sources: BTreeMap<ClientId, u64>,
     /// Who sent each checked piece (`None`: none, or it was on disk when
@@ -369,7 +369,7 @@ struct Run<'a> {
     /// beside the download like requests for more peers.
     reports: FuturesUnordered<Asking>,
     /// When a piece last checked out.
-    progress: Instant,
+    last_piece_at: Instant,
     /// The most requests in flight to one peer.
     pipeline: usize,
     /// How many of the downloaders met (who opened a conversation with
@@ -403,11 +403,11 @@ impl<'a> Run<'a> {
             peers: BTreeMap::new(),
             connecting: BTreeSet::new(),
             offered: Vec::new(),
-            dropped: BTreeSet::new(),
+            banned: BTreeSet::new(),
             resting: BTreeMap::new(),
             tried: BTreeMap::new(),
             broken: Vec::new(),
-            blamed: Vec::new(),
+            rejections: Vec::new(),
             sources: BTreeMap::new(),
             sent_by: vec![None; layout.count()],
             resumed,
@@ -423,7 +423,7 @@ impl<'a> Run<'a> {
             refreshed: now,
             asking: None,
             reports: FuturesUnordered::new(),
-            progress: now,
+            last_piece_at: now,
             pipeline,
             met: 0,
         }
@@ -478,13 +478,13 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Whether `peer` is this client, or connected, offered, dropped or
+    /// Whether `peer` is this client, or connected, offered, banned or
     /// resting.
     fn knows_of(&self, peer: ClientId) -> bool {
         peer == self.client.id
             || self.peers.contains_key(&peer)
             || self.connecting.contains(&peer)
-            || self.dropped.contains(&peer)
+            || self.banned.contains(&peer)
             || self.resting.contains_key(&peer)
             || self.offered.iter().any(|offered| offered.peer == peer)
     }
@@ -659,12 +659,12 @@ impl<'a> Run<'a> {
     fn waited_out(&self) -> bool {
         let idle = self.client.limits.idle_timeout;
         self.tracker_lost
-            .is_some_and(|since| since.elapsed() > idle && self.progress.elapsed() > idle)
+            .is_some_and(|since| since.elapsed() > idle && self.last_piece_at.elapsed() > idle)
     }
 
     /// Without the tracker (until it has waited out), offers again the
     /// peers whose rest is over: what the tracker does when it can be
-    /// asked. Never a peer dropped for misbehaving.
+    /// asked. Never a peer banned for misbehaving.
     fn wake_rested(&mut self) {
         if self.tracker_lost.is_none() || self.waited_out() {
             return;
@@ -676,7 +676,7 @@ impl<'a> Run<'a> {
             .collect();
         for peer in rested {
             self.resting.remove(&peer);
-            if !self.dropped.contains(&peer) {
+            if !self.banned.contains(&peer) {
                 self.offered.extend(self.tried.get(&peer));
             }
         }
@@ -740,12 +740,12 @@ impl<'a> Run<'a> {
         match heard {
             Heard::Joined(out, bits, received) => {
                 self.connecting.remove(&peer);
-                let progress = Instant::now();
+                let stall_clock = Instant::now();
                 self.peers.insert(
                     peer,
                     Peer {
                         out,
-                        progress,
+                        stall_clock,
                         received,
                         received_seen: 0,
                         blamed: false,
@@ -801,7 +801,7 @@ impl<'a> Run<'a> {
         // that sat idle for long is not stalled the moment it is asked.
         if owed_nothing && self.owes(peer) {
             if let Some(link) = self.peers.get_mut(&peer) {
-                link.progress = Instant::now();
+                link.stall_clock = Instant::now();
             }
         }
     }
@@ -863,7 +863,7 @@ impl<'a> Run<'a> {
         match self.peers.get_mut(&peer) {
             // Nothing more is taken from a peer blamed for a bad piece.
             Some(link) if !link.blamed => {
-                link.progress = Instant::now();
+                link.stall_clock = Instant::now();
                 link.delivered += 1;
             }
             _ => return,
@@ -893,7 +893,7 @@ impl<'a> Run<'a> {
         self.sent_by[index] = Some(peer);
         self.partial.gain(index);
         self.unsaved = true;
-        self.progress = Instant::now();
+        self.last_piece_at = Instant::now();
         self.show_progress();
         self.hash_ahead();
         for (other, index) in cancels {
@@ -944,7 +944,7 @@ impl<'a> Run<'a> {
             reason: problem.describe().to_owned(),
         };
         client.reporter.report(trace::next(), event);
-        self.dropped.insert(peer);
+        self.banned.insert(peer);
         // Its connection may have ended first, leaving it to rest.
         self.resting.remove(&peer);
         let released = self.plan.leave(peer);
@@ -965,9 +965,9 @@ impl<'a> Run<'a> {
             problem,
         };
         self.reports.push(client.ask_tracker_aside(report));
-        if self.blamed.len() < super::REJECTIONS_LISTED {
+        if self.rejections.len() < super::REJECTIONS_LISTED {
             let error = TransferError::WrongPiece { index };
-            self.blamed.push(Rejection { peer, problem, error });
+            self.rejections.push(Rejection { peer, problem, error });
         }
         if !released.is_empty() {
             self.ask_everyone();
@@ -1003,9 +1003,9 @@ impl<'a> Run<'a> {
         tracing::debug!(node = %self.client.id, %peer, ?problem, "dropped a peer of the swarm of {}", self.file);
         match problem {
             Some(Problem::Garbled | Problem::Stalled | Problem::WrongPiece) => {
-                self.dropped.insert(peer);
+                self.banned.insert(peer);
             }
-            _ if !self.dropped.contains(&peer) => {
+            _ if !self.banned.contains(&peer) => {
                 self.resting.insert(peer, Instant::now() + REFRESH_INTERVAL);
             }
             _ => {}
@@ -1038,7 +1038,7 @@ impl<'a> Run<'a> {
             // meanwhile: they must come whole within the idle timeout).
             let received = peer.received.load(Ordering::Relaxed);
             if received != peer.received_seen && !peer.blamed && self.layer_from != Some(*id) {
-                peer.progress = now;
+                peer.stall_clock = now;
             }
             peer.received_seen = received;
         }
@@ -1047,7 +1047,7 @@ impl<'a> Run<'a> {
             .peers
             .iter()
             .filter(|(id, peer)| {
-                (self.owes(**id) || peer.blamed) && peer.progress.elapsed() > idle.max(super::CONFIRMATION_WAIT)
+                (self.owes(**id) || peer.blamed) && peer.stall_clock.elapsed() > idle.max(super::CONFIRMATION_WAIT)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1072,7 +1072,7 @@ impl<'a> Run<'a> {
             && self.connecting.is_empty()
             && self.peers.keys().all(|peer| !self.can_help(*peer))
             && self.checking.is_empty()
-            && self.progress.elapsed() > idle
+            && self.last_piece_at.elapsed() > idle
             && tried_the_rested
         {
             return Err(self.exhausted().await);
@@ -1118,10 +1118,10 @@ impl<'a> Run<'a> {
             self.ask(peer);
         }
         for peer in waiting {
-            let clock = self.peers.get(&peer).map(|p| p.progress);
+            let clock = self.peers.get(&peer).map(|p| p.stall_clock);
             self.ask(peer);
             if let (Some(clock), Some(p)) = (clock, self.peers.get_mut(&peer)) {
-                p.progress = clock;
+                p.stall_clock = clock;
             }
         }
     }
@@ -1235,7 +1235,7 @@ impl<'a> Run<'a> {
         DownloadError::Incomplete {
             file: self.file.clone(),
             missing: self.plan.have().len() - self.plan.have().held(),
-            rejected: std::mem::take(&mut self.blamed),
+            rejected: std::mem::take(&mut self.rejections),
         }
     }
 
