@@ -8,6 +8,12 @@
 //! file it wants, and, when a fault is armed for that file, count the body
 //! bytes that go out and strike at the armed count. The production path of
 //! `phile-core` knows nothing of them.
+//!
+//! A whole-file transfer (`Get`) has one body, after the `File` header. A
+//! swarm conversation (`Join`) has many: the stream follows its frames
+//! (`SwarmReplies`), and counts the bytes of the `Piece` bodies only, so a
+//! fault strikes at the same byte of the file's pieces whatever else
+//! (`Have`s, the piece hashes) went out between them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use phile_core::host::{BoxListener, BoxStream, Listener, Stream};
+use phile_core::pieces::{Layout, PieceSize};
 use phile_core::protocol::{self, PeerReply, PeerRequest, Request, MAX_FRAME_LEN};
 use phile_core::{FileName, Trace};
 use serde::{Deserialize, Serialize};
@@ -62,6 +69,10 @@ pub type Crash = Box<dyn Fn(Trace, FileName, u64) + Send + Sync>;
 /// closes it: runs `task` in the background, on the node.
 pub type Hold = Box<dyn Fn(Pin<Box<dyn std::future::Future<Output = ()> + Send>>) + Send + Sync>;
 
+/// The size of a file the client holds whole, if it does: the length of a
+/// swarm conversation's last piece.
+pub type SizeOf = Box<dyn Fn(&FileName) -> Option<u64> + Send + Sync>;
+
 /// The faults armed on one client, and how to crash it.
 #[derive(Default)]
 pub struct Faults {
@@ -72,6 +83,8 @@ pub struct Faults {
     crash: OnceLock<Crash>,
     /// Holds stalled connections; set once the client is up.
     hold: OnceLock<Hold>,
+    /// Sizes of the files held whole; set once the client is up.
+    size_of: OnceLock<SizeOf>,
 }
 
 impl Faults {
@@ -93,6 +106,18 @@ impl Faults {
         if self.hold.set(hold).is_err() {
             tracing::warn!("the holding of stalled connections was already set");
         }
+    }
+
+    /// Sets how the size of a file held whole is found.
+    pub fn on_size(&self, size_of: SizeOf) {
+        if self.size_of.set(size_of).is_err() {
+            tracing::warn!("the sizes of this client's files were already set");
+        }
+    }
+
+    /// The size of `file`, if the client holds it whole.
+    fn size_of(&self, file: &FileName) -> Option<u64> {
+        self.size_of.get().and_then(|size_of| size_of(file))
     }
 
     /// Takes the first fault armed for `file`, if any.
@@ -178,12 +203,78 @@ enum State {
         sent: u64,
         strike_at: u64,
     },
+    /// A fault is armed on this swarm conversation: the replies are
+    /// followed frame by frame, and the fault strikes when the bytes of
+    /// `Piece` bodies sent reach its count.
+    Swarming {
+        fault: Fault,
+        trace: Trace,
+        replies: SwarmReplies,
+        sent: u64,
+    },
     /// A stall struck: nothing more goes out.
     Stalled,
     /// A kill struck: the client is gone.
     Dead,
     /// No fault on this connection.
     Clear,
+}
+
+/// Where the replies of a swarm conversation stand: in a header frame, or
+/// in the raw body that follows one (a bitfield, the piece hashes, a
+/// piece).
+struct SwarmReplies {
+    /// The file's pieces as the downloader cuts them: the length of each.
+    layout: Layout,
+    /// The header frame going out, the bytes so far.
+    header: Vec<u8>,
+    /// Body bytes still to go after the last header.
+    body: u64,
+    /// Whether that body is a piece's.
+    piece: bool,
+}
+
+impl SwarmReplies {
+    /// How many of `len` bytes may go out without passing the end of the
+    /// header frame or the body going out (so the next header is seen
+    /// from its start).
+    fn room(&self, len: usize) -> usize {
+        if self.body > 0 {
+            return len.min(usize::try_from(self.body).unwrap_or(usize::MAX));
+        }
+        let end = match self.header.get(..4) {
+            Some(prefix) => 4 + u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize,
+            None => 4,
+        };
+        len.min(end - self.header.len())
+    }
+
+    /// Whether a piece's bytes are going out.
+    fn in_piece(&self) -> bool {
+        self.body > 0 && self.piece
+    }
+
+    /// Accounts for `bytes` that went out (no more than [`Self::room`]
+    /// allowed); returns how many were a piece's.
+    fn sent(&mut self, bytes: &[u8]) -> u64 {
+        let len = bytes.len() as u64;
+        if self.body > 0 {
+            self.body -= len;
+            return if self.piece { len } else { 0 };
+        }
+        self.header.extend_from_slice(bytes);
+        let Some(payload) = whole_frame(&self.header) else {
+            return 0;
+        };
+        (self.body, self.piece) = match protocol::decode::<PeerReply>(payload) {
+            Ok(PeerReply::Joined { pieces }) => (pieces.div_ceil(8), false),
+            Ok(PeerReply::Layer { pieces }) => (pieces.saturating_mul(20), false),
+            Ok(PeerReply::Piece { index }) => (self.layout.len(index as usize), true),
+            _ => (0, false),
+        };
+        self.header.clear();
+        0
+    }
 }
 
 /// A frame's bytes: whole once `bytes` holds its length prefix and payload.
@@ -221,8 +312,36 @@ impl FaultyStream {
                 },
                 None => State::Clear,
             },
+            Ok(Request {
+                trace,
+                body: PeerRequest::Join { file, piece_size, .. },
+            }) => self.join(file, piece_size, trace),
             _ => State::Clear,
         };
+    }
+
+    /// A swarm conversation about `file` in pieces of `piece_size`: armed
+    /// if a fault waits for the file and the client holds it whole (its
+    /// size gives the last piece's length).
+    fn join(&self, file: FileName, piece_size: u64, trace: Trace) -> State {
+        let (Some(size), Ok(piece)) = (self.faults.size_of(&file), PieceSize::new(piece_size)) else {
+            return State::Clear;
+        };
+        let Some(fault) = self.faults.take(&file) else {
+            return State::Clear;
+        };
+        let replies = SwarmReplies {
+            layout: Layout::new(size, piece),
+            header: Vec::new(),
+            body: 0,
+            piece: false,
+        };
+        State::Swarming {
+            fault,
+            trace,
+            replies,
+            sent: 0,
+        }
     }
 
     /// How many of `len` bytes may go out now without passing the end of
@@ -236,6 +355,15 @@ impl FaultyStream {
                 len.min(total.unwrap_or(4) - header.len())
             }
             State::Counting { sent, strike_at, .. } => len.min((strike_at - sent) as usize),
+            State::Swarming {
+                fault, replies, sent, ..
+            } => {
+                let room = replies.room(len);
+                match replies.in_piece() {
+                    true => room.min(usize::try_from(fault.after - *sent).unwrap_or(usize::MAX)),
+                    false => room,
+                }
+            }
             _ => len,
         }
     }
@@ -251,6 +379,15 @@ impl FaultyStream {
                 }
             }
             State::Counting { .. } => self.counted(bytes.len() as u64),
+            State::Swarming {
+                fault, replies, sent, ..
+            } => {
+                *sent += replies.sent(bytes);
+                // A piece's body starts, or goes on, at the fault's byte.
+                if replies.in_piece() && *sent == fault.after {
+                    self.strike();
+                }
+            }
             _ => {}
         }
     }
@@ -290,8 +427,14 @@ impl FaultyStream {
     }
 
     fn strike(&mut self) {
-        let State::Counting { fault, trace, sent, .. } = std::mem::replace(&mut self.state, State::Clear) else {
-            return;
+        let (fault, trace, sent) = match std::mem::replace(&mut self.state, State::Clear) {
+            State::Counting { fault, trace, sent, .. } | State::Swarming { fault, trace, sent, .. } => {
+                (fault, trace, sent)
+            }
+            other => {
+                self.state = other;
+                return;
+            }
         };
         match fault.kind {
             FaultKind::Stall => self.state = State::Stalled,
@@ -327,6 +470,14 @@ fn poll_closed(mut stream: Pin<&mut BoxStream>, cx: &mut Context<'_>) -> Poll<()
 /// connection stays open, sending nothing, until the downloader closes it.
 impl Drop for FaultyStream {
     fn drop(&mut self) {
+        // A swarm conversation that ended before the fault's byte: the
+        // fault waits for the next transfer of its file.
+        if matches!(self.state, State::Swarming { .. }) {
+            if let State::Swarming { fault, .. } = std::mem::replace(&mut self.state, State::Clear) {
+                self.faults.put_back(fault);
+            }
+            return;
+        }
         if !matches!(self.state, State::Stalled) {
             return;
         }
@@ -397,7 +548,9 @@ impl Stream for FaultyStream {
             // The header frame is still going out: its bytes must be seen,
             // so they go through `poll_write` (they always do: frames are
             // flushed before a body starts).
-            State::Listening(_) | State::Armed { .. } => return Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+            State::Listening(_) | State::Armed { .. } | State::Swarming { .. } => {
+                return Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+            }
             State::Counting { .. } | State::Clear => {}
         }
         let allowed = self.allowance(len);
@@ -490,6 +643,44 @@ mod tests {
         async fn accept(&mut self, _chunk: Vec<u8>) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// `reply` as it goes out: its frame, then `body` raw bytes.
+    fn framed(reply: &PeerReply, body: usize) -> Vec<u8> {
+        let payload = protocol::encode(reply).unwrap();
+        let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+        bytes.extend(payload);
+        bytes.extend(std::iter::repeat_n(7u8, body));
+        bytes
+    }
+
+    #[test]
+    fn a_swarm_conversation_counts_the_bytes_of_pieces_only() {
+        // 40,000 bytes in pieces of 16 KiB: two whole pieces and one of
+        // 7,232 bytes.
+        let layout = Layout::new(40_000, PieceSize::new(16_384).unwrap());
+        let mut replies = SwarmReplies {
+            layout,
+            header: Vec::new(),
+            body: 0,
+            piece: false,
+        };
+        let mut stream = framed(&PeerReply::Joined { pieces: 3 }, 1);
+        stream.extend(framed(&PeerReply::Layer { pieces: 3 }, 60));
+        stream.extend(framed(&PeerReply::Piece { index: 2 }, 7_232));
+        stream.extend(framed(&PeerReply::Have { index: 1 }, 0));
+        stream.extend(framed(&PeerReply::Piece { index: 0 }, 16_384));
+        // Sent in the largest writes allowed: never past a header's end or
+        // a body's, so each header is seen from its start.
+        let (mut at, mut pieces) = (0, 0);
+        while at < stream.len() {
+            let len = replies.room(stream.len() - at);
+            assert!(len > 0, "stuck at byte {at}");
+            pieces += replies.sent(&stream[at..at + len]);
+            at += len;
+        }
+        assert_eq!(pieces, 7_232 + 16_384);
+        assert_eq!((replies.body, replies.header.len()), (0, 0), "ended mid-frame");
     }
 
     #[tokio::test]

@@ -113,6 +113,12 @@ impl Node {
         }));
         let holder = environment.host.clone();
         faults.on_hold(Box::new(move |hold| holder.spawn(hold)));
+        let sizing = Arc::downgrade(&client);
+        faults.on_size(Box::new(move |file| {
+            let path = sizing.upgrade()?.folder().path(file);
+            let metadata = std::fs::metadata(path).ok()?;
+            metadata.is_file().then_some(metadata.len())
+        }));
         Ok(Node::Client(ClientNode {
             client,
             faults,
