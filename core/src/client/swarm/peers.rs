@@ -1,0 +1,349 @@
+//! The peers a download talks to: which it is offered and connects to,
+//! what it asks each for, what it makes of what they say, and when it
+//! nudges, blames or drops one.
+//!
+//! Apart from the conversations themselves (`link.rs`) because this is the
+//! download's side of them: choices made with the whole swarm in view (the
+//! plan, the stall clocks, the bans), in the download's own loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::link::{Heard, Requests};
+use super::{Run, FIRST_PIPELINE, MAX_LINKS, REFRESH_INTERVAL};
+use crate::client::{DownloadError, Rejection, TransferError, REJECTIONS_LISTED};
+use crate::events::Event;
+use crate::protocol::{ClientId, PeerRequest, Problem, Request, SwarmPeer, Trace, TrackerRequest};
+use crate::trace;
+
+/// A peer the download talks to.
+pub(super) struct Peer {
+    /// Where requests go.
+    out: Requests,
+    /// When it was last seen sending (a whole piece, or body bytes seen at
+    /// a tick, except while it owes the piece hashes or an answer to a
+    /// complaint), was connected, or was asked for something when it owed
+    /// nothing: the clock by which it stalls.
+    pub(super) stall_clock: Instant,
+    /// Body bytes received from it so far, counted as they come.
+    pub(super) received: Arc<AtomicU64>,
+    /// The count of `received` at the last tick.
+    pub(super) received_seen: u64,
+    /// Whether it was told a piece of its was bad (it closes next).
+    pub(super) blamed: bool,
+    /// Pieces it delivered since the last tick.
+    pub(super) delivered: usize,
+}
+
+impl Run<'_> {
+    /// Adds peers the tracker offered, skipping those known already, those
+    /// that misbehaved, and those resting.
+    pub(super) fn offer(&mut self, peers: &[SwarmPeer]) {
+        for peer in peers {
+            if !self.knows_of(peer.peer) {
+                self.offered.push(*peer);
+            }
+        }
+    }
+
+    /// Whether `peer` is this client, or connected, offered, banned or
+    /// resting.
+    fn knows_of(&self, peer: ClientId) -> bool {
+        peer == self.client.id
+            || self.peers.contains_key(&peer)
+            || self.connecting.contains(&peer)
+            || self.banned.contains(&peer)
+            || self.resting.contains_key(&peer)
+            || self.offered.iter().any(|offered| offered.peer == peer)
+    }
+
+    /// Whether `peer` has something this download needs: before the piece
+    /// hashes are known, the hashes, which only a peer that holds a piece
+    /// surely knows (a downloader that has just joined refuses to give
+    /// them); any piece will do, since a download resumed in finer pieces
+    /// than its record's may hold them all and still lack their hashes.
+    /// After, a piece this download lacks.
+    pub(super) fn can_help(&self, peer: ClientId) -> bool {
+        match self.part {
+            None => self.plan.holds_any(peer),
+            Some(_) => self.plan.useful(peer),
+        }
+    }
+
+    /// Downloaders opened conversations with this one. Any it does not know
+    /// of is a swarm member to draw from too: the tracker, which has their
+    /// addresses, is asked for the swarm again.
+    pub(super) fn meet(&mut self) {
+        let (met, seen) = self.partial.met_since(self.met);
+        self.met = seen;
+        let strangers = met.iter().any(|peer| !self.knows_of(*peer));
+        if strangers && self.peers.len() + self.connecting.len() < MAX_LINKS && !self.has_everything() {
+            self.start_asking();
+        }
+    }
+
+    /// Whether a blamed peer has yet to answer its complaint, or the
+    /// tracker its report: the download does not end before, so the peer's
+    /// check (and any withdrawal) is part of it, and the tracker hears of
+    /// the report before the announce that ends the download.
+    pub(super) fn awaiting_complaints(&self) -> bool {
+        !self.reports.is_empty() || self.peers.values().any(|peer| peer.blamed)
+    }
+
+    /// Starts connecting to offered peers, up to [`MAX_LINKS`].
+    pub(super) fn connect_offered(&mut self) {
+        while self.peers.len() + self.connecting.len() < MAX_LINKS && !self.offered.is_empty() {
+            let peer = self.offered.remove(0);
+            self.connecting.insert(peer.peer);
+            self.tried.insert(peer.peer, peer);
+            let link = self.link(peer.peer, peer.addr);
+            self.links.push(Box::pin(link));
+        }
+    }
+
+    /// Acts on what a connection heard.
+    pub(super) async fn hear(&mut self, peer: ClientId, heard: Heard) -> Result<(), DownloadError> {
+        match heard {
+            Heard::Joined(out, bits, received) => {
+                self.connecting.remove(&peer);
+                let stall_clock = Instant::now();
+                self.peers.insert(
+                    peer,
+                    Peer {
+                        out,
+                        stall_clock,
+                        received,
+                        received_seen: 0,
+                        blamed: false,
+                        delivered: 0,
+                    },
+                );
+                self.plan.join(peer, bits);
+                self.plan.set_pipeline(peer, FIRST_PIPELINE.min(self.pipeline));
+                self.ask(peer);
+                if let Some(index) = self.plan.first_held_of(peer) {
+                    self.nudge_if_idle(peer, index);
+                }
+            }
+            Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
+            Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes),
+            Heard::Have(index) => {
+                if self.plan.gained(peer, index) {
+                    self.ask(peer);
+                } else {
+                    self.nudge_if_idle(peer, index);
+                }
+            }
+            Heard::Missing(index) => {
+                self.plan.lost(peer, index);
+                self.ask_everyone();
+            }
+            Heard::Checked => {}
+            Heard::Ended(problem) => self.drop_peer(peer, problem),
+        }
+        Ok(())
+    }
+
+    /// Asks `peer` for what it should send next: the piece hashes if they
+    /// are still unknown and nobody else was asked, else pieces.
+    pub(super) fn ask(&mut self, peer: ClientId) {
+        if self.peers.get(&peer).is_none_or(|p| p.blamed) {
+            return;
+        }
+        let owed_nothing = !self.owes(peer);
+        if self.part.is_none() {
+            if self.layer_from.is_none() && self.can_help(peer) {
+                self.layer_from = Some(peer);
+                self.send(peer, PeerRequest::Layer);
+            }
+        } else {
+            for index in self.plan.requests(peer) {
+                if !self.send(peer, PeerRequest::Piece { index: index as u64 }) {
+                    break;
+                }
+            }
+        }
+        // A peer's stall clock starts when it first owes something: one
+        // that sat idle for long is not stalled the moment it is asked.
+        if owed_nothing && self.owes(peer) {
+            if let Some(link) = self.peers.get_mut(&peer) {
+                link.stall_clock = Instant::now();
+            }
+        }
+    }
+
+    /// Whether `peer` has been asked for something it has yet to send:
+    /// pieces, or the piece hashes.
+    pub(super) fn owes(&self, peer: ClientId) -> bool {
+        self.plan.in_flight(peer) > 0 || self.layer_from == Some(peer)
+    }
+
+    /// Asks every connected peer for what it should send next.
+    pub(super) fn ask_everyone(&mut self) {
+        let peers: Vec<ClientId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.ask(peer);
+        }
+    }
+
+    /// Sends `request` to `peer`; a peer that cannot be written to is
+    /// dropped (at the next turn of the loop). Returns whether it went.
+    pub(super) fn send(&mut self, peer: ClientId, request: PeerRequest) -> bool {
+        let Some(link) = self.peers.get_mut(&peer).filter(|_| !self.broken.contains(&peer)) else {
+            return false;
+        };
+        let request = Request {
+            trace: Trace::default(),
+            body: request,
+        };
+        if link.out.send(request).is_ok() {
+            return true;
+        }
+        self.broken.push(peer);
+        false
+    }
+
+    /// Piece `index` just checked out: every peer other than its `sender`
+    /// that holds it is nudged ([`Run::nudge_if_idle`]). A seeder that
+    /// shows a piece at a time (super-seeding) then shows another: without
+    /// this, a downloader that got the one piece a seeder showed it from
+    /// someone else would ask that seeder nothing more, and hear of nothing
+    /// more from it, until every piece went out.
+    pub(super) fn nudge(&mut self, index: usize, sender: ClientId) {
+        let holders: Vec<ClientId> = (self.peers.keys().copied())
+            .filter(|peer| *peer != sender && self.plan.holds(*peer, index))
+            .collect();
+        for peer in holders {
+            self.nudge_if_idle(peer, index);
+        }
+    }
+
+    /// `peer` showed piece `index`, which this download holds already: if
+    /// it is asked for nothing and has nothing else this download lacks,
+    /// it is told so (`Cancel`), as [`Run::nudge`] does, so that a seeder
+    /// showing a piece at a time shows another.
+    fn nudge_if_idle(&mut self, peer: ClientId, index: usize) {
+        if self.plan.in_flight(peer) == 0 && self.plan.have().has(index) && !self.plan.useful(peer) {
+            self.send(peer, PeerRequest::Cancel { index: index as u64 });
+        }
+    }
+
+    /// `peer` sent piece `index`, which failed its hash: the download logs
+    /// it, never asks `peer` again, tells it (it checks its own copy) and
+    /// tells the tracker (which stops offering it to this client).
+    pub(super) fn blame(&mut self, peer: ClientId, index: usize) -> Result<(), DownloadError> {
+        let client = self.client;
+        tracing::info!(node = %client.id, %peer, "piece {index} of {} failed its hash", self.file);
+        let problem = Problem::WrongPiece;
+        if let Some(progress) = &client.progress {
+            progress.rejected(&self.file, peer, problem);
+        }
+        let event = Event::TransferRejected {
+            file: self.file.clone(),
+            peer,
+            reason: problem.describe().to_owned(),
+        };
+        client.reporter.report(trace::next(), event);
+        self.banned.insert(peer);
+        // Its connection may have ended first, leaving it to rest.
+        self.resting.remove(&peer);
+        let released = self.plan.leave(peer);
+        let complaint = Request {
+            trace: trace::next(),
+            body: PeerRequest::BadPiece { index: index as u64 },
+        };
+        if let Some(link) = self.peers.get_mut(&peer) {
+            link.blamed = true;
+            if link.out.send(complaint).is_err() {
+                self.peers.remove(&peer);
+            }
+        }
+        let report = TrackerRequest::Report {
+            file: self.file.clone(),
+            peer,
+            sha1: self.info.sha1,
+            problem,
+        };
+        self.reports.push(client.ask_tracker_aside(report));
+        if self.rejections.len() < REJECTIONS_LISTED {
+            let error = TransferError::WrongPiece { index };
+            self.rejections.push(Rejection { peer, problem, error });
+        }
+        if !released.is_empty() {
+            self.ask_everyone();
+        }
+        Ok(())
+    }
+
+    /// Forgets `peer`: what was in flight to it goes to others. One that
+    /// misbehaved (`problem`: it garbled or stalled) is not tried again in
+    /// this download; one that could not serve just now (or hung up) may
+    /// be, once it has rested.
+    pub(super) fn drop_peer(&mut self, peer: ClientId, problem: Option<Problem>) {
+        self.connecting.remove(&peer);
+        self.peers.remove(&peer);
+        tracing::debug!(node = %self.client.id, %peer, ?problem, "dropped a peer of the swarm of {}", self.file);
+        match problem {
+            Some(Problem::Garbled | Problem::Stalled | Problem::WrongPiece) => {
+                self.banned.insert(peer);
+            }
+            _ if !self.banned.contains(&peer) => {
+                self.resting.insert(peer, Instant::now() + REFRESH_INTERVAL);
+            }
+            _ => {}
+        }
+        if self.layer_from == Some(peer) {
+            self.layer_from = None;
+        }
+        self.plan.leave(peer);
+        self.ask_everyone();
+    }
+
+    /// Since the last tick: the peers asked for pieces that sent not a
+    /// byte, and the peers that delivered a piece.
+    ///
+    /// A peer serves the downloaders that ask it in turn, so in a big
+    /// swarm a request can wait behind dozens of others while peers that
+    /// gained the piece since, and serve this download well, have room.
+    pub(super) fn who_serves(&self) -> (Vec<ClientId>, Vec<ClientId>) {
+        let (mut waiting, mut serving) = (Vec::new(), Vec::new());
+        for (id, peer) in &self.peers {
+            let quiet = peer.received.load(Ordering::Relaxed) == peer.received_seen;
+            if quiet && !peer.blamed && self.plan.in_flight(*id) > 0 {
+                waiting.push(*id);
+            } else if peer.delivered > 0 {
+                serving.push(*id);
+            }
+        }
+        (waiting, serving)
+    }
+
+    /// Moves the requests `waiting` peers sit on to `serving` peers that
+    /// hold those pieces and have room for them: cancelled with the one,
+    /// asked of the other. Measured with bench/swarm.rhai under `--sim`:
+    /// 64 downloaders finished 19 % sooner, 128 downloaders 21 % sooner,
+    /// 4 to 31 downloaders within 2 % of before. A waiting peer then asked
+    /// again keeps its stall clock: it has owed pieces all along.
+    pub(super) fn ask_elsewhere(&mut self, waiting: Vec<ClientId>, serving: Vec<ClientId>) {
+        if self.part.is_none() || waiting.is_empty() || serving.is_empty() {
+            return;
+        }
+        for &peer in &waiting {
+            for index in self.plan.withdraw(peer, &serving) {
+                self.send(peer, PeerRequest::Cancel { index: index as u64 });
+            }
+        }
+        for peer in serving {
+            self.ask(peer);
+        }
+        for peer in waiting {
+            let clock = self.peers.get(&peer).map(|p| p.stall_clock);
+            self.ask(peer);
+            if let (Some(clock), Some(p)) = (clock, self.peers.get_mut(&peer)) {
+                p.stall_clock = clock;
+            }
+        }
+    }
+}
