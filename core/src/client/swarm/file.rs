@@ -183,7 +183,6 @@ impl Run<'_> {
     async fn saved(&mut self) -> Result<(), DownloadError> {
         if self.saving.is_some() {
             let saved = settled(&mut self.saving).await;
-            self.saving = None;
             saved.map_err(ClientError::from)?;
         }
         Ok(())
@@ -213,7 +212,6 @@ impl Run<'_> {
         let part = self.part.as_ref().expect("pieces come only with a part file");
         if self.hashing.is_some() {
             let hashed = settled(&mut self.hashing).await;
-            self.hashing = None;
             self.whole = Some(hashed.map_err(ClientError::from)?);
         }
         // A piece found bad on disk while served (a peer complained, and
@@ -341,10 +339,14 @@ impl Run<'_> {
     }
 }
 
-/// Resolves with the outcome of `step`; never if there is none.
+/// Resolves with the outcome of `step`, which is then over (`None`);
+/// never if there is none. Dropped before its end (another branch of a
+/// `select!` won), it leaves the step where it was, to go on later.
 pub(super) async fn settled<T>(step: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
-    match step {
-        Some(step) => step.await,
-        None => std::future::pending().await,
-    }
+    let Some(running) = step else {
+        return std::future::pending().await;
+    };
+    let outcome = running.await;
+    *step = None;
+    outcome
 }

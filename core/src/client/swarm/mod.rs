@@ -404,7 +404,6 @@ impl<'a> Run<'a> {
     async fn wind_down(&mut self) -> Result<(), DownloadError> {
         if self.hashing.is_some() {
             let _ = settled(&mut self.hashing).await;
-            self.hashing = None;
         }
         while let Some((_, index, good)) = self.checking.next().await {
             if let Ok(true) = good {
@@ -451,12 +450,10 @@ impl<'a> Run<'a> {
                 }
                 Some(()) = self.links.next(), if !self.links.is_empty() => {}
                 hashed = settled(&mut self.hashing), if self.hashing.is_some() => {
-                    self.hashing = None;
                     self.whole = Some(hashed.map_err(ClientError::from)?);
                     self.hash_ahead();
                 }
                 saved = settled(&mut self.saving), if self.saving.is_some() => {
-                    self.saving = None;
                     saved.map_err(ClientError::from)?;
                 }
                 // Reports before requests for peers: an older report's
@@ -465,7 +462,6 @@ impl<'a> Run<'a> {
                     self.reported(reply.unwrap_or(Err(ClientError::Stopped(self.client.id))))?;
                 }
                 reply = asked(&mut self.asking, self.client.id), if self.asking.is_some() => {
-                    self.asking = None;
                     self.take_peers(reply)?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet(),

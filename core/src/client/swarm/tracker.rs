@@ -37,7 +37,6 @@ impl Run<'_> {
         }
         if self.asking.is_some() {
             let reply = asked(&mut self.asking, self.client.id).await;
-            self.asking = None;
             self.take_peers(reply)?;
         }
         if self.offered.is_empty() {
@@ -173,12 +172,14 @@ fn unreachable(error: &ClientError) -> bool {
     matches!(error, ClientError::Session(_) | ClientError::NotRegistered(_))
 }
 
-/// Resolves with the tracker's answer to `asking` (sent by client `id`);
-/// never if nothing was asked.
+/// Resolves with the tracker's answer to `asking` (sent by client `id`),
+/// which is then over (`None`); never if nothing was asked.
 pub(super) async fn asked(asking: &mut Option<Asking>, id: ClientId) -> Result<TrackerReply, ClientError> {
-    match asking {
-        // The task asking ends without an answer only if the client stops.
-        Some(asking) => asking.await.unwrap_or(Err(ClientError::Stopped(id))),
-        None => std::future::pending().await,
-    }
+    let Some(waiting) = asking else {
+        return std::future::pending().await;
+    };
+    // The task asking ends without an answer only if the client stops.
+    let answer = waiting.await.unwrap_or(Err(ClientError::Stopped(id)));
+    *asking = None;
+    answer
 }
