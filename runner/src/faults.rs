@@ -232,6 +232,10 @@ struct SwarmReplies {
     body: u64,
     /// Whether that body is a piece's.
     piece: bool,
+    /// Whether the conversation turned out to cut the file otherwise than
+    /// `layout` does (the client serves another version of it, which it
+    /// is downloading): the bodies cannot be followed.
+    lost: bool,
 }
 
 impl SwarmReplies {
@@ -267,7 +271,10 @@ impl SwarmReplies {
             return 0;
         };
         (self.body, self.piece) = match protocol::decode::<PeerReply>(payload) {
-            Ok(PeerReply::Joined { pieces }) => (pieces.div_ceil(8), false),
+            Ok(PeerReply::Joined { pieces }) => {
+                self.lost = pieces != self.layout.count() as u64;
+                (pieces.div_ceil(8), false)
+            }
             Ok(PeerReply::Layer { pieces }) => (pieces.saturating_mul(20), false),
             Ok(PeerReply::Piece { index }) => (self.layout.len(index as usize), true),
             _ => (0, false),
@@ -335,6 +342,7 @@ impl FaultyStream {
             header: Vec::new(),
             body: 0,
             piece: false,
+            lost: false,
         };
         State::Swarming {
             fault,
@@ -382,9 +390,19 @@ impl FaultyStream {
             State::Swarming {
                 fault, replies, sent, ..
             } => {
-                *sent += replies.sent(bytes);
-                // A piece's body starts, or goes on, at the fault's byte.
-                if replies.in_piece() && *sent == fault.after {
+                let pieces = replies.sent(bytes);
+                if replies.lost {
+                    // Not this file's pieces: the fault waits for the next
+                    // transfer.
+                    if let State::Swarming { fault, .. } = std::mem::replace(&mut self.state, State::Clear) {
+                        self.faults.put_back(fault);
+                    }
+                    return;
+                }
+                *sent += pieces;
+                // The fault's byte went out (within a piece, or its last
+                // byte), or a piece's body starts at it (a count of 0).
+                if *sent == fault.after && (pieces > 0 || replies.in_piece()) {
                     self.strike();
                 }
             }
@@ -569,7 +587,7 @@ mod tests {
 
     use phile_core::connection::{Connection, ConnectionError};
     use phile_core::host::accept;
-    use phile_core::protocol::ClientId;
+    use phile_core::protocol::{ClientId, Digest};
     use phile_core::storage::Folder;
 
     use super::*;
@@ -664,6 +682,7 @@ mod tests {
             header: Vec::new(),
             body: 0,
             piece: false,
+            lost: false,
         };
         let mut stream = framed(&PeerReply::Joined { pieces: 3 }, 1);
         stream.extend(framed(&PeerReply::Layer { pieces: 3 }, 60));
@@ -681,6 +700,58 @@ mod tests {
         }
         assert_eq!(pieces, 7_232 + 16_384);
         assert_eq!((replies.body, replies.header.len()), (0, 0), "ended mid-frame");
+    }
+
+    #[tokio::test]
+    async fn a_kill_in_a_swarm_strikes_at_the_last_byte_of_a_piece_too() {
+        use tokio::io::AsyncWriteExt;
+        // Two pieces of 16 KiB; the kill is armed after the first one's
+        // last byte.
+        let (file, piece) = ("f".parse::<FileName>().unwrap(), 16_384u64);
+        let faults = Arc::new(Faults::default());
+        let crashed = Arc::new(Mutex::new(None));
+        let seen = crashed.clone();
+        faults.on_crash(Box::new(move |_, _, sent| *seen.lock().unwrap() = Some(sent)));
+        faults.on_size(Box::new(move |_| Some(2 * piece)));
+        faults.arm(Fault {
+            kind: FaultKind::Kill,
+            file: file.clone(),
+            after: piece,
+        });
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut downloader = tokio::net::TcpStream::connect(tcp.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = tcp.accept().await.unwrap();
+        let mut server = FaultyStream {
+            inner: Some(Box::new(accepted)),
+            faults,
+            state: State::Listening(Vec::new()),
+        };
+        let join = PeerRequest::Join {
+            file,
+            client: ClientId(2),
+            sha1: Digest([0; 20]),
+            piece_size: piece,
+        };
+        let payload = protocol::encode(&Request {
+            trace: Trace::default(),
+            body: join,
+        })
+        .unwrap();
+        let mut request = (payload.len() as u32).to_be_bytes().to_vec();
+        request.extend(payload);
+        downloader.write_all(&request).await.unwrap();
+        let mut read = vec![0u8; request.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut read)
+            .await
+            .unwrap();
+        assert!(matches!(server.state, State::Swarming { .. }), "not armed by the Join");
+
+        let mut replies = framed(&PeerReply::Joined { pieces: 2 }, 1);
+        replies.extend(framed(&PeerReply::Piece { index: 0 }, piece as usize));
+        server.write_all(&replies).await.unwrap();
+        assert_eq!(*crashed.lock().unwrap(), Some(piece), "no strike at the piece's end");
+        let more = framed(&PeerReply::Piece { index: 1 }, piece as usize);
+        assert!(server.write_all(&more).await.is_err(), "wrote on after the kill");
     }
 
     #[tokio::test]
