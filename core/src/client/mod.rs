@@ -13,7 +13,23 @@
 //! A swarm download ([`Client::swarm_start`], [`Client::swarm_receive`],
 //! chained by [`Client::swarm_download`]) fetches the file in pieces from
 //! several peers at once instead (see [`swarm`]).
+//!
+//! The code is one file per concept; this one holds the client's lifecycle
+//! (start, register, announce, leave, kill), its requests to the tracker and
+//! its heartbeats:
+//!
+//! - `download.rs`: the whole-file download (lookup, receive with failover)
+//!   and what a download hands back ([`Source`], [`Downloaded`], [`Fetched`]);
+//! - `error.rs`: why a client operation or a download failed
+//!   ([`ClientError`], [`DownloadError`], [`Rejection`]);
+//! - `session.rs`, `holdings.rs`: the session with the tracker and what was
+//!   announced on it;
+//! - `serve.rs`, `share.rs`, `transfer.rs`: the peer server and the
+//!   transfers themselves;
+//! - `swarm/`: the swarm download.
 
+mod download;
+mod error;
 mod holdings;
 mod serve;
 mod session;
@@ -21,7 +37,6 @@ mod share;
 pub mod swarm;
 mod transfer;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -31,33 +46,25 @@ use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use download::{Downloaded, Fetched, Source, Swarmed, MAX_HOLDERS_TRIED};
+pub use error::{ClientError, DownloadError, Rejection};
 pub use session::{status, SessionError, StatusAnswer, StatusLimits};
 pub use swarm::{SwarmOptions, SwarmStart};
 pub use transfer::{Progress, TransferError};
 
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::pieces::InvalidPieceSize;
-use crate::protocol::{printable, ClientId, Digest, FileInfo, FileName, Problem, Trace, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, FileInfo, FileName, Trace, TrackerReply, TrackerRequest};
 use crate::rate::RateLimits;
 use crate::server::{self, Limits, ServerHandle};
-use crate::storage::{Folder, Received, StorageError};
+use crate::storage::Folder;
 use crate::swarm::Swarms;
 use crate::trace;
+use download::REJECTIONS_LISTED;
+use error::refusal;
 use holdings::{Holdings, SharedSession};
 use serve::Seeder;
 use session::Session;
-use transfer::Rejected;
-
-/// How many of the holders a download gave up on its error lists by name
-/// (the rest are counted): the error stays short, and its size bounded,
-/// however many holders failed.
-const REJECTIONS_LISTED: usize = 10;
-
-/// How many holders one download tries before it gives up: far more than
-/// any honest swarm makes it fail, and a bound on what a tracker that keeps
-/// offering failing holders can make it do.
-pub const MAX_HOLDERS_TRIED: u64 = 1_000_000;
 
 /// The least time either side of a transfer gives the other for the
 /// confirmation at its end: the downloader verifies and syncs the file
@@ -97,158 +104,6 @@ impl Default for ClientConfig {
             seed: 0,
         }
     }
-}
-
-/// A holder of a file, as the tracker gave it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Source {
-    /// The holder.
-    pub peer: ClientId,
-    /// Where its peer server listens.
-    pub addr: SocketAddr,
-    /// The size and SHA-1 the tracker recorded: what the holder must deliver.
-    pub info: FileInfo,
-    /// The root of the file's hash tree the tracker recorded (remembered
-    /// with the file, so announcing it costs no pass over it).
-    pub root: Digest,
-}
-
-/// A file received, verified and stored.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Downloaded {
-    /// The peer that delivered it (of a swarm download: the one that sent
-    /// the most).
-    pub from: ClientId,
-    /// Its size and SHA-1.
-    pub info: FileInfo,
-    /// How a swarm download went; `None` for a whole-file download.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swarm: Option<Swarmed>,
-}
-
-/// How a swarm download went.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Swarmed {
-    /// The bytes of checked pieces each peer sent.
-    #[serde(with = "crate::protocol::client_keys")]
-    pub sources: BTreeMap<ClientId, u64>,
-    /// The bytes an earlier, interrupted attempt had left (not fetched
-    /// again).
-    pub resumed: u64,
-    /// The piece size.
-    pub piece_size: u64,
-}
-
-/// A file [`Client::download`] stored, and whether the tracker knows.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Fetched {
-    /// What arrived, from whom.
-    pub downloaded: Downloaded,
-    /// Whether the tracker recorded this client as a holder. A stored file
-    /// is a success either way; a client that registers again announces
-    /// everything it holds.
-    pub announced: bool,
-}
-
-/// Why a client operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The client has no session with a tracker.
-    #[error("client {0} is not registered with a tracker: call register first")]
-    NotRegistered(ClientId),
-    /// Talking to the tracker failed.
-    #[error(transparent)]
-    Session(#[from] SessionError),
-    /// The tracker refused the request; its reason is shown made printable.
-    #[error("the tracker refused: {}", printable(.0))]
-    Refused(String),
-    /// The tracker answered something that makes no sense here.
-    #[error("unexpected answer from the tracker: {0:?}")]
-    Unexpected(TrackerReply),
-    /// The client's folder failed.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// Writing a download to the client's folder failed.
-    #[error("the folder failed while storing a download: {0}")]
-    Disk(String),
-    /// A file changed in the folder between its download and its announce.
-    #[error("{0} changed in the folder before it could be announced")]
-    Changed(FileName),
-    /// The client stopped (it was shut down, left or crashed) while busy.
-    #[error("client {0} stopped")]
-    Stopped(ClientId),
-    /// The tracker did not answer a goodbye within the time given; the
-    /// client left all the same.
-    #[error("the tracker did not answer the goodbye within {0:?}")]
-    GoodbyeUnanswered(Duration),
-}
-
-/// Why a download ended without the file.
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    /// Nobody else holds the file.
-    #[error("no peer has {0}")]
-    NoPeer(FileName),
-    /// Every holder was tried, and none delivered.
-    #[error("no peer delivered {file}: {}", describe(.rejected, *.unlisted))]
-    Exhausted {
-        /// The file.
-        file: FileName,
-        /// The first holders tried, and what each did.
-        rejected: Vec<Rejection>,
-        /// How many more holders were tried and failed.
-        unlisted: u64,
-    },
-    /// A swarm download ran out of peers that could deliver the pieces it
-    /// lacks. (How many it lacks depends on timing, so the message, which
-    /// goes into the event log, does not say; `missing` does.)
-    #[error("no peer delivered the missing pieces of {file}{}", blame(.rejected))]
-    Incomplete {
-        /// The file.
-        file: FileName,
-        /// How many pieces are missing (those checked are kept on disk
-        /// for the next attempt).
-        missing: usize,
-        /// The peers blamed for bad pieces.
-        rejected: Vec<Rejection>,
-    },
-    /// A swarm download was asked for a piece size that is not one.
-    #[error(transparent)]
-    PieceSize(#[from] InvalidPieceSize),
-    /// The client itself could not go on (not registered, tracker gone,
-    /// folder failing): not the file's fault.
-    #[error(transparent)]
-    Client(#[from] ClientError),
-}
-
-/// A holder a download gave up on.
-#[derive(Debug)]
-pub struct Rejection {
-    /// The holder.
-    pub peer: ClientId,
-    /// What it did.
-    pub problem: Problem,
-    /// The details (byte counts, system errors), for logs.
-    pub error: TransferError,
-}
-
-/// The peers blamed in a swarm download, after a colon; nothing if none.
-fn blame(rejected: &[Rejection]) -> String {
-    match rejected {
-        [] => String::new(),
-        _ => format!(": {}", describe(rejected, 0)),
-    }
-}
-
-fn describe(rejected: &[Rejection], unlisted: u64) -> String {
-    let mut each: Vec<String> = rejected
-        .iter()
-        .map(|rejection| format!("{} {}", rejection.peer, rejection.problem.describe()))
-        .collect();
-    if unlisted > 0 {
-        each.push(format!("and {unlisted} more"));
-    }
-    each.join("; ")
 }
 
 /// A running client.
@@ -476,204 +331,6 @@ impl Client {
         }
     }
 
-    /// Asks the tracker for a holder of `file` other than this client, to
-    /// begin a download: holders this client reported in an earlier download
-    /// of `file` get a fresh chance. `Ok(None)`: nobody.
-    pub async fn lookup(&self, file: &FileName) -> Result<Option<Source>, ClientError> {
-        self.find(file, false).await
-    }
-
-    /// Asks the tracker for a holder of `file`; with `failover`, one this
-    /// client did not report during the download under way.
-    async fn find(&self, file: &FileName, failover: bool) -> Result<Option<Source>, ClientError> {
-        let request = TrackerRequest::Lookup {
-            file: file.clone(),
-            failover,
-        };
-        match self.ask_tracker(request).await? {
-            TrackerReply::Peer { peer, addr, info, root } => Ok(Some(Source { peer, addr, info, root })),
-            TrackerReply::NoPeer => Ok(None),
-            other => Err(refusal(other)),
-        }
-    }
-
-    /// Fetches `file` from `source`, verifies it and stores it in the
-    /// folder. When a holder fails (refuses, breaks off, stalls, sends the
-    /// wrong size or content), the partial file is discarded; a holder that
-    /// sent wrong bytes is told what arrived, so it can check its own copy;
-    /// the tracker is told, and stops offering that holder to this client
-    /// for the rest of the download; the next holder it offers is tried,
-    /// until one delivers or none is left. No request grows with the
-    /// number of holders that failed. Reports `download_finished` or
-    /// `download_failed`, and `transfer_rejected` for each holder given up
-    /// on.
-    pub async fn receive(&self, file: &FileName, source: Source) -> Result<Downloaded, DownloadError> {
-        // Counted, so that leaving waits until every download has ended.
-        let _under_way = self.downloads.token();
-        // A client that stops (or crashes) drops its downloads with it; a
-        // file that arrived checked goes into place all the same, since a
-        // rename cut short would store it yet report it lost.
-        let delivered = tokio::select! {
-            biased;
-            _ = self.halt.cancelled() => None,
-            delivered = self.receive_until_delivered(file, source) => Some(delivered),
-        };
-        let (received, source) = match delivered {
-            Some(delivered) => delivered?,
-            None => return Err(self.failed(file, ClientError::Stopped(self.id).into())),
-        };
-        if let Err(error) = self.folder.store(file, received).await {
-            return Err(self.failed(file, ClientError::from(error).into()));
-        }
-        let Source {
-            peer: from, info, root, ..
-        } = source;
-        self.folder.remember_root(file, info, root);
-        let event = Event::DownloadFinished {
-            file: file.clone(),
-            from: Some(from),
-            bytes: info.size,
-            sha1: info.sha1,
-            swarm: false,
-            sources: None,
-        };
-        self.reporter.report(trace::next(), event);
-        Ok(Downloaded {
-            from,
-            info,
-            swarm: None,
-        })
-    }
-
-    /// Fetches `file` into a temporary file and checks it, from `source`
-    /// or, when it fails, the next holder the tracker offers: the file
-    /// checked, and the holder it came from.
-    async fn receive_until_delivered(
-        &self,
-        file: &FileName,
-        source: Source,
-    ) -> Result<(Received, Source), DownloadError> {
-        let mut source = source;
-        let mut rejected: Vec<Rejection> = Vec::new();
-        let mut tried = 0u64;
-        loop {
-            tried += 1;
-            let progress = self.progress.as_deref();
-            let fetched = transfer::fetch(
-                self.host.as_ref(),
-                self.id,
-                &self.folder,
-                file,
-                &source,
-                self.limits,
-                &self.rate,
-                progress,
-            )
-            .await;
-            let Rejected { error, complaint } = match fetched {
-                Ok(received) => return Ok((received, source)),
-                Err(rejected) => rejected,
-            };
-            let Some(problem) = error.problem() else {
-                // Our own folder failed: no other holder would do better.
-                let error = ClientError::Disk(error.to_string());
-                return Err(self.failed(file, error.into()));
-            };
-            tracing::info!(node = %self.id, peer = %source.peer, %error, "giving up on this holder of {file}");
-            if let Some(progress) = &self.progress {
-                progress.rejected(file, source.peer, problem);
-            }
-            let reason = problem.describe().to_owned();
-            let event = Event::TransferRejected {
-                file: file.clone(),
-                peer: source.peer,
-                reason,
-            };
-            self.reporter.report(trace::next(), event);
-            // Wrong bytes: tell the holder, which checks its own copy (and
-            // withdraws it if it really went bad) before it hangs up.
-            if let Some(complaint) = complaint {
-                complaint.send().await;
-            }
-            // The tracker stops offering this holder to us, for this
-            // version of the file, for the rest of this download.
-            let report = TrackerRequest::Report {
-                file: file.clone(),
-                peer: source.peer,
-                sha1: source.info.sha1,
-                problem,
-            };
-            match self.ask_tracker(report).await {
-                Ok(TrackerReply::Ack) => {}
-                // Past a quota the tracker would offer this holder again:
-                // failing over further could only go round in circles.
-                Ok(other) => return Err(self.failed(file, refusal(other).into())),
-                Err(error) => return Err(self.failed(file, error.into())),
-            }
-            if rejected.len() < REJECTIONS_LISTED {
-                rejected.push(Rejection {
-                    peer: source.peer,
-                    problem,
-                    error,
-                });
-            }
-            let next = match tried {
-                MAX_HOLDERS_TRIED.. => Ok(None),
-                _ => self.find(file, true).await,
-            };
-            source = match next {
-                Ok(Some(next)) => next,
-                Ok(None) => {
-                    let unlisted = tried - rejected.len() as u64;
-                    let exhausted = DownloadError::Exhausted {
-                        file: file.clone(),
-                        rejected,
-                        unlisted,
-                    };
-                    return Err(self.failed(file, exhausted));
-                }
-                Err(error) => return Err(self.failed(file, error.into())),
-            };
-        }
-    }
-
-    /// Asks the tracker for a holder of `file`; when there is none, reports
-    /// the download as failed (`no peer has FILE`).
-    pub async fn first_source(&self, file: &FileName) -> Result<Source, DownloadError> {
-        match self.lookup(file).await {
-            Ok(Some(source)) => Ok(source),
-            Ok(None) => Err(self.failed(file, DownloadError::NoPeer(file.clone()))),
-            Err(error) => Err(self.failed(file, error.into())),
-        }
-    }
-
-    /// Downloads `file`: locate, receive, announce. A file stored and
-    /// verified is a success even if the tracker cannot be told (it went
-    /// away meanwhile): that is logged as a warning, and the file is
-    /// announced with everything else when the client registers again.
-    pub async fn download(&self, file: &FileName) -> Result<Fetched, DownloadError> {
-        let source = self.first_source(file).await?;
-        let downloaded = self.receive(file, source).await?;
-        let announced = match self.announce(file, downloaded.info).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(node = %self.id, %error, "stored {file} but could not tell the tracker");
-                false
-            }
-        };
-        Ok(Fetched { downloaded, announced })
-    }
-
-    /// Reports a failed download and hands the error back.
-    fn failed(&self, file: &FileName, error: DownloadError) -> DownloadError {
-        let event = Event::DownloadFailed {
-            file: file.clone(),
-            error: error.to_string(),
-        };
-        self.reporter.report(trace::next(), event);
-        error
-    }
-
     /// Sends one request on the session and waits for its reply.
     async fn ask_tracker(&self, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
         ask_on(&self.session, self.id, request).await
@@ -863,13 +520,6 @@ async fn ask_on(session: &SharedSession, id: ClientId, request: TrackerRequest) 
         current.take();
     }
     Ok(reply?)
-}
-
-fn refusal(reply: TrackerReply) -> ClientError {
-    match reply {
-        TrackerReply::Refused { reason } => ClientError::Refused(reason),
-        other => ClientError::Unexpected(other),
-    }
 }
 
 #[cfg(test)]
