@@ -261,14 +261,22 @@ impl Client {
     pub async fn download(&self, file: &FileName) -> Result<Fetched, DownloadError> {
         let source = self.first_source(file).await?;
         let downloaded = self.receive(file, source).await?;
-        let announced = match self.announce(file, downloaded.info).await {
+        let announced = self.announce_stored(file, downloaded.info).await;
+        Ok(Fetched { downloaded, announced })
+    }
+
+    /// Announces `file`, just stored and verified, as `info`; whether the
+    /// tracker was told. A tracker that cannot be told (it went away
+    /// meanwhile) is a warning, not a failure: the file is announced with
+    /// everything else when the client registers again.
+    pub(super) async fn announce_stored(&self, file: &FileName, info: FileInfo) -> bool {
+        match self.announce(file, info).await {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(node = %self.id, %error, "stored {file} but could not tell the tracker");
                 false
             }
-        };
-        Ok(Fetched { downloaded, announced })
+        }
     }
 
     /// Reports a failed download and hands the error back.

@@ -184,13 +184,7 @@ impl Client {
     pub async fn swarm_download(&self, file: &FileName, options: SwarmOptions) -> Result<Fetched, DownloadError> {
         let start = self.swarm_start(file, options).await?;
         let downloaded = self.swarm_receive(start).await?;
-        let announced = match self.announce(file, downloaded.info).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(node = %self.id, %error, "stored {file} but could not tell the tracker");
-                false
-            }
-        };
+        let announced = self.announce_stored(file, downloaded.info).await;
         Ok(Fetched { downloaded, announced })
     }
 
