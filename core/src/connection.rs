@@ -9,7 +9,9 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf as _, BytesMut};
@@ -309,10 +311,24 @@ fn ended_early(sent: u64, len: u64) -> ConnectionError {
 /// as `stream` can; returns how many went out: `len`, or fewer if the
 /// stream cannot send files (then the caller copies the rest).
 async fn send_file(stream: &mut BoxStream, file: &File, len: u64, idle: Duration) -> Result<u64, ConnectionError> {
+    let send = |cx: &mut Context<'_>, offset, want| Pin::new(&mut **stream).poll_send_file(cx, file, offset, want);
+    send_file_range(send, 0..len, idle).await
+}
+
+/// Sends bytes `range` of a file through the kernel with `send` (a
+/// stream's [`poll_send_file`](crate::host::Stream::poll_send_file) for
+/// that file), as far as the stream can; returns how many went out: all of
+/// them, or fewer if the stream cannot send files (then the caller copies
+/// the rest).
+pub(crate) async fn send_file_range<F>(mut send: F, range: Range<u64>, idle: Duration) -> Result<u64, ConnectionError>
+where
+    F: FnMut(&mut Context<'_>, u64, usize) -> Poll<io::Result<usize>>,
+{
+    let len = range.end - range.start;
     let mut sent = 0u64;
     while sent < len {
         let want = (len - sent).min(SEND_FILE_MAX) as usize;
-        let moved = std::future::poll_fn(|cx| Pin::new(&mut **stream).poll_send_file(cx, file, sent, want));
+        let moved = std::future::poll_fn(|cx| send(cx, range.start + sent, want));
         match timeout(idle, moved).await.map_err(|_| ConnectionError::Idle(idle))? {
             Ok(0) => return Err(ended_early(sent, len)),
             Ok(moved) => sent += moved as u64,
@@ -375,7 +391,7 @@ fn is_frame_too_large(error: &io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -390,7 +406,7 @@ mod tests {
 
     /// One end of an in-memory pipe, as a stream without the capability to
     /// send files.
-    struct Pipe(tokio::io::DuplexStream);
+    pub(crate) struct Pipe(pub(crate) tokio::io::DuplexStream);
 
     impl AsyncRead for Pipe {
         fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -462,11 +478,11 @@ mod tests {
     /// A stream that counts how its bytes went out, and sends files through
     /// the kernel only as many times as `file_sends` allows (then answers
     /// `Unsupported`, as a stream without the capability does).
-    struct Spy {
-        inner: BoxStream,
-        file_sends: usize,
-        written: Arc<AtomicU64>,
-        sent_from_file: Arc<AtomicU64>,
+    pub(crate) struct Spy {
+        pub(crate) inner: BoxStream,
+        pub(crate) file_sends: usize,
+        pub(crate) written: Arc<AtomicU64>,
+        pub(crate) sent_from_file: Arc<AtomicU64>,
     }
 
     impl AsyncRead for Spy {
@@ -538,7 +554,7 @@ mod tests {
     }
 
     /// Pseudo-random bytes: a body no layer can shrink.
-    fn content(len: usize) -> Vec<u8> {
+    pub(crate) fn content(len: usize) -> Vec<u8> {
         let mut state = 0x2545f4914f6cdd1du64;
         (0..len)
             .map(|_| {

@@ -377,9 +377,8 @@ impl Conversation<'_> {
             self.told.clear(index);
             return replies.message(&PeerReply::Missing { index: index as u64 }).await;
         };
-        let bytes = data.read(range).await?;
         replies
-            .message_with_body(&PeerReply::Piece { index: index as u64 }, &bytes)
+            .message_with_file(&PeerReply::Piece { index: index as u64 }, &data, range)
             .await
     }
 

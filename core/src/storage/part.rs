@@ -118,6 +118,11 @@ pub struct PartData {
 }
 
 impl PartData {
+    /// The open file, for sending its bytes through the kernel.
+    pub fn file(&self) -> &fs::File {
+        &self.file
+    }
+
     /// The bytes `range` of the file.
     pub async fn read(&self, range: Range<u64>) -> io::Result<Bytes> {
         let file = self.file.clone();

@@ -9,28 +9,33 @@
 //! for the next message is bounded only when the caller says so (a peer may
 //! rightly have nothing to say for a while).
 
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::connection::{Connection, ConnectionError, CHUNK_LEN};
-use crate::host::BoxStream;
+use crate::connection::{send_file_range, write_progressing, Connection, ConnectionError, CHUNK_LEN};
+use crate::host::{BoxStream, Stream};
 use crate::protocol::{self, MAX_FRAME_LEN};
+use crate::storage::PartData;
 
 /// Splits an open connection into its two directions. Bytes the connection
 /// had read ahead (requests sent without waiting) stay in the inbound half.
 pub fn split(connection: Connection) -> (Inbound, Outbound) {
     let idle = connection.idle_timeout();
     let (stream, read_ahead) = connection.into_parts();
-    let (read, write) = tokio::io::split(stream);
+    let (read, write) = halves(stream);
     let mut frames = FramedRead::new(read, protocol::frame_codec());
     frames.read_buffer_mut().extend_from_slice(&read_ahead);
     (
@@ -49,7 +54,7 @@ pub fn split(connection: Connection) -> (Inbound, Outbound) {
 /// The receiving direction of a conversation.
 pub struct Inbound {
     /// Frames, read from the stream's read half.
-    frames: FramedRead<ReadHalf<BoxStream>, LengthDelimitedCodec>,
+    frames: FramedRead<ReadHalf, LengthDelimitedCodec>,
     /// The longest a body may make no progress.
     idle: Duration,
     /// Body bytes received so far, shared with whoever watches the
@@ -120,7 +125,7 @@ impl Inbound {
 /// The sending direction of a conversation.
 pub struct Outbound {
     /// Frames, written to the stream's write half.
-    frames: FramedWrite<WriteHalf<BoxStream>, LengthDelimitedCodec>,
+    frames: FramedWrite<WriteHalf, LengthDelimitedCodec>,
     /// The longest a write may make no progress.
     idle: Duration,
 }
@@ -140,8 +145,37 @@ impl Outbound {
     pub async fn message_with_body<T: Serialize>(&mut self, message: &T, body: &[u8]) -> Result<(), ConnectionError> {
         self.message(message).await?;
         let stream = self.frames.get_mut();
-        crate::connection::write_progressing(stream, body, self.idle).await?;
-        timeout(self.idle, stream.flush())
+        write_progressing(stream, body, self.idle).await?;
+        self.flush().await
+    }
+
+    /// Sends one message and then bytes `range` of `data` as its body:
+    /// through the kernel (`sendfile`) where the stream can, as a whole
+    /// file is sent, so a piece is never copied through this process;
+    /// otherwise (a simulated stream, a wrapper that must see the bytes)
+    /// read and written.
+    pub async fn message_with_file<T: Serialize>(
+        &mut self,
+        message: &T,
+        data: &PartData,
+        range: Range<u64>,
+    ) -> Result<(), ConnectionError> {
+        // `message` flushes its frame, so the stream is the body's alone.
+        self.message(message).await?;
+        let stream = self.frames.get_mut();
+        let file = data.file();
+        let send = |cx: &mut Context<'_>, offset, len| stream.poll_send_file(cx, file, offset, len);
+        let sent = send_file_range(send, range.clone(), self.idle).await?;
+        if range.start + sent < range.end {
+            let rest = data.read(range.start + sent..range.end).await?;
+            write_progressing(stream, &rest, self.idle).await?;
+        }
+        self.flush().await
+    }
+
+    /// Pushes out what the stream holds back.
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        timeout(self.idle, self.frames.get_mut().flush())
             .await
             .map_err(|_| ConnectionError::Idle(self.idle))??;
         Ok(())
@@ -153,50 +187,73 @@ impl Outbound {
     }
 }
 
+/// The two halves of one stream, each usable by its own task: what
+/// `tokio::io::split` does, except that the writing half can still send a
+/// file through the kernel ([`Stream::poll_send_file`]), which tokio's
+/// halves do not pass on. Each poll holds the stream for that poll only.
+fn halves(stream: BoxStream) -> (ReadHalf, WriteHalf) {
+    let shared = Arc::new(Mutex::new(stream));
+    (ReadHalf(shared.clone()), WriteHalf(shared))
+}
+
+/// Locks the shared stream for one poll. A poll never blocks and never
+/// panics halfway through a change, so a poisoned lock still holds a
+/// usable stream.
+fn lock(stream: &Mutex<BoxStream>) -> MutexGuard<'_, BoxStream> {
+    stream.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The reading half of a stream.
+struct ReadHalf(Arc<Mutex<BoxStream>>);
+
+/// The writing half of a stream.
+struct WriteHalf(Arc<Mutex<BoxStream>>);
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_read(cx, buf)
+    }
+}
+
+impl WriteHalf {
+    /// [`Stream::poll_send_file`] of the stream.
+    fn poll_send_file(
+        &self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *lock(&self.0)).poll_send_file(cx, file, offset, len)
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *lock(&self.0)).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::protocol::{PeerReply, PeerRequest};
+    use std::sync::atomic::AtomicU64;
 
-    /// Two connections joined by an in-memory pipe.
+    use super::*;
+    use crate::connection::tests::{content, Pipe, Spy};
+    use crate::protocol::{FileName, PeerReply, PeerRequest};
+    use crate::storage::Folder;
+
+    /// Two connections joined by an in-memory pipe, which cannot send
+    /// files through the kernel.
     fn pair() -> (Connection, Connection) {
-        #[derive(Debug)]
-        struct Pipe(tokio::io::DuplexStream);
-        impl tokio::io::AsyncRead for Pipe {
-            fn poll_read(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-            }
-        }
-        impl tokio::io::AsyncWrite for Pipe {
-            fn poll_write(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-            }
-            fn poll_flush(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.0).poll_flush(cx)
-            }
-            fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-            }
-        }
-        impl crate::host::Stream for Pipe {
-            fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-                Ok(([127, 0, 0, 1], 1).into())
-            }
-        }
         let (a, b) = tokio::io::duplex(1 << 16);
         let idle = Duration::from_secs(5);
         (
@@ -261,5 +318,73 @@ mod tests {
         let (mut answers, _asks) = split(asker);
         let silent = answers.message::<PeerReply>(Some(Duration::from_millis(10))).await;
         assert!(matches!(silent, Err(ConnectionError::Idle(_))));
+    }
+
+    /// A file of `content` in a fresh folder, opened for reading pieces.
+    async fn part_data(content: &[u8]) -> (tempfile::TempDir, PartData) {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::create_empty(dir.path()).unwrap();
+        let name: FileName = "f".parse().unwrap();
+        folder.write(&name, content.to_vec()).await.unwrap();
+        let (_, data) = folder.open_pieces(&name).await.unwrap();
+        (dir, data)
+    }
+
+    /// Sends bytes `range` of `content` as a piece from one end of `server`
+    /// to the other end `asker`; returns what arrived.
+    async fn send_piece(server: Connection, asker: Connection, content: &[u8], range: Range<u64>) -> Vec<u8> {
+        let (_dir, data) = part_data(content).await;
+        let (_requests, mut replies) = split(server);
+        let (mut answers, _asks) = split(asker);
+        let len = (range.end - range.start) as usize;
+        let header = PeerReply::Piece { index: 3 };
+        let (sent, arrived) = tokio::join!(replies.message_with_file(&header, &data, range), async {
+            assert_eq!(
+                answers.message(None).await.unwrap(),
+                Some(PeerReply::Piece { index: 3 })
+            );
+            answers.body(len).await.unwrap()
+        });
+        sent.unwrap();
+        arrived.to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_piece_goes_out_through_the_kernel_from_its_place_in_the_file() {
+        let file = content(3 * CHUNK_LEN);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        let (written, sent_from_file) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let spy = Spy {
+            inner: Box::new(far.unwrap().0),
+            file_sends: usize::MAX,
+            written: written.clone(),
+            sent_from_file: sent_from_file.clone(),
+        };
+        let idle = Duration::from_secs(5);
+        let server = Connection::new(Box::new(spy), idle).unwrap();
+        let asker = Connection::new(Box::new(near.unwrap()), idle).unwrap();
+        let range = 1_000_000..1_000_000 + 2 * CHUNK_LEN as u64;
+        let arrived = send_piece(server, asker, &file, range.clone()).await;
+        assert!(
+            arrived == file[range.start as usize..range.end as usize],
+            "the piece arrived changed"
+        );
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            sent_from_file.load(Ordering::Relaxed),
+            range.end - range.start,
+            "the piece did not go through sendfile ({} bytes written)",
+            written.load(Ordering::Relaxed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_send_files_gets_the_piece_copied() {
+        let file = content(300_000);
+        let (asker, server) = pair();
+        let arrived = send_piece(server, asker, &file, 100_000..250_000).await;
+        assert!(arrived == file[100_000..250_000], "the piece arrived changed");
     }
 }
