@@ -17,6 +17,7 @@
 //! the tracker keep.
 
 mod records;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +26,8 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-pub use records::{
-    Content, Holder, Quotas, Records, Refusal, SessionId, StatusCursor, StatusEntry, Swarm, SwarmMember,
-};
+pub use records::{Content, Holder, Quotas, Records, Refusal, SessionId, Swarm, SwarmMember};
+pub use status::{StatusCursor, StatusEntry};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};

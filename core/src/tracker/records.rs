@@ -22,13 +22,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::ops::Bound;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
 
-use crate::protocol::{ClientId, Digest, FileInfo, FileName, STATUS_HOLDERS_PER_FRAME, SWARM_PEERS_PER_ANSWER};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, SWARM_PEERS_PER_ANSWER};
 
 /// Identifies one session (one TCP connection) on the tracker, so that the
 /// end of an old session never removes a client that registered again.
@@ -161,49 +160,6 @@ pub struct SwarmMember {
     pub complete: bool,
 }
 
-/// One entry of a status answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StatusEntry {
-    /// A registered client.
-    Client {
-        /// The client.
-        client: ClientId,
-        /// Where its peer server listens.
-        addr: SocketAddr,
-        /// How many files it holds.
-        files: u64,
-    },
-    /// A file and some of its holders: a file with more holders than fit a
-    /// frame comes as several consecutive entries.
-    File {
-        /// The file.
-        file: FileName,
-        /// Its recorded size and SHA-1.
-        info: FileInfo,
-        /// Holders, in id order.
-        holders: Vec<ClientId>,
-    },
-}
-
-/// Where a status answer stands between two pages: the next page goes on
-/// from here, whatever changed in between.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum StatusCursor {
-    /// Nothing sent yet.
-    #[default]
-    Start,
-    /// The clients after this one are still to send.
-    AfterClient(ClientId),
-    /// The clients are sent; the files are still to send.
-    Files,
-    /// This file's holders after this one are still to send.
-    InFile(FileName, ClientId),
-    /// The files after this one are still to send.
-    AfterFile(FileName),
-    /// Everything is sent.
-    Done,
-}
-
 /// Everything the tracker knows.
 #[derive(Debug)]
 pub struct Records {
@@ -212,10 +168,10 @@ pub struct Records {
     /// What one client may make the tracker hold.
     quotas: Quotas,
     /// Registered clients, in id order (status answers page through them).
-    clients: BTreeMap<ClientId, ClientRecord>,
+    pub(super) clients: BTreeMap<ClientId, ClientRecord>,
     /// Every file some registered client holds, with its content and
     /// holders, in name order.
-    files: BTreeMap<FileName, FileRecord>,
+    pub(super) files: BTreeMap<FileName, FileRecord>,
     /// Counts changes to holder lists: each list is stamped with the count
     /// at its last change, so a lookup can tell whether what it worked out
     /// from a list still holds.
@@ -224,13 +180,13 @@ pub struct Records {
 
 /// A registered client.
 #[derive(Debug)]
-struct ClientRecord {
+pub(super) struct ClientRecord {
     /// Where its peer server listens.
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     /// The session it registered on.
     session: SessionId,
     /// The files it announced.
-    files: BTreeSet<FileName>,
+    pub(super) files: BTreeSet<FileName>,
     /// The files whose swarm it is a member of (downloading in pieces).
     joined: BTreeSet<FileName>,
     /// What its lookups of each file have left behind.
@@ -263,12 +219,12 @@ struct Want {
 
 /// A file some registered client holds, or downloads in a swarm.
 #[derive(Debug)]
-struct FileRecord {
+pub(super) struct FileRecord {
     /// Size, SHA-1 and hash tree root from its first announce; later
     /// announces must match.
-    content: Content,
+    pub(super) content: Content,
     /// Who holds it now, ordered so a seeded choice is reproducible.
-    holders: Holders,
+    pub(super) holders: Holders,
     /// Who downloads it in pieces now (swarm members), in id order.
     members: Holders,
     /// [`Records::changes`] when `holders` last changed.
@@ -279,7 +235,7 @@ struct FileRecord {
 /// eligible holder in O(log n) instead of copying a list that, for a popular
 /// file, holds most of the swarm.
 #[derive(Debug, Default)]
-struct Holders(Vec<ClientId>);
+pub(super) struct Holders(Vec<ClientId>);
 
 impl Holders {
     /// Adds `client`; returns whether it was not there yet.
@@ -338,7 +294,7 @@ impl Holders {
     }
 
     /// The holders after `after` (all of them for `None`).
-    fn after(&self, after: Option<ClientId>) -> &[ClientId] {
+    pub(super) fn after(&self, after: Option<ClientId>) -> &[ClientId] {
         let from = match after.map(|after| self.0.binary_search(&after)) {
             None => 0,
             Some(Ok(at)) => at + 1,
@@ -681,85 +637,6 @@ impl Records {
             .unwrap_or_default()
     }
 
-    /// The next page of a status answer, from `cursor` on: registered
-    /// clients in id order, then files in name order with their holders.
-    /// A page holds at most `budget` ids (an entry counts one, each holder
-    /// listed one more; a page always holds something), so building it
-    /// costs a page of memory however large the records: the tracker sends
-    /// a page, then reads the next one from where the cursor stands. Returns the page and the cursor of
-    /// the next one ([`StatusCursor::Done`] after the last).
-    pub fn status_page(&self, mut cursor: StatusCursor, budget: usize) -> (Vec<StatusEntry>, StatusCursor) {
-        let mut page = Vec::new();
-        let mut spent = 0;
-        while spent < budget.max(1) && cursor != StatusCursor::Done {
-            cursor = match &cursor {
-                StatusCursor::Start | StatusCursor::AfterClient(_) => {
-                    let next = match &cursor {
-                        StatusCursor::AfterClient(after) => {
-                            self.clients.range((Bound::Excluded(*after), Bound::Unbounded)).next()
-                        }
-                        _ => self.clients.iter().next(),
-                    };
-                    match next {
-                        Some((client, record)) => {
-                            page.push(StatusEntry::Client {
-                                client: *client,
-                                addr: record.addr,
-                                files: record.files.len() as u64,
-                            });
-                            spent += 1;
-                            StatusCursor::AfterClient(*client)
-                        }
-                        None => StatusCursor::Files,
-                    }
-                }
-                StatusCursor::Files | StatusCursor::AfterFile(_) | StatusCursor::InFile(..) => {
-                    let (next, after) = match &cursor {
-                        StatusCursor::InFile(file, holder) => match self.files.get_key_value(file) {
-                            Some(next) => (Some(next), Some(*holder)),
-                            None => (self.files_after(file), None),
-                        },
-                        StatusCursor::AfterFile(file) => (self.files_after(file), None),
-                        _ => (self.files.iter().next(), None),
-                    };
-                    match next {
-                        Some((file, record)) => {
-                            let rest = record.holders.after(after);
-                            let room = budget.saturating_sub(spent + 1).min(STATUS_HOLDERS_PER_FRAME);
-                            if room == 0 && !rest.is_empty() && !page.is_empty() {
-                                break; // no room left for a holder: next page
-                            }
-                            let holders = &rest[..rest.len().min(room.max(1))];
-                            // A file's first part goes out even with no
-                            // holder; a later part only with holders in it.
-                            if after.is_none() || !holders.is_empty() {
-                                spent += 1 + holders.len();
-                                page.push(StatusEntry::File {
-                                    file: file.clone(),
-                                    info: record.content.info,
-                                    holders: holders.to_vec(),
-                                });
-                            }
-                            match holders.last() {
-                                Some(last) if holders.len() < rest.len() => StatusCursor::InFile(file.clone(), *last),
-                                _ => StatusCursor::AfterFile(file.clone()),
-                            }
-                        }
-                        None => StatusCursor::Done,
-                    }
-                }
-                StatusCursor::Done => StatusCursor::Done,
-            };
-        }
-        (page, cursor)
-    }
-
-    fn files_after(&self, file: &FileName) -> Option<(&FileName, &FileRecord)> {
-        self.files
-            .range::<FileName, _>((Bound::Excluded(file), Bound::Unbounded))
-            .next()
-    }
-
     /// Whether `client` is registered.
     pub fn is_registered(&self, client: ClientId) -> bool {
         self.clients.contains_key(&client)
@@ -808,10 +685,12 @@ fn choice_rng(seed: u64, client: ClientId, file: &FileName, nth: u64) -> ChaCha8
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::tracker::status::tests::status;
+    use crate::tracker::StatusEntry;
 
-    fn file(name: &str) -> FileName {
+    pub(in crate::tracker) fn file(name: &str) -> FileName {
         name.parse().unwrap()
     }
 
@@ -822,19 +701,19 @@ mod tests {
         }
     }
 
-    fn content(bytes: &[u8]) -> Content {
+    pub(in crate::tracker) fn content(bytes: &[u8]) -> Content {
         Content {
             info: info(bytes),
             root: crate::pieces::Tree::of(bytes).root(),
         }
     }
 
-    fn addr(port: u16) -> SocketAddr {
+    pub(in crate::tracker) fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     /// Records with clients 1..=n registered, each on its own session.
-    fn records(seed: u64, n: u64) -> Records {
+    pub(in crate::tracker) fn records(seed: u64, n: u64) -> Records {
         records_with(seed, n, Quotas::default())
     }
 
@@ -856,17 +735,6 @@ mod tests {
     fn next(records: &mut Records, client: u64, name: &str) -> Option<ClientId> {
         let found = records.lookup(ClientId(client), &file(name), true).unwrap();
         found.map(|holder| holder.peer)
-    }
-
-    /// Every entry of a status answer, read in pages of `budget`.
-    fn status(records: &Records, budget: usize) -> Vec<StatusEntry> {
-        let (mut all, mut cursor) = (Vec::new(), StatusCursor::Start);
-        while cursor != StatusCursor::Done {
-            let (page, next) = records.status_page(cursor, budget);
-            all.extend(page);
-            cursor = next;
-        }
-        all
     }
 
     #[test]
@@ -1203,83 +1071,6 @@ mod tests {
             .report(ClientId(6), &file("a"), ClientId(2), info(b"x").sha1)
             .unwrap();
         assert_eq!(records.clients[&ClientId(6)].reported, 2);
-    }
-
-    #[test]
-    fn status_pages_stay_within_their_budget_and_miss_nothing() {
-        let mut records = records(0, 2);
-        for holder in 10..5_010 {
-            records.register(ClientId(holder), addr(3), holder).unwrap();
-            records
-                .announce(ClientId(holder), &file("popular"), content(b"p"))
-                .unwrap();
-        }
-        for n in 0..300 {
-            records
-                .announce(ClientId(1), &file(&format!("f{n:03}")), content(b"x"))
-                .unwrap();
-        }
-        let budget = 100;
-        let (mut cursor, mut entries) = (StatusCursor::Start, Vec::new());
-        while cursor != StatusCursor::Done {
-            let (page, next) = records.status_page(cursor, budget);
-            let cost: usize = page
-                .iter()
-                .map(|entry| match entry {
-                    StatusEntry::Client { .. } => 1,
-                    StatusEntry::File { holders, .. } => 1 + holders.len(),
-                })
-                .sum();
-            assert!(cost <= budget, "a page of {cost} ids");
-            entries.extend(page);
-            cursor = next;
-        }
-        let clients = entries
-            .iter()
-            .filter(|e| matches!(e, StatusEntry::Client { .. }))
-            .count();
-        assert_eq!(clients, 5_002);
-        let mut popular = Vec::new();
-        let mut names = Vec::new();
-        for entry in &entries {
-            if let StatusEntry::File { file, holders, .. } = entry {
-                if names.last() != Some(file) {
-                    names.push(file.clone());
-                }
-                if file.as_str() == "popular" {
-                    popular.extend(holders.iter().copied());
-                }
-            }
-        }
-        assert_eq!(names.len(), 301);
-        assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "files out of order");
-        assert_eq!(popular, (10..5_010).map(ClientId).collect::<Vec<_>>());
-        // One big page carries as much as a frame allows per part.
-        assert_eq!(status(&records, usize::MAX), status(&records, 1_000_000));
-    }
-
-    #[test]
-    fn a_status_answer_goes_on_from_its_cursor_whatever_changed() {
-        let mut records = records(0, 3);
-        for name in ["a", "b", "c"] {
-            records.announce(ClientId(1), &file(name), content(b"x")).unwrap();
-        }
-        let (page, cursor) = records.status_page(StatusCursor::Start, 5);
-        assert_eq!(page.len(), 4, "{page:?}");
-        assert_eq!(cursor, StatusCursor::AfterFile(file("a")));
-        // Between two pages, b goes and d comes.
-        records.drop_holding(ClientId(1), &file("b"), None);
-        records.announce(ClientId(2), &file("d"), content(b"x")).unwrap();
-        let (rest, done) = records.status_page(cursor, 100);
-        assert_eq!(done, StatusCursor::Done);
-        let names: Vec<&str> = rest
-            .iter()
-            .map(|entry| match entry {
-                StatusEntry::File { file, .. } => file.as_str(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(names, ["c", "d"]);
     }
 
     /// The peers `client`'s swarm lookup of `name` offers, with whether each
