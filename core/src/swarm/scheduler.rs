@@ -133,7 +133,8 @@ impl Scheduler {
         self.have.is_complete()
     }
 
-    /// Whether `peer` is connected.
+    /// Whether `peer` is connected (only the tests ask).
+    #[cfg(test)]
     pub fn knows(&self, peer: ClientId) -> bool {
         self.peers.contains_key(&peer)
     }
