@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::Run;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{hashes_from_bytes, Bitfield, Layout};
-use crate::protocol::{ClientId, Digest, PeerReply, PeerRequest, Problem, Request, Trace};
+use crate::protocol::{ClientId, Digest, PeerReply, PeerRequest, Problem, Request};
 use crate::swarm::wire;
 
 /// What a connection to one peer reports to the download.
@@ -62,11 +62,14 @@ impl Run<'_> {
             client.limits,
             self.tell.clone(),
         );
-        let join = PeerRequest::Join {
-            file: self.file.clone(),
-            client: client.id,
-            sha1: self.info.sha1,
-            piece_size: self.plan.layout().piece.bytes(),
+        let join = Request {
+            trace: self.joining,
+            body: PeerRequest::Join {
+                file: self.file.clone(),
+                client: client.id,
+                sha1: self.info.sha1,
+                piece_size: self.plan.layout().piece.bytes(),
+            },
         };
         let layout = self.plan.layout();
         async move {
@@ -110,7 +113,7 @@ enum Conversed {
 /// Sends `join` on `connection`, reads the answer and the peer's bitfield.
 async fn join_conversation(
     mut connection: Connection,
-    join: PeerRequest,
+    join: Request<PeerRequest>,
     layout: Layout,
     first_byte: Duration,
 ) -> Result<Joined, Problem> {
@@ -164,16 +167,12 @@ async fn converse(joined: Joined, layout: Layout, peer: ClientId, tell: &mpsc::S
 /// Sends `join` and reads the header of the answer (the bitfield follows).
 async fn read_join_answer(
     connection: &mut Connection,
-    join: PeerRequest,
+    join: Request<PeerRequest>,
     layout: Layout,
     first_byte: Duration,
 ) -> Result<(), Problem> {
-    let request = Request {
-        trace: Trace::default(),
-        body: join,
-    };
     connection
-        .write(&request)
+        .write(&join)
         .await
         .map_err(|error| connection_problem(&error))?;
     match connection.read_within::<PeerReply>(first_byte).await {

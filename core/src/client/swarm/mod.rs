@@ -58,10 +58,11 @@ use tokio::time::Instant;
 
 use super::{Client, ClientError, DownloadError, Downloaded, Fetched, Rejection};
 use crate::pieces::{Bitfield, Layer, Layout, PieceSize};
-use crate::protocol::{ClientId, Digest, FileInfo, FileName, Problem, SwarmPeer, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, Problem, SwarmPeer, Trace, TrackerReply, TrackerRequest};
 use crate::storage::{PartFile, WholeHash};
 use crate::swarm::scheduler::Scheduler;
 use crate::swarm::Partial;
+use crate::trace;
 use file::{settled, Checking, Hashing, Saving};
 use link::{Heard, Link};
 use peers::Peer;
@@ -308,6 +309,11 @@ struct Run<'a> {
     /// How many of the downloaders met (who opened a conversation with
     /// this one) were looked at.
     met: usize,
+    /// The trace every `Join` of this download carries: one step, taken
+    /// when it begins, so that what a join causes at a holder (a scripted
+    /// fault striking there) is filed with the download, at the same place
+    /// however many peers it joins, and in whatever order.
+    joining: Trace,
 }
 
 impl<'a> Run<'a> {
@@ -361,6 +367,7 @@ impl<'a> Run<'a> {
             last_piece_at: now,
             pipeline,
             met: 0,
+            joining: trace::next(),
         }
     }
 
