@@ -407,7 +407,8 @@ impl Folder {
         Ok(temp)
     }
 
-    /// Moves a verified download into place as `name`.
+    /// Moves a verified download into place as `name`, and drops what an
+    /// interrupted swarm download of `name` left.
     pub async fn store(&self, name: &FileName, received: Received) -> Result<(), StorageError> {
         let info = received.info;
         let (target, dir, replace) = (self.path(name), self.dir.clone(), self.replace);
@@ -415,7 +416,12 @@ impl Folder {
             .host
             .blocking(move || received.persist(&target, &dir, replace))
             .await?;
-        self.remember_stored(name, &file, info)
+        self.remember_stored(name, &file, info)?;
+        // The file is stored: a leftover that stays is only wasted disk.
+        if let Err(error) = self.drop_swarm_leftovers(name).await {
+            tracing::warn!(%error, "cannot remove what a swarm download of {name} left");
+        }
+        Ok(())
     }
 
     /// Records the identity of a file just put in place, so it is never

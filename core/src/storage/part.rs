@@ -154,6 +154,15 @@ impl Folder {
         Ok((held.info, data))
     }
 
+    /// Removes what an interrupted swarm download of `name` left (its
+    /// partial file and record), unless a live download holds them: once
+    /// the folder holds `name` whole, stored from elsewhere or found there
+    /// already, they would only take up disk, unseen.
+    pub async fn drop_swarm_leftovers(&self, name: &FileName) -> Result<(), StorageError> {
+        let (data, record) = self.swarm_paths(name);
+        self.host.blocking(move || remove_leftovers(&data, &record)).await
+    }
+
     /// The paths of the partial file and the record of a swarm download of
     /// `name`.
     fn swarm_paths(&self, name: &FileName) -> (PathBuf, PathBuf) {
@@ -536,6 +545,7 @@ fn read_file(path: &Path) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::BodySink as _;
     use crate::pieces::Tree;
 
     fn name(text: &str) -> FileName {
@@ -643,6 +653,41 @@ mod tests {
         let piece = layer.layout().piece;
         assert_eq!(folder.resume(&name("f"), other, other_root, piece).await.unwrap(), None);
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_file_stored_whole_drops_what_a_swarm_download_left_but_not_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        for (file_name, live) in [("left", false), ("live", true)] {
+            let (bytes, info, root, layer) = file(50_000, 16 * 1024);
+            let part = folder.part(&name(file_name), info, root, layer.clone()).await.unwrap();
+            assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
+            let mut verified = Bitfield::empty(layer.layout().count());
+            verified.set(0);
+            part.save(&verified).await.unwrap();
+            // A live download keeps its part open (and locked); an
+            // interrupted one closed it.
+            let kept = live.then_some(part);
+            // The same file arrives whole by another way (`phile get
+            // --single`, a scenario's whole-file download).
+            let mut incoming = folder.incoming(&name(file_name)).unwrap();
+            incoming.accept(bytes.clone()).await.unwrap();
+            folder
+                .store(&name(file_name), incoming.finish().await.unwrap())
+                .await
+                .unwrap();
+            let hidden: Vec<String> = entries(dir.path())
+                .into_iter()
+                .filter(|entry| entry.starts_with(&format!(".{file_name}.")))
+                .collect();
+            if live {
+                assert_eq!(hidden.len(), 2, "a live download's part and record: {hidden:?}");
+            } else {
+                assert!(hidden.is_empty(), "left behind: {hidden:?}");
+            }
+            drop(kept);
+        }
     }
 
     #[tokio::test]

@@ -321,7 +321,13 @@ async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Resul
         return Ok(Some(Held::Other));
     }
     match folder.hash(file).await {
-        Ok(info) if info == *recorded => Ok(Some(Held::Same)),
+        Ok(info) if info == *recorded => {
+            // Pieces an earlier swarm attempt kept are of no use now.
+            if let Err(error) = folder.drop_swarm_leftovers(file).await {
+                tracing::warn!(%error, "cannot remove what a swarm download of {file} left");
+            }
+            Ok(Some(Held::Same))
+        }
         Ok(_) => Ok(Some(Held::Other)),
         // Replaced by something else between the look and the hash.
         Err(StorageError::NotFound { .. }) => Ok(Some(Held::Other)),
