@@ -58,6 +58,18 @@ fn bad_node_arguments_are_script_errors() {
 }
 
 #[test]
+fn a_fluid_bound_without_seeders_or_with_a_client_twice_is_a_script_error() {
+    let set_up = "let a = client(1); let b = client(2);";
+    let none = run_err(&format!("{set_up} fluid_bound(1000, [], [b]);"));
+    assert!(none.message.contains("at least one seeder"), "{}", none.message);
+    let both = run_err(&format!("{set_up} fluid_bound(1000, [a], [a, b]);"));
+    assert!(both.message.contains("client 1 is listed twice"), "{}", both.message);
+    run_ok(&format!(
+        "{set_up} a.set_rate(1000, 0); assert(fluid_bound(1000, [a], [b]) == 1.0, \"1 s\");"
+    ));
+}
+
+#[test]
 fn register_answers_ack_and_the_tracker_logs_it() {
     let run = run_ok("let t = tracker(0); let a = client(1); assert(a.register(t) == \"ACK\", \"no ACK\");");
     assert_eq!(run.events_named("registered")[0]["client"], 1);

@@ -234,16 +234,26 @@ impl World {
 
     /// The fewest seconds in which `bytes` bytes can get from `seeders` to
     /// every one of `downloaders` under their rate caps (`fluid_bound`).
-    pub fn fluid_bound(&self, bytes: i64, seeders: &[ClientRef], downloader_refs: &[ClientRef]) -> Verdict<f64> {
+    pub fn fluid_bound(&self, bytes: i64, seeder_refs: &[ClientRef], downloader_refs: &[ClientRef]) -> Verdict<f64> {
         let bytes = u64::try_from(bytes).map_err(|_| format!("fluid_bound: {bytes} bytes is not a size"))?;
+        if seeder_refs.is_empty() {
+            return Err("fluid_bound: give at least one seeder: with none, the file can never arrive".into());
+        }
+        if downloader_refs.is_empty() {
+            return Err("fluid_bound: give at least one downloader".into());
+        }
+        let mut listed = std::collections::BTreeSet::new();
+        if let Some(twice) = seeder_refs.iter().chain(downloader_refs).find(|c| !listed.insert(c.id)) {
+            let id = twice.id;
+            return Err(format!(
+                "fluid_bound: client {id} is listed twice: each client is one seeder or one downloader"
+            ));
+        }
         let rates = |clients: &[ClientRef]| -> Verdict<Vec<(u64, u64)>> {
             clients.iter().map(|c| self.slot(c, |slot| slot.rate)).collect()
         };
-        let seeders = rates(seeders)?;
+        let seeders = rates(seeder_refs)?;
         let downloaders = rates(downloader_refs)?;
-        if downloaders.is_empty() {
-            return Err("fluid_bound: give at least one downloader".into());
-        }
         let uploads: Vec<u64> = seeders.iter().map(|(up, _)| *up).collect();
         let bound = super::fluid::bound(bytes, &uploads, &downloaders);
         self.bounds_asked.borrow_mut().push(super::fluid::BoundAsked {
