@@ -270,12 +270,20 @@ fn render(events: &std::path::Path, cli: &Cli) -> ExitCode {
     let written = std::fs::read_to_string(events)
         .map_err(|error| format!("cannot read {}: {error}", events.display()))
         .and_then(|text| {
-            Log::parse(&text).map_err(|error| {
+            let (log, cut) = Log::parse_cut_short(&text).map_err(|error| {
                 format!(
                     "{}: {error}; --render reads the JSON-lines event log a run wrote with --events FILE",
                     events.display()
                 )
-            })
+            })?;
+            if let Some(line) = cut {
+                eprintln!(
+                    "phile-run: {}: line {line} is cut short (the run was stopped while writing it); drawing the {} events before it",
+                    events.display(),
+                    log.events.len()
+                );
+            }
+            Ok(log)
         })
         .and_then(|log| ReviewFiles::create(cli)?.write(Ok(log), ReportExtras::default()));
     match written {

@@ -226,6 +226,22 @@ impl Log {
         Log::from_lines(text.lines())
     }
 
+    /// Reads a log as [`Log::parse`] does, except that a last line cut
+    /// short (no newline after it, and not whole JSON: a run killed while
+    /// writing it) is left out. Returns the log and, if a line was left
+    /// out, its number.
+    pub fn parse_cut_short(text: &str) -> Result<(Log, Option<usize>), ParseError> {
+        let body_end = text.rfind('\n').map_or(0, |newline| newline + 1);
+        let tail = &text[body_end..];
+        let cut = !tail.trim().is_empty()
+            && serde_json::from_str::<serde_json::Value>(tail).is_err_and(|error| error.is_eof());
+        if !cut {
+            return Ok((Log::parse(text)?, None));
+        }
+        let log = Log::parse(&text[..body_end])?;
+        Ok((log, Some(text[..body_end].lines().count() + 1)))
+    }
+
     /// Reads a log from its lines, one JSON object each (what
     /// [`crate::Outcome::events`] holds).
     pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Log, ParseError> {
@@ -446,6 +462,18 @@ mod tests {
             .unwrap_err()
             .message
             .contains("event"));
+    }
+
+    #[test]
+    fn a_last_line_cut_short_is_left_out_and_said_so() {
+        let whole = "{\"seq\":0,\"node\":\"tracker\",\"event\":\"started\"}\n";
+        let (log, cut) = Log::parse_cut_short(&format!("{whole}{{\"seq\":1,\"node\":\"trac")).unwrap();
+        assert_eq!((log.events.len(), cut), (1, Some(2)));
+        // A whole last line without its newline is read; a bad one is
+        // still an error.
+        let (log, cut) = Log::parse_cut_short(whole.trim_end()).unwrap();
+        assert_eq!((log.events.len(), cut), (1, None));
+        assert!(Log::parse_cut_short(&format!("{whole}[1, 2]")).is_err());
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn host_and_port(text: &str) -> Result<String, String> {
 async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(addr)
         .await
-        .with_context(|| format!("cannot resolve the tracker address {addr:?} (expected HOST:PORT)"))?
+        .with_context(|| format!("cannot resolve the host of the tracker address {addr:?}"))?
         .next()
         .with_context(|| format!("the tracker address {addr:?} names no address"))
 }
