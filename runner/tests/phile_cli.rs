@@ -776,6 +776,11 @@ fn interrupt_and_check_the_pieces_are_kept(mut get: Running, printed: Vec<String
         errors.contains("interrupted; the pieces checked so far are kept for the next attempt"),
         "{errors}"
     );
+    let kept = format!("{name}: interrupted with ");
+    assert!(
+        printed.contains(&kept) && printed.contains("pieces checked ("),
+        "no line on what {name} keeps: {printed}"
+    );
     // Had every piece arrived, the interruption would have come too late
     // to show anything: the cap would not have held the download back.
     let pieces = size.div_ceil(PieceSize::DEFAULT.bytes());

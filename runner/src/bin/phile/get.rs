@@ -132,10 +132,12 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         async move {
             let outcome = fetch(client, file, args.overwrite, !args.single).await;
             display.finish(file);
-            // Cut by Ctrl-C: the line below says so, once for all (any
-            // other outcome, a file that arrived all the same included,
-            // says so).
-            if !(client.is_halted() && outcome.is_cut()) {
+            // Cut by Ctrl-C: the line below says so, once for all, after
+            // what each file keeps (any other outcome, a file that arrived
+            // all the same included, says so).
+            if client.is_halted() && outcome.is_cut() {
+                display.interrupted(file);
+            } else {
                 report(display, client, file, &outcome, args.seed);
             }
             outcome.is_success()

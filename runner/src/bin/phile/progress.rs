@@ -66,6 +66,9 @@ pub struct Display {
     bars: Option<MultiProgress>,
     /// The bar of each file in flight. A std mutex: held for a lookup only.
     by_file: Mutex<HashMap<FileName, ProgressBar>>,
+    /// The pieces each swarm download last said it held, of how many, and
+    /// their bytes: what an interrupted one keeps.
+    pieces_held: Mutex<HashMap<FileName, (usize, usize, u64)>>,
 }
 
 impl Display {
@@ -80,6 +83,19 @@ impl Display {
         Display {
             bars,
             by_file: Mutex::new(HashMap::new()),
+            pieces_held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Says what the interrupted download of `file` keeps for the next
+    /// attempt: the pieces it checked, if it was a swarm download that got
+    /// any.
+    pub fn interrupted(&self, file: &FileName) {
+        let held = self.pieces_held.lock().expect("progress poisoned").get(file).copied();
+        if let Some((held, pieces, bytes)) = held.filter(|(held, ..)| *held > 0) {
+            self.line(&format!(
+                "{file}: interrupted with {held}/{pieces} pieces checked ({bytes} bytes), kept for the next attempt"
+            ));
         }
     }
 
@@ -135,6 +151,10 @@ impl Progress for Display {
     }
 
     fn swarming(&self, file: &FileName, held: usize, pieces: usize, peers: usize, bytes: u64, size: u64) {
+        self.pieces_held
+            .lock()
+            .expect("progress poisoned")
+            .insert(file.clone(), (held, pieces, bytes));
         let Some(bars) = &self.bars else {
             // Off a terminal, a line per tenth of the pieces at most, none
             // while it draws from nobody (at the start, or between peers).
