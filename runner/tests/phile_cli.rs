@@ -1122,6 +1122,11 @@ fn get_never_replaces_a_different_file_unless_told_and_skips_identical_ones() {
 
     let replaced = phile(&get_args(&["mine.txt"], "2", &downloads, &addr, &["--overwrite"]));
     assert!(replaced.status.success(), "{}", text(&replaced.stdout));
+    assert!(
+        text(&replaced.stdout).contains("; it replaced the file of other content that was there (--overwrite)"),
+        "{}",
+        text(&replaced.stdout)
+    );
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "theirs");
     assert_eq!(raw_entries(&downloads), ["mine.txt", "new.txt", "same.txt"]);
 }

@@ -68,6 +68,8 @@ enum Outcome {
         took: Duration,
         /// Whether the tracker was told.
         announced: bool,
+        /// Whether it replaced a file of other content (`--overwrite`).
+        replaced: bool,
     },
     /// The folder already held the very content the tracker records.
     AlreadyHere(FileInfo),
@@ -206,16 +208,16 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
     let Some(held) = until_halted(client, already(client.folder(), file, &source.info)).await else {
         return Outcome::halted(client);
     };
-    match held {
+    let replacing = match held {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
         Ok(Some(Held::Other)) if !overwrite => return Outcome::Taken { meanwhile: false },
-        Ok(_) => {}
+        Ok(held) => held.is_some(),
         Err(error) => return Outcome::Failed(ClientError::from(error).into()),
-    }
+    };
     let started = Instant::now();
     let info = source.info;
     let received = client.receive(file, source).await;
-    arrived(client, file, info, started, received).await
+    arrived(client, file, info, started, received, replacing).await
 }
 
 /// [`fetch`] in pieces from a swarm.
@@ -231,6 +233,7 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     let Some(held) = until_halted(client, already(client.folder(), file, &info)).await else {
         return Outcome::halted(client);
     };
+    let replacing = matches!(held, Ok(Some(Held::Other)));
     let here = match held {
         Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
         Ok(Some(Held::Other)) if !overwrite => Some(Outcome::Taken { meanwhile: false }),
@@ -244,7 +247,7 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     }
     let started = Instant::now();
     let received = client.swarm_receive(start).await;
-    arrived(client, file, info, started, received).await
+    arrived(client, file, info, started, received, replacing).await
 }
 
 /// What `step` comes to, or `None` if the downloads are halted first
@@ -260,13 +263,15 @@ async fn until_halted<T>(client: &Client, step: impl std::future::Future<Output 
 }
 
 /// What a download that ended with `received` comes to; a stored file is
-/// announced.
+/// announced. `replacing`: a file of other content was there (and
+/// `--overwrite` allowed replacing it).
 async fn arrived(
     client: &Client,
     file: &FileName,
     info: FileInfo,
     started: Instant,
     received: Result<Downloaded, DownloadError>,
+    replacing: bool,
 ) -> Outcome {
     let downloaded = match received {
         Ok(downloaded) => downloaded,
@@ -298,6 +303,7 @@ async fn arrived(
         downloaded,
         took,
         announced,
+        replaced: replacing,
     }
 }
 
@@ -344,6 +350,7 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             downloaded,
             took,
             announced,
+            replaced,
         } => {
             let secs = took.as_secs_f64().max(1e-9);
             // The bytes that came this time: pieces kept from an earlier
@@ -375,8 +382,13 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
                 }
                 None => format!("from peer {}", downloaded.from),
             };
+            let replaced = if *replaced {
+                "; it replaced the file of other content that was there (--overwrite)"
+            } else {
+                ""
+            };
             display.line(&format!(
-                "{file}: {} bytes {from}, sha1 {}, in {:.1} ms{rate}",
+                "{file}: {} bytes {from}, sha1 {}, in {:.1} ms{rate}{replaced}",
                 downloaded.info.size,
                 downloaded.info.sha1,
                 secs * 1e3
