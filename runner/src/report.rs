@@ -86,13 +86,21 @@ fn describe(error: &EvalAltResult, functions: &[String]) -> (Position, String) {
             "the script called functions 64 deep (a recursion that never ends?)".to_owned(),
         ),
         EvalAltResult::ErrorFunctionNotFound(call, _) => {
-            let position = error.position();
-            let message = strip_position(error);
-            let message = match call_hint(call, functions) {
-                Some(hint) => format!("{message}: {hint} (scenarios/README.md lists every function)"),
-                None => format!("{message}; the functions a scenario can call are listed in scenarios/README.md"),
+            let shown = shown_call(call);
+            // `()` is what a map gives for a field it lacks: the likeliest
+            // cause of a call that matches nothing.
+            let unit = if arguments(call).any(|argument| argument == "()") {
+                "; a value is (), as a map's field that is not there is (`r.from` of a download that failed, say)"
+            } else {
+                ""
             };
-            (position, message)
+            let message = match call_hint(call, functions) {
+                Some(hint) => format!("no function {shown}: {hint}{unit} (scenarios/README.md lists every function)"),
+                None => format!(
+                    "no function {shown}{unit}; the functions a scenario can call are listed in scenarios/README.md"
+                ),
+            };
+            (error.position(), message)
         }
         EvalAltResult::ErrorParsing(..) if strip_position(error).ends_with("object map literal") => (
             error.position(),
@@ -127,19 +135,45 @@ fn simplify(signature: &str) -> Option<String> {
     let types: Vec<&str> = parameters
         .split(", ")
         .filter(|parameter| !parameter.is_empty())
-        .map(|parameter| {
-            let kind = parameter.rsplit_once(": ").map_or(parameter, |(_, kind)| kind);
-            let kind = kind.trim_start_matches("&mut ").rsplit("::").next().unwrap_or(kind);
-            match kind {
-                "i64" => "int",
-                "f64" => "float",
-                "ImmutableString" | "&str" | "String" => "string",
-                "Dynamic" => "any",
-                other => other,
-            }
-        })
+        .map(|parameter| simple_type(parameter.rsplit_once(": ").map_or(parameter, |(_, kind)| kind)))
         .collect();
     Some(format!("{name}({})", types.join(", ")))
+}
+
+/// A Rust type as a script sees it: `i64` as `int`, `&mut Client` as
+/// `Client`.
+fn simple_type(kind: &str) -> &str {
+    let kind = kind.trim_start_matches("&mut ").rsplit("::").next().unwrap_or(kind);
+    match kind {
+        "i64" => "int",
+        "f64" => "float",
+        "ImmutableString" | "&str" | "String" => "string",
+        "Dynamic" => "any",
+        other => other,
+    }
+}
+
+/// Rhai's `write_random (Client, &str | ImmutableString | String, i64)`
+/// as `write_random(Client, string, int)`.
+fn shown_call(call: &str) -> String {
+    let Some((name, _)) = call.split_once(" (") else {
+        return call.to_owned();
+    };
+    let types: Vec<&str> = arguments(call)
+        .map(|parameter| {
+            let mut kinds: Vec<&str> = parameter.split(" | ").map(simple_type).collect();
+            kinds.dedup();
+            kinds.first().copied().filter(|_| kinds.len() == 1).unwrap_or(parameter)
+        })
+        .collect();
+    format!("{name}({})", types.join(", "))
+}
+
+/// The argument types of Rhai's `name (type, type | type)`, as written.
+fn arguments(call: &str) -> impl Iterator<Item = &str> {
+    let list = call.split_once(" (").map_or("", |(_, rest)| rest);
+    let list = list.strip_suffix(')').unwrap_or(list);
+    list.split(", ").filter(|argument| !argument.is_empty())
 }
 
 /// What to say of a call `call` (Rhai's `name (types)`) that matched no
@@ -234,6 +268,16 @@ mod tests {
             hint.as_deref(),
             Some("download takes (Client, string) or (Client, string, map)")
         );
+    }
+
+    #[test]
+    fn a_call_is_shown_in_the_types_a_script_knows() {
+        assert_eq!(
+            shown_call("write_random (Client, &str | ImmutableString | String, &str | ImmutableString | String)"),
+            "write_random(Client, string, string)"
+        );
+        assert_eq!(shown_call("+ ((), i64)"), "+((), int)");
+        assert_eq!(shown_call("now ()"), "now()");
     }
 
     #[test]
