@@ -69,8 +69,8 @@ pub type Crash = Box<dyn Fn(Trace, FileName, u64) + Send + Sync>;
 /// closes it: runs `task` in the background, on the node.
 pub type Hold = Box<dyn Fn(Pin<Box<dyn std::future::Future<Output = ()> + Send>>) + Send + Sync>;
 
-/// The size of a file the client holds whole, if it does: the length of a
-/// swarm conversation's last piece.
+/// The size of a file the client holds whole or downloads in a swarm, if
+/// it does: it gives the length of a swarm conversation's last piece.
 pub type SizeOf = Box<dyn Fn(&FileName) -> Option<u64> + Send + Sync>;
 
 /// The faults armed on one client, and how to crash it.
@@ -83,7 +83,7 @@ pub struct Faults {
     crash: OnceLock<Crash>,
     /// Holds stalled connections; set once the client is up.
     hold: OnceLock<Hold>,
-    /// Sizes of the files held whole; set once the client is up.
+    /// Sizes of the files held or being downloaded; set once the client is up.
     size_of: OnceLock<SizeOf>,
 }
 
@@ -108,14 +108,14 @@ impl Faults {
         }
     }
 
-    /// Sets how the size of a file held whole is found.
+    /// Sets how the size of a file held (or being downloaded) is found.
     pub fn on_size(&self, size_of: SizeOf) {
         if self.size_of.set(size_of).is_err() {
             tracing::warn!("the sizes of this client's files were already set");
         }
     }
 
-    /// The size of `file`, if the client holds it whole.
+    /// The size of `file`, if the client holds it or downloads it.
     fn size_of(&self, file: &FileName) -> Option<u64> {
         self.size_of.get().and_then(|size_of| size_of(file))
     }
@@ -328,8 +328,9 @@ impl FaultyStream {
     }
 
     /// A swarm conversation about `file` in pieces of `piece_size`: armed
-    /// if a fault waits for the file and the client holds it whole (its
-    /// size gives the last piece's length).
+    /// if a fault waits for the file and the client knows its size (it
+    /// holds the file, or downloads it; the size gives the last piece's
+    /// length).
     fn join(&self, file: FileName, piece_size: u64, trace: Trace) -> State {
         let (Some(size), Ok(piece)) = (self.faults.size_of(&file), PieceSize::new(piece_size)) else {
             return State::Clear;

@@ -114,10 +114,18 @@ impl Node {
         let holder = environment.host.clone();
         faults.on_hold(Box::new(move |hold| holder.spawn(hold)));
         let sizing = Arc::downgrade(&client);
+        // The file held whole, or the one a swarm download under way is
+        // for: a downloader serves the pieces it has checked, faults and
+        // all.
         faults.on_size(Box::new(move |file| {
-            let path = sizing.upgrade()?.folder().path(file);
-            let metadata = std::fs::metadata(path).ok()?;
-            metadata.is_file().then_some(metadata.len())
+            let client = sizing.upgrade()?;
+            let folder = client.folder();
+            let whole = std::fs::metadata(folder.path(file))
+                .ok()
+                .filter(std::fs::Metadata::is_file);
+            whole
+                .map(|metadata| metadata.len())
+                .or_else(|| folder.swarm_part_len(file))
         }));
         Ok(Node::Client(ClientNode {
             client,

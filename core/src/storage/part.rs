@@ -163,6 +163,17 @@ impl Folder {
         self.host.blocking(move || remove_leftovers(&data, &record)).await
     }
 
+    /// The size of the file a swarm download of `name` (under way, or
+    /// interrupted) is for: its partial file has that length from the
+    /// start. `None` if there is none.
+    pub fn swarm_part_len(&self, name: &FileName) -> Option<u64> {
+        let (data, _) = self.swarm_paths(name);
+        fs::metadata(data)
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .map(|metadata| metadata.len())
+    }
+
     /// The paths of the partial file and the record of a swarm download of
     /// `name`.
     fn swarm_paths(&self, name: &FileName) -> (PathBuf, PathBuf) {
