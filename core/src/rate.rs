@@ -7,8 +7,10 @@
 //! after every move reserved before, and waits for its turn; what it did
 //! not move is given back. Streams that share a cap thus take turns, in the
 //! order they asked, and each gets its share. Moves are cut to [`QUANTUM`]
-//! bytes, so a cap holds to within a quantum whatever the read and write
-//! sizes are.
+//! bytes, and at low rates to what the cap allows in [`LONGEST_MOVE`], so a
+//! cap holds to within a move whatever the read and write sizes are, and
+//! bytes keep coming however low it is. A new cap applies at once, to
+//! moves already waiting for their turn too.
 //!
 //! The caps wrap the streams a client uses with other peers (`Throttled`);
 //! its tracker session is never throttled.
@@ -23,6 +25,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::host::{BoxListener, BoxStream, Listener, Stream};
@@ -32,6 +36,14 @@ use crate::host::{BoxListener, BoxStream, Listener, Stream};
 /// stack only re-opens the window on big reads), small enough that a cap
 /// holds within a fraction of a second at modest rates.
 pub const QUANTUM: usize = 64 * 1024;
+
+/// The longest one move takes at its cap. Below [`QUANTUM`] bytes per
+/// [`LONGEST_MOVE`], moves are cut shorter: a peer that hears nothing for
+/// its idle timeout gives up on the other (a quantum at 1,000 bytes a
+/// second would take 65 s, past the default 30 s), and a direction idle
+/// for a while may move one move's bytes at once, not a whole quantum
+/// past a low cap.
+pub const LONGEST_MOVE: Duration = Duration::from_millis(100);
 
 /// The upload and download caps of one client. Shared by all its streams;
 /// changed at any time with [`RateLimits::set`].
@@ -85,6 +97,9 @@ struct Bucket {
     /// When the direction is next free, guarded by a std mutex (never held
     /// across an `.await`).
     state: Mutex<Schedule>,
+    /// Wakes the moves waiting for their turn when the cap changes: their
+    /// turns were worked out at the old rate.
+    changed: Arc<Notify>,
 }
 
 /// The time the moves reserved so far take.
@@ -99,6 +114,13 @@ fn duration_of(bytes: usize, rate: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 / rate as f64)
 }
 
+/// The most bytes one move takes at `rate` bytes per second: a
+/// [`QUANTUM`], or what the rate allows in [`LONGEST_MOVE`], at least one.
+fn move_size(rate: u64) -> usize {
+    let allowed = (rate as f64 * LONGEST_MOVE.as_secs_f64()) as usize;
+    allowed.clamp(1, QUANTUM)
+}
+
 impl Bucket {
     fn rate(&self) -> u64 {
         self.rate.load(Ordering::Relaxed)
@@ -108,6 +130,8 @@ impl Bucket {
         let mut schedule = self.state.lock().expect("rate schedule poisoned");
         *schedule = Schedule::default();
         self.rate.store(rate, Ordering::Relaxed);
+        drop(schedule);
+        self.changed.notify_waiters();
     }
 
     /// Reserves the time to move up to `bytes` bytes, after every move
@@ -115,14 +139,15 @@ impl Bucket {
     /// Streams that share a cap thus take turns in the order they asked
     /// (a wait computed from a shared debt would let whichever stream
     /// happens to wake first move every time, and starve the others). A
-    /// direction idle for a while may move one [`QUANTUM`] at once.
+    /// direction idle for a while may make one move ([`move_size`]) at
+    /// once.
     fn reserve(&self, bytes: usize, now: Instant) -> Option<Instant> {
         let rate = self.rate();
         if rate == 0 {
             return None;
         }
         let mut schedule = self.state.lock().expect("rate schedule poisoned");
-        let slack = duration_of(QUANTUM, rate);
+        let slack = duration_of(move_size(rate), rate);
         let earliest = now.checked_sub(slack).unwrap_or(now);
         let start = schedule.next_free.map_or(earliest, |free| free.max(earliest));
         schedule.next_free = Some(start + duration_of(bytes, rate));
@@ -148,8 +173,16 @@ enum Turn {
     /// Nothing reserved.
     #[default]
     Free,
-    /// A move of this many bytes is reserved, from when the sleep ends.
-    Waiting(Pin<Box<Sleep>>, usize),
+    /// A move of this many bytes is reserved, from when the sleep ends,
+    /// unless the cap changes first.
+    Waiting {
+        /// Until the turn.
+        sleep: Pin<Box<Sleep>>,
+        /// Resolves if the cap changes before: the turn is void then.
+        changed: Pin<Box<OwnedNotified>>,
+        /// The bytes reserved.
+        reserved: usize,
+    },
     /// A move of this many bytes may happen now.
     Granted(usize),
 }
@@ -172,16 +205,30 @@ fn poll_turn(bucket: &Bucket, turn: &mut Turn, want: usize, cx: &mut Context<'_>
     loop {
         match turn {
             Turn::Granted(granted) => return Poll::Ready(*granted),
-            Turn::Waiting(sleep, reserved) => {
-                if sleep.as_mut().poll(cx).is_pending() {
+            Turn::Waiting {
+                sleep,
+                changed,
+                reserved,
+            } => {
+                if changed.as_mut().poll(cx).is_ready() {
+                    *turn = Turn::Free;
+                } else if sleep.as_mut().poll(cx).is_ready() {
+                    *turn = Turn::Granted(*reserved);
+                } else {
                     return Poll::Pending;
                 }
-                *turn = Turn::Granted(*reserved);
             }
             Turn::Free => {
+                // Listening before reserving: a change in between voids
+                // this turn rather than going unheard.
+                let changed = Box::pin(bucket.changed.clone().notified_owned());
                 *turn = match bucket.reserve(want, Instant::now()) {
                     None => Turn::Granted(want),
-                    Some(at) => Turn::Waiting(Box::pin(tokio::time::sleep_until(at)), want),
+                    Some(at) => Turn::Waiting {
+                        sleep: Box::pin(tokio::time::sleep_until(at)),
+                        changed,
+                        reserved: want,
+                    },
                 }
             }
         }
@@ -195,7 +242,7 @@ impl AsyncRead for Throttled {
         if bucket.rate() == 0 || buf.remaining() == 0 {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        let want = buf.remaining().min(QUANTUM);
+        let want = buf.remaining().min(move_size(bucket.rate()));
         let Poll::Ready(granted) = poll_turn(bucket, &mut this.read_turn, want, cx) else {
             return Poll::Pending;
         };
@@ -221,10 +268,14 @@ impl AsyncWrite for Throttled {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let bucket = &this.limits.up;
+        if bucket.rate() == 0 {
+            // A turn of a cap since lifted does not carry over to the next.
+            this.write_turn = Turn::Free;
+        }
         if bucket.rate() == 0 || bytes.is_empty() {
             return Pin::new(&mut this.inner).poll_write(cx, bytes);
         }
-        let want = bytes.len().min(QUANTUM);
+        let want = bytes.len().min(move_size(bucket.rate()));
         let Poll::Ready(granted) = poll_turn(bucket, &mut this.write_turn, want, cx) else {
             return Poll::Pending;
         };
@@ -260,10 +311,13 @@ impl Stream for Throttled {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let bucket = &this.limits.up;
+        if bucket.rate() == 0 {
+            this.write_turn = Turn::Free;
+        }
         if bucket.rate() == 0 || len == 0 {
             return Pin::new(&mut this.inner).poll_send_file(cx, file, offset, len);
         }
-        let want = len.min(QUANTUM);
+        let want = len.min(move_size(bucket.rate()));
         let Poll::Ready(granted) = poll_turn(bucket, &mut this.write_turn, want, cx) else {
             return Poll::Pending;
         };
@@ -424,6 +478,63 @@ mod tests {
             (took - 10.0).abs() < 0.2,
             "10 MB sent from a file at 1 MB/s took {took} s"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_low_cap_keeps_bytes_coming_and_gives_no_burst() {
+        // At 1,000 bytes a second, a quantum would take 65 s: past an idle
+        // timeout of 30 s, a peer would have given up. And a first move of
+        // a whole quantum would have let 60,000 bytes through at once.
+        let (sender, mut receiver) = pipe();
+        let limits = Arc::new(RateLimits::default());
+        limits.set(1_000, 0);
+        let mut tx = limits.wrap(sender);
+        tokio::spawn(async move { tx.write_all(&[1u8; 3_000]).await.unwrap() });
+        let started = Instant::now();
+        let (mut last, mut longest_gap, mut received) = (started, Duration::ZERO, 0);
+        let mut buffer = [0u8; 1024];
+        while received < 3_000 {
+            received += receiver.read(&mut buffer).await.unwrap();
+            longest_gap = longest_gap.max(last.elapsed());
+            last = Instant::now();
+        }
+        assert!(longest_gap <= LONGEST_MOVE, "{longest_gap:?} without a byte");
+        let took = started.elapsed().as_secs_f64();
+        // Less a burst of two moves (200 bytes) for a direction idle before.
+        assert!((took - 2.8).abs() < 0.1, "3,000 bytes at 1,000 B/s took {took} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_cap_applies_to_moves_already_waiting() {
+        // Ten streams share a cap of 10,000 B/s, each with 10,000 bytes to
+        // send, so their turns are booked up to a second ahead. After one
+        // second the cap is lifted, or raised tenfold: the 90,000 bytes
+        // left move at once, or in 0.9 s (less a burst of two moves), not
+        // after turns booked at the old rate.
+        for (new_cap, expected) in [(0, 1.0), (100_000, 1.7)] {
+            let limits = Arc::new(RateLimits::default());
+            limits.set(10_000, 0);
+            let started = Instant::now();
+            let mut readers = Vec::new();
+            for _ in 0..10 {
+                let (sender, mut receiver) = pipe();
+                let mut tx = limits.wrap(sender);
+                tokio::spawn(async move { tx.write_all(&[1u8; 10_000]).await.unwrap() });
+                readers.push(tokio::spawn(async move {
+                    receiver.read_exact(&mut [0u8; 10_000]).await.unwrap();
+                }));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            limits.set(new_cap, 0);
+            for reader in readers {
+                reader.await.unwrap();
+            }
+            let took = started.elapsed().as_secs_f64();
+            assert!(
+                (took - expected).abs() < 0.1,
+                "cap changed to {new_cap} after 1 s: took {took} s, not {expected}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -1045,8 +1045,14 @@ pub(super) fn poll_recv_buf(
         buf.put_slice(&drained);
         // Window-update trigger: if we freed ≥ half the recv cap,
         // advertise. Crude SWS avoidance; refine alongside real flow
-        // control.
-        let should_update = n >= recv_cap / 2;
+        // control. Small reads that together free half the buffer
+        // advertise too, when the free room crosses half the cap: else a
+        // reader that takes a little at a time (a rate-capped one) never
+        // re-opens a window the sender filled, and the stream stalls.
+        let free_after = recv_cap.saturating_sub(tcb.recv_buf.len());
+        let free_before = free_after.saturating_sub(n);
+        let crossed_half = free_before < recv_cap / 2 && free_after >= recv_cap / 2;
+        let should_update = n >= recv_cap / 2 || crossed_half;
         (n, should_update, local, peer)
     };
 
