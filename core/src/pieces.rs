@@ -38,6 +38,21 @@ pub const LEAF_LEN: u64 = 16 * 1024;
 /// The largest piece size a download may choose.
 pub const MAX_PIECE_LEN: u64 = 16 * 1024 * 1024;
 
+/// The most pieces a download cuts a file into. Its plan keeps a few
+/// dozen bytes per piece: tens of MiB at this count, whatever size a
+/// tracker (or a client that lies to it) claims the file has.
+pub const MAX_PIECES: u64 = 1 << 20;
+
+/// Why a file cannot be cut into pieces of a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{size} bytes in pieces of {piece} make more than {MAX_PIECES} pieces, the most a download keeps track of: choose bigger pieces (16 MiB at most)")]
+pub struct TooManyPieces {
+    /// The file's size.
+    pub size: u64,
+    /// The piece size tried.
+    pub piece: PieceSize,
+}
+
 /// A piece size: a power of two from [`LEAF_LEN`] to [`MAX_PIECE_LEN`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PieceSize(u64);
@@ -66,6 +81,21 @@ impl PieceSize {
     /// The size in bytes.
     pub fn bytes(self) -> u64 {
         self.0
+    }
+
+    /// The piece size for a file of `size` bytes: `asked`, or else
+    /// [`PieceSize::DEFAULT`] doubled until the file makes at most
+    /// [`MAX_PIECES`] pieces (a file over 256 GiB gets bigger pieces).
+    /// An error if even that is too many.
+    pub fn for_file(size: u64, asked: Option<PieceSize>) -> Result<PieceSize, TooManyPieces> {
+        let mut piece = asked.unwrap_or(PieceSize::DEFAULT);
+        while asked.is_none() && size.div_ceil(piece.0) > MAX_PIECES && piece.0 < MAX_PIECE_LEN {
+            piece = PieceSize(piece.0 * 2);
+        }
+        if size.div_ceil(piece.0) > MAX_PIECES {
+            return Err(TooManyPieces { size, piece });
+        }
+        Ok(piece)
     }
 
     /// How many leaves a piece spans.
@@ -594,6 +624,20 @@ mod tests {
         }
         assert_eq!(PieceSize::DEFAULT.height(), 4);
         assert_eq!(PieceSize::DEFAULT.to_string(), "256 KiB");
+    }
+
+    #[test]
+    fn a_huge_file_gets_bigger_pieces_and_a_claimed_size_past_any_is_refused() {
+        const GIB: u64 = KIB * KIB * KIB;
+        let piece = |size, asked| PieceSize::for_file(size, asked).map(PieceSize::bytes);
+        assert_eq!(piece(256 * GIB, None), Ok(256 * KIB));
+        assert_eq!(piece(256 * GIB + 1, None), Ok(512 * KIB));
+        assert_eq!(piece(16 * KIB * GIB, None), Ok(16 * KIB * KIB));
+        assert_eq!(piece(GIB, Some(PieceSize::SMALLEST)), Ok(16 * KIB));
+        // A size no download could keep track of, as a hostile announce
+        // may claim: an error, before anything is allocated for it.
+        assert!(piece(u64::MAX, None).is_err());
+        assert!(piece(32 * GIB, Some(PieceSize::SMALLEST)).is_err());
     }
 
     #[test]

@@ -306,7 +306,7 @@ impl From<Digest> for String {
 }
 
 /// What identifies a file's content: its size and SHA-1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileInfo {
     /// Size in bytes.
     pub size: u64,
@@ -454,13 +454,14 @@ pub enum TrackerRequest {
 pub enum Problem {
     /// No connection could be made.
     Unreachable,
-    /// The connection broke before the whole file arrived.
+    /// The connection broke before the whole file arrived (before the
+    /// answer, too).
     Cut,
     /// Nothing arrived for the whole idle timeout.
     Stalled,
     /// The peer did not start answering within the first-byte timeout.
     Unresponsive,
-    /// The peer refused or did not answer the request.
+    /// The peer answered the request with a refusal.
     Refused,
     /// The peer sent something that is not the protocol.
     Garbled,

@@ -53,6 +53,13 @@ pub enum StorageError {
         /// The folder looked in.
         dir: PathBuf,
     },
+    /// Another download of the file into the same folder, by this
+    /// process or another, holds the lock on its partial file.
+    #[error("{}: another download of this file into the same folder is under way (in this process or another)", .path.display())]
+    Busy {
+        /// The partial file.
+        path: PathBuf,
+    },
     /// The file system refused.
     #[error("{}: {source}", .path.display())]
     Io {

@@ -13,6 +13,7 @@ use rhai::{
 };
 
 use crate::faults::FaultKind;
+use crate::report::simple_type;
 use crate::tree;
 use crate::world::{ClientRef, DownloadOptions, DownloadResult, NodeRef, TrackerRef, Transfer, Verdict, World};
 
@@ -212,7 +213,7 @@ fn register_transfers(engine: &mut Engine, world: &Rc<World>) {
             at(&w, &ctx);
             let mut results = Array::with_capacity(transfers.len());
             for (i, item) in transfers.into_iter().enumerate() {
-                let type_name = item.type_name();
+                let type_name = simple_type(item.type_name());
                 let transfer = item.try_cast::<Transfer>().ok_or_else(|| {
                     script_error(format!(
                         "wait_all takes an array of transfers (from c.start_download), but item {i} has type {type_name}"
@@ -238,6 +239,12 @@ fn register_time_and_network(engine: &mut Engine, world: &Rc<World>) {
     });
     let w = world.clone();
     engine.register_fn("now", move || w.seconds_now() as FLOAT);
+    // Rhai's own timestamp(), refused under --sim.
+    let w = world.clone();
+    engine.register_fn("timestamp", move |ctx: NativeCallContext| {
+        at(&w, &ctx);
+        lift(w.wall_clock()).map(Dynamic::from_timestamp)
+    });
     let w = world.clone();
     engine.register_fn(
         "fluid_bound",
@@ -345,7 +352,7 @@ fn clients(function: &str, what: &str, array: Array) -> ScriptResult<Vec<ClientR
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let type_name = item.type_name();
+            let type_name = simple_type(item.type_name());
             item.try_cast::<ClientRef>().ok_or_else(|| {
                 script_error(format!(
                     "{function} takes arrays of clients, but item {i} of {what} has type {type_name}"
@@ -359,7 +366,7 @@ fn clients(function: &str, what: &str, array: Array) -> ScriptResult<Vec<ClientR
 fn download_options(options: Map) -> ScriptResult<DownloadOptions> {
     let mut parsed = DownloadOptions::default();
     for (key, value) in options {
-        let type_name = value.type_name();
+        let type_name = simple_type(value.type_name());
         match key.as_str() {
             "swarm" => {
                 parsed.swarm = value.as_bool().map_err(|_| {
@@ -438,12 +445,12 @@ fn expected_tree(expected: Map) -> ScriptResult<BTreeMap<String, Vec<String>>> {
                 "assert_tree: the files of \"{client}\" must be an array of file names, like [\"test1.txt\"]; found {what}"
             ))
         };
-        let type_name = files.type_name();
+        let type_name = simple_type(files.type_name());
         let files = files.try_cast::<Array>().ok_or_else(|| bad(type_name))?;
         let names = files
             .into_iter()
             .map(|file| {
-                let type_name = file.type_name();
+                let type_name = simple_type(file.type_name());
                 file.try_cast::<ImmutableString>()
                     .map(|s| s.to_string())
                     .ok_or_else(|| bad(type_name))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use phile_core::client::{ClientError, DownloadError, Downloaded, SwarmOptions};
 use phile_core::events::EventSink;
 use phile_core::host::{BoxListener, Host};
-use phile_core::storage::Folder;
+use phile_core::storage::{Folder, StorageError};
 use phile_core::trace::{self, traced};
 use phile_core::{Client, ClientConfig, ClientId, FileName, Limits, Trace, Tracker, TrackerConfig};
 use tokio::sync::oneshot;
@@ -303,9 +303,13 @@ impl ClientNode {
     /// unless the client itself could not go on.
     fn not_downloaded(&self, error: DownloadError) -> Reply {
         match error {
-            DownloadError::Client(ClientError::Stopped(_)) => Reply::NotDownloaded {
-                error: error.to_string(),
-            },
+            // The client was stopped, or is downloading the file already:
+            // outcomes of the script's timing, not misuse.
+            DownloadError::Client(ClientError::Stopped(_) | ClientError::Storage(StorageError::Busy { .. })) => {
+                Reply::NotDownloaded {
+                    error: error.to_string(),
+                }
+            }
             DownloadError::Client(error) => failed(node_error(error)),
             other => Reply::NotDownloaded {
                 error: other.to_string(),

@@ -141,12 +141,14 @@ fn simplify(signature: &str) -> Option<String> {
 }
 
 /// A Rust type as a script sees it: `i64` as `int`, `&mut Client` as
-/// `Client`.
-fn simple_type(kind: &str) -> &str {
+/// `Client`, `phile_runner::world::ClientRef` as `Client`.
+pub(crate) fn simple_type(kind: &str) -> &str {
     let kind = kind.trim_start_matches("&mut ").rsplit("::").next().unwrap_or(kind);
     match kind {
         "i64" => "int",
         "f64" => "float",
+        "ClientRef" => "Client",
+        "TrackerRef" => "Tracker",
         "ImmutableString" | "&str" | "String" => "string",
         "Dynamic" => "any",
         other => other,

@@ -1266,6 +1266,29 @@ fn remote_text_reaches_the_terminal_escaped() {
 }
 
 #[test]
+fn status_into_a_pipe_closed_early_is_no_error() {
+    // As `phile status | head -1` does once head has its line.
+    let (_tracker, addr) = tracker();
+    for json in [false, true] {
+        let mut args = vec!["status", "--tracker", &addr];
+        if json {
+            args.push("--json");
+        }
+        let mut status = Command::new(env!("CARGO_BIN_EXE_phile"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(status.stdout.take());
+        let output = status.wait_with_output().unwrap();
+        let stderr = text(&output.stderr);
+        assert!(output.status.success(), "json {json}: {stderr}");
+        assert!(!stderr.contains("panicked"), "json {json}: {stderr}");
+    }
+}
+
+#[test]
 fn status_gives_up_on_a_tracker_that_never_ends_its_answer() {
     // A fake tracker: answers every status request with clients, forever.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -414,6 +414,28 @@ async fn a_holder_that_cuts_the_stream_is_skipped() {
 }
 
 #[tokio::test]
+async fn a_holder_that_hangs_up_before_it_answers_cut_the_transfer_and_refused_nothing() {
+    // As a holder that crashes between the request and its answer does.
+    let swarm = swarm().await;
+    swarm.a.leave(Duration::ZERO).await.unwrap();
+    let hangs_up = fake_peer(after_get(|socket| async move { drop(socket) })).await;
+    let fake = Source {
+        peer: ClientId(66),
+        addr: hangs_up,
+        info: FileInfo {
+            size: 11,
+            sha1: Digest::of(b"the content"),
+        },
+        root: Digest([0; 20]),
+    };
+    let error = swarm.b.receive(&name("f.txt"), fake).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "no peer delivered f.txt: 66 cut the connection mid-transfer"
+    );
+}
+
+#[tokio::test]
 async fn with_no_honest_holder_left_the_download_fails_with_every_reason() {
     let swarm = swarm().await;
     swarm.a.leave(Duration::ZERO).await.unwrap();
@@ -463,7 +485,7 @@ async fn a_tracker_that_answers_late_costs_the_session_not_its_pairing() {
     // the session is gone, and the client knows it is not registered.
     assert!(!b.is_registered().await);
     let error = b.lookup(&name("b")).await.unwrap_err();
-    assert!(error.to_string().contains("not registered"), "{error}");
+    assert!(error.to_string().contains("no tracker session"), "{error}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1023,4 +1045,125 @@ async fn names_with_control_characters_are_refused_everywhere() {
     }
     assert_eq!(status_files(swarm.tracker.local_addr()).await.len(), 1);
     swarm.still_serves().await;
+}
+
+// ---------------------------------------------------------------------------
+// A downloader that abuses a swarm conversation costs its server little.
+
+/// `body` as a request of no operation.
+fn untraced<T>(body: T) -> Request<T> {
+    Request {
+        trace: Trace::default(),
+        body,
+    }
+}
+
+/// Joins `file` (`info`) at `peer` on a raw connection, in pieces of 16 KiB;
+/// returns the connection once the answer and the bitfield are read.
+async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> TcpStream {
+    let mut socket = TcpStream::connect(peer).await.unwrap();
+    let join = PeerRequest::Join {
+        file: name(file),
+        client: ClientId(666),
+        sha1: info.sha1,
+        piece_size: 16 * 1024,
+    };
+    write_frame(&mut socket, &untraced(join)).await;
+    let PeerReply::Joined { pieces } = read_frame(&mut socket).await else {
+        panic!("the peer did not take the join");
+    };
+    let mut bits = vec![0u8; pieces.div_ceil(8) as usize];
+    socket.read_exact(&mut bits).await.unwrap();
+    socket
+}
+
+/// A tracker and client 1 holding `big.bin`, 320 pieces of 16 KiB.
+async fn big_holder(dir: &std::path::Path) -> (Tracker, Client, FileInfo) {
+    let tracker = tracker().await;
+    let a = registered(1, dir, &tracker).await;
+    let bytes: Vec<u8> = (0..320 * 16 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    a.folder().write(&name("big.bin"), bytes).await.unwrap();
+    let info = a.upload(&name("big.bin")).await.unwrap();
+    (tracker, a, info)
+}
+
+#[tokio::test]
+async fn a_swarm_downloader_that_asks_for_too_much_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, a, info) = big_holder(dir.path()).await;
+
+    // A piece past the end: no honest downloader asks for one.
+    let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+    write_frame(&mut socket, &untraced(PeerRequest::Piece { index: u64::MAX })).await;
+    match read_frame::<PeerReply>(&mut socket).await {
+        PeerReply::Refused { reason } => assert!(reason.contains("past the end"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    closed(&mut socket).await;
+
+    // 300 requests at once, more than may wait: each waiting request costs
+    // the server a look whenever it picks the next piece to send, so
+    // thousands of them would cost it a core.
+    let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+    let mut burst = Vec::new();
+    for index in 0..300 {
+        let payload = protocol::encode(&untraced(PeerRequest::Piece { index })).unwrap();
+        burst.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        burst.extend_from_slice(&payload);
+    }
+    socket.write_all(&burst).await.unwrap();
+    let refusal = async {
+        loop {
+            match read_frame::<PeerReply>(&mut socket).await {
+                PeerReply::Piece { .. } => {
+                    let mut piece = vec![0u8; 16 * 1024];
+                    socket.read_exact(&mut piece).await.unwrap();
+                }
+                PeerReply::Refused { reason } => return reason,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let reason = tokio::time::timeout(Duration::from_secs(10), refusal)
+        .await
+        .expect("300 requests were all taken");
+    assert!(reason.contains("256 requests waiting"), "{reason}");
+    closed(&mut socket).await;
+
+    // Everyone else is served as before.
+    let b = registered(2, dir.path(), &tracker).await;
+    let got = b.swarm_download(&name("big.bin"), Default::default()).await.unwrap();
+    assert_eq!(got.downloaded.info, info);
+}
+
+#[tokio::test]
+async fn complaints_about_a_good_copy_cost_one_check_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, a, info) = big_holder(dir.path()).await;
+    let complain = || async {
+        let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+        write_frame(&mut socket, &untraced(PeerRequest::BadPiece { index: 0 })).await;
+        assert_eq!(read_frame::<PeerReply>(&mut socket).await, PeerReply::Checked);
+    };
+    // The first complaint has the copy hashed: it is good, and kept.
+    complain().await;
+    // Then a's disk flips a byte behind its back (same size, time and
+    // inode), and complaints come by the dozen: none has the copy hashed
+    // again within the interval (else this one would be found bad and
+    // withdrawn), so a downloader that complains on and on costs the
+    // holder one hash of the file per interval.
+    let path = a.folder().path(&name("big.bin"));
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut file, b"J").unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    for _ in 0..24 {
+        complain().await;
+    }
+    assert_eq!(
+        status_files(tracker.local_addr()).await,
+        [("big.bin".to_owned(), vec![1])],
+        "the copy was hashed again"
+    );
 }

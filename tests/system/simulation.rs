@@ -9,7 +9,7 @@ use phile_runner::backend::sim::FIRST_CAPACITY;
 use phile_runner::review::{snapshot_view, Log};
 use phile_runner::{run, RunOptions};
 
-use crate::util::{run_source_with, scenarios_dir};
+use crate::util::{run_ok, run_source_with, scenarios_dir};
 
 /// The event log of `scenario`, run over TCP or simulated.
 fn log_of(scenario: &Path, sim: bool) -> Vec<String> {
@@ -114,6 +114,67 @@ fn network_verbs_need_the_simulator_and_say_so() {
         let simulated = run_source_with(&script, |o| o.settings.sim = true);
         assert!(simulated.outcome.failure.is_none(), "{verb} failed under --sim");
     }
+}
+
+#[test]
+fn what_would_break_a_simulation_is_a_script_error_that_says_why() {
+    let set_up = "let t = tracker(0); let a = client(1); let b = client(2);";
+    for (verb, expected) in [
+        ("let t0 = timestamp();", "use now()"),
+        ("latency(a, b, 9223372036854775807);", "(a year)"),
+        ("partition(a, a);", "two different nodes"),
+        ("latency(t, t, 5);", "two different nodes"),
+    ] {
+        let run = run_source_with(&format!("{set_up}\n{verb}"), |o| o.settings.sim = true);
+        let failure = run.outcome.failure.unwrap_or_else(|| panic!("{verb} was taken"));
+        assert!(failure.message.contains(expected), "{verb}: {}", failure.message);
+    }
+    // Over TCP, which repeats nothing exactly, Rhai's timestamp() works.
+    run_ok("let t0 = timestamp(); assert(t0.elapsed >= 0.0, \"a wall clock\");");
+}
+
+#[test]
+fn a_client_that_lost_its_tracker_session_is_told_so() {
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        a.write("x", "y");
+        a.upload("x");
+        partition(b, t);
+        sleep(45);
+        b.download("x");
+    "#;
+    let run = run_source_with(script, |o| o.settings.sim = true);
+    let failure = run.outcome.failure.expect("a download without a session is misuse");
+    assert!(
+        failure.message.contains("client 2 lost its tracker session") && failure.message.contains("heal()"),
+        "{}",
+        failure.message
+    );
+}
+
+#[test]
+fn a_second_swarm_download_of_a_file_under_way_fails_and_the_first_goes_on() {
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        a.write_random("f", 1000000);
+        a.upload("f");
+        a.set_rate(100000, 0);
+        let first = b.start_download("f", #{ swarm: true });
+        let second = b.start_download("f", #{ swarm: true });
+        let second = second.wait();
+        assert(!second.ok && second.error.contains("another download of this file"), `${second}`);
+        assert(first.wait().ok, "the first download was hurt");
+    "#;
+    let run = run_source_with(script, |o| o.settings.sim = true);
+    assert!(run.outcome.failure.is_none(), "{:?}", run.outcome.failure);
 }
 
 #[test]

@@ -70,6 +70,20 @@ fn a_fluid_bound_without_seeders_or_with_a_client_twice_is_a_script_error() {
 }
 
 #[test]
+fn a_value_of_the_wrong_type_in_an_array_is_named_in_script_types() {
+    let set_up = "let t = tracker(0); let a = client(1);";
+    for (call, expected) in [
+        ("wait_all([a]);", "item 0 has type Client"),
+        ("wait_all([1]);", "item 0 has type int"),
+        ("fluid_bound(10, [a], [1.5]);", "item 0 of downloaders has type float"),
+        ("fluid_bound(10, [t], [a]);", "item 0 of seeders has type Tracker"),
+    ] {
+        let failure = run_err(&format!("{set_up} {call}"));
+        assert!(failure.message.contains(expected), "{call}: {}", failure.message);
+    }
+}
+
+#[test]
 fn register_answers_ack_and_the_tracker_logs_it() {
     let run = run_ok("let t = tracker(0); let a = client(1); assert(a.register(t) == \"ACK\", \"no ACK\");");
     assert_eq!(run.events_named("registered")[0]["client"], 1);

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::{SessionError, TransferError};
-use crate::pieces::InvalidPieceSize;
+use crate::pieces::{InvalidPieceSize, TooManyPieces};
 use crate::protocol::{printable, ClientId, FileName, Problem, TrackerReply};
 use crate::storage::StorageError;
 
@@ -17,7 +17,7 @@ use crate::storage::StorageError;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The client has no session with a tracker.
-    #[error("client {0} is not registered with a tracker: call register first")]
+    #[error("client {0} has no tracker session: register it first, or again if the session was lost")]
     NotRegistered(ClientId),
     /// Talking to the tracker failed.
     #[error(transparent)]
@@ -78,6 +78,15 @@ pub enum DownloadError {
     /// A swarm download was asked for a piece size that is not one.
     #[error(transparent)]
     PieceSize(#[from] InvalidPieceSize),
+    /// The file, as recorded, is too big for the pieces of a swarm
+    /// download.
+    #[error("cannot download {file} in a swarm: {error}")]
+    TooManyPieces {
+        /// The file.
+        file: FileName,
+        /// Its size and the piece size.
+        error: TooManyPieces,
+    },
     /// The client itself could not go on (not registered, tracker gone,
     /// folder failing): not the file's fault.
     #[error(transparent)]

@@ -184,6 +184,7 @@ impl Client {
             upload_slots: Arc::new(tokio::sync::Semaphore::new(share::UPLOAD_SLOTS)),
             idle_timeout: config.limits.idle_timeout,
             spread: share::Spread::default(),
+            found_good: tokio::sync::Mutex::default(),
         });
         let serve = move |connection| seeder.clone().serve(connection);
         let rate = Arc::new(RateLimits::default());

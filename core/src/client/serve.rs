@@ -7,12 +7,16 @@
 //! downloader that got bytes with another SHA-1 says so; the server then
 //! hashes its copy afresh, and withdraws it only if the copy itself no
 //! longer matches what was announced. A downloader's word is never enough:
-//! an honest holder finds its copy good and keeps offering it.
+//! an honest holder finds its copy good and keeps offering it. Nor does it
+//! cost much: checks run one at a time, and a copy found good is not
+//! hashed again for [`RECHECK_INTERVAL`], however many complain.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::Instant;
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, Reporter};
@@ -22,6 +26,12 @@ use crate::swarm::Swarms;
 use crate::trace;
 
 use super::holdings::Holdings;
+
+/// How long a copy found good when a downloader complained is taken as
+/// good: complaints about it meanwhile are answered without hashing the
+/// file again, so that downloaders that complain on and on (or many at
+/// once) cost one hash of the file per interval, not one each.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a peer server needs, shared by all its connections.
 pub(crate) struct Seeder {
@@ -41,6 +51,10 @@ pub(crate) struct Seeder {
     pub idle_timeout: Duration,
     /// How often each piece went out, so the least sent goes first.
     pub spread: super::share::Spread,
+    /// When each version of a file was last found good by a check a
+    /// complaint caused. Held for the length of a check: checks run one at
+    /// a time.
+    pub found_good: Mutex<HashMap<(FileName, FileInfo), Instant>>,
 }
 
 impl Seeder {
@@ -107,7 +121,7 @@ impl Seeder {
             Err(error) => {
                 let reason = match error {
                     StorageError::NotFound { .. } => format!("{node} does not hold {file}"),
-                    StorageError::Io { .. } => format!("{node} cannot read {file}"),
+                    StorageError::Io { .. } | StorageError::Busy { .. } => format!("{node} cannot read {file}"),
                 };
                 tracing::warn!(%node, %error, "refused to send {file}");
                 return connection.write(&PeerReply::Refused { reason }).await;
@@ -176,9 +190,17 @@ impl Seeder {
         let Some(announced) = self.holdings.announced(file) else {
             return; // not on offer: nothing to withdraw
         };
+        let mut found_good = self.found_good.lock().await;
+        found_good.retain(|_, at| at.elapsed() < RECHECK_INTERVAL);
+        let version = (file.clone(), announced);
+        if found_good.contains_key(&version) {
+            tracing::info!(%node, %to, "{to} says {complaint}; this copy checked out less than {RECHECK_INTERVAL:?} ago, keeping it");
+            return;
+        }
         let reason = match self.folder.hash(file).await {
             Ok(now) if now == announced => {
                 tracing::info!(%node, %to, "{to} says {complaint}; this copy checks out, keeping it");
+                found_good.insert(version, Instant::now());
                 return;
             }
             Ok(FileInfo { size, .. }) if size != announced.size => Some(Problem::WrongSize),

@@ -40,6 +40,12 @@ use crate::trace;
 /// How many pieces one client sends at once, over all its conversations.
 pub(crate) const UPLOAD_SLOTS: usize = 2;
 
+/// The most requests one downloader may have waiting in a conversation:
+/// several times what an honest one keeps in flight to one peer (64 pieces
+/// at most), and few enough that looking through them for the piece sent
+/// least costs little. A downloader that asks for more is cut off.
+pub(crate) const MAX_WAITING: usize = 256;
+
 /// How a client spread the pieces of one file cut one way, shared by its
 /// conversations about it while any is open.
 pub(crate) struct FileSpread {
@@ -317,7 +323,7 @@ impl Conversation<'_> {
     /// Handles one request; `false` when the conversation is over.
     async fn answer(&mut self, request: Request<PeerRequest>, replies: &mut Outbound) -> Result<bool, ConnectionError> {
         match request.body {
-            PeerRequest::Piece { index } => self.queue.push_back(index as usize),
+            PeerRequest::Piece { index } => return self.take_request(index, replies).await,
             PeerRequest::Cancel { index } => {
                 // A shown piece it no longer wants: show it another.
                 self.queue.retain(|queued| *queued != index as usize);
@@ -337,6 +343,28 @@ impl Conversation<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// Queues a request for piece `index`; `false` (the conversation is
+    /// over) for a request no honest downloader makes: a piece past the
+    /// end, or one more than [`MAX_WAITING`]. A piece asked for twice is
+    /// queued once.
+    async fn take_request(&mut self, index: u64, replies: &mut Outbound) -> Result<bool, ConnectionError> {
+        let count = self.wanted.count();
+        let reason = match usize::try_from(index) {
+            Ok(index) if index < count => {
+                if self.queue.len() < MAX_WAITING {
+                    if !self.queue.contains(&index) {
+                        self.queue.push_back(index);
+                    }
+                    return Ok(true);
+                }
+                format!("more than {MAX_WAITING} requests waiting")
+            }
+            _ => format!("piece {index} is past the end of {} ({count} pieces)", self.file),
+        };
+        replies.message(&PeerReply::Refused { reason }).await?;
+        Ok(false)
     }
 
     /// Sends the piece hashes for the downloader's piece size, when this

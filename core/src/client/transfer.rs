@@ -74,8 +74,10 @@ impl TransferError {
             TransferError::Connection(ConnectionError::FrameTooLarge | ConnectionError::Protocol(_)) => {
                 Problem::Garbled
             }
-            TransferError::Connection(_) => Problem::Cut,
-            TransferError::Refused(_) | TransferError::NoAnswer => Problem::Refused,
+            // A peer that hangs up before its answer (it crashed, or left)
+            // cut the transfer as much as one that hangs up after it.
+            TransferError::Connection(_) | TransferError::NoAnswer => Problem::Cut,
+            TransferError::Refused(_) => Problem::Refused,
             TransferError::OutOfPlace(_) => Problem::Garbled,
             TransferError::WrongPiece { .. } => Problem::WrongPiece,
             TransferError::WrongSize { .. } => Problem::WrongSize,

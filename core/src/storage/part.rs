@@ -426,13 +426,7 @@ fn open_locked(path: &Path, size: u64) -> Result<fs::File, StorageError> {
     let file = options.open(path).map_err(at(path))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let busy = io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "another phile process is downloading this file into the same folder",
-            );
-            return Err(at(path)(busy));
-        }
+        Err(fs::TryLockError::WouldBlock) => return Err(StorageError::Busy { path: path.to_owned() }),
         Err(fs::TryLockError::Error(error)) => return Err(at(path)(error)),
     }
     if file.metadata().map_err(at(path))?.len() != size {
@@ -710,7 +704,7 @@ mod tests {
         // A second handle stands for a second process: the lock is per
         // open file, so it is refused as another process would be.
         let second = folder.part(&name("f"), info, root, layer).await.unwrap_err();
-        assert!(second.to_string().contains("another phile process"), "{second}");
+        assert!(matches!(second, StorageError::Busy { .. }), "{second}");
         drop(first);
     }
 

@@ -27,6 +27,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
 
+use crate::pieces::{MAX_PIECES, MAX_PIECE_LEN};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, SWARM_PEERS_PER_ANSWER};
 
 /// Identifies one session (one TCP connection) on the tracker, so that the
@@ -61,6 +62,17 @@ pub enum Refusal {
         /// What this announce claims.
         announced: Box<Content>,
     },
+    /// The announced size is past what any download can take.
+    #[error(
+        "{file} is announced with {size} bytes, more than the {} a download can take",
+        MAX_FILE_SIZE
+    )]
+    TooLarge {
+        /// The file.
+        file: FileName,
+        /// The size announced.
+        size: u64,
+    },
     /// The client announced (or is downloading in a swarm) as many files
     /// as one client may.
     #[error("client {client} already holds {limit} files (or downloads them in a swarm), the most one client may announce to this tracker (withdraw some first)")]
@@ -88,6 +100,11 @@ pub enum Refusal {
         limit: usize,
     },
 }
+
+/// The largest file the tracker records: the most a swarm download can
+/// cut into pieces (16 TiB). A bigger size can only be a lie, which would
+/// cost every downloader of the name memory for nothing.
+pub const MAX_FILE_SIZE: u64 = MAX_PIECES * MAX_PIECE_LEN;
 
 /// How much one client may make the tracker hold. Each cap bounds the
 /// memory a client costs whatever it sends; an honest client stays far
@@ -229,6 +246,9 @@ pub(super) struct FileRecord {
     members: Holders,
     /// [`Records::changes`] when `holders` last changed.
     stamp: u64,
+    /// The client whose announce recorded it: once nobody holds it, that
+    /// client may announce a new version under the name.
+    first: ClientId,
 }
 
 /// The holders of one file: a sorted list, so that a lookup picks the k-th
@@ -386,18 +406,30 @@ impl Records {
     }
 
     /// Records that `client` holds `file` with content `content`; it is no
-    /// longer a member of the file's swarm, if it was.
+    /// longer a member of the file's swarm, if it was. Other content under
+    /// the name is refused, unless nobody holds the recorded content whole
+    /// any more and `client` is the one that recorded it: downloaders of
+    /// its swarm keep the name bound to the content they fetch, from
+    /// anyone but its owner.
     pub fn announce(&mut self, client: ClientId, file: &FileName, content: Content) -> Result<(), Refusal> {
-        let record = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
-        if let Some(recorded) = self.files.get(file).map(|entry| entry.content) {
-            if recorded != content {
+        if !self.clients.contains_key(&client) {
+            return Err(Refusal::NotRegistered);
+        }
+        if content.info.size > MAX_FILE_SIZE {
+            let (file, size) = (file.clone(), content.info.size);
+            return Err(Refusal::TooLarge { file, size });
+        }
+        if let Some(entry) = self.files.get(file).filter(|entry| entry.content != content) {
+            if !entry.holders.0.is_empty() || entry.first != client {
                 return Err(Refusal::ContentMismatch {
                     file: file.clone(),
-                    recorded: Box::new(recorded),
+                    recorded: Box::new(entry.content),
                     announced: Box::new(content),
                 });
             }
+            self.free_name(file);
         }
+        let record = self.clients.get_mut(&client).expect("registered, as checked above");
         let new = !record.files.contains(file) && !record.joined.contains(file);
         if new && record.files.len() + record.joined.len() >= self.quotas.files {
             let limit = self.quotas.files;
@@ -408,6 +440,7 @@ impl Records {
             holders: Holders::default(),
             members: Holders::default(),
             stamp: 0,
+            first: client,
         });
         entry.members.remove(&client);
         if entry.holders.insert(client) {
@@ -599,6 +632,21 @@ impl Records {
             record.joined.remove(file);
         }
         self.unhold(client, file)
+    }
+
+    /// Forgets the record of `file`, which nobody holds whole, for its
+    /// owner's new version: the clients that joined its swarm are members
+    /// no more (their next ask finds the new content). Else any client
+    /// could keep a name from its owner by joining the swarm and staying.
+    fn free_name(&mut self, file: &FileName) {
+        let Some(entry) = self.files.remove(file) else {
+            return;
+        };
+        for member in entry.members.iter() {
+            if let Some(record) = self.clients.get_mut(member) {
+                record.joined.remove(file);
+            }
+        }
     }
 
     /// Removes one holding or membership; a file nobody holds or downloads
@@ -1024,6 +1072,10 @@ pub(super) mod tests {
             }
         );
         assert!(refused.to_string().contains("3 files"), "{refused}");
+        let mut huge = content(b"y");
+        huge.info.size = MAX_FILE_SIZE + 1;
+        let refused = records.announce(ClientId(2), &file("e"), huge).unwrap_err();
+        assert!(matches!(refused, Refusal::TooLarge { .. }), "{refused}");
         assert!(
             records.holders(&file("d")).is_empty(),
             "a refused announce left a record"
@@ -1100,6 +1152,27 @@ pub(super) mod tests {
         let answer = records.swarm(ClientId(4), &file("a"), true).unwrap().unwrap();
         assert_eq!(answer.content, content(b"x"));
         assert_eq!(answer.peers.len(), 3);
+    }
+
+    #[test]
+    fn a_name_only_swarm_members_keep_is_free_for_its_owners_new_version() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        assert_eq!(swarm(&mut records, 2, "a", true), Some(vec![(1, true)]));
+        // While someone holds the recorded content, other content is refused.
+        let refused = records.announce(ClientId(3), &file("a"), content(b"y"));
+        assert!(matches!(refused, Err(Refusal::ContentMismatch { .. })), "{refused:?}");
+        // Its holder withdraws it (it changed its file): client 2, which
+        // joined the swarm and stays, does not keep the name from the
+        // owner's new version, though it keeps it from anyone else's.
+        assert!(records.drop_holding(ClientId(1), &file("a"), None));
+        assert!(records.announce(ClientId(3), &file("a"), content(b"y")).is_err());
+        assert_eq!(records.members(&file("a")), [ClientId(2)]);
+        records.announce(ClientId(1), &file("a"), content(b"y")).unwrap();
+        assert!(records.members(&file("a")).is_empty());
+        assert_eq!(records.holders(&file("a")), [ClientId(1)]);
+        let answer = records.swarm(ClientId(2), &file("a"), false).unwrap().unwrap();
+        assert_eq!(answer.content, content(b"y"));
     }
 
     #[test]

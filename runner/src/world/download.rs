@@ -11,7 +11,7 @@ use phile_core::pieces::PieceSize;
 use phile_core::protocol::count;
 use phile_core::{FileInfo, FileName, Trace};
 
-use super::{bytes, explain, parse_name, ClientRef, Verdict, World};
+use super::{bytes, parse_name, ClientRef, Verdict, World};
 use crate::backend::NodeKey;
 use crate::command::{Command, NodeError, Reply};
 
@@ -154,7 +154,9 @@ impl World {
                 self.say(c.id, format_args!("download {file}: failed: {error}"));
                 Err(error)
             }
-            Reply::Failed { error } => return Err(explain(format!("client {} cannot download {file}", c.id), error)),
+            Reply::Failed { error } => {
+                return Err(self.explain(c, format!("client {} cannot download {file}", c.id), error))
+            }
             other => return Err(format!("client {} answered {other:?} to a download", c.id)),
         };
         Ok(DownloadResult {

@@ -484,7 +484,7 @@ impl World {
             ));
         }
         self.act(node, Command::Upload { file: file.clone() })?
-            .map_err(|error| explain(format!("client {} cannot upload {file}", c.id), error))?;
+            .map_err(|error| self.explain(c, format!("client {} cannot upload {file}", c.id), error))?;
         self.count(|s| s.steps += 1);
         self.say(c.id, format_args!("upload {file}: ACK"));
         Ok(())
@@ -569,12 +569,21 @@ impl World {
     }
 }
 
-/// `error` as a sentence, after what could not be done, unless the error
-/// says it all (the client is not registered: that is what to fix).
-fn explain(what: String, error: NodeError) -> String {
-    match error {
-        NodeError::NotRegistered(_) => error.to_string(),
-        error => format!("{what}: {error}"),
+impl World {
+    /// `error` of client `c` as a sentence, after what could not be done,
+    /// unless the error says it all (the client is not registered: that is
+    /// what to fix, and a client the script registered lost its session).
+    fn explain(&self, c: &ClientRef, what: String, error: NodeError) -> String {
+        let registered = self.slot(c, |slot| slot.tracker.is_some()).unwrap_or(false);
+        match error {
+            NodeError::NotRegistered(id) if registered => format!(
+                "client {id} lost its tracker session (the tracker went silent, a partition or a timeout cut \
+                 it off): register it again with c.register(tracker), after heal() if it is partitioned, or \
+                 catch the error with try {{ ... }} catch (e) {{ ... }}"
+            ),
+            NodeError::NotRegistered(_) => error.to_string(),
+            error => format!("{what}: {error}"),
+        }
     }
 }
 

@@ -45,6 +45,17 @@ impl World {
         self.now().as_secs_f64()
     }
 
+    /// `timestamp()`, Rhai's reading of the wall clock: refused under
+    /// `--sim`, where it would make a run differ from the last.
+    pub fn wall_clock(&self) -> Verdict<std::time::Instant> {
+        if self.settings.sim {
+            return Err("timestamp() reads the wall clock, which differs from run to run: \
+                        under --sim use now(), the virtual seconds since the scenario started"
+                .to_owned());
+        }
+        Ok(std::time::Instant::now())
+    }
+
     /// `c.set_rate(up, down)`: caps `c`'s upload and download, in bytes per
     /// second over all its transfers together; 0 lifts a cap.
     pub fn set_rate(&self, c: &ClientRef, up: i64, down: i64) -> Verdict<()> {
@@ -77,7 +88,12 @@ impl World {
 
     /// `latency(a, b, ms)`.
     pub fn latency(&self, a: &NodeRef, b: &NodeRef, ms: i64) -> Verdict<()> {
-        let ms = u64::try_from(ms).map_err(|_| format!("latency: {ms} ms is not a delay (0 or more)"))?;
+        let ms = u64::try_from(ms)
+            .ok()
+            .filter(|ms| Duration::from_millis(*ms) <= LONGEST_SLEEP)
+            .ok_or_else(|| {
+                format!("latency(a, b, {ms}): give a delay in milliseconds from 0 to 31536000000 (a year)")
+            })?;
         self.change_network("latency", a, b, Some(ms), |network, a, b| {
             network.set_latency(a, b, Duration::from_millis(ms))
         })
@@ -101,13 +117,20 @@ impl World {
         ms: Option<u64>,
         apply: impl FnOnce(&mut dyn crate::backend::Network, NodeKey, NodeKey),
     ) -> Verdict<()> {
+        let shape = if ms.is_some() { "a, b, ms" } else { "a, b" };
         let (key_a, subject_a) = self.resolve(a)?;
         let (key_b, subject_b) = self.resolve(b)?;
+        if key_a == key_b {
+            return Err(format!(
+                "{change}({shape}) takes two different nodes, and both are {}",
+                describe(a)
+            ));
+        }
         {
             let mut backend = self.backend.borrow_mut();
             let network = backend
                 .network()
-                .ok_or_else(|| format!("{change}(a, b) needs a simulated network: run the scenario with --sim"))?;
+                .ok_or_else(|| format!("{change}({shape}) needs a simulated network: run the scenario with --sim"))?;
             apply(network, key_a, key_b);
         }
         let event = ScenarioEvent::NetworkChanged {

@@ -183,7 +183,7 @@ async fn read_join_answer(
         }
         Ok(None) => {
             tracing::debug!("the peer closed before it answered the join");
-            Err(Problem::Refused)
+            Err(Problem::Cut)
         }
         Ok(Some(_)) => Err(Problem::Garbled),
         Err(ConnectionError::Idle(_)) => Err(Problem::Unresponsive),

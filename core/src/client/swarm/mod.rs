@@ -123,8 +123,8 @@ impl Client {
     /// joining it. Fails (and reports `download_failed`) if nobody else
     /// holds or downloads the file, or the piece size is not one.
     pub async fn swarm_start(&self, file: &FileName, options: SwarmOptions) -> Result<SwarmStart, DownloadError> {
-        let piece = match options.piece_size.map(PieceSize::new).transpose() {
-            Ok(piece) => piece.unwrap_or(PieceSize::DEFAULT),
+        let asked = match options.piece_size.map(PieceSize::new).transpose() {
+            Ok(asked) => asked,
             Err(error) => return Err(self.failed(file, DownloadError::PieceSize(error))),
         };
         let request = TrackerRequest::Swarm {
@@ -141,6 +141,17 @@ impl Client {
             self.leave_swarm(file, info.sha1).await;
             return Err(self.failed(file, DownloadError::NoPeer(file.clone())));
         }
+        let piece = match PieceSize::for_file(info.size, asked) {
+            Ok(piece) => piece,
+            Err(error) => {
+                self.leave_swarm(file, info.sha1).await;
+                let too_big = DownloadError::TooManyPieces {
+                    file: file.clone(),
+                    error,
+                };
+                return Err(self.failed(file, too_big));
+            }
+        };
         // The tracker offers this client to others from now on: it answers
         // them at once (with the pieces it has, none yet), rather than
         // refusing peers that then wait before they try again.

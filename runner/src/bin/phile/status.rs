@@ -62,13 +62,24 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut out = std::io::BufWriter::new(std::io::stdout());
         let written = write_json(&mut answer, &mut out).await;
-        out.flush()?;
-        written?.map_err(explain)?;
+        unless_closed(out.flush())?;
+        match written {
+            Ok(answered) => answered.map_err(explain)?,
+            Err(error) => unless_closed(Err(error))?,
+        }
     } else {
         let tables = Tables::read(&mut answer).await.map_err(explain)?;
-        print!("{}", tables.render(addr));
+        unless_closed(std::io::stdout().lock().write_all(tables.render(addr).as_bytes()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Output whose reader stopped reading (`phile status | head`) is no error.
+fn unless_closed(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }
 
 /// Writes the answer as one JSON object, `{"clients": [...], "files": [...]}`,
