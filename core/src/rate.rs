@@ -32,9 +32,8 @@ use tokio::time::{Instant, Sleep};
 use crate::host::{BoxListener, BoxStream, Listener, Stream};
 
 /// The most bytes one read or write of a capped stream moves. Large enough
-/// that a receiver drains a full TCP window in one read (a simulated TCP
-/// stack only re-opens the window on big reads), small enough that a cap
-/// holds within a fraction of a second at modest rates.
+/// that a receiver drains a full TCP window in few reads, small enough that
+/// a cap holds within a fraction of a second at modest rates.
 pub const QUANTUM: usize = 64 * 1024;
 
 /// The longest one move takes at its cap. Below [`QUANTUM`] bytes per
@@ -126,8 +125,14 @@ impl Bucket {
         self.rate.load(Ordering::Relaxed)
     }
 
+    /// A new rate, from now: the moves reserved at the old one are void,
+    /// and those waiting for their turn book again. An unchanged rate
+    /// changes nothing (resetting would grant a burst each time).
     fn set_rate(&self, rate: u64) {
         let mut schedule = self.state.lock().expect("rate schedule poisoned");
+        if self.rate() == rate {
+            return;
+        }
         *schedule = Schedule::default();
         self.rate.store(rate, Ordering::Relaxed);
         drop(schedule);
@@ -139,8 +144,8 @@ impl Bucket {
     /// Streams that share a cap thus take turns in the order they asked
     /// (a wait computed from a shared debt would let whichever stream
     /// happens to wake first move every time, and starve the others). A
-    /// direction idle for a while may make one move ([`move_size`]) at
-    /// once.
+    /// direction idle for a while may make two moves ([`move_size`]) at
+    /// once: the one its slack allows, and the one due now.
     fn reserve(&self, bytes: usize, now: Instant) -> Option<Instant> {
         let rate = self.rate();
         if rate == 0 {
@@ -300,7 +305,7 @@ impl Stream for Throttled {
     }
 
     /// Sends a file through the kernel like the stream it wraps, charged
-    /// to the upload cap as [`AsyncWrite::poll_write`] is: at most a quantum
+    /// to the upload cap as [`AsyncWrite::poll_write`] is: at most a move
     /// at a time, and only when the cap allows.
     fn poll_send_file(
         mut self: Pin<&mut Self>,

@@ -368,3 +368,30 @@ async fn a_complete_record_resumed_in_finer_pieces_finishes_without_fetching_a_p
     assert_eq!(downloader.folder().read(&name("f")).await.unwrap(), bytes);
     assert_eq!(entries(&dir.path().join("2")), ["f"], "leftovers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_of_a_version_its_owner_replaced_leaves_the_new_versions_swarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let owner = seeding(1, dir.path(), &tracker, "f", content(3_000_000, 1)).await;
+    owner.set_rate(1_000_000, 0);
+    let stale = client(2, dir.path(), &tracker).await;
+    let start = stale.swarm_start(&name("f"), SwarmOptions::default()).await.unwrap();
+    let download = tokio::spawn({
+        let stale = stale.clone();
+        async move { stale.swarm_receive(start).await }
+    });
+    // Nobody holds the first version whole any more: its owner publishes
+    // a second under the name.
+    owner.withdraw(&name("f")).await.unwrap();
+    owner.folder().write(&name("f"), content(2_000_000, 2)).await.unwrap();
+    owner.upload(&name("f")).await.unwrap();
+    // The stale download asks the tracker again, hears of the new version,
+    // and goes on without its peers (here: fails, the first version being
+    // gone); it is never offered to a downloader of the new one.
+    let _ = tokio::time::timeout(Duration::from_secs(30), download).await.unwrap();
+    let fresh = client(3, dir.path(), &tracker).await;
+    let start = fresh.swarm_start(&name("f"), SwarmOptions::default()).await.unwrap();
+    let offered: Vec<ClientId> = start.peers.iter().map(|peer| peer.peer).collect();
+    assert_eq!(offered, [ClientId(1)], "a downloader of the old version was offered");
+}

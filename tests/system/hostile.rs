@@ -1137,6 +1137,53 @@ async fn a_swarm_downloader_that_asks_for_too_much_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_size_or_piece_size_that_makes_too_many_pieces_costs_nobody_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker().await;
+    let mut liar = Raw::connect(tracker.local_addr()).await;
+    liar.register(666, "127.0.0.1:9".parse().unwrap()).await;
+    // 2^63 bytes: refused at the tracker, before any downloader hears of it.
+    let absurd = FileInfo {
+        size: 1 << 63,
+        sha1: Digest::of(b"absurd"),
+    };
+    liar.request(TrackerRequest::Announce {
+        file: name("absurd.iso"),
+        info: absurd,
+        root: Digest([1; 20]),
+    })
+    .await;
+    match liar.reply::<TrackerReply>().await {
+        Some(TrackerReply::Refused { reason }) => assert!(reason.contains("more than"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // 16 TiB, the most the tracker records: an honest downloader cuts it
+    // into 16 MiB pieces (a million of them, not a billion)...
+    let huge = FileInfo {
+        size: 16 << 40,
+        sha1: Digest::of(b"huge"),
+    };
+    liar.announce("huge.iso", huge, Digest([1; 20])).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    let start = b.swarm_start(&name("huge.iso"), Default::default()).await.unwrap();
+    assert_eq!(start.piece.bytes(), 16 << 20);
+    // ... and serves it at once: a Join in pieces of 16 KiB, a billion of
+    // them, is refused rather than counted.
+    let mut socket = TcpStream::connect(b.local_addr()).await.unwrap();
+    let join = PeerRequest::Join {
+        file: name("huge.iso"),
+        client: ClientId(666),
+        sha1: huge.sha1,
+        piece_size: 16 * 1024,
+    };
+    write_frame(&mut socket, &untraced(join)).await;
+    match read_frame::<PeerReply>(&mut socket).await {
+        PeerReply::Refused { reason } => assert!(reason.contains("1048576 pieces"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn complaints_about_a_good_copy_cost_one_check_per_interval() {
     let dir = tempfile::tempdir().unwrap();
     let (tracker, a, info) = big_holder(dir.path()).await;

@@ -31,7 +31,7 @@ use super::holdings::Holdings;
 /// good: complaints about it meanwhile are answered without hashing the
 /// file again, so that downloaders that complain on and on (or many at
 /// once) cost one hash of the file per interval, not one each.
-pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a peer server needs, shared by all its connections.
 pub(crate) struct Seeder {
@@ -187,10 +187,13 @@ impl Seeder {
     /// announced.
     pub(super) async fn check_copy(&self, file: &FileName, to: ClientId, complaint: &str) {
         let node = self.reporter.node();
+        // Held until the copy is judged, withdrawal included: complaints
+        // that waited meanwhile then find the copy withdrawn (or found
+        // good), and hash nothing.
+        let mut found_good = self.found_good.lock().await;
         let Some(announced) = self.holdings.announced(file) else {
             return; // not on offer: nothing to withdraw
         };
-        let mut found_good = self.found_good.lock().await;
         found_good.retain(|_, at| at.elapsed() < RECHECK_INTERVAL);
         let version = (file.clone(), announced);
         if found_good.contains_key(&version) {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::serve::Seeder;
+use super::swarm::MAX_PIPELINE;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Request};
@@ -41,10 +42,13 @@ use crate::trace;
 pub(crate) const UPLOAD_SLOTS: usize = 2;
 
 /// The most requests one downloader may have waiting in a conversation:
-/// several times what an honest one keeps in flight to one peer (64 pieces
-/// at most), and few enough that looking through them for the piece sent
-/// least costs little. A downloader that asks for more is cut off.
+/// several times what an honest one keeps in flight to one peer
+/// ([`MAX_PIPELINE`]), and few enough that looking through them for the
+/// piece sent least costs little. A downloader that asks for more is cut
+/// off.
 pub(crate) const MAX_WAITING: usize = 256;
+
+const _: () = assert!(MAX_WAITING >= 4 * MAX_PIPELINE);
 
 /// How a client spread the pieces of one file cut one way, shared by its
 /// conversations about it while any is open.
@@ -160,6 +164,12 @@ impl Seeder {
             Err(error) => Err(refuse(error.to_string())),
             Ok(piece) => self.pieces_of(&file, sha1).await.map(|found| (found, piece)),
         };
+        // Pieces so small that the file makes more than a download keeps
+        // track of would cost this side memory per piece, for nothing.
+        let found = found.and_then(|((pieces, size), piece)| match PieceSize::for_file(size, Some(piece)) {
+            Ok(_) => Ok(((pieces, size), piece)),
+            Err(error) => Err(refuse(error.to_string())),
+        });
         let ((pieces, size), piece) = match found {
             Ok(found) => found,
             Err(refusal) => {
@@ -345,26 +355,23 @@ impl Conversation<'_> {
         Ok(true)
     }
 
-    /// Queues a request for piece `index`; `false` (the conversation is
-    /// over) for a request no honest downloader makes: a piece past the
-    /// end, or one more than [`MAX_WAITING`]. A piece asked for twice is
-    /// queued once.
+    /// Queues a request for piece `index` (once, if asked twice); `false`
+    /// (the conversation is over) for a request no honest downloader makes:
+    /// a piece past the end, or one more than [`MAX_WAITING`].
     async fn take_request(&mut self, index: u64, replies: &mut Outbound) -> Result<bool, ConnectionError> {
         let count = self.wanted.count();
-        let reason = match usize::try_from(index) {
-            Ok(index) if index < count => {
-                if self.queue.len() < MAX_WAITING {
-                    if !self.queue.contains(&index) {
-                        self.queue.push_back(index);
-                    }
-                    return Ok(true);
-                }
-                format!("more than {MAX_WAITING} requests waiting")
-            }
-            _ => format!("piece {index} is past the end of {} ({count} pieces)", self.file),
+        let Some(index) = usize::try_from(index).ok().filter(|index| *index < count) else {
+            let reason = format!("piece {index} is past the end of {} ({count} pieces)", self.file);
+            return cut_off(reason, replies).await;
         };
-        replies.message(&PeerReply::Refused { reason }).await?;
-        Ok(false)
+        if self.queue.contains(&index) {
+            return Ok(true);
+        }
+        if self.queue.len() >= MAX_WAITING {
+            return cut_off(format!("more than {MAX_WAITING} requests waiting"), replies).await;
+        }
+        self.queue.push_back(index);
+        Ok(true)
     }
 
     /// Sends the piece hashes for the downloader's piece size, when this
@@ -486,4 +493,11 @@ impl AcquireUnwrapped for Arc<Semaphore> {
     async fn acquire_owned_unwrapped(self) -> OwnedSemaphorePermit {
         self.acquire_owned().await.expect("upload slots are never closed")
     }
+}
+
+/// Refuses a downloader that broke the rules, ending the conversation
+/// (`false`).
+async fn cut_off(reason: String, replies: &mut Outbound) -> Result<bool, ConnectionError> {
+    replies.message(&PeerReply::Refused { reason }).await?;
+    Ok(false)
 }

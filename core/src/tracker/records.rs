@@ -238,7 +238,7 @@ struct Want {
 #[derive(Debug)]
 pub(super) struct FileRecord {
     /// Size, SHA-1 and hash tree root from its first announce; later
-    /// announces must match.
+    /// announces must match (but see [`FileRecord::first`]).
     pub(super) content: Content,
     /// Who holds it now, ordered so a seeded choice is reproducible.
     pub(super) holders: Holders,
@@ -427,14 +427,19 @@ impl Records {
                     announced: Box::new(content),
                 });
             }
-            self.free_name(file);
         }
-        let record = self.clients.get_mut(&client).expect("registered, as checked above");
+        let record = &self.clients[&client];
         let new = !record.files.contains(file) && !record.joined.contains(file);
         if new && record.files.len() + record.joined.len() >= self.quotas.files {
             let limit = self.quotas.files;
             return Err(Refusal::TooManyFiles { client, limit });
         }
+        if self.files.get(file).is_some_and(|entry| entry.content != content) {
+            // Its owner's new version, as checked above; only now that
+            // nothing can refuse it is the old record forgotten.
+            self.free_name(file);
+        }
+        let record = self.clients.get_mut(&client).expect("registered, as checked above");
         let entry = self.files.entry(file.clone()).or_insert_with(|| FileRecord {
             content,
             holders: Holders::default(),
@@ -1171,8 +1176,30 @@ pub(super) mod tests {
         records.announce(ClientId(1), &file("a"), content(b"y")).unwrap();
         assert!(records.members(&file("a")).is_empty());
         assert_eq!(records.holders(&file("a")), [ClientId(1)]);
+        // The old version's downloader, asking again, hears of the new one,
+        // and gives back the membership the ask made (its download goes on
+        // with the peers it knows).
         let answer = records.swarm(ClientId(2), &file("a"), false).unwrap().unwrap();
         assert_eq!(answer.content, content(b"y"));
+        let new_version = Some(content(b"y").info.sha1);
+        assert!(!records.drop_holding(ClientId(2), &file("a"), new_version));
+        assert!(records.members(&file("a")).is_empty());
+    }
+
+    #[test]
+    fn an_owners_new_version_refused_for_a_quota_leaves_the_old_record() {
+        let quotas = Quotas {
+            files: 1,
+            ..Quotas::default()
+        };
+        let mut records = records_with(0, 2, quotas);
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        records.swarm(ClientId(2), &file("a"), true).unwrap();
+        assert!(records.drop_holding(ClientId(1), &file("a"), None));
+        records.announce(ClientId(1), &file("b"), content(b"b")).unwrap();
+        let refused = records.announce(ClientId(1), &file("a"), content(b"y"));
+        assert!(matches!(refused, Err(Refusal::TooManyFiles { .. })), "{refused:?}");
+        assert_eq!(records.members(&file("a")), [ClientId(2)], "the refusal freed the name");
     }
 
     #[test]

@@ -291,6 +291,22 @@ impl World {
         })
     }
 
+    /// `error` of client `c` as a sentence, after what could not be done,
+    /// unless the error says it all (the client is not registered: that is
+    /// what to fix, and a client the script registered lost its session).
+    fn explain(&self, c: &ClientRef, what: String, error: NodeError) -> String {
+        let registered = self.slot(c, |slot| slot.tracker.is_some()).unwrap_or(false);
+        match error {
+            NodeError::NotRegistered(id) if registered => format!(
+                "client {id} lost its tracker session (the tracker went silent, a partition or a timeout cut \
+                 it off): register it again with c.register(tracker), after heal() if it is partitioned, or \
+                 catch the error with try {{ ... }} catch (e) {{ ... }}"
+            ),
+            NodeError::NotRegistered(_) => error.to_string(),
+            error => format!("{what}: {error}"),
+        }
+    }
+
     fn slot<T>(&self, c: &ClientRef, read: impl FnOnce(&Slot) -> T) -> Verdict<T> {
         let clients = self.clients.borrow();
         let slot = clients
@@ -565,24 +581,6 @@ impl World {
         let mut backend = self.backend.borrow_mut();
         for node in trackers.into_iter().chain(clients) {
             backend.stop(node);
-        }
-    }
-}
-
-impl World {
-    /// `error` of client `c` as a sentence, after what could not be done,
-    /// unless the error says it all (the client is not registered: that is
-    /// what to fix, and a client the script registered lost its session).
-    fn explain(&self, c: &ClientRef, what: String, error: NodeError) -> String {
-        let registered = self.slot(c, |slot| slot.tracker.is_some()).unwrap_or(false);
-        match error {
-            NodeError::NotRegistered(id) if registered => format!(
-                "client {id} lost its tracker session (the tracker went silent, a partition or a timeout cut \
-                 it off): register it again with c.register(tracker), after heal() if it is partitioned, or \
-                 catch the error with try {{ ... }} catch (e) {{ ... }}"
-            ),
-            NodeError::NotRegistered(_) => error.to_string(),
-            error => format!("{what}: {error}"),
         }
     }
 }

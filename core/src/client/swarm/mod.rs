@@ -94,6 +94,10 @@ const IN_FLIGHT_BYTES: u64 = 1 << 20;
 /// How many requests a newly connected peer gets in flight.
 const FIRST_PIPELINE: usize = 2;
 
+/// The most requests a download keeps in flight to one peer: what
+/// [`IN_FLIGHT_BYTES`] allows, from four to this many pieces.
+pub(crate) const MAX_PIPELINE: usize = 64;
+
 /// What a swarm download may be asked to do differently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwarmOptions {
@@ -306,6 +310,11 @@ struct Run<'a> {
     /// Since when the tracker could not be reached, if it could not when
     /// last asked (the download goes on with the peers it knows).
     tracker_lost: Option<Instant>,
+    /// Whether the tracker records other content under the name now (its
+    /// owner announced a new version once nobody held this one): its
+    /// peers are not asked for, and the download goes on with those it
+    /// knows.
+    rebound: bool,
     /// When the tracker was last asked for peers.
     refreshed: Instant,
     /// The request for more peers under way, if any.
@@ -331,7 +340,7 @@ impl<'a> Run<'a> {
     /// The state of a download of `start` in pieces of `layout`, with the
     /// pieces `held` on disk already: nobody connected or asked yet.
     fn new(client: &'a Client, start: &SwarmStart, layout: Layout, held: Bitfield) -> Run<'a> {
-        let pipeline = (IN_FLIGHT_BYTES / layout.piece.bytes()).clamp(4, 64) as usize;
+        let pipeline = ((IN_FLIGHT_BYTES / layout.piece.bytes()) as usize).clamp(4, MAX_PIPELINE);
         let seed = order_seed(client.seed, client.id, &start.file);
         let resumed = layout.bytes_held(&held);
         let (tell, heard) = mpsc::channel(64);
@@ -372,6 +381,7 @@ impl<'a> Run<'a> {
             unsaved: false,
             saving: None,
             tracker_lost: None,
+            rebound: false,
             refreshed: now,
             asking: None,
             reports: FuturesUnordered::new(),

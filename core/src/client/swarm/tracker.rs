@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{Run, REFRESH_INTERVAL};
 use crate::client::{refusal, ClientError, DownloadError};
-use crate::protocol::{ClientId, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, Digest, TrackerReply, TrackerRequest};
 
 /// A request to the tracker (for more peers, or a report of a blamed
 /// peer), answered beside the download:
@@ -98,6 +98,9 @@ impl Run<'_> {
 
     /// Asks the tracker for more peers and waits for the answer.
     async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
+        if self.rebound {
+            return Ok(());
+        }
         let mut asking = Some(self.ask_swarm());
         let reply = asked(&mut asking, self.client.id).await;
         self.take_peers(reply)
@@ -106,7 +109,7 @@ impl Run<'_> {
     /// Asks the tracker for more peers, unless a request is under way; the
     /// answer comes in the download's loop.
     pub(super) fn start_asking(&mut self) {
-        if self.asking.is_none() {
+        if self.asking.is_none() && !self.rebound {
             self.asking = Some(self.ask_swarm());
         }
     }
@@ -126,6 +129,10 @@ impl Run<'_> {
     /// peers connected may well deliver the rest. A refusal is.
     pub(super) fn take_peers(&mut self, reply: Result<TrackerReply, ClientError>) -> Result<(), DownloadError> {
         let peers = match reply {
+            Ok(TrackerReply::Swarm { info, root, .. }) if (info, root) != (self.info, self.root) => {
+                self.name_rebound(info.sha1);
+                return Ok(());
+            }
             Ok(TrackerReply::Swarm { peers, .. }) => peers,
             Ok(TrackerReply::NoPeer) => Vec::new(),
             Ok(other) => return Err(refusal(other).into()),
@@ -143,6 +150,23 @@ impl Run<'_> {
         self.resting.retain(|_, until| *until > now);
         self.offer(&peers);
         Ok(())
+    }
+
+    /// The tracker records other content under the name (version
+    /// `recorded`): its peers hold none of these pieces. The download goes
+    /// on with the peers it knows and asks the tracker for no more; the
+    /// membership of the new version's swarm that the ask just made is
+    /// given back, so that its downloaders are not sent here.
+    fn name_rebound(&mut self, recorded: Digest) {
+        tracing::info!(node = %self.client.id, "{} now names other content; going on with the peers it knows", self.file);
+        self.rebound = true;
+        let leave = TrackerRequest::Withdraw {
+            file: self.file.clone(),
+            sha1: Some(recorded),
+            reason: None,
+        };
+        // Sent aside: the answer changes nothing here.
+        drop(self.client.ask_tracker_aside(leave));
     }
 
     /// The tracker could not be reached: said once (to the progress

@@ -1045,7 +1045,7 @@ pub(super) fn poll_recv_buf(
         buf.put_slice(&drained);
         // Window-update trigger: if we freed ≥ half the recv cap,
         // advertise. Crude SWS avoidance; refine alongside real flow
-        // control. Small reads that together free half the buffer
+        // control. PATCH: small reads that together free half the buffer
         // advertise too, when the free room crosses half the cap: else a
         // reader that takes a little at a time (a rate-capped one) never
         // re-opens a window the sender filled, and the stream stalls.
