@@ -1266,6 +1266,25 @@ fn remote_text_reaches_the_terminal_escaped() {
 }
 
 #[test]
+fn a_peer_refused_a_name_announces_it_once_the_name_is_free() {
+    let (_tracker, addr) = tracker();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("1"), dir.path().join("2"));
+    for (folder, content) in [(&first, "one"), (&second, "two")] {
+        std::fs::create_dir(folder).unwrap();
+        std::fs::write(folder.join("f.txt"), content).unwrap();
+    }
+    // The name is taken: peer 2 is refused.
+    let mut holder = peer("1", &first, &addr);
+    let mut other = peer("2", &second, &addr);
+    // Peer 1 leaves: the name is free, and peer 2 announces its file at
+    // its next rescan, unchanged, without being told.
+    holder.signal_stop();
+    assert!(holder.wait_within(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert_eq!(other.line(), "announced f.txt (the name is free now)");
+}
+
+#[test]
 fn status_into_a_pipe_closed_early_is_no_error() {
     // As `phile status | head -1` does once head has its line.
     let (_tracker, addr) = tracker();

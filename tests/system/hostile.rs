@@ -1130,6 +1130,22 @@ async fn a_swarm_downloader_that_asks_for_too_much_is_cut_off() {
     assert!(reason.contains("256 requests waiting"), "{reason}");
     closed(&mut socket).await;
 
+    // The piece hashes twice: each answer costs a fold of the file's
+    // layer, and an honest downloader asks a conversation once.
+    let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+    for _ in 0..2 {
+        write_frame(&mut socket, &untraced(PeerRequest::Layer)).await;
+    }
+    let PeerReply::Layer { pieces } = read_frame(&mut socket).await else {
+        panic!("no piece hashes");
+    };
+    socket.read_exact(&mut vec![0u8; pieces as usize * 20]).await.unwrap();
+    match read_frame::<PeerReply>(&mut socket).await {
+        PeerReply::Refused { reason } => assert!(reason.contains("twice"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    closed(&mut socket).await;
+
     // Everyone else is served as before.
     let b = registered(2, dir.path(), &tracker).await;
     let got = b.swarm_download(&name("big.bin"), Default::default()).await.unwrap();

@@ -54,7 +54,7 @@ pub(crate) struct Seeder {
     /// When each version of a file was last found good by a check a
     /// complaint caused. Held for the length of a check: checks run one at
     /// a time.
-    pub found_good: Mutex<HashMap<(FileName, FileInfo), Instant>>,
+    pub found_good: Mutex<FoundGood>,
 }
 
 impl Seeder {
@@ -194,9 +194,8 @@ impl Seeder {
         let Some(announced) = self.holdings.announced(file) else {
             return; // not on offer: nothing to withdraw
         };
-        found_good.retain(|_, at| at.elapsed() < RECHECK_INTERVAL);
         let version = (file.clone(), announced);
-        if found_good.contains_key(&version) {
+        if checked_lately(&mut found_good, &version) {
             tracing::info!(%node, %to, "{to} says {complaint}; this copy checked out less than {RECHECK_INTERVAL:?} ago, keeping it");
             return;
         }
@@ -216,4 +215,14 @@ impl Seeder {
         tracing::warn!(%node, "this copy of {file} is not what was announced; withdrawing it");
         self.holdings.withdraw_bad(file, announced, reason).await;
     }
+}
+
+/// A copy's version, and when a check last found it good.
+pub(crate) type FoundGood = HashMap<(FileName, FileInfo), Instant>;
+
+/// Whether a check found `version` good less than [`RECHECK_INTERVAL`] ago
+/// (forgetting the checks older than that).
+pub(crate) fn checked_lately(found_good: &mut FoundGood, version: &(FileName, FileInfo)) -> bool {
+    found_good.retain(|_, at| at.elapsed() < RECHECK_INTERVAL);
+    found_good.contains_key(version)
 }

@@ -26,12 +26,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use super::serve::Seeder;
+use super::serve::{checked_lately, Seeder};
 use super::swarm::MAX_PIPELINE;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
-use crate::protocol::{ClientId, Digest, FileName, PeerReply, PeerRequest, Request};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Request};
 use crate::storage::PartData;
 use crate::swarm::seeding::{Tally, REVEALED};
 use crate::swarm::wire::{self, Inbound, Outbound};
@@ -134,6 +135,8 @@ struct Conversation<'a> {
     hiding: bool,
     /// How many of a partial download's gains were looked at.
     seen: usize,
+    /// Whether the downloader asked for the piece hashes.
+    layer_asked: bool,
 }
 
 impl Seeder {
@@ -221,6 +224,7 @@ impl Seeder {
             told,
             hiding,
             seen,
+            layer_asked: false,
         })
     }
 
@@ -339,7 +343,15 @@ impl Conversation<'_> {
                 self.queue.retain(|queued| *queued != index as usize);
                 self.show_another(replies).await?;
             }
-            PeerRequest::Layer => self.send_layer(replies).await?,
+            // The hashes cost a fold of the file's layer each time: an
+            // honest downloader asks a conversation for them once.
+            PeerRequest::Layer if self.layer_asked => {
+                return cut_off("asked for the piece hashes twice".to_owned(), replies).await;
+            }
+            PeerRequest::Layer => {
+                self.layer_asked = true;
+                self.send_layer(replies).await?;
+            }
             PeerRequest::BadPiece { index } => {
                 trace::traced(request.trace, self.check(index as usize)).await;
                 replies.message(&PeerReply::Checked).await?;
@@ -435,33 +447,55 @@ impl Conversation<'_> {
     /// The downloader says piece `index` failed its hash: checks the copy
     /// behind it.
     async fn check(&self, index: usize) {
-        let node = self.seeder.reporter.node();
         match &self.pieces {
             Pieces::Whole { .. } => {
                 let complaint = format!("piece {index} of {} failed its hash", self.file);
                 self.seeder.check_copy(&self.file, self.to, &complaint).await;
             }
-            Pieces::Partial(partial) => {
-                let (Some(layer), Some(data)) = (partial.layer(), partial.data()) else {
-                    return;
-                };
-                let own = partial.layout();
-                let range = self.wanted.range(index.min(self.wanted.count() - 1));
-                for piece in 0..own.count() {
-                    let bytes = own.range(piece);
-                    if bytes.start >= range.end || bytes.end <= range.start {
-                        continue;
-                    }
-                    let good = match data.read(bytes).await {
-                        Ok(read) => layer.checks(piece, &read),
-                        Err(_) => false,
-                    };
-                    if !good {
-                        tracing::warn!(%node, "piece {piece} of {} went bad on disk; dropping it", self.file);
-                        partial.lose(piece);
-                    }
-                }
+            Pieces::Partial(partial) => self.check_pieces(partial, index).await,
+        }
+    }
+
+    /// A downloader says a piece of a download under way failed its hash:
+    /// checks the pieces held behind it, as a copy held whole is checked
+    /// (one check at a time, none again for [`super::serve::RECHECK_INTERVAL`] once one
+    /// found them good), and drops those that went bad on disk.
+    async fn check_pieces(&self, partial: &Partial, index: usize) {
+        let node = self.seeder.reporter.node();
+        let (Some(layer), Some(data)) = (partial.layer(), partial.data()) else {
+            return;
+        };
+        let mut found_good = self.seeder.found_good.lock().await;
+        let info = FileInfo {
+            size: self.wanted.size,
+            sha1: self.sha1,
+        };
+        let version = (self.file.clone(), info);
+        if checked_lately(&mut found_good, &version) {
+            return;
+        }
+        let own = partial.layout();
+        let range = self.wanted.range(index.min(self.wanted.count() - 1));
+        let first = (range.start / own.piece.bytes()) as usize;
+        let last = (range.end.saturating_sub(1) / own.piece.bytes()) as usize;
+        let mut all_good = true;
+        for piece in first..=last.min(own.count() - 1) {
+            let bytes = own.range(piece);
+            if !partial.holds(bytes.clone()) {
+                continue; // nothing to check, nothing to drop
             }
+            let good = match data.read(bytes).await {
+                Ok(read) => layer.checks(piece, &read),
+                Err(_) => false,
+            };
+            if !good {
+                tracing::warn!(%node, "piece {piece} of {} went bad on disk; dropping it", self.file);
+                partial.lose(piece);
+                all_good = false;
+            }
+        }
+        if all_good {
+            found_good.insert(version, Instant::now());
         }
     }
 }

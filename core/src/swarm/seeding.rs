@@ -19,6 +19,8 @@
 //!   Once every piece went out at least once, the rest of the file is
 //!   shown to everyone.
 
+use std::collections::BTreeSet;
+
 use crate::pieces::Bitfield;
 
 /// How many pieces a downloader that joins beside others is shown at once
@@ -35,6 +37,11 @@ pub struct Tally {
     sent: Vec<u32>,
     /// How many downloaders were shown each piece while it was hidden.
     shown: Vec<u32>,
+    /// Every piece, by (times sent, times shown, index): the next piece to
+    /// show is the first here that the downloader was not shown, found
+    /// without looking at every piece (a look at each, for each piece
+    /// shown, is quadratic in the pieces of a file cut small).
+    order: BTreeSet<(u32, u32, usize)>,
     /// How many pieces never went out.
     unsent: usize,
 }
@@ -45,6 +52,7 @@ impl Tally {
         Tally {
             sent: vec![0; count],
             shown: vec![0; count],
+            order: (0..count).map(|index| (0, 0, index)).collect(),
             unsent: count,
         }
     }
@@ -69,26 +77,31 @@ impl Tally {
 
     /// Piece `index` goes out.
     pub fn send(&mut self, index: usize) {
-        if let Some(times) = self.sent.get_mut(index) {
-            if *times == 0 {
-                self.unsent -= 1;
-            }
-            *times += 1;
+        if index >= self.sent.len() {
+            return;
         }
+        if self.sent[index] == 0 {
+            self.unsent -= 1;
+        }
+        self.recount(index, 1, 0);
     }
 
     /// The next piece to show a downloader that was shown `told`: the one
     /// sent, then shown, least often (lowest index among equals), counted
-    /// as shown; `None` if it was shown everything.
+    /// as shown; `None` if it was shown everything. Costs a look at the
+    /// pieces it was shown that went out as seldom, not at every piece.
     pub fn reveal(&mut self, told: &Bitfield) -> Option<usize> {
-        let count = |counts: &[u32], index: usize| counts.get(index).copied().unwrap_or(u32::MAX);
-        let index = told
-            .iter_missing()
-            .min_by_key(|index| (count(&self.sent, *index), count(&self.shown, *index), *index))?;
-        if let Some(shown) = self.shown.get_mut(index) {
-            *shown += 1;
-        }
+        let (_, _, index) = *self.order.iter().find(|(_, _, index)| !told.has(*index))?;
+        self.recount(index, 0, 1);
         Some(index)
+    }
+
+    /// Adds to the counts of piece `index`, keeping [`Tally::order`].
+    fn recount(&mut self, index: usize, sent: u32, shown: u32) {
+        self.order.remove(&(self.sent[index], self.shown[index], index));
+        self.sent[index] += sent;
+        self.shown[index] += shown;
+        self.order.insert((self.sent[index], self.shown[index], index));
     }
 }
 

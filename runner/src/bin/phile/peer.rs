@@ -138,8 +138,12 @@ fn stamp_of(client: &Client, file: &FileName) -> Option<Stamp> {
 /// What the peer has told the tracker, and what it is watching arrive.
 #[derive(Default)]
 struct Seeding {
-    /// Files announced (or refused), with their stamp then.
+    /// Files announced, with their stamp then.
     known: HashMap<FileName, Stamp>,
+    /// Files the tracker refused (it knew other content under the name),
+    /// with their stamp and content then: announced again at each rescan
+    /// while unchanged, since the name may be free by then.
+    refused: HashMap<FileName, (Stamp, FileInfo)>,
     /// New or changed files, with their stamp at the last look.
     arriving: HashMap<FileName, Stamp>,
 }
@@ -148,11 +152,42 @@ impl Seeding {
     /// Records what `round` announced or was refused, as the files are now.
     fn held(&mut self, client: &Client, round: Round) {
         self.known.clear();
-        for file in round.announced.into_iter().chain(round.refused) {
+        self.refused.clear();
+        for file in round.announced {
             if let Some(stamp) = stamp_of(client, &file) {
                 self.known.insert(file, stamp);
             }
         }
+        for (file, info) in round.refused {
+            if let Some(stamp) = stamp_of(client, &file) {
+                self.refused.insert(file, (stamp, info));
+            }
+        }
+    }
+
+    /// Announces again the files refused before, unchanged since: a name
+    /// the tracker kept for other content is free once nobody holds that
+    /// content (or once its owner, this peer, publishes a new version).
+    async fn retry_refused(&mut self, client: &Client) -> Result<(), ClientError> {
+        let refused: Vec<(FileName, Stamp, FileInfo)> = (self.refused.iter())
+            .map(|(file, (stamp, info))| (file.clone(), *stamp, *info))
+            .collect();
+        for (file, stamp, info) in refused {
+            if stamp_of(client, &file) != Some(stamp) {
+                self.refused.remove(&file); // changed: announced when it settles
+                continue;
+            }
+            match client.announce(&file, info).await {
+                Ok(()) => {
+                    println!("announced {} (the name is free now)", printable(file.as_str()));
+                    self.refused.remove(&file);
+                    self.known.insert(file, stamp);
+                }
+                Err(ClientError::Refused(_)) => {} // said once already
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     /// Compares the folder with what the tracker was told: a file deleted or
@@ -173,8 +208,9 @@ impl Seeding {
             self.known.remove(&file);
             println!("withdrew {} (deleted or changed)", printable(file.as_str()));
         }
+        self.retry_refused(client).await?;
         for file in present {
-            if self.known.contains_key(&file) {
+            if self.known.contains_key(&file) || self.refused.contains_key(&file) {
                 continue;
             }
             let Some(stamp) = stamp_of(client, &file) else { continue };
@@ -201,10 +237,10 @@ impl Seeding {
                     self.known.insert(file, stamp);
                 }
                 // The tracker knows other content under this name (another
-                // peer holds it): say so once, and not again while unchanged.
+                // peer holds it): say so once, and try again quietly.
                 Err(ClientError::Refused(reason)) => {
                     not_announced(&file, &reason);
-                    self.known.insert(file, stamp);
+                    self.refused.insert(file, (stamp, info));
                 }
                 Err(error) => return Err(error),
             }
@@ -257,8 +293,9 @@ fn not_announced(file: &FileName, reason: &str) {
 struct Round {
     /// The files the tracker accepted.
     announced: Vec<FileName>,
-    /// The files it refused (it knows other content under the name).
-    refused: Vec<FileName>,
+    /// The files it refused (it knows other content under the name), with
+    /// the content announced.
+    refused: Vec<(FileName, FileInfo)>,
 }
 
 /// Announces every file of the folder, hashing those not hashed yet. A file
@@ -288,7 +325,7 @@ async fn announce_all(client: &Client, seeding: &Seeding, stop: &Stop) -> Result
             Ok(()) => round.announced.push(file),
             Err(ClientError::Refused(reason)) => {
                 not_announced(&file, &reason);
-                round.refused.push(file);
+                round.refused.push((file, info));
             }
             Err(error) => return Err(error),
         }
