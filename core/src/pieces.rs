@@ -183,7 +183,7 @@ impl Layout {
 
     /// The pieces of this layout that cover the bytes `bytes` (at least
     /// partly).
-    fn overlapping(&self, bytes: Range<u64>) -> Range<usize> {
+    pub(crate) fn overlapping(&self, bytes: Range<u64>) -> Range<usize> {
         if bytes.is_empty() {
             let at = (bytes.start / self.piece.bytes()) as usize;
             return at.min(self.count() - 1)..at.min(self.count() - 1) + 1;

@@ -1281,7 +1281,7 @@ fn a_peer_refused_a_name_announces_it_once_the_name_is_free() {
     // its next rescan, unchanged, without being told.
     holder.signal_stop();
     assert!(holder.wait_within(Duration::from_secs(30)).is_some_and(|s| s.success()));
-    assert_eq!(other.line(), "announced f.txt (the name is free now)");
+    assert_eq!(other.line(), "announced f.txt (refused before)");
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! hashed again for [`RECHECK_INTERVAL`], however many complain.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +52,9 @@ pub(crate) struct Seeder {
     pub idle_timeout: Duration,
     /// How often each piece went out, so the least sent goes first.
     pub spread: super::share::Spread,
-    /// When each version of a file was last found good by a check a
-    /// complaint caused. Held for the length of a check: checks run one at
-    /// a time.
+    /// What checks a complaint caused found good, and when: copies held
+    /// whole, and the pieces of downloads under way. Held for the length
+    /// of a check: checks run one at a time.
     pub found_good: Mutex<FoundGood>,
 }
 
@@ -194,7 +195,7 @@ impl Seeder {
         let Some(announced) = self.holdings.announced(file) else {
             return; // not on offer: nothing to withdraw
         };
-        let version = (file.clone(), announced);
+        let version = (file.clone(), announced, 0..announced.size);
         if checked_lately(&mut found_good, &version) {
             tracing::info!(%node, %to, "{to} says {complaint}; this copy checked out less than {RECHECK_INTERVAL:?} ago, keeping it");
             return;
@@ -217,12 +218,16 @@ impl Seeder {
     }
 }
 
-/// A copy's version, and when a check last found it good.
-pub(crate) type FoundGood = HashMap<(FileName, FileInfo), Instant>;
+/// The bytes of a version of a file a check looked at (all of a copy held
+/// whole; the pieces behind a complaint, of a download under way).
+pub(crate) type Judged = (FileName, FileInfo, Range<u64>);
 
-/// Whether a check found `version` good less than [`RECHECK_INTERVAL`] ago
+/// What checks found good, and when.
+pub(crate) type FoundGood = HashMap<Judged, Instant>;
+
+/// Whether a check found `judged` good less than [`RECHECK_INTERVAL`] ago
 /// (forgetting the checks older than that).
-pub(crate) fn checked_lately(found_good: &mut FoundGood, version: &(FileName, FileInfo)) -> bool {
+pub(crate) fn checked_lately(found_good: &mut FoundGood, judged: &Judged) -> bool {
     found_good.retain(|_, at| at.elapsed() < RECHECK_INTERVAL);
-    found_good.contains_key(version)
+    found_good.contains_key(judged)
 }

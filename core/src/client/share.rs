@@ -167,12 +167,7 @@ impl Seeder {
             Err(error) => Err(refuse(error.to_string())),
             Ok(piece) => self.pieces_of(&file, sha1).await.map(|found| (found, piece)),
         };
-        // Pieces so small that the file makes more than a download keeps
-        // track of would cost this side memory per piece, for nothing.
-        let found = found.and_then(|((pieces, size), piece)| match PieceSize::for_file(size, Some(piece)) {
-            Ok(_) => Ok(((pieces, size), piece)),
-            Err(error) => Err(refuse(error.to_string())),
-        });
+        let found = found.and_then(|((pieces, size), piece)| fits(size, piece).map(|()| ((pieces, size), piece)));
         let ((pieces, size), piece) = match found {
             Ok(found) => found,
             Err(refusal) => {
@@ -339,9 +334,13 @@ impl Conversation<'_> {
         match request.body {
             PeerRequest::Piece { index } => return self.take_request(index, replies).await,
             PeerRequest::Cancel { index } => {
-                // A shown piece it no longer wants: show it another.
-                self.queue.retain(|queued| *queued != index as usize);
-                self.show_another(replies).await?;
+                // A shown piece it no longer wants: show it another (a
+                // piece it was never shown earns it nothing).
+                let index = usize::try_from(index).unwrap_or(usize::MAX);
+                self.queue.retain(|queued| *queued != index);
+                if self.told.has(index) {
+                    self.show_another(replies).await?;
+                }
             }
             // The hashes cost a fold of the file's layer each time: an
             // honest downloader asks a conversation for them once.
@@ -457,33 +456,34 @@ impl Conversation<'_> {
     }
 
     /// A downloader says a piece of a download under way failed its hash:
-    /// checks the pieces held behind it, as a copy held whole is checked
-    /// (one check at a time, none again for [`super::serve::RECHECK_INTERVAL`] once one
-    /// found them good), and drops those that went bad on disk.
+    /// checks the pieces held behind it as a copy held whole is checked
+    /// (one check at a time; the same pieces not again for
+    /// [`super::serve::RECHECK_INTERVAL`] once found good), and drops
+    /// those that went bad on disk.
     async fn check_pieces(&self, partial: &Partial, index: usize) {
         let node = self.seeder.reporter.node();
         let (Some(layer), Some(data)) = (partial.layer(), partial.data()) else {
             return;
         };
         let mut found_good = self.seeder.found_good.lock().await;
+        let own = partial.layout();
+        let pieces = own.overlapping(self.wanted.range(index.min(self.wanted.count() - 1)));
+        let bytes = own.range(pieces.start).start..own.range(pieces.end - 1).end;
         let info = FileInfo {
             size: self.wanted.size,
             sha1: self.sha1,
         };
-        let version = (self.file.clone(), info);
-        if checked_lately(&mut found_good, &version) {
+        let judged = (self.file.clone(), info, bytes);
+        if checked_lately(&mut found_good, &judged) {
             return;
         }
-        let own = partial.layout();
-        let range = self.wanted.range(index.min(self.wanted.count() - 1));
-        let first = (range.start / own.piece.bytes()) as usize;
-        let last = (range.end.saturating_sub(1) / own.piece.bytes()) as usize;
-        let mut all_good = true;
-        for piece in first..=last.min(own.count() - 1) {
+        let (mut checked, mut all_good) = (false, true);
+        for piece in pieces {
             let bytes = own.range(piece);
             if !partial.holds(bytes.clone()) {
                 continue; // nothing to check, nothing to drop
             }
+            checked = true;
             let good = match data.read(bytes).await {
                 Ok(read) => layer.checks(piece, &read),
                 Err(_) => false,
@@ -494,8 +494,8 @@ impl Conversation<'_> {
                 all_good = false;
             }
         }
-        if all_good {
-            found_good.insert(version, Instant::now());
+        if checked && all_good {
+            found_good.insert(judged, Instant::now());
         }
     }
 }
@@ -526,6 +526,18 @@ trait AcquireUnwrapped {
 impl AcquireUnwrapped for Arc<Semaphore> {
     async fn acquire_owned_unwrapped(self) -> OwnedSemaphorePermit {
         self.acquire_owned().await.expect("upload slots are never closed")
+    }
+}
+
+/// Refuses pieces so small that a file of `size` bytes makes more than a
+/// download keeps track of: counting them would cost this side memory per
+/// piece, for nothing.
+fn fits(size: u64, piece: PieceSize) -> Result<(), PeerReply> {
+    match PieceSize::for_file(size, Some(piece)) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(PeerReply::Refused {
+            reason: error.to_string(),
+        }),
     }
 }
 

@@ -419,7 +419,8 @@ impl Records {
             let (file, size) = (file.clone(), content.info.size);
             return Err(Refusal::TooLarge { file, size });
         }
-        if let Some(entry) = self.files.get(file).filter(|entry| entry.content != content) {
+        let other = self.files.get(file).filter(|entry| entry.content != content);
+        if let Some(entry) = other {
             if !entry.holders.0.is_empty() || entry.first != client {
                 return Err(Refusal::ContentMismatch {
                     file: file.clone(),
@@ -428,15 +429,16 @@ impl Records {
                 });
             }
         }
+        let new_version = other.is_some();
         let record = &self.clients[&client];
         let new = !record.files.contains(file) && !record.joined.contains(file);
         if new && record.files.len() + record.joined.len() >= self.quotas.files {
             let limit = self.quotas.files;
             return Err(Refusal::TooManyFiles { client, limit });
         }
-        if self.files.get(file).is_some_and(|entry| entry.content != content) {
-            // Its owner's new version, as checked above; only now that
-            // nothing can refuse it is the old record forgotten.
+        if new_version {
+            // Its owner's, as checked above; only now that nothing can
+            // refuse it is the old record forgotten.
             self.free_name(file);
         }
         let record = self.clients.get_mut(&client).expect("registered, as checked above");

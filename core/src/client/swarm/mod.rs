@@ -312,11 +312,11 @@ struct Run<'a> {
     /// Since when the tracker could not be reached, if it could not when
     /// last asked (the download goes on with the peers it knows).
     tracker_lost: Option<Instant>,
-    /// Whether the tracker records other content under the name now (its
-    /// owner announced a new version once nobody held this one): its
-    /// peers are not asked for, and the download goes on with those it
-    /// knows.
-    rebound: bool,
+    /// Since when the tracker records other content under the name (its
+    /// owner announced a new version once nobody held this one), if it
+    /// does: its peers are not asked for, and the download goes on with
+    /// those it knows, as without a tracker.
+    rebound: Option<Instant>,
     /// When the tracker was last asked for peers.
     refreshed: Instant,
     /// The request for more peers under way, if any.
@@ -383,7 +383,7 @@ impl<'a> Run<'a> {
             unsaved: false,
             saving: None,
             tracker_lost: None,
-            rebound: false,
+            rebound: None,
             refreshed: now,
             asking: None,
             reports: FuturesUnordered::new(),
@@ -543,7 +543,7 @@ impl<'a> Run<'a> {
             self.wake_rested();
         }
         // Without the tracker, the rested peers get their idle timeout too.
-        let tried_the_rested = self.tracker_lost.is_none() || self.resting.is_empty() || self.waited_out();
+        let tried_the_rested = self.on_its_own().is_none() || self.resting.is_empty() || self.waited_out();
         if !self.has_everything()
             && self.offered.is_empty()
             && self.connecting.is_empty()

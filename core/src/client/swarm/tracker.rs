@@ -49,12 +49,18 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Since when the download goes on without the tracker's help: it
+    /// cannot be reached, or it names other content now.
+    pub(super) fn on_its_own(&self) -> Option<Instant> {
+        self.tracker_lost.or(self.rebound)
+    }
+
     /// Whether a download without its tracker has tried the peers that
     /// rested long enough: neither a piece nor the tracker has come for
     /// the idle timeout.
     pub(super) fn waited_out(&self) -> bool {
         let idle = self.client.limits.idle_timeout;
-        self.tracker_lost
+        self.on_its_own()
             .is_some_and(|since| since.elapsed() > idle && self.last_piece_at.elapsed() > idle)
     }
 
@@ -62,7 +68,7 @@ impl Run<'_> {
     /// peers whose rest is over: what the tracker does when it can be
     /// asked. Never a peer banned for misbehaving.
     pub(super) fn wake_rested(&mut self) {
-        if self.tracker_lost.is_none() || self.waited_out() {
+        if self.on_its_own().is_none() || self.waited_out() {
             return;
         }
         let now = Instant::now();
@@ -98,7 +104,7 @@ impl Run<'_> {
 
     /// Asks the tracker for more peers and waits for the answer.
     async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
-        if self.rebound {
+        if self.rebound.is_some() {
             return Ok(());
         }
         let mut asking = Some(self.ask_swarm());
@@ -109,7 +115,7 @@ impl Run<'_> {
     /// Asks the tracker for more peers, unless a request is under way; the
     /// answer comes in the download's loop.
     pub(super) fn start_asking(&mut self) {
-        if self.asking.is_none() && !self.rebound {
+        if self.asking.is_none() && self.rebound.is_none() {
             self.asking = Some(self.ask_swarm());
         }
     }
@@ -159,7 +165,7 @@ impl Run<'_> {
     /// given back, so that its downloaders are not sent here.
     fn name_rebound(&mut self, recorded: Digest) {
         tracing::info!(node = %self.client.id, "{} now names other content; going on with the peers it knows", self.file);
-        self.rebound = true;
+        self.rebound.get_or_insert_with(Instant::now);
         let leave = TrackerRequest::Withdraw {
             file: self.file.clone(),
             sha1: Some(recorded),

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use clap::Args;
 use phile_core::client::ClientError;
 use phile_core::storage::{Folder, StorageError};
@@ -135,15 +137,45 @@ fn stamp_of(client: &Client, file: &FileName) -> Option<Stamp> {
     Some((metadata.len(), metadata.modified().ok()))
 }
 
+/// A file the tracker refused, and when to try it again.
+struct Refused {
+    /// The file's stamp then.
+    stamp: Stamp,
+    /// What was announced.
+    info: FileInfo,
+    /// The next try.
+    next: Instant,
+    /// The wait after that, doubled at each refusal up to [`RETRY_MAX`].
+    wait: Duration,
+}
+
+impl Refused {
+    /// `info`, refused just now, with the file's `stamp` then.
+    fn new(stamp: Stamp, info: FileInfo) -> Refused {
+        Refused {
+            stamp,
+            info,
+            next: Instant::now() + RETRY_FIRST,
+            wait: RETRY_FIRST * 2,
+        }
+    }
+}
+
+/// The first wait before announcing a refused file again.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+
+/// The longest wait between two announces of a refused file.
+const RETRY_MAX: Duration = Duration::from_secs(64);
+
 /// What the peer has told the tracker, and what it is watching arrive.
 #[derive(Default)]
 struct Seeding {
     /// Files announced, with their stamp then.
     known: HashMap<FileName, Stamp>,
-    /// Files the tracker refused (it knew other content under the name),
-    /// with their stamp and content then: announced again at each rescan
-    /// while unchanged, since the name may be free by then.
-    refused: HashMap<FileName, (Stamp, FileInfo)>,
+    /// Files the tracker refused, as they were then: announced again while
+    /// unchanged, since the name may be free by then (or a quota no longer
+    /// full), less and less often.
+    refused: HashMap<FileName, Refused>,
     /// New or changed files, with their stamp at the last look.
     arriving: HashMap<FileName, Stamp>,
 }
@@ -160,31 +192,47 @@ impl Seeding {
         }
         for (file, info) in round.refused {
             if let Some(stamp) = stamp_of(client, &file) {
-                self.refused.insert(file, (stamp, info));
+                self.refused.insert(file, Refused::new(stamp, info));
             }
         }
     }
 
-    /// Announces again the files refused before, unchanged since: a name
-    /// the tracker kept for other content is free once nobody holds that
-    /// content (or once its owner, this peer, publishes a new version).
+    /// Announces again the files refused before that are due, unchanged
+    /// since: a name the tracker kept for other content is free once
+    /// nobody holds that content (or once its owner, this peer, publishes
+    /// a new version). A file that changed, or cannot be read, is left to
+    /// the rescan, as a new one.
     async fn retry_refused(&mut self, client: &Client) -> Result<(), ClientError> {
-        let refused: Vec<(FileName, Stamp, FileInfo)> = (self.refused.iter())
-            .map(|(file, (stamp, info))| (file.clone(), *stamp, *info))
+        let now = Instant::now();
+        let due: Vec<FileName> = (self.refused.iter())
+            .filter(|(_, refused)| refused.next <= now)
+            .map(|(file, _)| file.clone())
             .collect();
-        for (file, stamp, info) in refused {
-            if stamp_of(client, &file) != Some(stamp) {
-                self.refused.remove(&file); // changed: announced when it settles
+        for file in due {
+            let Some(refused) = self.refused.get_mut(&file) else {
+                continue;
+            };
+            if stamp_of(client, &file) != Some(refused.stamp) {
+                self.refused.remove(&file);
                 continue;
             }
-            match client.announce(&file, info).await {
+            match client.announce(&file, refused.info).await {
                 Ok(()) => {
-                    println!("announced {} (the name is free now)", printable(file.as_str()));
+                    println!("announced {} (refused before)", printable(file.as_str()));
+                    let stamp = refused.stamp;
                     self.refused.remove(&file);
                     self.known.insert(file, stamp);
                 }
-                Err(ClientError::Refused(_)) => {} // said once already
-                Err(error) => return Err(error),
+                // Said once already; tried again later.
+                Err(ClientError::Refused(_)) => {
+                    refused.next = Instant::now() + refused.wait;
+                    refused.wait = (refused.wait * 2).min(RETRY_MAX);
+                }
+                Err(error @ (ClientError::Session(_) | ClientError::NotRegistered(_))) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "{file} not announced again");
+                    self.refused.remove(&file);
+                }
             }
         }
         Ok(())
@@ -240,7 +288,7 @@ impl Seeding {
                 // peer holds it): say so once, and try again quietly.
                 Err(ClientError::Refused(reason)) => {
                     not_announced(&file, &reason);
-                    self.refused.insert(file, (stamp, info));
+                    self.refused.insert(file, Refused::new(stamp, info));
                 }
                 Err(error) => return Err(error),
             }
@@ -282,7 +330,7 @@ async fn hash(
 /// Tells the user the tracker refused `file`; `reason` is the tracker's.
 fn not_announced(file: &FileName, reason: &str) {
     eprintln!(
-        "phile: not announcing {}: {}; rename it to share it",
+        "phile: not announcing {}: {}; rename it to share it now (it is announced again while unchanged, and taken once the tracker accepts it)",
         printable(file.as_str()),
         printable(reason)
     );
