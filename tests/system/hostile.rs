@@ -1077,6 +1077,47 @@ async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> TcpStream {
     socket
 }
 
+#[tokio::test]
+async fn a_seeder_shows_another_piece_once_for_each_piece_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tracker, a, info) = big_holder(dir.path()).await;
+    // A first downloader sees every piece; beside it, a second is shown
+    // one piece at a time (super-seeding).
+    let _first = join_raw(a.local_addr(), "big.bin", info).await;
+    let mut socket = TcpStream::connect(a.local_addr()).await.unwrap();
+    let join = PeerRequest::Join {
+        file: name("big.bin"),
+        client: ClientId(667),
+        sha1: info.sha1,
+        piece_size: 16 * 1024,
+    };
+    write_frame(&mut socket, &untraced(join)).await;
+    let PeerReply::Joined { pieces } = read_frame(&mut socket).await else {
+        panic!("the peer did not take the join");
+    };
+    let mut bits = vec![0u8; pieces.div_ceil(8) as usize];
+    socket.read_exact(&mut bits).await.unwrap();
+    let shown: Vec<u64> = (0..pieces)
+        .filter(|i| bits[*i as usize / 8] & (0x80 >> (i % 8)) != 0)
+        .collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    // It cancels that piece fifty times, then asks past the end: the
+    // answers before the refusal are what the cancels earned.
+    for _ in 0..50 {
+        write_frame(&mut socket, &untraced(PeerRequest::Cancel { index: shown[0] })).await;
+    }
+    write_frame(&mut socket, &untraced(PeerRequest::Piece { index: u64::MAX })).await;
+    let mut haves = 0;
+    loop {
+        match read_frame::<PeerReply>(&mut socket).await {
+            PeerReply::Have { .. } => haves += 1,
+            PeerReply::Refused { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(haves, 1, "a cancel of one piece showed {haves}");
+}
+
 /// A tracker and client 1 holding `big.bin`, 320 pieces of 16 KiB.
 async fn big_holder(dir: &std::path::Path) -> (Tracker, Client, FileInfo) {
     let tracker = tracker().await;

@@ -137,6 +137,8 @@ struct Conversation<'a> {
     seen: usize,
     /// Whether the downloader asked for the piece hashes.
     layer_asked: bool,
+    /// The pieces it was shown and cancelled.
+    cancelled: Bitfield,
 }
 
 impl Seeder {
@@ -220,6 +222,7 @@ impl Seeder {
             hiding,
             seen,
             layer_asked: false,
+            cancelled: Bitfield::empty(wanted.count()),
         })
     }
 
@@ -322,11 +325,10 @@ impl Conversation<'_> {
     async fn show_all(&mut self, replies: &mut Outbound) -> Result<(), ConnectionError> {
         self.hiding = false;
         let hidden: Vec<usize> = self.told.iter_missing().collect();
-        for index in hidden {
-            self.told.set(index);
-            replies.message(&PeerReply::Have { index: index as u64 }).await?;
+        for index in &hidden {
+            self.told.set(*index);
         }
-        Ok(())
+        replies.messages(hidden.into_iter().map(have)).await
     }
 
     /// Handles one request; `false` when the conversation is over.
@@ -334,11 +336,11 @@ impl Conversation<'_> {
         match request.body {
             PeerRequest::Piece { index } => return self.take_request(index, replies).await,
             PeerRequest::Cancel { index } => {
-                // A shown piece it no longer wants: show it another (a
-                // piece it was never shown earns it nothing).
+                // A shown piece it no longer wants: show it another (once
+                // for each; a piece it was never shown earns it nothing).
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
                 self.queue.retain(|queued| *queued != index);
-                if self.told.has(index) {
+                if self.told.has(index) && self.cancelled.set(index) {
                     self.show_another(replies).await?;
                 }
             }
@@ -435,12 +437,8 @@ impl Conversation<'_> {
         };
         let (fresh, seen) = partial.gained_since(self.seen, &self.wanted);
         self.seen = seen;
-        for index in fresh {
-            if self.told.set(index) {
-                replies.message(&PeerReply::Have { index: index as u64 }).await?;
-            }
-        }
-        Ok(())
+        let untold: Vec<usize> = fresh.into_iter().filter(|index| self.told.set(*index)).collect();
+        replies.messages(untold.into_iter().map(have)).await
     }
 
     /// The downloader says piece `index` failed its hash: checks the copy
@@ -527,6 +525,11 @@ impl AcquireUnwrapped for Arc<Semaphore> {
     async fn acquire_owned_unwrapped(self) -> OwnedSemaphorePermit {
         self.acquire_owned().await.expect("upload slots are never closed")
     }
+}
+
+/// The message that says this side holds piece `index`.
+fn have(index: usize) -> PeerReply {
+    PeerReply::Have { index: index as u64 }
 }
 
 /// Refuses pieces so small that a file of `size` bytes makes more than a

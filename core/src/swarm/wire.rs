@@ -141,6 +141,25 @@ impl Outbound {
         Ok(())
     }
 
+    /// Sends several messages, written together: one flush, not one per
+    /// message (a seeder that shows a downloader the rest of a file sends
+    /// one `Have` for each piece, thousands of them).
+    pub async fn messages<T: Serialize>(
+        &mut self,
+        messages: impl IntoIterator<Item = T>,
+    ) -> Result<(), ConnectionError> {
+        for message in messages {
+            let payload = protocol::encode(&message)?;
+            timeout(self.idle, self.frames.feed(payload))
+                .await
+                .map_err(|_| ConnectionError::Idle(self.idle))??;
+        }
+        timeout(self.idle, SinkExt::<Bytes>::flush(&mut self.frames))
+            .await
+            .map_err(|_| ConnectionError::Idle(self.idle))??;
+        Ok(())
+    }
+
     /// Sends one message and the raw body that follows it.
     pub async fn message_with_body<T: Serialize>(&mut self, message: &T, body: &[u8]) -> Result<(), ConnectionError> {
         self.message(message).await?;
