@@ -529,6 +529,8 @@ mod tests {
                     receiver.read_exact(&mut [0u8; 10_000]).await.unwrap();
                 }));
             }
+            // A virtual second (the clock is paused): the cap changes
+            // while the turns booked at the old rate wait.
             tokio::time::sleep(Duration::from_secs(1)).await;
             limits.set(new_cap, 0);
             for reader in readers {
