@@ -8,9 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use phile_core::client::{DownloadError, Progress, SwarmOptions};
 use phile_core::pieces::{Bitfield, Layer, Layout, PieceSize, Tree};
+use phile_core::protocol::{self, PeerReply, PeerRequest, Request, Trace};
 use phile_core::storage::Folder;
 use phile_core::{Client, ClientConfig, ClientId, Digest, FileInfo, FileName, Limits, Tracker, TrackerConfig};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 fn name(text: &str) -> FileName {
@@ -408,4 +410,108 @@ async fn a_download_of_a_version_its_owner_replaced_leaves_the_new_versions_swar
     let start = fresh.swarm_start(&name("f"), SwarmOptions::default()).await.unwrap();
     let offered: Vec<ClientId> = start.peers.iter().map(|peer| peer.peer).collect();
     assert_eq!(offered, [ClientId(1)], "a downloader of the old version was offered");
+}
+
+/// Opens a swarm conversation with `peer` about `file` (`sha1`) in pieces
+/// of `piece` bytes, as a raw client; returns it with the pieces the peer
+/// says it holds.
+async fn join_raw(peer: std::net::SocketAddr, file: &str, sha1: Digest, piece: u64) -> (TcpStream, Vec<usize>) {
+    let mut socket = TcpStream::connect(peer).await.unwrap();
+    let join = PeerRequest::Join {
+        file: name(file),
+        client: ClientId(666),
+        sha1,
+        piece_size: piece,
+    };
+    send_raw(&mut socket, join).await;
+    let PeerReply::Joined { pieces } = read_raw(&mut socket).await else {
+        panic!("the join was refused");
+    };
+    let mut bits = vec![0u8; pieces.div_ceil(8) as usize];
+    socket.read_exact(&mut bits).await.unwrap();
+    let held = (0..pieces as usize)
+        .filter(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0)
+        .collect();
+    (socket, held)
+}
+
+async fn send_raw(socket: &mut TcpStream, body: PeerRequest) {
+    let payload = protocol::encode(&Request {
+        trace: Trace::default(),
+        body,
+    })
+    .unwrap();
+    socket.write_all(&(payload.len() as u32).to_be_bytes()).await.unwrap();
+    socket.write_all(&payload).await.unwrap();
+}
+
+async fn read_raw(socket: &mut TcpStream) -> PeerReply {
+    let mut length = [0u8; 4];
+    socket.read_exact(&mut length).await.unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+    socket.read_exact(&mut payload).await.unwrap();
+    protocol::decode(&payload).unwrap()
+}
+
+/// Tells `peer` that piece `index` of `file` hashed wrong; returns once it
+/// has checked.
+async fn complain(peer: std::net::SocketAddr, file: &str, sha1: Digest, index: usize) {
+    let (mut socket, _) = join_raw(peer, file, sha1, 16 * 1024).await;
+    send_raw(&mut socket, PeerRequest::BadPiece { index: index as u64 }).await;
+    assert_eq!(read_raw(&mut socket).await, PeerReply::Checked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloader_told_of_a_bad_piece_checks_the_pieces_it_holds_and_drops_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let bytes = content(320 * 16 * 1024, 5);
+    let sha1 = Digest::of(&bytes);
+    let seeder = seeding(1, dir.path(), &tracker, "f", bytes).await;
+    seeder.set_rate(200_000, 0);
+    let first_piece = Arc::new(FirstPiece::default());
+    let config = ClientConfig {
+        progress: Some(first_piece.clone()),
+        ..ClientConfig::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let folder = Folder::create_empty(dir.path().join("2")).unwrap();
+    let downloader = Arc::new(Client::start(ClientId(2), folder, listener, config).unwrap());
+    downloader.register(tracker.local_addr()).await.unwrap();
+    let options = SwarmOptions {
+        piece_size: Some(16 * 1024),
+    };
+    let start = downloader.swarm_start(&name("f"), options).await.unwrap();
+    tokio::spawn({
+        let downloader = downloader.clone();
+        async move { downloader.swarm_receive(start).await }
+    });
+    // Some pieces in, the seeder goes: what the downloader holds stays put.
+    first_piece.0.notified().await;
+    seeder.kill().await;
+    let peer = downloader.local_addr();
+    let (_, held) = join_raw(peer, "f", sha1, 16 * 1024).await;
+    let bad = held[0];
+    let missing = (0..320).find(|index| !held.contains(index)).unwrap();
+
+    // A complaint about a piece it does not hold checks nothing and
+    // drops nothing.
+    complain(peer, "f", sha1, missing).await;
+    let (_, held_still) = join_raw(peer, "f", sha1, 16 * 1024).await;
+    assert_eq!(held_still, held);
+    // Its disk flips a byte of a piece it holds; a complaint about that
+    // piece finds it bad, and it is dropped (no longer offered).
+    let part = std::fs::read_dir(dir.path().join("2"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".phile-swarm"))
+        .expect("the partial file");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(bad as u64 * 16 * 1024)).unwrap();
+    std::io::Write::write_all(&mut file, b"J").unwrap();
+    drop(file);
+    complain(peer, "f", sha1, bad).await;
+    let (_, held_now) = join_raw(peer, "f", sha1, 16 * 1024).await;
+    assert!(!held_now.contains(&bad), "the bad piece {bad} is still offered");
+    assert_eq!(held_now.len(), held.len() - 1, "good pieces were dropped too");
 }
