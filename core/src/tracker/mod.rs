@@ -326,7 +326,7 @@ impl Shared {
                 asked: client,
             });
         }
-        self.records().register(client, addr, session.id)?;
+        self.records().register(client, addr, session.id, session.remote.ip())?;
         session.client = Some(client);
         self.reporter.report(trace, Event::Registered { client });
         Ok(TrackerReply::Ack)

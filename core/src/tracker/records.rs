@@ -20,8 +20,8 @@
 //! no client can unlist an honest holder, nor free a name for other content
 //! while a holder of the recorded content is registered.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -82,6 +82,15 @@ pub enum Refusal {
         /// [`Quotas::files`].
         limit: usize,
     },
+    /// The clients of the client's address hold (or download in a swarm)
+    /// as many files as one address may.
+    #[error("clients from {host} already hold {limit} files (or download them in a swarm), the most one address may announce to this tracker (withdraw some first)")]
+    TooManyFilesFromHost {
+        /// The address.
+        host: IpAddr,
+        /// [`Quotas::files_per_host`].
+        limit: usize,
+    },
     /// The client is in the middle of downloading as many files as one
     /// client may.
     #[error("client {client} is failing over on {limit} files at once, the most this tracker follows for one client (finish some downloads first)")]
@@ -122,6 +131,10 @@ pub struct Quotas {
     /// way (a report lasts until the client begins a new download of that
     /// file, or leaves).
     pub reports: usize,
+    /// Files the clients of one address may hold (or download in a swarm)
+    /// at once, together: ids cost nothing, so without it one host could
+    /// register thousands and make the tracker hold `files` for each.
+    pub files_per_host: usize,
 }
 
 impl Default for Quotas {
@@ -130,6 +143,7 @@ impl Default for Quotas {
             files: 100_000,
             lookups: 10_000,
             reports: 10_000,
+            files_per_host: 1_000_000,
         }
     }
 }
@@ -193,6 +207,10 @@ pub struct Records {
     /// at its last change, so a lookup can tell whether what it worked out
     /// from a list still holds.
     changes: u64,
+    /// How many files the clients of each address hold or download in a
+    /// swarm, together ([`Quotas::files_per_host`]); an address whose
+    /// clients hold none is not listed.
+    per_host: HashMap<IpAddr, usize>,
 }
 
 /// A registered client.
@@ -200,6 +218,9 @@ pub struct Records {
 pub(super) struct ClientRecord {
     /// Where its peer server listens.
     pub(super) addr: SocketAddr,
+    /// The address its session comes from (never the one it advertises):
+    /// what it holds counts against that address's quota.
+    host: IpAddr,
     /// The session it registered on.
     session: SessionId,
     /// The files it announced.
@@ -378,12 +399,20 @@ impl Records {
             clients: BTreeMap::new(),
             files: BTreeMap::new(),
             changes: 0,
+            per_host: HashMap::new(),
         }
     }
 
-    /// Records `client`, reachable at `addr`, as registered on `session`.
-    /// Registering again on the same session updates the address.
-    pub fn register(&mut self, client: ClientId, addr: SocketAddr, session: SessionId) -> Result<(), Refusal> {
+    /// Records `client`, reachable at `addr`, as registered on `session`,
+    /// which comes from `host`. Registering again on the same session
+    /// updates the address.
+    pub fn register(
+        &mut self,
+        client: ClientId,
+        addr: SocketAddr,
+        session: SessionId,
+        host: IpAddr,
+    ) -> Result<(), Refusal> {
         match self.clients.get_mut(&client) {
             Some(record) if record.session != session => Err(Refusal::IdTaken(client)),
             Some(record) => {
@@ -393,6 +422,7 @@ impl Records {
             None => {
                 let record = ClientRecord {
                     addr,
+                    host,
                     session,
                     files: BTreeSet::new(),
                     joined: BTreeSet::new(),
@@ -436,6 +466,11 @@ impl Records {
             let limit = self.quotas.files;
             return Err(Refusal::TooManyFiles { client, limit });
         }
+        let host = record.host;
+        if new && self.host_full(host) {
+            let limit = self.quotas.files_per_host;
+            return Err(Refusal::TooManyFilesFromHost { host, limit });
+        }
         if new_version {
             // Its owner's, as checked above; only now that nothing can
             // refuse it is the old record forgotten.
@@ -456,6 +491,9 @@ impl Records {
         }
         record.joined.remove(file);
         record.files.insert(file.clone());
+        if new {
+            *self.per_host.entry(host).or_default() += 1;
+        }
         Ok(())
     }
 
@@ -529,7 +567,17 @@ impl Records {
                 let limit = quotas.files;
                 return Err(Refusal::TooManyFiles { client, limit });
             }
+            let host = asker.host;
+            if self
+                .per_host
+                .get(&host)
+                .is_some_and(|held| *held >= quotas.files_per_host)
+            {
+                let limit = quotas.files_per_host;
+                return Err(Refusal::TooManyFilesFromHost { host, limit });
+            }
             asker.joined.insert(file.clone());
+            *self.per_host.entry(host).or_default() += 1;
             record.members.insert(client);
         }
         let content = record.content;
@@ -618,6 +666,11 @@ impl Records {
             return false;
         }
         let record = self.clients.remove(&client).expect("checked above");
+        release(
+            &mut self.per_host,
+            record.host,
+            record.files.len() + record.joined.len(),
+        );
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
@@ -635,8 +688,8 @@ impl Records {
             return false;
         }
         if let Some(record) = self.clients.get_mut(&client) {
-            record.files.remove(file);
-            record.joined.remove(file);
+            let removed = usize::from(record.files.remove(file)) + usize::from(record.joined.remove(file));
+            release(&mut self.per_host, record.host, removed);
         }
         self.unhold(client, file)
     }
@@ -651,7 +704,9 @@ impl Records {
         };
         for member in entry.members.iter() {
             if let Some(record) = self.clients.get_mut(member) {
-                record.joined.remove(file);
+                if record.joined.remove(file) {
+                    release(&mut self.per_host, record.host, 1);
+                }
             }
         }
     }
@@ -700,7 +755,25 @@ impl Records {
     /// Whether the records hold nothing at all: no client, no file, no
     /// state of any kind (what is left once everyone has gone).
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.files.is_empty()
+        self.clients.is_empty() && self.files.is_empty() && self.per_host.is_empty()
+    }
+
+    /// Whether the clients of `host` hold (or download in a swarm) as many
+    /// files as one address may.
+    fn host_full(&self, host: IpAddr) -> bool {
+        self.per_host
+            .get(&host)
+            .is_some_and(|held| *held >= self.quotas.files_per_host)
+    }
+}
+
+/// Takes `count` files off what the clients of `host` hold.
+fn release(per_host: &mut HashMap<IpAddr, usize>, host: IpAddr, count: usize) {
+    if let Some(held) = per_host.get_mut(&host) {
+        *held -= count;
+        if *held == 0 {
+            per_host.remove(&host);
+        }
     }
 }
 
@@ -763,6 +836,11 @@ pub(super) mod tests {
         }
     }
 
+    /// The address every test client's session comes from.
+    pub(in crate::tracker) fn host() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
     pub(in crate::tracker) fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -775,7 +853,7 @@ pub(super) mod tests {
     fn records_with(seed: u64, n: u64, quotas: Quotas) -> Records {
         let mut records = Records::with_quotas(seed, quotas);
         for id in 1..=n {
-            records.register(ClientId(id), addr(id as u16), id).unwrap();
+            records.register(ClientId(id), addr(id as u16), id, host()).unwrap();
         }
         records
     }
@@ -830,10 +908,10 @@ pub(super) mod tests {
     fn an_id_belongs_to_one_live_session() {
         let mut records = records(0, 1);
         assert_eq!(
-            records.register(ClientId(1), addr(9), 99),
+            records.register(ClientId(1), addr(9), 99, host()),
             Err(Refusal::IdTaken(ClientId(1)))
         );
-        records.register(ClientId(1), addr(9), 1).unwrap();
+        records.register(ClientId(1), addr(9), 1, host()).unwrap();
         records.forget(ClientId(1), 99);
         assert!(
             records.is_registered(ClientId(1)),
@@ -841,7 +919,7 @@ pub(super) mod tests {
         );
         records.forget(ClientId(1), 1);
         assert!(!records.is_registered(ClientId(1)));
-        records.register(ClientId(1), addr(9), 99).unwrap();
+        records.register(ClientId(1), addr(9), 99, host()).unwrap();
     }
 
     #[test]
@@ -966,7 +1044,7 @@ pub(super) mod tests {
             .report(ClientId(3), &file("a"), ClientId(1), info(b"x").sha1)
             .unwrap();
         records.forget(ClientId(1), 1);
-        records.register(ClientId(1), addr(1), 77).unwrap();
+        records.register(ClientId(1), addr(1), 77, host()).unwrap();
         records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         assert_eq!(next(&mut records, 3, "a"), Some(ClientId(1)));
     }
@@ -1048,7 +1126,7 @@ pub(super) mod tests {
         records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         for id in 2..300_002 {
             let session = id;
-            records.register(ClientId(id), addr(2), session).unwrap();
+            records.register(ClientId(id), addr(2), session, host()).unwrap();
             let holder = records.lookup(ClientId(id), &file("a"), false).unwrap().unwrap();
             records
                 .report(ClientId(id), &file("a"), holder.peer, holder.content.info.sha1)
@@ -1065,6 +1143,7 @@ pub(super) mod tests {
             files: 3,
             lookups: 2,
             reports: 2,
+            ..Quotas::default()
         };
         let mut records = records_with(0, 6, quotas);
         for name in ["a", "b", "c"] {
@@ -1186,6 +1265,48 @@ pub(super) mod tests {
         let new_version = Some(content(b"y").info.sha1);
         assert!(!records.drop_holding(ClientId(2), &file("a"), new_version));
         assert!(records.members(&file("a")).is_empty());
+    }
+
+    #[test]
+    fn the_clients_of_one_address_share_a_quota_and_give_it_back_as_they_go() {
+        let quotas = Quotas {
+            files_per_host: 3,
+            ..Quotas::default()
+        };
+        let mut records = Records::with_quotas(0, quotas);
+        let (here, there) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for (id, host) in [(1, here), (2, here), (3, there)] {
+            records.register(ClientId(id), addr(id as u16), id, host).unwrap();
+        }
+        records.announce(ClientId(1), &file("a"), content(b"a")).unwrap();
+        records.announce(ClientId(1), &file("b"), content(b"b")).unwrap();
+        records.swarm(ClientId(2), &file("a"), true).unwrap();
+        // Three files from here, by two ids: a fourth is refused, by
+        // announce or by joining a swarm, from either id.
+        let refused = records.announce(ClientId(2), &file("c"), content(b"c"));
+        assert!(
+            matches!(refused, Err(Refusal::TooManyFilesFromHost { .. })),
+            "{refused:?}"
+        );
+        let refused = records.swarm(ClientId(1), &file("x"), true);
+        assert!(refused.is_ok(), "nobody holds x: nothing to join");
+        records.announce(ClientId(3), &file("x"), content(b"x")).unwrap();
+        let refused = records.swarm(ClientId(2), &file("x"), true);
+        assert!(
+            matches!(refused, Err(Refusal::TooManyFilesFromHost { .. })),
+            "{refused:?}"
+        );
+        // Another address has its own; and what a client gives back (a
+        // withdrawal, a departure) is free again.
+        records.announce(ClientId(3), &file("y"), content(b"y")).unwrap();
+        assert!(records.drop_holding(ClientId(1), &file("b"), None));
+        records.announce(ClientId(2), &file("c"), content(b"c")).unwrap();
+        assert!(records.forget(ClientId(2), 2));
+        records.announce(ClientId(1), &file("d"), content(b"d")).unwrap();
+        for (id, session) in [(1, 1), (3, 3)] {
+            assert!(records.forget(ClientId(id), session));
+        }
+        assert!(records.is_empty(), "{records:?}");
     }
 
     #[test]

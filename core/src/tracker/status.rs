@@ -136,7 +136,7 @@ impl Records {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::tracker::records::tests::{addr, content, file, records};
+    use crate::tracker::records::tests::{addr, content, file, host, records};
 
     /// Every entry of a status answer, read in pages of `budget`.
     pub(in crate::tracker) fn status(records: &Records, budget: usize) -> Vec<StatusEntry> {
@@ -153,7 +153,7 @@ pub(super) mod tests {
     fn status_pages_stay_within_their_budget_and_miss_nothing() {
         let mut records = records(0, 2);
         for holder in 10..5_010 {
-            records.register(ClientId(holder), addr(3), holder).unwrap();
+            records.register(ClientId(holder), addr(3), holder, host()).unwrap();
             records
                 .announce(ClientId(holder), &file("popular"), content(b"p"))
                 .unwrap();
