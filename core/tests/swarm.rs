@@ -27,9 +27,14 @@ fn content(len: usize, salt: u8) -> Vec<u8> {
 }
 
 async fn client(id: u64, dir: &Path, tracker: &Tracker) -> Arc<Client> {
+    client_with(id, dir, tracker, ClientConfig::default()).await
+}
+
+/// Client `id` with `config`, registered with `tracker`.
+async fn client_with(id: u64, dir: &Path, tracker: &Tracker, config: ClientConfig) -> Arc<Client> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let folder = Folder::create_empty(dir.join(id.to_string())).unwrap();
-    let client = Client::start(ClientId(id), folder, listener, ClientConfig::default()).unwrap();
+    let client = Client::start(ClientId(id), folder, listener, config).unwrap();
     client.register(tracker.local_addr()).await.unwrap();
     Arc::new(client)
 }
@@ -138,10 +143,7 @@ async fn without_the_tracker_a_swarm_download_whose_peers_are_gone_fails_keeping
         },
         ..ClientConfig::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let folder = Folder::create_empty(dir.path().join("2")).unwrap();
-    let downloader = Arc::new(Client::start(ClientId(2), folder, listener, config).unwrap());
-    downloader.register(tracker.local_addr()).await.unwrap();
+    let downloader = client_with(2, dir.path(), &tracker, config).await;
     let start = downloader
         .swarm_start(&name("f"), SwarmOptions::default())
         .await
@@ -379,8 +381,6 @@ async fn a_download_of_a_version_its_owner_replaced_leaves_the_new_versions_swar
     owner.set_rate(1_000_000, 0);
     // A short idle timeout: the stale download, on its own once it hears
     // of the new version, gives up on its peers soon after.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let folder = Folder::create_empty(dir.path().join("2")).unwrap();
     let limits = Limits {
         idle_timeout: Duration::from_secs(2),
         ..Limits::default()
@@ -389,8 +389,7 @@ async fn a_download_of_a_version_its_owner_replaced_leaves_the_new_versions_swar
         limits,
         ..ClientConfig::default()
     };
-    let stale = Arc::new(Client::start(ClientId(2), folder, listener, config).unwrap());
-    stale.register(tracker.local_addr()).await.unwrap();
+    let stale = client_with(2, dir.path(), &tracker, config).await;
     let start = stale.swarm_start(&name("f"), SwarmOptions::default()).await.unwrap();
     let download = tokio::spawn({
         let stale = stale.clone();
@@ -474,10 +473,7 @@ async fn a_downloader_told_of_a_bad_piece_checks_the_pieces_it_holds_and_drops_a
         progress: Some(first_piece.clone()),
         ..ClientConfig::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let folder = Folder::create_empty(dir.path().join("2")).unwrap();
-    let downloader = Arc::new(Client::start(ClientId(2), folder, listener, config).unwrap());
-    downloader.register(tracker.local_addr()).await.unwrap();
+    let downloader = client_with(2, dir.path(), &tracker, config).await;
     let options = SwarmOptions {
         piece_size: Some(16 * 1024),
     };

@@ -1059,8 +1059,9 @@ fn untraced<T>(body: T) -> Request<T> {
 }
 
 /// Joins `file` (`info`) at `peer` on a raw connection, in pieces of 16 KiB;
-/// returns the connection once the answer and the bitfield are read.
-async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> TcpStream {
+/// returns the connection once the answer and the bitfield are read, and
+/// the pieces the bitfield shows.
+async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> (TcpStream, Vec<u64>) {
     let mut socket = TcpStream::connect(peer).await.unwrap();
     let join = PeerRequest::Join {
         file: name(file),
@@ -1074,7 +1075,10 @@ async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> TcpStream {
     };
     let mut bits = vec![0u8; pieces.div_ceil(8) as usize];
     socket.read_exact(&mut bits).await.unwrap();
-    socket
+    let shown = (0..pieces)
+        .filter(|i| bits[*i as usize / 8] & (0x80 >> (i % 8)) != 0)
+        .collect();
+    (socket, shown)
 }
 
 #[tokio::test]
@@ -1084,22 +1088,7 @@ async fn a_seeder_shows_another_piece_once_for_each_piece_cancelled() {
     // A first downloader sees every piece; beside it, a second is shown
     // one piece at a time (super-seeding).
     let _first = join_raw(a.local_addr(), "big.bin", info).await;
-    let mut socket = TcpStream::connect(a.local_addr()).await.unwrap();
-    let join = PeerRequest::Join {
-        file: name("big.bin"),
-        client: ClientId(667),
-        sha1: info.sha1,
-        piece_size: 16 * 1024,
-    };
-    write_frame(&mut socket, &untraced(join)).await;
-    let PeerReply::Joined { pieces } = read_frame(&mut socket).await else {
-        panic!("the peer did not take the join");
-    };
-    let mut bits = vec![0u8; pieces.div_ceil(8) as usize];
-    socket.read_exact(&mut bits).await.unwrap();
-    let shown: Vec<u64> = (0..pieces)
-        .filter(|i| bits[*i as usize / 8] & (0x80 >> (i % 8)) != 0)
-        .collect();
+    let (mut socket, shown) = join_raw(a.local_addr(), "big.bin", info).await;
     assert_eq!(shown.len(), 1, "{shown:?}");
     // It cancels that piece fifty times, then asks past the end: the
     // answers before the refusal are what the cancels earned.
@@ -1134,7 +1123,7 @@ async fn a_swarm_downloader_that_asks_for_too_much_is_cut_off() {
     let (tracker, a, info) = big_holder(dir.path()).await;
 
     // A piece past the end: no honest downloader asks for one.
-    let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+    let (mut socket, _) = join_raw(a.local_addr(), "big.bin", info).await;
     write_frame(&mut socket, &untraced(PeerRequest::Piece { index: u64::MAX })).await;
     match read_frame::<PeerReply>(&mut socket).await {
         PeerReply::Refused { reason } => assert!(reason.contains("past the end"), "{reason}"),
@@ -1145,7 +1134,7 @@ async fn a_swarm_downloader_that_asks_for_too_much_is_cut_off() {
     // 300 requests at once, more than may wait: each waiting request costs
     // the server a look whenever it picks the next piece to send, so
     // thousands of them would cost it a core.
-    let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+    let (mut socket, _) = join_raw(a.local_addr(), "big.bin", info).await;
     let mut burst = Vec::new();
     for index in 0..300 {
         let payload = protocol::encode(&untraced(PeerRequest::Piece { index })).unwrap();
@@ -1173,7 +1162,7 @@ async fn a_swarm_downloader_that_asks_for_too_much_is_cut_off() {
 
     // The piece hashes twice: each answer costs a fold of the file's
     // layer, and an honest downloader asks a conversation once.
-    let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+    let (mut socket, _) = join_raw(a.local_addr(), "big.bin", info).await;
     for _ in 0..2 {
         write_frame(&mut socket, &untraced(PeerRequest::Layer)).await;
     }
@@ -1245,7 +1234,7 @@ async fn complaints_about_a_good_copy_cost_one_check_per_interval() {
     let dir = tempfile::tempdir().unwrap();
     let (tracker, a, info) = big_holder(dir.path()).await;
     let complain = || async {
-        let mut socket = join_raw(a.local_addr(), "big.bin", info).await;
+        let (mut socket, _) = join_raw(a.local_addr(), "big.bin", info).await;
         write_frame(&mut socket, &untraced(PeerRequest::BadPiece { index: 0 })).await;
         assert_eq!(read_frame::<PeerReply>(&mut socket).await, PeerReply::Checked);
     };
