@@ -1338,3 +1338,61 @@ fn status_gives_up_on_a_tracker_that_never_ends_its_answer() {
         assert!(stderr.contains("--max-entries"), "{stderr}");
     }
 }
+
+#[test]
+fn a_peer_whose_output_nobody_reads_goes_on_serving() {
+    // As `phile peer ... | head -1` does once head has its line: every
+    // later line the peer prints goes to a closed pipe.
+    let (_tracker, addr) = tracker();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let args = ["peer", "--id", "1", "--dir", folder, "--tracker", &addr];
+    let mut peer = Command::new(env!("CARGO_BIN_EXE_phile"))
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--rescan", "1"])
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(peer.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("phile peer 1 serving"), "{first}");
+    // The reader is gone. Withdrawing a.txt prints a line, into the pipe.
+    std::fs::remove_file(dir.path().join("a.txt")).unwrap();
+    wait_for_files(&addr, &[]);
+    // The peer went on past that line: it announces a file added later.
+    std::fs::write(dir.path().join("b.txt"), "b").unwrap();
+    wait_for_files(&addr, &["b.txt"]);
+    assert!(peer.try_wait().unwrap().is_none(), "the peer exited");
+    let errors = std::fs::read_to_string(stderr.path()).unwrap();
+    assert!(!errors.contains("panicked"), "{errors}");
+    let _ = peer.kill();
+    let _ = peer.wait();
+}
+
+/// Waits until the tracker at `tracker` knows exactly the files `names`
+/// (for at most `LINE_WAIT`).
+fn wait_for_files(tracker: &str, names: &[&str]) {
+    let deadline = Instant::now() + LINE_WAIT;
+    loop {
+        let known: Vec<String> = status(tracker)["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|file| file["name"].as_str().unwrap().to_owned())
+            .collect();
+        if known == names {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tracker still knows {known:?}, not {names:?}"
+        );
+        // Polled: nothing tells an outsider when the tracker learns a file.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

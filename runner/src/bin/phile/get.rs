@@ -153,7 +153,7 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let ok: Vec<bool> = tokio::select! {
         ok = &mut downloads => ok,
         _ = stop.requested() => {
-            eprintln!("phile: stopping...");
+            tell!("phile: stopping...");
             client.halt_downloads();
             downloads.await;
             if let Err(error) = client.leave(Duration::ZERO).await {
@@ -164,14 +164,14 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
             } else {
                 "the pieces checked so far are kept for the next attempt"
             };
-            eprintln!("phile: interrupted; {kept}");
+            tell!("phile: interrupted; {kept}");
             return Ok(ExitCode::from(130));
         }
     };
     let missing = ok.iter().filter(|&&ok| !ok).count();
     if missing > 0 {
         let files = crate::progress::count(files.len(), "file");
-        eprintln!("phile: {missing} of {files} did not arrive");
+        tell!("phile: {missing} of {files} did not arrive");
     }
     if args.seed {
         crate::peer::seed(&client, me, tracker, Duration::from_secs(2), &stop).await?;

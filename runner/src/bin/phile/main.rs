@@ -3,6 +3,25 @@
 //! `phile get` downloads files (and may stay to seed them); `phile status`
 //! shows what a tracker knows.
 
+/// Prints a line to standard output, as `println!` does, except that an
+/// output nobody reads any more (`phile peer | head -1`, a closed terminal)
+/// is no reason to stop: a peer goes on serving, a download goes on.
+macro_rules! say {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($line)*);
+    }};
+}
+
+/// [`say!`] for standard error: what the user must see, told without
+/// dying if nobody reads it.
+macro_rules! tell {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($line)*);
+    }};
+}
+
 mod get;
 mod peer;
 mod progress;
@@ -248,7 +267,7 @@ impl Stop {
             loop {
                 let code = signals.next().await;
                 if asked.send_replace(true) {
-                    eprintln!("phile: asked again to stop; stopping at once");
+                    tell!("phile: asked again to stop; stopping at once");
                     std::process::exit(code);
                 }
             }
@@ -349,7 +368,7 @@ fn main() -> ExitCode {
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("phile: cannot start: {error}");
+            tell!("phile: cannot start: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -380,7 +399,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // The chain may hold a tracker's or a peer's words.
-            eprintln!("phile: {}", printable(&format!("{error:#}")));
+            tell!("phile: {}", printable(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }

@@ -72,7 +72,7 @@ pub async fn seed(
     };
     let announced = round.announced.len();
     seeding.held(client, round);
-    println!(
+    say!(
         "phile peer {} serving {} on {}; announced {} to {tracker}; Ctrl-C to stop",
         me.id,
         me.dir.display(),
@@ -93,7 +93,7 @@ pub async fn seed(
             tracing::warn!(%error, "could not update the tracker; will register again");
         }
     }
-    println!(
+    say!(
         "stopping: telling the tracker, letting uploads finish (up to {} s)",
         me.grace
     );
@@ -218,7 +218,7 @@ impl Seeding {
             }
             match client.announce(&file, refused.info).await {
                 Ok(()) => {
-                    println!("announced {} (refused before)", printable(file.as_str()));
+                    say!("announced {} (refused before)", printable(file.as_str()));
                     let stamp = refused.stamp;
                     self.refused.remove(&file);
                     self.known.insert(file, stamp);
@@ -254,7 +254,7 @@ impl Seeding {
         for file in gone {
             client.withdraw(&file).await?;
             self.known.remove(&file);
-            println!("withdrew {} (deleted or changed)", printable(file.as_str()));
+            say!("withdrew {} (deleted or changed)", printable(file.as_str()));
         }
         self.retry_refused(client).await?;
         for file in present {
@@ -276,7 +276,7 @@ impl Seeding {
             };
             match client.announce(&file, info).await {
                 Ok(()) => {
-                    println!(
+                    say!(
                         "announced {} ({} bytes, sha1 {})",
                         printable(file.as_str()),
                         info.size,
@@ -313,7 +313,7 @@ async fn hash(
 ) -> Option<Result<FileInfo, StorageError>> {
     match stamp_of(client, file) {
         Some((size, _)) if size >= NOTICEABLE_HASH && !hashed_before => {
-            println!(
+            say!(
                 "hashing {} ({size} bytes) before announcing it",
                 printable(file.as_str())
             );
@@ -329,7 +329,7 @@ async fn hash(
 
 /// Tells the user the tracker refused `file`; `reason` is the tracker's.
 fn not_announced(file: &FileName, reason: &str) {
-    eprintln!(
+    tell!(
         "phile: not announcing {}: {}; rename it to share it now (it is announced again while unchanged, and taken once the tracker accepts it)",
         printable(file.as_str()),
         printable(reason)
@@ -360,7 +360,7 @@ async fn announce_all(client: &Client, seeding: &Seeding, stop: &Stop) -> Result
         let info = match hash(client, &file, hashed_before, stop).await {
             Some(Ok(info)) => info,
             Some(Err(error)) => {
-                eprintln!(
+                tell!(
                     "phile: not announcing {}: {}",
                     printable(file.as_str()),
                     printable(&error.to_string())
@@ -387,7 +387,7 @@ async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding, sto
     match client.register(tracker).await {
         Ok(()) => match announce_all(client, seeding, stop).await {
             Ok(round) => {
-                println!(
+                say!(
                     "registered again with {tracker}; announced {}",
                     self::files(round.announced.len())
                 );

@@ -107,7 +107,7 @@ impl Display {
             Some(bars) => {
                 let _ = bars.println(text);
             }
-            None => println!("{text}"),
+            None => say!("{text}"),
         }
     }
 

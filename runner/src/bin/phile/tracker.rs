@@ -33,7 +33,7 @@ pub async fn run(args: TrackerArgs, stop: crate::Stop) -> anyhow::Result<ExitCod
         };
         anyhow::anyhow!("cannot listen on {}: {error}{hint}", args.listen)
     })?;
-    println!("phile tracker listening on {}; Ctrl-C to stop", tracker.local_addr());
+    say!("phile tracker listening on {}; Ctrl-C to stop", tracker.local_addr());
     stop.requested().await;
     tracing::info!("stopping");
     tracker.shutdown().await;
