@@ -1062,12 +1062,17 @@ fn untraced<T>(body: T) -> Request<T> {
 /// returns the connection once the answer and the bitfield are read, and
 /// the pieces the bitfield shows.
 async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> (TcpStream, Vec<u64>) {
+    join_raw_in(peer, file, info, 16 * 1024).await
+}
+
+/// [`join_raw`] in pieces of `piece_size` bytes.
+async fn join_raw_in(peer: SocketAddr, file: &str, info: FileInfo, piece_size: u64) -> (TcpStream, Vec<u64>) {
     let mut socket = TcpStream::connect(peer).await.unwrap();
     let join = PeerRequest::Join {
         file: name(file),
         client: ClientId(666),
         sha1: info.sha1,
-        piece_size: 16 * 1024,
+        piece_size,
     };
     write_frame(&mut socket, &untraced(join)).await;
     let PeerReply::Joined { pieces } = read_frame(&mut socket).await else {
@@ -1259,4 +1264,40 @@ async fn complaints_about_a_good_copy_cost_one_check_per_interval() {
         [("big.bin".to_owned(), vec![1])],
         "the copy was hashed again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaders_that_stop_reading_do_not_keep_a_seeder_from_everyone_else() {
+    // The seeder waits two minutes for a stalled send before it gives up
+    // on the conversation: long enough that only giving back the upload
+    // slot lets anyone else be served before the test's limit.
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker().await;
+    let limits = Limits::default().with_idle_timeout(Duration::from_secs(120));
+    let a = client_with(1, dir.path(), limits).await;
+    a.register(tracker.local_addr()).await.unwrap();
+    let bytes: Vec<u8> = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
+    a.folder().write(&name("big.bin"), bytes).await.unwrap();
+    let info = a.upload(&name("big.bin")).await.unwrap();
+
+    // More conversations than the seeder has upload slots, each asking
+    // for the whole 64 MiB and reading none of it: their sends stall once
+    // the socket buffers are full.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let (mut socket, _) = join_raw_in(a.local_addr(), "big.bin", info, 1 << 20).await;
+        for index in 0..64 {
+            write_frame(&mut socket, &untraced(PeerRequest::Piece { index })).await;
+        }
+        stalled.push(socket);
+    }
+
+    let b = registered(2, dir.path(), &tracker).await;
+    let file = name("big.bin");
+    let got = tokio::time::timeout(Duration::from_secs(30), b.swarm_download(&file, Default::default()))
+        .await
+        .expect("the stalled conversations kept the seeder's upload slots")
+        .unwrap();
+    assert_eq!(got.downloaded.info, info);
+    drop(stalled);
 }

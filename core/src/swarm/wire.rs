@@ -45,6 +45,7 @@ pub fn split(connection: Connection) -> (Inbound, Outbound) {
             received: Arc::default(),
         },
         Outbound {
+            sent: write.sent.clone(),
             frames: FramedWrite::new(write, protocol::frame_codec()),
             idle,
         },
@@ -128,9 +129,18 @@ pub struct Outbound {
     frames: FramedWrite<WriteHalf, LengthDelimitedCodec>,
     /// The longest a write may make no progress.
     idle: Duration,
+    /// Bytes the stream took so far, shared with whoever watches.
+    sent: Arc<AtomicU64>,
 }
 
 impl Outbound {
+    /// A count of the bytes the stream took so far (frames and bodies),
+    /// kept up to date as it takes them: a watcher sees whether a send
+    /// still moves long before it ends.
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+
     /// Sends one message.
     pub async fn message<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
         let payload = protocol::encode(message)?;
@@ -212,7 +222,11 @@ impl Outbound {
 /// halves do not pass on. Each poll holds the stream for that poll only.
 fn halves(stream: BoxStream) -> (ReadHalf, WriteHalf) {
     let shared = Arc::new(Mutex::new(stream));
-    (ReadHalf(shared.clone()), WriteHalf(shared))
+    let write = WriteHalf {
+        stream: shared.clone(),
+        sent: Arc::default(),
+    };
+    (ReadHalf(shared), write)
 }
 
 /// Locks the shared stream for one poll. A poll never blocks and never
@@ -226,7 +240,11 @@ fn lock(stream: &Mutex<BoxStream>) -> MutexGuard<'_, BoxStream> {
 struct ReadHalf(Arc<Mutex<BoxStream>>);
 
 /// The writing half of a stream.
-struct WriteHalf(Arc<Mutex<BoxStream>>);
+struct WriteHalf {
+    stream: Arc<Mutex<BoxStream>>,
+    /// Bytes the stream took through this half so far.
+    sent: Arc<AtomicU64>,
+}
 
 impl AsyncRead for ReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -243,21 +261,31 @@ impl WriteHalf {
         offset: u64,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *lock(&self.0)).poll_send_file(cx, file, offset, len)
+        let sent = Pin::new(&mut *lock(&self.stream)).poll_send_file(cx, file, offset, len);
+        self.count(sent)
+    }
+
+    /// Counts the bytes a write moved.
+    fn count(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(len)) = written {
+            self.sent.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        written
     }
 }
 
 impl AsyncWrite for WriteHalf {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *lock(&self.0)).poll_write(cx, buf)
+        let written = Pin::new(&mut *lock(&self.stream)).poll_write(cx, buf);
+        self.count(written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
+        Pin::new(&mut *lock(&self.stream)).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
+        Pin::new(&mut *lock(&self.stream)).poll_shutdown(cx)
     }
 }
 
