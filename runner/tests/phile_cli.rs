@@ -149,7 +149,12 @@ fn tracker() -> (Running, String) {
 
 /// Starts a tracker listening on `listen`; returns it and its address.
 fn tracker_at(listen: &str) -> (Running, String) {
-    let mut tracker = Running::start(&["tracker", "--listen", listen]);
+    tracker_with(&["--listen", listen])
+}
+
+/// Starts a tracker with options `args`; returns it and its address.
+fn tracker_with(args: &[&str]) -> (Running, String) {
+    let mut tracker = Running::start(&[&["tracker"], args].concat());
     let line = tracker.line();
     let addr = line
         .strip_prefix("phile tracker listening on ")
@@ -1395,4 +1400,23 @@ fn wait_for_files(tracker: &str, names: &[&str]) {
         // Polled: nothing tells an outsider when the tracker learns a file.
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_tracker_records_no_more_files_than_max_files() {
+    let (_tracker, addr) = tracker_with(&["--listen", "127.0.0.1:0", "--max-files", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("1"), dir.path().join("2"));
+    for (folder, file) in [(&first, "a.txt"), (&second, "b.txt")] {
+        std::fs::create_dir(folder).unwrap();
+        std::fs::write(folder.join(file), file).unwrap();
+    }
+    let _holder = peer("1", &first, &addr);
+    let other = peer("2", &second, &addr);
+    let errors = other.stderr();
+    assert!(
+        errors.contains("not announcing b.txt: the tracker already records 1 files over all its clients"),
+        "{errors}"
+    );
+    assert_eq!(status(&addr)["files"].as_array().unwrap().len(), 1);
 }

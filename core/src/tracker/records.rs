@@ -87,8 +87,15 @@ pub enum Refusal {
     #[error("clients from {host} already hold {limit} files (or download them in a swarm), the most one address may announce to this tracker (withdraw some first)")]
     TooManyFilesFromHost {
         /// The address.
-        host: IpAddr,
+        host: Origin,
         /// [`Quotas::files_per_host`].
+        limit: usize,
+    },
+    /// All clients together hold (or download in a swarm) as many files as
+    /// the tracker records.
+    #[error("the tracker already records {limit} files over all its clients, the most it holds (try again once some are withdrawn)")]
+    Full {
+        /// [`Quotas::files_total`].
         limit: usize,
     },
     /// The client is in the middle of downloading as many files as one
@@ -131,10 +138,15 @@ pub struct Quotas {
     /// way (a report lasts until the client begins a new download of that
     /// file, or leaves).
     pub reports: usize,
-    /// Files the clients of one address may hold (or download in a swarm)
-    /// at once, together: ids cost nothing, so without it one host could
-    /// register thousands and make the tracker hold `files` for each.
+    /// Files the clients of one address ([`Origin`]) may hold (or download
+    /// in a swarm) at once, together: ids cost nothing, so without it one
+    /// host could register thousands and make the tracker hold `files` for
+    /// each.
     pub files_per_host: usize,
+    /// Files all clients together may hold (or download in a swarm): what
+    /// bounds the tracker's memory however many addresses send (about a
+    /// kilobyte a file at most; a file held by many costs less).
+    pub files_total: usize,
 }
 
 impl Default for Quotas {
@@ -144,6 +156,7 @@ impl Default for Quotas {
             lookups: 10_000,
             reports: 10_000,
             files_per_host: 1_000_000,
+            files_total: 4_000_000,
         }
     }
 }
@@ -208,9 +221,79 @@ pub struct Records {
     /// from a list still holds.
     changes: u64,
     /// How many files the clients of each address hold or download in a
-    /// swarm, together ([`Quotas::files_per_host`]); an address whose
-    /// clients hold none is not listed.
-    per_host: HashMap<IpAddr, usize>,
+    /// swarm, and all of them together.
+    held: Held,
+}
+
+/// Where clients come from, as [`Quotas::files_per_host`] counts them: an
+/// IPv4 address, or the /64 network of an IPv6 one (a host is commonly
+/// given a whole /64, so counting its addresses one by one would cap
+/// nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin(IpAddr);
+
+impl From<IpAddr> for Origin {
+    fn from(ip: IpAddr) -> Origin {
+        match ip.to_canonical() {
+            IpAddr::V6(ip) => Origin(IpAddr::V6((u128::from(ip) & !u128::from(u64::MAX)).into())),
+            v4 => Origin(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => write!(f, "{ip}"),
+            IpAddr::V6(network) => write!(f, "{network}/64"),
+        }
+    }
+}
+
+/// How many files the clients of each host hold or download in a swarm,
+/// and how many all of them do: the counts the last two quotas cap.
+#[derive(Debug, Default)]
+struct Held {
+    /// By host; a host whose clients hold none is not listed.
+    per_host: HashMap<Origin, usize>,
+    /// Over all hosts.
+    total: usize,
+}
+
+impl Held {
+    /// Why the clients of `host` may not hold one file more, if they may
+    /// not.
+    fn refusal(&self, host: Origin, quotas: &Quotas) -> Option<Refusal> {
+        if self.total >= quotas.files_total {
+            return Some(Refusal::Full {
+                limit: quotas.files_total,
+            });
+        }
+        let limit = quotas.files_per_host;
+        let full = self.per_host.get(&host).is_some_and(|held| *held >= limit);
+        full.then_some(Refusal::TooManyFilesFromHost { host, limit })
+    }
+
+    /// Counts one file more for `host`.
+    fn take(&mut self, host: Origin) {
+        *self.per_host.entry(host).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Takes `count` files off what the clients of `host` hold.
+    fn release(&mut self, host: Origin, count: usize) {
+        if let Some(held) = self.per_host.get_mut(&host) {
+            *held -= count;
+            self.total -= count;
+            if *held == 0 {
+                self.per_host.remove(&host);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.per_host.is_empty() && self.total == 0
+    }
 }
 
 /// A registered client.
@@ -220,7 +303,7 @@ pub(super) struct ClientRecord {
     pub(super) addr: SocketAddr,
     /// The address its session comes from (never the one it advertises):
     /// what it holds counts against that address's quota.
-    host: IpAddr,
+    host: Origin,
     /// The session it registered on.
     session: SessionId,
     /// The files it announced.
@@ -399,7 +482,7 @@ impl Records {
             clients: BTreeMap::new(),
             files: BTreeMap::new(),
             changes: 0,
-            per_host: HashMap::new(),
+            held: Held::default(),
         }
     }
 
@@ -422,7 +505,7 @@ impl Records {
             None => {
                 let record = ClientRecord {
                     addr,
-                    host,
+                    host: Origin::from(host),
                     session,
                     files: BTreeSet::new(),
                     joined: BTreeSet::new(),
@@ -467,9 +550,8 @@ impl Records {
             return Err(Refusal::TooManyFiles { client, limit });
         }
         let host = record.host;
-        if new && self.host_full(host) {
-            let limit = self.quotas.files_per_host;
-            return Err(Refusal::TooManyFilesFromHost { host, limit });
+        if let Some(refusal) = self.held.refusal(host, &self.quotas).filter(|_| new) {
+            return Err(refusal);
         }
         if new_version {
             // Its owner's, as checked above; only now that nothing can
@@ -492,7 +574,7 @@ impl Records {
         record.joined.remove(file);
         record.files.insert(file.clone());
         if new {
-            *self.per_host.entry(host).or_default() += 1;
+            self.held.take(host);
         }
         Ok(())
     }
@@ -567,17 +649,11 @@ impl Records {
                 let limit = quotas.files;
                 return Err(Refusal::TooManyFiles { client, limit });
             }
-            let host = asker.host;
-            if self
-                .per_host
-                .get(&host)
-                .is_some_and(|held| *held >= quotas.files_per_host)
-            {
-                let limit = quotas.files_per_host;
-                return Err(Refusal::TooManyFilesFromHost { host, limit });
+            if let Some(refusal) = self.held.refusal(asker.host, &quotas) {
+                return Err(refusal);
             }
             asker.joined.insert(file.clone());
-            *self.per_host.entry(host).or_default() += 1;
+            self.held.take(asker.host);
             record.members.insert(client);
         }
         let content = record.content;
@@ -666,11 +742,7 @@ impl Records {
             return false;
         }
         let record = self.clients.remove(&client).expect("checked above");
-        release(
-            &mut self.per_host,
-            record.host,
-            record.files.len() + record.joined.len(),
-        );
+        self.held.release(record.host, record.files.len() + record.joined.len());
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
@@ -689,7 +761,7 @@ impl Records {
         }
         if let Some(record) = self.clients.get_mut(&client) {
             let removed = usize::from(record.files.remove(file)) + usize::from(record.joined.remove(file));
-            release(&mut self.per_host, record.host, removed);
+            self.held.release(record.host, removed);
         }
         self.unhold(client, file)
     }
@@ -705,7 +777,7 @@ impl Records {
         for member in entry.members.iter() {
             if let Some(record) = self.clients.get_mut(member) {
                 if record.joined.remove(file) {
-                    release(&mut self.per_host, record.host, 1);
+                    self.held.release(record.host, 1);
                 }
             }
         }
@@ -755,25 +827,7 @@ impl Records {
     /// Whether the records hold nothing at all: no client, no file, no
     /// state of any kind (what is left once everyone has gone).
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.files.is_empty() && self.per_host.is_empty()
-    }
-
-    /// Whether the clients of `host` hold (or download in a swarm) as many
-    /// files as one address may.
-    fn host_full(&self, host: IpAddr) -> bool {
-        self.per_host
-            .get(&host)
-            .is_some_and(|held| *held >= self.quotas.files_per_host)
-    }
-}
-
-/// Takes `count` files off what the clients of `host` hold.
-fn release(per_host: &mut HashMap<IpAddr, usize>, host: IpAddr, count: usize) {
-    if let Some(held) = per_host.get_mut(&host) {
-        *held -= count;
-        if *held == 0 {
-            per_host.remove(&host);
-        }
+        self.clients.is_empty() && self.files.is_empty() && self.held.is_empty()
     }
 }
 
@@ -1303,6 +1357,46 @@ pub(super) mod tests {
         records.announce(ClientId(2), &file("c"), content(b"c")).unwrap();
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("d"), content(b"d")).unwrap();
+        for (id, session) in [(1, 1), (3, 3)] {
+            assert!(records.forget(ClientId(id), session));
+        }
+        assert!(records.is_empty(), "{records:?}");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_its_slash_64_and_a_mapped_ipv4_address_is_itself() {
+        let host = |text: &str| Origin::from(text.parse::<IpAddr>().unwrap());
+        assert_eq!(host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
+        assert_eq!(host("::ffff:10.0.0.1"), host("10.0.0.1"));
+        assert_ne!(host("10.0.0.1"), host("10.0.0.2"));
+        assert_eq!(host("2001:db8:1:2:3:4:5:6").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(host("::ffff:10.0.0.1").to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn all_clients_together_share_the_tracker_budget_and_give_it_back_as_they_go() {
+        let quotas = Quotas {
+            files_total: 3,
+            ..Quotas::default()
+        };
+        let mut records = Records::with_quotas(0, quotas);
+        // Three addresses, the last two in one IPv6 /64: all share the budget.
+        let hosts = ["10.0.0.1", "2001:db8::1", "2001:db8::2"].map(|text| text.parse::<IpAddr>().unwrap());
+        for (id, host) in (1..).zip(hosts) {
+            records.register(ClientId(id), addr(id as u16), id, host).unwrap();
+        }
+        records.announce(ClientId(1), &file("a"), content(b"a")).unwrap();
+        records.announce(ClientId(2), &file("b"), content(b"b")).unwrap();
+        records.swarm(ClientId(3), &file("a"), true).unwrap();
+        let refused = records.announce(ClientId(1), &file("c"), content(b"c"));
+        assert!(matches!(refused, Err(Refusal::Full { limit: 3 })), "{refused:?}");
+        let refused = records.swarm(ClientId(3), &file("b"), true);
+        assert!(matches!(refused, Err(Refusal::Full { .. })), "{refused:?}");
+        // A client holding more of what it holds costs nothing new.
+        records.announce(ClientId(3), &file("a"), content(b"a")).unwrap();
+        assert!(records.forget(ClientId(2), 2));
+        records.announce(ClientId(1), &file("c"), content(b"c")).unwrap();
         for (id, session) in [(1, 1), (3, 3)] {
             assert!(records.forget(ClientId(id), session));
         }
