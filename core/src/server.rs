@@ -29,8 +29,9 @@ use crate::host::{self, BoxListener, BoxStream, Host};
 pub struct Limits {
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
-    /// Connections served at once from one remote address; further ones
-    /// are closed at once, so no single host can take every slot.
+    /// Connections served at once from one remote address (an IPv6 one by
+    /// its /64, [`Origin`]); further ones are closed at once, so no single
+    /// host can take every slot.
     pub max_per_address: usize,
     /// The longest a read or write may make no progress before the
     /// connection is dropped (or a download fails over).
@@ -227,13 +228,41 @@ where
     }
 }
 
-/// How many connections each remote address holds.
+/// Where a remote comes from, as the caps per address count it: an IPv4
+/// address, or the /64 network of an IPv6 one (a host is commonly given a
+/// whole /64, so counting its addresses one by one would cap nothing).
+/// Used by the server's connections per address and the tracker's files
+/// per address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin(IpAddr);
+
+impl From<IpAddr> for Origin {
+    fn from(ip: IpAddr) -> Origin {
+        match ip.to_canonical() {
+            IpAddr::V6(ip) => Origin(IpAddr::V6((u128::from(ip) & !u128::from(u64::MAX)).into())),
+            v4 => Origin(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => write!(f, "{ip}"),
+            IpAddr::V6(network) => write!(f, "{network}/64"),
+        }
+    }
+}
+
+/// How many connections each remote [`Origin`] holds.
 #[derive(Clone, Default)]
-struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+struct PerAddress(Arc<Mutex<HashMap<Origin, usize>>>);
 
 impl PerAddress {
-    /// A slot for one more connection from `ip`, unless it holds `cap`.
+    /// A slot for one more connection from `ip`, unless its origin holds
+    /// `cap`.
     fn take(&self, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let ip = Origin::from(ip);
         // A std mutex: held for a map update, never across an `.await`.
         let mut counts = self.0.lock().expect("address counts poisoned");
         let count = counts.entry(ip).or_default();
@@ -251,7 +280,7 @@ impl PerAddress {
 /// One connection's place in its address's count; freed on drop.
 struct AddressSlot {
     counts: PerAddress,
-    ip: IpAddr,
+    ip: Origin,
 }
 
 impl Drop for AddressSlot {
@@ -280,5 +309,33 @@ async fn accept(listener: &mut BoxListener) -> (BoxStream, SocketAddr) {
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_is_its_slash_64_and_a_mapped_ipv4_address_is_itself() {
+        let host = |text: &str| Origin::from(text.parse::<IpAddr>().unwrap());
+        assert_eq!(host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
+        assert_eq!(host("::ffff:10.0.0.1"), host("10.0.0.1"));
+        assert_ne!(host("10.0.0.1"), host("10.0.0.2"));
+        assert_eq!(host("2001:db8:1:2:3:4:5:6").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(host("::ffff:10.0.0.1").to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv6_slash_64_share_one_connection_cap() {
+        let counts = PerAddress::default();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let first = counts.take(ip("2001:db8::1"), 1).expect("a first connection");
+        assert!(counts.take(ip("2001:db8::2"), 1).is_none(), "the same /64");
+        let other = counts.take(ip("2001:db8:0:1::1"), 1).expect("another /64");
+        drop(first);
+        assert!(counts.take(ip("2001:db8::2"), 1).is_some(), "freed on drop");
+        drop(other);
     }
 }

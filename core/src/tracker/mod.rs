@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-pub use records::{Content, Holder, Origin, Quotas, Records, Refusal, SessionId, Swarm, SwarmMember};
+pub use records::{Content, Holder, Quotas, Records, Refusal, SessionId, Swarm, SwarmMember};
 pub use status::{StatusCursor, StatusEntry};
 
 use crate::connection::{Connection, ConnectionError};

@@ -29,6 +29,7 @@ use sha1::{Digest as _, Sha1};
 
 use crate::pieces::{MAX_PIECES, MAX_PIECE_LEN};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, SWARM_PEERS_PER_ANSWER};
+use crate::server::Origin;
 
 /// Identifies one session (one TCP connection) on the tracker, so that the
 /// end of an old session never removes a client that registered again.
@@ -223,31 +224,6 @@ pub struct Records {
     /// How many files the clients of each address hold or download in a
     /// swarm, and all of them together.
     held: Held,
-}
-
-/// Where clients come from, as [`Quotas::files_per_host`] counts them: an
-/// IPv4 address, or the /64 network of an IPv6 one (a host is commonly
-/// given a whole /64, so counting its addresses one by one would cap
-/// nothing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Origin(IpAddr);
-
-impl From<IpAddr> for Origin {
-    fn from(ip: IpAddr) -> Origin {
-        match ip.to_canonical() {
-            IpAddr::V6(ip) => Origin(IpAddr::V6((u128::from(ip) & !u128::from(u64::MAX)).into())),
-            v4 => Origin(v4),
-        }
-    }
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            IpAddr::V4(ip) => write!(f, "{ip}"),
-            IpAddr::V6(network) => write!(f, "{network}/64"),
-        }
-    }
 }
 
 /// How many files the clients of each host hold or download in a swarm,
@@ -1361,17 +1337,6 @@ pub(super) mod tests {
             assert!(records.forget(ClientId(id), session));
         }
         assert!(records.is_empty(), "{records:?}");
-    }
-
-    #[test]
-    fn an_ipv6_host_is_its_slash_64_and_a_mapped_ipv4_address_is_itself() {
-        let host = |text: &str| Origin::from(text.parse::<IpAddr>().unwrap());
-        assert_eq!(host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff:ffff:ffff:ffff"));
-        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
-        assert_eq!(host("::ffff:10.0.0.1"), host("10.0.0.1"));
-        assert_ne!(host("10.0.0.1"), host("10.0.0.2"));
-        assert_eq!(host("2001:db8:1:2:3:4:5:6").to_string(), "2001:db8:1:2::/64");
-        assert_eq!(host("::ffff:10.0.0.1").to_string(), "10.0.0.1");
     }
 
     #[test]
