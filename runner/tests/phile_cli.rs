@@ -1258,7 +1258,9 @@ fn remote_text_reaches_the_terminal_escaped() {
     assert!(seeder.wait_within(Duration::from_secs(30)).is_some_and(|s| s.success()));
     let (stdout, stderr) = (seeder.rest(), seeder.stderr());
     assert!(
-        stderr.contains(&format!("phile: not announcing f.txt: {escaped}; rename it")),
+        stderr.contains(&format!(
+            "phile: not announcing f.txt: {escaped}; it is announced again"
+        )),
         "{stderr}"
     );
     for output in [&stdout, &stderr] {

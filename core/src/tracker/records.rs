@@ -145,8 +145,10 @@ pub struct Quotas {
     /// each.
     pub files_per_host: usize,
     /// Files all clients together may hold (or download in a swarm): what
-    /// bounds the tracker's memory however many addresses send (about a
-    /// kilobyte a file at most; a file held by many costs less).
+    /// bounds the memory files cost the tracker however many addresses
+    /// send (about a kilobyte a file at most; a file held by many costs
+    /// less). Lookup state and reports are bounded per client, and clients
+    /// by the sessions the tracker serves at once.
     pub files_total: usize,
 }
 
@@ -156,7 +158,7 @@ impl Default for Quotas {
             files: 100_000,
             lookups: 10_000,
             reports: 10_000,
-            files_per_host: 1_000_000,
+            files_per_host: 200_000,
             files_total: 4_000_000,
         }
     }
@@ -258,12 +260,16 @@ impl Held {
 
     /// Takes `count` files off what the clients of `host` hold.
     fn release(&mut self, host: Origin, count: usize) {
-        if let Some(held) = self.per_host.get_mut(&host) {
-            *held -= count;
-            self.total -= count;
-            if *held == 0 {
-                self.per_host.remove(&host);
-            }
+        if count == 0 {
+            return;
+        }
+        let held = self.per_host.entry(host).or_default();
+        debug_assert!(*held >= count && self.total >= count, "released more than was taken");
+        // Saturating: a counting slip must never wrap into "full forever".
+        *held = held.saturating_sub(count);
+        self.total = self.total.saturating_sub(count);
+        if *held == 0 {
+            self.per_host.remove(&host);
         }
     }
 
@@ -535,6 +541,9 @@ impl Records {
             self.free_name(file);
         }
         let record = self.clients.get_mut(&client).expect("registered, as checked above");
+        // Counted already unless new, or unless it was a member of the old
+        // version's swarm, a membership `free_name` just gave back.
+        let counted = record.files.contains(file) || record.joined.contains(file);
         let entry = self.files.entry(file.clone()).or_insert_with(|| FileRecord {
             content,
             holders: Holders::default(),
@@ -549,7 +558,7 @@ impl Records {
         }
         record.joined.remove(file);
         record.files.insert(file.clone());
-        if new {
+        if !counted {
             self.held.take(host);
         }
         Ok(())
@@ -1334,6 +1343,26 @@ pub(super) mod tests {
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("d"), content(b"d")).unwrap();
         for (id, session) in [(1, 1), (3, 3)] {
+            assert!(records.forget(ClientId(id), session));
+        }
+        assert!(records.is_empty(), "{records:?}");
+    }
+
+    #[test]
+    fn an_owner_that_joined_its_own_files_swarm_and_then_replaced_it_is_counted_once() {
+        let mut records = Records::with_quotas(0, Quotas::default());
+        for id in [1, 2] {
+            records.register(ClientId(id), addr(id as u16), id, host()).unwrap();
+        }
+        records.announce(ClientId(1), &file("f"), content(b"old")).unwrap();
+        records.swarm(ClientId(2), &file("f"), true).unwrap();
+        // The owner withdraws its copy, joins the swarm of what it
+        // published (as a download of it would), then publishes anew.
+        assert!(records.drop_holding(ClientId(1), &file("f"), None));
+        records.swarm(ClientId(1), &file("f"), true).unwrap();
+        records.announce(ClientId(1), &file("f"), content(b"new")).unwrap();
+        assert_eq!(records.held.total, 1, "{records:?}");
+        for (id, session) in [(1, 1), (2, 2)] {
             assert!(records.forget(ClientId(id), session));
         }
         assert!(records.is_empty(), "{records:?}");

@@ -330,7 +330,7 @@ async fn hash(
 /// Tells the user the tracker refused `file`; `reason` is the tracker's.
 fn not_announced(file: &FileName, reason: &str) {
     tell!(
-        "phile: not announcing {}: {}; rename it to share it now (it is announced again while unchanged, and taken once the tracker accepts it)",
+        "phile: not announcing {}: {}; it is announced again while unchanged, and taken once the tracker accepts it (if the name is taken by other content, renaming yours shares it now)",
         printable(file.as_str()),
         printable(reason)
     );
