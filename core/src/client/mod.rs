@@ -34,6 +34,7 @@ mod holdings;
 mod serve;
 mod session;
 mod share;
+mod slots;
 pub mod swarm;
 mod transfer;
 
@@ -181,7 +182,7 @@ impl Client {
             request_timeout: config.limits.request_timeout,
             holdings: holdings.clone(),
             swarms: swarms.clone(),
-            upload_slots: Arc::new(tokio::sync::Semaphore::new(share::UPLOAD_SLOTS)),
+            upload_slots: slots::UploadSlots::new(),
             idle_timeout: config.limits.idle_timeout,
             spread: share::Spread::default(),
             found_good: tokio::sync::Mutex::default(),

@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::connection::{Connection, ConnectionError};
@@ -27,6 +27,7 @@ use crate::swarm::Swarms;
 use crate::trace;
 
 use super::holdings::Holdings;
+use super::slots::UploadSlots;
 
 /// How long a copy found good when a downloader complained is taken as
 /// good: complaints about it meanwhile are answered without hashing the
@@ -47,7 +48,7 @@ pub(crate) struct Seeder {
     /// The client's swarm downloads under way, whose pieces it serves.
     pub swarms: Arc<Swarms>,
     /// The pieces it may send at once, over all swarm conversations.
-    pub upload_slots: Arc<Semaphore>,
+    pub upload_slots: Arc<UploadSlots>,
     /// How long a swarm conversation may stay silent with nothing asked.
     pub idle_timeout: Duration,
     /// How often each piece went out, so the least sent goes first.

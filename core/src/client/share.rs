@@ -9,8 +9,10 @@
 //! out, so a client serving many downloaders sends each of them a piece in
 //! turn rather than trickling to all at once, and its first pieces reach
 //! the swarm early. A send keeps its slot only while its bytes move: a
-//! downloader that stops reading (or cannot take them as fast) lets the
-//! next conversation have the slot after [`SLOT_STALL`].
+//! downloader that stops reading lets the next conversation have the slot
+//! after [`SLOT_STALL`], and the rest of the piece waits for the lane of
+//! lagging conversations, apart from those whose downloaders read
+//! (`slots.rs`).
 //!
 //! Of the pieces a downloader asked for, the one this client has sent least
 //! often (to anyone) goes first: a seeder asked for the same pieces by many
@@ -29,10 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::serve::{checked_lately, Seeder};
+use super::slots::{Slot, UploadSlots};
 use super::swarm::MAX_PIPELINE;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
@@ -42,9 +45,6 @@ use crate::swarm::seeding::{Tally, REVEALED};
 use crate::swarm::wire::{self, Inbound, Outbound};
 use crate::swarm::Partial;
 use crate::trace;
-
-/// How many pieces one client sends at once, over all its conversations.
-pub(crate) const UPLOAD_SLOTS: usize = 2;
 
 /// The most requests one downloader may have waiting in a conversation:
 /// several times what an honest one keeps in flight to one peer
@@ -151,6 +151,9 @@ struct Conversation<'a> {
     layer_asked: bool,
     /// The pieces it was shown and cancelled.
     cancelled: Bitfield,
+    /// Whether the last send stalled: the downloader took no byte of it
+    /// for [`SLOT_STALL`]. It then waits for a slot behind the others.
+    lagging: bool,
 }
 
 impl Seeder {
@@ -235,6 +238,7 @@ impl Seeder {
             seen,
             layer_asked: false,
             cancelled: Bitfield::empty(wanted.count()),
+            lagging: false,
         })
     }
 
@@ -264,7 +268,7 @@ impl Seeder {
 
 /// A wait for an upload slot that keeps its place in the queue across
 /// turns of the conversation's loop.
-type SlotWait = Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>;
+type SlotWait = Pin<Box<dyn Future<Output = Slot> + Send>>;
 
 impl Conversation<'_> {
     /// Answers requests until the downloader closes, goes silent with
@@ -280,7 +284,7 @@ impl Conversation<'_> {
         let mut slot: Option<SlotWait> = None;
         loop {
             if slot.is_none() && !self.queue.is_empty() {
-                slot = Some(Box::pin(slots.clone().acquire_owned_unwrapped()));
+                slot = Some(Box::pin(slots.clone().acquire(self.lagging)));
             }
             let silence = self.queue.is_empty().then_some(idle);
             tokio::select! {
@@ -297,7 +301,10 @@ impl Conversation<'_> {
                     slot = None;
                     if let Some(index) = self.least_sent() {
                         let sent = replies.sent();
-                        holding_while_moving(permit, &sent, self.send_piece(index, &mut replies)).await?;
+                        let send = self.send_piece(index, &mut replies);
+                        let (sent, lagging) = in_turns(permit, &slots, &sent, send).await;
+                        self.lagging = lagging;
+                        sent?;
                         self.show_another(&mut replies).await?;
                     }
                 }
@@ -519,40 +526,40 @@ async fn gained(partial: Option<&Partial>, seen: usize) {
     }
 }
 
-/// Runs `send`, holding the upload slot `permit` while the bytes it
-/// writes move: once `sent` (the bytes the stream took) stays put for
-/// [`SLOT_STALL`], the slot goes back and the send goes on without it.
-async fn holding_while_moving<T>(permit: OwnedSemaphorePermit, sent: &AtomicU64, send: impl Future<Output = T>) -> T {
+/// Runs `send` only while it holds one of the upload `slots`, starting
+/// with `slot`: once `sent` (the bytes the stream took) stays put for
+/// [`SLOT_STALL`], the slot goes to the next conversation waiting, and the
+/// send waits for a slot of the lagging lane before it goes on. So no more
+/// sends than there are slots ever move at once. Returns what `send` did,
+/// and whether it stalled.
+async fn in_turns<T>(
+    mut slot: Slot,
+    slots: &Arc<UploadSlots>,
+    sent: &AtomicU64,
+    send: impl Future<Output = T>,
+) -> (T, bool) {
     tokio::pin!(send);
-    let mut seen = sent.load(Ordering::Relaxed);
+    let mut stalled = false;
     loop {
-        match tokio::time::timeout(SLOT_STALL, &mut send).await {
-            Ok(done) => return done,
-            Err(_) if sent.load(Ordering::Relaxed) == seen => break,
-            Err(_) => seen = sent.load(Ordering::Relaxed),
+        let mut seen = sent.load(Ordering::Relaxed);
+        loop {
+            match tokio::time::timeout(SLOT_STALL, &mut send).await {
+                Ok(done) => return (done, stalled),
+                Err(_) if sent.load(Ordering::Relaxed) == seen => break,
+                Err(_) => seen = sent.load(Ordering::Relaxed),
+            }
         }
+        stalled = true;
+        drop(slot);
+        slot = slots.clone().acquire(true).await;
     }
-    drop(permit);
-    send.await
 }
 
-/// Resolves with the permit `slot` waits for; never if it waits for none.
-async fn wait(slot: &mut Option<SlotWait>) -> OwnedSemaphorePermit {
+/// Resolves with the slot `slot` waits for; never if it waits for none.
+async fn wait(slot: &mut Option<SlotWait>) -> Slot {
     match slot {
         Some(waiting) => waiting.await,
         None => std::future::pending().await,
-    }
-}
-
-/// Acquiring a permit of a semaphore that is never closed.
-trait AcquireUnwrapped {
-    /// A permit, once one is free.
-    fn acquire_owned_unwrapped(self) -> impl Future<Output = OwnedSemaphorePermit> + Send;
-}
-
-impl AcquireUnwrapped for Arc<Semaphore> {
-    async fn acquire_owned_unwrapped(self) -> OwnedSemaphorePermit {
-        self.acquire_owned().await.expect("upload slots are never closed")
     }
 }
 
