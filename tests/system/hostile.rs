@@ -1067,7 +1067,11 @@ async fn join_raw(peer: SocketAddr, file: &str, info: FileInfo) -> (TcpStream, V
 
 /// [`join_raw`] in pieces of `piece_size` bytes.
 async fn join_raw_in(peer: SocketAddr, file: &str, info: FileInfo, piece_size: u64) -> (TcpStream, Vec<u64>) {
-    let mut socket = TcpStream::connect(peer).await.unwrap();
+    join_raw_on(TcpStream::connect(peer).await.unwrap(), file, info, piece_size).await
+}
+
+/// [`join_raw_in`] on the connection `socket`.
+async fn join_raw_on(mut socket: TcpStream, file: &str, info: FileInfo, piece_size: u64) -> (TcpStream, Vec<u64>) {
     let join = PeerRequest::Join {
         file: name(file),
         client: ClientId(666),
@@ -1268,9 +1272,51 @@ async fn complaints_about_a_good_copy_cost_one_check_per_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloaders_that_stop_reading_do_not_keep_a_seeder_from_everyone_else() {
-    // The seeder waits two minutes for a stalled send before it gives up
-    // on the conversation: long enough that only giving back the upload
-    // slot lets anyone else be served before the test's limit.
+    let (dir, tracker, a, info) = patient_seeder().await;
+    // More conversations than the seeder has upload slots, from another
+    // address, each asking for the whole 64 MiB and reading none of it:
+    // their sends stall once the socket buffers are full.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalling(connect_from("127.0.0.3", a.local_addr()).await, info).await);
+    }
+    downloads_within(&dir, &tracker, info, Duration::from_secs(30)).await;
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloader_that_stalls_and_reconnects_waits_behind_those_that_read() {
+    let (dir, tracker, a, info) = patient_seeder().await;
+    // From another address, a new conversation every second that stalls:
+    // each new one would take a slot of those that read for 3 to 6 s, if
+    // the address's stalls were not remembered; they come faster than the
+    // two slots can give them 3 s each, so the queue would only grow. The
+    // download starts once eight are open.
+    let peer = a.local_addr();
+    let (opened, mut eight) = tokio::sync::mpsc::channel(1);
+    let attack = tokio::spawn(async move {
+        let mut stalled = Vec::new();
+        // The attack's pace, a new connection a second: not a wait for
+        // anything.
+        let mut pace = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            pace.tick().await;
+            stalled.push(stalling(connect_from("127.0.0.2", peer).await, info).await);
+            if stalled.len() == 8 {
+                opened.send(()).await.unwrap();
+            }
+        }
+    });
+    eight.recv().await.unwrap();
+    downloads_within(&dir, &tracker, info, Duration::from_secs(45)).await;
+    attack.abort();
+}
+
+/// A tracker and a seeder of a 64 MiB `big.bin` that waits two minutes
+/// for a stalled send before it gives up on the conversation: long enough
+/// that only giving back the upload slot lets anyone else be served
+/// within a test's limit.
+async fn patient_seeder() -> (tempfile::TempDir, Tracker, Client, FileInfo) {
     let dir = tempfile::tempdir().unwrap();
     let tracker = tracker().await;
     let limits = Limits::default().with_idle_timeout(Duration::from_secs(120));
@@ -1279,25 +1325,26 @@ async fn downloaders_that_stop_reading_do_not_keep_a_seeder_from_everyone_else()
     let bytes: Vec<u8> = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
     a.folder().write(&name("big.bin"), bytes).await.unwrap();
     let info = a.upload(&name("big.bin")).await.unwrap();
+    (dir, tracker, a, info)
+}
 
-    // More conversations than the seeder has upload slots, each asking
-    // for the whole 64 MiB and reading none of it: their sends stall once
-    // the socket buffers are full.
-    let mut stalled = Vec::new();
-    for _ in 0..4 {
-        let (mut socket, _) = join_raw_in(a.local_addr(), "big.bin", info, 1 << 20).await;
-        for index in 0..64 {
-            write_frame(&mut socket, &untraced(PeerRequest::Piece { index })).await;
-        }
-        stalled.push(socket);
+/// Joins `big.bin` on `socket` in 1 MiB pieces and asks for all 64 of
+/// them; the caller reads none.
+async fn stalling(socket: TcpStream, info: FileInfo) -> TcpStream {
+    let (mut socket, _) = join_raw_on(socket, "big.bin", info, 1 << 20).await;
+    for index in 0..64 {
+        write_frame(&mut socket, &untraced(PeerRequest::Piece { index })).await;
     }
+    socket
+}
 
-    let b = registered(2, dir.path(), &tracker).await;
+/// A new client downloads `big.bin` in a swarm within `limit`.
+async fn downloads_within(dir: &tempfile::TempDir, tracker: &Tracker, info: FileInfo, limit: Duration) {
+    let b = registered(2, dir.path(), tracker).await;
     let file = name("big.bin");
-    let got = tokio::time::timeout(Duration::from_secs(30), b.swarm_download(&file, Default::default()))
+    let got = tokio::time::timeout(limit, b.swarm_download(&file, Default::default()))
         .await
         .expect("the stalled conversations kept the seeder's upload slots")
         .unwrap();
     assert_eq!(got.downloaded.info, info);
-    drop(stalled);
 }

@@ -40,6 +40,7 @@ use super::swarm::MAX_PIPELINE;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Request};
+use crate::server::Origin;
 use crate::storage::PartData;
 use crate::swarm::seeding::{Tally, REVEALED};
 use crate::swarm::wire::{self, Inbound, Outbound};
@@ -151,16 +152,23 @@ struct Conversation<'a> {
     layer_asked: bool,
     /// The pieces it was shown and cancelled.
     cancelled: Bitfield,
-    /// Whether the last send stalled: the downloader took no byte of it
-    /// for [`SLOT_STALL`]. It then waits for a slot behind the others.
+    /// Whether its sends wait for the lagging lane of the upload slots:
+    /// one of them stalled (the downloader took no byte for
+    /// [`SLOT_STALL`]), or one to its address did lately.
     lagging: bool,
+    /// Where the downloader connects from.
+    origin: Origin,
 }
 
 impl Seeder {
     /// Serves a swarm conversation opened by `Join`.
     pub(crate) async fn share(&self, connection: Connection, file: FileName, to: ClientId, sha1: Digest, piece: u64) {
+        let origin = Origin::from(connection.peer_addr().ip());
         let (requests, mut replies) = wire::split(connection);
-        let Some(conversation) = self.open_conversation(&mut replies, file, to, sha1, piece).await else {
+        let Some(conversation) = self
+            .open_conversation(&mut replies, file, to, origin, sha1, piece)
+            .await
+        else {
             return;
         };
         if let Err(error) = conversation.run(requests, replies).await {
@@ -175,6 +183,7 @@ impl Seeder {
         replies: &mut Outbound,
         file: FileName,
         to: ClientId,
+        origin: Origin,
         sha1: Digest,
         piece: u64,
     ) -> Option<Conversation<'_>> {
@@ -238,7 +247,8 @@ impl Seeder {
             seen,
             layer_asked: false,
             cancelled: Bitfield::empty(wanted.count()),
-            lagging: false,
+            lagging: self.upload_slots.stalled_lately(origin),
+            origin,
         })
     }
 
@@ -300,10 +310,12 @@ impl Conversation<'_> {
                 permit = wait(&mut slot) => {
                     slot = None;
                     if let Some(index) = self.least_sent() {
-                        let sent = replies.sent();
+                        let (sent, origin) = (replies.sent(), self.origin);
                         let send = self.send_piece(index, &mut replies);
-                        let (sent, lagging) = in_turns(permit, &slots, &sent, send).await;
-                        self.lagging = lagging;
+                        let (sent, stalled) = in_turns(permit, &slots, origin, &sent, send).await;
+                        // A send that went through (into socket buffers, it
+                        // may be) proves little while the address stalls.
+                        self.lagging = stalled || slots.stalled_lately(origin);
                         sent?;
                         self.show_another(&mut replies).await?;
                     }
@@ -529,12 +541,14 @@ async fn gained(partial: Option<&Partial>, seen: usize) {
 /// Runs `send` only while it holds one of the upload `slots`, starting
 /// with `slot`: once `sent` (the bytes the stream took) stays put for
 /// [`SLOT_STALL`], the slot goes to the next conversation waiting, and the
-/// send waits for a slot of the lagging lane before it goes on. So no more
-/// sends than there are slots ever move at once. Returns what `send` did,
-/// and whether it stalled.
+/// send waits for a slot of the lagging lane before it goes on; the stall
+/// is remembered for the downloader's address, `origin`. So no more sends
+/// than there are slots ever move at once. Returns what `send` did, and
+/// whether it stalled.
 async fn in_turns<T>(
     mut slot: Slot,
     slots: &Arc<UploadSlots>,
+    origin: Origin,
     sent: &AtomicU64,
     send: impl Future<Output = T>,
 ) -> (T, bool) {
@@ -550,6 +564,7 @@ async fn in_turns<T>(
             }
         }
         stalled = true;
+        slots.stalled_at(origin);
         drop(slot);
         slot = slots.clone().acquire(true).await;
     }

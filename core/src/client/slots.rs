@@ -2,23 +2,41 @@
 //! swarm conversations, and which conversation sends next.
 //!
 //! Two lanes, each first come, first served. Conversations whose
-//! downloaders read share [`UPLOAD_SLOTS`] slots. A conversation whose last
+//! downloaders read share [`UPLOAD_SLOTS`] slots. A conversation whose
 //! send stalled (its downloader took no byte for a while, so it gave its
 //! slot back mid-piece) waits for the one slot of the lagging lane
-//! instead, until a send of its goes through without stalling. So
-//! downloaders that stop reading, however many, only ever hold up each
-//! other, never the conversations whose downloaders read.
+//! instead, and so does every conversation from the same address
+//! ([`Origin`]), new ones too, until no send to it stalled for
+//! [`LAGGING_MEMORY`]: else a downloader could stall, reconnect and stall
+//! again, each time with a slot of those that read; and a send that goes
+//! through proves little, since socket buffers take a piece or two
+//! unread. So downloaders that stop reading, however many, only ever hold
+//! up each other and their neighbours behind the same address, never the
+//! conversations of other addresses whose downloaders read.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::server::Origin;
 
 /// How many pieces one client sends at once to downloaders that read.
 pub(crate) const UPLOAD_SLOTS: usize = 2;
 
-/// How many pieces it sends at once to downloaders whose last send
-/// stalled.
+/// How many pieces it sends at once to lagging downloaders.
 pub(crate) const LAGGING_SLOTS: usize = 1;
+
+/// How long an address where a send stalled starts its new conversations
+/// in the lagging lane: longer than the idle timeout, so a conversation
+/// that stalled for good and was cut cannot come straight back in front.
+const LAGGING_MEMORY: Duration = Duration::from_secs(60);
+
+/// The most addresses remembered for stalling; past it the oldest
+/// memories go first (a flood of addresses costs memory, not slots).
+const LAGGING_ADDRESSES: usize = 4096;
 
 /// The upload slots of one client.
 #[derive(Debug)]
@@ -27,6 +45,9 @@ pub(crate) struct UploadSlots {
     prompt: Arc<Semaphore>,
     /// For conversations whose last send stalled.
     lagging: Arc<Semaphore>,
+    /// When a send to each address last stalled, lately. A std mutex:
+    /// held for a map update, never across an `.await`.
+    stalled: Mutex<HashMap<Origin, Instant>>,
 }
 
 /// One upload slot, given back on drop.
@@ -39,7 +60,33 @@ impl UploadSlots {
         Arc::new(UploadSlots {
             prompt: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             lagging: Arc::new(Semaphore::new(LAGGING_SLOTS)),
+            stalled: Mutex::default(),
         })
+    }
+
+    fn stalled(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Instant>> {
+        self.stalled.lock().expect("stall memory poisoned")
+    }
+
+    /// Whether a send to `origin` stalled lately: its new conversations
+    /// start in the lagging lane.
+    pub(crate) fn stalled_lately(&self, origin: Origin) -> bool {
+        self.stalled()
+            .get(&origin)
+            .is_some_and(|at| at.elapsed() < LAGGING_MEMORY)
+    }
+
+    /// Remembers that a send to `origin` stalled now.
+    pub(crate) fn stalled_at(&self, origin: Origin) {
+        let mut stalled = self.stalled();
+        if stalled.len() >= LAGGING_ADDRESSES {
+            stalled.retain(|_, at| at.elapsed() < LAGGING_MEMORY);
+        }
+        if stalled.len() >= LAGGING_ADDRESSES {
+            let oldest = stalled.iter().min_by_key(|(_, at)| **at).map(|(origin, _)| *origin);
+            stalled.remove(&oldest.expect("not empty"));
+        }
+        stalled.insert(origin, Instant::now());
     }
 
     /// Waits for a slot of the lane of a conversation that is `lagging`
@@ -71,5 +118,30 @@ mod tests {
         drop(stalled);
         assert!(second.now_or_never().is_some(), "handed on in its lane");
         drop(reading);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_where_a_send_stalled_is_remembered_for_a_while() {
+        let slots = UploadSlots::new();
+        let here = Origin::from(std::net::IpAddr::from([10, 0, 0, 1]));
+        let there = Origin::from(std::net::IpAddr::from([10, 0, 0, 2]));
+        slots.stalled_at(here);
+        assert!(slots.stalled_lately(here));
+        assert!(!slots.stalled_lately(there));
+        tokio::time::advance(LAGGING_MEMORY).await;
+        assert!(!slots.stalled_lately(here), "forgotten after LAGGING_MEMORY");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_addresses_is_remembered_within_bounds() {
+        let slots = UploadSlots::new();
+        for n in 0..(LAGGING_ADDRESSES as u32 + 10) {
+            slots.stalled_at(Origin::from(std::net::IpAddr::from(n.to_be_bytes())));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(slots.stalled().len(), LAGGING_ADDRESSES);
+        let newest = Origin::from(std::net::IpAddr::from((LAGGING_ADDRESSES as u32 + 9).to_be_bytes()));
+        assert!(slots.stalled_lately(newest));
+        assert!(!slots.stalled_lately(Origin::from(std::net::IpAddr::from([0, 0, 0, 0]))));
     }
 }
