@@ -233,7 +233,7 @@ where
 /// whole /64, so counting its addresses one by one would cap nothing).
 /// Used by the server's connections per address and the tracker's files
 /// per address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin(IpAddr);
 
 impl From<IpAddr> for Origin {

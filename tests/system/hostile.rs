@@ -1312,6 +1312,23 @@ async fn a_downloader_that_stalls_and_reconnects_waits_behind_those_that_read() 
     attack.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_downloaders_that_stop_reading_at_once_cost_the_others_one_stall() {
+    let (dir, tracker, a, info) = patient_seeder().await;
+    // Thirty at once from one address, all waiting for a slot before any
+    // of them stalled, in pieces of 16 MiB, more than socket buffers take,
+    // so each would stall on its first: once the first stalls, the rest
+    // move to the lagging lane when their turn comes, rather than stall
+    // 3 s each in a slot of those that read.
+    let mut stalled = Vec::new();
+    for _ in 0..30 {
+        let socket = connect_from("127.0.0.2", a.local_addr()).await;
+        stalled.push(stalling_in(socket, info, 16 << 20).await);
+    }
+    downloads_within(&dir, &tracker, info, Duration::from_secs(30)).await;
+    drop(stalled);
+}
+
 /// A tracker and a seeder of a 64 MiB `big.bin` that waits two minutes
 /// for a stalled send before it gives up on the conversation: long enough
 /// that only giving back the upload slot lets anyone else be served
@@ -1331,8 +1348,13 @@ async fn patient_seeder() -> (tempfile::TempDir, Tracker, Client, FileInfo) {
 /// Joins `big.bin` on `socket` in 1 MiB pieces and asks for all 64 of
 /// them; the caller reads none.
 async fn stalling(socket: TcpStream, info: FileInfo) -> TcpStream {
-    let (mut socket, _) = join_raw_on(socket, "big.bin", info, 1 << 20).await;
-    for index in 0..64 {
+    stalling_in(socket, info, 1 << 20).await
+}
+
+/// [`stalling`] in pieces of `piece_size` bytes.
+async fn stalling_in(socket: TcpStream, info: FileInfo, piece_size: u64) -> TcpStream {
+    let (mut socket, _) = join_raw_on(socket, "big.bin", info, piece_size).await;
+    for index in 0..(64 << 20) / piece_size {
         write_frame(&mut socket, &untraced(PeerRequest::Piece { index })).await;
     }
     socket

@@ -309,6 +309,12 @@ impl Conversation<'_> {
                 _ = spread.everywhere(), if self.hiding => self.show_all(&mut replies).await?,
                 permit = wait(&mut slot) => {
                     slot = None;
+                    if !self.lagging && slots.stalled_lately(self.origin) {
+                        // Its address stalled while it waited: the slot
+                        // goes to the next, and it waits in the lagging lane.
+                        self.lagging = true;
+                        continue;
+                    }
                     if let Some(index) = self.least_sent() {
                         let (sent, origin) = (replies.sent(), self.origin);
                         let send = self.send_piece(index, &mut replies);

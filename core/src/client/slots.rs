@@ -6,13 +6,14 @@
 //! send stalled (its downloader took no byte for a while, so it gave its
 //! slot back mid-piece) waits for the one slot of the lagging lane
 //! instead, and so does every conversation from the same address
-//! ([`Origin`]), new ones too, until no send to it stalled for
-//! [`LAGGING_MEMORY`]: else a downloader could stall, reconnect and stall
-//! again, each time with a slot of those that read; and a send that goes
-//! through proves little, since socket buffers take a piece or two
-//! unread. So downloaders that stop reading, however many, only ever hold
-//! up each other and their neighbours behind the same address, never the
-//! conversations of other addresses whose downloaders read.
+//! ([`Origin`]), new ones and ones already waiting too, until no send to
+//! it stalled for [`LAGGING_MEMORY`]: else a downloader could stall,
+//! reconnect and stall again, each time with a slot of those that read;
+//! and a send that goes through proves little, since socket buffers take
+//! a piece or two unread. So downloaders that stop reading, however many,
+//! hold up each other and their neighbours behind the same address, not
+//! the conversations of other addresses whose downloaders read (while
+//! those are served; see the README, "What is not defended yet").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -83,7 +84,12 @@ impl UploadSlots {
             stalled.retain(|_, at| at.elapsed() < LAGGING_MEMORY);
         }
         if stalled.len() >= LAGGING_ADDRESSES {
-            let oldest = stalled.iter().min_by_key(|(_, at)| **at).map(|(origin, _)| *origin);
+            // Ties broken by address: the map's order is random per
+            // process, and a run under `--sim` must repeat exactly.
+            let oldest = stalled
+                .iter()
+                .min_by_key(|(origin, at)| (**at, **origin))
+                .map(|(origin, _)| *origin);
             stalled.remove(&oldest.expect("not empty"));
         }
         stalled.insert(origin, Instant::now());
