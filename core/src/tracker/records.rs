@@ -1306,6 +1306,15 @@ pub(super) mod tests {
         assert!(records.members(&file("a")).is_empty());
     }
 
+    /// The clients `(id, session)` leave, the last ones registered: the
+    /// records must hold nothing after.
+    fn all_leave(records: &mut Records, clients: &[(u64, SessionId)]) {
+        for (id, session) in clients {
+            assert!(records.forget(ClientId(*id), *session));
+        }
+        assert!(records.is_empty(), "{records:?}");
+    }
+
     #[test]
     fn the_clients_of_one_address_share_a_quota_and_give_it_back_as_they_go() {
         let quotas = Quotas {
@@ -1342,10 +1351,7 @@ pub(super) mod tests {
         records.announce(ClientId(2), &file("c"), content(b"c")).unwrap();
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("d"), content(b"d")).unwrap();
-        for (id, session) in [(1, 1), (3, 3)] {
-            assert!(records.forget(ClientId(id), session));
-        }
-        assert!(records.is_empty(), "{records:?}");
+        all_leave(&mut records, &[(1, 1), (3, 3)]);
     }
 
     #[test]
@@ -1362,10 +1368,7 @@ pub(super) mod tests {
         records.swarm(ClientId(1), &file("f"), true).unwrap();
         records.announce(ClientId(1), &file("f"), content(b"new")).unwrap();
         assert_eq!(records.held.total, 1, "{records:?}");
-        for (id, session) in [(1, 1), (2, 2)] {
-            assert!(records.forget(ClientId(id), session));
-        }
-        assert!(records.is_empty(), "{records:?}");
+        all_leave(&mut records, &[(1, 1), (2, 2)]);
     }
 
     #[test]
@@ -1391,10 +1394,7 @@ pub(super) mod tests {
         records.announce(ClientId(3), &file("a"), content(b"a")).unwrap();
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("c"), content(b"c")).unwrap();
-        for (id, session) in [(1, 1), (3, 3)] {
-            assert!(records.forget(ClientId(id), session));
-        }
-        assert!(records.is_empty(), "{records:?}");
+        all_leave(&mut records, &[(1, 1), (3, 3)]);
     }
 
     #[test]
