@@ -496,6 +496,7 @@ impl Inner {
             let mut operation = self.pending.remove(&self.next_to_write).expect("checked above");
             // Stable: events of one step keep their causal arrival order.
             operation.events.sort_by_key(|(step, ..)| *step);
+            order_races(&mut operation.events);
             for (_, subject, event, at) in &operation.events {
                 self.write_line(*subject, event, operation.line);
                 self.times.push(*at);
@@ -515,6 +516,25 @@ impl Inner {
             }
         }
         self.lines.push(text);
+    }
+}
+
+/// Orders by client the runs of events that only timing orders: holders
+/// killed in one swarm download (its conversations share one step, so
+/// over real TCP they would be listed in the order they crashed), and the
+/// losses of those clients the tracker then notices (filed together at the
+/// end of the operation).
+fn order_races(events: &mut [(u32, Subject, AnyEvent, f64)]) {
+    let racing = |(_, subject, event, _): &(u32, Subject, AnyEvent, f64)| match (subject, event) {
+        (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. })) => Some((0, *client)),
+        (_, AnyEvent::Node(Event::ClientLost { client })) => Some((1, *client)),
+        _ => None,
+    };
+    let same_race = |a: &(u32, Subject, AnyEvent, f64), b: &(u32, Subject, AnyEvent, f64)| {
+        a.0 == b.0 && racing(a).zip(racing(b)).is_some_and(|(a, b)| a.0 == b.0)
+    };
+    for run in events.chunk_by_mut(same_race) {
+        run.sort_by_key(|entry| racing(entry));
     }
 }
 
@@ -619,6 +639,50 @@ mod tests {
         assert_eq!(
             events(&log),
             ["\"registered\"", "\"killed\"", "\"client_lost\"", "\"note\""]
+        );
+    }
+
+    #[test]
+    fn holders_killed_in_one_step_are_listed_by_client_whatever_order_they_crash_in() {
+        let log = log();
+        let register = log.begin();
+        for client in [7, 8] {
+            log.record(register, Node::Tracker, registered(client));
+        }
+        log.end(register.op);
+        let download = log.begin();
+        let holders_step = Trace { step: 1, ..download };
+        log.record(Trace { step: 0, ..download }, Node::Tracker, registered(9));
+        for client in [8, 7] {
+            let killed = Event::Killed { file: None, sent: None };
+            log.record(holders_step, Node::Client(ClientId(client)), killed);
+        }
+        log.record(Trace { step: 2, ..download }, Node::Tracker, registered(10));
+        log.end(download.op);
+        for client in [8, 7] {
+            let lost = Event::ClientLost {
+                client: ClientId(client),
+            };
+            log.record(Trace::default(), Node::Tracker, lost);
+        }
+        assert!(log.settle(download.op, Duration::from_secs(1)).is_ok());
+        let written: Vec<String> = log.lines()[2..]
+            .iter()
+            .map(|line| {
+                let line: serde_json::Value = serde_json::from_str(line).unwrap();
+                format!("{} {} {}", line["node"], line["event"], line["client"])
+            })
+            .collect();
+        assert_eq!(
+            written,
+            [
+                r#""tracker" "registered" 9"#,
+                r#""7" "killed" null"#,
+                r#""8" "killed" null"#,
+                r#""tracker" "registered" 10"#,
+                r#""tracker" "client_lost" 7"#,
+                r#""tracker" "client_lost" 8"#,
+            ]
         );
     }
 
