@@ -294,7 +294,7 @@ impl Conversation<'_> {
         let mut slot: Option<SlotWait> = None;
         loop {
             if slot.is_none() && !self.queue.is_empty() {
-                slot = Some(Box::pin(slots.clone().acquire(self.lagging)));
+                slot = Some(Box::pin(slots.clone().acquire(self.lagging, self.origin)));
             }
             let silence = self.queue.is_empty().then_some(idle);
             tokio::select! {
@@ -572,7 +572,7 @@ async fn in_turns<T>(
         stalled = true;
         slots.stalled_at(origin);
         drop(slot);
-        slot = slots.clone().acquire(true).await;
+        slot = slots.clone().acquire(true, origin).await;
     }
 }
 

@@ -1,19 +1,26 @@
 //! A client's upload slots: how many pieces it sends at once over all its
 //! swarm conversations, and which conversation sends next.
 //!
-//! Two lanes, each first come, first served. Conversations whose
-//! downloaders read share [`UPLOAD_SLOTS`] slots. A conversation whose
-//! send stalled (its downloader took no byte for a while, so it gave its
-//! slot back mid-piece) waits for the one slot of the lagging lane
-//! instead, and so does every conversation from the same address
-//! ([`Origin`]), new ones and ones already waiting too, until no send to
-//! it stalled for [`LAGGING_MEMORY`]: else a downloader could stall,
-//! reconnect and stall again, each time with a slot of those that read;
-//! and a send that goes through proves little, since socket buffers take
-//! a piece or two unread. So downloaders that stop reading, however many,
-//! hold up each other and their neighbours behind the same address, not
-//! the conversations of other addresses whose downloaders read (while
-//! those are served; see the README, "What is not defended yet").
+//! Two lanes. Conversations whose downloaders read share [`UPLOAD_SLOTS`]
+//! slots, first come, first served. A conversation whose send stalled
+//! (its downloader took no byte for a while, so it gave its slot back
+//! mid-piece) waits for the one slot of the lagging lane instead, and so
+//! does every conversation from the same address ([`Origin`]), new ones
+//! and ones already waiting too, until no send to it stalled for
+//! [`LAGGING_MEMORY`]: else a downloader could stall, reconnect and stall
+//! again, each time with a slot of those that read; and a send that goes
+//! through proves little, since socket buffers take a piece or two unread.
+//! So downloaders that stop reading, however many, hold up each other and
+//! their neighbours behind the same address, not the conversations of
+//! other addresses whose downloaders read (while those are served; see the
+//! README, "What is not defended yet").
+//!
+//! The lagging lane goes round the addresses: each has one place in its
+//! queue, which its conversations take in turn. So an address with a
+//! hundred stalled conversations gets one turn a round, as one with a
+//! single conversation does: a downloader that lagged once waits behind
+//! one conversation of each other lagging address, not behind all of
+//! them (which, at a stall's 3 s each, could outlast its idle timeout).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +53,10 @@ pub(crate) struct UploadSlots {
     prompt: Arc<Semaphore>,
     /// For conversations whose last send stalled.
     lagging: Arc<Semaphore>,
+    /// Each lagging address's one place in the lagging lane's queue. A
+    /// std mutex: held for a lookup. Entries live while a conversation
+    /// holds or waits for them.
+    lagging_places: Mutex<HashMap<Origin, Arc<Semaphore>>>,
     /// When a send to each address last stalled, lately. A std mutex:
     /// held for a map update, never across an `.await`.
     stalled: Mutex<HashMap<Origin, Instant>>,
@@ -61,6 +72,7 @@ impl UploadSlots {
         Arc::new(UploadSlots {
             prompt: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             lagging: Arc::new(Semaphore::new(LAGGING_SLOTS)),
+            lagging_places: Mutex::default(),
             stalled: Mutex::default(),
         })
     }
@@ -95,12 +107,30 @@ impl UploadSlots {
         stalled.insert(origin, Instant::now());
     }
 
-    /// Waits for a slot of the lane of a conversation that is `lagging`
-    /// (its last send stalled) or not.
-    pub(crate) async fn acquire(self: Arc<Self>, lagging: bool) -> Slot {
-        let lane = if lagging { &self.lagging } else { &self.prompt };
-        let permit = lane.clone().acquire_owned().await;
-        Slot(permit.expect("upload slots are never closed"))
+    /// Waits for a slot of the lane of a conversation from `origin` that
+    /// is `lagging` (its last send stalled) or not.
+    pub(crate) async fn acquire(self: Arc<Self>, lagging: bool, origin: Origin) -> Slot {
+        let never_closed = "upload slots are never closed";
+        if !lagging {
+            return Slot(self.prompt.clone().acquire_owned().await.expect(never_closed));
+        }
+        // Queue for the lane only in the address's one place, given up
+        // once the slot is had: the address's next conversation then
+        // queues behind those of other addresses.
+        let _place = self.lagging_place(origin).acquire_owned().await.expect(never_closed);
+        Slot(self.lagging.clone().acquire_owned().await.expect(never_closed))
+    }
+
+    /// The one place of `origin` in the lagging lane's queue.
+    fn lagging_place(&self, origin: Origin) -> Arc<Semaphore> {
+        let mut places = self.lagging_places.lock().expect("lagging places poisoned");
+        // Places nobody holds or waits for go: at most one per address
+        // with a conversation open.
+        places.retain(|_, place| Arc::strong_count(place) > 1);
+        places
+            .entry(origin)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
     }
 }
 
@@ -112,18 +142,46 @@ mod tests {
     #[tokio::test]
     async fn lagging_conversations_never_take_the_slots_of_those_that_read() {
         let slots = UploadSlots::new();
-        let stalled = slots.clone().acquire(true).await;
+        let stalled = slots.clone().acquire(true, here()).await;
         // Another lagging conversation waits for the lagging lane...
-        let mut second = Box::pin(slots.clone().acquire(true));
+        let mut second = Box::pin(slots.clone().acquire(true, here()));
         assert!((&mut second).now_or_never().is_none());
         // ... while those that read have every slot of theirs.
         let reading: Vec<Slot> = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false).now_or_never().expect("free"))
+            .map(|_| slots.clone().acquire(false, here()).now_or_never().expect("free"))
             .collect();
-        assert!(slots.clone().acquire(false).now_or_never().is_none());
+        assert!(slots.clone().acquire(false, here()).now_or_never().is_none());
         drop(stalled);
         assert!(second.now_or_never().is_some(), "handed on in its lane");
         drop(reading);
+    }
+
+    fn here() -> Origin {
+        Origin::from(std::net::IpAddr::from([10, 0, 0, 1]))
+    }
+
+    #[tokio::test]
+    async fn the_lagging_lane_goes_round_the_addresses() {
+        let slots = UploadSlots::new();
+        let (crowded, alone) = (here(), Origin::from(std::net::IpAddr::from([10, 0, 0, 2])));
+        let held = slots.clone().acquire(true, crowded).await;
+        // Three more conversations from the crowded address queue for the
+        // lane, then one from another address.
+        let mut crowd: Vec<_> = (0..3).map(|_| Box::pin(slots.clone().acquire(true, crowded))).collect();
+        for waiting in &mut crowd {
+            assert!(waiting.as_mut().now_or_never().is_none());
+        }
+        let mut single = Box::pin(slots.clone().acquire(true, alone));
+        assert!(single.as_mut().now_or_never().is_none());
+        drop(held);
+        let second = crowd[0].as_mut().now_or_never().expect("first in the queue");
+        assert!(crowd[1].as_mut().now_or_never().is_none());
+        drop(second);
+        // The other address's turn, not the crowd's third.
+        assert!(crowd[1].as_mut().now_or_never().is_none());
+        let turn = single.as_mut().now_or_never().expect("the other address's turn");
+        drop(turn);
+        assert!(crowd[1].as_mut().now_or_never().is_some(), "then the crowd again");
     }
 
     #[tokio::test(start_paused = true)]
