@@ -139,7 +139,8 @@ pub struct SwarmSetup {
 impl SwarmSetup {
     /// The two set-ups (16 MiB to 31 downloaders under --sim, 8 MiB
     /// to 7 over TCP), then swarms of 4, 16, 64 and 128 under --sim and 4
-    /// and 16 over TCP with the same caps.
+    /// and 16 over TCP with the same caps, and one of 1,000 under --sim
+    /// with a smaller file.
     fn full() -> Vec<SwarmSetup> {
         let sim = |downloaders, target| SwarmSetup {
             sim: true,
@@ -174,6 +175,13 @@ impl SwarmSetup {
             sim(16, None),
             sim(64, None),
             sim(128, None),
+            // A thousand downloaders: 4 MiB in 64 KiB pieces, as many
+            // pieces as the 16 MiB file has. About three minutes of wall
+            // time and 4.5 GiB of memory.
+            SwarmSetup {
+                bytes: 4 << 20,
+                ..small_pieces(sim(1000, None))
+            },
             tcp(4, None),
             tcp(16, None),
         ]
@@ -1451,8 +1459,11 @@ fn run_printing(config: &Config, work: &Path, name: &str, source: &str, sim: boo
     std::fs::write(&script, source).unwrap();
     let root = work.join(name);
     let mode = if sim { "--sim" } else { "--ephemeral-ports" };
+    // A swarm of a thousand takes minutes of wall time under --sim.
+    let limit = ["--time-limit", "3600"];
     let output = Command::new(&config.phile_run)
         .args([script.to_str().unwrap(), "--root", root.to_str().unwrap(), mode])
+        .args(limit)
         .env("RUST_LOG", "error")
         .output()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", config.phile_run.display()));
