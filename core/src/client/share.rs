@@ -301,6 +301,12 @@ impl Conversation<'_> {
                 biased;
                 request = requests.message::<Request<PeerRequest>>(silence) => {
                     let Some(request) = request? else { return Ok(()) };
+                    if matches!(request.body, PeerRequest::BadPiece { .. }) {
+                        // The check can take seconds (the hash of a whole
+                        // file) and ends the conversation: a slot handed
+                        // to it meanwhile would sit unused.
+                        slot = None;
+                    }
                     if !self.answer(request, &mut replies).await? {
                         return Ok(());
                     }
