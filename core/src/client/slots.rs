@@ -20,7 +20,8 @@
 //! hundred stalled conversations gets one turn a round, as one with a
 //! single conversation does: a downloader that lagged once waits behind
 //! one conversation of each other lagging address, not behind all of
-//! them (which, at a stall's 3 s each, could outlast its idle timeout).
+//! them (which, at a stall's 3 to 6 s each, could outlast its idle
+//! timeout).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,8 +55,8 @@ pub(crate) struct UploadSlots {
     /// For conversations whose last send stalled.
     lagging: Arc<Semaphore>,
     /// Each lagging address's one place in the lagging lane's queue. A
-    /// std mutex: held for a lookup. Entries live while a conversation
-    /// holds or waits for them.
+    /// std mutex: held for a lookup. An entry goes at the first lookup
+    /// after no conversation holds or waits for it.
     lagging_places: Mutex<HashMap<Origin, Arc<Semaphore>>>,
     /// When a send to each address last stalled, lately. A std mutex:
     /// held for a map update, never across an `.await`.
@@ -180,8 +181,20 @@ mod tests {
         // The other address's turn, not the crowd's third.
         assert!(crowd[1].as_mut().now_or_never().is_none());
         let turn = single.as_mut().now_or_never().expect("the other address's turn");
+        // A conversation that goes away while it holds its address's place
+        // passes the place on.
+        drop(crowd.remove(1));
         drop(turn);
-        assert!(crowd[1].as_mut().now_or_never().is_some(), "then the crowd again");
+        let last = crowd[1].as_mut().now_or_never().expect("then the crowd again");
+        drop(crowd);
+        drop(single);
+        drop(last);
+        slots.lagging_place(alone);
+        assert_eq!(
+            slots.lagging_places.lock().unwrap().len(),
+            1,
+            "places nobody holds are gone"
+        );
     }
 
     #[tokio::test(start_paused = true)]
