@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::link::{Heard, Requests};
-use super::{Run, FIRST_PIPELINE, MAX_LINKS, REFRESH_INTERVAL};
+use super::{Run, CROWD, CROWDED_PIPELINE, MAX_LINKS, QUIET_PIPELINE, REFRESH_INTERVAL};
 use crate::client::{DownloadError, Rejection, TransferError, REJECTIONS_LISTED};
 use crate::events::Event;
 use crate::protocol::{ClientId, PeerRequest, Problem, Request, SwarmPeer, Trace, TrackerRequest};
@@ -121,7 +121,7 @@ impl Run<'_> {
                     },
                 );
                 self.plan.join(peer, bits);
-                self.plan.set_pipeline(peer, FIRST_PIPELINE.min(self.pipeline));
+                self.plan.set_pipeline(peer, self.quiet_pipeline());
                 self.ask(peer);
                 if let Some(index) = self.plan.first_held_of(peer) {
                     self.nudge_if_idle(peer, index);
@@ -172,6 +172,17 @@ impl Run<'_> {
                 link.stall_clock = Instant::now();
             }
         }
+    }
+
+    /// How many requests a peer that delivered nothing lately (a new one,
+    /// or a busy one) gets in flight.
+    pub(super) fn quiet_pipeline(&self) -> usize {
+        let quiet = if self.peers.len() > CROWD {
+            CROWDED_PIPELINE
+        } else {
+            QUIET_PIPELINE
+        };
+        quiet.min(self.pipeline)
     }
 
     /// Whether `peer` has been asked for something it has yet to send:
