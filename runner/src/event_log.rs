@@ -216,6 +216,10 @@ struct Inner {
     misplaced: Option<String>,
 }
 
+/// An event filed under an operation: its step, who it is about, the
+/// event, and when it arrived (the run's seconds).
+type Filed = (u32, Subject, AnyEvent, f64);
+
 #[derive(Default)]
 struct Operation {
     /// Whether the operation has ended, so no more events can come.
@@ -223,7 +227,7 @@ struct Operation {
     /// The script line that began it.
     line: Option<u32>,
     /// Its events with their step and arrival time, in arrival order.
-    events: Vec<(u32, Subject, AnyEvent, f64)>,
+    events: Vec<Filed>,
 }
 
 impl EventLog {
@@ -522,17 +526,17 @@ impl Inner {
 /// Orders by client the runs of events that only timing orders: holders
 /// killed in one swarm download (its conversations share one step, so
 /// over real TCP they would be listed in the order they crashed), and the
-/// losses of those clients the tracker then notices (filed together at the
-/// end of the operation).
-fn order_races(events: &mut [(u32, Subject, AnyEvent, f64)]) {
-    let racing = |(_, subject, event, _): &(u32, Subject, AnyEvent, f64)| match (subject, event) {
+/// `client_lost` events filed together at the end of an operation (the
+/// tracker noticing those crashes; under simulation, sessions timing out
+/// in one `sleep` too).
+fn order_races(events: &mut [Filed]) {
+    // The kind of race (kills, losses), then the client it orders by.
+    let racing = |(_, subject, event, _): &Filed| match (subject, event) {
         (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. })) => Some((0, *client)),
         (_, AnyEvent::Node(Event::ClientLost { client })) => Some((1, *client)),
         _ => None,
     };
-    let same_race = |a: &(u32, Subject, AnyEvent, f64), b: &(u32, Subject, AnyEvent, f64)| {
-        a.0 == b.0 && racing(a).zip(racing(b)).is_some_and(|(a, b)| a.0 == b.0)
-    };
+    let same_race = |a: &Filed, b: &Filed| a.0 == b.0 && racing(a).zip(racing(b)).is_some_and(|(a, b)| a.0 == b.0);
     for run in events.chunk_by_mut(same_race) {
         run.sort_by_key(|entry| racing(entry));
     }
