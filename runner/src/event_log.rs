@@ -214,6 +214,9 @@ struct Inner {
     lost_early: HashMap<ClientId, (Subject, AnyEvent, f64)>,
     /// The first event that had no place, described: the run fails with it.
     misplaced: Option<String>,
+    /// Clients a fault crashed mid-transfer, with the file and bytes sent,
+    /// not yet told on the console ([`EventLog::take_fault_crashes`]).
+    fault_crashes: Vec<(ClientId, String, u64)>,
 }
 
 /// An event filed under an operation: its step, who it is about, the
@@ -255,6 +258,7 @@ impl EventLog {
                 awaiting: HashMap::new(),
                 lost_early: HashMap::new(),
                 misplaced: None,
+                fault_crashes: Vec::new(),
             }),
             arrived: Condvar::new(),
             clock: std::sync::OnceLock::new(),
@@ -393,6 +397,12 @@ impl EventLog {
         }
     }
 
+    /// The clients a `kill_after` fault crashed since the last call, with
+    /// the file and the bytes of it sent, in the order they were filed.
+    pub fn take_fault_crashes(&self) -> Vec<(ClientId, String, u64)> {
+        std::mem::take(&mut self.lock().fault_crashes)
+    }
+
     /// The lines written so far (every line, once the run is over).
     pub fn lines(&self) -> Vec<String> {
         self.lock().lines.clone()
@@ -441,7 +451,10 @@ impl Inner {
             (_, AnyEvent::Node(Event::ClientLeft { client } | Event::ClientLost { client })) => {
                 self.registered.remove(client);
             }
-            (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. })) => {
+            (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { file, sent })) => {
+                if let (Some(file), Some(sent)) = (file, sent) {
+                    self.fault_crashes.push((client, file.to_string(), *sent));
+                }
                 if let Some((subject, lost, lost_at)) = self.lost_early.remove(&client) {
                     if let Some(operation) = self.pending.get_mut(&op) {
                         operation.events.push((u32::MAX, subject, lost, lost_at));

@@ -102,10 +102,24 @@ impl World {
         self.conclude(c, file, reply, started)
     }
 
+    /// Says which holders a `kill_after` crashed since the last download
+    /// ended (the log has their `killed`), by client.
+    fn tell_fault_crashes(&self) {
+        let mut crashes = self.log.take_fault_crashes();
+        crashes.sort();
+        for (client, file, sent) in crashes {
+            self.say(
+                client,
+                format_args!("killed mid-transfer: kill_after struck after {sent} bytes of {file}"),
+            );
+        }
+    }
+
     /// Turns a node's reply to a download into the script's result, or a
     /// script error when the client itself failed.
     fn conclude(&self, c: &ClientRef, file: FileName, reply: Reply, started: Duration) -> Verdict<DownloadResult> {
         self.count(|s| s.steps += 1);
+        self.tell_fault_crashes();
         let outcome = match reply {
             Reply::Downloaded {
                 downloaded: Downloaded { from, info, swarm },
