@@ -214,9 +214,10 @@ struct Inner {
     lost_early: HashMap<ClientId, (Subject, AnyEvent, f64)>,
     /// The first event that had no place, described: the run fails with it.
     misplaced: Option<String>,
-    /// Clients a fault crashed mid-transfer, with the file and bytes sent,
-    /// not yet told on the console ([`EventLog::take_fault_crashes`]).
-    fault_crashes: Vec<(ClientId, String, u64)>,
+    /// Clients a fault crashed mid-transfer, by the operation they are
+    /// filed under, with the file and the bytes sent, not yet told on the
+    /// console ([`EventLog::take_fault_crashes`]).
+    fault_crashes: Vec<(u64, ClientId, String, u64)>,
 }
 
 /// An event filed under an operation: its step, who it is about, the
@@ -397,10 +398,19 @@ impl EventLog {
         }
     }
 
-    /// The clients a `kill_after` fault crashed since the last call, with
-    /// the file and the bytes of it sent, in the order they were filed.
-    pub fn take_fault_crashes(&self) -> Vec<(ClientId, String, u64)> {
-        std::mem::take(&mut self.lock().fault_crashes)
+    /// The clients a `kill_after` fault crashed during operation `op`
+    /// (a download), with the file and the bytes of it sent, by client.
+    pub fn take_fault_crashes(&self, op: u64) -> Vec<(ClientId, String, u64)> {
+        let mut inner = self.lock();
+        let (mut taken, kept) = std::mem::take(&mut inner.fault_crashes)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(filed, ..)| *filed == op);
+        inner.fault_crashes = kept;
+        taken.sort();
+        taken
+            .into_iter()
+            .map(|(_, client, file, sent)| (client, file, sent))
+            .collect()
     }
 
     /// The lines written so far (every line, once the run is over).
@@ -453,7 +463,7 @@ impl Inner {
             }
             (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { file, sent })) => {
                 if let (Some(file), Some(sent)) = (file, sent) {
-                    self.fault_crashes.push((client, file.to_string(), *sent));
+                    self.fault_crashes.push((op, client, file.to_string(), *sent));
                 }
                 if let Some((subject, lost, lost_at)) = self.lost_early.remove(&client) {
                     if let Some(operation) = self.pending.get_mut(&op) {
@@ -701,6 +711,25 @@ mod tests {
                 r#""tracker" "client_lost" 8"#,
             ]
         );
+    }
+
+    #[test]
+    fn fault_crashes_are_taken_by_the_download_they_cut() {
+        let log = log();
+        let (first, second) = (log.begin(), log.begin());
+        for (download, client) in [(second, 8), (first, 7), (second, 6)] {
+            let killed = Event::Killed {
+                file: Some("f.bin".parse().unwrap()),
+                sent: Some(10),
+            };
+            log.record(download, Node::Client(ClientId(client)), killed);
+        }
+        let plain_kill = Event::Killed { file: None, sent: None };
+        log.record(first, Node::Client(ClientId(5)), plain_kill);
+        let crashed = |op| -> Vec<u64> { log.take_fault_crashes(op).iter().map(|(c, ..)| c.0).collect() };
+        assert_eq!(crashed(second.op), [6, 8], "by client, only the second download's");
+        assert_eq!(crashed(first.op), [7], "a kill by the script is not a fault's");
+        assert!(crashed(first.op).is_empty(), "told once");
     }
 
     #[test]

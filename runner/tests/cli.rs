@@ -67,27 +67,31 @@ fn the_default_scenario_prints_the_seed_tree_and_a_summary() {
 
 #[test]
 fn holders_a_fault_crashes_are_told_before_the_download_they_cut() {
-    let root = tempfile::tempdir().unwrap();
-    let script = scenario("swarm_holders_crash_together.rhai");
-    let output = phile_run(&[
-        script.to_str().unwrap(),
-        "--root",
-        root.path().to_str().unwrap(),
-        "--ephemeral-ports",
-    ]);
-    let stdout = text(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
-    let told: Vec<&str> = stdout
-        .lines()
-        .skip_while(|line| !line.contains("killed"))
-        .take(3)
-        .collect();
-    let crashed = |client| format!("   {client}  killed mid-transfer: kill_after struck after 20000 bytes of data.bin");
-    assert_eq!(told[..2], [crashed(16201), crashed(16202)], "{stdout}");
-    assert!(
-        told[2].starts_with("   16203  download data.bin: ok in pieces from 3 peers"),
-        "{stdout}"
-    );
+    for network in [
+        &["--ephemeral-ports"][..],
+        &["--sim"],
+        &["--processes", "--ephemeral-ports"],
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let script = scenario("swarm_holders_crash_together.rhai");
+        let mut arguments = vec![script.to_str().unwrap(), "--root", root.path().to_str().unwrap()];
+        arguments.extend(network);
+        let output = phile_run(&arguments);
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{network:?}: {stdout}{}", text(&output.stderr));
+        let told: Vec<&str> = stdout
+            .lines()
+            .skip_while(|line| !line.contains("killed"))
+            .take(3)
+            .collect();
+        assert_eq!(told.len(), 3, "{network:?}: {stdout}");
+        let crashed = |client| format!("   {client}  killed: kill_after struck after sending 20000 bytes of data.bin");
+        assert_eq!(told[..2], [crashed(16201), crashed(16202)], "{network:?}: {stdout}");
+        assert!(
+            told[2].starts_with("   16203  download data.bin: ok in pieces from 3 peers"),
+            "{network:?}: {stdout}"
+        );
+    }
 }
 
 #[test]

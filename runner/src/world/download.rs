@@ -98,28 +98,33 @@ impl World {
             file: file.clone(),
             swarm,
         };
-        let reply = self.operation(|trace| self.call(node, trace, command))?;
-        self.conclude(c, file, reply, started)
+        let (reply, op) = self.operation(|trace| (self.call(node, trace, command), trace.op))?;
+        self.conclude(c, file, reply, started, op)
     }
 
-    /// Says which holders a `kill_after` crashed since the last download
-    /// ended (the log has their `killed`), by client.
-    fn tell_fault_crashes(&self) {
-        let mut crashes = self.log.take_fault_crashes();
-        crashes.sort();
-        for (client, file, sent) in crashes {
+    /// Says which holders a `kill_after` crashed during the download of
+    /// operation `op` (the log has their `killed`), by client.
+    fn tell_fault_crashes(&self, op: u64) {
+        for (client, file, sent) in self.log.take_fault_crashes(op) {
             self.say(
                 client,
-                format_args!("killed mid-transfer: kill_after struck after {sent} bytes of {file}"),
+                format_args!("killed: kill_after struck after sending {sent} bytes of {file}"),
             );
         }
     }
 
     /// Turns a node's reply to a download into the script's result, or a
     /// script error when the client itself failed.
-    fn conclude(&self, c: &ClientRef, file: FileName, reply: Reply, started: Duration) -> Verdict<DownloadResult> {
+    fn conclude(
+        &self,
+        c: &ClientRef,
+        file: FileName,
+        reply: Reply,
+        started: Duration,
+        op: u64,
+    ) -> Verdict<DownloadResult> {
         self.count(|s| s.steps += 1);
-        self.tell_fault_crashes();
+        self.tell_fault_crashes(op);
         let outcome = match reply {
             Reply::Downloaded {
                 downloaded: Downloaded { from, info, swarm },
@@ -214,7 +219,7 @@ impl World {
             }
             None => {
                 self.end(trace)?;
-                TransferState::Done(self.conclude(c, file, reply, started)?)
+                TransferState::Done(self.conclude(c, file, reply, started, trace.op)?)
             }
         };
         let transfer = Transfer(Rc::new(RefCell::new(state)));
@@ -239,7 +244,9 @@ impl World {
         };
         self.log.resume(trace.op);
         let reply = self.call(node, trace, Command::FinishDownload { transfer: number });
-        let result = self.end(trace).and_then(|()| self.conclude(&c, file, reply, started));
+        let result = self
+            .end(trace)
+            .and_then(|()| self.conclude(&c, file, reply, started, trace.op));
         // Whatever happened, the transfer is over: never wait on it twice.
         *state = match &result {
             Ok(done) => TransferState::Done(done.clone()),
