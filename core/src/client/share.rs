@@ -8,10 +8,9 @@
 //! upload slots, which a fair (first come, first served) semaphore hands
 //! out, so a client serving many downloaders sends each of them a piece in
 //! turn rather than trickling to all at once, and its first pieces reach
-//! the swarm early. A send keeps its slot only while its bytes move, and
-//! for [`SLOT_LEASE`] at most: a downloader that stops reading lets the
-//! next conversation have the slot after [`SLOT_STALL`], one that trickles
-//! after the lease, and the rest of the piece waits for the lane of
+//! the swarm early. A send keeps its slot only while its bytes move: a
+//! downloader that stops reading lets the next conversation have the slot
+//! after [`SLOT_STALL`], and the rest of the piece waits for the lane of
 //! lagging conversations, apart from those whose downloaders read
 //! (`slots.rs`).
 //!
@@ -64,16 +63,6 @@ const _: () = assert!(MAX_WAITING >= 4 * MAX_PIPELINE);
 /// went from sends that were only waiting their turn); short beside the
 /// idle timeout, which is how long the send itself may go on so.
 pub(crate) const SLOT_STALL: Duration = Duration::from_secs(3);
-
-/// How long a send may keep its upload slot while its bytes move: a
-/// downloader that reads a little now and then, in pieces as big as it
-/// likes, would otherwise keep a slot for hours. Checked at each
-/// [`SLOT_STALL`], so twice it. An honest send that takes longer (a slow
-/// link, a big piece) goes on in the lagging lane, where it holds up only
-/// other lagging sends, not those of downloaders that keep up. (Under
-/// `--sim`, no send of the benchmark's swarms, up to 1,000 downloaders,
-/// takes that long.)
-pub(crate) const SLOT_LEASE: Duration = Duration::from_secs(6);
 
 /// How a client spread the pieces of one file cut one way, shared by its
 /// conversations about it while any is open.
@@ -164,9 +153,8 @@ struct Conversation<'a> {
     /// The pieces it was shown and cancelled.
     cancelled: Bitfield,
     /// Whether its sends wait for the lagging lane of the upload slots:
-    /// one of them lagged (the downloader took no byte for [`SLOT_STALL`],
-    /// or the send outlasted [`SLOT_LEASE`]), or one to its address did
-    /// lately.
+    /// one of them stalled (the downloader took no byte for
+    /// [`SLOT_STALL`]), or one to its address did lately.
     lagging: bool,
     /// Where the downloader connects from.
     origin: Origin,
@@ -259,7 +247,7 @@ impl Seeder {
             seen,
             layer_asked: false,
             cancelled: Bitfield::empty(wanted.count()),
-            lagging: self.upload_slots.lagged_lately(origin),
+            lagging: self.upload_slots.stalled_lately(origin),
             origin,
         })
     }
@@ -327,8 +315,8 @@ impl Conversation<'_> {
                 _ = spread.everywhere(), if self.hiding => self.show_all(&mut replies).await?,
                 permit = wait(&mut slot) => {
                     slot = None;
-                    if !self.lagging && slots.lagged_lately(self.origin) {
-                        // Its address lagged while it waited: the slot
+                    if !self.lagging && slots.stalled_lately(self.origin) {
+                        // Its address stalled while it waited: the slot
                         // goes to the next, and it waits in the lagging lane.
                         self.lagging = true;
                         continue;
@@ -336,10 +324,10 @@ impl Conversation<'_> {
                     if let Some(index) = self.least_sent() {
                         let (sent, origin) = (replies.sent(), self.origin);
                         let send = self.send_piece(index, &mut replies);
-                        let (sent, lagged) = in_turns(permit, &slots, origin, &sent, send).await;
+                        let (sent, stalled) = in_turns(permit, &slots, origin, &sent, send).await;
                         // A send that went through (into socket buffers, it
-                        // may be) proves little while the address lags.
-                        self.lagging = lagged || slots.lagged_lately(origin);
+                        // may be) proves little while the address stalls.
+                        self.lagging = stalled || slots.stalled_lately(origin);
                         sent?;
                         self.show_another(&mut replies).await?;
                     }
@@ -563,13 +551,12 @@ async fn gained(partial: Option<&Partial>, seen: usize) {
 }
 
 /// Runs `send` only while it holds one of the upload `slots`, starting
-/// with `slot`. The slot goes to the next conversation waiting once
-/// `sent` (the bytes the stream took) stays put for [`SLOT_STALL`], or
-/// once the send held it for [`SLOT_LEASE`], however its bytes move; the
-/// send then waits for a slot of the lagging lane before it goes on, and
-/// the lag is remembered for the downloader's address, `origin`. So no
-/// more sends than there are slots ever move at once, and none keeps a
-/// slot for long. Returns what `send` did, and whether it lagged.
+/// with `slot`: once `sent` (the bytes the stream took) stays put for
+/// [`SLOT_STALL`], the slot goes to the next conversation waiting, and the
+/// send waits for a slot of the lagging lane before it goes on; the stall
+/// is remembered for the downloader's address, `origin`. So no more sends
+/// than there are slots ever move at once. Returns what `send` did, and
+/// whether it stalled.
 async fn in_turns<T>(
     mut slot: Slot,
     slots: &Arc<UploadSlots>,
@@ -578,24 +565,18 @@ async fn in_turns<T>(
     send: impl Future<Output = T>,
 ) -> (T, bool) {
     tokio::pin!(send);
-    let mut lagged = false;
+    let mut stalled = false;
     loop {
-        let leased = Instant::now();
         let mut seen = sent.load(Ordering::Relaxed);
         loop {
             match tokio::time::timeout(SLOT_STALL, &mut send).await {
-                Ok(done) => return (done, lagged),
-                Err(_) => {
-                    let moved = sent.load(Ordering::Relaxed);
-                    if moved == seen || leased.elapsed() >= SLOT_LEASE {
-                        break;
-                    }
-                    seen = moved;
-                }
+                Ok(done) => return (done, stalled),
+                Err(_) if sent.load(Ordering::Relaxed) == seen => break,
+                Err(_) => seen = sent.load(Ordering::Relaxed),
             }
         }
-        lagged = true;
-        slots.lagged_at(origin);
+        stalled = true;
+        slots.stalled_at(origin);
         drop(slot);
         slot = slots.clone().acquire(true, origin).await;
     }

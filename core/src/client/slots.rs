@@ -2,26 +2,25 @@
 //! swarm conversations, and which conversation sends next.
 //!
 //! Two lanes. Conversations whose downloaders read share [`UPLOAD_SLOTS`]
-//! slots, first come, first served. A conversation whose send lagged (its
-//! downloader took no byte for a while, or took so few that the send
-//! outlasted its lease, so it gave its slot back mid-piece) waits for the
-//! one slot of the lagging lane instead, and so does every conversation
-//! from the same address ([`Origin`]), new ones and ones already waiting
-//! too, until no send to it lagged for [`LAGGING_MEMORY`]: else a
-//! downloader could stall, reconnect and stall again, each time with a
-//! slot of those that read; and a send that goes through proves little,
-//! since socket buffers take a piece or two unread. So downloaders that
-//! stop reading or trickle, however many, hold up each other and their
-//! neighbours behind the same address, not the conversations of other
-//! addresses whose downloaders read (while those are served; see the
+//! slots, first come, first served. A conversation whose send stalled
+//! (its downloader took no byte for a while, so it gave its slot back
+//! mid-piece) waits for the one slot of the lagging lane instead, and so
+//! does every conversation from the same address ([`Origin`]), new ones
+//! and ones already waiting too, until no send to it stalled for
+//! [`LAGGING_MEMORY`]: else a downloader could stall, reconnect and stall
+//! again, each time with a slot of those that read; and a send that goes
+//! through proves little, since socket buffers take a piece or two unread.
+//! So downloaders that stop reading, however many, hold up each other and
+//! their neighbours behind the same address, not the conversations of
+//! other addresses whose downloaders read (while those are served; see the
 //! README, "What is not defended yet").
 //!
 //! The lagging lane goes round the addresses: each has one place in its
 //! queue, which its conversations take in turn. So an address with a
-//! hundred lagging conversations gets one turn a round, as one with a
+//! hundred stalled conversations gets one turn a round, as one with a
 //! single conversation does: a downloader that lagged once waits behind
 //! one conversation of each other lagging address, not behind all of
-//! them (which, at a turn's 3 to 6 s each, could outlast its idle
+//! them (which, at a stall's 3 to 6 s each, could outlast its idle
 //! timeout).
 
 use std::collections::HashMap;
@@ -39,12 +38,12 @@ pub(crate) const UPLOAD_SLOTS: usize = 2;
 /// How many pieces it sends at once to lagging downloaders.
 pub(crate) const LAGGING_SLOTS: usize = 1;
 
-/// How long an address where a send lagged starts its new conversations
+/// How long an address where a send stalled starts its new conversations
 /// in the lagging lane: longer than the idle timeout, so a conversation
 /// that stalled for good and was cut cannot come straight back in front.
 const LAGGING_MEMORY: Duration = Duration::from_secs(60);
 
-/// The most addresses remembered for lagging; past it the oldest
+/// The most addresses remembered for stalling; past it the oldest
 /// memories go first (a flood of addresses costs memory, not slots).
 const LAGGING_ADDRESSES: usize = 4096;
 
@@ -53,15 +52,15 @@ const LAGGING_ADDRESSES: usize = 4096;
 pub(crate) struct UploadSlots {
     /// For conversations whose downloaders read.
     prompt: Arc<Semaphore>,
-    /// For conversations whose last send lagged.
+    /// For conversations whose last send stalled.
     lagging: Arc<Semaphore>,
     /// Each lagging address's one place in the lagging lane's queue. A
     /// std mutex: held for a lookup. An entry goes at the first lookup
     /// after no conversation holds or waits for it.
     lagging_places: Mutex<HashMap<Origin, Arc<Semaphore>>>,
-    /// When a send to each address last lagged, lately. A std mutex:
+    /// When a send to each address last stalled, lately. A std mutex:
     /// held for a map update, never across an `.await`.
-    lagged: Mutex<HashMap<Origin, Instant>>,
+    stalled: Mutex<HashMap<Origin, Instant>>,
 }
 
 /// One upload slot, given back on drop.
@@ -75,42 +74,42 @@ impl UploadSlots {
             prompt: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             lagging: Arc::new(Semaphore::new(LAGGING_SLOTS)),
             lagging_places: Mutex::default(),
-            lagged: Mutex::default(),
+            stalled: Mutex::default(),
         })
     }
 
-    fn lagged(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Instant>> {
-        self.lagged.lock().expect("lag memory poisoned")
+    fn stalled(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Instant>> {
+        self.stalled.lock().expect("stall memory poisoned")
     }
 
-    /// Whether a send to `origin` lagged lately: its new conversations
+    /// Whether a send to `origin` stalled lately: its new conversations
     /// start in the lagging lane.
-    pub(crate) fn lagged_lately(&self, origin: Origin) -> bool {
-        self.lagged()
+    pub(crate) fn stalled_lately(&self, origin: Origin) -> bool {
+        self.stalled()
             .get(&origin)
             .is_some_and(|at| at.elapsed() < LAGGING_MEMORY)
     }
 
-    /// Remembers that a send to `origin` lagged now.
-    pub(crate) fn lagged_at(&self, origin: Origin) {
-        let mut lagged = self.lagged();
-        if lagged.len() >= LAGGING_ADDRESSES {
-            lagged.retain(|_, at| at.elapsed() < LAGGING_MEMORY);
+    /// Remembers that a send to `origin` stalled now.
+    pub(crate) fn stalled_at(&self, origin: Origin) {
+        let mut stalled = self.stalled();
+        if stalled.len() >= LAGGING_ADDRESSES {
+            stalled.retain(|_, at| at.elapsed() < LAGGING_MEMORY);
         }
-        if lagged.len() >= LAGGING_ADDRESSES {
+        if stalled.len() >= LAGGING_ADDRESSES {
             // Ties broken by address: the map's order is random per
             // process, and a run under `--sim` must repeat exactly.
-            let oldest = lagged
+            let oldest = stalled
                 .iter()
                 .min_by_key(|(origin, at)| (**at, **origin))
                 .map(|(origin, _)| *origin);
-            lagged.remove(&oldest.expect("not empty"));
+            stalled.remove(&oldest.expect("not empty"));
         }
-        lagged.insert(origin, Instant::now());
+        stalled.insert(origin, Instant::now());
     }
 
     /// Waits for a slot of the lane of a conversation from `origin` that
-    /// is `lagging` (its last send lagged) or not.
+    /// is `lagging` (its last send stalled) or not.
     pub(crate) async fn acquire(self: Arc<Self>, lagging: bool, origin: Origin) -> Slot {
         let never_closed = "upload slots are never closed";
         if !lagging {
@@ -199,27 +198,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_address_where_a_send_lagged_is_remembered_for_a_while() {
+    async fn an_address_where_a_send_stalled_is_remembered_for_a_while() {
         let slots = UploadSlots::new();
         let here = Origin::from(std::net::IpAddr::from([10, 0, 0, 1]));
         let there = Origin::from(std::net::IpAddr::from([10, 0, 0, 2]));
-        slots.lagged_at(here);
-        assert!(slots.lagged_lately(here));
-        assert!(!slots.lagged_lately(there));
+        slots.stalled_at(here);
+        assert!(slots.stalled_lately(here));
+        assert!(!slots.stalled_lately(there));
         tokio::time::advance(LAGGING_MEMORY).await;
-        assert!(!slots.lagged_lately(here), "forgotten after LAGGING_MEMORY");
+        assert!(!slots.stalled_lately(here), "forgotten after LAGGING_MEMORY");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_addresses_is_remembered_within_bounds() {
         let slots = UploadSlots::new();
         for n in 0..(LAGGING_ADDRESSES as u32 + 10) {
-            slots.lagged_at(Origin::from(std::net::IpAddr::from(n.to_be_bytes())));
+            slots.stalled_at(Origin::from(std::net::IpAddr::from(n.to_be_bytes())));
             tokio::time::advance(Duration::from_millis(1)).await;
         }
-        assert_eq!(slots.lagged().len(), LAGGING_ADDRESSES);
+        assert_eq!(slots.stalled().len(), LAGGING_ADDRESSES);
         let newest = Origin::from(std::net::IpAddr::from((LAGGING_ADDRESSES as u32 + 9).to_be_bytes()));
-        assert!(slots.lagged_lately(newest));
-        assert!(!slots.lagged_lately(Origin::from(std::net::IpAddr::from([0, 0, 0, 0]))));
+        assert!(slots.stalled_lately(newest));
+        assert!(!slots.stalled_lately(Origin::from(std::net::IpAddr::from([0, 0, 0, 0]))));
     }
 }
