@@ -12,7 +12,8 @@
 //! downloader that stops reading lets the next conversation have the slot
 //! after [`SLOT_STALL`], and the rest of the piece waits for the lane of
 //! lagging conversations, apart from those whose downloaders read
-//! (`slots.rs`).
+//! (`slots.rs`). The same holds for a slot that comes while the
+//! conversation writes other replies (`beside_slot`).
 //!
 //! Of the pieces a downloader asked for, the one this client has sent least
 //! often (to anyone) goes first: a seeder asked for the same pieces by many
@@ -291,13 +292,17 @@ impl Conversation<'_> {
             Pieces::Whole { .. } => None,
         };
         let spread = self.spread.clone();
+        let (sent, origin) = (replies.sent(), self.origin);
         let mut slot: Option<SlotWait> = None;
         loop {
             if slot.is_none() && !self.queue.is_empty() {
-                slot = Some(Box::pin(slots.clone().acquire(self.lagging, self.origin)));
+                slot = Some(Box::pin(slots.clone().acquire(self.lagging, origin)));
             }
             let silence = self.queue.is_empty().then_some(idle);
-            tokio::select! {
+            // Replies other than pieces are written beside the wait for a
+            // slot, which may come while they are stuck on a downloader
+            // that does not read.
+            let stalled = tokio::select! {
                 biased;
                 request = requests.message::<Request<PeerRequest>>(silence) => {
                     let Some(request) = request? else { return Ok(()) };
@@ -307,32 +312,45 @@ impl Conversation<'_> {
                         // to it meanwhile would sit unused.
                         slot = None;
                     }
-                    if !self.answer(request, &mut replies).await? {
+                    let answer = self.answer(request, &mut replies);
+                    let (going_on, stalled) = beside_slot(answer, &mut slot, &slots, origin, &sent).await;
+                    if !going_on? {
                         return Ok(());
                     }
+                    stalled
                 }
-                _ = gained(partial.as_deref(), self.seen) => self.tell_gains(&mut replies).await?,
-                _ = spread.everywhere(), if self.hiding => self.show_all(&mut replies).await?,
+                _ = gained(partial.as_deref(), self.seen) => {
+                    let tell = self.tell_gains(&mut replies);
+                    let (told, stalled) = beside_slot(tell, &mut slot, &slots, origin, &sent).await;
+                    told?;
+                    stalled
+                }
+                _ = spread.everywhere(), if self.hiding => {
+                    let show = self.show_all(&mut replies);
+                    let (shown, stalled) = beside_slot(show, &mut slot, &slots, origin, &sent).await;
+                    shown?;
+                    stalled
+                }
                 permit = wait(&mut slot) => {
                     slot = None;
-                    if !self.lagging && slots.stalled_lately(self.origin) {
+                    if !self.lagging && slots.stalled_lately(origin) {
                         // Its address stalled while it waited: the slot
                         // goes to the next, and it waits in the lagging lane.
                         self.lagging = true;
                         continue;
                     }
-                    if let Some(index) = self.least_sent() {
-                        let (sent, origin) = (replies.sent(), self.origin);
-                        let send = self.send_piece(index, &mut replies);
-                        let (sent, stalled) = in_turns(permit, &slots, origin, &sent, send).await;
-                        // A send that went through (into socket buffers, it
-                        // may be) proves little while the address stalls.
-                        self.lagging = stalled || slots.stalled_lately(origin);
-                        sent?;
-                        self.show_another(&mut replies).await?;
-                    }
+                    let Some(index) = self.least_sent() else { continue };
+                    let send = self.send_piece(index, &mut replies);
+                    let (done, stalled) = in_turns(permit, &slots, origin, &sent, send).await;
+                    // A send that went through (into socket buffers, it
+                    // may be) proves little while the address stalls.
+                    self.lagging = stalled || slots.stalled_lately(origin);
+                    done?;
+                    self.show_another(&mut replies).await?;
+                    false
                 }
-            }
+            };
+            self.lagging |= stalled;
         }
     }
 
@@ -582,6 +600,44 @@ async fn in_turns<T>(
     }
 }
 
+/// Runs `write`, replies that are not pieces (`Have`s, the piece hashes,
+/// a refusal), while `slot` may be waiting for an upload slot. A slot that
+/// comes meanwhile is kept for the piece to follow, as a send keeps one:
+/// once `sent` (the bytes the stream took) stays put for [`SLOT_STALL`],
+/// the slot goes to the next conversation waiting, and the stall is
+/// remembered for the downloader's address, `origin`. Else a downloader
+/// that stops reading just when its turn comes would keep a slot for the
+/// idle timeout. Returns what `write` did, and whether it stalled so.
+async fn beside_slot<T>(
+    write: impl Future<Output = T>,
+    slot: &mut Option<SlotWait>,
+    slots: &UploadSlots,
+    origin: Origin,
+    sent: &AtomicU64,
+) -> (T, bool) {
+    tokio::pin!(write);
+    let permit = tokio::select! {
+        biased;
+        done = &mut write => return (done, false),
+        permit = wait(slot) => permit,
+    };
+    let mut seen = sent.load(Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(SLOT_STALL, &mut write).await {
+            Ok(done) => {
+                *slot = Some(Box::pin(std::future::ready(permit)));
+                return (done, false);
+            }
+            Err(_) if sent.load(Ordering::Relaxed) == seen => break,
+            Err(_) => seen = sent.load(Ordering::Relaxed),
+        }
+    }
+    *slot = None;
+    drop(permit);
+    slots.stalled_at(origin);
+    (write.await, true)
+}
+
 /// Resolves with the slot `slot` waits for; never if it waits for none.
 async fn wait(slot: &mut Option<SlotWait>) -> Slot {
     match slot {
@@ -612,4 +668,69 @@ fn fits(size: u64, piece: PieceSize) -> Result<(), PeerReply> {
 async fn cut_off(reason: String, replies: &mut Outbound) -> Result<bool, ConnectionError> {
     replies.message(&PeerReply::Refused { reason }).await?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::slots::UPLOAD_SLOTS;
+    use futures::FutureExt;
+
+    fn address(last: u8) -> Origin {
+        Origin::from(std::net::IpAddr::from([10, 0, 0, last]))
+    }
+
+    /// Every slot of those that read held, and `waiting`'s wait queued
+    /// first behind them, `next`'s behind it.
+    fn crowded(slots: &Arc<UploadSlots>) -> (Vec<Slot>, Option<SlotWait>, SlotWait) {
+        let held = (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, address(9)).now_or_never().expect("free"))
+            .collect();
+        let mut waiting: SlotWait = Box::pin(slots.clone().acquire(false, address(1)));
+        let mut next: SlotWait = Box::pin(slots.clone().acquire(false, address(2)));
+        assert!((&mut waiting).now_or_never().is_none());
+        assert!((&mut next).now_or_never().is_none());
+        (held, Some(waiting), next)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_that_comes_while_a_reply_is_stuck_goes_to_the_next_after_a_stall() {
+        let slots = UploadSlots::new();
+        let (mut held, mut slot, mut next) = crowded(&slots);
+        let sent = AtomicU64::new(0);
+        // A reply the downloader never takes: the stream takes no byte.
+        let stuck = beside_slot(std::future::pending::<()>(), &mut slot, &slots, address(1), &sent);
+        tokio::pin!(stuck);
+        assert!(futures::poll!(&mut stuck).is_pending());
+        drop(held.pop()); // the slot comes, to the stuck conversation
+        tokio::time::sleep(SLOT_STALL - Duration::from_millis(1)).await;
+        assert!(futures::poll!(&mut stuck).is_pending());
+        assert!((&mut next).now_or_never().is_none(), "kept while the stall is young");
+        tokio::time::sleep(SLOT_STALL).await;
+        assert!(futures::poll!(&mut stuck).is_pending());
+        assert!(next.now_or_never().is_some(), "the slot went to the next");
+        assert!(slots.stalled_lately(address(1)));
+        assert!(!slots.stalled_lately(address(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_that_comes_while_a_reply_goes_out_is_kept_for_the_piece() {
+        let slots = UploadSlots::new();
+        let (mut held, mut slot, mut next) = crowded(&slots);
+        let sent = AtomicU64::new(0);
+        // A reply that takes its time and moves every second.
+        let slow = async {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        drop(held.pop());
+        let ((), stalled) = beside_slot(slow, &mut slot, &slots, address(1), &sent).await;
+        assert!(!stalled);
+        let kept = slot.expect("kept").now_or_never().expect("ready at once");
+        assert!((&mut next).now_or_never().is_none());
+        drop(kept);
+        assert!(!slots.stalled_lately(address(1)));
+    }
 }
