@@ -37,6 +37,7 @@ mod share;
 mod slots;
 pub mod swarm;
 mod transfer;
+mod turns;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

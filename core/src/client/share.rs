@@ -11,9 +11,9 @@
 //! the swarm early. A send keeps its slot only while its bytes move: a
 //! downloader that stops reading lets the next conversation have the slot
 //! after [`SLOT_STALL`], and the rest of the piece waits for the lane of
-//! lagging conversations, apart from those whose downloaders read
-//! (`slots.rs`). The same holds for a slot that comes while the
-//! conversation writes other replies (`beside_slot`).
+//! lagging conversations, apart from those whose downloaders read; so
+//! does a slot that comes while the conversation writes other replies
+//! (`turns.rs`, `slots.rs`).
 //!
 //! Of the pieces a downloader asked for, the one this client has sent least
 //! often (to anyone) goes first: a seeder asked for the same pieces by many
@@ -26,18 +26,16 @@
 //! that went bad.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::serve::{checked_lately, Seeder};
-use super::slots::{Slot, UploadSlots};
 use super::swarm::MAX_PIPELINE;
+use super::turns::Turns;
+#[cfg(doc)]
+use super::turns::SLOT_STALL;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Request};
@@ -56,14 +54,6 @@ use crate::trace;
 pub(crate) const MAX_WAITING: usize = 256;
 
 const _: () = assert!(MAX_WAITING >= 4 * MAX_PIPELINE);
-
-/// How long a send may move no byte before its upload slot goes to the
-/// next conversation waiting. Longer than an honest downloader leaves a
-/// peer unread as a rule, even one whose download cap many peers share
-/// (at 1 s, swarms of 128 under `--sim` finished 5 % later, as slots
-/// went from sends that were only waiting their turn); short beside the
-/// idle timeout, which is how long the send itself may go on so.
-pub(crate) const SLOT_STALL: Duration = Duration::from_secs(3);
 
 /// How a client spread the pieces of one file cut one way, shared by its
 /// conversations about it while any is open.
@@ -153,12 +143,6 @@ struct Conversation<'a> {
     layer_asked: bool,
     /// The pieces it was shown and cancelled.
     cancelled: Bitfield,
-    /// Whether its sends wait for the lagging lane of the upload slots:
-    /// one of them stalled (the downloader took no byte for
-    /// [`SLOT_STALL`]), or one to its address did lately.
-    lagging: bool,
-    /// Where the downloader connects from.
-    origin: Origin,
 }
 
 impl Seeder {
@@ -166,13 +150,11 @@ impl Seeder {
     pub(crate) async fn share(&self, connection: Connection, file: FileName, to: ClientId, sha1: Digest, piece: u64) {
         let origin = Origin::from(connection.peer_addr().ip());
         let (requests, mut replies) = wire::split(connection);
-        let Some(conversation) = self
-            .open_conversation(&mut replies, file, to, origin, sha1, piece)
-            .await
-        else {
+        let Some(conversation) = self.open_conversation(&mut replies, file, to, sha1, piece).await else {
             return;
         };
-        if let Err(error) = conversation.run(requests, replies).await {
+        let turns = Turns::new(self.upload_slots.clone(), origin, replies.sent());
+        if let Err(error) = conversation.run(requests, replies, turns).await {
             tracing::debug!(node = %self.reporter.node(), %error, "swarm conversation ended");
         }
     }
@@ -184,7 +166,6 @@ impl Seeder {
         replies: &mut Outbound,
         file: FileName,
         to: ClientId,
-        origin: Origin,
         sha1: Digest,
         piece: u64,
     ) -> Option<Conversation<'_>> {
@@ -248,8 +229,6 @@ impl Seeder {
             seen,
             layer_asked: false,
             cancelled: Bitfield::empty(wanted.count()),
-            lagging: self.upload_slots.stalled_lately(origin),
-            origin,
         })
     }
 
@@ -277,80 +256,45 @@ impl Seeder {
     }
 }
 
-/// A wait for an upload slot that keeps its place in the queue across
-/// turns of the conversation's loop.
-type SlotWait = Pin<Box<dyn Future<Output = Slot> + Send>>;
-
 impl Conversation<'_> {
     /// Answers requests until the downloader closes, goes silent with
     /// nothing asked for the idle timeout, or complains.
-    async fn run(mut self, mut requests: Inbound, mut replies: Outbound) -> Result<(), ConnectionError> {
-        let slots = self.seeder.upload_slots.clone();
+    async fn run(
+        mut self,
+        mut requests: Inbound,
+        mut replies: Outbound,
+        mut turns: Turns,
+    ) -> Result<(), ConnectionError> {
         let idle = self.seeder.idle_timeout;
         let partial = match &self.pieces {
             Pieces::Partial(partial) => Some(partial.clone()),
             Pieces::Whole { .. } => None,
         };
         let spread = self.spread.clone();
-        let (sent, origin) = (replies.sent(), self.origin);
-        let mut slot: Option<SlotWait> = None;
         loop {
-            if slot.is_none() && !self.queue.is_empty() {
-                slot = Some(Box::pin(slots.clone().acquire(self.lagging, origin)));
+            if !self.queue.is_empty() {
+                turns.queue();
             }
             let silence = self.queue.is_empty().then_some(idle);
-            // Replies other than pieces are written beside the wait for a
-            // slot, which may come while they are stuck on a downloader
-            // that does not read.
-            let stalled = tokio::select! {
+            // Replies other than pieces go out beside the wait for a slot,
+            // which may come while they are stuck on a downloader that
+            // does not read.
+            tokio::select! {
                 biased;
                 request = requests.message::<Request<PeerRequest>>(silence) => {
                     let Some(request) = request? else { return Ok(()) };
-                    if matches!(request.body, PeerRequest::BadPiece { .. }) {
-                        // The check can take seconds (the hash of a whole
-                        // file) and ends the conversation: a slot handed
-                        // to it meanwhile would sit unused.
-                        slot = None;
-                    }
-                    let answer = self.answer(request, &mut replies);
-                    let (going_on, stalled) = beside_slot(answer, &mut slot, &slots, origin, &sent).await;
-                    if !going_on? {
+                    if !self.answer(request, &mut replies, &mut turns).await? {
                         return Ok(());
                     }
-                    stalled
                 }
-                _ = gained(partial.as_deref(), self.seen) => {
-                    let tell = self.tell_gains(&mut replies);
-                    let (told, stalled) = beside_slot(tell, &mut slot, &slots, origin, &sent).await;
-                    told?;
-                    stalled
-                }
-                _ = spread.everywhere(), if self.hiding => {
-                    let show = self.show_all(&mut replies);
-                    let (shown, stalled) = beside_slot(show, &mut slot, &slots, origin, &sent).await;
-                    shown?;
-                    stalled
-                }
-                permit = wait(&mut slot) => {
-                    slot = None;
-                    if !self.lagging && slots.stalled_lately(origin) {
-                        // Its address stalled while it waited: the slot
-                        // goes to the next, and it waits in the lagging lane.
-                        self.lagging = true;
-                        continue;
-                    }
+                _ = gained(partial.as_deref(), self.seen) => turns.beside(self.tell_gains(&mut replies)).await?,
+                _ = spread.everywhere(), if self.hiding => turns.beside(self.show_all(&mut replies)).await?,
+                slot = turns.next() => {
                     let Some(index) = self.least_sent() else { continue };
-                    let send = self.send_piece(index, &mut replies);
-                    let (done, stalled) = in_turns(permit, &slots, origin, &sent, send).await;
-                    // A send that went through (into socket buffers, it
-                    // may be) proves little while the address stalls.
-                    self.lagging = stalled || slots.stalled_lately(origin);
-                    done?;
+                    turns.send(slot, self.send_piece(index, &mut replies)).await?;
                     self.show_another(&mut replies).await?;
-                    false
                 }
-            };
-            self.lagging |= stalled;
+            }
         }
     }
 
@@ -393,34 +337,48 @@ impl Conversation<'_> {
     }
 
     /// Handles one request; `false` when the conversation is over.
-    async fn answer(&mut self, request: Request<PeerRequest>, replies: &mut Outbound) -> Result<bool, ConnectionError> {
+    async fn answer(
+        &mut self,
+        request: Request<PeerRequest>,
+        replies: &mut Outbound,
+        turns: &mut Turns,
+    ) -> Result<bool, ConnectionError> {
         match request.body {
-            PeerRequest::Piece { index } => return self.take_request(index, replies).await,
+            PeerRequest::Piece { index } => return self.take_request(index, replies, turns).await,
             PeerRequest::Cancel { index } => {
                 // A shown piece it no longer wants: show it another (once
                 // for each; a piece it was never shown earns it nothing).
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
                 self.queue.retain(|queued| *queued != index);
                 if self.told.has(index) && self.cancelled.set(index) {
-                    self.show_another(replies).await?;
+                    turns.beside(self.show_another(replies)).await?;
                 }
             }
             // The hashes cost a fold of the file's layer each time: an
             // honest downloader asks a conversation for them once.
             PeerRequest::Layer if self.layer_asked => {
+                turns.leave();
                 return cut_off("asked for the piece hashes twice".to_owned(), replies).await;
             }
             PeerRequest::Layer => {
                 self.layer_asked = true;
-                self.send_layer(replies).await?;
+                // Worked out first: the stream takes no byte meanwhile,
+                // through no fault of the downloader's.
+                let layer = self.layer().await;
+                turns.beside(send_layer(layer, replies, &self.file)).await?;
             }
             PeerRequest::BadPiece { index } => {
+                // The check can take seconds (the hash of a whole file)
+                // and ends the conversation: a slot that came meanwhile
+                // would sit unused.
+                turns.leave();
                 trace::traced(request.trace, self.check(index as usize)).await;
                 replies.message(&PeerReply::Checked).await?;
                 replies.close().await;
                 return Ok(false);
             }
             other => {
+                turns.leave();
                 let reason = format!("{other:?} has no place in a swarm conversation");
                 replies.message(&PeerReply::Refused { reason }).await?;
                 return Ok(false);
@@ -432,9 +390,15 @@ impl Conversation<'_> {
     /// Queues a request for piece `index` (once, if asked twice); `false`
     /// (the conversation is over) for a request no honest downloader makes:
     /// a piece past the end, or one more than [`MAX_WAITING`].
-    async fn take_request(&mut self, index: u64, replies: &mut Outbound) -> Result<bool, ConnectionError> {
+    async fn take_request(
+        &mut self,
+        index: u64,
+        replies: &mut Outbound,
+        turns: &mut Turns,
+    ) -> Result<bool, ConnectionError> {
         let count = self.wanted.count();
         let Some(index) = usize::try_from(index).ok().filter(|index| *index < count) else {
+            turns.leave();
             let reason = format!("piece {index} is past the end of {} ({count} pieces)", self.file);
             return cut_off(reason, replies).await;
         };
@@ -442,17 +406,18 @@ impl Conversation<'_> {
             return Ok(true);
         }
         if self.queue.len() >= MAX_WAITING {
+            turns.leave();
             return cut_off(format!("more than {MAX_WAITING} requests waiting"), replies).await;
         }
         self.queue.push_back(index);
         Ok(true)
     }
 
-    /// Sends the piece hashes for the downloader's piece size, when this
-    /// side can work them out (a partial download only for piece sizes no
-    /// finer than its own).
-    async fn send_layer(&self, replies: &mut Outbound) -> Result<(), ConnectionError> {
-        let hashes = match &self.pieces {
+    /// The piece hashes for the downloader's piece size, when this side
+    /// can work them out (a partial download only for piece sizes no finer
+    /// than its own).
+    async fn layer(&self) -> Option<Vec<Digest>> {
+        match &self.pieces {
             Pieces::Whole { .. } => match self.seeder.folder.layer(&self.file, self.wanted.piece).await {
                 Ok((info, hashes)) if info.sha1 == self.sha1 => Some(hashes),
                 _ => None,
@@ -461,16 +426,7 @@ impl Conversation<'_> {
                 .layer()
                 .filter(|_| self.wanted.piece >= partial.layout().piece)
                 .map(|layer| coarser_layer(&partial.layout(), layer.hashes(), self.wanted.piece)),
-        };
-        let Some(hashes) = hashes else {
-            let reason = format!("cannot give the piece hashes of {} for that piece size", self.file);
-            return replies.message(&PeerReply::Refused { reason }).await;
-        };
-        let bytes: Vec<u8> = hashes.iter().flat_map(|hash| hash.0).collect();
-        let header = PeerReply::Layer {
-            pieces: hashes.len() as u64,
-        };
-        replies.message_with_body(&header, &bytes).await
+        }
     }
 
     /// Sends piece `index`, or says it is missing.
@@ -559,89 +515,29 @@ impl Conversation<'_> {
     }
 }
 
+/// Sends the piece hashes of `file`, or says it cannot give them (for
+/// that piece size).
+async fn send_layer(
+    hashes: Option<Vec<Digest>>,
+    replies: &mut Outbound,
+    file: &FileName,
+) -> Result<(), ConnectionError> {
+    let Some(hashes) = hashes else {
+        let reason = format!("cannot give the piece hashes of {file} for that piece size");
+        return replies.message(&PeerReply::Refused { reason }).await;
+    };
+    let bytes: Vec<u8> = hashes.iter().flat_map(|hash| hash.0).collect();
+    let header = PeerReply::Layer {
+        pieces: hashes.len() as u64,
+    };
+    replies.message_with_body(&header, &bytes).await
+}
+
 /// Resolves once `partial` gained more than `seen` pieces; never for a
 /// file held whole, which gains nothing.
 async fn gained(partial: Option<&Partial>, seen: usize) {
     match partial {
         Some(partial) => partial.gained_beyond(seen).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs `send` only while it holds one of the upload `slots`, starting
-/// with `slot`: once `sent` (the bytes the stream took) stays put for
-/// [`SLOT_STALL`], the slot goes to the next conversation waiting, and the
-/// send waits for a slot of the lagging lane before it goes on; the stall
-/// is remembered for the downloader's address, `origin`. So no more sends
-/// than there are slots ever move at once. Returns what `send` did, and
-/// whether it stalled.
-async fn in_turns<T>(
-    mut slot: Slot,
-    slots: &Arc<UploadSlots>,
-    origin: Origin,
-    sent: &AtomicU64,
-    send: impl Future<Output = T>,
-) -> (T, bool) {
-    tokio::pin!(send);
-    let mut stalled = false;
-    loop {
-        let mut seen = sent.load(Ordering::Relaxed);
-        loop {
-            match tokio::time::timeout(SLOT_STALL, &mut send).await {
-                Ok(done) => return (done, stalled),
-                Err(_) if sent.load(Ordering::Relaxed) == seen => break,
-                Err(_) => seen = sent.load(Ordering::Relaxed),
-            }
-        }
-        stalled = true;
-        slots.stalled_at(origin);
-        drop(slot);
-        slot = slots.clone().acquire(true, origin).await;
-    }
-}
-
-/// Runs `write`, replies that are not pieces (`Have`s, the piece hashes,
-/// a refusal), while `slot` may be waiting for an upload slot. A slot that
-/// comes meanwhile is kept for the piece to follow, as a send keeps one:
-/// once `sent` (the bytes the stream took) stays put for [`SLOT_STALL`],
-/// the slot goes to the next conversation waiting, and the stall is
-/// remembered for the downloader's address, `origin`. Else a downloader
-/// that stops reading just when its turn comes would keep a slot for the
-/// idle timeout. Returns what `write` did, and whether it stalled so.
-async fn beside_slot<T>(
-    write: impl Future<Output = T>,
-    slot: &mut Option<SlotWait>,
-    slots: &UploadSlots,
-    origin: Origin,
-    sent: &AtomicU64,
-) -> (T, bool) {
-    tokio::pin!(write);
-    let permit = tokio::select! {
-        biased;
-        done = &mut write => return (done, false),
-        permit = wait(slot) => permit,
-    };
-    let mut seen = sent.load(Ordering::Relaxed);
-    loop {
-        match tokio::time::timeout(SLOT_STALL, &mut write).await {
-            Ok(done) => {
-                *slot = Some(Box::pin(std::future::ready(permit)));
-                return (done, false);
-            }
-            Err(_) if sent.load(Ordering::Relaxed) == seen => break,
-            Err(_) => seen = sent.load(Ordering::Relaxed),
-        }
-    }
-    *slot = None;
-    drop(permit);
-    slots.stalled_at(origin);
-    (write.await, true)
-}
-
-/// Resolves with the slot `slot` waits for; never if it waits for none.
-async fn wait(slot: &mut Option<SlotWait>) -> Slot {
-    match slot {
-        Some(waiting) => waiting.await,
         None => std::future::pending().await,
     }
 }
@@ -668,69 +564,4 @@ fn fits(size: u64, piece: PieceSize) -> Result<(), PeerReply> {
 async fn cut_off(reason: String, replies: &mut Outbound) -> Result<bool, ConnectionError> {
     replies.message(&PeerReply::Refused { reason }).await?;
     Ok(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::client::slots::UPLOAD_SLOTS;
-    use futures::FutureExt;
-
-    fn address(last: u8) -> Origin {
-        Origin::from(std::net::IpAddr::from([10, 0, 0, last]))
-    }
-
-    /// Every slot of those that read held, and `waiting`'s wait queued
-    /// first behind them, `next`'s behind it.
-    fn crowded(slots: &Arc<UploadSlots>) -> (Vec<Slot>, Option<SlotWait>, SlotWait) {
-        let held = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false, address(9)).now_or_never().expect("free"))
-            .collect();
-        let mut waiting: SlotWait = Box::pin(slots.clone().acquire(false, address(1)));
-        let mut next: SlotWait = Box::pin(slots.clone().acquire(false, address(2)));
-        assert!((&mut waiting).now_or_never().is_none());
-        assert!((&mut next).now_or_never().is_none());
-        (held, Some(waiting), next)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_that_comes_while_a_reply_is_stuck_goes_to_the_next_after_a_stall() {
-        let slots = UploadSlots::new();
-        let (mut held, mut slot, mut next) = crowded(&slots);
-        let sent = AtomicU64::new(0);
-        // A reply the downloader never takes: the stream takes no byte.
-        let stuck = beside_slot(std::future::pending::<()>(), &mut slot, &slots, address(1), &sent);
-        tokio::pin!(stuck);
-        assert!(futures::poll!(&mut stuck).is_pending());
-        drop(held.pop()); // the slot comes, to the stuck conversation
-        tokio::time::sleep(SLOT_STALL - Duration::from_millis(1)).await;
-        assert!(futures::poll!(&mut stuck).is_pending());
-        assert!((&mut next).now_or_never().is_none(), "kept while the stall is young");
-        tokio::time::sleep(SLOT_STALL).await;
-        assert!(futures::poll!(&mut stuck).is_pending());
-        assert!(next.now_or_never().is_some(), "the slot went to the next");
-        assert!(slots.stalled_lately(address(1)));
-        assert!(!slots.stalled_lately(address(2)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_that_comes_while_a_reply_goes_out_is_kept_for_the_piece() {
-        let slots = UploadSlots::new();
-        let (mut held, mut slot, mut next) = crowded(&slots);
-        let sent = AtomicU64::new(0);
-        // A reply that takes its time and moves every second.
-        let slow = async {
-            for _ in 0..5 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        drop(held.pop());
-        let ((), stalled) = beside_slot(slow, &mut slot, &slots, address(1), &sent).await;
-        assert!(!stalled);
-        let kept = slot.expect("kept").now_or_never().expect("ready at once");
-        assert!((&mut next).now_or_never().is_none());
-        drop(kept);
-        assert!(!slots.stalled_lately(address(1)));
-    }
 }
