@@ -20,8 +20,8 @@
 //! hundred stalled conversations gets one turn a round, as one with a
 //! single conversation does: a downloader that lagged once waits behind
 //! one conversation of each other lagging address, not behind all of
-//! them (which, at a stall's 3 to 6 s each, could outlast its idle
-//! timeout).
+//! them (which, at a stalled turn's 1 to 2 s each, `turns.rs`, could
+//! outlast its idle timeout).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,7 +65,19 @@ pub(crate) struct UploadSlots {
 
 /// One upload slot, given back on drop.
 #[derive(Debug)]
-pub(crate) struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub(crate) struct Slot {
+    /// Held until the drop.
+    _permit: OwnedSemaphorePermit,
+    /// Whether it is the lagging lane's.
+    lagging: bool,
+}
+
+impl Slot {
+    /// Whether it is the lagging lane's slot.
+    pub(crate) fn is_lagging(&self) -> bool {
+        self.lagging
+    }
+}
 
 impl UploadSlots {
     /// All slots free.
@@ -113,13 +125,21 @@ impl UploadSlots {
     pub(crate) async fn acquire(self: Arc<Self>, lagging: bool, origin: Origin) -> Slot {
         let never_closed = "upload slots are never closed";
         if !lagging {
-            return Slot(self.prompt.clone().acquire_owned().await.expect(never_closed));
+            let permit = self.prompt.clone().acquire_owned().await.expect(never_closed);
+            return Slot {
+                _permit: permit,
+                lagging: false,
+            };
         }
         // Queue for the lane only in the address's one place, given up
         // once the slot is had: the address's next conversation then
         // queues behind those of other addresses.
         let _place = self.lagging_place(origin).acquire_owned().await.expect(never_closed);
-        Slot(self.lagging.clone().acquire_owned().await.expect(never_closed))
+        let permit = self.lagging.clone().acquire_owned().await.expect(never_closed);
+        Slot {
+            _permit: permit,
+            lagging: true,
+        }
     }
 
     /// The one place of `origin` in the lagging lane's queue.

@@ -3,7 +3,8 @@
 //! loop, its lane, and the rule that takes a slot back from it.
 //!
 //! A slot is for moving a piece. Once the stream takes no byte for
-//! [`SLOT_STALL`], because the downloader stopped reading, the slot goes
+//! [`SLOT_STALL`] ([`LAGGING_STALL`] in the lagging lane), because the
+//! downloader stopped reading, the slot goes
 //! to the next conversation waiting: from a piece's send, whose rest then
 //! waits for the lagging lane ([`Turns::send`]), and from a slot that came
 //! while the conversation was writing other replies (`Have`s, the piece
@@ -28,6 +29,16 @@ use crate::server::Origin;
 /// went from sends that were only waiting their turn); short beside the
 /// idle timeout, which is how long the send itself may go on so.
 pub(crate) const SLOT_STALL: Duration = Duration::from_secs(3);
+
+/// The same for the lagging lane's slot, shorter: a conversation there
+/// stalled lately already, and while it holds the lane's one slot every
+/// other lagging address waits. So a downloader that lagged once waits
+/// 1 to 2 s for each lagging address ahead of it, not 3 to 6. Throttled
+/// honest links move bytes every tenth of a second at most
+/// ([`crate::rate::LONGEST_MOVE`]); one whose download cap many peers
+/// share may go a second without reading this one, and then waits a
+/// turn.
+pub(crate) const LAGGING_STALL: Duration = Duration::from_secs(1);
 
 /// A wait for an upload slot that keeps its place in the queue across
 /// turns of the conversation's loop.
@@ -95,15 +106,15 @@ impl Turns {
     }
 
     /// Runs `send`, a piece, only while it holds one of the slots,
-    /// starting with `slot`: once the stream takes no byte for
-    /// [`SLOT_STALL`], the slot goes to the next conversation waiting, and
+    /// starting with `slot`: once the stream takes no byte for its lane's
+    /// stall window, the slot goes to the next conversation waiting, and
     /// the send waits for a slot of the lagging lane before it goes on. So
     /// no more sends than there are slots ever move at once.
     pub(crate) async fn send<T>(&mut self, mut slot: Slot, send: impl Future<Output = T>) -> T {
         tokio::pin!(send);
         let mut stalled = false;
         let done = loop {
-            if let Some(done) = until_still(send.as_mut(), &self.sent).await {
+            if let Some(done) = until_still(send.as_mut(), &self.sent, stall_window(&slot)).await {
                 break done;
             }
             stalled = true;
@@ -119,8 +130,8 @@ impl Turns {
 
     /// Runs `write`, replies other than pieces, while it may be queueing.
     /// A slot that comes meanwhile is kept for the piece to follow while
-    /// the stream takes the write's bytes; once it takes none for
-    /// [`SLOT_STALL`], the slot goes to the next conversation waiting, and
+    /// the stream takes the write's bytes; once it takes none for its
+    /// lane's stall window, the slot goes to the next conversation waiting, and
     /// the write goes on without it.
     pub(crate) async fn beside<T>(&mut self, write: impl Future<Output = T>) -> T {
         tokio::pin!(write);
@@ -129,7 +140,7 @@ impl Turns {
             done = &mut write => return done,
             slot = self.next() => slot,
         };
-        if let Some(done) = until_still(write.as_mut(), &self.sent).await {
+        if let Some(done) = until_still(write.as_mut(), &self.sent, stall_window(&slot)).await {
             self.waiting = Some(Box::pin(std::future::ready(slot)));
             return done;
         }
@@ -140,12 +151,22 @@ impl Turns {
     }
 }
 
-/// Runs `work` until it ends (`Some`) or `sent` stays put for
-/// [`SLOT_STALL`] (`None`, and `work` can be run on).
-async fn until_still<F: Future>(mut work: Pin<&mut F>, sent: &AtomicU64) -> Option<F::Output> {
+/// How long a send holding `slot` may move no byte before the slot goes
+/// to the next conversation waiting.
+fn stall_window(slot: &Slot) -> Duration {
+    if slot.is_lagging() {
+        LAGGING_STALL
+    } else {
+        SLOT_STALL
+    }
+}
+
+/// Runs `work` until it ends (`Some`) or `sent` stays put for `window`
+/// (`None`, and `work` can be run on).
+async fn until_still<F: Future>(mut work: Pin<&mut F>, sent: &AtomicU64, window: Duration) -> Option<F::Output> {
     let mut seen = sent.load(Ordering::Relaxed);
     loop {
-        match tokio::time::timeout(SLOT_STALL, work.as_mut()).await {
+        match tokio::time::timeout(window, work.as_mut()).await {
             Ok(done) => return Some(done),
             Err(_) if sent.load(Ordering::Relaxed) == seen => return None,
             Err(_) => seen = sent.load(Ordering::Relaxed),
@@ -267,5 +288,30 @@ mod tests {
         );
         drop(lagging);
         assert!(turns.next().now_or_never().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_send_that_stalls_again_passes_the_lagging_slot_on_sooner() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        slots.stalled_at(address(1));
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.next().await;
+        assert!(slot.is_lagging());
+        let piece = async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            sent.fetch_add(1, Ordering::Relaxed);
+        };
+        let mut other = Box::pin(slots.clone().acquire(true, address(2)));
+        assert!((&mut other).now_or_never().is_none());
+        let send = turns.send(slot, piece);
+        tokio::pin!(send);
+        assert!(futures::poll!(&mut send).is_pending());
+        tokio::time::sleep(LAGGING_STALL - Duration::from_millis(1)).await;
+        assert!(futures::poll!(&mut send).is_pending());
+        assert!((&mut other).now_or_never().is_none(), "kept while the stall is young");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(futures::poll!(&mut send).is_pending());
+        assert!(other.now_or_never().is_some(), "the lagging lane's turn passed on");
     }
 }
