@@ -287,9 +287,9 @@ impl Conversation<'_> {
                         return Ok(());
                     }
                 }
-                _ = gained(partial.as_deref(), self.seen) => turns.beside(self.tell_gains(&mut replies)).await?,
-                _ = spread.everywhere(), if self.hiding => turns.beside(self.show_all(&mut replies)).await?,
-                slot = turns.next() => {
+                _ = gained(partial.as_deref(), self.seen) => turns.while_queued(self.tell_gains(&mut replies)).await?,
+                _ = spread.everywhere(), if self.hiding => turns.while_queued(self.show_all(&mut replies)).await?,
+                slot = turns.turn() => {
                     let Some(index) = self.least_sent() else { continue };
                     turns.send(slot, self.send_piece(index, &mut replies)).await?;
                     self.show_another(&mut replies).await?;
@@ -351,7 +351,7 @@ impl Conversation<'_> {
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
                 self.queue.retain(|queued| *queued != index);
                 if self.told.has(index) && self.cancelled.set(index) {
-                    turns.beside(self.show_another(replies)).await?;
+                    turns.while_queued(self.show_another(replies)).await?;
                 }
             }
             // The hashes cost a fold of the file's layer each time: an
@@ -362,10 +362,13 @@ impl Conversation<'_> {
             }
             PeerRequest::Layer => {
                 self.layer_asked = true;
-                // Worked out first: the stream takes no byte meanwhile,
-                // through no fault of the downloader's.
+                // Worked out out of the queue: it can take a pass over the
+                // whole file, with no byte for the stream meanwhile,
+                // through no fault of the downloader's. (An honest one
+                // asks before it asks for pieces.)
+                turns.leave();
                 let layer = self.layer().await;
-                turns.beside(send_layer(layer, replies, &self.file)).await?;
+                turns.while_queued(send_layer(layer, replies, &self.file)).await?;
             }
             PeerRequest::BadPiece { index } => {
                 // The check can take seconds (the hash of a whole file)

@@ -142,6 +142,13 @@ impl UploadSlots {
         }
     }
 
+    /// Whether a conversation waits for the lagging lane (its holder,
+    /// having its slot, holds no place).
+    pub(crate) fn lagging_lane_wanted(&self) -> bool {
+        let places = self.lagging_places.lock().expect("lagging places poisoned");
+        places.values().any(|place| Arc::strong_count(place) > 1)
+    }
+
     /// The one place of `origin` in the lagging lane's queue.
     fn lagging_place(&self, origin: Origin) -> Arc<Semaphore> {
         let mut places = self.lagging_places.lock().expect("lagging places poisoned");

@@ -3,13 +3,14 @@
 //! loop, its lane, and the rule that takes a slot back from it.
 //!
 //! A slot is for moving a piece. Once the stream takes no byte for
-//! [`SLOT_STALL`] ([`LAGGING_STALL`] in the lagging lane), because the
-//! downloader stopped reading, the slot goes
-//! to the next conversation waiting: from a piece's send, whose rest then
-//! waits for the lagging lane ([`Turns::send`]), and from a slot that came
-//! while the conversation was writing other replies (`Have`s, the piece
-//! hashes), which would otherwise sit unused until the write went through
-//! ([`Turns::beside`]). Either way the stall is remembered for the
+//! [`SLOT_STALL`] ([`LAGGING_STALL`] in the lagging lane, and there only
+//! if another conversation wants that lane), because the downloader
+//! stopped reading, the slot goes to the next conversation waiting: from
+//! a piece's send, whose rest then waits for the lagging lane
+//! ([`Turns::send`]), and from a slot that came while the conversation
+//! was writing other replies (`Have`s, the piece hashes), which would
+//! otherwise sit unused until the write went through
+//! ([`Turns::while_queued`]). Either way the stall is remembered for the
 //! downloader's address, and the conversation waits in the lagging lane
 //! from then on.
 
@@ -30,14 +31,15 @@ use crate::server::Origin;
 /// idle timeout, which is how long the send itself may go on so.
 pub(crate) const SLOT_STALL: Duration = Duration::from_secs(3);
 
-/// The same for the lagging lane's slot, shorter: a conversation there
-/// stalled lately already, and while it holds the lane's one slot every
-/// other lagging address waits. So a downloader that lagged once waits
-/// 1 to 2 s for each lagging address ahead of it, not 3 to 6. Throttled
-/// honest links move bytes every tenth of a second at most
-/// ([`crate::rate::LONGEST_MOVE`]); one whose download cap many peers
-/// share may go a second without reading this one, and then waits a
-/// turn.
+/// The same for the lagging lane's slot while another conversation wants
+/// that lane, shorter: a conversation there stalled lately already, and
+/// while it holds the lane's one slot every other lagging address waits.
+/// So a downloader that lagged once waits 1 to 2 s for each stalled
+/// address ahead of it, not 3 to 6 (with [`SLOT_STALL`]). An honest
+/// downloader that reads this peer less often than that (its download
+/// cap shared by many peers, or socket buffers that wake a writer only
+/// once a third of them drained) loses its turn only to another lagging
+/// conversation, and has the next.
 pub(crate) const LAGGING_STALL: Duration = Duration::from_secs(1);
 
 /// A wait for an upload slot that keeps its place in the queue across
@@ -86,10 +88,10 @@ impl Turns {
     }
 
     /// Resolves with the slot it queued for; never while it does not
-    /// queue. A slot of the lane of those that read, come after its
-    /// address stalled, goes to the next: it queues in the lagging lane
-    /// instead.
-    pub(crate) async fn next(&mut self) -> Slot {
+    /// queue. A slot of the lane of those that read that comes after its
+    /// address stalled is passed on, and the wait moves to the lagging
+    /// lane.
+    pub(crate) async fn turn(&mut self) -> Slot {
         loop {
             let slot = match &mut self.waiting {
                 Some(waiting) => waiting.await,
@@ -106,20 +108,19 @@ impl Turns {
     }
 
     /// Runs `send`, a piece, only while it holds one of the slots,
-    /// starting with `slot`: once the stream takes no byte for its lane's
-    /// stall window, the slot goes to the next conversation waiting, and
-    /// the send waits for a slot of the lagging lane before it goes on. So
-    /// no more sends than there are slots ever move at once.
+    /// starting with `slot`: once the stream takes no byte for the slot's
+    /// stall window, the slot goes to the next conversation waiting
+    /// ([`Turns::hold`]), and the send waits for a slot of the lagging
+    /// lane before it goes on. So no more sends than there are slots ever
+    /// move at once.
     pub(crate) async fn send<T>(&mut self, mut slot: Slot, send: impl Future<Output = T>) -> T {
         tokio::pin!(send);
         let mut stalled = false;
         let done = loop {
-            if let Some(done) = until_still(send.as_mut(), &self.sent, stall_window(&slot)).await {
-                break done;
+            match self.hold(slot, send.as_mut()).await {
+                Some((done, _slot)) => break done,
+                None => stalled = true,
             }
-            stalled = true;
-            self.slots.stalled_at(self.origin);
-            drop(slot);
             slot = self.slots.clone().acquire(true, self.origin).await;
         };
         // A send that went through (into socket buffers, it may be) proves
@@ -129,25 +130,45 @@ impl Turns {
     }
 
     /// Runs `write`, replies other than pieces, while it may be queueing.
-    /// A slot that comes meanwhile is kept for the piece to follow while
-    /// the stream takes the write's bytes; once it takes none for its
-    /// lane's stall window, the slot goes to the next conversation waiting, and
-    /// the write goes on without it.
-    pub(crate) async fn beside<T>(&mut self, write: impl Future<Output = T>) -> T {
+    /// A slot that comes meanwhile is kept for the piece to follow unless
+    /// the write stalls with it ([`Turns::hold`]); the write then goes on
+    /// without it.
+    pub(crate) async fn while_queued<T>(&mut self, write: impl Future<Output = T>) -> T {
         tokio::pin!(write);
         let slot = tokio::select! {
             biased;
             done = &mut write => return done,
-            slot = self.next() => slot,
+            slot = self.turn() => slot,
         };
-        if let Some(done) = until_still(write.as_mut(), &self.sent, stall_window(&slot)).await {
-            self.waiting = Some(Box::pin(std::future::ready(slot)));
-            return done;
+        match self.hold(slot, write.as_mut()).await {
+            Some((done, slot)) => {
+                self.waiting = Some(Box::pin(std::future::ready(slot)));
+                done
+            }
+            None => write.await,
+        }
+    }
+
+    /// Runs `work` while it holds `slot`, until it ends (`Some`, with the
+    /// slot) or the stream takes no byte for the slot's stall window
+    /// (`None`: the slot went to the next conversation waiting, the stall
+    /// is remembered for the address, and this conversation lags; `work`
+    /// can be run on). The lagging lane's slot is kept while no other
+    /// conversation wants it: nobody would have it sooner, and a slow
+    /// honest link that has that lane to itself keeps its turn.
+    async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Option<(F::Output, Slot)> {
+        loop {
+            if let Some(done) = until_stalled(work.as_mut(), &self.sent, stall_window(&slot)).await {
+                return Some((done, slot));
+            }
+            if !slot.is_lagging() || self.slots.lagging_lane_wanted() {
+                break;
+            }
         }
         drop(slot);
         self.slots.stalled_at(self.origin);
         self.lagging = true;
-        write.await
+        None
     }
 }
 
@@ -163,7 +184,7 @@ fn stall_window(slot: &Slot) -> Duration {
 
 /// Runs `work` until it ends (`Some`) or `sent` stays put for `window`
 /// (`None`, and `work` can be run on).
-async fn until_still<F: Future>(mut work: Pin<&mut F>, sent: &AtomicU64, window: Duration) -> Option<F::Output> {
+async fn until_stalled<F: Future>(mut work: Pin<&mut F>, sent: &AtomicU64, window: Duration) -> Option<F::Output> {
     let mut seen = sent.load(Ordering::Relaxed);
     loop {
         match tokio::time::timeout(window, work.as_mut()).await {
@@ -193,7 +214,7 @@ mod tests {
             .collect();
         let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
         turns.queue();
-        assert!(turns.next().now_or_never().is_none());
+        assert!(turns.turn().now_or_never().is_none());
         let mut next: SlotWait = Box::pin(slots.clone().acquire(false, address(2)));
         assert!((&mut next).now_or_never().is_none());
         (held, turns, next)
@@ -209,20 +230,20 @@ mod tests {
             sent.fetch_add(1, Ordering::Relaxed);
         };
         {
-            let beside = turns.beside(stuck);
-            tokio::pin!(beside);
-            assert!(futures::poll!(&mut beside).is_pending());
+            let write = turns.while_queued(stuck);
+            tokio::pin!(write);
+            assert!(futures::poll!(&mut write).is_pending());
             drop(held.pop()); // the slot comes, to the stuck conversation
-            assert!(futures::poll!(&mut beside).is_pending());
+            assert!(futures::poll!(&mut write).is_pending());
             tokio::time::sleep(SLOT_STALL - Duration::from_millis(1)).await;
-            assert!(futures::poll!(&mut beside).is_pending());
+            assert!(futures::poll!(&mut write).is_pending());
             assert!((&mut next).now_or_never().is_none(), "kept while the stall is young");
             tokio::time::sleep(Duration::from_millis(2)).await;
-            assert!(futures::poll!(&mut beside).is_pending());
+            assert!(futures::poll!(&mut write).is_pending());
             assert!(next.now_or_never().is_some(), "the slot went to the next");
-            beside.await;
+            write.await;
         }
-        assert!(turns.waiting.is_none(), "the conversation queues again");
+        assert!(turns.waiting.is_none(), "neither queued nor holding a slot");
         assert!(turns.lagging, "in the lagging lane");
         assert!(slots.stalled_lately(address(1)));
         assert!(!slots.stalled_lately(address(2)));
@@ -240,13 +261,13 @@ mod tests {
             }
         };
         {
-            let beside = turns.beside(slow);
-            tokio::pin!(beside);
-            assert!(futures::poll!(&mut beside).is_pending());
+            let write = turns.while_queued(slow);
+            tokio::pin!(write);
+            assert!(futures::poll!(&mut write).is_pending());
             drop(held.pop()); // the slot comes while the reply goes out
-            beside.await;
+            write.await;
         }
-        let kept = turns.next().now_or_never().expect("kept, ready at once");
+        let kept = turns.turn().now_or_never().expect("kept, ready at once");
         assert!((&mut next).now_or_never().is_none());
         drop(kept);
         assert!(!turns.lagging);
@@ -258,7 +279,7 @@ mod tests {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
         turns.queue();
-        let slot = turns.next().await;
+        let slot = turns.turn().await;
         // A piece the downloader takes nothing of for 10 s, then all.
         let piece = async {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -283,11 +304,11 @@ mod tests {
         let lagging = slots.clone().acquire(true, address(3)).await;
         turns.queue();
         assert!(
-            turns.next().now_or_never().is_none(),
+            turns.turn().now_or_never().is_none(),
             "behind the lagging lane's one slot"
         );
         drop(lagging);
-        assert!(turns.next().now_or_never().is_some());
+        assert!(turns.turn().now_or_never().is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -296,7 +317,7 @@ mod tests {
         slots.stalled_at(address(1));
         let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
         turns.queue();
-        let slot = turns.next().await;
+        let slot = turns.turn().await;
         assert!(slot.is_lagging());
         let piece = async {
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -313,5 +334,65 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(futures::poll!(&mut send).is_pending());
         assert!(other.now_or_never().is_some(), "the lagging lane's turn passed on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_that_comes_after_the_address_stalled_is_passed_on_for_the_lagging_lane() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (mut held, mut turns, next) = crowded(&slots, &sent);
+        // Another conversation from the same address stalls meanwhile.
+        slots.stalled_at(address(1));
+        drop(held.pop());
+        let slot = turns.turn().now_or_never().expect("the lagging lane is free");
+        assert!(slot.is_lagging());
+        assert!(turns.lagging);
+        assert!(
+            next.now_or_never().is_some(),
+            "the slot of those that read was passed on"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queueing_again_keeps_the_place() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (mut held, mut turns, mut next) = crowded(&slots, &sent);
+        turns.queue();
+        drop(held.pop());
+        let first = turns.turn().now_or_never().expect("still first");
+        assert!((&mut next).now_or_never().is_none());
+        drop(first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_that_goes_through_while_its_address_stalls_leaves_it_lagging() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.turn().await;
+        assert!(!slot.is_lagging());
+        // Another conversation from the address stalls during the send.
+        let piece = async { slots.stalled_at(address(1)) };
+        turns.send(slot, piece).await;
+        assert!(turns.lagging);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lagging_lane_is_kept_by_a_slow_send_while_nobody_else_wants_it() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        slots.stalled_at(address(1));
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.turn().await;
+        assert!(slot.is_lagging());
+        // Nothing moves for 61 s, past the stall memory, and nobody else
+        // wants the lane: the slot is never passed on, so the stall is
+        // never remembered again, and the address is forgiven.
+        let piece = async {
+            tokio::time::sleep(Duration::from_secs(61)).await;
+            sent.fetch_add(1, Ordering::Relaxed);
+        };
+        turns.send(slot, piece).await;
+        assert!(!turns.lagging);
+        assert!(!slots.stalled_lately(address(1)));
     }
 }
