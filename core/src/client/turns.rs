@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::slots::{Slot, UploadSlots};
 use crate::server::Origin;
 
@@ -41,6 +43,18 @@ pub(crate) const SLOT_STALL: Duration = Duration::from_secs(3);
 /// once a third of them drained) loses its turn only to another lagging
 /// conversation, and has the next.
 pub(crate) const LAGGING_STALL: Duration = Duration::from_secs(1);
+
+/// How long a turn in the lagging lane lasts at most while another
+/// conversation wants that lane, however the bytes move: a downloader
+/// that reads a little now and then (in pieces as big as it likes) would
+/// otherwise keep the lane's one slot from every other lagging address
+/// for its whole piece. The lane holds only conversations that stalled
+/// lately, so a lease costs no honest downloader that keeps up its turn
+/// in the other lane (there, a lease could not tell a downloader that
+/// trickles from a seeder whose own uplink is slow, and every honest
+/// downloader of a slow seeder lagged: README, "What is not defended
+/// yet").
+pub(crate) const LAGGING_LEASE: Duration = Duration::from_secs(6);
 
 /// A wait for an upload slot that keeps its place in the queue across
 /// turns of the conversation's loop.
@@ -150,15 +164,18 @@ impl Turns {
     }
 
     /// Runs `work` while it holds `slot`, until it ends (`Some`, with the
-    /// slot) or the stream takes no byte for the slot's stall window
-    /// (`None`: the slot went to the next conversation waiting, the stall
-    /// is remembered for the address, and this conversation lags; `work`
-    /// can be run on). The lagging lane's slot is kept while no other
-    /// conversation wants it: nobody would have it sooner, and a slow
-    /// honest link that has that lane to itself keeps its turn.
+    /// slot) or its turn does (`None`: the slot went to the next
+    /// conversation waiting, the lag is remembered for the address, and
+    /// this conversation lags; `work` can be run on). A turn ends once the
+    /// stream takes no byte for the slot's stall window; in the lagging
+    /// lane, also after [`LAGGING_LEASE`], however the bytes move, and
+    /// only while another conversation wants that lane: nobody would have
+    /// it sooner, and a slow honest link that has the lane to itself
+    /// keeps its turn.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Option<(F::Output, Slot)> {
+        let lease_end = slot.is_lagging().then(|| Instant::now() + LAGGING_LEASE);
         loop {
-            if let Some(done) = until_stalled(work.as_mut(), &self.sent, stall_window(&slot)).await {
+            if let Some(done) = within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end).await {
                 return Some((done, slot));
             }
             if !slot.is_lagging() || self.slots.lagging_lane_wanted() {
@@ -182,15 +199,26 @@ fn stall_window(slot: &Slot) -> Duration {
     }
 }
 
-/// Runs `work` until it ends (`Some`) or `sent` stays put for `window`
-/// (`None`, and `work` can be run on).
-async fn until_stalled<F: Future>(mut work: Pin<&mut F>, sent: &AtomicU64, window: Duration) -> Option<F::Output> {
+/// Runs `work` until it ends (`Some`) or its turn does (`None`, and
+/// `work` can be run on): at a check every `window`, `sent` stayed put
+/// since the last, or the time is past `lease_end`.
+async fn within_turn<F: Future>(
+    mut work: Pin<&mut F>,
+    sent: &AtomicU64,
+    window: Duration,
+    lease_end: Option<Instant>,
+) -> Option<F::Output> {
     let mut seen = sent.load(Ordering::Relaxed);
     loop {
         match tokio::time::timeout(window, work.as_mut()).await {
             Ok(done) => return Some(done),
-            Err(_) if sent.load(Ordering::Relaxed) == seen => return None,
-            Err(_) => seen = sent.load(Ordering::Relaxed),
+            Err(_) => {
+                let moved = sent.load(Ordering::Relaxed);
+                if moved == seen || lease_end.is_some_and(|end| Instant::now() >= end) {
+                    return None;
+                }
+                seen = moved;
+            }
         }
     }
 }
@@ -394,5 +422,45 @@ mod tests {
         turns.send(slot, piece).await;
         assert!(!turns.lagging);
         assert!(!slots.stalled_lately(address(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_send_passes_the_lagging_lane_on_after_its_lease() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        slots.stalled_at(address(1));
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.turn().await;
+        // A piece the downloader takes a byte of every half second.
+        let piece = async {
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let mut other = Box::pin(slots.clone().acquire(true, address(2)));
+        assert!((&mut other).now_or_never().is_none());
+        let send = turns.send(slot, piece);
+        tokio::pin!(send);
+        run_for(send.as_mut(), LAGGING_LEASE - Duration::from_millis(1)).await;
+        assert!(
+            (&mut other).now_or_never().is_none(),
+            "kept while it moves, within the lease"
+        );
+        run_for(send.as_mut(), Duration::from_millis(2)).await;
+        let turn = other.now_or_never().expect("the lease ended the turn");
+        // The send waits for its next turn, which comes once the other's ends.
+        run_for(send.as_mut(), Duration::from_secs(1)).await;
+        drop(turn);
+        send.await;
+    }
+
+    /// Runs `work`, which must not end, for `time`.
+    async fn run_for<F: Future>(work: Pin<&mut F>, time: Duration) {
+        tokio::select! {
+            biased;
+            _ = work => panic!("ended"),
+            _ = tokio::time::sleep(time) => {}
+        }
     }
 }
