@@ -10,9 +10,11 @@
 //! ([`Turns::send`]), and from a slot that came while the conversation
 //! was writing other replies (`Have`s, the piece hashes), which would
 //! otherwise sit unused until the write went through
-//! ([`Turns::while_queued`]). Either way the stall is remembered for the
-//! downloader's address, and the conversation waits in the lagging lane
-//! from then on.
+//! ([`Turns::while_queued`]). In the lagging lane a turn also ends after
+//! [`LAGGING_LEASE`], however the bytes move, while another conversation
+//! wants that lane. Either way the lag is remembered for the
+//! downloader's address (as a stall, for a minute: `slots.rs`), and the
+//! conversation waits in the lagging lane from then on.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -169,9 +171,11 @@ impl Turns {
     /// this conversation lags; `work` can be run on). A turn ends once the
     /// stream takes no byte for the slot's stall window; in the lagging
     /// lane, also after [`LAGGING_LEASE`], however the bytes move, and
-    /// only while another conversation wants that lane: nobody would have
-    /// it sooner, and a slow honest link that has the lane to itself
-    /// keeps its turn.
+    /// only while another conversation wants that lane (one of its own
+    /// address too): nobody would have it sooner, and a slow honest link
+    /// that has the lane to itself keeps its turn. A turn that ends so is
+    /// remembered as a stall: a conversation that trickles stays in the
+    /// lagging lane.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Option<(F::Output, Slot)> {
         let lease_end = slot.is_lagging().then(|| Instant::now() + LAGGING_LEASE);
         loop {
