@@ -70,12 +70,19 @@ pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     /// Whether it is the lagging lane's.
     lagging: bool,
+    /// When it was had.
+    granted: Instant,
 }
 
 impl Slot {
     /// Whether it is the lagging lane's slot.
     pub(crate) fn is_lagging(&self) -> bool {
         self.lagging
+    }
+
+    /// When it was had.
+    pub(crate) fn granted(&self) -> Instant {
+        self.granted
     }
 }
 
@@ -129,6 +136,7 @@ impl UploadSlots {
             return Slot {
                 _permit: permit,
                 lagging: false,
+                granted: Instant::now(),
             };
         }
         // Queue for the lane only in the address's one place, given up
@@ -139,6 +147,7 @@ impl UploadSlots {
         Slot {
             _permit: permit,
             lagging: true,
+            granted: Instant::now(),
         }
     }
 

@@ -10,11 +10,11 @@
 //! ([`Turns::send`]), and from a slot that came while the conversation
 //! was writing other replies (`Have`s, the piece hashes), which would
 //! otherwise sit unused until the write went through
-//! ([`Turns::while_queued`]). In the lagging lane a turn also ends after
-//! [`LAGGING_LEASE`], however the bytes move, while another conversation
-//! wants that lane. Either way the lag is remembered for the
-//! downloader's address (as a stall, for a minute: `slots.rs`), and the
-//! conversation waits in the lagging lane from then on.
+//! ([`Turns::while_queued`]). Either way the stall is remembered for the
+//! downloader's address (for a minute: `slots.rs`), and the conversation
+//! waits in the lagging lane from then on. In that lane a turn also ends
+//! after [`LAGGING_LEASE`], however the bytes move, while another
+//! conversation wants the lane.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,7 +55,8 @@ pub(crate) const LAGGING_STALL: Duration = Duration::from_secs(1);
 /// in the other lane (there, a lease could not tell a downloader that
 /// trickles from a seeder whose own uplink is slow, and every honest
 /// downloader of a slow seeder lagged: README, "What is not defended
-/// yet").
+/// yet"). A turn the lease ends is not remembered as a stall, so a slow
+/// honest link is not kept in this lane by it.
 pub(crate) const LAGGING_LEASE: Duration = Duration::from_secs(6);
 
 /// A wait for an upload slot that keeps its place in the queue across
@@ -134,8 +135,8 @@ impl Turns {
         let mut stalled = false;
         let done = loop {
             match self.hold(slot, send.as_mut()).await {
-                Some((done, _slot)) => break done,
-                None => stalled = true,
+                Ok((done, _slot)) => break done,
+                Err(ended) => stalled |= ended == TurnEnded::Stalled,
             }
             slot = self.slots.clone().acquire(true, self.origin).await;
         };
@@ -157,40 +158,51 @@ impl Turns {
             slot = self.turn() => slot,
         };
         match self.hold(slot, write.as_mut()).await {
-            Some((done, slot)) => {
+            Ok((done, slot)) => {
                 self.waiting = Some(Box::pin(std::future::ready(slot)));
                 done
             }
-            None => write.await,
+            Err(_) => write.await,
         }
     }
 
-    /// Runs `work` while it holds `slot`, until it ends (`Some`, with the
-    /// slot) or its turn does (`None`: the slot went to the next
-    /// conversation waiting, the lag is remembered for the address, and
-    /// this conversation lags; `work` can be run on). A turn ends once the
+    /// Runs `work` while it holds `slot`, until it ends (`Ok`, with the
+    /// slot) or its turn does (`Err`, the slot gone to the next
+    /// conversation waiting; `work` can be run on). A turn ends once the
     /// stream takes no byte for the slot's stall window; in the lagging
-    /// lane, also after [`LAGGING_LEASE`], however the bytes move, and
-    /// only while another conversation wants that lane (one of its own
-    /// address too): nobody would have it sooner, and a slow honest link
-    /// that has the lane to itself keeps its turn. A turn that ends so is
-    /// remembered as a stall: a conversation that trickles stays in the
-    /// lagging lane.
-    async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Option<(F::Output, Slot)> {
-        let lease_end = slot.is_lagging().then(|| Instant::now() + LAGGING_LEASE);
-        loop {
-            if let Some(done) = within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end).await {
-                return Some((done, slot));
+    /// lane, also [`LAGGING_LEASE`] after the slot came, however the bytes
+    /// move; there, only while another conversation (one of its own
+    /// address too) wants that lane: nobody would have it sooner, and a
+    /// slow honest link that has the lane to itself keeps its turn. A
+    /// turn that ends for want of bytes is remembered as a stall of the
+    /// address, and this conversation lags; one the lease ends is not, so
+    /// a lagging downloader on a slow link leaves the lagging lane a
+    /// minute after its last stall, as any other.
+    async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Result<(F::Output, Slot), TurnEnded> {
+        let lease_end = slot.is_lagging().then(|| slot.granted() + LAGGING_LEASE);
+        let ended = loop {
+            match within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end).await {
+                Ok(done) => return Ok((done, slot)),
+                Err(_) if slot.is_lagging() && !self.slots.lagging_lane_wanted() => continue,
+                Err(ended) => break ended,
             }
-            if !slot.is_lagging() || self.slots.lagging_lane_wanted() {
-                break;
-            }
-        }
+        };
         drop(slot);
-        self.slots.stalled_at(self.origin);
-        self.lagging = true;
-        None
+        if ended == TurnEnded::Stalled {
+            self.slots.stalled_at(self.origin);
+            self.lagging = true;
+        }
+        Err(ended)
     }
+}
+
+/// Why a turn ended before its work did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TurnEnded {
+    /// The stream took no byte for the slot's stall window.
+    Stalled,
+    /// The lagging lane's lease ran out, the bytes moving.
+    LeaseOver,
 }
 
 /// How long a send holding `slot` may move no byte before the slot goes
@@ -203,23 +215,26 @@ fn stall_window(slot: &Slot) -> Duration {
     }
 }
 
-/// Runs `work` until it ends (`Some`) or its turn does (`None`, and
-/// `work` can be run on): at a check every `window`, `sent` stayed put
-/// since the last, or the time is past `lease_end`.
+/// Runs `work` until it ends (`Ok`) or its turn does (`Err`, and `work`
+/// can be run on): at a check every `window`, `sent` stayed put since the
+/// last, or the time is past `lease_end`.
 async fn within_turn<F: Future>(
     mut work: Pin<&mut F>,
     sent: &AtomicU64,
     window: Duration,
     lease_end: Option<Instant>,
-) -> Option<F::Output> {
+) -> Result<F::Output, TurnEnded> {
     let mut seen = sent.load(Ordering::Relaxed);
     loop {
         match tokio::time::timeout(window, work.as_mut()).await {
-            Ok(done) => return Some(done),
+            Ok(done) => return Ok(done),
             Err(_) => {
                 let moved = sent.load(Ordering::Relaxed);
-                if moved == seen || lease_end.is_some_and(|end| Instant::now() >= end) {
-                    return None;
+                if moved == seen {
+                    return Err(TurnEnded::Stalled);
+                }
+                if lease_end.is_some_and(|end| Instant::now() >= end) {
+                    return Err(TurnEnded::LeaseOver);
                 }
                 seen = moved;
             }
@@ -435,28 +450,98 @@ mod tests {
         let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
         turns.queue();
         let slot = turns.turn().await;
-        // A piece the downloader takes a byte of every half second.
+        // A piece the downloader takes a byte of every half second, for
+        // a little longer than an address is remembered as stalled (its
+        // send ends at about 62 s, before a stall at the lease's end, at
+        // 6 s, would be forgotten).
         let piece = async {
-            for _ in 0..60 {
+            for _ in 0..124 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 sent.fetch_add(1, Ordering::Relaxed);
             }
         };
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
         assert!((&mut other).now_or_never().is_none());
+        {
+            let send = turns.send(slot, piece);
+            tokio::pin!(send);
+            run_for(send.as_mut(), LAGGING_LEASE - Duration::from_millis(1)).await;
+            assert!(
+                (&mut other).now_or_never().is_none(),
+                "kept while it moves, within the lease"
+            );
+            run_for(send.as_mut(), Duration::from_millis(2)).await;
+            let turn = other.now_or_never().expect("the lease ended the turn");
+            // The send waits for its next turn, which comes once the other's
+            // ends; then it has the lane to itself.
+            let paused_at = sent.load(Ordering::Relaxed);
+            run_for(send.as_mut(), Duration::from_secs(3)).await;
+            assert_eq!(
+                sent.load(Ordering::Relaxed),
+                paused_at,
+                "paused while the other has the lane"
+            );
+            drop(turn);
+            send.await;
+        }
+        // A lease that ends is no stall: the address, last remembered at
+        // the start, is forgotten by now.
+        assert!(!slots.stalled_lately(address(1)));
+        assert!(!turns.lagging);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lane_of_those_that_read_has_no_lease() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.turn().await;
+        let (held, mut other) = (
+            slots.clone().acquire(false, address(3)).await,
+            Box::pin(slots.clone().acquire(false, address(2))),
+        );
+        assert!((&mut other).now_or_never().is_none());
+        // A send that moves every half second keeps its slot, however long
+        // (a seeder cannot tell a trickler from its own slow uplink).
+        let piece = async {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        {
+            let send = turns.send(slot, piece);
+            tokio::pin!(send);
+            run_for(send.as_mut(), 2 * LAGGING_LEASE).await;
+            assert!((&mut other).now_or_never().is_none(), "kept past any lease");
+            send.await;
+        }
+        assert!(!turns.lagging);
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_in_the_lagging_lane_is_remembered_again() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        slots.stalled_at(address(1));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.turn().await;
+        let piece = async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            sent.fetch_add(1, Ordering::Relaxed);
+        };
+        let other = slots.clone().acquire(true, address(2));
+        tokio::pin!(other);
+        assert!(futures::poll!(&mut other).is_pending());
         let send = turns.send(slot, piece);
         tokio::pin!(send);
-        run_for(send.as_mut(), LAGGING_LEASE - Duration::from_millis(1)).await;
-        assert!(
-            (&mut other).now_or_never().is_none(),
-            "kept while it moves, within the lease"
-        );
-        run_for(send.as_mut(), Duration::from_millis(2)).await;
-        let turn = other.now_or_never().expect("the lease ended the turn");
-        // The send waits for its next turn, which comes once the other's ends.
-        run_for(send.as_mut(), Duration::from_secs(1)).await;
-        drop(turn);
-        send.await;
+        run_for(send.as_mut(), 2 * LAGGING_STALL + Duration::from_millis(1)).await;
+        // At 61 s, a minute after the first stall: remembered since the
+        // second, in the lagging lane.
+        assert!(slots.stalled_lately(address(1)));
+        drop(other.now_or_never());
     }
 
     /// Runs `work`, which must not end, for `time`.
