@@ -244,6 +244,10 @@ async fn within_turn<F: Future>(
 
 #[cfg(test)]
 mod tests {
+    //! Every test runs on tokio's paused clock: each `sleep` below is
+    //! virtual time, the pace of a made-up downloader or how long a test
+    //! lets a turn run, never a wait for something to happen.
+
     use super::*;
     use crate::client::slots::UPLOAD_SLOTS;
     use futures::FutureExt;
