@@ -276,21 +276,16 @@ mod tests {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let (mut held, mut turns, mut next) = crowded(&slots, &sent);
         // A reply the downloader takes nothing of for 10 s, then all.
-        let stuck = async {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            sent.fetch_add(1, Ordering::Relaxed);
-        };
+        let stuck = silent_then_all(&sent, Duration::from_secs(10));
         {
             let write = turns.while_queued(stuck);
             tokio::pin!(write);
             assert!(futures::poll!(&mut write).is_pending());
             drop(held.pop()); // the slot comes, to the stuck conversation
             assert!(futures::poll!(&mut write).is_pending());
-            tokio::time::sleep(SLOT_STALL - Duration::from_millis(1)).await;
-            assert!(futures::poll!(&mut write).is_pending());
+            run_for(write.as_mut(), SLOT_STALL - Duration::from_millis(1)).await;
             assert!((&mut next).now_or_never().is_none(), "kept while the stall is young");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            assert!(futures::poll!(&mut write).is_pending());
+            run_for(write.as_mut(), Duration::from_millis(2)).await;
             assert!(next.now_or_never().is_some(), "the slot went to the next");
             write.await;
         }
@@ -304,13 +299,8 @@ mod tests {
     async fn a_slot_that_comes_while_a_reply_goes_out_is_kept_for_the_piece() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let (mut held, mut turns, mut next) = crowded(&slots, &sent);
-        // A reply that takes its time and moves every second.
-        let slow = async {
-            for _ in 0..5 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        };
+        // A reply that takes its time and moves every half second.
+        let slow = trickle(&sent, 10);
         {
             let write = turns.while_queued(slow);
             tokio::pin!(write);
@@ -328,20 +318,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_send_that_stalls_goes_on_in_the_lagging_lane() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
-        turns.queue();
-        let slot = turns.turn().await;
+        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
         // A piece the downloader takes nothing of for 10 s, then all.
-        let piece = async {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            sent.fetch_add(1, Ordering::Relaxed);
-        };
+        let piece = silent_then_all(&sent, Duration::from_secs(10));
         {
             let send = turns.send(slot, piece);
             tokio::pin!(send);
             assert!(futures::poll!(&mut send).is_pending());
-            tokio::time::sleep(SLOT_STALL + Duration::from_millis(1)).await;
-            assert!(futures::poll!(&mut send).is_pending());
+            run_for(send.as_mut(), SLOT_STALL + Duration::from_millis(1)).await;
             // Its slot went back: every slot of those that read is free.
             let free: Vec<Slot> = (0..UPLOAD_SLOTS)
                 .map(|_| slots.clone().acquire(false, address(2)).now_or_never().expect("free"))
@@ -365,25 +349,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lagging_send_that_stalls_again_passes_the_lagging_slot_on_sooner() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        slots.stalled_at(address(1));
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
-        turns.queue();
-        let slot = turns.turn().await;
-        assert!(slot.is_lagging());
-        let piece = async {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            sent.fetch_add(1, Ordering::Relaxed);
-        };
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        let piece = silent_then_all(&sent, Duration::from_secs(10));
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
         assert!((&mut other).now_or_never().is_none());
         let send = turns.send(slot, piece);
         tokio::pin!(send);
         assert!(futures::poll!(&mut send).is_pending());
-        tokio::time::sleep(LAGGING_STALL - Duration::from_millis(1)).await;
-        assert!(futures::poll!(&mut send).is_pending());
+        run_for(send.as_mut(), LAGGING_STALL - Duration::from_millis(1)).await;
         assert!((&mut other).now_or_never().is_none(), "kept while the stall is young");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        assert!(futures::poll!(&mut send).is_pending());
+        run_for(send.as_mut(), Duration::from_millis(2)).await;
         assert!(other.now_or_never().is_some(), "the lagging lane's turn passed on");
     }
 
@@ -417,10 +392,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_send_that_goes_through_while_its_address_stalls_leaves_it_lagging() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
-        turns.queue();
-        let slot = turns.turn().await;
-        assert!(!slot.is_lagging());
+        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
         // Another conversation from the address stalls during the send.
         let piece = async { slots.stalled_at(address(1)) };
         turns.send(slot, piece).await;
@@ -430,18 +402,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_lagging_lane_is_kept_by_a_slow_send_while_nobody_else_wants_it() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        slots.stalled_at(address(1));
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
-        turns.queue();
-        let slot = turns.turn().await;
-        assert!(slot.is_lagging());
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
         // Nothing moves for 61 s, past the stall memory, and nobody else
         // wants the lane: the slot is never passed on, so the stall is
         // never remembered again, and the address is forgiven.
-        let piece = async {
-            tokio::time::sleep(Duration::from_secs(61)).await;
-            sent.fetch_add(1, Ordering::Relaxed);
-        };
+        let piece = silent_then_all(&sent, Duration::from_secs(61));
         turns.send(slot, piece).await;
         assert!(!turns.lagging);
         assert!(!slots.stalled_lately(address(1)));
@@ -450,20 +415,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickling_send_passes_the_lagging_lane_on_after_its_lease() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        slots.stalled_at(address(1));
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
-        turns.queue();
-        let slot = turns.turn().await;
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
         // A piece the downloader takes a byte of every half second, for
         // a little longer than an address is remembered as stalled (its
         // send ends at about 62 s, before a stall at the lease's end, at
         // 6 s, would be forgotten).
-        let piece = async {
-            for _ in 0..124 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        };
+        let piece = trickle(&sent, 124);
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
         assert!((&mut other).now_or_never().is_none());
         {
@@ -497,9 +454,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_lane_of_those_that_read_has_no_lease() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
-        turns.queue();
-        let slot = turns.turn().await;
+        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
         let (held, mut other) = (
             slots.clone().acquire(false, address(3)).await,
             Box::pin(slots.clone().acquire(false, address(2))),
@@ -507,12 +462,7 @@ mod tests {
         assert!((&mut other).now_or_never().is_none());
         // A send that moves every half second keeps its slot, however long
         // (a seeder cannot tell a trickler from its own slow uplink).
-        let piece = async {
-            for _ in 0..40 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-        };
+        let piece = trickle(&sent, 40);
         {
             let send = turns.send(slot, piece);
             tokio::pin!(send);
@@ -528,14 +478,12 @@ mod tests {
     async fn a_stall_in_the_lagging_lane_is_remembered_again() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         slots.stalled_at(address(1));
+        // Virtual time, on the paused clock: the memory of that stall ages.
         tokio::time::sleep(Duration::from_secs(59)).await;
         let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
         turns.queue();
         let slot = turns.turn().await;
-        let piece = async {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            sent.fetch_add(1, Ordering::Relaxed);
-        };
+        let piece = silent_then_all(&sent, Duration::from_secs(10));
         let other = slots.clone().acquire(true, address(2));
         tokio::pin!(other);
         assert!(futures::poll!(&mut other).is_pending());
@@ -548,11 +496,42 @@ mod tests {
         drop(other.now_or_never());
     }
 
+    /// The turn of a conversation from 10.0.0.1 that queued first, in
+    /// the lagging lane if `lagging` (its address stalled just now).
+    async fn first_turn(slots: &Arc<UploadSlots>, sent: &Arc<AtomicU64>, lagging: bool) -> (Turns, Slot) {
+        if lagging {
+            slots.stalled_at(address(1));
+        }
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        turns.queue();
+        let slot = turns.turn().await;
+        assert_eq!(slot.is_lagging(), lagging);
+        (turns, slot)
+    }
+
+    /// A write the downloader takes nothing of for `silent`, then all.
+    async fn silent_then_all(sent: &AtomicU64, silent: Duration) {
+        // Virtual time: the downloader's silence, on the paused clock.
+        tokio::time::sleep(silent).await;
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write the downloader takes a byte of every half second,
+    /// `bytes` times.
+    async fn trickle(sent: &AtomicU64, bytes: usize) {
+        for _ in 0..bytes {
+            // Virtual time: the downloader's pace, on the paused clock.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Runs `work`, which must not end, for `time`.
     async fn run_for<F: Future>(work: Pin<&mut F>, time: Duration) {
         tokio::select! {
             biased;
             _ = work => panic!("ended"),
+            // Virtual time, on the paused clock: how long the test lets it run.
             _ = tokio::time::sleep(time) => {}
         }
     }
