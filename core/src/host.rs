@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -51,6 +52,17 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         let _ = (cx, file, offset, len);
         Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
     }
+
+    /// How long, in all, this stream's sends have waited for the other
+    /// side to make room: its receive window was full, because it reads
+    /// slowly. A slow link, or a sender that writes little, does not count.
+    /// So a sender can tell a reader that trickles from its own slow uplink.
+    ///
+    /// `None` where the stream cannot tell, the default: a simulated one,
+    /// any stream off Linux. A wrapper forwards this to the stream it wraps.
+    fn receiver_limited(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A stream of any kind.
@@ -72,6 +84,10 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
         len: usize,
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
+    }
+
+    fn receiver_limited(&self) -> Option<Duration> {
+        (**self).receiver_limited()
     }
 }
 
@@ -262,6 +278,12 @@ impl Stream for tokio::net::TcpStream {
             }
         }
     }
+
+    #[cfg(target_os = "linux")]
+    fn receiver_limited(&self) -> Option<Duration> {
+        use std::os::fd::AsFd;
+        receive_window_waits(self.as_fd())
+    }
 }
 
 /// Sends up to `len` bytes of `file`, from `offset`, to `socket`, with
@@ -293,6 +315,34 @@ fn send_file(
         return Err(io::Error::last_os_error());
     }
     Ok(sent as usize)
+}
+
+/// How long, in all, the sends on `socket` were held up by the receiver's
+/// window: the kernel's `tcpi_rwnd_limited` (`TCP_INFO`, Linux 4.10 on).
+/// Time the link, the congestion window or the sender itself held the
+/// sends up is counted elsewhere. `None` from a kernel that does not keep
+/// the count.
+#[cfg(target_os = "linux")]
+fn receive_window_waits(socket: std::os::fd::BorrowedFd<'_>) -> Option<Duration> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain integers, for which all zeroes is a
+    // valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is borrowed, so it stays open for the call;
+    // the kernel writes at most `len` bytes into `info`, which is that
+    // big, and sets `len` to how many it wrote.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    let known = std::mem::offset_of!(libc::tcp_info, tcpi_rwnd_limited) + std::mem::size_of::<u64>();
+    (got == 0 && len as usize >= known).then(|| Duration::from_micros(info.tcpi_rwnd_limited))
 }
 
 impl Listener for tokio::net::TcpListener {
@@ -373,6 +423,55 @@ pub async fn accept(listener: &mut BoxListener) -> io::Result<(BoxStream, Socket
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_tcp_stream_counts_the_time_its_reader_keeps_it_waiting() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reader = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut writer, _) = listener.accept().await.unwrap();
+        assert_eq!(writer.receiver_limited(), Some(Duration::ZERO), "nothing sent yet");
+        // The reader reads nothing: once its window and the send buffer
+        // are full, the writes wait on it. 300 ms of writing is the span
+        // measured, not a wait for anything.
+        let chunk = vec![0; 64 << 10];
+        let writing = async {
+            loop {
+                writer.write_all(&chunk).await.unwrap();
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), writing).await;
+        let waited = writer.receiver_limited().unwrap();
+        assert!(waited >= Duration::from_millis(150), "counted {waited:?} of 300 ms");
+        drop(reader);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_tcp_stream_does_not_count_the_time_its_writer_is_slow() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut reader = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut writer, _) = listener.accept().await.unwrap();
+        let reading = tokio::spawn(async move { reader.read_to_end(&mut Vec::new()).await });
+        // 64 KiB every 20 ms, as a rate cap or a slow uplink would let
+        // them go: the reader keeps up, so the writes never wait on it.
+        // The pace is the writer's, not a wait for anything.
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..15 {
+            pace.tick().await;
+            writer.write_all(&[0; 64 << 10]).await.unwrap();
+        }
+        let waited = writer.receiver_limited().unwrap();
+        assert!(waited < Duration::from_millis(50), "counted {waited:?} of 300 ms");
+        drop(writer);
+        reading.await.unwrap().unwrap();
+    }
 
     /// The long threads are counted per process: tests that take them run
     /// one at a time.

@@ -304,6 +304,12 @@ impl Stream for Throttled {
         self.inner.peer_addr()
     }
 
+    /// The wrapped stream's: time this wrapper holds a write back, for the
+    /// cap, leaves the receiver's window open, so it is not counted.
+    fn receiver_limited(&self) -> Option<std::time::Duration> {
+        self.inner.receiver_limited()
+    }
+
     /// Sends a file through the kernel like the stream it wraps, charged
     /// to the upload cap as [`AsyncWrite::poll_write`] is: at most a move
     /// at a time, and only when the cap allows.

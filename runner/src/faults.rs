@@ -552,6 +552,10 @@ impl Stream for FaultyStream {
             .peer_addr()
     }
 
+    fn receiver_limited(&self) -> Option<std::time::Duration> {
+        self.inner.as_ref()?.receiver_limited()
+    }
+
     /// A file body sent through the kernel is counted like written bytes:
     /// the send is cut at the fault's byte, which then strikes.
     fn poll_send_file(

@@ -1329,6 +1329,43 @@ async fn many_downloaders_that_stop_reading_at_once_cost_the_others_one_stall() 
     drop(stalled);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaders_that_trickle_do_not_keep_a_seeder_from_everyone_else() {
+    let (dir, tracker, a, info) = patient_seeder().await;
+    // More conversations than the seeder has upload slots, from another
+    // address, in pieces of 16 MiB, each reading 1 MiB a second through a
+    // small receive buffer: the seeder's sends move several times a
+    // second, never still long enough to count as stalled, and a piece
+    // takes each of them 16 s, with a slot for as long, then the next (a
+    // download that waits behind them for each of its pieces would take
+    // hours). Only the socket can tell them from a slow link.
+    let mut trickling = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        socket.set_recv_buffer_size(64 << 10).unwrap();
+        let socket = socket.connect(a.local_addr()).await.unwrap();
+        trickling.push(tokio::spawn(trickle(stalling_in(socket, info, 16 << 20).await)));
+    }
+    downloads_within(&dir, &tracker, info, Duration::from_secs(30)).await;
+    for downloader in trickling {
+        downloader.abort();
+    }
+}
+
+/// Reads 256 KiB of `socket` four times a second, until it closes.
+async fn trickle(mut socket: TcpStream) {
+    // The downloader's pace: not a wait for anything.
+    let mut pace = tokio::time::interval(Duration::from_millis(250));
+    let mut sip = vec![0; 256 << 10];
+    loop {
+        pace.tick().await;
+        if socket.read_exact(&mut sip).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A tracker and a seeder of a 64 MiB `big.bin` that waits two minutes
 /// for a stalled send before it gives up on the conversation: long enough
 /// that only giving back the upload slot lets anyone else be served

@@ -153,7 +153,12 @@ impl Seeder {
         let Some(conversation) = self.open_conversation(&mut replies, file, to, sha1, piece).await else {
             return;
         };
-        let turns = Turns::new(self.upload_slots.clone(), origin, replies.sent());
+        let turns = Turns::new(
+            self.upload_slots.clone(),
+            origin,
+            replies.sent(),
+            Box::new(replies.receiver_limited()),
+        );
         if let Err(error) = conversation.run(requests, replies, turns).await {
             tracing::debug!(node = %self.reporter.node(), %error, "swarm conversation ended");
         }

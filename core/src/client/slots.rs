@@ -24,6 +24,7 @@
 //! outlast its idle timeout).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub(crate) struct UploadSlots {
     prompt: Arc<Semaphore>,
     /// For conversations whose last send stalled.
     lagging: Arc<Semaphore>,
+    /// How many conversations wait for a slot of `prompt`.
+    prompt_waiting: AtomicUsize,
     /// Each lagging address's one place in the lagging lane's queue. A
     /// std mutex: held for a lookup. An entry goes at the first lookup
     /// after no conversation holds or waits for it.
@@ -92,6 +95,7 @@ impl UploadSlots {
         Arc::new(UploadSlots {
             prompt: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             lagging: Arc::new(Semaphore::new(LAGGING_SLOTS)),
+            prompt_waiting: AtomicUsize::new(0),
             lagging_places: Mutex::default(),
             stalled: Mutex::default(),
         })
@@ -132,6 +136,7 @@ impl UploadSlots {
     pub(crate) async fn acquire(self: Arc<Self>, lagging: bool, origin: Origin) -> Slot {
         let never_closed = "upload slots are never closed";
         if !lagging {
+            let _counted = Waiting::count(&self.prompt_waiting);
             let permit = self.prompt.clone().acquire_owned().await.expect(never_closed);
             return Slot {
                 _permit: permit,
@@ -151,6 +156,11 @@ impl UploadSlots {
         }
     }
 
+    /// Whether a conversation waits for a slot of those that read.
+    pub(crate) fn prompt_lane_wanted(&self) -> bool {
+        self.prompt_waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// Whether a conversation waits for the lagging lane (its holder,
     /// having its slot, holds no place).
     pub(crate) fn lagging_lane_wanted(&self) -> bool {
@@ -168,6 +178,22 @@ impl UploadSlots {
             .entry(origin)
             .or_insert_with(|| Arc::new(Semaphore::new(1)))
             .clone()
+    }
+}
+
+/// One wait counted in a tally for as long as it lasts, however it ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(tally: &'a AtomicUsize) -> Waiting<'a> {
+        tally.fetch_add(1, Ordering::Relaxed);
+        Waiting(tally)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -231,6 +257,25 @@ mod tests {
             1,
             "places nobody holds are gone"
         );
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_the_slots_of_those_that_read_is_counted_while_it_lasts() {
+        let slots = UploadSlots::new();
+        let held: Vec<Slot> = (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, here()).now_or_never().expect("free"))
+            .collect();
+        assert!(!slots.prompt_lane_wanted());
+        let mut waiting = Box::pin(slots.clone().acquire(false, here()));
+        assert!((&mut waiting).now_or_never().is_none());
+        assert!(slots.prompt_lane_wanted());
+        drop(waiting);
+        assert!(!slots.prompt_lane_wanted(), "a wait given up is not counted");
+        let mut waiting = Box::pin(slots.clone().acquire(false, here()));
+        assert!((&mut waiting).now_or_never().is_none());
+        drop(held);
+        let _slot = waiting.now_or_never().expect("granted");
+        assert!(!slots.prompt_lane_wanted(), "nor one granted");
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,7 +12,9 @@
 //! otherwise sit unused until the write went through
 //! ([`Turns::while_queued`]). Either way the stall is remembered for the
 //! downloader's address (for a minute: `slots.rs`), and the conversation
-//! waits in the lagging lane from then on. In that lane a turn also ends
+//! waits in the lagging lane from then on. So does one whose downloader
+//! reads, but so slowly that the sends wait on its receive window most of
+//! the time ([`TRICKLE_REVIEW`]). In the lagging lane a turn also ends
 //! after [`LAGGING_LEASE`], however the bytes move, while another
 //! conversation wants the lane.
 
@@ -59,6 +61,26 @@ pub(crate) const LAGGING_STALL: Duration = Duration::from_secs(1);
 /// honest link is not kept in this lane by it.
 pub(crate) const LAGGING_LEASE: Duration = Duration::from_secs(6);
 
+/// How often a send that holds a slot of those that read is looked at
+/// for a downloader that trickles, while another conversation wants a
+/// slot: one that reads a little now and then, in pieces as big as it
+/// likes, never stalls, and would keep its slot for its whole piece. Its
+/// turn ends if, since the last look, its sends waited on the
+/// downloader's receive window ([`ReceiverLimited`]) at least half the
+/// time; it is then remembered as a stall. Time a slow uplink holds the
+/// sends up is not counted, so a seeder never takes its own slow link
+/// for downloaders that trickle (a lease as in the lagging lane could
+/// not tell them apart, and every honest downloader of a slow seeder
+/// lagged). Long beside an honest piece, which takes this long only at
+/// under 44 kB/s.
+pub(crate) const TRICKLE_REVIEW: Duration = Duration::from_secs(6);
+
+/// How long, in all, the conversation's sends waited for the downloader
+/// to make room (`Outbound::receiver_limited`); `None` where the stream
+/// cannot tell (a simulated network), and then nobody is taken for a
+/// downloader that trickles.
+pub(crate) type ReceiverLimited = Box<dyn Fn() -> Option<Duration> + Send + Sync>;
+
 /// A wait for an upload slot that keeps its place in the queue across
 /// turns of the conversation's loop.
 type SlotWait = Pin<Box<dyn Future<Output = Slot> + Send>>;
@@ -71,6 +93,8 @@ pub(crate) struct Turns {
     origin: Origin,
     /// The bytes the conversation's stream took so far (`Outbound::sent`).
     sent: Arc<AtomicU64>,
+    /// How long its sends waited on the downloader's receive window.
+    receiver_limited: ReceiverLimited,
     /// Whether it waits in the lagging lane: a send of it stalled, or one
     /// to its address did lately.
     lagging: bool,
@@ -81,12 +105,18 @@ pub(crate) struct Turns {
 impl Turns {
     /// Not queued yet; in the lagging lane if a send to `origin` stalled
     /// lately.
-    pub(crate) fn new(slots: Arc<UploadSlots>, origin: Origin, sent: Arc<AtomicU64>) -> Turns {
+    pub(crate) fn new(
+        slots: Arc<UploadSlots>,
+        origin: Origin,
+        sent: Arc<AtomicU64>,
+        receiver_limited: ReceiverLimited,
+    ) -> Turns {
         Turns {
             lagging: slots.stalled_lately(origin),
             slots,
             origin,
             sent,
+            receiver_limited,
             waiting: None,
         }
     }
@@ -136,7 +166,7 @@ impl Turns {
         let done = loop {
             match self.hold(slot, send.as_mut()).await {
                 Ok((done, _slot)) => break done,
-                Err(ended) => stalled |= ended == TurnEnded::Stalled,
+                Err(ended) => stalled |= ended.lags(),
             }
             slot = self.slots.clone().acquire(true, self.origin).await;
         };
@@ -169,30 +199,69 @@ impl Turns {
     /// Runs `work` while it holds `slot`, until it ends (`Ok`, with the
     /// slot) or its turn does (`Err`, the slot gone to the next
     /// conversation waiting; `work` can be run on). A turn ends once the
-    /// stream takes no byte for the slot's stall window; in the lagging
-    /// lane, also [`LAGGING_LEASE`] after the slot came, however the bytes
-    /// move; there, only while another conversation (one of its own
-    /// address too) wants that lane: nobody would have it sooner, and a
-    /// slow honest link that has the lane to itself keeps its turn. A
-    /// turn that ends for want of bytes is remembered as a stall of the
-    /// address, and this conversation lags; one the lease ends is not, so
-    /// a lagging downloader on a slow link leaves the lagging lane a
-    /// minute after its last stall, as any other.
+    /// stream takes no byte for the slot's stall window. In the lane of
+    /// those that read, it also ends at a look every [`TRICKLE_REVIEW`]
+    /// that finds the downloader trickling, while another conversation
+    /// wants a slot there. In the lagging lane, it also ends
+    /// [`LAGGING_LEASE`] after the slot came, however the bytes move;
+    /// there, only while another conversation (one of its own address
+    /// too) wants that lane: nobody would have it sooner, and a slow
+    /// honest link that has the lane to itself keeps its turn. A turn that
+    /// ends because the downloader does not keep up is remembered as a
+    /// stall of the address, and this conversation lags; one the lease
+    /// ends is not, so a lagging downloader on a slow link leaves the
+    /// lagging lane a minute after its last stall, as any other.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Result<(F::Output, Slot), TurnEnded> {
-        let lease_end = slot.is_lagging().then(|| slot.granted() + LAGGING_LEASE);
+        let mut look = Look::now(&self.receiver_limited);
+        let mut lease_end = match slot.is_lagging() {
+            true => slot.granted() + LAGGING_LEASE,
+            false => look.at + TRICKLE_REVIEW,
+        };
         let ended = loop {
             match within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end).await {
                 Ok(done) => return Ok((done, slot)),
                 Err(_) if slot.is_lagging() && !self.slots.lagging_lane_wanted() => continue,
+                Err(TurnEnded::LeaseOver) if !slot.is_lagging() => {
+                    let last = std::mem::replace(&mut look, Look::now(&self.receiver_limited));
+                    if self.slots.prompt_lane_wanted() && look.finds_trickling_since(&last) {
+                        break TurnEnded::Trickled;
+                    }
+                    lease_end = look.at + TRICKLE_REVIEW;
+                }
                 Err(ended) => break ended,
             }
         };
         drop(slot);
-        if ended == TurnEnded::Stalled {
+        if ended.lags() {
             self.slots.stalled_at(self.origin);
             self.lagging = true;
         }
         Err(ended)
+    }
+}
+
+/// What a look at a send finds: when, and how long its sends had waited
+/// on the downloader's receive window by then.
+struct Look {
+    at: Instant,
+    receiver_limited: Option<Duration>,
+}
+
+impl Look {
+    fn now(receiver_limited: &ReceiverLimited) -> Look {
+        Look {
+            at: Instant::now(),
+            receiver_limited: receiver_limited(),
+        }
+    }
+
+    /// Whether the sends waited on the downloader's window at least half
+    /// the time since `earlier`.
+    fn finds_trickling_since(&self, earlier: &Look) -> bool {
+        match (earlier.receiver_limited, self.receiver_limited) {
+            (Some(before), Some(now)) => 2 * now.saturating_sub(before) >= self.at - earlier.at,
+            _ => false,
+        }
     }
 }
 
@@ -201,8 +270,19 @@ impl Turns {
 enum TurnEnded {
     /// The stream took no byte for the slot's stall window.
     Stalled,
-    /// The lagging lane's lease ran out, the bytes moving.
+    /// The stream took bytes, but the downloader's receive window held
+    /// the sends up most of the time.
+    Trickled,
+    /// The lease ran out, the bytes moving: the lagging lane's, or the
+    /// time for a look at the sends in the lane of those that read.
     LeaseOver,
+}
+
+impl TurnEnded {
+    /// Whether it ended because the downloader does not keep up.
+    fn lags(self) -> bool {
+        matches!(self, TurnEnded::Stalled | TurnEnded::Trickled)
+    }
 }
 
 /// How long a send holding `slot` may move no byte before the slot goes
@@ -222,7 +302,7 @@ async fn within_turn<F: Future>(
     mut work: Pin<&mut F>,
     sent: &AtomicU64,
     window: Duration,
-    lease_end: Option<Instant>,
+    lease_end: Instant,
 ) -> Result<F::Output, TurnEnded> {
     let mut seen = sent.load(Ordering::Relaxed);
     loop {
@@ -233,7 +313,7 @@ async fn within_turn<F: Future>(
                 if moved == seen {
                     return Err(TurnEnded::Stalled);
                 }
-                if lease_end.is_some_and(|end| Instant::now() >= end) {
+                if Instant::now() >= lease_end {
                     return Err(TurnEnded::LeaseOver);
                 }
                 seen = moved;
@@ -263,7 +343,7 @@ mod tests {
         let held = (0..UPLOAD_SLOTS)
             .map(|_| slots.clone().acquire(false, address(9)).now_or_never().expect("free"))
             .collect();
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone(), unknown_window());
         turns.queue();
         assert!(turns.turn().now_or_never().is_none());
         let mut next: SlotWait = Box::pin(slots.clone().acquire(false, address(2)));
@@ -452,7 +532,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_lane_of_those_that_read_has_no_lease() {
+    async fn a_send_to_a_downloader_that_trickles_passes_its_slot_on_at_a_look() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let (mut turns, slot) = first_turn(&slots, &sent, false).await;
         let (held, mut other) = (
@@ -460,18 +540,61 @@ mod tests {
             Box::pin(slots.clone().acquire(false, address(2))),
         );
         assert!((&mut other).now_or_never().is_none());
-        // A send that moves every half second keeps its slot, however long
-        // (a seeder cannot tell a trickler from its own slow uplink).
+        // A piece the downloader takes a byte of every half second, its
+        // receive window full half the time.
+        turns.receiver_limited = window_full_for(0.5);
         let piece = trickle(&sent, 40);
         {
             let send = turns.send(slot, piece);
             tokio::pin!(send);
-            run_for(send.as_mut(), 2 * LAGGING_LEASE).await;
-            assert!((&mut other).now_or_never().is_none(), "kept past any lease");
+            run_for(send.as_mut(), TRICKLE_REVIEW - Duration::from_millis(1)).await;
+            assert!((&mut other).now_or_never().is_none(), "kept until the look");
+            run_for(send.as_mut(), Duration::from_millis(2)).await;
+            let turn = other.now_or_never().expect("the look ended the turn");
+            drop(turn);
+            // The rest goes out in the lagging lane.
             send.await;
         }
-        assert!(!turns.lagging);
+        assert!(turns.lagging);
+        assert!(slots.stalled_lately(address(1)), "remembered as a stall");
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_held_up_by_the_link_keeps_its_slot_however_slow() {
+        // Sends that waited on the downloader's window less than half the
+        // time, not at all (the seeder's own uplink is slow), or that
+        // cannot tell (a simulated network).
+        for receiver_limited in [window_full_for(0.45), window_full_for(0.0), unknown_window()] {
+            let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+            let (mut turns, slot) = first_turn(&slots, &sent, false).await;
+            let (held, mut other) = (
+                slots.clone().acquire(false, address(3)).await,
+                Box::pin(slots.clone().acquire(false, address(2))),
+            );
+            assert!((&mut other).now_or_never().is_none());
+            turns.receiver_limited = receiver_limited;
+            let piece = trickle(&sent, 40);
+            {
+                let send = turns.send(slot, piece);
+                tokio::pin!(send);
+                run_for(send.as_mut(), 3 * TRICKLE_REVIEW).await;
+                assert!((&mut other).now_or_never().is_none(), "kept past every look");
+                send.await;
+            }
+            assert!(!turns.lagging);
+            drop(held);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_downloader_that_trickles_keeps_its_slot_while_nobody_else_wants_one() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
+        turns.receiver_limited = window_full_for(1.0);
+        turns.send(slot, trickle(&sent, 40)).await;
+        assert!(!turns.lagging);
+        assert!(!slots.stalled_lately(address(1)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -480,7 +603,7 @@ mod tests {
         slots.stalled_at(address(1));
         // Virtual time, on the paused clock: the memory of that stall ages.
         tokio::time::sleep(Duration::from_secs(59)).await;
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone(), unknown_window());
         turns.queue();
         let slot = turns.turn().await;
         let piece = silent_then_all(&sent, Duration::from_secs(10));
@@ -502,11 +625,23 @@ mod tests {
         if lagging {
             slots.stalled_at(address(1));
         }
-        let mut turns = Turns::new(slots.clone(), address(1), sent.clone());
+        let mut turns = Turns::new(slots.clone(), address(1), sent.clone(), unknown_window());
         turns.queue();
         let slot = turns.turn().await;
         assert_eq!(slot.is_lagging(), lagging);
         (turns, slot)
+    }
+
+    /// A gauge of a stream whose sends wait on the downloader's receive
+    /// window `share` of the time from now on.
+    fn window_full_for(share: f64) -> ReceiverLimited {
+        let start = Instant::now();
+        Box::new(move || Some(start.elapsed().mul_f64(share)))
+    }
+
+    /// The gauge of a stream that cannot tell.
+    fn unknown_window() -> ReceiverLimited {
+        Box::new(|| None)
     }
 
     /// A write the downloader takes nothing of for `silent`, then all.

@@ -141,6 +141,15 @@ impl Outbound {
         self.sent.clone()
     }
 
+    /// A gauge of how long, in all, the stream's sends waited for the
+    /// other side to make room ([`Stream::receiver_limited`]): whether a
+    /// send that crawls does so because its reader trickles. It does not
+    /// keep the stream open; once the stream is gone it reads `None`.
+    pub fn receiver_limited(&self) -> impl Fn() -> Option<Duration> + Send + Sync + 'static {
+        let stream = Arc::downgrade(&self.frames.get_ref().stream);
+        move || stream.upgrade().and_then(|stream| lock(&stream).receiver_limited())
+    }
+
     /// Sends one message.
     pub async fn message<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
         let payload = protocol::encode(message)?;
