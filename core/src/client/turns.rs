@@ -208,9 +208,11 @@ impl Turns {
     /// too) wants that lane: nobody would have it sooner, and a slow
     /// honest link that has the lane to itself keeps its turn. A turn that
     /// ends because the downloader does not keep up is remembered as a
-    /// stall of the address, and this conversation lags; one the lease
-    /// ends is not, so a lagging downloader on a slow link leaves the
-    /// lagging lane a minute after its last stall, as any other.
+    /// stall of the address, and this conversation lags; so is a lease's
+    /// end if the downloader trickled meanwhile, by the look above. Any
+    /// other lease's end is not, so a lagging downloader on a slow link
+    /// leaves the lagging lane a minute after its last stall, as any
+    /// other.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Result<(F::Output, Slot), TurnEnded> {
         let mut look = Look::now(&self.receiver_limited);
         let mut lease_end = match slot.is_lagging() {
@@ -221,7 +223,15 @@ impl Turns {
             match within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end).await {
                 Ok(done) => return Ok((done, slot)),
                 Err(_) if slot.is_lagging() && !self.slots.lagging_lane_wanted() => continue,
-                Err(TurnEnded::LeaseOver) if !slot.is_lagging() => {
+                Err(TurnEnded::LeaseOver) if slot.is_lagging() => {
+                    let trickling = Look::now(&self.receiver_limited).finds_trickling_since(&look);
+                    break if trickling {
+                        TurnEnded::Trickled
+                    } else {
+                        TurnEnded::LeaseOver
+                    };
+                }
+                Err(TurnEnded::LeaseOver) => {
                     let last = std::mem::replace(&mut look, Look::now(&self.receiver_limited));
                     if self.slots.prompt_lane_wanted() && look.finds_trickling_since(&last) {
                         break TurnEnded::Trickled;
@@ -529,6 +539,26 @@ mod tests {
         // the start, is forgotten by now.
         assert!(!slots.stalled_lately(address(1)));
         assert!(!turns.lagging);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_ends_on_a_downloader_that_trickles_is_remembered_as_a_stall() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        turns.receiver_limited = window_full_for(0.5);
+        let mut other = Box::pin(slots.clone().acquire(true, address(2)));
+        assert!((&mut other).now_or_never().is_none());
+        {
+            let send = turns.send(slot, trickle(&sent, 124));
+            tokio::pin!(send);
+            run_for(send.as_mut(), LAGGING_LEASE + Duration::from_millis(1)).await;
+            drop(other.now_or_never().expect("the lease ended the turn"));
+            send.await;
+        }
+        // The send ends at about 62 s: the address, remembered at 6 s, is
+        // still lagging.
+        assert!(slots.stalled_lately(address(1)));
+        assert!(turns.lagging);
     }
 
     #[tokio::test(start_paused = true)]
