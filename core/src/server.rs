@@ -6,7 +6,10 @@
 //! instead of exhausting memory or file descriptors), backs off when
 //! `accept` fails, and never lets one connection's error stop the listener.
 //! One remote address may hold only a share of the connections, so a single
-//! misbehaving host cannot take every slot. Shutdown is a cancellation
+//! misbehaving host cannot take every slot; and once every slot is taken, a
+//! newcomer from an address that holds fewer connections than another
+//! takes the place of that address's newest, so no set of addresses can
+//! keep another out, only share with it. Shutdown is a cancellation
 //! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
 
@@ -27,7 +30,10 @@ use crate::host::{self, BoxListener, BoxStream, Host};
 /// Bounds that keep a server responsive whatever its clients do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; further ones wait to be accepted.
+    /// Connections served at once. Past it, a newcomer from an address
+    /// that holds fewer connections than the address that holds the most
+    /// cuts that address's newest connection and takes its place; any
+    /// other newcomer is closed at once.
     pub max_connections: usize,
     /// Connections served at once from one remote address (an IPv6 one by
     /// its /64, [`Origin`]); further ones are closed at once, so no single
@@ -180,26 +186,36 @@ where
         let per_address = PerAddress::default();
         let handlers = TaskTracker::new();
         loop {
-            // Wait for a free slot before accepting: back-pressure, not overload.
-            let permit = tokio::select! {
-                biased;
-                _ = self.accepting.cancelled() => break,
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
             let (stream, from) = tokio::select! {
                 biased;
                 _ = self.accepting.cancelled() => break,
                 accepted = accept(&mut listener) => accepted,
             };
-            let Some(slot) = per_address.take(from.ip(), self.limits.max_per_address) else {
+            let cut = self.shutdown.child_token();
+            let Some(slot) = per_address.take(from.ip(), self.limits.max_per_address, cut.clone()) else {
                 tracing::debug!(%from, "too many connections from one address; closing this one");
                 continue;
+            };
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) if per_address.make_room_for(&slot) => {
+                    tracing::debug!(%from, "every slot taken: cut the newest connection of the address that holds the most");
+                    // The cut connection's handler ends at its next poll.
+                    tokio::select! {
+                        biased;
+                        _ = self.accepting.cancelled() => break,
+                        permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!(%from, "every slot taken, none by an address that holds more; closing this one");
+                    continue;
+                }
             };
             let Some(connection) = self.connection(stream) else {
                 continue;
             };
             let handler = (self.handle)(connection);
-            let cut = self.shutdown.clone();
             let served = handlers.track_future(async move {
                 tokio::select! {
                     biased;
@@ -254,42 +270,86 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// How many connections each remote [`Origin`] holds.
+/// The connections each remote [`Origin`] holds, oldest first, each with
+/// the token that cuts it.
 #[derive(Clone, Default)]
-struct PerAddress(Arc<Mutex<HashMap<Origin, usize>>>);
+struct PerAddress(Arc<Mutex<Held>>);
+
+/// What [`PerAddress`] guards.
+#[derive(Default)]
+struct Held {
+    by_origin: HashMap<Origin, Vec<HeldConnection>>,
+    /// The id of the next connection.
+    next: u64,
+}
+
+/// One connection, as its origin's list holds it.
+struct HeldConnection {
+    id: u64,
+    cut: CancellationToken,
+}
 
 impl PerAddress {
-    /// A slot for one more connection from `ip`, unless its origin holds
-    /// `cap`.
-    fn take(&self, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
-        let ip = Origin::from(ip);
-        // A std mutex: held for a map update, never across an `.await`.
-        let mut counts = self.0.lock().expect("address counts poisoned");
-        let count = counts.entry(ip).or_default();
-        if *count >= cap {
+    /// A std mutex: held for a map update, never across an `.await`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.0.lock().expect("address counts poisoned")
+    }
+
+    /// A slot for one more connection from `ip`, cut by `cut`, unless its
+    /// origin holds `cap`.
+    fn take(&self, ip: IpAddr, cap: usize, cut: CancellationToken) -> Option<AddressSlot> {
+        let origin = Origin::from(ip);
+        let mut held = self.lock();
+        let id = held.next;
+        let list = held.by_origin.entry(origin).or_default();
+        if list.len() >= cap {
             return None;
         }
-        *count += 1;
+        list.push(HeldConnection { id, cut });
+        held.next += 1;
         Some(AddressSlot {
             counts: self.clone(),
-            ip,
+            origin,
+            id,
         })
+    }
+
+    /// Cuts the newest connection of the origin that holds the most
+    /// (lowest address first among equals), if it holds more than
+    /// `newcomer`'s origin does with `newcomer`; says whether it did.
+    /// Connections cut already, and not gone yet, are not counted.
+    fn make_room_for(&self, newcomer: &AddressSlot) -> bool {
+        let held = self.lock();
+        let live = |list: &Vec<HeldConnection>| list.iter().filter(|held| !held.cut.is_cancelled()).count();
+        let mine = held.by_origin.get(&newcomer.origin).map_or(0, live);
+        let biggest = held
+            .by_origin
+            .iter()
+            .filter(|(origin, _)| **origin != newcomer.origin)
+            .max_by_key(|(origin, list)| (live(list), std::cmp::Reverse(**origin)));
+        let Some((_, list)) = biggest.filter(|(_, list)| live(list) > mine) else {
+            return false;
+        };
+        let newest = list.iter().rev().find(|held| !held.cut.is_cancelled());
+        newest.expect("it holds more than none").cut.cancel();
+        true
     }
 }
 
-/// One connection's place in its address's count; freed on drop.
+/// One connection's place in its address's list; freed on drop.
 struct AddressSlot {
     counts: PerAddress,
-    ip: Origin,
+    origin: Origin,
+    id: u64,
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().expect("address counts poisoned");
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
+        let mut held = self.counts.lock();
+        if let Some(list) = held.by_origin.get_mut(&self.origin) {
+            list.retain(|held| held.id != self.id);
+            if list.is_empty() {
+                held.by_origin.remove(&self.origin);
             }
         }
     }
@@ -330,12 +390,48 @@ mod tests {
     #[test]
     fn the_addresses_of_one_ipv6_slash_64_share_one_connection_cap() {
         let counts = PerAddress::default();
-        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        let first = counts.take(ip("2001:db8::1"), 1).expect("a first connection");
-        assert!(counts.take(ip("2001:db8::2"), 1).is_none(), "the same /64");
-        let other = counts.take(ip("2001:db8:0:1::1"), 1).expect("another /64");
+        let cut = CancellationToken::new;
+        let first = counts.take(ip("2001:db8::1"), 1, cut()).expect("a first connection");
+        assert!(counts.take(ip("2001:db8::2"), 1, cut()).is_none(), "the same /64");
+        let other = counts.take(ip("2001:db8:0:1::1"), 1, cut()).expect("another /64");
         drop(first);
-        assert!(counts.take(ip("2001:db8::2"), 1).is_some(), "freed on drop");
+        assert!(counts.take(ip("2001:db8::2"), 1, cut()).is_some(), "freed on drop");
         drop(other);
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_newcomer_takes_the_place_of_the_newest_connection_of_the_address_that_holds_the_most() {
+        let counts = PerAddress::default();
+        let take = |address: &str| {
+            let cut = CancellationToken::new();
+            let slot = counts.take(ip(address), 8, cut.clone()).expect("under the cap");
+            (slot, cut)
+        };
+        let crowd: Vec<_> = (0..3).map(|_| take("10.0.0.2")).collect();
+        let pair: Vec<_> = (0..2).map(|_| take("10.0.0.3")).collect();
+        let equal: Vec<_> = (0..3).map(|_| take("10.0.0.4")).collect();
+        // A newcomer from an address that holds fewer: the newest of the
+        // lowest of the two biggest addresses goes.
+        let (newcomer, _) = take("10.0.0.1");
+        assert!(counts.make_room_for(&newcomer));
+        assert!(crowd[2].1.is_cancelled());
+        assert!(!crowd[0].1.is_cancelled() && !crowd[1].1.is_cancelled());
+        // Connections cut already are not counted: the next goes from
+        // the other address that holds three.
+        let (second, _) = take("10.0.0.1");
+        assert!(counts.make_room_for(&second));
+        assert!(equal[2].1.is_cancelled());
+        // Now every address holds two: nobody holds more than a third
+        // newcomer's would, with it.
+        let (third, _) = take("10.0.0.1");
+        assert!(!counts.make_room_for(&third));
+        assert!(pair.iter().all(|(_, cut)| !cut.is_cancelled()));
+        // Nor does anybody hold more than a newcomer from the biggest.
+        let (from_the_crowd, _) = take("10.0.0.2");
+        assert!(!counts.make_room_for(&from_the_crowd));
     }
 }

@@ -1366,14 +1366,42 @@ async fn trickle(mut socket: TcpStream) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_that_fill_every_connection_slot_cannot_keep_another_out() {
+    // A seeder that serves 8 connections at once, 4 per address, and
+    // waits two minutes on a stalled send: two addresses fill every slot
+    // with conversations that ask for pieces and stall. The download from
+    // a third address takes the place of the newest of one of them, where
+    // it would otherwise wait outside until they time out.
+    let limits = Limits {
+        max_connections: 8,
+        max_per_address: 4,
+        ..Limits::default()
+    };
+    let (dir, tracker, a, info) = patient_seeder_with(limits).await;
+    let mut stalled = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..4 {
+            stalled.push(stalling(connect_from(from, a.local_addr()).await, info).await);
+        }
+    }
+    downloads_within(&dir, &tracker, info, Duration::from_secs(30)).await;
+    drop(stalled);
+}
+
 /// A tracker and a seeder of a 64 MiB `big.bin` that waits two minutes
 /// for a stalled send before it gives up on the conversation: long enough
 /// that only giving back the upload slot lets anyone else be served
 /// within a test's limit.
 async fn patient_seeder() -> (tempfile::TempDir, Tracker, Client, FileInfo) {
+    patient_seeder_with(Limits::default()).await
+}
+
+/// [`patient_seeder`] with `limits`, but for the idle timeout.
+async fn patient_seeder_with(limits: Limits) -> (tempfile::TempDir, Tracker, Client, FileInfo) {
     let dir = tempfile::tempdir().unwrap();
     let tracker = tracker().await;
-    let limits = Limits::default().with_idle_timeout(Duration::from_secs(120));
+    let limits = limits.with_idle_timeout(Duration::from_secs(120));
     let a = client_with(1, dir.path(), limits).await;
     a.register(tracker.local_addr()).await.unwrap();
     let bytes: Vec<u8> = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
@@ -1403,7 +1431,7 @@ async fn downloads_within(dir: &tempfile::TempDir, tracker: &Tracker, info: File
     let file = name("big.bin");
     let got = tokio::time::timeout(limit, b.swarm_download(&file, Default::default()))
         .await
-        .expect("the stalled conversations kept the seeder's upload slots")
+        .expect("the hostile conversations kept the download from the seeder")
         .unwrap();
     assert_eq!(got.downloaded.info, info);
 }

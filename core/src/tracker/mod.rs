@@ -51,8 +51,10 @@ pub struct TrackerConfig {
     /// Timeouts (its `max_connections` and `max_per_address` are ignored:
     /// see `max_sessions`).
     pub limits: Limits,
-    /// Sessions served at once; further connections wait to be accepted.
-    /// One address may hold a quarter of them.
+    /// Sessions served at once; past it, a newcomer takes the place of
+    /// the newest session of the address that holds the most, if its own
+    /// address holds fewer, and is closed otherwise (`Limits`). One
+    /// address may hold a quarter of them.
     pub max_sessions: usize,
     /// What one client may make the tracker hold.
     pub quotas: Quotas,
