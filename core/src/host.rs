@@ -55,8 +55,9 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
 
     /// How long, in all, this stream's sends have waited for the other
     /// side to make room: its receive window was full, because it reads
-    /// slowly. A slow link, or a sender that writes little, does not count.
-    /// So a sender can tell a reader that trickles from its own slow uplink.
+    /// slowly (or its window is small for the path's round trip). A slow
+    /// link, or a sender that writes little, does not count. So a sender
+    /// can tell a reader that trickles from its own slow uplink.
     ///
     /// `None` where the stream cannot tell, the default: a simulated one,
     /// any stream off Linux. A wrapper forwards this to the stream it wraps.
@@ -471,6 +472,46 @@ mod tests {
         assert!(waited < Duration::from_millis(50), "counted {waited:?} of 300 ms");
         drop(writer);
         reading.await.unwrap().unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_tcp_stream_does_not_count_the_time_a_slow_link_takes() {
+        use std::os::fd::AsRawFd;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut reader = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut writer, _) = listener.accept().await.unwrap();
+        // The kernel paces the writer's packets to 1 MB/s: a slow uplink.
+        let rate: libc::c_uint = 1_000_000;
+        // SAFETY: the socket is open for the call; the kernel reads
+        // `size_of::<c_uint>()` bytes of `rate`, a live local.
+        let set = unsafe {
+            libc::setsockopt(
+                writer.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MAX_PACING_RATE,
+                (&rate as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "{}", io::Error::last_os_error());
+        let reading = tokio::spawn(async move { reader.read_to_end(&mut Vec::new()).await });
+        // The reader keeps up, so the writes wait on the link, never on
+        // it. 300 ms of writing is the span measured, not a wait for
+        // anything.
+        let chunk = vec![0; 64 << 10];
+        let writing = async {
+            loop {
+                writer.write_all(&chunk).await.unwrap();
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), writing).await;
+        let waited = writer.receiver_limited().unwrap();
+        assert!(waited < Duration::from_millis(50), "counted {waited:?} of 300 ms");
+        reading.abort();
     }
 
     /// The long threads are counted per process: tests that take them run

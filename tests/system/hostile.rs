@@ -1347,7 +1347,7 @@ async fn downloaders_that_trickle_do_not_keep_a_seeder_from_everyone_else() {
         let socket = socket.connect(a.local_addr()).await.unwrap();
         trickling.push(tokio::spawn(trickle(stalling_in(socket, info, 16 << 20).await)));
     }
-    downloads_within(&dir, &tracker, info, Duration::from_secs(30)).await;
+    downloads_within(&dir, &tracker, info, Duration::from_secs(45)).await;
     for downloader in trickling {
         downloader.abort();
     }

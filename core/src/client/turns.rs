@@ -72,7 +72,8 @@ pub(crate) const LAGGING_LEASE: Duration = Duration::from_secs(6);
 /// for downloaders that trickle (a lease as in the lagging lane could
 /// not tell them apart, and every honest downloader of a slow seeder
 /// lagged). Long beside an honest piece, which takes this long only at
-/// under 44 kB/s.
+/// under 44 kB/s in the default 256 KiB pieces (2.8 MB/s in the largest,
+/// 16 MiB).
 pub(crate) const TRICKLE_REVIEW: Duration = Duration::from_secs(6);
 
 /// How long, in all, the conversation's sends waited for the downloader
@@ -587,6 +588,29 @@ mod tests {
         }
         assert!(turns.lagging);
         assert!(slots.stalled_lately(address(1)), "remembered as a stall");
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_look_judges_the_span_since_the_last() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
+        let (held, mut other) = (
+            slots.clone().acquire(false, address(3)).await,
+            Box::pin(slots.clone().acquire(false, address(2))),
+        );
+        assert!((&mut other).now_or_never().is_none());
+        // The downloader keeps up for two looks' spans, then trickles:
+        // the third look, and only it, finds it trickling.
+        let keeps_up = 2 * TRICKLE_REVIEW;
+        let start = Instant::now();
+        turns.receiver_limited = Box::new(move || Some(start.elapsed().saturating_sub(keeps_up)));
+        let send = turns.send(slot, trickle(&sent, 80));
+        tokio::pin!(send);
+        run_for(send.as_mut(), 3 * TRICKLE_REVIEW - Duration::from_millis(1)).await;
+        assert!((&mut other).now_or_never().is_none(), "kept until the third look");
+        run_for(send.as_mut(), Duration::from_millis(2)).await;
+        assert!(other.now_or_never().is_some(), "the third look ended the turn");
         drop(held);
     }
 
