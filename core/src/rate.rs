@@ -452,6 +452,18 @@ mod tests {
         took
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_capped_stream_shows_the_receive_window_count_of_the_stream_it_wraps() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _reader = tokio::net::TcpStream::connect(tcp.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = tcp.accept().await.unwrap();
+        let limits = Arc::new(RateLimits::default());
+        limits.set(1_000_000, 0);
+        let capped = limits.wrap(Box::new(accepted));
+        assert_eq!(capped.receiver_limited(), Some(Duration::ZERO));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn ten_megabytes_at_one_megabyte_a_second_take_ten_seconds() {
         for (up, down) in [(1_000_000, 0), (0, 1_000_000), (1_000_000, 2_000_000)] {

@@ -707,6 +707,22 @@ mod tests {
         assert_eq!((replies.body, replies.header.len()), (0, 0), "ended mid-frame");
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_faulty_stream_shows_the_receive_window_count_of_the_stream_it_wraps() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _reader = tokio::net::TcpStream::connect(tcp.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = tcp.accept().await.unwrap();
+        let mut server = FaultyStream {
+            inner: Some(Box::new(accepted)),
+            faults: Arc::new(Faults::default()),
+            state: State::Clear,
+        };
+        assert_eq!(server.receiver_limited(), Some(std::time::Duration::ZERO));
+        server.inner = None;
+        assert_eq!(server.receiver_limited(), None, "gone with the stream");
+    }
+
     #[tokio::test]
     async fn a_kill_in_a_swarm_strikes_at_the_last_byte_of_a_piece_too() {
         use tokio::io::AsyncWriteExt;
