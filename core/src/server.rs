@@ -2,14 +2,17 @@
 //!
 //! As in mini-redis: the server takes an already-bound listener (so tests
 //! bind port 0 and never guess ports), caps open connections with a
-//! semaphore (a permit per connection, so a flood of connections waits
-//! instead of exhausting memory or file descriptors), backs off when
-//! `accept` fails, and never lets one connection's error stop the listener.
-//! One remote address may hold only a share of the connections, so a single
-//! misbehaving host cannot take every slot; and once every slot is taken, a
-//! newcomer from an address that holds fewer connections than another
-//! takes the place of that address's newest, so no set of addresses can
-//! keep another out, only share with it. Shutdown is a cancellation
+//! semaphore (a permit per connection, so a flood of connections cannot
+//! exhaust memory or file descriptors), backs off when `accept` fails, and
+//! never lets one connection's error stop the listener. One remote address
+//! may hold only a share of the connections, so a single misbehaving host
+//! cannot take every slot. Once every slot is taken, a peer's server lets
+//! a newcomer from an address that holds fewer connections than another
+//! take the place of that address's newest, so a few addresses cannot keep
+//! everyone else out (it takes one connection from each of more addresses
+//! than there are slots); the tracker's makes newcomers wait, since a cut
+//! session would unlist its client ([`Limits::make_room_at_cap`]).
+//! Shutdown is a cancellation
 //! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
 
@@ -30,15 +33,21 @@ use crate::host::{self, BoxListener, BoxStream, Host};
 /// Bounds that keep a server responsive whatever its clients do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once. Past it, a newcomer from an address
-    /// that holds fewer connections than the address that holds the most
-    /// cuts that address's newest connection and takes its place; any
-    /// other newcomer is closed at once.
+    /// Connections served at once; past it, see
+    /// [`Limits::make_room_at_cap`].
     pub max_connections: usize,
     /// Connections served at once from one remote address (an IPv6 one by
     /// its /64, [`Origin`]); further ones are closed at once, so no single
     /// host can take every slot.
     pub max_per_address: usize,
+    /// What a newcomer gets once `max_connections` are served. If set (a
+    /// peer's server), a newcomer from an address that holds fewer
+    /// connections than the address that holds the most cuts that
+    /// address's newest connection and takes its place, and any other is
+    /// closed at once: a cut conversation costs a downloader one peer. If
+    /// not (the tracker's), newcomers wait to be accepted until a
+    /// connection ends: a cut session would unlist its client.
+    pub make_room_at_cap: bool,
     /// The longest a read or write may make no progress before the
     /// connection is dropped (or a download fails over).
     pub idle_timeout: Duration,
@@ -62,6 +71,7 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             max_per_address: 256,
+            make_room_at_cap: true,
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(5),
@@ -185,7 +195,18 @@ where
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         let per_address = PerAddress::default();
         let handlers = TaskTracker::new();
+        let never_closed = "the semaphore is never closed";
         loop {
+            // A server that makes no room waits for a free slot before it
+            // accepts: back-pressure, not overload.
+            let reserved = match self.limits.make_room_at_cap {
+                true => None,
+                false => tokio::select! {
+                    biased;
+                    _ = self.accepting.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => Some(permit.expect(never_closed)),
+                },
+            };
             let (stream, from) = tokio::select! {
                 biased;
                 _ = self.accepting.cancelled() => break,
@@ -196,21 +217,24 @@ where
                 tracing::debug!(%from, "too many connections from one address; closing this one");
                 continue;
             };
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) if per_address.make_room_for(&slot) => {
-                    tracing::debug!(%from, "every slot taken: cut the newest connection of the address that holds the most");
-                    // The cut connection's handler ends at its next poll.
-                    tokio::select! {
-                        biased;
-                        _ = self.accepting.cancelled() => break,
-                        permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            let permit = match reserved {
+                Some(permit) => permit,
+                None => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) if per_address.make_room_for(&slot) => {
+                        tracing::debug!(%from, "every slot taken: cut the newest connection of the address that holds the most");
+                        // The cut connection's handler ends at its next poll.
+                        tokio::select! {
+                            biased;
+                            _ = self.accepting.cancelled() => break,
+                            permit = permits.clone().acquire_owned() => permit.expect(never_closed),
+                        }
                     }
-                }
-                Err(_) => {
-                    tracing::debug!(%from, "every slot taken, none by an address that holds more; closing this one");
-                    continue;
-                }
+                    Err(_) => {
+                        tracing::debug!(%from, "every slot taken, none by an address that holds more; closing this one");
+                        continue;
+                    }
+                },
             };
             let Some(connection) = self.connection(stream) else {
                 continue;
@@ -401,6 +425,21 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_connection_gone_from_the_middle_is_the_one_removed() {
+        let counts = PerAddress::default();
+        let take = |address: &str| {
+            let cut = CancellationToken::new();
+            (counts.take(ip(address), 8, cut.clone()).expect("under the cap"), cut)
+        };
+        let mut crowd: Vec<_> = (0..3).map(|_| take("10.0.0.2")).collect();
+        drop(crowd.remove(1));
+        let (newcomer, _) = take("10.0.0.1");
+        assert!(counts.make_room_for(&newcomer));
+        assert!(crowd[1].1.is_cancelled(), "the newest still there");
+        assert!(!crowd[0].1.is_cancelled());
     }
 
     #[test]

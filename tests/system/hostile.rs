@@ -1370,9 +1370,10 @@ async fn trickle(mut socket: TcpStream) {
 async fn addresses_that_fill_every_connection_slot_cannot_keep_another_out() {
     // A seeder that serves 8 connections at once, 4 per address, and
     // waits two minutes on a stalled send: two addresses fill every slot
-    // with conversations that ask for pieces and stall. The download from
-    // a third address takes the place of the newest of one of them, where
-    // it would otherwise wait outside until they time out.
+    // with conversations that ask for pieces and stall. The whole-file
+    // download from a third address takes the place of the newest of one
+    // of them, where it would otherwise wait outside until they time out
+    // (and, closed, it would fail: the seeder is the only holder).
     let limits = Limits {
         max_connections: 8,
         max_per_address: 4,
@@ -1385,7 +1386,17 @@ async fn addresses_that_fill_every_connection_slot_cannot_keep_another_out() {
             stalled.push(stalling(connect_from(from, a.local_addr()).await, info).await);
         }
     }
-    downloads_within(&dir, &tracker, info, Duration::from_secs(30)).await;
+    let b = registered(2, dir.path(), &tracker).await;
+    let got = tokio::time::timeout(Duration::from_secs(45), b.download(&name("big.bin")))
+        .await
+        .expect("kept outside by the addresses that filled the slots")
+        .unwrap();
+    assert_eq!(got.downloaded.info, info);
+    // The newest conversation of 127.0.0.2 made way: its stream ends
+    // (closed or reset, after what pieces it had been sent).
+    let mut gone = stalled.remove(3);
+    let ended = tokio::time::timeout(Duration::from_secs(10), gone.read_to_end(&mut Vec::new())).await;
+    assert!(ended.is_ok(), "the newest conversation of 127.0.0.2 was not cut");
     drop(stalled);
 }
 

@@ -48,12 +48,11 @@ pub const MAX_SESSIONS: usize = 100_000;
 pub struct TrackerConfig {
     /// Seed of every random choice of a holder.
     pub seed: u64,
-    /// Timeouts (its `max_connections` and `max_per_address` are ignored:
-    /// see `max_sessions`).
+    /// Timeouts (its `max_connections`, `max_per_address` and
+    /// `make_room_at_cap` are ignored: see `max_sessions`).
     pub limits: Limits,
-    /// Sessions served at once; past it, a newcomer takes the place of
-    /// the newest session of the address that holds the most, if its own
-    /// address holds fewer, and is closed otherwise (`Limits`). One
+    /// Sessions served at once; further connections wait to be accepted
+    /// (the tracker never cuts a session to make room for another). One
     /// address may hold a quarter of them.
     pub max_sessions: usize,
     /// What one client may make the tracker hold.
@@ -100,6 +99,8 @@ impl Tracker {
         let limits = Limits {
             max_connections: config.max_sessions,
             max_per_address: config.max_sessions.div_ceil(4),
+            // A cut session would unlist its client: newcomers wait.
+            make_room_at_cap: false,
             ..config.limits
         };
         let serve = move |connection| run_session(shared.clone(), limits, connection);
