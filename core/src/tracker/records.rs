@@ -93,8 +93,7 @@ pub enum Refusal {
         limit: usize,
     },
     /// All clients together hold (or download in a swarm) as many files as
-    /// the tracker records, and no address's clients hold two more than
-    /// those of the asker's (else one of theirs makes room).
+    /// the tracker records.
     #[error("the tracker already records {limit} files over all its clients, the most it holds (try again once some are withdrawn)")]
     Full {
         /// [`Quotas::files_total`].
@@ -149,9 +148,7 @@ pub struct Quotas {
     /// bounds the memory files cost the tracker however many addresses
     /// send (about a kilobyte a file at most; a file held by many costs
     /// less). Lookup state and reports are bounded per client, and clients
-    /// by the sessions the tracker serves at once. When it is reached, an
-    /// address whose clients hold fewer still gets in: see
-    /// [`Refusal::Full`].
+    /// by the sessions the tracker serves at once.
     pub files_total: usize,
 }
 
@@ -535,8 +532,8 @@ impl Records {
             return Err(Refusal::TooManyFiles { client, limit });
         }
         let host = record.host;
-        if new {
-            self.room_for_one_more(host)?;
+        if let Some(refusal) = self.held.refusal(host, &self.quotas).filter(|_| new) {
+            return Err(refusal);
         }
         if new_version {
             // Its owner's, as checked above; only now that nothing can
@@ -629,30 +626,22 @@ impl Records {
         if fresh {
             asker.clear_reports(file);
         }
-        if !self.files.contains_key(file) {
+        let Some(record) = self.files.get_mut(file) else {
             return Ok(None);
-        }
+        };
         if !asker.files.contains(file) && !asker.joined.contains(file) {
             if asker.files.len() + asker.joined.len() >= quotas.files {
                 let limit = quotas.files;
                 return Err(Refusal::TooManyFiles { client, limit });
             }
-            let host = asker.host;
-            self.room_for_one_more(host)?;
-            // Making room may have dropped the file's last holder.
-            let Some(record) = self.files.get_mut(file) else {
-                return Ok(None);
-            };
+            if let Some(refusal) = self.held.refusal(asker.host, &quotas) {
+                return Err(refusal);
+            }
+            asker.joined.insert(file.clone());
+            self.held.take(asker.host);
             record.members.insert(client);
-            self.clients
-                .get_mut(&client)
-                .expect("registered")
-                .joined
-                .insert(file.clone());
-            self.held.take(host);
         }
-        let content = self.files[file].content;
-        let asker = self.clients.get_mut(&client).expect("registered");
+        let content = record.content;
         let want = asker.want(client, file, content.info.sha1, &quotas)?;
         let nth = want.lookups;
         want.lookups += 1;
@@ -760,57 +749,6 @@ impl Records {
             self.held.release(record.host, removed);
         }
         self.unhold(client, file)
-    }
-
-    /// Whether the clients of `host` may hold one file more: under their
-    /// address's quota, and under the tracker's, making room if need be.
-    /// A full tracker makes room for an address whose clients hold fewer
-    /// files than those of another: that other address gives one up
-    /// ([`Records::give_one_up`]). So addresses share the tracker, and no
-    /// number of them can keep another out.
-    fn room_for_one_more(&mut self, host: Origin) -> Result<(), Refusal> {
-        match self.held.refusal(host, &self.quotas) {
-            None => Ok(()),
-            Some(Refusal::Full { .. }) if self.give_one_up(host) => Ok(()),
-            Some(refusal) => Err(refusal),
-        }
-    }
-
-    /// Drops one file of the address whose clients hold the most (lowest
-    /// address among equals), if they hold at least two more than those of
-    /// `host`, so that the two are no further apart for it: of its client
-    /// that holds the most (lowest id among equals), the last swarm
-    /// membership, else the last file, by name. The client is not told:
-    /// the tracker stops offering it for that file, as if it had withdrawn
-    /// it. Returns whether it dropped one.
-    ///
-    /// It looks at every address and every client: a full tracker pays
-    /// that for each new file of an address that holds fewer.
-    fn give_one_up(&mut self, host: Origin) -> bool {
-        let mine = self.held.per_host.get(&host).copied().unwrap_or(0);
-        let biggest = self
-            .held
-            .per_host
-            .iter()
-            .filter(|(other, _)| **other != host)
-            .max_by_key(|(other, held)| (**held, std::cmp::Reverse(**other)));
-        let Some((&biggest, _)) = biggest.filter(|(_, held)| **held > mine + 1) else {
-            return false;
-        };
-        let holder = self
-            .clients
-            .iter()
-            .filter(|(_, record)| record.host == biggest)
-            .max_by_key(|(id, record)| (record.files.len() + record.joined.len(), std::cmp::Reverse(**id)));
-        let Some((&client, record)) = holder else {
-            return false;
-        };
-        let Some(file) = record.joined.last().or(record.files.last()).cloned() else {
-            return false;
-        };
-        tracing::info!(%client, %file, from = %biggest, "the tracker is full: dropped to make room for a file from {host}");
-        self.drop_holding(client, &file, None);
-        true
     }
 
     /// Forgets the record of `file`, which nobody holds whole, for its
@@ -1457,51 +1395,6 @@ pub(super) mod tests {
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("c"), content(b"c")).unwrap();
         all_leave(&mut records, &[(1, 1), (3, 3)]);
-    }
-
-    #[test]
-    fn a_full_tracker_makes_room_for_an_address_that_holds_fewer() {
-        let quotas = Quotas {
-            files_total: 6,
-            ..Quotas::default()
-        };
-        let mut records = Records::with_quotas(0, quotas);
-        let hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"].map(|text| text.parse::<IpAddr>().unwrap());
-        for (id, host) in (1..).zip(hosts) {
-            records.register(ClientId(id), addr(id as u16), id, host).unwrap();
-        }
-        // Two addresses fill the tracker, three files each; the first also
-        // downloads one in a swarm.
-        for name in ["a", "b"] {
-            records
-                .announce(ClientId(1), &file(name), content(name.as_bytes()))
-                .unwrap();
-        }
-        for name in ["c", "d", "e"] {
-            records
-                .announce(ClientId(2), &file(name), content(name.as_bytes()))
-                .unwrap();
-        }
-        records.swarm(ClientId(1), &file("e"), true).unwrap();
-        // A third address's file takes the place of the lowest address's
-        // membership (its last, by name, before any file).
-        records.announce(ClientId(3), &file("f"), content(b"f")).unwrap();
-        assert_eq!(records.members(&file("e")), []);
-        assert_eq!(records.holders(&file("a")), [ClientId(1)]);
-        // Then of 10.0.0.2's last file; a file nobody else holds is
-        // forgotten with it.
-        records.swarm(ClientId(3), &file("a"), true).unwrap();
-        assert_eq!(records.holders(&file("e")), []);
-        assert!(records.swarm(ClientId(4), &file("e"), true).unwrap().is_none());
-        // Every address now holds two, or three with this one: none holds
-        // two more than another, so nobody makes room.
-        let refused = records.announce(ClientId(3), &file("g"), content(b"g"));
-        assert!(matches!(refused, Err(Refusal::Full { limit: 6 })), "{refused:?}");
-        records.announce(ClientId(4), &file("h"), content(b"h")).unwrap();
-        let refused = records.announce(ClientId(4), &file("i"), content(b"i"));
-        assert!(matches!(refused, Err(Refusal::Full { .. })), "{refused:?}");
-        assert_eq!(records.held.total, 6);
-        all_leave(&mut records, &[(1, 1), (2, 2), (3, 3), (4, 4)]);
     }
 
     #[test]

@@ -21,11 +21,10 @@ pub struct TrackerArgs {
 
     /// The most files the tracker records over all its clients.
     ///
-    /// Each client holding (or downloading in a swarm) a file counts once.
-    /// At the limit, a file from an address whose clients hold at least two
-    /// fewer than another's drops one of that other's; any other announce or
-    /// swarm download is refused until some are withdrawn. It bounds the
-    /// tracker's memory: about 1 KB a file at most.
+    /// Each client holding (or downloading in a swarm) a file counts once;
+    /// past the limit, announces and swarm downloads are refused until some
+    /// are withdrawn. It bounds the tracker's memory: about 1 KB a file at
+    /// most.
     #[arg(long, value_name = "N", default_value_t = Quotas::default().files_total)]
     max_files: usize,
 }
