@@ -8,7 +8,8 @@
 //! - [`pieces`]: pieces of a file, the hash tree that vouches for them,
 //!   and bitfields of the pieces a peer holds, free of I/O;
 //! - [`server`]: the accept loop shared by tracker and peers (limits,
-//!   back-pressure, shutdown);
+//!   making room at the connection cap or, for the tracker,
+//!   back-pressure; shutdown);
 //! - [`tracker`]: who holds which file, and the random choice of a holder;
 //! - [`client`]: a client's tracker session, peer server and downloads;
 //! - [`rate`]: upload and download caps, on tokio's clock;

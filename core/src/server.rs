@@ -7,10 +7,11 @@
 //! never lets one connection's error stop the listener. One remote address
 //! may hold only a share of the connections, so a single misbehaving host
 //! cannot take every slot. Once every slot is taken, a peer's server lets
-//! a newcomer from an address that holds fewer connections than another
-//! take the place of that address's newest, so a few addresses cannot keep
-//! everyone else out (it takes one connection from each of more addresses
-//! than there are slots); the tracker's makes newcomers wait, since a cut
+//! a newcomer whose address, counting it, holds fewer connections than
+//! the address that holds the most take the place of that address's
+//! newest, so a few addresses cannot keep everyone else out (it takes one
+//! connection from each of as many addresses as there are slots); the
+//! tracker's makes newcomers wait, since a cut
 //! session would unlist its client ([`Limits::make_room_at_cap`]).
 //! Shutdown is a cancellation
 //! token: the loop stops accepting, every handler is cut, and
@@ -41,8 +42,8 @@ pub struct Limits {
     /// host can take every slot.
     pub max_per_address: usize,
     /// What a newcomer gets once `max_connections` are served. If set (a
-    /// peer's server), a newcomer from an address that holds fewer
-    /// connections than the address that holds the most cuts that
+    /// peer's server), a newcomer from an address that, counting it, holds
+    /// fewer connections than the address that holds the most cuts that
     /// address's newest connection and takes its place, and any other is
     /// closed at once: a cut conversation costs a downloader one peer. If
     /// not (the tracker's), newcomers wait to be accepted until a

@@ -13,8 +13,10 @@
 //! ([`Turns::while_queued`]). Either way the stall is remembered for the
 //! downloader's address (for a minute: `slots.rs`), and the conversation
 //! waits in the lagging lane from then on. So does one whose downloader
-//! reads, but so slowly that the sends wait on its receive window most of
-//! the time ([`TRICKLE_REVIEW`]). In the lagging lane a turn also ends
+//! reads, but so slowly that the sends wait on its receive window at
+//! least half the time while another conversation wants a slot
+//! ([`TRICKLE_REVIEW`]; over TCP on Linux only). In the lagging lane a
+//! turn also ends
 //! after [`LAGGING_LEASE`], however the bytes move, while another
 //! conversation wants the lane.
 
@@ -57,13 +59,16 @@ pub(crate) const LAGGING_STALL: Duration = Duration::from_secs(1);
 /// in the other lane (there, a lease could not tell a downloader that
 /// trickles from a seeder whose own uplink is slow, and every honest
 /// downloader of a slow seeder lagged: README, "What is not defended
-/// yet"). A turn the lease ends is not remembered as a stall, so a slow
-/// honest link is not kept in this lane by it.
+/// yet"). A turn the lease ends is not remembered as a stall unless the
+/// kernel's count finds the downloader trickled during it (the test of
+/// [`TRICKLE_REVIEW`], over the whole turn), so a slow honest link is not
+/// kept in this lane by it.
 pub(crate) const LAGGING_LEASE: Duration = Duration::from_secs(6);
 
 /// How often a send that holds a slot of those that read is looked at
-/// for a downloader that trickles, while another conversation wants a
-/// slot: one that reads a little now and then, in pieces as big as it
+/// for a downloader that trickles (every span, whoever waits; a look ends
+/// the turn only while another conversation wants a slot of that lane):
+/// one that reads a little now and then, in pieces as big as it
 /// likes, never stalls, and would keep its slot for its whole piece. Its
 /// turn ends if, since the last look, its sends waited on the
 /// downloader's receive window ([`ReceiverLimited`]) at least half the
@@ -78,7 +83,8 @@ pub(crate) const TRICKLE_REVIEW: Duration = Duration::from_secs(6);
 
 /// How long, in all, the conversation's sends waited for the downloader
 /// to make room (`Outbound::receiver_limited`); `None` where the stream
-/// cannot tell (a simulated network), and then nobody is taken for a
+/// cannot tell (a simulated network, any stream off Linux, a kernel
+/// without the count, a stream already gone), and then nobody is taken for a
 /// downloader that trickles.
 pub(crate) type ReceiverLimited = Box<dyn Fn() -> Option<Duration> + Send + Sync>;
 
@@ -156,10 +162,10 @@ impl Turns {
     }
 
     /// Runs `send`, a piece, only while it holds one of the slots,
-    /// starting with `slot`: once the stream takes no byte for the slot's
-    /// stall window, the slot goes to the next conversation waiting
-    /// ([`Turns::hold`]), and the send waits for a slot of the lagging
-    /// lane before it goes on. So no more sends than there are slots ever
+    /// starting with `slot`: once its turn ends ([`Turns::hold`]: a
+    /// stall, a look that finds the downloader trickling, or the lagging
+    /// lane's lease), the slot goes to the next conversation waiting, and
+    /// the send waits for a slot of the lagging lane before it goes on. So no more sends than there are slots ever
     /// move at once.
     pub(crate) async fn send<T>(&mut self, mut slot: Slot, send: impl Future<Output = T>) -> T {
         tokio::pin!(send);
@@ -179,8 +185,9 @@ impl Turns {
 
     /// Runs `write`, replies other than pieces, while it may be queueing.
     /// A slot that comes meanwhile is kept for the piece to follow unless
-    /// the write stalls with it ([`Turns::hold`]); the write then goes on
-    /// without it.
+    /// its turn ends while the write goes on ([`Turns::hold`]: the write
+    /// stalls, or a look finds the downloader trickling); the write then
+    /// goes on without it.
     pub(crate) async fn while_queued<T>(&mut self, write: impl Future<Output = T>) -> T {
         tokio::pin!(write);
         let slot = tokio::select! {
@@ -282,7 +289,7 @@ enum TurnEnded {
     /// The stream took no byte for the slot's stall window.
     Stalled,
     /// The stream took bytes, but the downloader's receive window held
-    /// the sends up most of the time.
+    /// the sends up at least half the time.
     Trickled,
     /// The lease ran out, the bytes moving: the lagging lane's, or the
     /// time for a look at the sends in the lane of those that read.
@@ -536,8 +543,8 @@ mod tests {
             drop(turn);
             send.await;
         }
-        // A lease that ends is no stall: the address, last remembered at
-        // the start, is forgotten by now.
+        // A lease that ends, with the count unknown, is no stall: the
+        // address, last remembered at the start, is forgotten by now.
         assert!(!slots.stalled_lately(address(1)));
         assert!(!turns.lagging);
     }
