@@ -326,10 +326,12 @@ impl PerAddress {
         let origin = Origin::from(ip);
         let mut held = self.lock();
         let id = held.next;
-        let list = held.by_origin.entry(origin).or_default();
-        if list.len() >= cap {
+        // Checked before the entry is made: a refused origin with nothing
+        // open must leave no entry behind (a cap of 0 refuses them all).
+        if held.by_origin.get(&origin).map_or(0, Vec::len) >= cap {
             return None;
         }
+        let list = held.by_origin.entry(origin).or_default();
         list.push(HeldConnection { id, cut });
         held.next += 1;
         Some(AddressSlot {
@@ -422,6 +424,8 @@ mod tests {
         drop(first);
         assert!(counts.take(ip("2001:db8::2"), 1, cut()).is_some(), "freed on drop");
         drop(other);
+        assert!(counts.take(ip("10.0.0.1"), 0, cut()).is_none());
+        assert!(counts.lock().by_origin.is_empty(), "a refused origin left an entry");
     }
 
     fn ip(text: &str) -> IpAddr {
