@@ -341,19 +341,27 @@ impl PerAddress {
         })
     }
 
-    /// Cuts the newest connection of the origin that holds the most
-    /// (lowest address first among equals), if it holds more than
+    /// Cuts the newest connection of the origin that holds the most (of
+    /// the newest among origins that hold as many), if it holds more than
     /// `newcomer`'s origin does with `newcomer`; says whether it did.
-    /// Connections cut already, and not gone yet, are not counted.
+    /// Connections cut already, and not gone yet, are not counted. Ids
+    /// rise with every connection, so the choice depends on the order
+    /// connections came in, never on the map's order or on addresses.
     fn make_room_for(&self, newcomer: &AddressSlot) -> bool {
         let held = self.lock();
         let live = |list: &Vec<HeldConnection>| list.iter().filter(|held| !held.cut.is_cancelled()).count();
+        let newest = |list: &Vec<HeldConnection>| {
+            list.iter()
+                .rev()
+                .find(|held| !held.cut.is_cancelled())
+                .map(|held| held.id)
+        };
         let mine = held.by_origin.get(&newcomer.origin).map_or(0, live);
         let biggest = held
             .by_origin
             .iter()
             .filter(|(origin, _)| **origin != newcomer.origin)
-            .max_by_key(|(origin, list)| (live(list), std::cmp::Reverse(**origin)));
+            .max_by_key(|(_, list)| (live(list), newest(list)));
         let Some((_, list)) = biggest.filter(|(_, list)| live(list) > mine) else {
             return false;
         };
@@ -458,17 +466,18 @@ mod tests {
         let crowd: Vec<_> = (0..3).map(|_| take("10.0.0.2")).collect();
         let pair: Vec<_> = (0..2).map(|_| take("10.0.0.3")).collect();
         let equal: Vec<_> = (0..3).map(|_| take("10.0.0.4")).collect();
-        // A newcomer from an address that holds fewer: the newest of the
-        // lowest of the two biggest addresses goes.
+        // A newcomer from an address that holds fewer: of the two biggest
+        // addresses, the newest connection goes.
         let (newcomer, _) = take("10.0.0.1");
         assert!(counts.make_room_for(&newcomer));
-        assert!(crowd[2].1.is_cancelled());
-        assert!(!crowd[0].1.is_cancelled() && !crowd[1].1.is_cancelled());
+        assert!(equal[2].1.is_cancelled());
+        assert!(!equal[0].1.is_cancelled() && !equal[1].1.is_cancelled());
         // Connections cut already are not counted: the next goes from
         // the other address that holds three.
         let (second, _) = take("10.0.0.1");
         assert!(counts.make_room_for(&second));
-        assert!(equal[2].1.is_cancelled());
+        assert!(crowd[2].1.is_cancelled());
+        assert!(!crowd[0].1.is_cancelled() && !crowd[1].1.is_cancelled());
         // Now every address holds two: nobody holds more than a third
         // newcomer's would, with it.
         let (third, _) = take("10.0.0.1");
