@@ -425,15 +425,22 @@ pub async fn accept(listener: &mut BoxListener) -> io::Result<(BoxStream, Socket
 mod tests {
     use super::*;
 
+    /// Both ends of a fresh TCP connection on loopback: (reader, writer).
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_tcp_stream_counts_the_time_its_reader_keeps_it_waiting() {
-        use tokio::io::AsyncWriteExt;
+    async fn loopback_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let reader = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut writer, _) = listener.accept().await.unwrap();
+        let (writer, _) = listener.accept().await.unwrap();
+        (reader, writer)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_tcp_stream_counts_the_time_its_reader_keeps_it_waiting() {
+        use tokio::io::AsyncWriteExt;
+        let (reader, mut writer) = loopback_pair().await;
         assert_eq!(writer.receiver_limited(), Some(Duration::ZERO), "nothing sent yet");
         // The reader reads nothing: once its window and the send buffer
         // are full, the writes wait on it. 300 ms of writing is the span
@@ -454,11 +461,7 @@ mod tests {
     #[tokio::test]
     async fn a_tcp_stream_does_not_count_the_time_its_writer_is_slow() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut reader = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut writer, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = loopback_pair().await;
         let reading = tokio::spawn(async move { reader.read_to_end(&mut Vec::new()).await });
         // 64 KiB every 20 ms, as a rate cap or a slow uplink would let
         // them go: the reader keeps up, so the writes never wait on it.
@@ -479,11 +482,7 @@ mod tests {
     async fn a_tcp_stream_does_not_count_the_time_a_slow_link_takes() {
         use std::os::fd::AsRawFd;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut reader = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut writer, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = loopback_pair().await;
         // The kernel paces the writer's packets to 1 MB/s: a slow uplink.
         let rate: libc::c_uint = 1_000_000;
         // SAFETY: the socket is open for the call; the kernel reads

@@ -572,15 +572,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_send_to_a_downloader_that_trickles_passes_its_slot_on_at_a_look() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
-        let (held, mut other) = (
-            slots.clone().acquire(false, address(3)).await,
-            Box::pin(slots.clone().acquire(false, address(2))),
-        );
-        assert!((&mut other).now_or_never().is_none());
         // A piece the downloader takes a byte of every half second, its
         // receive window full half the time.
-        turns.receiver_limited = window_full_for(0.5);
+        let (mut turns, slot, held, mut other) = turn_with_a_rival(&slots, &sent, window_full_for(0.5)).await;
         let piece = trickle(&sent, 40);
         {
             let send = turns.send(slot, piece);
@@ -601,17 +595,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_look_judges_the_span_since_the_last() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let (mut turns, slot) = first_turn(&slots, &sent, false).await;
-        let (held, mut other) = (
-            slots.clone().acquire(false, address(3)).await,
-            Box::pin(slots.clone().acquire(false, address(2))),
-        );
-        assert!((&mut other).now_or_never().is_none());
         // The downloader keeps up for two looks' spans, then trickles:
         // the third look, and only it, finds it trickling.
         let keeps_up = 2 * TRICKLE_REVIEW;
         let start = Instant::now();
-        turns.receiver_limited = Box::new(move || Some(start.elapsed().saturating_sub(keeps_up)));
+        let gauge: ReceiverLimited = Box::new(move || Some(start.elapsed().saturating_sub(keeps_up)));
+        let (mut turns, slot, held, mut other) = turn_with_a_rival(&slots, &sent, gauge).await;
         let send = turns.send(slot, trickle(&sent, 80));
         tokio::pin!(send);
         run_for(send.as_mut(), 3 * TRICKLE_REVIEW - Duration::from_millis(1)).await;
@@ -628,13 +617,7 @@ mod tests {
         // cannot tell (a simulated network).
         for receiver_limited in [window_full_for(0.45), window_full_for(0.0), unknown_window()] {
             let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-            let (mut turns, slot) = first_turn(&slots, &sent, false).await;
-            let (held, mut other) = (
-                slots.clone().acquire(false, address(3)).await,
-                Box::pin(slots.clone().acquire(false, address(2))),
-            );
-            assert!((&mut other).now_or_never().is_none());
-            turns.receiver_limited = receiver_limited;
+            let (mut turns, slot, held, mut other) = turn_with_a_rival(&slots, &sent, receiver_limited).await;
             let piece = trickle(&sent, 40);
             {
                 let send = turns.send(slot, piece);
@@ -691,6 +674,22 @@ mod tests {
         let slot = turns.turn().await;
         assert_eq!(slot.is_lagging(), lagging);
         (turns, slot)
+    }
+
+    /// The first turn of 10.0.0.1 in the lane of those that read, its
+    /// sends gauged by `receiver_limited`; the lane's other slot held, by
+    /// 10.0.0.3, and a wait for one from 10.0.0.2.
+    async fn turn_with_a_rival(
+        slots: &Arc<UploadSlots>,
+        sent: &Arc<AtomicU64>,
+        receiver_limited: ReceiverLimited,
+    ) -> (Turns, Slot, Slot, SlotWait) {
+        let (mut turns, slot) = first_turn(slots, sent, false).await;
+        turns.receiver_limited = receiver_limited;
+        let held = slots.clone().acquire(false, address(3)).await;
+        let mut other: SlotWait = Box::pin(slots.clone().acquire(false, address(2)));
+        assert!((&mut other).now_or_never().is_none());
+        (turns, slot, held, other)
     }
 
     /// A gauge of a stream whose sends wait on the downloader's receive
