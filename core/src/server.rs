@@ -17,7 +17,7 @@
 //! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -303,16 +303,16 @@ struct PerAddress(Arc<Mutex<Held>>);
 /// What [`PerAddress`] guards.
 #[derive(Default)]
 struct Held {
-    by_origin: HashMap<Origin, Vec<HeldConnection>>,
+    /// Each origin's connections by id (ids rise, so oldest first), each
+    /// with the token that cuts it: a connection ending costs a lookup,
+    /// however many its origin holds (the tracker's may hold 25,000).
+    by_origin: HashMap<Origin, BTreeMap<u64, CancellationToken>>,
     /// The id of the next connection.
     next: u64,
 }
 
-/// One connection, as its origin's list holds it.
-struct HeldConnection {
-    id: u64,
-    cut: CancellationToken,
-}
+/// The connections of one origin.
+type Connections = BTreeMap<u64, CancellationToken>;
 
 impl PerAddress {
     /// A std mutex: held for a map update, never across an `.await`.
@@ -328,11 +328,10 @@ impl PerAddress {
         let id = held.next;
         // Checked before the entry is made: a refused origin with nothing
         // open must leave no entry behind (a cap of 0 refuses them all).
-        if held.by_origin.get(&origin).map_or(0, Vec::len) >= cap {
+        if held.by_origin.get(&origin).map_or(0, Connections::len) >= cap {
             return None;
         }
-        let list = held.by_origin.entry(origin).or_default();
-        list.push(HeldConnection { id, cut });
+        held.by_origin.entry(origin).or_default().insert(id, cut);
         held.next += 1;
         Some(AddressSlot {
             counts: self.clone(),
@@ -349,12 +348,12 @@ impl PerAddress {
     /// connections came in, never on the map's order or on addresses.
     fn make_room_for(&self, newcomer: &AddressSlot) -> bool {
         let held = self.lock();
-        let live = |list: &Vec<HeldConnection>| list.iter().filter(|held| !held.cut.is_cancelled()).count();
-        let newest = |list: &Vec<HeldConnection>| {
+        let live = |list: &Connections| list.values().filter(|cut| !cut.is_cancelled()).count();
+        let newest = |list: &Connections| {
             list.iter()
                 .rev()
-                .find(|held| !held.cut.is_cancelled())
-                .map(|held| held.id)
+                .find(|(_, cut)| !cut.is_cancelled())
+                .map(|(id, _)| *id)
         };
         let mine = held.by_origin.get(&newcomer.origin).map_or(0, live);
         let biggest = held
@@ -365,8 +364,8 @@ impl PerAddress {
         let Some((_, list)) = biggest.filter(|(_, list)| live(list) > mine) else {
             return false;
         };
-        let newest = list.iter().rev().find(|held| !held.cut.is_cancelled());
-        newest.expect("it holds more than none").cut.cancel();
+        let newest = list.values().rev().find(|cut| !cut.is_cancelled());
+        newest.expect("it holds more than none").cancel();
         true
     }
 }
@@ -382,7 +381,7 @@ impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut held = self.counts.lock();
         if let Some(list) = held.by_origin.get_mut(&self.origin) {
-            list.retain(|held| held.id != self.id);
+            list.remove(&self.id);
             if list.is_empty() {
                 held.by_origin.remove(&self.origin);
             }
