@@ -59,8 +59,9 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// link, or a sender that writes little, does not count. So a sender
     /// can tell a reader that trickles from its own slow uplink.
     ///
-    /// `None` where the stream cannot tell, the default: a simulated one,
-    /// any stream off Linux. A wrapper forwards this to the stream it wraps.
+    /// `None` where the stream cannot tell, the default: any stream off
+    /// Linux, an in-memory pipe. A simulated one tells, from its simulated
+    /// kernel. A wrapper forwards this to the stream it wraps.
     fn receiver_limited(&self) -> Option<Duration> {
         None
     }
@@ -377,12 +378,28 @@ pub struct PeerStream<S> {
     inner: S,
     /// The address of the other side.
     peer: SocketAddr,
+    /// Reads [`Stream::receiver_limited`] off the stream, where its
+    /// network can tell.
+    receiver_limited: fn(&S) -> Option<Duration>,
 }
 
 impl<S> PeerStream<S> {
-    /// `inner`, whose other side is at `peer`.
+    /// `inner`, whose other side is at `peer`; it cannot tell how long its
+    /// sends wait on the other side.
     pub fn new(inner: S, peer: SocketAddr) -> PeerStream<S> {
-        PeerStream { inner, peer }
+        PeerStream {
+            inner,
+            peer,
+            receiver_limited: |_| None,
+        }
+    }
+
+    /// The same stream, whose [`Stream::receiver_limited`] `gauge` reads.
+    pub fn gauged(self, gauge: fn(&S) -> Option<Duration>) -> PeerStream<S> {
+        PeerStream {
+            receiver_limited: gauge,
+            ..self
+        }
     }
 }
 
@@ -413,6 +430,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for PeerStream<S> {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.peer)
+    }
+
+    fn receiver_limited(&self) -> Option<Duration> {
+        (self.receiver_limited)(&self.inner)
     }
 }
 

@@ -4,7 +4,8 @@
 //! Two lanes. Conversations whose downloaders read share [`UPLOAD_SLOTS`]
 //! slots, first come, first served. A conversation whose send stalled
 //! (its downloader took no byte for a while, so it gave its slot back
-//! mid-piece; or, over TCP on Linux, its downloader trickled: `turns.rs`)
+//! mid-piece; or, over TCP on Linux and under `--sim`, its downloader
+//! trickled: `turns.rs`)
 //! waits for the one slot of the lagging lane instead, and so
 //! does every conversation from the same address ([`Origin`]), new ones
 //! and ones already waiting too, until no send to it stalled for

@@ -15,7 +15,7 @@
 //! waits in the lagging lane from then on. So does one whose downloader
 //! reads, but so slowly that the sends wait on its receive window at
 //! least half the time while another conversation wants a slot
-//! ([`TRICKLE_REVIEW`]; over TCP on Linux only). In the lagging lane a
+//! ([`TRICKLE_REVIEW`]; over TCP on Linux and under `--sim`). In the lagging lane a
 //! turn also ends
 //! after [`LAGGING_LEASE`], however the bytes move, while another
 //! conversation wants the lane.
@@ -83,8 +83,8 @@ pub(crate) const TRICKLE_REVIEW: Duration = Duration::from_secs(6);
 
 /// How long, in all, the conversation's sends waited for the downloader
 /// to make room (`Outbound::receiver_limited`); `None` where the stream
-/// cannot tell (a simulated network, any stream off Linux, a kernel
-/// without the count, a stream already gone), and then nobody is taken for a
+/// cannot tell (any stream off Linux, a kernel without the count, an
+/// in-memory pipe, a stream already gone), and then nobody is taken for a
 /// downloader that trickles.
 pub(crate) type ReceiverLimited = Box<dyn Fn() -> Option<Duration> + Send + Sync>;
 
@@ -614,7 +614,7 @@ mod tests {
     async fn a_send_held_up_by_the_link_keeps_its_slot_however_slow() {
         // Sends that waited on the downloader's window less than half the
         // time, not at all (the seeder's own uplink is slow), or that
-        // cannot tell (a simulated network).
+        // cannot tell (a stream off Linux).
         for receiver_limited in [window_full_for(0.45), window_full_for(0.0), unknown_window()] {
             let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
             let (mut turns, slot, held, mut other) = turn_with_a_rival(&slots, &sent, receiver_limited).await;

@@ -861,7 +861,7 @@ impl Host for SimHost {
         // Runs inside one of this host's tasks, so the socket is its own.
         Box::pin(async move {
             let stream = SimTcpStream::connect(addr).await?;
-            Ok(Box::new(PeerStream::new(stream, addr)) as BoxStream)
+            Ok(Box::new(sim_stream(stream, addr)) as BoxStream)
         })
     }
 
@@ -876,6 +876,13 @@ impl Host for SimHost {
     }
 }
 
+/// A simulated socket, as a node sees streams: its simulated kernel tells
+/// how long its sends waited on the other side's receive window, as
+/// Linux's does over TCP.
+fn sim_stream(stream: SimTcpStream, peer: SocketAddr) -> PeerStream<SimTcpStream> {
+    PeerStream::new(stream, peer).gauged(|stream| stream.window_waits().ok())
+}
+
 /// A simulated listener, as a node sees listeners.
 struct SimListener(SimTcpListener);
 
@@ -887,6 +894,108 @@ impl Listener for SimListener {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxStream, SocketAddr)>> {
         self.0
             .poll_accept(cx)
-            .map_ok(|(stream, from)| (Box::new(PeerStream::new(stream, from)) as BoxStream, from))
+            .map_ok(|(stream, from)| (Box::new(sim_stream(stream, from)) as BoxStream, from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phile_core::host::Stream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Both ends of a fresh connection on a simulated loopback: (reader,
+    /// writer), the writer as a node sees it.
+    async fn loopback_pair() -> (SimTcpStream, PeerStream<SimTcpStream>) {
+        let listener = SimTcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (writer, accepted) = tokio::join!(SimTcpStream::connect(addr), listener.accept());
+        (accepted.unwrap().0, sim_stream(writer.unwrap(), addr))
+    }
+
+    /// Writes `bytes` to `writer` for `span` of virtual time, however far it gets.
+    async fn write_for(writer: &mut PeerStream<SimTcpStream>, bytes: usize, span: Duration) {
+        let _ = tokio::time::timeout(span, writer.write_all(&vec![7; bytes])).await;
+    }
+
+    #[test]
+    fn a_simulated_stream_counts_the_time_its_reader_keeps_it_waiting() {
+        turmoil_net::fixture::lo(async {
+            let (_reader, mut writer) = loopback_pair().await;
+            assert_eq!(writer.receiver_limited(), Some(Duration::ZERO), "nothing sent yet");
+            // The reader takes nothing: the window fills at once, and the
+            // sends wait on it from then on.
+            // (The fixture moves packets a millisecond at a time.)
+            write_for(&mut writer, 1 << 20, Duration::from_secs(5)).await;
+            let waited = writer.receiver_limited().unwrap();
+            assert!(
+                waited >= Duration::from_millis(4990) && waited <= Duration::from_secs(5),
+                "waited {waited:?} of 5 s"
+            );
+        });
+    }
+
+    #[test]
+    fn a_simulated_stream_counts_the_time_a_reader_that_trickles_keeps_it_waiting() {
+        turmoil_net::fixture::lo(async {
+            let (mut reader, mut writer) = loopback_pair().await;
+            let trickle = async {
+                let mut sip = [0; 4096];
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    reader.read_exact(&mut sip).await.unwrap();
+                }
+            };
+            // 40 KB/s: the window re-opens every 0.8 s, and fills at once.
+            tokio::select! {
+                () = write_for(&mut writer, 1 << 20, Duration::from_secs(10)) => {}
+                () = trickle => unreachable!(),
+            }
+            let waited = writer.receiver_limited().unwrap();
+            assert!(waited >= Duration::from_secs(9), "waited {waited:?} of 10 s");
+        });
+    }
+
+    #[test]
+    fn a_simulated_stream_stops_counting_once_its_reader_catches_up() {
+        turmoil_net::fixture::lo(async {
+            let (mut reader, mut writer) = loopback_pair().await;
+            let catch_up = async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let mut got = vec![0; 1 << 20];
+                reader.read_exact(&mut got).await.unwrap();
+            };
+            tokio::join!(async { writer.write_all(&vec![7; 1 << 20]).await.unwrap() }, catch_up);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let waited = writer.receiver_limited().unwrap();
+            assert!(
+                waited >= Duration::from_millis(1990) && waited <= Duration::from_secs(2),
+                "waited {waited:?}, 2 s of it on the reader"
+            );
+        });
+    }
+
+    #[test]
+    fn a_simulated_stream_does_not_count_the_time_its_bytes_spend_on_the_way() {
+        // A 50 ms link, with a writer that sends 100 KB/s, less than the
+        // window allows per round trip: bytes are in flight all along, and
+        // never wait on the window. (No retransmission, as `Sim` runs it.)
+        turmoil_net::fixture::ClientServer::with_config(KernelConfig::default().retx_threshold(u32::MAX))
+            .server("reader", async {
+                let listener = SimTcpListener::bind("0.0.0.0:9000").await.unwrap();
+                let (mut reader, _) = listener.accept().await.unwrap();
+                let mut sink = Vec::new();
+                reader.read_to_end(&mut sink).await.unwrap();
+            })
+            .run("writer", async {
+                turmoil_net::rule(turmoil_net::Latency::fixed(Duration::from_millis(50))).forget();
+                let addr = SocketAddr::new(turmoil_net::lookup_host("reader").unwrap(), 9000);
+                let mut writer = sim_stream(SimTcpStream::connect(addr).await.unwrap(), addr);
+                for _ in 0..100 {
+                    writer.write_all(&[7; 1024]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert_eq!(writer.receiver_limited(), Some(Duration::ZERO));
+            });
     }
 }

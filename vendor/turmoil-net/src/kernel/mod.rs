@@ -345,6 +345,15 @@ impl Kernel {
             .ok_or_else(|| Error::from(ErrorKind::NotConnected))
     }
 
+    /// PATCH (receive-window waits): how long, in all, the TCP socket's
+    /// sends have waited on its peer's receive window (Linux:
+    /// `getsockopt(TCP_INFO)`'s `tcpi_rwnd_limited`). `NotConnected`
+    /// before a connection.
+    pub fn window_waits(&self, fd: Fd) -> std::io::Result<std::time::Duration> {
+        let tcb = self.lookup(fd)?.tcb.as_ref().ok_or_else(|| Error::from(ErrorKind::NotConnected))?;
+        Ok(tcb.window_waits.total(tokio::time::Instant::now()))
+    }
+
     /// `sendto(2)` for UDP. Auto-binds an ephemeral local address if
     /// `socket` was never explicitly bound, matching Linux semantics.
     pub fn poll_send_to(

@@ -251,6 +251,61 @@ pub struct Tcb {
     /// any ACK that advances `snd_una`. When it hits the max the
     /// connection is aborted with `TimedOut`.
     pub retx_attempts: u32,
+    /// PATCH (receive-window waits): how long sends have waited on the
+    /// peer's receive window, as Linux's `tcpi_rwnd_limited` counts it.
+    pub window_waits: WindowWaits,
+}
+
+/// PATCH (receive-window waits). The time a socket had bytes to send but
+/// the peer's advertised window was full of bytes in flight, so none could
+/// go: the peer reads slowly, or its window is small for the round trip.
+/// Linux reports the same as `TCP_INFO`'s `tcpi_rwnd_limited`; a sender
+/// uses it to tell a reader that trickles from its own slow link.
+///
+/// Read in the runtime's time, which is virtual when its clock is paused,
+/// so a simulation that repeats gives the same durations.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WindowWaits {
+    /// When the current wait began, while one lasts.
+    since: Option<tokio::time::Instant>,
+    /// The waits that have ended, in all.
+    ended: std::time::Duration,
+}
+
+impl WindowWaits {
+    /// Notes whether the socket waits on the window from `now` on.
+    pub(crate) fn note(&mut self, waiting: bool, now: tokio::time::Instant) {
+        match (self.since, waiting) {
+            (None, true) => self.since = Some(now),
+            (Some(since), false) => {
+                self.ended += now.saturating_duration_since(since);
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The time waited in all up to `now`, the current wait included.
+    pub(crate) fn total(&self, now: tokio::time::Instant) -> std::time::Duration {
+        self.ended + self.since.map_or(std::time::Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+}
+
+impl Tcb {
+    /// PATCH (receive-window waits): whether bytes wait to be sent that the
+    /// peer's window has no room for.
+    pub(crate) fn waits_on_window(&self) -> bool {
+        let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        let unsent = self.send_buf.len().saturating_sub(in_flight);
+        unsent > 0 && in_flight >= self.snd_wnd as usize
+    }
+
+    /// PATCH (receive-window waits): notes, after anything that may have
+    /// changed the bytes to send or the window, whether the socket waits.
+    pub(crate) fn note_window(&mut self) {
+        let waiting = self.waits_on_window();
+        self.window_waits.note(waiting, tokio::time::Instant::now());
+    }
 }
 
 /// Listener state. Attached to a socket by `listen(2)`.

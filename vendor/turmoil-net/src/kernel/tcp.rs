@@ -103,6 +103,7 @@ pub(super) fn poll_connect(
             timed_out: false,
             egress_since_ack: 0,
             retx_attempts: 0,
+            window_waits: Default::default(),
         });
         st.peer = Some(Addr::Inet(peer));
     }
@@ -329,6 +330,9 @@ fn handle_established(
                 }
             }
             tcb.snd_wnd = s.window;
+            // PATCH (receive-window waits): an ACK may end a wait, or,
+            // shrinking the window, begin one.
+            tcb.note_window();
             wake_write = true;
         }
 
@@ -467,6 +471,7 @@ fn accept_syn(
             timed_out: false,
             egress_since_ack: 0,
             retx_attempts: 0,
+            window_waits: Default::default(),
         });
     }
     k.sockets.insert_connection(local, remote, child);
@@ -1296,6 +1301,9 @@ fn segment_one(k: &mut Kernel, fd: Fd) {
                 tcb.snd_nxt = tcb.snd_nxt.wrapping_add(1);
                 (seq, Bytes::new(), true)
             } else {
+                // PATCH (receive-window waits): nothing more can go; say
+                // whether that is the peer's window.
+                tcb.note_window();
                 return;
             }
         };

@@ -118,6 +118,14 @@ impl TcpStream {
         }
     }
 
+    /// PATCH (receive-window waits): how long, in all, this stream's
+    /// sends have waited on the peer's receive window, as Linux's
+    /// `TCP_INFO` gives it in `tcpi_rwnd_limited`. Not in tokio's API:
+    /// a simulation's own gauge.
+    pub fn window_waits(&self) -> io::Result<std::time::Duration> {
+        sys(|k| k.window_waits(self.fd))
+    }
+
     /// Splits a `TcpStream` into a borrowed read half and write half.
     /// More efficient than [`into_split`], but the halves can't move
     /// to independently spawned tasks.
