@@ -337,7 +337,9 @@ fn node_error(error: ClientError) -> NodeError {
         ClientError::Stopped(id) => NodeError::Stopped(id.0),
         ClientError::Refused(reason) => NodeError::Refused(reason),
         ClientError::Session(error) => NodeError::Tracker(error.to_string()),
-        error @ ClientError::GoodbyeUnanswered(_) => NodeError::Tracker(error.to_string()),
+        error @ (ClientError::GoodbyeUnanswered(_) | ClientError::UnreachableAtTrackerFamily { .. }) => {
+            NodeError::Tracker(error.to_string())
+        }
         ClientError::Unexpected(reply) => NodeError::Tracker(format!("unexpected answer from the tracker: {reply:?}")),
         ClientError::Storage(error) => NodeError::Folder(error.to_string()),
         ClientError::Disk(error) => NodeError::Folder(error),

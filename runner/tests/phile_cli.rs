@@ -917,7 +917,7 @@ fn a_swarm_get_whose_only_holder_dies_says_what_is_missing_and_that_the_next_get
         printed.contains("big.bin: failed: no peer delivered the missing pieces of big.bin\n"),
         "{printed}"
     );
-    let hint = " missing; the pieces checked are kept, and getting it again fetches only the rest";
+    let hint = " missing; any pieces checked are kept, and getting it again fetches only those missing";
     let missing: u64 = printed
         .lines()
         .find_map(|line| line.strip_prefix("big.bin: ")?.strip_suffix(hint))

@@ -3,7 +3,9 @@
 //! and its diagram names every node.
 //!
 //! Without Chromium these tests fail, saying how to install it, unless
-//! `PHILE_SKIP_BROWSER=1` is set, in which case they say they were skipped.
+//! `PHILE_ALLOW_SKIP=1` (as for the suite's other tests that need a tool)
+//! or `PHILE_SKIP_BROWSER=1` is set, in which case they say they were
+//! skipped.
 //! With `PHILE_REPORT_SCREENSHOT=FILE` the first one also saves a
 //! 1280×2000 screenshot of the report there (how `docs/report.png` is made).
 
@@ -12,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Set to 1 to skip these tests on a machine without Chromium.
-const SKIP: &str = "PHILE_SKIP_BROWSER";
+/// Set either to 1 to skip these tests on a machine without Chromium.
+const SKIP: [&str; 2] = ["PHILE_ALLOW_SKIP", "PHILE_SKIP_BROWSER"];
 /// Longest a browser may take to load one page.
 const BROWSER_TIME_LIMIT: Duration = Duration::from_secs(90);
 /// The nodes of scenarios/default.rhai.
@@ -23,13 +25,16 @@ const NODES: [&str; 6] = ["tracker", "10000", "10001", "10002", "10003", "10004"
 fn chromium() -> Option<PathBuf> {
     let found = ["chromium", "chromium-browser"].iter().find_map(|name| on_path(name));
     if found.is_none() {
-        if std::env::var(SKIP).is_ok_and(|value| value == "1") {
-            eprintln!("skipped: no chromium on PATH and {SKIP}=1");
+        if let Some(skip) = SKIP
+            .iter()
+            .find(|skip| std::env::var(skip).is_ok_and(|value| value == "1"))
+        {
+            eprintln!("SKIPPED ({skip}=1): no chromium on PATH");
             return None;
         }
         panic!(
             "this test needs headless Chromium and none is on PATH: install it (Debian: apt-get install -y chromium), \
-             or set {SKIP}=1 to skip it"
+             or set PHILE_ALLOW_SKIP=1 to skip it"
         );
     }
     found

@@ -25,6 +25,20 @@ pub enum ClientError {
     /// The tracker refused the request; its reason is shown made printable.
     #[error("the tracker refused: {}", printable(.0))]
     Refused(String),
+    /// The client listens on IPv4 only and would register over IPv6: the
+    /// tracker would give other peers the IPv6 address it sees, where
+    /// nothing listens.
+    #[error(
+        "this peer listens on {listen}, IPv4 only, but reaches the tracker at {tracker} over IPv6, so the tracker \
+         would send other peers to an IPv6 address where it does not listen: listen on IPv6 too (an address such \
+         as [::]:0), reach the tracker by an IPv4 address, or advertise an address other peers can reach"
+    )]
+    UnreachableAtTrackerFamily {
+        /// Where the client listens.
+        listen: std::net::SocketAddr,
+        /// The tracker's address.
+        tracker: std::net::SocketAddr,
+    },
     /// The tracker answered something that makes no sense here.
     #[error("unexpected answer from the tracker: {0:?}")]
     Unexpected(TrackerReply),

@@ -239,9 +239,15 @@ impl Client {
     /// it; registering with another tracker moves the session there (the
     /// first tracker forgets the client, as it would a crashed one).
     pub async fn register(&self, tracker: SocketAddr) -> Result<(), ClientError> {
+        let listen = self.local_addr();
+        // The tracker tells others the address it sees the client at.
+        let seen_over_ipv6 = tracker.ip().to_canonical().is_ipv6();
+        if self.advertise.is_none() && listen.is_ipv4() && seen_over_ipv6 {
+            return Err(ClientError::UnreachableAtTrackerFamily { listen, tracker });
+        }
         let request = TrackerRequest::Register {
             client: self.id,
-            port: self.local_addr().port(),
+            port: listen.port(),
             advertise: self.advertise,
         };
         let mut current = self.session.lock().await;
@@ -549,5 +555,38 @@ mod tests {
         // The session is in step for the next request.
         let next = client.ask_tracker(TrackerRequest::Ping).await;
         assert!(matches!(next, Ok(TrackerReply::Ack)), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_listening_on_ipv4_only_does_not_register_over_ipv6_unless_it_advertises() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = |advertise: Option<SocketAddr>, id: u64| {
+            let folder = Folder::create_empty(dir.path().join(id.to_string())).unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let config = ClientConfig {
+                advertise,
+                ..ClientConfig::default()
+            };
+            Client::start(ClientId(id), folder, listener, config).unwrap()
+        };
+        // Nothing listens at port 1: the refusal comes before any connection.
+        let ipv6_tracker: SocketAddr = "[::1]:1".parse().unwrap();
+        let refused = start(None, 1).register(ipv6_tracker).await;
+        assert!(
+            matches!(refused, Err(ClientError::UnreachableAtTrackerFamily { .. })),
+            "{refused:?}"
+        );
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("127.0.0.1") && message.contains("[::]:0"), "{message}");
+        // An IPv4 tracker written as IPv6 is IPv4.
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        let tried = start(None, 2).register(mapped).await;
+        assert!(matches!(tried, Err(ClientError::Session(_))), "{tried:?}");
+        // With an address to advertise, the tracker tells others that one.
+        let advertised = start(Some("192.0.2.1:7000".parse().unwrap()), 3);
+        let tried = advertised.register(ipv6_tracker).await;
+        assert!(matches!(tried, Err(ClientError::Session(_))), "{tried:?}");
     }
 }

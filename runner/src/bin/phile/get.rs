@@ -430,7 +430,7 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             display.line(&format!("{file}: failed: {error}"));
             if let DownloadError::Incomplete { missing, .. } = error {
                 display.line(&format!(
-                    "{file}: {} missing; the pieces checked are kept, and getting it again fetches only the rest",
+                    "{file}: {} missing; any pieces checked are kept, and getting it again fetches only those missing",
                     crate::progress::count(*missing, "piece")
                 ));
             }

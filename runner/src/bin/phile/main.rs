@@ -155,9 +155,13 @@ impl Identity {
         }
     }
 
-    /// The tracker's address, resolving a host name if given one.
+    /// The tracker's address, resolving a host name if given one: of the
+    /// addresses a name has, the first of the listening address's family
+    /// (IPv4 or IPv6), since the tracker gives other peers the address it
+    /// sees this peer at, and this peer listens on that family only.
     async fn tracker_addr(&self) -> anyhow::Result<SocketAddr> {
-        resolve(&self.tracker).await
+        let ipv6 = self.listen.is_ipv6();
+        resolve(&self.tracker, |found| found.is_ipv6() == ipv6).await
     }
 }
 
@@ -224,12 +228,18 @@ fn host_and_port(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// Resolves `HOST:PORT` to the first address it names.
-async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host(addr)
+/// Resolves `HOST:PORT` to the first address it names that is `preferred`,
+/// or else to the first address it names.
+async fn resolve(addr: &str, preferred: impl Fn(&SocketAddr) -> bool) -> anyhow::Result<SocketAddr> {
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .with_context(|| format!("cannot resolve the host of the tracker address {addr:?}"))?
-        .next()
+        .collect();
+    found
+        .iter()
+        .find(|found| preferred(found))
+        .or(found.first())
+        .copied()
         .with_context(|| format!("the tracker address {addr:?} names no address"))
 }
 

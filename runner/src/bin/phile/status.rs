@@ -45,7 +45,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let addr = crate::resolve(&args.tracker).await?;
+    let addr = crate::resolve(&args.tracker, |_| true).await?;
     let limits = StatusLimits {
         idle_timeout: Duration::from_secs(10),
         max_entries: args.max_entries,
