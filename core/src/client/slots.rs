@@ -17,6 +17,12 @@
 //! other addresses whose downloaders read (while those are served; see the
 //! README, "What is not defended yet").
 //!
+//! A slot of those that read that nobody else wants is lent to a lagging
+//! conversation rather than left idle: a seeder whose only downloaders
+//! lag (honest ones with slow links, say) still sends with every slot. The
+//! loan ends as soon as a conversation that reads wants the slot
+//! (`turns.rs`).
+//!
 //! The lagging lane goes round the addresses: each has one place in its
 //! queue, which its conversations take in turn. So an address with a
 //! hundred stalled conversations gets one turn a round, as one with a
@@ -30,7 +36,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use futures::FutureExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::server::Origin;
@@ -55,10 +62,20 @@ const LAGGING_ADDRESSES: usize = 4096;
 pub(crate) struct UploadSlots {
     /// For conversations whose downloaders read.
     prompt: Arc<Semaphore>,
+    /// Told whenever a slot of `prompt` is given back, so that a lagging
+    /// conversation may borrow it if nobody else wants it.
+    prompt_freed: Arc<Notify>,
+    /// The queue of lagging conversations for a loan: only its head looks
+    /// for one, so a conversation whose loan just ended, asking again at
+    /// once, goes behind those that waited.
+    loan_queue: Arc<Semaphore>,
     /// For conversations whose last send stalled.
     lagging: Arc<Semaphore>,
     /// How many conversations wait for a slot of `prompt`.
     prompt_waiting: AtomicUsize,
+    /// Told whenever a conversation starts waiting for a slot of
+    /// `prompt`, so that a lagging conversation gives back a lent one.
+    prompt_wanted: Notify,
     /// Each lagging address's one place in the lagging lane's queue. A
     /// std mutex: held for a lookup. An entry goes at the first lookup
     /// after no conversation holds or waits for it.
@@ -71,18 +88,30 @@ pub(crate) struct UploadSlots {
 /// One upload slot, given back on drop.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    /// Held until the drop.
-    _permit: OwnedSemaphorePermit,
-    /// Whether it is the lagging lane's.
+    /// Held until the drop (`None` only in it).
+    permit: Option<OwnedSemaphorePermit>,
+    /// Whether a lagging conversation holds it: the lagging lane's slot,
+    /// or one of those that read, lent.
     lagging: bool,
+    /// Whether it is a slot of those that read, lent to a lagging
+    /// conversation.
+    lent: bool,
     /// When it was had.
     granted: Instant,
+    /// Told once it is given back, for a slot of those that read.
+    freed: Option<Arc<Notify>>,
 }
 
 impl Slot {
-    /// Whether it is the lagging lane's slot.
+    /// Whether a lagging conversation holds it.
     pub(crate) fn is_lagging(&self) -> bool {
         self.lagging
+    }
+
+    /// Whether it is a slot of those that read, lent to a lagging
+    /// conversation while nobody else wanted it.
+    pub(crate) fn is_lent(&self) -> bool {
+        self.lent
     }
 
     /// When it was had.
@@ -91,13 +120,26 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Given back before the waiters look.
+        drop(self.permit.take());
+        if let Some(freed) = &self.freed {
+            freed.notify_waiters();
+        }
+    }
+}
+
 impl UploadSlots {
     /// All slots free.
     pub(crate) fn new() -> Arc<UploadSlots> {
         Arc::new(UploadSlots {
             prompt: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
+            prompt_freed: Arc::default(),
+            loan_queue: Arc::new(Semaphore::new(1)),
             lagging: Arc::new(Semaphore::new(LAGGING_SLOTS)),
             prompt_waiting: AtomicUsize::new(0),
+            prompt_wanted: Notify::new(),
             lagging_places: Mutex::default(),
             stalled: Mutex::default(),
         })
@@ -134,33 +176,92 @@ impl UploadSlots {
     }
 
     /// Waits for a slot of the lane of a conversation from `origin` that
-    /// is `lagging` (its last send stalled) or not.
+    /// is `lagging` (its last send stalled) or not. A lagging one also
+    /// takes a slot of those that read that comes free while no
+    /// conversation that reads waits for it, lent.
     pub(crate) async fn acquire(self: Arc<Self>, lagging: bool, origin: Origin) -> Slot {
         let never_closed = "upload slots are never closed";
         if !lagging {
             let _counted = Waiting::count(&self.prompt_waiting);
+            self.prompt_wanted.notify_waiters();
             let permit = self.prompt.clone().acquire_owned().await.expect(never_closed);
-            return Slot {
-                _permit: permit,
-                lagging: false,
-                granted: Instant::now(),
-            };
+            return self.slot(permit, false, false);
         }
         // Queue for the lane only in the address's one place, given up
         // once the slot is had: the address's next conversation then
         // queues behind those of other addresses.
         let _place = self.lagging_place(origin).acquire_owned().await.expect(never_closed);
-        let permit = self.lagging.clone().acquire_owned().await.expect(never_closed);
+        // Its places in the queues of the lane and of loans are kept while
+        // it waits for either.
+        let lane = self.lagging.clone().acquire_owned();
+        let loan_queue = self.loan_queue.clone().acquire_owned();
+        tokio::pin!(lane, loan_queue);
+        let mut head_of_loan_queue = None;
+        loop {
+            // Listening before looking, so a slot freed in between is heard.
+            let freed = self.prompt_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // The lane's own slot first, then a loan.
+            if let Some(permit) = lane.as_mut().now_or_never() {
+                return self.slot(permit.expect(never_closed), true, false);
+            }
+            if head_of_loan_queue.is_some() {
+                if let Some(lent) = self.lend_idle() {
+                    return lent;
+                }
+            }
+            tokio::select! {
+                biased;
+                permit = &mut lane => return self.slot(permit.expect(never_closed), true, false),
+                head = &mut loan_queue, if head_of_loan_queue.is_none() => {
+                    head_of_loan_queue = Some(head.expect(never_closed));
+                }
+                () = &mut freed, if head_of_loan_queue.is_some() => {}
+            }
+        }
+    }
+
+    /// A slot of those that read, lent to a lagging conversation, if one is
+    /// free and no conversation that reads waits for one.
+    fn lend_idle(&self) -> Option<Slot> {
+        if self.prompt_lane_wanted() {
+            return None;
+        }
+        let permit = self.prompt.clone().try_acquire_owned().ok()?;
+        Some(self.slot(permit, true, true))
+    }
+
+    /// A slot of `permit`'s lane, had now.
+    fn slot(&self, permit: OwnedSemaphorePermit, lagging: bool, lent: bool) -> Slot {
+        let of_those_that_read = !lagging || lent;
         Slot {
-            _permit: permit,
-            lagging: true,
+            permit: Some(permit),
+            lagging,
+            lent,
             granted: Instant::now(),
+            freed: of_those_that_read.then(|| self.prompt_freed.clone()),
         }
     }
 
     /// Whether a conversation waits for a slot of those that read.
     pub(crate) fn prompt_lane_wanted(&self) -> bool {
         self.prompt_waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Resolves once a conversation waits for a slot of those that read.
+    pub(crate) async fn prompt_lane_wanted_now(&self) {
+        loop {
+            // Listening before looking, so a wait that starts in between is
+            // heard.
+            let wanted = self.prompt_wanted.notified();
+            tokio::pin!(wanted);
+            wanted.as_mut().enable();
+            if self.prompt_lane_wanted() {
+                return;
+            }
+            wanted.await;
+        }
     }
 
     /// Whether a conversation waits for the lagging lane (its holder,
@@ -205,20 +306,42 @@ mod tests {
     use futures::FutureExt;
 
     #[tokio::test]
-    async fn lagging_conversations_never_take_the_slots_of_those_that_read() {
+    async fn lagging_conversations_take_the_slots_of_those_that_read_only_on_loan_while_none_waits() {
         let slots = UploadSlots::new();
         let stalled = slots.clone().acquire(true, here()).await;
-        // Another lagging conversation waits for the lagging lane...
-        let mut second = Box::pin(slots.clone().acquire(true, here()));
-        assert!((&mut second).now_or_never().is_none());
-        // ... while those that read have every slot of theirs.
-        let reading: Vec<Slot> = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false, here()).now_or_never().expect("free"))
+        assert!(!stalled.is_lent(), "the lagging lane's own slot first");
+        // The next lagging conversations borrow the idle slots of those
+        // that read, and one more waits.
+        let mut lent: Vec<Slot> = (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(true, here()).now_or_never().expect("lent"))
             .collect();
-        assert!(slots.clone().acquire(false, here()).now_or_never().is_none());
-        drop(stalled);
-        assert!(second.now_or_never().is_some(), "handed on in its lane");
+        assert!(lent.iter().all(|slot| slot.is_lent() && slot.is_lagging()));
+        let mut waiting = Box::pin(slots.clone().acquire(true, here()));
+        assert!(waiting.as_mut().now_or_never().is_none());
+        // A slot given back while a conversation that reads waits is its.
+        let mut reading = Box::pin(slots.clone().acquire(false, there()));
+        assert!(reading.as_mut().now_or_never().is_none());
+        drop(lent.pop());
+        assert!(
+            waiting.as_mut().now_or_never().is_none(),
+            "not lent while one that reads waits"
+        );
+        let reading = reading.now_or_never().expect("its own lane's slot");
+        assert!(!reading.is_lent() && !reading.is_lagging());
+        // Given back while none waits, it is lent to the lagging one.
         drop(reading);
+        let last = waiting.now_or_never().expect("lent once free");
+        assert!(last.is_lent());
+        // And the lagging lane's slot goes on in its lane.
+        let mut next = Box::pin(slots.clone().acquire(true, there()));
+        assert!(next.as_mut().now_or_never().is_none());
+        drop(stalled);
+        assert!(!next.now_or_never().expect("handed on in its lane").is_lent());
+        drop((lent, last));
+    }
+
+    fn there() -> Origin {
+        Origin::from(std::net::IpAddr::from([10, 0, 0, 2]))
     }
 
     fn here() -> Origin {
@@ -228,7 +351,11 @@ mod tests {
     #[tokio::test]
     async fn the_lagging_lane_goes_round_the_addresses() {
         let slots = UploadSlots::new();
-        let (crowded, alone) = (here(), Origin::from(std::net::IpAddr::from([10, 0, 0, 2])));
+        // Those that read hold their slots: nothing is lent.
+        let _reading: Vec<Slot> = (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, here()).now_or_never().expect("free"))
+            .collect();
+        let (crowded, alone) = (here(), there());
         let held = slots.clone().acquire(true, crowded).await;
         // Three more conversations from the crowded address queue for the
         // lane, then one from another address.

@@ -18,7 +18,9 @@
 //! ([`TRICKLE_REVIEW`]; over TCP on Linux and under `--sim`). In the lagging lane a
 //! turn also ends
 //! after [`LAGGING_LEASE`], however the bytes move, while another
-//! conversation wants the lane.
+//! conversation wants the lane. A slot of those that read lent to a
+//! lagging conversation, while none that reads wanted it, goes back as
+//! soon as one wants it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -220,16 +222,40 @@ impl Turns {
     /// end if the downloader trickled meanwhile, by the look above. Any
     /// other lease's end is not, so a lagging downloader on a slow link
     /// leaves the lagging lane a minute after its last stall, as any
-    /// other.
+    /// other. A slot of those that read lent to a lagging conversation
+    /// (`slots.rs`) goes back as soon as a conversation that reads wants
+    /// it, or, if the send stalled, at the check every [`LAGGING_STALL`]
+    /// that finds another lagging conversation wanting a slot; till then
+    /// it is kept, however slow the send.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Result<(F::Output, Slot), TurnEnded> {
         let mut look = Look::now(&self.receiver_limited);
-        let mut lease_end = match slot.is_lagging() {
-            true => slot.granted() + LAGGING_LEASE,
-            false => look.at + TRICKLE_REVIEW,
+        let mut lease_end = match (slot.is_lent(), slot.is_lagging()) {
+            (true, _) => look.at + LAGGING_STALL,
+            (false, true) => slot.granted() + LAGGING_LEASE,
+            (false, false) => look.at + TRICKLE_REVIEW,
         };
         let ended = loop {
-            match within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end).await {
+            let checked = within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end);
+            let outcome = if slot.is_lent() {
+                // A loan goes back as soon as a conversation that reads
+                // wants a slot, not at the next check: else it would wait
+                // up to a check for each of its pieces.
+                tokio::select! {
+                    biased;
+                    outcome = checked => outcome,
+                    () = self.slots.prompt_lane_wanted_now() => Err(TurnEnded::LeaseOver),
+                }
+            } else {
+                checked.await
+            };
+            match outcome {
                 Ok(done) => return Ok((done, slot)),
+                Err(ended) if slot.is_lent() => {
+                    if self.loan_wanted_back(ended) {
+                        break ended;
+                    }
+                    lease_end = Instant::now() + LAGGING_STALL;
+                }
                 Err(_) if slot.is_lagging() && !self.slots.lagging_lane_wanted() => continue,
                 Err(TurnEnded::LeaseOver) if slot.is_lagging() => {
                     let trickling = Look::now(&self.receiver_limited).finds_trickling_since(&look);
@@ -255,6 +281,14 @@ impl Turns {
             self.lagging = true;
         }
         Err(ended)
+    }
+
+    /// Whether a lent slot, whose turn reached a check as `ended`, goes
+    /// back: a conversation that reads wants a slot (it was lent only
+    /// while none did), or the send stalled while another lagging
+    /// conversation wants a slot.
+    fn loan_wanted_back(&self, ended: TurnEnded) -> bool {
+        self.slots.prompt_lane_wanted() || (ended == TurnEnded::Stalled && self.slots.lagging_lane_wanted())
     }
 }
 
@@ -433,21 +467,30 @@ mod tests {
         }
         assert!(turns.lagging);
         assert!(slots.stalled_lately(address(1)));
-        // Its next turn is in the lagging lane, even with slots free.
+        // Its next turn is in the lagging lane: with the lane's slot taken,
+        // it has a slot of those that read only on loan while they idle...
         let lagging = slots.clone().acquire(true, address(3)).await;
+        turns.queue();
+        let lent = turns.turn().now_or_never().expect("lent while idle");
+        assert!(lent.is_lent());
+        drop(lent);
+        // ... and waits behind the lane's one slot while they are taken.
+        let reading = readers_hold_every_slot(&slots);
         turns.queue();
         assert!(
             turns.turn().now_or_never().is_none(),
             "behind the lagging lane's one slot"
         );
         drop(lagging);
-        assert!(turns.turn().now_or_never().is_some());
+        assert!(!turns.turn().now_or_never().expect("the lane's slot").is_lent());
+        drop(reading);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lagging_send_that_stalls_again_passes_the_lagging_slot_on_sooner() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        let _reading = readers_hold_every_slot(&slots);
         let piece = silent_then_all(&sent, Duration::from_secs(10));
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
         assert!((&mut other).now_or_never().is_none());
@@ -514,6 +557,7 @@ mod tests {
     async fn a_trickling_send_passes_the_lagging_lane_on_after_its_lease() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        let _reading = readers_hold_every_slot(&slots);
         // A piece the downloader takes a byte of every half second, for
         // a little longer than an address is remembered as stalled (its
         // send ends at about 62 s, before a stall at the lease's end, at
@@ -553,6 +597,7 @@ mod tests {
     async fn a_lease_that_ends_on_a_downloader_that_trickles_is_remembered_as_a_stall() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
         let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        let _reading = readers_hold_every_slot(&slots);
         turns.receiver_limited = window_full_for(0.5);
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
         assert!((&mut other).now_or_never().is_none());
@@ -650,6 +695,7 @@ mod tests {
         let mut turns = Turns::new(slots.clone(), address(1), sent.clone(), unknown_window());
         turns.queue();
         let slot = turns.turn().await;
+        let _reading = readers_hold_every_slot(&slots);
         let piece = silent_then_all(&sent, Duration::from_secs(10));
         let other = slots.clone().acquire(true, address(2));
         tokio::pin!(other);
@@ -663,6 +709,66 @@ mod tests {
         drop(other.now_or_never());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_slot_goes_back_once_a_conversation_that_reads_wants_it() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        assert!(slot.is_lent(), "the other slot of those that read, idle");
+        let send = turns.send(slot, trickle(&sent, 40));
+        tokio::pin!(send);
+        run_for(send.as_mut(), Duration::from_secs(3)).await;
+        let mut reader = Box::pin(slots.clone().acquire(false, address(2)));
+        assert!(reader.as_mut().now_or_never().is_none());
+        run_for(send.as_mut(), Duration::from_millis(1)).await;
+        let turn = reader.now_or_never().expect("given back at once");
+        let paused_at = sent.load(Ordering::Relaxed);
+        run_for(send.as_mut(), Duration::from_secs(2)).await;
+        assert_eq!(sent.load(Ordering::Relaxed), paused_at, "paused while lent out");
+        // Free again, and nobody that reads waits: lent again.
+        drop(turn);
+        send.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_slot_whose_send_stalls_goes_to_another_lagging_conversation() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        assert!(slot.is_lent());
+        let send = turns.send(slot, silent_then_all(&sent, Duration::from_secs(10)));
+        tokio::pin!(send);
+        let mut other = Box::pin(slots.clone().acquire(true, address(2)));
+        assert!(other.as_mut().now_or_never().is_none());
+        run_for(send.as_mut(), LAGGING_STALL - Duration::from_millis(1)).await;
+        assert!(other.as_mut().now_or_never().is_none(), "kept while the stall is young");
+        run_for(send.as_mut(), Duration::from_millis(2)).await;
+        let lent = other.now_or_never().expect("lent on");
+        assert!(lent.is_lent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_slot_is_kept_however_slow_while_nobody_else_wants_one() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        assert!(slot.is_lent());
+        turns.send(slot, silent_then_all(&sent, Duration::from_secs(10))).await;
+        // Virtual time, on the paused clock: past the memory of the stall
+        // at the start, which is all there was.
+        tokio::time::sleep(Duration::from_secs(51)).await;
+        assert!(!slots.stalled_lately(address(1)), "no stall remembered again");
+    }
+
+    /// The lagging lane's slot, held by 10.0.0.3, and one slot of those
+    /// that read, by 10.0.0.9: the other is free to lend.
+    async fn lane_and_a_reader_slot_held(slots: &Arc<UploadSlots>) -> (Slot, Slot) {
+        slots.stalled_at(address(3));
+        let lane = slots.clone().acquire(true, address(3)).await;
+        assert!(!lane.is_lent());
+        (lane, slots.clone().acquire(false, address(9)).await)
+    }
+
     /// The turn of a conversation from 10.0.0.1 that queued first, in
     /// the lagging lane if `lagging` (its address stalled just now).
     async fn first_turn(slots: &Arc<UploadSlots>, sent: &Arc<AtomicU64>, lagging: bool) -> (Turns, Slot) {
@@ -674,6 +780,14 @@ mod tests {
         let slot = turns.turn().await;
         assert_eq!(slot.is_lagging(), lagging);
         (turns, slot)
+    }
+
+    /// Every slot of those that read, held by conversations from 10.0.0.9,
+    /// so that none is lent.
+    fn readers_hold_every_slot(slots: &Arc<UploadSlots>) -> Vec<Slot> {
+        (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, address(9)).now_or_never().expect("free"))
+            .collect()
     }
 
     /// The first turn of 10.0.0.1 in the lane of those that read, its
