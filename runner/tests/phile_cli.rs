@@ -917,6 +917,8 @@ fn a_swarm_get_whose_only_holder_dies_says_what_is_missing_and_that_the_next_get
         printed.contains("big.bin: failed: no peer delivered the missing pieces of big.bin\n"),
         "{printed}"
     );
+    // Which peer failed, and how (cut mid-piece, or not reached again).
+    assert!(printed.contains("big.bin: gave up on peer 1, which "), "{printed}");
     let hint = " missing; any pieces checked are kept, and getting it again fetches only those missing";
     let missing: u64 = printed
         .lines()

@@ -88,6 +88,10 @@ pub enum DownloadError {
         missing: usize,
         /// The peers blamed for bad pieces.
         rejected: Vec<Rejection>,
+        /// The peers whose last conversation failed, by id, and how. Not
+        /// in the message: over TCP, which peers fail how depends on
+        /// timing.
+        lost: Vec<(ClientId, Problem)>,
     },
     /// A swarm download was asked for a piece size that is not one.
     #[error(transparent)]

@@ -200,6 +200,7 @@ impl Run<'_> {
             file: self.file.clone(),
             missing: self.plan.have().len() - self.plan.have().held(),
             rejected: std::mem::take(&mut self.rejections),
+            lost: std::mem::take(&mut self.lost).into_iter().collect(),
         }
     }
 

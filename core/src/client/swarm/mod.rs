@@ -295,6 +295,9 @@ struct Run<'a> {
     /// Peers that could not serve just now (unreachable, refused, gone),
     /// with when they may be tried again.
     resting: BTreeMap<ClientId, Instant>,
+    /// What went wrong with each peer whose last conversation failed, for
+    /// the error if the download ends without the file.
+    lost: BTreeMap<ClientId, Problem>,
     /// Every peer tried, as offered: once the tracker cannot be asked, a
     /// peer that rested is tried again from here.
     tried: BTreeMap<ClientId, SwarmPeer>,
@@ -386,6 +389,7 @@ impl<'a> Run<'a> {
             offered: Vec::new(),
             banned: BTreeSet::new(),
             resting: BTreeMap::new(),
+            lost: BTreeMap::new(),
             tried: BTreeMap::new(),
             broken: Vec::new(),
             rejections: Vec::new(),

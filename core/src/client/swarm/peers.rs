@@ -108,6 +108,7 @@ impl Run<'_> {
         match heard {
             Heard::Joined(out, bits, received) => {
                 self.connecting.remove(&peer);
+                self.lost.remove(&peer);
                 let stall_clock = Instant::now();
                 self.peers.insert(
                     peer,
@@ -295,6 +296,9 @@ impl Run<'_> {
     pub(super) fn drop_peer(&mut self, peer: ClientId, problem: Option<Problem>) {
         self.connecting.remove(&peer);
         self.peers.remove(&peer);
+        if let Some(problem) = problem {
+            self.lost.insert(peer, problem);
+        }
         tracing::debug!(node = %self.client.id, %peer, ?problem, "dropped a peer of the swarm of {}", self.file);
         match problem {
             Some(Problem::Garbled | Problem::Stalled | Problem::WrongPiece) => {

@@ -29,6 +29,9 @@ use phile_core::{Client, ClientConfig, FileInfo, FileName};
 use crate::progress::Display;
 use crate::{Identity, Stop};
 
+/// How many of the peers a failed swarm download gave up on are named.
+const SHOWN_LOST: usize = 5;
+
 /// Options of `phile get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
@@ -428,7 +431,13 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
         // The error may quote the tracker; the display escapes it.
         Outcome::Failed(error) => {
             display.line(&format!("{file}: failed: {error}"));
-            if let DownloadError::Incomplete { missing, .. } = error {
+            if let DownloadError::Incomplete { missing, lost, .. } = error {
+                for (peer, problem) in lost.iter().take(SHOWN_LOST) {
+                    display.line(&format!("{file}: gave up on peer {peer}, which {}", problem.describe()));
+                }
+                if lost.len() > SHOWN_LOST {
+                    display.line(&format!("{file}: and on {} more peers", lost.len() - SHOWN_LOST));
+                }
                 display.line(&format!(
                     "{file}: {} missing; any pieces checked are kept, and getting it again fetches only those missing",
                     crate::progress::count(*missing, "piece")
