@@ -977,9 +977,25 @@ mod tests {
 
     #[test]
     fn a_simulated_stream_does_not_count_the_time_its_bytes_spend_on_the_way() {
-        // A 50 ms link, with a writer that sends 100 KB/s, less than the
-        // window allows per round trip: bytes are in flight all along, and
-        // never wait on the window. (No retransmission, as `Sim` runs it.)
+        // Bytes in flight all along, the window never filled.
+        let (waited, _) = waits_over_a_50_ms_link(false);
+        assert_eq!(waited, Duration::ZERO);
+        // The window full of bytes on their way, round trip after round
+        // trip (the stack has no window scaling), the reader taking each
+        // at once: not counted, but for the fixture's millisecond steps.
+        let (waited, took) = waits_over_a_50_ms_link(true);
+        assert!(
+            took > Duration::from_secs(3),
+            "4 MiB in 64 KiB per 100 ms took {took:?}"
+        );
+        assert!(waited < took / 20, "waited {waited:?} of {took:?}");
+    }
+
+    /// How long a writer's sends waited on the window, and how long it
+    /// wrote, over a 50 ms link to a reader that takes every byte at once:
+    /// 100 KB/s for a second, or 4 MiB as fast as the link goes (`bulk`).
+    fn waits_over_a_50_ms_link(bulk: bool) -> (Duration, Duration) {
+        // No retransmission, as `Sim` runs it.
         turmoil_net::fixture::ClientServer::with_config(KernelConfig::default().retx_threshold(u32::MAX))
             .server("reader", async {
                 let listener = SimTcpListener::bind("0.0.0.0:9000").await.unwrap();
@@ -987,15 +1003,22 @@ mod tests {
                 let mut sink = Vec::new();
                 reader.read_to_end(&mut sink).await.unwrap();
             })
-            .run("writer", async {
+            .run("writer", async move {
                 turmoil_net::rule(turmoil_net::Latency::fixed(Duration::from_millis(50))).forget();
                 let addr = SocketAddr::new(turmoil_net::lookup_host("reader").unwrap(), 9000);
                 let mut writer = sim_stream(SimTcpStream::connect(addr).await.unwrap(), addr);
-                for _ in 0..100 {
-                    writer.write_all(&[7; 1024]).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                let start = Instant::now();
+                if bulk {
+                    writer.write_all(&vec![7; 4 << 20]).await.unwrap();
+                    writer.flush().await.unwrap();
+                } else {
+                    for _ in 0..100 {
+                        writer.write_all(&[7; 1024]).await.unwrap();
+                        // Virtual time: the writer's pace.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
-                assert_eq!(writer.receiver_limited(), Some(Duration::ZERO));
-            });
+                (writer.receiver_limited().unwrap(), start.elapsed())
+            })
     }
 }

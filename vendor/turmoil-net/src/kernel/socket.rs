@@ -262,6 +262,15 @@ pub struct Tcb {
 /// Linux reports the same as `TCP_INFO`'s `tcpi_rwnd_limited`; a sender
 /// uses it to tell a reader that trickles from its own slow link.
 ///
+/// This stack has no window scaling: a window is 64 KiB at most, so on a
+/// link with latency the bytes on their way can fill it while the peer
+/// reads everything at once, where Linux's window would have grown. A
+/// wait therefore counts only while the peer's window is under half the
+/// widest it advertised: it holds bytes it has not read. (Not merely
+/// narrower: a reader re-opens its window only once its reads free half
+/// its buffer, so a window a little narrower than the widest may be one
+/// the reader has long since emptied.)
+///
 /// Read in the runtime's time, which is virtual when its clock is paused,
 /// so a simulation that repeats gives the same durations.
 #[derive(Debug, Default, Clone, Copy)]
@@ -270,6 +279,8 @@ pub struct WindowWaits {
     since: Option<tokio::time::Instant>,
     /// The waits that have ended, in all.
     ended: std::time::Duration,
+    /// The widest window the peer advertised.
+    widest: u16,
 }
 
 impl WindowWaits {
@@ -293,16 +304,19 @@ impl WindowWaits {
 
 impl Tcb {
     /// PATCH (receive-window waits): whether bytes wait to be sent that the
-    /// peer's window has no room for.
+    /// peer's window has no room for, because the peer holds bytes it has
+    /// not read.
     pub(crate) fn waits_on_window(&self) -> bool {
         let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
         let unsent = self.send_buf.len().saturating_sub(in_flight);
-        unsent > 0 && in_flight >= self.snd_wnd as usize
+        let holds_unread = 2 * u32::from(self.snd_wnd) < u32::from(self.window_waits.widest);
+        unsent > 0 && in_flight >= self.snd_wnd as usize && holds_unread
     }
 
     /// PATCH (receive-window waits): notes, after anything that may have
     /// changed the bytes to send or the window, whether the socket waits.
     pub(crate) fn note_window(&mut self) {
+        self.window_waits.widest = self.window_waits.widest.max(self.snd_wnd);
         let waiting = self.waits_on_window();
         self.window_waits.note(waiting, tokio::time::Instant::now());
     }
