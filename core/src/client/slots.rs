@@ -32,12 +32,14 @@
 //! outlast its idle timeout).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::server::Origin;
@@ -62,8 +64,9 @@ const LAGGING_ADDRESSES: usize = 4096;
 pub(crate) struct UploadSlots {
     /// For conversations whose downloaders read.
     prompt: Arc<Semaphore>,
-    /// Told whenever a slot of `prompt` is given back, so that a lagging
-    /// conversation may borrow it if nobody else wants it.
+    /// Told whenever a slot of `prompt` is given back, or a wait for one
+    /// ends (given up, it may leave free a slot handed to it), so that a
+    /// lagging conversation may borrow a free one if nobody else wants it.
     prompt_freed: Arc<Notify>,
     /// The queue of lagging conversations for a loan: only its head looks
     /// for one, so a conversation whose loan just ended, asking again at
@@ -73,8 +76,9 @@ pub(crate) struct UploadSlots {
     lagging: Arc<Semaphore>,
     /// How many conversations wait for a slot of `prompt`.
     prompt_waiting: AtomicUsize,
-    /// Told whenever a conversation starts waiting for a slot of
-    /// `prompt`, so that a lagging conversation gives back a lent one.
+    /// Told once per conversation that starts waiting for a slot of
+    /// `prompt` while none is free, so that one lagging conversation gives
+    /// back a lent one.
     prompt_wanted: Notify,
     /// Each lagging address's one place in the lagging lane's queue. A
     /// std mutex: held for a lookup. An entry goes at the first lookup
@@ -182,10 +186,8 @@ impl UploadSlots {
     pub(crate) async fn acquire(self: Arc<Self>, lagging: bool, origin: Origin) -> Slot {
         let never_closed = "upload slots are never closed";
         if !lagging {
-            let _counted = Waiting::count(&self.prompt_waiting);
-            self.prompt_wanted.notify_waiters();
-            let permit = self.prompt.clone().acquire_owned().await.expect(never_closed);
-            return self.slot(permit, false, false);
+            let permit = ReaderWait::start(&self).permit().await;
+            return self.slot(permit.expect(never_closed), false, false);
         }
         // Queue for the lane only in the address's one place, given up
         // once the slot is had: the address's next conversation then
@@ -284,19 +286,43 @@ impl UploadSlots {
     }
 }
 
-/// One wait counted in a tally for as long as it lasts, however it ends.
-struct Waiting<'a>(&'a AtomicUsize);
+/// A wait for a slot of those that read.
+type PromptAcquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
-impl<'a> Waiting<'a> {
-    fn count(tally: &'a AtomicUsize) -> Waiting<'a> {
-        tally.fetch_add(1, Ordering::Relaxed);
-        Waiting(tally)
+/// A conversation's wait for a slot of those that read, counted while it
+/// lasts (`UploadSlots::prompt_lane_wanted`). However it ends, its claim
+/// on the slots goes first, then the lagging conversations are told: a
+/// wait given up may leave free a slot that was handed to it, to lend.
+struct ReaderWait<'a> {
+    slots: &'a UploadSlots,
+    /// The claim, until the drop.
+    acquire: Option<PromptAcquire>,
+}
+
+impl<'a> ReaderWait<'a> {
+    /// Counted from now on; if no slot is free, one loan is called back.
+    fn start(slots: &'a UploadSlots) -> ReaderWait<'a> {
+        slots.prompt_waiting.fetch_add(1, Ordering::Relaxed);
+        if slots.prompt.available_permits() == 0 {
+            slots.prompt_wanted.notify_one();
+        }
+        ReaderWait {
+            slots,
+            acquire: Some(Box::pin(slots.prompt.clone().acquire_owned())),
+        }
+    }
+
+    /// The slot, once it comes.
+    async fn permit(mut self) -> Result<OwnedSemaphorePermit, AcquireError> {
+        self.acquire.as_mut().expect("claimed until the drop").await
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for ReaderWait<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        drop(self.acquire.take());
+        self.slots.prompt_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.slots.prompt_freed.notify_waiters();
     }
 }
 
@@ -338,6 +364,42 @@ mod tests {
         drop(stalled);
         assert!(!next.now_or_never().expect("handed on in its lane").is_lent());
         drop((lent, last));
+    }
+
+    #[tokio::test]
+    async fn a_slot_left_free_by_a_wait_given_up_is_lent() {
+        let slots = UploadSlots::new();
+        let _lane = slots.clone().acquire(true, here()).await;
+        let mut reading: Vec<Slot> = (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, there()).now_or_never().expect("free"))
+            .collect();
+        let mut lagging = Box::pin(slots.clone().acquire(true, there()));
+        assert!(lagging.as_mut().now_or_never().is_none());
+        let mut reader = Box::pin(slots.clone().acquire(false, there()));
+        assert!(reader.as_mut().now_or_never().is_none());
+        // A slot comes back, handed to the reader's wait, which is given up
+        // before it takes it.
+        drop(reading.pop());
+        assert!(lagging.as_mut().now_or_never().is_none(), "wanted by the reader");
+        drop(reader);
+        let lent = lagging.now_or_never().expect("the slot left free is lent");
+        assert!(lent.is_lent());
+    }
+
+    #[tokio::test]
+    async fn a_conversation_that_reads_calls_back_one_loan() {
+        let slots = UploadSlots::new();
+        let _reading: Vec<Slot> = (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, there()).now_or_never().expect("free"))
+            .collect();
+        // Two holders of loans listen for a conversation that reads.
+        let mut first = Box::pin(slots.prompt_lane_wanted_now());
+        let mut second = Box::pin(slots.prompt_lane_wanted_now());
+        assert!(first.as_mut().now_or_never().is_none() && second.as_mut().now_or_never().is_none());
+        let mut reader = Box::pin(slots.clone().acquire(false, there()));
+        assert!(reader.as_mut().now_or_never().is_none());
+        let called_back = [first.now_or_never().is_some(), second.now_or_never().is_some()];
+        assert_eq!(called_back, [true, false], "one loan per conversation waiting");
     }
 
     fn there() -> Origin {

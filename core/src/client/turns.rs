@@ -224,9 +224,10 @@ impl Turns {
     /// leaves the lagging lane a minute after its last stall, as any
     /// other. A slot of those that read lent to a lagging conversation
     /// (`slots.rs`) goes back as soon as a conversation that reads wants
-    /// it, or, if the send stalled, at the check every [`LAGGING_STALL`]
-    /// that finds another lagging conversation wanting a slot; till then
-    /// it is kept, however slow the send.
+    /// it; and, at a check every [`LAGGING_STALL`] that finds another
+    /// lagging conversation wanting a slot, if the send stalled or the loan
+    /// is [`LAGGING_LEASE`] old (a stall too, if the downloader trickled);
+    /// till then it is kept, however slow the send.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Result<(F::Output, Slot), TurnEnded> {
         let mut look = Look::now(&self.receiver_limited);
         let mut lease_end = match (slot.is_lent(), slot.is_lagging()) {
@@ -253,6 +254,16 @@ impl Turns {
                 Err(ended) if slot.is_lent() => {
                     if self.loan_wanted_back(ended) {
                         break ended;
+                    }
+                    // A loan's lease, as the lagging lane's slot has.
+                    let leased = Instant::now() >= slot.granted() + LAGGING_LEASE;
+                    if leased && self.slots.lagging_lane_wanted() {
+                        let trickling = Look::now(&self.receiver_limited).finds_trickling_since(&look);
+                        break if trickling {
+                            TurnEnded::Trickled
+                        } else {
+                            TurnEnded::LeaseOver
+                        };
                     }
                     lease_end = Instant::now() + LAGGING_STALL;
                 }
@@ -745,6 +756,28 @@ mod tests {
         run_for(send.as_mut(), Duration::from_millis(2)).await;
         let lent = other.now_or_never().expect("lent on");
         assert!(lent.is_lent());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lent_slot_passes_to_another_lagging_conversation_after_its_lease() {
+        let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
+        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
+        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
+        assert!(slot.is_lent());
+        let send = turns.send(slot, trickle(&sent, 40));
+        tokio::pin!(send);
+        let mut other = Box::pin(slots.clone().acquire(true, address(2)));
+        assert!(other.as_mut().now_or_never().is_none());
+        run_for(send.as_mut(), LAGGING_LEASE - Duration::from_millis(1)).await;
+        assert!(
+            other.as_mut().now_or_never().is_none(),
+            "kept while it moves, within the lease"
+        );
+        run_for(send.as_mut(), LAGGING_STALL + Duration::from_millis(2)).await;
+        assert!(other
+            .now_or_never()
+            .expect("lent on at the first check past the lease")
+            .is_lent());
     }
 
     #[tokio::test(start_paused = true)]

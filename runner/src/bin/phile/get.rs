@@ -126,8 +126,8 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     } else {
         folder.keeping_existing()
     };
-    let client = crate::peer::start(me, folder, config).await?;
     let tracker = me.tracker_addr().await?;
+    let client = crate::peer::start(me, tracker, folder, config).await?;
     crate::register(&client, tracker).await?;
 
     // Each file's result is printed as soon as it is known, so a small

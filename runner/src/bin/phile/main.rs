@@ -28,7 +28,7 @@ mod progress;
 mod status;
 mod tracker;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,9 +106,10 @@ struct Identity {
     #[arg(long, value_name = "ADDR", value_parser = host_and_port)]
     tracker: String,
 
-    /// Where this peer's server listens for other peers.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
+    /// Where this peer's server listens for other peers [default: 0.0.0.0:0,
+    /// or [::]:0 when the tracker is reached over IPv6]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
 
     /// The address other peers should use to reach this one, when it is not
     /// the address the tracker sees plus the listening port (NAT, several
@@ -156,12 +157,27 @@ impl Identity {
     }
 
     /// The tracker's address, resolving a host name if given one: of the
-    /// addresses a name has, the first of the listening address's family
-    /// (IPv4 or IPv6), since the tracker gives other peers the address it
-    /// sees this peer at, and this peer listens on that family only.
+    /// addresses a name has, the first of the family of `--listen`, if
+    /// given (IPv4 or IPv6), since the tracker gives other peers the
+    /// address it sees this peer at; else the first.
     async fn tracker_addr(&self) -> anyhow::Result<SocketAddr> {
-        let ipv6 = self.listen.is_ipv6();
-        resolve(&self.tracker, |found| found.is_ipv6() == ipv6).await
+        match self.listen {
+            Some(listen) => resolve(&self.tracker, |found| found.is_ipv6() == listen.is_ipv6()).await,
+            None => resolve(&self.tracker, |_| true).await,
+        }
+    }
+
+    /// Where to listen: `--listen`, or else any address of the family the
+    /// tracker at `tracker` is reached by, where it will send other peers.
+    fn listen_addr(&self, tracker: SocketAddr) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let any: IpAddr = if tracker.ip().to_canonical().is_ipv6() {
+                Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            };
+            SocketAddr::new(any, 0)
+        })
     }
 }
 

@@ -39,8 +39,8 @@ pub struct PeerArgs {
 pub async fn run(args: PeerArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let me = &args.identity;
     crate::existing_folder(&me.dir)?;
-    let client = start(me, Folder::open(&me.dir)?, ClientConfig::default()).await?;
     let tracker = me.tracker_addr().await?;
+    let client = start(me, tracker, Folder::open(&me.dir)?, ClientConfig::default()).await?;
     crate::register(&client, tracker).await?;
     seed(&client, me, tracker, Duration::from_secs(args.rescan.max(1)), &stop).await?;
     Ok(ExitCode::SUCCESS)
@@ -108,15 +108,17 @@ pub fn files(n: usize) -> String {
     format!("{n} file{}", if n == 1 { "" } else { "s" })
 }
 
-/// Binds the listening address and starts the client on `folder`.
-pub async fn start(me: &Identity, folder: Folder, config: ClientConfig) -> anyhow::Result<Client> {
-    let listener = TcpListener::bind(me.listen).await.map_err(|error| {
+/// Binds the listening address (for the tracker at `tracker`) and starts
+/// the client on `folder`.
+pub async fn start(me: &Identity, tracker: SocketAddr, folder: Folder, config: ClientConfig) -> anyhow::Result<Client> {
+    let listen = me.listen_addr(tracker);
+    let listener = TcpListener::bind(listen).await.map_err(|error| {
         let hint = if error.kind() == ErrorKind::AddrInUse {
             " (choose another with --listen)"
         } else {
             ""
         };
-        anyhow::anyhow!("cannot listen on {}: {error}{hint}", me.listen)
+        anyhow::anyhow!("cannot listen on {listen}: {error}{hint}")
     })?;
     let config = ClientConfig {
         advertise: me.advertise,
