@@ -106,9 +106,13 @@ struct Identity {
     #[arg(long, value_name = "ADDR", value_parser = host_and_port)]
     tracker: String,
 
-    /// Where this peer's server listens for other peers [default: 0.0.0.0:0,
-    /// or [::]:0 when the tracker is reached over IPv6]
-    #[arg(long, value_name = "ADDR")]
+    /// Where this peer's server listens for other peers (by default, any
+    /// address of the family the tracker is reached by: `Identity::listen_addr`).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help = "Where this peer's server listens for other peers [default: 0.0.0.0:0, or [::]:0 when the tracker is reached over IPv6]"
+    )]
     listen: Option<SocketAddr>,
 
     /// The address other peers should use to reach this one, when it is not
