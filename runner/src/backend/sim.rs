@@ -900,6 +900,10 @@ impl Listener for SimListener {
 
 #[cfg(test)]
 mod tests {
+    //! Every test runs on the fixture's paused clock: each `sleep` below
+    //! is virtual time, the pace of a made-up reader or writer, never a
+    //! wait for something to happen.
+
     use super::*;
     use phile_core::host::Stream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -942,6 +946,7 @@ mod tests {
             let trickle = async {
                 let mut sip = [0; 4096];
                 loop {
+                    // Virtual time: the reader's pace.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     reader.read_exact(&mut sip).await.unwrap();
                 }
@@ -961,11 +966,13 @@ mod tests {
         turmoil_net::fixture::lo(async {
             let (mut reader, mut writer) = loopback_pair().await;
             let catch_up = async {
+                // Virtual time: the reader takes nothing for 2 s.
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let mut got = vec![0; 1 << 20];
                 reader.read_exact(&mut got).await.unwrap();
             };
             tokio::join!(async { writer.write_all(&vec![7; 1 << 20]).await.unwrap() }, catch_up);
+            // Virtual time: 3 s more, with nothing left to send.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let waited = writer.receiver_limited().unwrap();
             assert!(
