@@ -370,9 +370,7 @@ mod tests {
     async fn a_slot_left_free_by_a_wait_given_up_is_lent() {
         let slots = UploadSlots::new();
         let _lane = slots.clone().acquire(true, here()).await;
-        let mut reading: Vec<Slot> = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false, there()).now_or_never().expect("free"))
-            .collect();
+        let mut reading: Vec<Slot> = every_slot_of_those_that_read(&slots, there());
         let mut lagging = Box::pin(slots.clone().acquire(true, there()));
         assert!(lagging.as_mut().now_or_never().is_none());
         let mut reader = Box::pin(slots.clone().acquire(false, there()));
@@ -389,9 +387,7 @@ mod tests {
     #[tokio::test]
     async fn a_conversation_that_reads_calls_back_one_loan() {
         let slots = UploadSlots::new();
-        let _reading: Vec<Slot> = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false, there()).now_or_never().expect("free"))
-            .collect();
+        let _reading: Vec<Slot> = every_slot_of_those_that_read(&slots, there());
         // Two holders of loans listen for a conversation that reads.
         let mut first = Box::pin(slots.prompt_lane_wanted_now());
         let mut second = Box::pin(slots.prompt_lane_wanted_now());
@@ -400,6 +396,13 @@ mod tests {
         assert!(reader.as_mut().now_or_never().is_none());
         let called_back = [first.now_or_never().is_some(), second.now_or_never().is_some()];
         assert_eq!(called_back, [true, false], "one loan per conversation waiting");
+    }
+
+    /// Every slot of those that read, held by conversations from `origin`.
+    fn every_slot_of_those_that_read(slots: &Arc<UploadSlots>, origin: Origin) -> Vec<Slot> {
+        (0..UPLOAD_SLOTS)
+            .map(|_| slots.clone().acquire(false, origin).now_or_never().expect("free"))
+            .collect()
     }
 
     fn there() -> Origin {
@@ -414,9 +417,7 @@ mod tests {
     async fn the_lagging_lane_goes_round_the_addresses() {
         let slots = UploadSlots::new();
         // Those that read hold their slots: nothing is lent.
-        let _reading: Vec<Slot> = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false, here()).now_or_never().expect("free"))
-            .collect();
+        let _reading: Vec<Slot> = every_slot_of_those_that_read(&slots, here());
         let (crowded, alone) = (here(), there());
         let held = slots.clone().acquire(true, crowded).await;
         // Three more conversations from the crowded address queue for the
@@ -453,9 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_for_the_slots_of_those_that_read_is_counted_while_it_lasts() {
         let slots = UploadSlots::new();
-        let held: Vec<Slot> = (0..UPLOAD_SLOTS)
-            .map(|_| slots.clone().acquire(false, here()).now_or_never().expect("free"))
-            .collect();
+        let held: Vec<Slot> = every_slot_of_those_that_read(&slots, here());
         assert!(!slots.prompt_lane_wanted());
         let mut waiting = Box::pin(slots.clone().acquire(false, here()));
         assert!((&mut waiting).now_or_never().is_none());

@@ -723,9 +723,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lent_slot_goes_back_once_a_conversation_that_reads_wants_it() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
-        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
-        assert!(slot.is_lent(), "the other slot of those that read, idle");
+        let (mut turns, slot, _held) = lent_turn(&slots, &sent).await;
         let send = turns.send(slot, trickle(&sent, 40));
         tokio::pin!(send);
         run_for(send.as_mut(), Duration::from_secs(3)).await;
@@ -744,9 +742,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lent_slot_whose_send_stalls_goes_to_another_lagging_conversation() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
-        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
-        assert!(slot.is_lent());
+        let (mut turns, slot, _held) = lent_turn(&slots, &sent).await;
         let send = turns.send(slot, silent_then_all(&sent, Duration::from_secs(10)));
         tokio::pin!(send);
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
@@ -761,9 +757,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lent_slot_passes_to_another_lagging_conversation_after_its_lease() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
-        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
-        assert!(slot.is_lent());
+        let (mut turns, slot, _held) = lent_turn(&slots, &sent).await;
         let send = turns.send(slot, trickle(&sent, 40));
         tokio::pin!(send);
         let mut other = Box::pin(slots.clone().acquire(true, address(2)));
@@ -783,9 +777,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lent_slot_is_kept_however_slow_while_nobody_else_wants_one() {
         let (slots, sent) = (UploadSlots::new(), Arc::new(AtomicU64::new(0)));
-        let (_lane, _reader) = lane_and_a_reader_slot_held(&slots).await;
-        let (mut turns, slot) = first_turn(&slots, &sent, true).await;
-        assert!(slot.is_lent());
+        let (mut turns, slot, _held) = lent_turn(&slots, &sent).await;
         turns.send(slot, silent_then_all(&sent, Duration::from_secs(10))).await;
         // Virtual time, on the paused clock: past the memory of the stall
         // at the start, which is all there was.
@@ -793,13 +785,17 @@ mod tests {
         assert!(!slots.stalled_lately(address(1)), "no stall remembered again");
     }
 
-    /// The lagging lane's slot, held by 10.0.0.3, and one slot of those
-    /// that read, by 10.0.0.9: the other is free to lend.
-    async fn lane_and_a_reader_slot_held(slots: &Arc<UploadSlots>) -> (Slot, Slot) {
+    /// The turn of a lagging conversation from 10.0.0.1 on a loan: the
+    /// lagging lane's slot held by 10.0.0.3 and one slot of those that
+    /// read by 10.0.0.9 (returned, to be held), the other idle and lent.
+    async fn lent_turn(slots: &Arc<UploadSlots>, sent: &Arc<AtomicU64>) -> (Turns, Slot, [Slot; 2]) {
         slots.stalled_at(address(3));
         let lane = slots.clone().acquire(true, address(3)).await;
         assert!(!lane.is_lent());
-        (lane, slots.clone().acquire(false, address(9)).await)
+        let reader = slots.clone().acquire(false, address(9)).await;
+        let (turns, slot) = first_turn(slots, sent, true).await;
+        assert!(slot.is_lent(), "the other slot of those that read, idle");
+        (turns, slot, [lane, reader])
     }
 
     /// The turn of a conversation from 10.0.0.1 that queued first, in
