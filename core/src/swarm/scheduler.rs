@@ -12,6 +12,14 @@
 //! flight elsewhere, so one slow peer cannot hold up the last piece; the
 //! first copy to verify wins and the others are cancelled.
 //!
+//! Copies cost nothing while they wait in the senders' queues, but two
+//! peers sending one piece at once share the downloader's link: on a slow
+//! link, every copy takes bytes from the piece it copies. So a piece that
+//! waits is copied, and the first peer to begin it takes it
+//! ([`Scheduler::started`]: the others' requests are cancelled); a piece
+//! under way is copied only by a peer that should bring it in half the
+//! time, by the paces the caller measured ([`Scheduler::set_pace`]).
+//!
 //! A piece that arrives is checked against its hash by the caller
 //! ([`Scheduler::arrived`], then [`Scheduler::checked`]). A bad one is
 //! simply missing again; the caller drops the peer that sent it
@@ -61,6 +69,21 @@ struct PeerPieces {
     in_flight: BTreeSet<usize>,
     /// How many requests it may have in flight.
     pipeline: usize,
+    /// The bytes a second it lately sent this download, once measured.
+    pace: Option<u64>,
+    /// The piece it has begun to send, if any.
+    receiving: Option<usize>,
+}
+
+impl PeerPieces {
+    /// Piece `index` is no longer asked of this peer (it came, or the
+    /// request was taken back): returns whether it was.
+    fn unask(&mut self, index: usize) -> bool {
+        if self.receiving == Some(index) {
+            self.receiving = None;
+        }
+        self.in_flight.remove(&index)
+    }
 }
 
 /// The piece plan of one download.
@@ -245,6 +268,8 @@ impl Scheduler {
                 bits,
                 in_flight,
                 pipeline,
+                pace: None,
+                receiving: None,
             },
         );
     }
@@ -255,6 +280,16 @@ impl Scheduler {
     pub fn set_pipeline(&mut self, peer: ClientId, pipeline: usize) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.pipeline = pipeline.max(1);
+        }
+    }
+
+    /// `peer` lately sent this download `pace` bytes a second: what the
+    /// endgame weighs before it asks `peer` for a copy, or asks another for
+    /// a copy of what `peer` is sending. A peer not yet measured is asked
+    /// for no copies, and its pieces are not copied.
+    pub fn set_pace(&mut self, peer: ClientId, pace: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.pace = Some(pace);
         }
     }
 
@@ -274,7 +309,7 @@ impl Scheduler {
         let Some(p) = self.peers.get_mut(&peer).filter(|_| index < self.layout.count()) else {
             return;
         };
-        let (held, asked) = (p.bits.clear(index), p.in_flight.remove(&index));
+        let (held, asked) = (p.bits.clear(index), p.unask(index));
         self.change(index, |plan| {
             plan.availability[index] -= u32::from(held);
             plan.requesters[index] -= u8::from(asked);
@@ -314,7 +349,10 @@ impl Scheduler {
             .collect();
         if picks.len() < room && self.endgame() {
             let copy = |index: &usize| {
-                !self.settled(*index) && self.requesters[*index] < ENDGAME_COPIES && !p.in_flight.contains(index)
+                !self.settled(*index)
+                    && self.requesters[*index] < ENDGAME_COPIES
+                    && !p.in_flight.contains(index)
+                    && self.copy_pays(p, *index)
             };
             let key = |index: usize| (self.requesters[index], self.availability[index], self.rank[index]);
             let more = self.pick(
@@ -331,6 +369,20 @@ impl Scheduler {
             self.change(index, |plan| plan.requesters[index] += 1);
         }
         picks
+    }
+
+    /// Whether `taker` should be asked for a copy of piece `index`. A piece
+    /// that waits in its senders' queues is copied: the first to begin it
+    /// takes it ([`Scheduler::started`]). A piece under way is copied only
+    /// if `taker`, with its own queue before it, should bring it in half
+    /// the time that its sender needs for the whole piece, at their paces.
+    /// On a link that is the bottleneck every sender gets a share of it, so
+    /// none is twice as fast as another, and no copy takes bytes from a
+    /// piece under way; a sender that is slow, or stopped, is copied.
+    fn copy_pays(&self, taker: &PeerPieces, index: usize) -> bool {
+        let queue = taker.in_flight.len() as u64 + 1;
+        let mut senders = self.peers.values().filter(|p| p.in_flight.contains(&index));
+        senders.all(|sender| sender.receiving != Some(index) || faster(taker.pace, queue, sender.pace))
     }
 
     /// Up to `room` pieces `p` holds that pass `eligible`, lowest `key`
@@ -385,14 +437,34 @@ impl Scheduler {
             }
         }
         for &index in &movable {
-            self.peers
-                .get_mut(&peer)
-                .expect("checked above")
-                .in_flight
-                .remove(&index);
+            self.peers.get_mut(&peer).expect("checked above").unask(index);
             self.change(index, |plan| plan.requesters[index] -= 1);
         }
         movable
+    }
+
+    /// `peer` began to send piece `index`: takes back the requests for it
+    /// that wait in other peers' queues, unless one of them should bring
+    /// it in half the time `peer` will (as [`Scheduler::copy_pays`] has
+    /// it), and returns them (the caller cancels them). So an endgame copy
+    /// of a piece that waited is sent by one peer, not by several at once.
+    pub fn started(&mut self, peer: ClientId, index: usize) -> Vec<(ClientId, usize)> {
+        let Some(p) = self.peers.get_mut(&peer).filter(|p| p.in_flight.contains(&index)) else {
+            return Vec::new();
+        };
+        p.receiving = Some(index);
+        let pace = p.pace;
+        let waiting: Vec<ClientId> = (self.peers.iter())
+            .filter(|(other, o)| **other != peer && o.in_flight.contains(&index) && o.receiving != Some(index))
+            .filter(|(_, o)| !faster(o.pace, o.in_flight.len() as u64, pace))
+            .map(|(other, _)| *other)
+            .collect();
+        for other in &waiting {
+            let o = self.peers.get_mut(other).expect("found above");
+            o.unask(index);
+            self.change(index, |plan| plan.requesters[index] -= 1);
+        }
+        waiting.into_iter().map(|other| (other, index)).collect()
     }
 
     /// Piece `index` arrived from `peer`.
@@ -401,7 +473,7 @@ impl Scheduler {
             return Arrival::Unwanted;
         }
         if let Some(p) = self.peers.get_mut(&peer) {
-            if p.in_flight.remove(&index) {
+            if p.unask(index) {
                 self.change(index, |plan| plan.requesters[index] -= 1);
             }
         }
@@ -427,7 +499,7 @@ impl Scheduler {
             plan.checking.clear(index);
             plan.have.set(index);
             for (peer, p) in &mut plan.peers {
-                if p.in_flight.remove(&index) {
+                if p.unask(index) {
                     plan.requesters[index] -= 1;
                     cancels.push((*peer, index));
                 }
@@ -440,6 +512,17 @@ impl Scheduler {
     pub fn forget(&mut self, index: usize) {
         self.change(index, |plan| plan.have.clear(index));
         self.unsettle(index);
+    }
+}
+
+/// Whether a peer at pace `fast`, with `queue` pieces to send before and
+/// including the one in question, should bring it in at most half the
+/// time a peer at pace `slow` needs for one piece; not when either pace
+/// is unknown.
+fn faster(fast: Option<u64>, queue: u64, slow: Option<u64>) -> bool {
+    match (fast, slow) {
+        (Some(fast), Some(slow)) => 2 * u128::from(queue) * u128::from(slow) <= u128::from(fast),
+        _ => false,
     }
 }
 
@@ -591,6 +674,8 @@ mod tests {
         plan.join(peer(2), Bitfield::full(3));
         assert_eq!(plan.requests(peer(1)), [2]);
         assert!(plan.endgame());
+        plan.set_pace(peer(1), 1_000);
+        plan.set_pace(peer(2), 2_000);
         assert_eq!(plan.requests(peer(2)), [2], "no duplicate in the endgame");
         assert!(plan.requests(peer(2)).is_empty(), "asked twice of one peer");
         assert_eq!(plan.arrived(peer(2), 2), Arrival::Check);
@@ -602,11 +687,97 @@ mod tests {
         let mut plan = Scheduler::new(layout(2), bits(2, &[0]), 1, 4);
         for id in 1..=5 {
             plan.join(peer(id), Bitfield::full(2));
+            plan.set_pace(peer(id), 10u64.pow(id as u32));
         }
         let asked: usize = (1..=5).map(|id| plan.requests(peer(id)).len()).sum();
         assert_eq!(asked, ENDGAME_COPIES as usize, "copies are capped");
         assert_eq!(plan.arrived(peer(1), 1), Arrival::Check);
         assert_eq!(plan.checked(1, true), [(peer(2), 1), (peer(3), 1)]);
+    }
+
+    #[test]
+    fn a_piece_under_way_is_copied_only_by_a_peer_twice_as_fast_as_its_sender() {
+        let mut plan = Scheduler::new(layout(3), bits(3, &[0]), 1, 4);
+        for id in 1..=3 {
+            plan.join(peer(id), Bitfield::full(3));
+        }
+        plan.set_pipeline(peer(1), 2);
+        let first = plan.requests(peer(1));
+        assert_eq!(first.len(), 2);
+        assert!(plan.endgame());
+        let (under_way, waiting) = (first[0], first[1]);
+        assert!(plan.started(peer(1), under_way).is_empty(), "nobody else asked");
+        // Paces unknown: only the piece that waits is copied.
+        assert_eq!(plan.requests(peer(2)), [waiting]);
+        // Peer 1 sends at 1 MB/s; peer 3, with nothing queued, at 1.9 MB/s
+        // would not bring the piece in half the time, at 2 MB/s it would.
+        plan.set_pace(peer(1), 1_000_000);
+        plan.set_pipeline(peer(3), 1);
+        plan.set_pace(peer(3), 1_900_000);
+        assert_eq!(plan.requests(peer(3)), [waiting], "a copy from a peer not fast enough");
+        let mut plan_again = plan.clone();
+        plan_again.set_pipeline(peer(3), 2);
+        plan_again.set_pace(peer(3), 2_000_000);
+        assert!(
+            plan_again.requests(peer(3)).is_empty(),
+            "with one piece queued, 2 MB/s is not fast enough"
+        );
+        plan_again.set_pace(peer(3), 4_000_000);
+        assert_eq!(plan_again.requests(peer(3)), [under_way]);
+        plan.set_pipeline(peer(3), 2);
+        plan.leave(peer(3));
+        plan.join(peer(3), Bitfield::full(3));
+        plan.set_pace(peer(3), 2_000_000);
+        let mut copies = plan.requests(peer(3));
+        copies.sort_unstable();
+        assert_eq!(copies, [1, 2], "a copy from a peer fast enough");
+
+        // A sender that stopped (its pace fell to nothing) is copied by any
+        // peer measured.
+        let mut plan = Scheduler::new(layout(2), bits(2, &[0]), 1, 4);
+        plan.join(peer(1), Bitfield::full(2));
+        plan.join(peer(2), Bitfield::full(2));
+        assert_eq!(plan.requests(peer(1)), [1]);
+        plan.started(peer(1), 1);
+        plan.set_pace(peer(2), 1);
+        assert!(plan.requests(peer(2)).is_empty(), "a copy of a sender of unknown pace");
+        plan.set_pace(peer(1), 0);
+        assert_eq!(plan.requests(peer(2)), [1]);
+    }
+
+    #[test]
+    fn the_first_peer_to_begin_a_piece_copied_takes_it_from_those_not_twice_as_fast() {
+        let copied = || {
+            let mut plan = Scheduler::new(layout(2), bits(2, &[0]), 1, 4);
+            plan.join(peer(1), Bitfield::full(2));
+            plan.join(peer(2), Bitfield::full(2));
+            assert_eq!(plan.requests(peer(1)), [1]);
+            assert_eq!(plan.requests(peer(2)), [1], "a piece that waits is copied");
+            plan
+        };
+        let mut plan = copied();
+        assert_eq!(plan.started(peer(2), 1), [(peer(1), 1)]);
+        assert_eq!(plan.in_flight(peer(1)), 0);
+        assert!(plan.requests(peer(1)).is_empty(), "a piece under way copied");
+        assert_eq!(plan.arrived(peer(2), 1), Arrival::Check);
+        assert_eq!(plan.checked(1, true), []);
+        assert!(plan.is_complete());
+
+        // Peer 1, twice as fast, keeps its request; and once it began too,
+        // neither is taken back.
+        let mut plan = copied();
+        plan.set_pace(peer(1), 2_000);
+        plan.set_pace(peer(2), 1_000);
+        assert_eq!(plan.started(peer(2), 1), []);
+        assert_eq!(plan.started(peer(1), 1), []);
+        assert_eq!(plan.arrived(peer(1), 1), Arrival::Check);
+        assert_eq!(plan.checked(1, true), [(peer(2), 1)]);
+
+        // A piece nobody asked of the peer changes nothing.
+        let mut plan = copied();
+        assert!(plan.started(peer(3), 1).is_empty());
+        assert!(plan.started(peer(1), 0).is_empty());
+        assert_eq!((plan.in_flight(peer(1)), plan.in_flight(peer(2))), (1, 1));
     }
 
     #[test]
@@ -702,7 +873,10 @@ mod tests {
                 3 if rng.random_bool(0.1) => {
                     plan.leave(who);
                 }
-                4 => plan.set_pipeline(who, rng.random_range(1..8)),
+                4 => {
+                    plan.set_pipeline(who, rng.random_range(1..8));
+                    plan.set_pace(who, rng.random_range(0..4));
+                }
                 5 | 6 => {
                     let asked = plan.requests(who);
                     let held = plan.peers.get(&who).map(|p| p.bits.clone());
@@ -715,6 +889,10 @@ mod tests {
                     // of one nobody asked for.
                     let asked = plan.peers.get(&who).and_then(|p| p.in_flight.iter().next().copied());
                     let piece = asked.unwrap_or(index);
+                    // Begun first, now and then while others wait to send it.
+                    if rng.random_bool(0.5) {
+                        plan.started(who, piece);
+                    }
                     if plan.arrived(who, piece) == Arrival::Check {
                         plan.checked(piece, rng.random_bool(0.9));
                     }

@@ -120,6 +120,14 @@ impl Run<'_> {
             }
             _ => return,
         }
+        // In the endgame, whether a piece under way is copied depends on
+        // its sender's pace: a sender that stopped must not wait for the
+        // tick to be found out.
+        if self.plan.endgame() {
+            self.pace_everyone();
+        } else {
+            self.pace(peer);
+        }
         // Before the hashes, nothing was asked for, and nothing can be
         // checked: the piece is ignored, and stays to be asked for.
         let Some(part) = &self.part else {

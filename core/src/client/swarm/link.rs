@@ -31,6 +31,8 @@ pub(super) enum Heard {
     Joined(Requests, Bitfield, Arc<AtomicU64>),
     /// The piece hashes.
     Layer(Vec<Digest>),
+    /// The peer began to send a piece (its bytes follow).
+    Started(usize),
     /// A piece's bytes.
     Piece(usize, Bytes),
     /// The peer gained a piece.
@@ -203,10 +205,18 @@ async fn listen(
         let heard = match inbound.message::<PeerReply>(None).await {
             Ok(None) => return None,
             Err(error) => return Some(connection_problem(&error)),
-            Ok(Some(reply)) => match read_reply(inbound, layout, reply).await {
-                Ok(heard) => heard,
-                Err(problem) => return Some(problem),
-            },
+            Ok(Some(reply)) => {
+                if let PeerReply::Piece { index } = reply {
+                    let began = Heard::Started(index as usize);
+                    if index < layout.count() as u64 && tell.send((peer, began)).await.is_err() {
+                        return None;
+                    }
+                }
+                match read_reply(inbound, layout, reply).await {
+                    Ok(heard) => heard,
+                    Err(problem) => return Some(problem),
+                }
+            }
         };
         let last = matches!(heard, Heard::Checked);
         if tell.send((peer, heard)).await.is_err() || last {

@@ -527,6 +527,7 @@ impl<'a> Run<'a> {
             let pipeline = (std::mem::take(&mut peer.delivered) + 1).clamp(quiet, self.pipeline);
             self.plan.set_pipeline(*id, pipeline);
         }
+        self.pace_everyone();
         self.ask_elsewhere(waiting, serving);
         self.ask_everyone();
         let now = Instant::now();

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -35,6 +36,45 @@ pub(super) struct Peer {
     pub(super) blamed: bool,
     /// Pieces it delivered since the last tick.
     pub(super) delivered: usize,
+    /// The window over which its pace is measured.
+    pub(super) pace: PaceWindow,
+}
+
+/// The shortest span over which a peer's pace is measured: shorter spans,
+/// over TCP, see the bursts in which bytes come rather than their rate.
+const PACE_SPAN: Duration = Duration::from_millis(200);
+
+/// Where a peer's pace (the bytes a second it sends this download) is
+/// measured from: a time, and its count of body bytes then. It starts
+/// again whenever the peer, owing nothing, is asked for something, so
+/// that the time it sat idle is not counted against it.
+pub(super) struct PaceWindow {
+    /// When the window began.
+    since: Instant,
+    /// The peer's count of body bytes when it began.
+    bytes: u64,
+}
+
+impl PaceWindow {
+    /// A window beginning now, at `bytes` received.
+    fn new(bytes: u64) -> PaceWindow {
+        PaceWindow {
+            since: Instant::now(),
+            bytes,
+        }
+    }
+
+    /// The bytes a second since the window began, `received` now, if it is
+    /// [`PACE_SPAN`] long; the next window then begins.
+    pub(super) fn measure(&mut self, received: u64) -> Option<u64> {
+        let span = self.since.elapsed();
+        if span < PACE_SPAN {
+            return None;
+        }
+        let bytes = received.saturating_sub(self.bytes);
+        *self = PaceWindow::new(received);
+        Some((u128::from(bytes) * 1_000_000 / span.as_micros()) as u64)
+    }
 }
 
 impl Run<'_> {
@@ -119,6 +159,7 @@ impl Run<'_> {
                         received_seen: 0,
                         blamed: false,
                         delivered: 0,
+                        pace: PaceWindow::new(0),
                     },
                 );
                 self.plan.join(peer, bits);
@@ -129,6 +170,12 @@ impl Run<'_> {
                 }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
+            Heard::Started(index) => {
+                for (other, index) in self.plan.started(peer, index) {
+                    self.send(other, PeerRequest::Cancel { index: index as u64 });
+                    self.ask(other);
+                }
+            }
             Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes),
             Heard::Have(index) => {
                 if self.plan.gained(peer, index) {
@@ -166,12 +213,37 @@ impl Run<'_> {
                 }
             }
         }
-        // A peer's stall clock starts when it first owes something: one
-        // that sat idle for long is not stalled the moment it is asked.
+        // A peer's stall clock, and its pace, start when it first owes
+        // something: one that sat idle for long is neither stalled nor slow
+        // the moment it is asked.
         if owed_nothing && self.owes(peer) {
             if let Some(link) = self.peers.get_mut(&peer) {
                 link.stall_clock = Instant::now();
+                link.pace = PaceWindow::new(link.received.load(Ordering::Relaxed));
             }
+        }
+    }
+
+    /// Measures the pace of every peer that owes pieces ([`Run::pace`]).
+    pub(super) fn pace_everyone(&mut self) {
+        let peers: Vec<ClientId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.pace(peer);
+        }
+    }
+
+    /// Measures `peer`'s pace, if it owes pieces and its window is long
+    /// enough: at each piece it delivers (in the endgame, at each piece
+    /// anyone delivers), and at each tick.
+    pub(super) fn pace(&mut self, peer: ClientId) {
+        if self.plan.in_flight(peer) == 0 {
+            return;
+        }
+        let Some(link) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(pace) = link.pace.measure(link.received.load(Ordering::Relaxed)) {
+            self.plan.set_pace(peer, pace);
         }
     }
 
@@ -360,5 +432,23 @@ impl Run<'_> {
                 p.stall_clock = clock;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_is_the_bytes_a_second_over_a_span_long_enough() {
+        let mut window = PaceWindow::new(1_000);
+        // Virtual time on the paused clock: the span, not a wait.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(window.measure(101_000), None, "a span too short to tell");
+        tokio::time::advance(Duration::from_millis(150)).await;
+        assert_eq!(window.measure(251_000), Some(1_000_000));
+        // The next window starts where that one ended.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(window.measure(251_000), Some(0), "a peer that sent nothing");
     }
 }
