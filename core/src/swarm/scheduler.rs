@@ -283,10 +283,12 @@ impl Scheduler {
         }
     }
 
-    /// `peer` lately sent this download `pace` bytes a second: what the
-    /// endgame weighs before it asks `peer` for a copy, or asks another for
-    /// a copy of what `peer` is sending. A peer not yet measured is asked
-    /// for no copies, and its pieces are not copied.
+    /// `peer` lately sent this download `pace` bytes a second, while it
+    /// was sending: what the endgame weighs before it asks `peer` for a
+    /// copy of a piece under way elsewhere, or another peer for a copy of
+    /// the piece `peer` is sending. Until measured, a peer takes copies of
+    /// waiting pieces only, and its piece under way is copied only once
+    /// it is measured.
     pub fn set_pace(&mut self, peer: ClientId, pace: u64) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.pace = Some(pace);
@@ -375,10 +377,11 @@ impl Scheduler {
     /// that waits in its senders' queues is copied: the first to begin it
     /// takes it ([`Scheduler::started`]). A piece under way is copied only
     /// if `taker`, with its own queue before it, should bring it in half
-    /// the time that its sender needs for the whole piece, at their paces.
-    /// On a link that is the bottleneck every sender gets a share of it, so
-    /// none is twice as fast as another, and no copy takes bytes from a
-    /// piece under way; a sender that is slow, or stopped, is copied.
+    /// the time that its sender needs for the whole piece, at their paces
+    /// ([`faster`]). On a link that is the bottleneck every sender gets a
+    /// share of it, so none is twice as fast as another, and no copy takes
+    /// bytes from a piece under way; a sender that is slow, or stopped, is
+    /// copied by a peer measured faster.
     fn copy_pays(&self, taker: &PeerPieces, index: usize) -> bool {
         let queue = taker.in_flight.len() as u64 + 1;
         let mut senders = self.peers.values().filter(|p| p.in_flight.contains(&index));
@@ -515,13 +518,14 @@ impl Scheduler {
     }
 }
 
-/// Whether a peer at pace `fast`, with `queue` pieces to send before and
+/// Whether a peer at pace `taker`, with `queue` pieces to send before and
 /// including the one in question, should bring it in at most half the
-/// time a peer at pace `slow` needs for one piece; not when either pace
-/// is unknown.
-fn faster(fast: Option<u64>, queue: u64, slow: Option<u64>) -> bool {
-    match (fast, slow) {
-        (Some(fast), Some(slow)) => 2 * u128::from(queue) * u128::from(slow) <= u128::from(fast),
+/// time a peer at pace `sender` needs for one piece; not when either pace
+/// is unknown. A peer not measured yet may be slow itself: on a slow
+/// link, its copy would take bytes from the piece under way.
+fn faster(taker: Option<u64>, queue: u64, sender: Option<u64>) -> bool {
+    match (taker, sender) {
+        (Some(taker), Some(sender)) => 2 * u128::from(queue) * u128::from(sender) <= u128::from(taker),
         _ => false,
     }
 }
@@ -733,15 +737,15 @@ mod tests {
         assert_eq!(copies, [1, 2], "a copy from a peer fast enough");
 
         // A sender that stopped (its pace fell to nothing) is copied by any
-        // peer measured.
+        // peer measured, however slow.
         let mut plan = Scheduler::new(layout(2), bits(2, &[0]), 1, 4);
         plan.join(peer(1), Bitfield::full(2));
         plan.join(peer(2), Bitfield::full(2));
         assert_eq!(plan.requests(peer(1)), [1]);
         plan.started(peer(1), 1);
-        plan.set_pace(peer(2), 1);
-        assert!(plan.requests(peer(2)).is_empty(), "a copy of a sender of unknown pace");
         plan.set_pace(peer(1), 0);
+        assert!(plan.requests(peer(2)).is_empty(), "a copy from a peer of unknown pace");
+        plan.set_pace(peer(2), 1);
         assert_eq!(plan.requests(peer(2)), [1]);
     }
 
@@ -843,6 +847,9 @@ mod tests {
         for index in 0..count {
             let holders = plan.peers.values().filter(|p| p.bits.has(index)).count();
             let asked = plan.peers.values().filter(|p| p.in_flight.contains(&index)).count();
+            let sending_unasked =
+                (plan.peers.values()).any(|p| p.receiving == Some(index) && !p.in_flight.contains(&index));
+            assert!(!sending_unasked, "piece {index} under way, not asked for");
             assert_eq!(plan.availability[index] as usize, holders, "availability of {index}");
             assert_eq!(plan.requesters[index] as usize, asked, "requesters of {index}");
         }

@@ -120,13 +120,12 @@ impl Run<'_> {
             }
             _ => return,
         }
+        self.pace_whole(peer);
         // In the endgame, whether a piece under way is copied depends on
         // its sender's pace: a sender that stopped must not wait for the
         // tick to be found out.
         if self.plan.endgame() {
-            self.pace_everyone();
-        } else {
-            self.pace(peer);
+            self.pace_under_way();
         }
         // Before the hashes, nothing was asked for, and nothing can be
         // checked: the piece is ignored, and stays to be asked for.

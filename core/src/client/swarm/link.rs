@@ -206,6 +206,9 @@ async fn listen(
             Ok(None) => return None,
             Err(error) => return Some(connection_problem(&error)),
             Ok(Some(reply)) => {
+                // Told before the body is read: the download then takes
+                // back the copies of this piece that wait with other peers
+                // before they begin them too, and times the piece.
                 if let PeerReply::Piece { index } = reply {
                     let began = Heard::Started(index as usize);
                     if index < layout.count() as u64 && tell.send((peer, began)).await.is_err() {

@@ -488,6 +488,9 @@ impl<'a> Run<'a> {
                     continue;
                 }
             }
+            // In the endgame, a piece under way is copied once its sender
+            // is found slow: its pace is looked at as soon as it can tell.
+            let pace_due = self.plan.endgame().then(|| self.pace_due()).flatten();
             tokio::select! {
                 biased;
                 Some((peer, heard)) = self.heard.recv() => self.hear(peer, heard).await?,
@@ -511,6 +514,10 @@ impl<'a> Run<'a> {
                     self.take_peers(reply)?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet(),
+                _ = tokio::time::sleep_until(pace_due.unwrap_or_else(Instant::now)), if pace_due.is_some() => {
+                    self.pace_under_way();
+                    self.ask_everyone();
+                }
                 _ = tick.tick() => self.tend().await?,
             }
         }
@@ -527,7 +534,7 @@ impl<'a> Run<'a> {
             let pipeline = (std::mem::take(&mut peer.delivered) + 1).clamp(quiet, self.pipeline);
             self.plan.set_pipeline(*id, pipeline);
         }
-        self.pace_everyone();
+        self.pace_under_way();
         self.ask_elsewhere(waiting, serving);
         self.ask_everyone();
         let now = Instant::now();

@@ -36,44 +36,62 @@ pub(super) struct Peer {
     pub(super) blamed: bool,
     /// Pieces it delivered since the last tick.
     pub(super) delivered: usize,
-    /// The window over which its pace is measured.
-    pub(super) pace: PaceWindow,
+    /// While it sends a piece: the window over which its pace is measured.
+    pub(super) sending: Option<PaceWindow>,
 }
 
-/// The shortest span over which a peer's pace is measured: shorter spans,
-/// over TCP, see the bursts in which bytes come rather than their rate.
+/// How often the pace of a piece under way is looked at (in the endgame,
+/// and at least at each tick); it is the piece's pace so far, from its
+/// first byte, so a link that moves bytes in bursts (over TCP, or a rate
+/// cap's quanta) does not look stopped between two of them.
 const PACE_SPAN: Duration = Duration::from_millis(200);
 
-/// Where a peer's pace (the bytes a second it sends this download) is
-/// measured from: a time, and its count of body bytes then. It starts
-/// again whenever the peer, owing nothing, is asked for something, so
-/// that the time it sat idle is not counted against it.
+/// A peer's pace (the bytes a second it sends this download while it
+/// sends) is measured over the piece it is sending: from the time it
+/// began, and its count of body bytes then. The time its requests waited
+/// in its queue, behind other downloaders, is not counted: that wait is
+/// what endgame copies of waiting pieces are for.
 pub(super) struct PaceWindow {
-    /// When the window began.
+    /// When the peer began the piece.
     since: Instant,
-    /// The peer's count of body bytes when it began.
+    /// The peer's count of body bytes then.
     bytes: u64,
+    /// When the pace of the piece under way is next looked at.
+    next_look: Instant,
 }
 
 impl PaceWindow {
-    /// A window beginning now, at `bytes` received.
+    /// A piece begun now, at `bytes` received.
     fn new(bytes: u64) -> PaceWindow {
+        let since = Instant::now();
         PaceWindow {
-            since: Instant::now(),
+            since,
             bytes,
+            next_look: since + PACE_SPAN,
         }
     }
 
-    /// The bytes a second since the window began, `received` now, if it is
-    /// [`PACE_SPAN`] long; the next window then begins.
-    pub(super) fn measure(&mut self, received: u64) -> Option<u64> {
-        let span = self.since.elapsed();
-        if span < PACE_SPAN {
+    /// The bytes a second since the piece began, `received` now.
+    fn pace(&self, received: u64) -> u64 {
+        let span = self.since.elapsed().as_micros().max(1);
+        let bytes = received.saturating_sub(self.bytes);
+        u64::try_from(u128::from(bytes) * 1_000_000 / span).unwrap_or(u64::MAX)
+    }
+
+    /// When the pace of the piece under way is next looked at.
+    fn due(&self) -> Instant {
+        self.next_look
+    }
+
+    /// The pace so far of the piece under way, if it is time to look
+    /// ([`PACE_SPAN`] since the piece began, or since the last look).
+    fn look(&mut self, received: u64) -> Option<u64> {
+        let now = Instant::now();
+        if now < self.next_look {
             return None;
         }
-        let bytes = received.saturating_sub(self.bytes);
-        *self = PaceWindow::new(received);
-        Some((u128::from(bytes) * 1_000_000 / span.as_micros()) as u64)
+        self.next_look = now + PACE_SPAN;
+        Some(self.pace(received))
     }
 }
 
@@ -159,7 +177,7 @@ impl Run<'_> {
                         received_seen: 0,
                         blamed: false,
                         delivered: 0,
-                        pace: PaceWindow::new(0),
+                        sending: None,
                     },
                 );
                 self.plan.join(peer, bits);
@@ -170,12 +188,7 @@ impl Run<'_> {
                 }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
-            Heard::Started(index) => {
-                for (other, index) in self.plan.started(peer, index) {
-                    self.send(other, PeerRequest::Cancel { index: index as u64 });
-                    self.ask(other);
-                }
-            }
+            Heard::Started(index) => self.began(peer, index),
             Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes),
             Heard::Have(index) => {
                 if self.plan.gained(peer, index) {
@@ -213,37 +226,57 @@ impl Run<'_> {
                 }
             }
         }
-        // A peer's stall clock, and its pace, start when it first owes
-        // something: one that sat idle for long is neither stalled nor slow
-        // the moment it is asked.
+        // A peer's stall clock starts when it first owes something: one
+        // that sat idle for long is not stalled the moment it is asked.
         if owed_nothing && self.owes(peer) {
             if let Some(link) = self.peers.get_mut(&peer) {
                 link.stall_clock = Instant::now();
-                link.pace = PaceWindow::new(link.received.load(Ordering::Relaxed));
             }
         }
     }
 
-    /// Measures the pace of every peer that owes pieces ([`Run::pace`]).
-    pub(super) fn pace_everyone(&mut self) {
-        let peers: Vec<ClientId> = self.peers.keys().copied().collect();
-        for peer in peers {
-            self.pace(peer);
+    /// `peer` began to send piece `index`: its pace is measured from now,
+    /// and requests for the piece that wait with others are taken back
+    /// ([`Scheduler::started`](crate::swarm::scheduler::Scheduler::started)).
+    fn began(&mut self, peer: ClientId, index: usize) {
+        if let Some(link) = self.peers.get_mut(&peer) {
+            link.sending = Some(PaceWindow::new(link.received.load(Ordering::Relaxed)));
+        }
+        for (other, index) in self.plan.started(peer, index) {
+            self.send(other, PeerRequest::Cancel { index: index as u64 });
+            self.ask(other);
         }
     }
 
-    /// Measures `peer`'s pace, if it owes pieces and its window is long
-    /// enough: at each piece it delivers (in the endgame, at each piece
-    /// anyone delivers), and at each tick.
-    pub(super) fn pace(&mut self, peer: ClientId) {
-        if self.plan.in_flight(peer) == 0 {
-            return;
-        }
+    /// `peer` delivered the piece it was sending: its pace is that
+    /// piece's.
+    pub(super) fn pace_whole(&mut self, peer: ClientId) {
         let Some(link) = self.peers.get_mut(&peer) else {
             return;
         };
-        if let Some(pace) = link.pace.measure(link.received.load(Ordering::Relaxed)) {
+        if let Some(window) = link.sending.take() {
+            let pace = window.pace(link.received.load(Ordering::Relaxed));
             self.plan.set_pace(peer, pace);
+        }
+    }
+
+    /// When the first pace of a piece under way can next be measured.
+    pub(super) fn pace_due(&self) -> Option<Instant> {
+        (self.peers.values())
+            .filter_map(|link| link.sending.as_ref())
+            .map(PaceWindow::due)
+            .min()
+    }
+
+    /// Measures the pace of every peer with a piece under way for
+    /// [`PACE_SPAN`] or more: a sender that slowed down, or stopped, is
+    /// found out before its piece ends.
+    pub(super) fn pace_under_way(&mut self) {
+        for (peer, link) in &mut self.peers {
+            let received = link.received.load(Ordering::Relaxed);
+            if let Some(pace) = link.sending.as_mut().and_then(|window| window.look(received)) {
+                self.plan.set_pace(*peer, pace);
+            }
         }
     }
 
@@ -333,7 +366,7 @@ impl Run<'_> {
         self.banned.insert(peer);
         // Its connection may have ended first, leaving it to rest.
         self.resting.remove(&peer);
-        let released = self.plan.leave(peer);
+        self.plan.leave(peer);
         let complaint = Request {
             trace: trace::next(),
             body: PeerRequest::BadPiece { index: index as u64 },
@@ -355,9 +388,9 @@ impl Run<'_> {
             let error = TransferError::WrongPiece { index };
             self.rejections.push(Rejection { peer, problem, error });
         }
-        if !released.is_empty() {
-            self.ask_everyone();
-        }
+        // The bad piece is missing again, and the copies that waited for
+        // it may have been taken back when this peer began it.
+        self.ask_everyone();
         Ok(())
     }
 
@@ -440,15 +473,19 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_pace_is_the_bytes_a_second_over_a_span_long_enough() {
+    async fn a_pace_is_the_bytes_a_second_a_peer_sends_since_it_began_a_piece() {
+        // Virtual time on the paused clock: spans, not waits.
         let mut window = PaceWindow::new(1_000);
-        // Virtual time on the paused clock: the span, not a wait.
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(window.measure(101_000), None, "a span too short to tell");
+        assert_eq!(window.pace(101_000), 1_000_000, "a whole piece, however short");
+        assert_eq!(window.look(101_000), None, "a piece under way, too soon to tell");
         tokio::time::advance(Duration::from_millis(150)).await;
-        assert_eq!(window.measure(251_000), Some(1_000_000));
-        // The next window starts where that one ended.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(window.measure(251_000), Some(0), "a peer that sent nothing");
+        assert_eq!(window.look(251_000), Some(1_000_000));
+        assert_eq!(window.look(251_000), None, "looked at a moment ago");
+        // A sender that stopped slows down from the piece's first byte on,
+        // not from the last look: bursts do not look like stops.
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(window.look(251_000), Some(500_000));
+        assert_eq!(PaceWindow::new(0).pace(1), 1_000_000, "no time at all");
     }
 }
