@@ -72,15 +72,15 @@ struct PeerPieces {
     /// The bytes a second it lately sent this download, once measured.
     pace: Option<u64>,
     /// The piece it has begun to send, if any.
-    receiving: Option<usize>,
+    sending: Option<usize>,
 }
 
 impl PeerPieces {
     /// Piece `index` is no longer asked of this peer (it came, or the
     /// request was taken back): returns whether it was.
     fn unask(&mut self, index: usize) -> bool {
-        if self.receiving == Some(index) {
-            self.receiving = None;
+        if self.sending == Some(index) {
+            self.sending = None;
         }
         self.in_flight.remove(&index)
     }
@@ -269,7 +269,7 @@ impl Scheduler {
                 in_flight,
                 pipeline,
                 pace: None,
-                receiving: None,
+                sending: None,
             },
         );
     }
@@ -385,7 +385,7 @@ impl Scheduler {
     fn copy_pays(&self, taker: &PeerPieces, index: usize) -> bool {
         let queue = taker.in_flight.len() as u64 + 1;
         let mut senders = self.peers.values().filter(|p| p.in_flight.contains(&index));
-        senders.all(|sender| sender.receiving != Some(index) || faster(taker.pace, queue, sender.pace))
+        senders.all(|sender| sender.sending != Some(index) || faster(taker.pace, queue, sender.pace))
     }
 
     /// Up to `room` pieces `p` holds that pass `eligible`, lowest `key`
@@ -455,10 +455,10 @@ impl Scheduler {
         let Some(p) = self.peers.get_mut(&peer).filter(|p| p.in_flight.contains(&index)) else {
             return Vec::new();
         };
-        p.receiving = Some(index);
+        p.sending = Some(index);
         let pace = p.pace;
         let waiting: Vec<ClientId> = (self.peers.iter())
-            .filter(|(other, o)| **other != peer && o.in_flight.contains(&index) && o.receiving != Some(index))
+            .filter(|(other, o)| **other != peer && o.in_flight.contains(&index) && o.sending != Some(index))
             .filter(|(_, o)| !faster(o.pace, o.in_flight.len() as u64, pace))
             .map(|(other, _)| *other)
             .collect();
@@ -848,7 +848,7 @@ mod tests {
             let holders = plan.peers.values().filter(|p| p.bits.has(index)).count();
             let asked = plan.peers.values().filter(|p| p.in_flight.contains(&index)).count();
             let sending_unasked =
-                (plan.peers.values()).any(|p| p.receiving == Some(index) && !p.in_flight.contains(&index));
+                (plan.peers.values()).any(|p| p.sending == Some(index) && !p.in_flight.contains(&index));
             assert!(!sending_unasked, "piece {index} under way, not asked for");
             assert_eq!(plan.availability[index] as usize, holders, "availability of {index}");
             assert_eq!(plan.requesters[index] as usize, asked, "requesters of {index}");

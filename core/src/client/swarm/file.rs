@@ -111,7 +111,8 @@ impl Run<'_> {
 
     /// Piece `index` arrived from `peer`: checked and written in the
     /// background, unless it is a duplicate.
-    pub(super) fn take_piece(&mut self, peer: ClientId, index: usize, bytes: Bytes) {
+    pub(super) fn take_piece(&mut self, peer: ClientId, index: usize, bytes: Bytes, done: Instant) {
+        self.pace_whole(peer, bytes.len() as u64, done);
         match self.peers.get_mut(&peer) {
             // Nothing more is taken from a peer blamed for a bad piece.
             Some(link) if !link.blamed => {
@@ -120,11 +121,11 @@ impl Run<'_> {
             }
             _ => return,
         }
-        self.pace_whole(peer);
         // In the endgame, whether a piece under way is copied depends on
         // its sender's pace: a sender that stopped must not wait for the
-        // tick to be found out.
-        if self.plan.endgame() {
+        // tick to be found out, and any peer with room may copy its piece.
+        let endgame = self.plan.endgame();
+        if endgame {
             self.pace_under_way();
         }
         // Before the hashes, nothing was asked for, and nothing can be
@@ -136,7 +137,11 @@ impl Run<'_> {
             let taking = part.take_piece(index, bytes);
             self.checking.push(Box::pin(async move { (peer, index, taking.await) }));
         }
-        self.ask(peer);
+        if endgame {
+            self.ask_everyone();
+        } else {
+            self.ask(peer);
+        }
     }
 
     /// Piece `index` from `peer` was checked (and, if good, written).

@@ -10,12 +10,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::Run;
 use crate::connection::{Connection, ConnectionError};
@@ -31,10 +32,12 @@ pub(super) enum Heard {
     Joined(Requests, Bitfield, Arc<AtomicU64>),
     /// The piece hashes.
     Layer(Vec<Digest>),
-    /// The peer began to send a piece (its bytes follow).
-    Started(usize),
-    /// A piece's bytes.
-    Piece(usize, Bytes),
+    /// The peer began to send a piece (its bytes follow): when its header
+    /// was read, and the count of body bytes then. Timed here, as they are
+    /// read: the download handles them later, maybe after other messages.
+    Started(usize, Instant, u64),
+    /// A piece's bytes, and when the last of them was read.
+    Piece(usize, Bytes, Instant),
     /// The peer gained a piece.
     Have(usize),
     /// The peer does not hold a piece after all.
@@ -201,6 +204,7 @@ async fn listen(
     peer: ClientId,
     tell: &mpsc::Sender<(ClientId, Heard)>,
 ) -> Option<Problem> {
+    let counted = inbound.received();
     loop {
         let heard = match inbound.message::<PeerReply>(None).await {
             Ok(None) => return None,
@@ -208,9 +212,9 @@ async fn listen(
             Ok(Some(reply)) => {
                 // Told before the body is read: the download then takes
                 // back the copies of this piece that wait with other peers
-                // before they begin them too, and times the piece.
+                // before they begin them too, and times the piece from here.
                 if let PeerReply::Piece { index } = reply {
-                    let began = Heard::Started(index as usize);
+                    let began = Heard::Started(index as usize, Instant::now(), counted.load(Ordering::Relaxed));
                     if index < layout.count() as u64 && tell.send((peer, began)).await.is_err() {
                         return None;
                     }
@@ -238,7 +242,7 @@ async fn read_reply(inbound: &mut wire::Inbound, layout: Layout, reply: PeerRepl
                 .body(layout.len(index as usize) as usize)
                 .await
                 .map_err(body_problem)?;
-            Heard::Piece(index as usize, bytes)
+            Heard::Piece(index as usize, bytes, Instant::now())
         }
         PeerReply::Layer { pieces } if pieces == count => {
             let bytes = inbound.body(count as usize * 20).await.map_err(body_problem)?;

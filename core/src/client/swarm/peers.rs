@@ -47,12 +47,14 @@ pub(super) struct Peer {
 const PACE_SPAN: Duration = Duration::from_millis(200);
 
 /// A peer's pace (the bytes a second it sends this download while it
-/// sends) is measured over the piece it is sending: from the time it
-/// began, and its count of body bytes then. The time its requests waited
-/// in its queue, behind other downloaders, is not counted: that wait is
-/// what endgame copies of waiting pieces are for.
+/// sends) is measured over the piece it is sending: from the time its
+/// header was read, and the peer's count of body bytes then, both taken by
+/// the connection as it reads (the download may handle the header after
+/// more of the body came). The time its requests waited in its queue,
+/// behind other downloaders, is not counted: that wait is what endgame
+/// copies of waiting pieces are for.
 pub(super) struct PaceWindow {
-    /// When the peer began the piece.
+    /// When the piece's header was read.
     since: Instant,
     /// The peer's count of body bytes then.
     bytes: u64,
@@ -61,9 +63,9 @@ pub(super) struct PaceWindow {
 }
 
 impl PaceWindow {
-    /// A piece begun now, at `bytes` received.
-    fn new(bytes: u64) -> PaceWindow {
-        let since = Instant::now();
+    /// A piece whose header was read at `since`, when `bytes` body bytes
+    /// had come from the peer.
+    pub(super) fn new(since: Instant, bytes: u64) -> PaceWindow {
         PaceWindow {
             since,
             bytes,
@@ -71,10 +73,9 @@ impl PaceWindow {
         }
     }
 
-    /// The bytes a second since the piece began, `received` now.
-    fn pace(&self, received: u64) -> u64 {
-        let span = self.since.elapsed().as_micros().max(1);
-        let bytes = received.saturating_sub(self.bytes);
+    /// `bytes` a second over the span from the header to `now`.
+    fn pace(&self, bytes: u64, now: Instant) -> u64 {
+        let span = now.saturating_duration_since(self.since).as_micros().max(1);
         u64::try_from(u128::from(bytes) * 1_000_000 / span).unwrap_or(u64::MAX)
     }
 
@@ -83,15 +84,16 @@ impl PaceWindow {
         self.next_look
     }
 
-    /// The pace so far of the piece under way, if it is time to look
-    /// ([`PACE_SPAN`] since the piece began, or since the last look).
+    /// The pace so far of the piece under way, `received` counted now, if
+    /// it is time to look ([`PACE_SPAN`] since the header, or since the
+    /// last look).
     fn look(&mut self, received: u64) -> Option<u64> {
         let now = Instant::now();
         if now < self.next_look {
             return None;
         }
         self.next_look = now + PACE_SPAN;
-        Some(self.pace(received))
+        Some(self.pace(received.saturating_sub(self.bytes), now))
     }
 }
 
@@ -188,8 +190,8 @@ impl Run<'_> {
                 }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
-            Heard::Started(index) => self.began(peer, index),
-            Heard::Piece(index, bytes) => self.take_piece(peer, index, bytes),
+            Heard::Started(index, at, received) => self.began(peer, index, PaceWindow::new(at, received)),
+            Heard::Piece(index, bytes, done) => self.take_piece(peer, index, bytes, done),
             Heard::Have(index) => {
                 if self.plan.gained(peer, index) {
                     self.ask(peer);
@@ -235,12 +237,13 @@ impl Run<'_> {
         }
     }
 
-    /// `peer` began to send piece `index`: its pace is measured from now,
-    /// and requests for the piece that wait with others are taken back
-    /// ([`Scheduler::started`](crate::swarm::scheduler::Scheduler::started)).
-    fn began(&mut self, peer: ClientId, index: usize) {
-        if let Some(link) = self.peers.get_mut(&peer) {
-            link.sending = Some(PaceWindow::new(link.received.load(Ordering::Relaxed)));
+    /// `peer` began to send piece `index`: its pace is measured over it
+    /// (`window`), and requests for the piece that wait with others are
+    /// taken back ([`Scheduler::started`](crate::swarm::scheduler::Scheduler::started)).
+    fn began(&mut self, peer: ClientId, index: usize, window: PaceWindow) {
+        match self.peers.get_mut(&peer) {
+            Some(link) if !link.blamed => link.sending = Some(window),
+            _ => return,
         }
         for (other, index) in self.plan.started(peer, index) {
             self.send(other, PeerRequest::Cancel { index: index as u64 });
@@ -248,19 +251,18 @@ impl Run<'_> {
         }
     }
 
-    /// `peer` delivered the piece it was sending: its pace is that
-    /// piece's.
-    pub(super) fn pace_whole(&mut self, peer: ClientId) {
+    /// `peer` delivered the piece it was sending, `len` bytes, the last
+    /// read at `done`: its pace is that piece's.
+    pub(super) fn pace_whole(&mut self, peer: ClientId, len: u64, done: Instant) {
         let Some(link) = self.peers.get_mut(&peer) else {
             return;
         };
         if let Some(window) = link.sending.take() {
-            let pace = window.pace(link.received.load(Ordering::Relaxed));
-            self.plan.set_pace(peer, pace);
+            self.plan.set_pace(peer, window.pace(len, done));
         }
     }
 
-    /// When the first pace of a piece under way can next be measured.
+    /// When the first pace of a piece under way can next be looked at.
     pub(super) fn pace_due(&self) -> Option<Instant> {
         (self.peers.values())
             .filter_map(|link| link.sending.as_ref())
@@ -373,6 +375,7 @@ impl Run<'_> {
         };
         if let Some(link) = self.peers.get_mut(&peer) {
             link.blamed = true;
+            link.sending = None;
             if link.out.send(complaint).is_err() {
                 self.peers.remove(&peer);
             }
@@ -473,19 +476,29 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_pace_is_the_bytes_a_second_a_peer_sends_since_it_began_a_piece() {
-        // Virtual time on the paused clock: spans, not waits.
-        let mut window = PaceWindow::new(1_000);
+    async fn a_pace_is_the_bytes_a_second_a_peer_sends_from_a_piece_header_on() {
+        // Virtual time on the paused clock: spans, not waits. The header
+        // was read 100 ms ago, when 1,000 body bytes had come.
+        let header = Instant::now();
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(window.pace(101_000), 1_000_000, "a whole piece, however short");
+        let mut window = PaceWindow::new(header, 1_000);
+        assert_eq!(
+            window.pace(100_000, Instant::now()),
+            1_000_000,
+            "a whole piece, however short"
+        );
+        assert_eq!(
+            window.pace(100_000, header),
+            100_000_000_000,
+            "a piece read at once: fast, not stopped"
+        );
         assert_eq!(window.look(101_000), None, "a piece under way, too soon to tell");
         tokio::time::advance(Duration::from_millis(150)).await;
         assert_eq!(window.look(251_000), Some(1_000_000));
         assert_eq!(window.look(251_000), None, "looked at a moment ago");
-        // A sender that stopped slows down from the piece's first byte on,
-        // not from the last look: bursts do not look like stops.
+        // A sender that stopped slows down from the piece's header on, not
+        // from the last look: bursts do not look like stops.
         tokio::time::advance(Duration::from_millis(250)).await;
         assert_eq!(window.look(251_000), Some(500_000));
-        assert_eq!(PaceWindow::new(0).pace(1), 1_000_000, "no time at all");
     }
 }
