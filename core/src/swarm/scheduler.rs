@@ -447,10 +447,11 @@ impl Scheduler {
     }
 
     /// `peer` began to send piece `index`: takes back the requests for it
-    /// that wait in other peers' queues, unless one of them should bring
-    /// it in half the time `peer` will (as [`Scheduler::copy_pays`] has
-    /// it), and returns them (the caller cancels them). So an endgame copy
-    /// of a piece that waited is sent by one peer, not by several at once.
+    /// that wait in other peers' queues, unless one of them, its queue
+    /// counted, should bring it in half the time `peer` will (by their
+    /// paces: [`Scheduler::set_pace`]), and returns them (the caller
+    /// cancels them). So an endgame copy of a piece that waited is sent by
+    /// one peer, not by several at once.
     pub fn started(&mut self, peer: ClientId, index: usize) -> Vec<(ClientId, usize)> {
         let Some(p) = self.peers.get_mut(&peer).filter(|p| p.in_flight.contains(&index)) else {
             return Vec::new();
