@@ -389,7 +389,8 @@ impl Scheduler {
     }
 
     /// Up to `room` pieces `p` holds that pass `eligible`, lowest `key`
-    /// first (for the endgame's copies: a few pieces, in a short scan).
+    /// first (for the endgame's copies: one scan of the pieces from the
+    /// first one not settled, with a heap of `room`).
     fn pick<K: Ord>(
         &self,
         p: &PeerPieces,
@@ -399,7 +400,8 @@ impl Scheduler {
     ) -> Vec<usize> {
         // The `room` lowest so far, the highest of them on top: a piece
         // that does not beat it is passed over without a push. Called for
-        // every piece that arrives, so it must not sort the whole file.
+        // every peer with room at every piece that arrives in the
+        // endgame, so it must not sort the whole file.
         let mut best: BinaryHeap<(K, usize)> = BinaryHeap::with_capacity(room + 1);
         let held = (self.unsettled_from..self.layout.count()).filter(|index| p.bits.has(*index));
         for index in held.filter(|index| eligible(index)) {
@@ -452,12 +454,25 @@ impl Scheduler {
     /// paces: [`Scheduler::set_pace`]), and returns them (the caller
     /// cancels them). So an endgame copy of a piece that waited is sent by
     /// one peer, not by several at once.
+    ///
+    /// A piece a peer holds and begins is in flight from it from then on,
+    /// asked or not: a request taken back a moment too late (the cancel
+    /// crossed the piece on the wire) is answered all the same, and the
+    /// peer must not be asked for the piece again meanwhile, nor left out
+    /// of the cancels once it is in. A peer sends one piece at a time, so
+    /// one that begins pieces nobody asked of it claims one at most.
     pub fn started(&mut self, peer: ClientId, index: usize) -> Vec<(ClientId, usize)> {
-        let Some(p) = self.peers.get_mut(&peer).filter(|p| p.in_flight.contains(&index)) else {
+        if index >= self.layout.count() || self.settled(index) {
+            return Vec::new();
+        }
+        let Some(p) = self.peers.get_mut(&peer).filter(|p| p.bits.has(index)) else {
             return Vec::new();
         };
         p.sending = Some(index);
-        let pace = p.pace;
+        if p.in_flight.insert(index) {
+            self.change(index, |plan| plan.requesters[index] += 1);
+        }
+        let pace = self.peers[&peer].pace;
         let waiting: Vec<ClientId> = (self.peers.iter())
             .filter(|(other, o)| **other != peer && o.in_flight.contains(&index) && o.sending != Some(index))
             .filter(|(_, o)| !faster(o.pace, o.in_flight.len() as u64, pace))
@@ -778,11 +793,39 @@ mod tests {
         assert_eq!(plan.arrived(peer(1), 1), Arrival::Check);
         assert_eq!(plan.checked(1, true), [(peer(2), 1)]);
 
-        // A piece nobody asked of the peer changes nothing.
+        // Peer 1 had begun the piece as its request was taken back (the
+        // cancel crossed it on the wire): it is in flight from peer 1 all
+        // the same, not asked of it again, and cancelled once in.
+        let mut plan = copied();
+        assert_eq!(plan.started(peer(2), 1), [(peer(1), 1)]);
+        assert_eq!(plan.started(peer(1), 1), [], "peer 2 sends it too");
+        assert_eq!(plan.in_flight(peer(1)), 1);
+        assert!(plan.requests(peer(1)).is_empty(), "asked again for the piece it sends");
+        assert_eq!(plan.arrived(peer(2), 1), Arrival::Check);
+        assert_eq!(plan.checked(1, true), [(peer(1), 1)], "not cancelled once in");
+
+        // A piece held already, past the end, or begun by a peer not
+        // connected changes nothing.
         let mut plan = copied();
         assert!(plan.started(peer(3), 1).is_empty());
         assert!(plan.started(peer(1), 0).is_empty());
+        assert!(plan.started(peer(1), 2).is_empty());
         assert_eq!((plan.in_flight(peer(1)), plan.in_flight(peer(2))), (1, 1));
+    }
+
+    #[test]
+    fn a_piece_begun_unasked_is_in_flight_from_its_sender_one_at_a_time() {
+        let mut plan = Scheduler::new(layout(3), Bitfield::empty(3), 1, 1);
+        plan.join(peer(1), Bitfield::full(3));
+        plan.join(peer(2), bits(3, &[2]));
+        let asked = plan.requests(peer(1));
+        assert_eq!(asked.len(), 1);
+        assert!(plan.started(peer(2), 0).is_empty(), "a piece it does not hold");
+        assert_eq!(plan.in_flight(peer(2)), 0);
+        assert!(plan.started(peer(2), 2).is_empty());
+        assert_eq!(plan.in_flight(peer(2)), 1, "the piece it sends");
+        assert_eq!(plan.arrived(peer(2), 2), Arrival::Check);
+        assert_eq!(plan.in_flight(peer(2)), 0, "its piece in, it claims nothing");
     }
 
     #[test]

@@ -109,24 +109,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Piece `index` arrived from `peer`: checked and written in the
-    /// background, unless it is a duplicate.
+    /// Piece `index` arrived from `peer`, its last byte read at `done`:
+    /// checked and written in the background, unless it is a duplicate or
+    /// its sender was blamed; then the peers are asked for more.
     pub(super) fn take_piece(&mut self, peer: ClientId, index: usize, bytes: Bytes, done: Instant) {
-        self.pace_whole(peer, bytes.len() as u64, done);
-        match self.peers.get_mut(&peer) {
-            // Nothing more is taken from a peer blamed for a bad piece.
-            Some(link) if !link.blamed => {
-                link.stall_clock = Instant::now();
-                link.delivered += 1;
-            }
-            _ => return,
-        }
-        // In the endgame, whether a piece under way is copied depends on
-        // its sender's pace: a sender that stopped must not wait for the
-        // tick to be found out, and any peer with room may copy its piece.
-        let endgame = self.plan.endgame();
-        if endgame {
-            self.pace_under_way();
+        if !self.delivered(peer, bytes.len() as u64, done) {
+            return;
         }
         // Before the hashes, nothing was asked for, and nothing can be
         // checked: the piece is ignored, and stays to be asked for.
@@ -137,11 +125,7 @@ impl Run<'_> {
             let taking = part.take_piece(index, bytes);
             self.checking.push(Box::pin(async move { (peer, index, taking.await) }));
         }
-        if endgame {
-            self.ask_everyone();
-        } else {
-            self.ask(peer);
-        }
+        self.ask_after_arrival(peer);
     }
 
     /// Piece `index` from `peer` was checked (and, if good, written).
@@ -355,7 +339,7 @@ impl Run<'_> {
 /// Resolves with the outcome of `step`, which is then over (`None`);
 /// never if there is none. Dropped before its end (another branch of a
 /// `select!` won), it leaves the step where it was, to go on later.
-pub(super) async fn settled<T>(step: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+pub(super) async fn settled<F: Future + Unpin>(step: &mut Option<F>) -> F::Output {
     let Some(running) = step else {
         return std::future::pending().await;
     };

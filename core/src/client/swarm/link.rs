@@ -26,18 +26,38 @@ use crate::swarm::wire;
 
 /// What a connection to one peer reports to the download.
 pub(super) enum Heard {
-    /// Connected: the peer holds `bits`; requests go out through the
-    /// sender (the connection writes them); the count of body bytes
-    /// received from it goes up as they come.
-    Joined(Requests, Bitfield, Arc<AtomicU64>),
+    /// Connected.
+    Joined {
+        /// Where requests go (the connection writes them).
+        out: Requests,
+        /// The pieces the peer holds.
+        bits: Bitfield,
+        /// The count of body bytes received from the peer, going up as
+        /// they come.
+        received: Arc<AtomicU64>,
+    },
     /// The piece hashes.
     Layer(Vec<Digest>),
-    /// The peer began to send a piece (its bytes follow): when its header
-    /// was read, and the count of body bytes then. Timed here, as they are
-    /// read: the download handles them later, maybe after other messages.
-    Started(usize, Instant, u64),
-    /// A piece's bytes, and when the last of them was read.
-    Piece(usize, Bytes, Instant),
+    /// The peer began to send a piece (its bytes follow). Timed here, as
+    /// it is read: the download handles it later, maybe after other
+    /// messages.
+    Started {
+        /// The piece.
+        index: usize,
+        /// When its header was read.
+        at: Instant,
+        /// The count of body bytes received from the peer then.
+        received: u64,
+    },
+    /// A piece came whole.
+    Piece {
+        /// The piece.
+        index: usize,
+        /// Its bytes.
+        bytes: Bytes,
+        /// When the last of them was read.
+        done: Instant,
+    },
     /// The peer gained a piece.
     Have(usize),
     /// The peer does not hold a piece after all.
@@ -81,7 +101,10 @@ impl Run<'_> {
             let wrap = |stream| rate.wrap(stream);
             let connected = Connection::connect_wrapped(host.as_ref(), addr, limits.idle_timeout, wrap).await;
             let ended = match connected {
-                Err(_) => Some(Problem::Unreachable),
+                Err(error) => {
+                    tracing::debug!(%peer, %addr, %error, "could not reach a peer of the swarm");
+                    Some(Problem::Unreachable)
+                }
                 Ok(connection) => match join_conversation(connection, join, layout, limits.first_byte_timeout).await {
                     Err(problem) => Some(problem),
                     Ok(joined) => match converse(joined, layout, peer, &tell).await {
@@ -147,7 +170,14 @@ async fn converse(joined: Joined, layout: Layout, peer: ClientId, tell: &mpsc::S
     } = joined;
     let (requests, mut queued) = mpsc::unbounded_channel::<Request<PeerRequest>>();
     if tell
-        .send((peer, Heard::Joined(requests, bits, inbound.received())))
+        .send((
+            peer,
+            Heard::Joined {
+                out: requests,
+                bits,
+                received: inbound.received(),
+            },
+        ))
         .await
         .is_err()
     {
@@ -214,7 +244,11 @@ async fn listen(
                 // back the copies of this piece that wait with other peers
                 // before they begin them too, and times the piece from here.
                 if let PeerReply::Piece { index } = reply {
-                    let began = Heard::Started(index as usize, Instant::now(), counted.load(Ordering::Relaxed));
+                    let began = Heard::Started {
+                        index: index as usize,
+                        at: Instant::now(),
+                        received: counted.load(Ordering::Relaxed),
+                    };
                     if index < layout.count() as u64 && tell.send((peer, began)).await.is_err() {
                         return None;
                     }
@@ -242,7 +276,11 @@ async fn read_reply(inbound: &mut wire::Inbound, layout: Layout, reply: PeerRepl
                 .body(layout.len(index as usize) as usize)
                 .await
                 .map_err(body_problem)?;
-            Heard::Piece(index as usize, bytes, Instant::now())
+            Heard::Piece {
+                index: index as usize,
+                bytes,
+                done: Instant::now(),
+            }
         }
         PeerReply::Layer { pieces } if pieces == count => {
             let bytes = inbound.body(count as usize * 20).await.map_err(body_problem)?;

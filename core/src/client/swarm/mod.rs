@@ -35,7 +35,8 @@
 //! - `link.rs`: one conversation with a peer, as the downloader sees it:
 //!   connecting, joining, and what the peer says, run beside the loop;
 //! - `peers.rs`: the peers the download talks to: who is offered, connected,
-//!   asked, nudged, blamed and dropped;
+//!   asked, nudged, blamed and dropped, and how fast each sends (its pace,
+//!   for the endgame's copies);
 //! - `tracker.rs`: asking the tracker for more peers (and reporting blamed
 //!   ones) beside the download, and going on without it;
 //! - `file.rs`: the partial file: pieces checked and written, the record of
@@ -80,8 +81,8 @@ pub const MAX_LINKS: usize = 64;
 /// syncing them), so that a crash loses at most this much work.
 pub const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often a download with fewer than [`MAX_LINKS`] peers asks the
-/// tracker for more.
+/// How often a download with fewer than [`MAX_LINKS`] peers, or a missing
+/// piece no connected peer holds, asks the tracker for more.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The bytes of pieces a download keeps in flight to one peer at most, in
@@ -303,7 +304,12 @@ struct Run<'a> {
     tried: BTreeMap<ClientId, SwarmPeer>,
     /// Peers a request could not be written to: dropped at the next turn.
     broken: Vec<ClientId>,
-    /// Peers blamed for a bad piece, and what they did.
+    /// Peers blamed for a bad piece, once each: never asked again, and
+    /// while still connected, awaited until they answer the complaint
+    /// (they check their copy, then close).
+    blamed: BTreeSet<ClientId>,
+    /// Peers blamed for a bad piece, and what they did (the first few,
+    /// for the error if the download ends without the file).
     rejections: Vec<Rejection>,
     /// Bytes of checked pieces from each peer.
     sources: BTreeMap<ClientId, u64>,
@@ -392,6 +398,7 @@ impl<'a> Run<'a> {
             lost: BTreeMap::new(),
             tried: BTreeMap::new(),
             broken: Vec::new(),
+            blamed: BTreeSet::new(),
             rejections: Vec::new(),
             sources: BTreeMap::new(),
             sent_by: vec![None; layout.count()],
@@ -523,11 +530,27 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// What happens every tick: the record is saved, peers that stalled
-    /// are dropped, and the tracker is asked for more peers if need be
-    /// (without it, the peers that rested are tried again).
+    /// What happens every tick: the record is saved, requests are moved
+    /// to the peers that serve, peers that stalled are dropped, the
+    /// tracker is asked for more peers if need be (without it, the peers
+    /// that rested are tried again), and the download gives up if nobody
+    /// is left who could deliver.
     async fn tend(&mut self) -> Result<(), DownloadError> {
         self.start_saving();
+        self.retune();
+        self.drop_stalled();
+        self.look_for_peers();
+        if self.should_give_up() {
+            return Err(self.exhausted().await);
+        }
+        Ok(())
+    }
+
+    /// Sizes each peer's pipeline by what it delivered since the last
+    /// tick, measures the paces of pieces under way, and moves requests
+    /// from peers that sat on them to peers that serve.
+    fn retune(&mut self) {
+        // Before the counts of the last tick are reset below.
         let (waiting, serving) = self.who_serves();
         let quiet = self.quiet_pipeline();
         for (id, peer) in &mut self.peers {
@@ -537,6 +560,11 @@ impl<'a> Run<'a> {
         self.pace_under_way();
         self.ask_elsewhere(waiting, serving);
         self.ask_everyone();
+    }
+
+    /// Drops the peers that owe something (or an answer to a complaint)
+    /// and sent nothing for the idle timeout.
+    fn drop_stalled(&mut self) {
         let now = Instant::now();
         for (id, peer) in &mut self.peers {
             // Bytes came: a slow piece is no stalled one. Not for a peer
@@ -544,7 +572,8 @@ impl<'a> Run<'a> {
             // one asked for the piece hashes (nobody else is asked
             // meanwhile: they must come whole within the idle timeout).
             let received = peer.received.load(Ordering::Relaxed);
-            if received != peer.received_seen && !peer.blamed && self.layer_from != Some(*id) {
+            let blamed = self.blamed.contains(id);
+            if received != peer.received_seen && !blamed && self.layer_from != Some(*id) {
                 peer.stall_clock = now;
             }
             peer.received_seen = received;
@@ -554,13 +583,19 @@ impl<'a> Run<'a> {
             .peers
             .iter()
             .filter(|(id, peer)| {
-                (self.owes(**id) || peer.blamed) && peer.stall_clock.elapsed() > idle.max(super::CONFIRMATION_WAIT)
+                (self.owes(**id) || self.blamed.contains(id))
+                    && peer.stall_clock.elapsed() > idle.max(super::CONFIRMATION_WAIT)
             })
             .map(|(id, _)| *id)
             .collect();
         for peer in stalled {
             self.drop_peer(peer, Some(Problem::Stalled));
         }
+    }
+
+    /// Asks the tracker for more peers, once a tick, if the download has
+    /// room for them or lacks a source; tries again the peers that rested.
+    fn look_for_peers(&mut self) {
         let wanting = self.peers.len() + self.connecting.len() < MAX_LINKS || self.plan.lacks_a_source();
         // Once a tick: the last ask came a tick ago, give or take the
         // time the last tick's own work took (a strict "a whole interval
@@ -572,19 +607,21 @@ impl<'a> Run<'a> {
         if !self.has_everything() {
             self.wake_rested();
         }
-        // Without the tracker, the rested peers get their idle timeout too.
+    }
+
+    /// Whether the download should give up: pieces are missing, nobody
+    /// connected or on the way could deliver them, and nothing came for
+    /// the idle timeout (nor, without the tracker, from the peers that
+    /// rested).
+    fn should_give_up(&self) -> bool {
         let tried_the_rested = self.on_its_own().is_none() || self.resting.is_empty() || self.waited_out();
-        if !self.has_everything()
+        !self.has_everything()
             && self.offered.is_empty()
             && self.connecting.is_empty()
             && self.peers.keys().all(|peer| !self.can_help(*peer))
             && self.checking.is_empty()
-            && self.last_piece_at.elapsed() > idle
+            && self.last_piece_at.elapsed() > self.client.limits.idle_timeout
             && tried_the_rested
-        {
-            return Err(self.exhausted().await);
-        }
-        Ok(())
     }
 }
 

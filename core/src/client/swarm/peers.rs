@@ -32,12 +32,13 @@ pub(super) struct Peer {
     pub(super) received: Arc<AtomicU64>,
     /// The count of `received` at the last tick.
     pub(super) received_seen: u64,
-    /// Whether it was told a piece of its was bad (it closes next).
-    pub(super) blamed: bool,
     /// Pieces it delivered since the last tick.
     pub(super) delivered: usize,
     /// While it sends a piece: the window over which its pace is measured.
-    pub(super) sending: Option<PaceWindow>,
+    /// Opened at any piece header, asked for or not, like the scheduler's
+    /// record of the piece it sends; closed when the piece is in, or when
+    /// the peer is blamed.
+    pub(super) pace_window: Option<PaceWindow>,
 }
 
 /// How often the pace of a piece under way is looked at (in the endgame,
@@ -149,7 +150,7 @@ impl Run<'_> {
     /// check (and any withdrawal) is part of it, and the tracker hears of
     /// the report before the announce that ends the download.
     pub(super) fn awaiting_complaints(&self) -> bool {
-        !self.reports.is_empty() || self.peers.values().any(|peer| peer.blamed)
+        !self.reports.is_empty() || self.peers.keys().any(|peer| self.blamed.contains(peer))
     }
 
     /// Starts connecting to offered peers, up to [`MAX_LINKS`].
@@ -166,7 +167,7 @@ impl Run<'_> {
     /// Acts on what a connection heard.
     pub(super) async fn hear(&mut self, peer: ClientId, heard: Heard) -> Result<(), DownloadError> {
         match heard {
-            Heard::Joined(out, bits, received) => {
+            Heard::Joined { out, bits, received } => {
                 self.connecting.remove(&peer);
                 self.lost.remove(&peer);
                 let stall_clock = Instant::now();
@@ -177,9 +178,8 @@ impl Run<'_> {
                         stall_clock,
                         received,
                         received_seen: 0,
-                        blamed: false,
                         delivered: 0,
-                        sending: None,
+                        pace_window: None,
                     },
                 );
                 self.plan.join(peer, bits);
@@ -190,8 +190,8 @@ impl Run<'_> {
                 }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
-            Heard::Started(index, at, received) => self.began(peer, index, PaceWindow::new(at, received)),
-            Heard::Piece(index, bytes, done) => self.take_piece(peer, index, bytes, done),
+            Heard::Started { index, at, received } => self.began(peer, index, PaceWindow::new(at, received)),
+            Heard::Piece { index, bytes, done } => self.take_piece(peer, index, bytes, done),
             Heard::Have(index) => {
                 if self.plan.gained(peer, index) {
                     self.ask(peer);
@@ -212,7 +212,7 @@ impl Run<'_> {
     /// Asks `peer` for what it should send next: the piece hashes if they
     /// are still unknown and nobody else was asked, else pieces.
     pub(super) fn ask(&mut self, peer: ClientId) {
-        if self.peers.get(&peer).is_none_or(|p| p.blamed) {
+        if !self.peers.contains_key(&peer) || self.blamed.contains(&peer) {
             return;
         }
         let owed_nothing = !self.owes(peer);
@@ -231,8 +231,8 @@ impl Run<'_> {
         // A peer's stall clock starts when it first owes something: one
         // that sat idle for long is not stalled the moment it is asked.
         if owed_nothing && self.owes(peer) {
-            if let Some(link) = self.peers.get_mut(&peer) {
-                link.stall_clock = Instant::now();
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.stall_clock = Instant::now();
             }
         }
     }
@@ -242,7 +242,7 @@ impl Run<'_> {
     /// taken back ([`Scheduler::started`](crate::swarm::scheduler::Scheduler::started)).
     fn began(&mut self, peer: ClientId, index: usize, window: PaceWindow) {
         match self.peers.get_mut(&peer) {
-            Some(link) if !link.blamed => link.sending = Some(window),
+            Some(state) if !self.blamed.contains(&peer) => state.pace_window = Some(window),
             _ => return,
         }
         for (other, index) in self.plan.started(peer, index) {
@@ -251,13 +251,43 @@ impl Run<'_> {
         }
     }
 
+    /// `peer` delivered a piece, `len` bytes, the last read at `done`: its
+    /// pace is that piece's, and it is not stalled. Returns whether the
+    /// piece is taken: nothing more is taken from a peer blamed for a bad
+    /// piece (or gone).
+    pub(super) fn delivered(&mut self, peer: ClientId, len: u64, done: Instant) -> bool {
+        self.pace_whole(peer, len, done);
+        match self.peers.get_mut(&peer) {
+            Some(state) if !self.blamed.contains(&peer) => {
+                state.stall_clock = Instant::now();
+                state.delivered += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A piece from `peer` arrived: it has room for another request. In
+    /// the endgame, whether a piece under way is copied depends on its
+    /// sender's pace, so paces are looked at (a sender that stopped must
+    /// not wait for the tick to be found out), and any peer with room may
+    /// copy a piece.
+    pub(super) fn ask_after_arrival(&mut self, peer: ClientId) {
+        if self.plan.endgame() {
+            self.pace_under_way();
+            self.ask_everyone();
+        } else {
+            self.ask(peer);
+        }
+    }
+
     /// `peer` delivered the piece it was sending, `len` bytes, the last
     /// read at `done`: its pace is that piece's.
-    pub(super) fn pace_whole(&mut self, peer: ClientId, len: u64, done: Instant) {
-        let Some(link) = self.peers.get_mut(&peer) else {
+    fn pace_whole(&mut self, peer: ClientId, len: u64, done: Instant) {
+        let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        if let Some(window) = link.sending.take() {
+        if let Some(window) = state.pace_window.take() {
             self.plan.set_pace(peer, window.pace(len, done));
         }
     }
@@ -265,7 +295,7 @@ impl Run<'_> {
     /// When the first pace of a piece under way can next be looked at.
     pub(super) fn pace_due(&self) -> Option<Instant> {
         (self.peers.values())
-            .filter_map(|link| link.sending.as_ref())
+            .filter_map(|state| state.pace_window.as_ref())
             .map(PaceWindow::due)
             .min()
     }
@@ -274,9 +304,9 @@ impl Run<'_> {
     /// [`PACE_SPAN`] or more: a sender that slowed down, or stopped, is
     /// found out before its piece ends.
     pub(super) fn pace_under_way(&mut self) {
-        for (peer, link) in &mut self.peers {
-            let received = link.received.load(Ordering::Relaxed);
-            if let Some(pace) = link.sending.as_mut().and_then(|window| window.look(received)) {
+        for (peer, state) in &mut self.peers {
+            let received = state.received.load(Ordering::Relaxed);
+            if let Some(pace) = state.pace_window.as_mut().and_then(|window| window.look(received)) {
                 self.plan.set_pace(*peer, pace);
             }
         }
@@ -310,14 +340,14 @@ impl Run<'_> {
     /// Sends `request` to `peer`; a peer that cannot be written to is
     /// dropped (at the next turn of the loop). Returns whether it went.
     pub(super) fn send(&mut self, peer: ClientId, request: PeerRequest) -> bool {
-        let Some(link) = self.peers.get_mut(&peer).filter(|_| !self.broken.contains(&peer)) else {
+        let Some(state) = self.peers.get_mut(&peer).filter(|_| !self.broken.contains(&peer)) else {
             return false;
         };
         let request = Request {
             trace: Trace::default(),
             body: request,
         };
-        if link.out.send(request).is_ok() {
+        if state.out.send(request).is_ok() {
             return true;
         }
         self.broken.push(peer);
@@ -351,8 +381,15 @@ impl Run<'_> {
 
     /// `peer` sent piece `index`, which failed its hash: the download logs
     /// it, never asks `peer` again, tells it (it checks its own copy) and
-    /// tells the tracker (which stops offering it to this client).
+    /// tells the tracker (which stops offering it to this client). Once
+    /// per peer: several of its pieces may fail, checked after it was
+    /// blamed for the first (or after its connection ended).
     pub(super) fn blame(&mut self, peer: ClientId, index: usize) -> Result<(), DownloadError> {
+        if !self.blamed.insert(peer) {
+            // The piece is missing again: someone else is asked for it.
+            self.ask_everyone();
+            return Ok(());
+        }
         let client = self.client;
         tracing::info!(node = %client.id, %peer, "piece {index} of {} failed its hash", self.file);
         let problem = Problem::WrongPiece;
@@ -373,10 +410,9 @@ impl Run<'_> {
             trace: trace::next(),
             body: PeerRequest::BadPiece { index: index as u64 },
         };
-        if let Some(link) = self.peers.get_mut(&peer) {
-            link.blamed = true;
-            link.sending = None;
-            if link.out.send(complaint).is_err() {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.pace_window = None;
+            if state.out.send(complaint).is_err() {
                 self.peers.remove(&peer);
             }
         }
@@ -434,7 +470,7 @@ impl Run<'_> {
         let (mut waiting, mut serving) = (Vec::new(), Vec::new());
         for (id, peer) in &self.peers {
             let quiet = peer.received.load(Ordering::Relaxed) == peer.received_seen;
-            if quiet && !peer.blamed && self.plan.in_flight(*id) > 0 {
+            if quiet && !self.blamed.contains(id) && self.plan.in_flight(*id) > 0 {
                 waiting.push(*id);
             } else if peer.delivered > 0 {
                 serving.push(*id);

@@ -10,6 +10,7 @@
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::file::settled;
 use super::{Run, REFRESH_INTERVAL};
 use crate::client::{refusal, ClientError, DownloadError};
 use crate::protocol::{ClientId, Digest, TrackerReply, TrackerRequest};
@@ -205,11 +206,6 @@ fn unreachable(error: &ClientError) -> bool {
 /// Resolves with the tracker's answer to `asking` (sent by client `id`),
 /// which is then over (`None`); never if nothing was asked.
 pub(super) async fn asked(asking: &mut Option<Asking>, id: ClientId) -> Result<TrackerReply, ClientError> {
-    let Some(waiting) = asking else {
-        return std::future::pending().await;
-    };
     // The task asking ends without an answer only if the client stops.
-    let answer = waiting.await.unwrap_or(Err(ClientError::Stopped(id)));
-    *asking = None;
-    answer
+    settled(asking).await.unwrap_or(Err(ClientError::Stopped(id)))
 }
