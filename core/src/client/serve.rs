@@ -88,7 +88,7 @@ impl Seeder {
             Err(error) => Err(error),
         };
         if let Err(error) = served {
-            tracing::info!(node = %self.reporter.node(), %remote, %error, "peer connection ended early");
+            tracing::info!(node = %self.reporter.node(), %remote, %error, "a downloader's connection ended before its transfer did");
         }
     }
 

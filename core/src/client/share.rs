@@ -143,6 +143,9 @@ struct Conversation<'a> {
     layer_asked: bool,
     /// The pieces it was shown and cancelled.
     cancelled: Bitfield,
+    /// How many pieces were sent in full, and their bytes.
+    pieces_sent: usize,
+    bytes_sent: u64,
 }
 
 impl Seeder {
@@ -150,7 +153,8 @@ impl Seeder {
     pub(crate) async fn share(&self, connection: Connection, file: FileName, to: ClientId, sha1: Digest, piece: u64) {
         let origin = Origin::from(connection.peer_addr().ip());
         let (requests, mut replies) = wire::split(connection);
-        let Some(conversation) = self.open_conversation(&mut replies, file, to, sha1, piece).await else {
+        let node = self.reporter.node();
+        let Some(mut conversation) = self.open_conversation(&mut replies, file, to, sha1, piece).await else {
             return;
         };
         let turns = Turns::new(
@@ -160,7 +164,13 @@ impl Seeder {
             Box::new(replies.receiver_limited()),
         );
         if let Err(error) = conversation.run(requests, replies, turns).await {
-            tracing::debug!(node = %self.reporter.node(), %error, "swarm conversation ended");
+            tracing::debug!(%node, %error, "swarm conversation ended");
+        }
+        // A seeder's log shows its swarm uploads too: a line a downloader,
+        // as for a whole file (pieces sent in full).
+        let (pieces, bytes, file) = (conversation.pieces_sent, conversation.bytes_sent, &conversation.file);
+        if pieces > 0 {
+            tracing::info!(%node, "sent {pieces} pieces of {file} ({bytes} bytes) to {to}");
         }
     }
 
@@ -234,6 +244,8 @@ impl Seeder {
             seen,
             layer_asked: false,
             cancelled: Bitfield::empty(wanted.count()),
+            pieces_sent: 0,
+            bytes_sent: 0,
         })
     }
 
@@ -265,7 +277,7 @@ impl Conversation<'_> {
     /// Answers requests until the downloader closes, goes silent with
     /// nothing asked for the idle timeout, or complains.
     async fn run(
-        mut self,
+        &mut self,
         mut requests: Inbound,
         mut replies: Outbound,
         mut turns: Turns,
@@ -450,9 +462,13 @@ impl Conversation<'_> {
             self.told.clear(index);
             return replies.message(&PeerReply::Missing { index: index as u64 }).await;
         };
+        let bytes = range.end - range.start;
         replies
             .message_with_file(&PeerReply::Piece { index: index as u64 }, &data, range)
-            .await
+            .await?;
+        self.pieces_sent += 1;
+        self.bytes_sent += bytes;
+        Ok(())
     }
 
     /// Tells the downloader of the pieces gained since it was last told.
