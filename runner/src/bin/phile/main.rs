@@ -390,9 +390,9 @@ fn main() -> ExitCode {
         // job comes and none is idle, so a swarm download grew it to a
         // dozen threads that took turns on two cores: a 1 GiB download
         // from one seeder took 2.78 s (median), 2.74 s with four threads
-        // and 2.30 s with two (README, "Against a BitTorrent client"). No
-        // job on the pool waits for another; only the disk, and once, at
-        // the start, the resolver.
+        // and 2.30 s with two (docs/swarm-measurements.md, "What made the
+        // swarm path faster"). No job on the pool waits for another; only
+        // the disk, and once, at the start, the resolver.
         runtime.max_blocking_threads(blocking_threads());
     }
     let runtime = match runtime.build() {
