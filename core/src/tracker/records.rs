@@ -332,9 +332,11 @@ pub(super) struct FileRecord {
     members: Holders,
     /// [`Records::changes`] when `holders` last changed.
     stamp: u64,
-    /// The client whose announce recorded it: once nobody holds it, that
-    /// client may announce a new version under the name.
-    first: ClientId,
+    /// The client whose announce recorded it, and its session then: once
+    /// nobody holds the file, that session may announce a new version
+    /// under the name. Not a later session of the same id: ids are free
+    /// once their session ends, and anyone may take one.
+    first: (ClientId, SessionId),
 }
 
 /// The holders of one file: a sorted list, so that a lookup picks the k-th
@@ -514,9 +516,10 @@ impl Records {
             let (file, size) = (file.clone(), content.info.size);
             return Err(Refusal::TooLarge { file, size });
         }
+        let session = self.clients[&client].session;
         let other = self.files.get(file).filter(|entry| entry.content != content);
         if let Some(entry) = other {
-            if !entry.holders.0.is_empty() || entry.first != client {
+            if !entry.holders.0.is_empty() || entry.first != (client, session) {
                 return Err(Refusal::ContentMismatch {
                     file: file.clone(),
                     recorded: Box::new(entry.content),
@@ -549,7 +552,7 @@ impl Records {
             holders: Holders::default(),
             members: Holders::default(),
             stamp: 0,
-            first: client,
+            first: (client, session),
         });
         entry.members.remove(&client);
         if entry.holders.insert(client) {
@@ -700,10 +703,13 @@ impl Records {
         let asker = self.clients.get_mut(&client).expect("checked above");
         let reported = asker.reported;
         let want = asker.want(client, file, sha1, &quotas)?;
-        if want.reported.insert(peer, holder_session).is_some() {
+        // A holder reported before, on an earlier session of its, counts
+        // once against the quota, but its new session is skipped too.
+        let earlier = want.reported.insert(peer, holder_session);
+        if earlier == Some(holder_session) {
             return Ok(true);
         }
-        if reported >= quotas.reports {
+        if earlier.is_none() && reported >= quotas.reports {
             want.reported.remove(&peer);
             let limit = quotas.reports;
             return Err(Refusal::TooManyReports { client, limit });
@@ -715,7 +721,9 @@ impl Records {
                 skipped.insert(at, position);
             }
         }
-        asker.reported += 1;
+        if earlier.is_none() {
+            asker.reported += 1;
+        }
         Ok(true)
     }
 
@@ -1086,6 +1094,44 @@ pub(super) mod tests {
         records.register(ClientId(1), addr(1), 77, host()).unwrap();
         records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
         assert_eq!(next(&mut records, 3, "a"), Some(ClientId(1)));
+    }
+
+    #[test]
+    fn an_owners_right_to_a_new_version_ends_with_its_session() {
+        let mut records = records(0, 2);
+        records.announce(ClientId(1), &file("a"), content(b"real")).unwrap();
+        assert!(records.swarm(ClientId(2), &file("a"), true).unwrap().is_some());
+        // The owner goes while client 2 downloads; anyone may take id 1,
+        // from anywhere, and may not replace what client 2 fetches.
+        assert!(records.forget(ClientId(1), 1));
+        records
+            .register(ClientId(1), addr(9), 999, IpAddr::from([10, 9, 9, 9]))
+            .unwrap();
+        assert!(matches!(
+            records.announce(ClientId(1), &file("a"), content(b"poison")),
+            Err(Refusal::ContentMismatch { .. })
+        ));
+        assert_eq!(records.members(&file("a")), [ClientId(2)]);
+        // The same content is still welcome from it.
+        assert_eq!(records.announce(ClientId(1), &file("a"), content(b"real")), Ok(()));
+    }
+
+    #[test]
+    fn a_holder_reported_again_after_coming_back_is_not_offered_again() {
+        let mut records = records(0, 3);
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        let sha1 = info(b"x").sha1;
+        assert_eq!(first(&mut records, 3, "a"), Some(ClientId(1)));
+        records.report(ClientId(3), &file("a"), ClientId(1), sha1).unwrap();
+        // It comes back on a new session: another chance.
+        records.forget(ClientId(1), 1);
+        records.register(ClientId(1), addr(1), 77, host()).unwrap();
+        records.announce(ClientId(1), &file("a"), content(b"x")).unwrap();
+        assert_eq!(next(&mut records, 3, "a"), Some(ClientId(1)));
+        // It fails again: reported on its new session, and counted once.
+        assert_eq!(records.report(ClientId(3), &file("a"), ClientId(1), sha1), Ok(true));
+        assert_eq!(next(&mut records, 3, "a"), None, "offered again after a second report");
+        assert_eq!(records.clients[&ClientId(3)].reported, 1);
     }
 
     #[test]
