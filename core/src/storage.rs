@@ -404,14 +404,10 @@ impl Folder {
         // private 0600 of a temporary file: it becomes the stored file.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let temp = builder
-            .prefix(&format!(".{stem}."))
-            .suffix(PARTIAL_SUFFIX)
-            .tempfile_in(&self.dir)
-            .map_err(at(&self.dir))?;
-        // Marks it as a live download: see `remove_if_abandoned`.
-        temp.as_file().lock().map_err(at(temp.path()))?;
-        Ok(temp)
+        let prefix = format!(".{stem}.");
+        builder.prefix(&prefix).suffix(PARTIAL_SUFFIX);
+        // Locked: a live download, not a leftover (`remove_if_abandoned`).
+        locked_temp(&builder, &self.dir)
     }
 
     /// Moves a verified download into place as `name`, and drops what an
@@ -458,6 +454,48 @@ fn regular_file(path: &Path) -> io::Result<Option<fs::Metadata>> {
 
 fn is_missing(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::NotFound
+}
+
+/// Whether the open `file` is still the one at `path` (not removed, nor
+/// replaced, since it was opened).
+pub(super) fn still_at(file: &fs::File, path: &Path) -> Result<bool, StorageError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let open = file.metadata().map_err(at(path))?;
+        let named = match fs::symlink_metadata(path) {
+            Ok(named) => named,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(at(path)(error)),
+        };
+        Ok(open.dev() == named.dev() && open.ino() == named.ino())
+    }
+    // Elsewhere an open file cannot be removed by default.
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        Ok(true)
+    }
+}
+
+/// How many times a file this process makes and locks is made again when
+/// another process removed it before the lock (see `remove_if_abandoned`
+/// and `part::open_locked`).
+const LOCK_ATTEMPTS: usize = 3;
+
+/// A temporary file made by `builder` in `dir` and locked, as a live
+/// download's: made again if another process, finding it not locked yet,
+/// removed it in between (the work written to it would be lost).
+fn locked_temp(builder: &tempfile::Builder, dir: &Path) -> Result<tempfile::NamedTempFile, StorageError> {
+    for _ in 0..LOCK_ATTEMPTS {
+        let temp = builder.tempfile_in(dir).map_err(at(dir))?;
+        temp.as_file().lock().map_err(at(temp.path()))?;
+        if still_at(temp.as_file(), temp.path())? {
+            return Ok(temp);
+        }
+    }
+    let removed = io::Error::new(io::ErrorKind::NotFound, "removed by another process as it was made");
+    Err(at(dir)(removed))
 }
 
 /// Deletes the partial file at `path` unless a live process holds its lock.
