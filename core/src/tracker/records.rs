@@ -108,6 +108,22 @@ pub enum Refusal {
         /// [`Quotas::lookups`].
         limit: usize,
     },
+    /// The clients of the client's address are in the middle of
+    /// downloading as many files as one address may.
+    #[error("clients from {host} are failing over on {limit} files at once, the most this tracker follows for one address (finish some downloads first)")]
+    TooManyDownloadsFromHost {
+        /// The address.
+        host: Origin,
+        /// [`Quotas::lookups_per_host`].
+        limit: usize,
+    },
+    /// All clients together are in the middle of downloading as many
+    /// files as the tracker follows.
+    #[error("the tracker already follows {limit} downloads over all its clients, the most it holds (try again once some end)")]
+    LookupsFull {
+        /// [`Quotas::lookups_total`].
+        limit: usize,
+    },
     /// The client reported as many holders as one client may.
     #[error("client {client} has reported {limit} holders in its downloads under way, the most this tracker keeps for one client (start a new download to clear them)")]
     TooManyReports {
@@ -147,9 +163,16 @@ pub struct Quotas {
     /// Files all clients together may hold (or download in a swarm): what
     /// bounds the memory files cost the tracker however many addresses
     /// send (about a kilobyte a file at most; a file held by many costs
-    /// less). Lookup state and reports are bounded per client, and clients
-    /// by the sessions the tracker serves at once.
+    /// less). Reports are bounded per client, and clients by the
+    /// sessions the tracker serves at once.
     pub files_total: usize,
+    /// Files the clients of one address may have lookup state for,
+    /// together ([`Quotas::lookups`] for one client): a lookup keeps
+    /// state, and ids cost nothing.
+    pub lookups_per_host: usize,
+    /// Files all clients together may have lookup state for (about 500
+    /// bytes each).
+    pub lookups_total: usize,
 }
 
 impl Default for Quotas {
@@ -160,6 +183,8 @@ impl Default for Quotas {
             reports: 10_000,
             files_per_host: 200_000,
             files_total: 4_000_000,
+            lookups_per_host: 200_000,
+            lookups_total: 4_000_000,
         }
     }
 }
@@ -226,10 +251,22 @@ pub struct Records {
     /// How many files the clients of each address hold or download in a
     /// swarm, and all of them together.
     held: Held,
+    /// How many files the clients of each address have lookup state for
+    /// (`ClientRecord::wants`), and all of them together.
+    wanted: Held,
 }
 
-/// How many files the clients of each host hold or download in a swarm,
-/// and how many all of them do: the counts the last two quotas cap.
+/// Which cap of a [`Held`] count is reached.
+enum Full {
+    /// The count over all hosts.
+    Total,
+    /// The count of one host.
+    Host,
+}
+
+/// How many files the clients of each host hold or download in a swarm
+/// (or have lookup state for), and how many all of them do: the counts
+/// the per-host and total quotas cap.
 #[derive(Debug, Default)]
 struct Held {
     /// By host; a host whose clients hold none is not listed.
@@ -242,14 +279,21 @@ impl Held {
     /// Why the clients of `host` may not hold one file more, if they may
     /// not.
     fn refusal(&self, host: Origin, quotas: &Quotas) -> Option<Refusal> {
-        if self.total >= quotas.files_total {
-            return Some(Refusal::Full {
-                limit: quotas.files_total,
-            });
+        let (total, limit) = (quotas.files_total, quotas.files_per_host);
+        self.full(host, limit, total).map(|full| match full {
+            Full::Total => Refusal::Full { limit: total },
+            Full::Host => Refusal::TooManyFilesFromHost { host, limit },
+        })
+    }
+
+    /// Which cap one more for `host` would pass, if any: `total` over all
+    /// hosts, or `per_host`.
+    fn full(&self, host: Origin, per_host: usize, total: usize) -> Option<Full> {
+        if self.total >= total {
+            return Some(Full::Total);
         }
-        let limit = quotas.files_per_host;
-        let full = self.per_host.get(&host).is_some_and(|held| *held >= limit);
-        full.then_some(Refusal::TooManyFilesFromHost { host, limit })
+        let full = self.per_host.get(&host).is_some_and(|held| *held >= per_host);
+        full.then_some(Full::Host)
     }
 
     /// Counts one file more for `host`.
@@ -413,16 +457,28 @@ impl Holders {
 }
 
 impl ClientRecord {
-    /// The state of `file`'s lookups, made if need be: when the client has
-    /// state for as many files as it may, the state of files with no
+    /// The state of `file`'s lookups, made if need be (and counted in
+    /// `wanted`): when the client, its address or the tracker has state for
+    /// as many files as it may, the client's state of files with no
     /// reports pending (a lookup count only) is dropped first.
-    fn want(&mut self, client: ClientId, file: &FileName, sha1: Digest, quotas: &Quotas) -> Result<&mut Want, Refusal> {
-        if !self.wants.contains_key(file) && self.wants.len() >= quotas.lookups {
-            self.wants.retain(|_, want| !want.reported.is_empty());
-            if self.wants.len() >= quotas.lookups {
-                let limit = quotas.lookups;
-                return Err(Refusal::TooManyDownloads { client, limit });
+    fn want(
+        &mut self,
+        client: ClientId,
+        file: &FileName,
+        sha1: Digest,
+        quotas: &Quotas,
+        wanted: &mut Held,
+    ) -> Result<&mut Want, Refusal> {
+        if !self.wants.contains_key(file) {
+            if self.want_refusal(client, quotas, wanted).is_some() {
+                let before = self.wants.len();
+                self.wants.retain(|_, want| !want.reported.is_empty());
+                wanted.release(self.host, before - self.wants.len());
+                if let Some(refusal) = self.want_refusal(client, quotas, wanted) {
+                    return Err(refusal);
+                }
             }
+            wanted.take(self.host);
         }
         let want = self.wants.entry(file.clone()).or_insert_with(|| Want {
             lookups: 0,
@@ -442,6 +498,22 @@ impl ClientRecord {
     }
 
     /// Forgets the holders reported about `file`: a new download begins.
+    /// Why the client may not have lookup state for one file more, if it
+    /// may not: its own cap, its address's or the tracker's.
+    fn want_refusal(&self, client: ClientId, quotas: &Quotas, wanted: &Held) -> Option<Refusal> {
+        if self.wants.len() >= quotas.lookups {
+            let limit = quotas.lookups;
+            return Some(Refusal::TooManyDownloads { client, limit });
+        }
+        let (host, limit) = (self.host, quotas.lookups_per_host);
+        wanted.full(host, limit, quotas.lookups_total).map(|full| match full {
+            Full::Total => Refusal::LookupsFull {
+                limit: quotas.lookups_total,
+            },
+            Full::Host => Refusal::TooManyDownloadsFromHost { host, limit },
+        })
+    }
+
     fn clear_reports(&mut self, file: &FileName) {
         if let Some(want) = self.wants.get_mut(file) {
             self.reported -= want.reported.len();
@@ -467,6 +539,7 @@ impl Records {
             files: BTreeMap::new(),
             changes: 0,
             held: Held::default(),
+            wanted: Held::default(),
         }
     }
 
@@ -579,6 +652,7 @@ impl Records {
             quotas,
             clients,
             files,
+            wanted,
             ..
         } = self;
         let asker = clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
@@ -589,7 +663,7 @@ impl Records {
             return Ok(None);
         };
         let (content, stamp) = (record.content, record.stamp);
-        let want = asker.want(client, file, content.info.sha1, quotas)?;
+        let want = asker.want(client, file, content.info.sha1, quotas, wanted)?;
         if want.skipped.as_ref().is_none_or(|(at, _)| *at != stamp) {
             // The holder list changed since the skipped positions were
             // worked out (or they never were): work them out again. A
@@ -645,7 +719,7 @@ impl Records {
             record.members.insert(client);
         }
         let content = record.content;
-        let want = asker.want(client, file, content.info.sha1, &quotas)?;
+        let want = asker.want(client, file, content.info.sha1, &quotas, &mut self.wanted)?;
         let nth = want.lookups;
         want.lookups += 1;
         let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
@@ -702,7 +776,7 @@ impl Records {
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).expect("checked above");
         let reported = asker.reported;
-        let want = asker.want(client, file, sha1, &quotas)?;
+        let want = asker.want(client, file, sha1, &quotas, &mut self.wanted)?;
         // A holder reported before, on an earlier session of its, counts
         // once against the quota, but its new session is skipped too.
         let earlier = want.reported.insert(peer, holder_session);
@@ -736,6 +810,7 @@ impl Records {
         }
         let record = self.clients.remove(&client).expect("checked above");
         self.held.release(record.host, record.files.len() + record.joined.len());
+        self.wanted.release(record.host, record.wants.len());
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
@@ -820,7 +895,7 @@ impl Records {
     /// Whether the records hold nothing at all: no client, no file, no
     /// state of any kind (what is left once everyone has gone).
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.files.is_empty() && self.held.is_empty()
+        self.clients.is_empty() && self.files.is_empty() && self.held.is_empty() && self.wanted.is_empty()
     }
 }
 
@@ -1398,6 +1473,58 @@ pub(super) mod tests {
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("d"), content(b"d")).unwrap();
         all_leave(&mut records, &[(1, 1), (3, 3)]);
+    }
+
+    #[test]
+    fn the_clients_of_one_address_share_a_lookup_quota_and_give_it_back_as_they_go() {
+        let quotas = Quotas {
+            lookups_per_host: 3,
+            lookups_total: 5,
+            ..Quotas::default()
+        };
+        let mut records = Records::with_quotas(0, quotas);
+        let (here, there, holder) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        for (id, host) in [(1, here), (2, here), (3, there), (4, there), (9, holder)] {
+            records.register(ClientId(id), addr(id as u16), id, host).unwrap();
+        }
+        let sha1 = info(b"x").sha1;
+        for name in ["a", "b", "c", "d", "e"] {
+            records.announce(ClientId(9), &file(name), content(b"x")).unwrap();
+        }
+        // Lookups with a report pending (a failover under way) on three
+        // files from here, by two ids: a fourth is refused, from either.
+        for (id, name) in [(1, "a"), (1, "b"), (2, "c")] {
+            assert_eq!(first(&mut records, id, name), Some(ClientId(9)));
+            assert_eq!(records.report(ClientId(id), &file(name), ClientId(9), sha1), Ok(true));
+        }
+        for id in [1, 2] {
+            let refused = records.lookup(ClientId(id), &file("d"), false);
+            assert!(
+                matches!(refused, Err(Refusal::TooManyDownloadsFromHost { .. })),
+                "{refused:?}"
+            );
+        }
+        // Another address has its own, until the tracker's total is taken.
+        assert_eq!(first(&mut records, 3, "d"), Some(ClientId(9)));
+        assert_eq!(records.report(ClientId(3), &file("d"), ClientId(9), sha1), Ok(true));
+        assert_eq!(first(&mut records, 4, "e"), Some(ClientId(9)));
+        let refused = records.lookup(ClientId(3), &file("a"), false);
+        assert!(matches!(refused, Err(Refusal::LookupsFull { limit: 5 })), "{refused:?}");
+        // A lookup with no report pending is only a count: its own client
+        // drops it to make room.
+        assert_eq!(
+            first(&mut records, 4, "a"),
+            Some(ClientId(9)),
+            "its count for e made room"
+        );
+        // What a departing client held is free again.
+        assert!(records.forget(ClientId(1), 1));
+        assert_eq!(first(&mut records, 2, "d"), Some(ClientId(9)));
+        all_leave(&mut records, &[(2, 2), (3, 3), (4, 4), (9, 9)]);
     }
 
     #[test]
