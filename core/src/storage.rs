@@ -470,7 +470,9 @@ pub(super) fn still_at(file: &fs::File, path: &Path) -> Result<bool, StorageErro
         };
         Ok(open.dev() == named.dev() && open.ino() == named.ino())
     }
-    // Elsewhere an open file cannot be removed by default.
+    // Elsewhere not checked: a file's identity is not at hand there (and
+    // Windows, where Rust opens files that others may delete, leaves the
+    // race this guards against open).
     #[cfg(not(unix))]
     {
         let _ = (file, path);

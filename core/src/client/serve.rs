@@ -85,7 +85,10 @@ impl Seeder {
             }
             Ok(Some(request)) => self.serve_one(&mut connection, request).await,
             Ok(None) => Ok(()),
-            Err(error) => Err(error),
+            Err(error) => {
+                tracing::info!(node = %self.reporter.node(), %remote, %error, "a connection sent no request this peer could read");
+                return;
+            }
         };
         if let Err(error) = served {
             tracing::info!(node = %self.reporter.node(), %remote, %error, "a downloader's connection ended before its transfer did");

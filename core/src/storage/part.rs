@@ -585,6 +585,12 @@ fn remove_if_there(path: &Path) -> Result<(), StorageError> {
 /// that opened it meanwhile finds it gone once it has the lock
 /// ([`open_locked`]), and one that made a new file there keeps it.
 fn remove_leftovers(data: &Path, record: &Path) -> Result<(), StorageError> {
+    // A symbolic link is nobody's partial file (they are opened with
+    // O_NOFOLLOW): removed, or no download of the name could ever open one.
+    if fs::symlink_metadata(data).is_ok_and(|found| found.file_type().is_symlink()) {
+        remove_if_there(data)?;
+        return remove_if_there(record);
+    }
     let file = match fs::File::open(data) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return remove_if_there(record),
@@ -831,6 +837,20 @@ mod tests {
             drop(locked);
             let _ = fs::remove_file(&data);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symbolic_link_left_where_a_partial_file_goes_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, record) = (
+            dir.path().join(".f.x.phile-swarm"),
+            dir.path().join(".f.x.phile-pieces"),
+        );
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &data).unwrap();
+        assert!(open_locked(&data, 10).is_err(), "a partial file opened through a link");
+        remove_leftovers(&data, &record).unwrap();
+        assert!(open_locked(&data, 10).is_ok());
     }
 
     #[tokio::test]

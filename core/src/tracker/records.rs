@@ -460,7 +460,9 @@ impl ClientRecord {
     /// The state of `file`'s lookups, made if need be (and counted in
     /// `wanted`): when the client, its address or the tracker has state for
     /// as many files as it may, the client's state of files with no
-    /// reports pending (a lookup count only) is dropped first.
+    /// reports pending (a lookup count only) is dropped first, but for the
+    /// swarms it is a member of (their count varies the peers each request
+    /// for more is offered; memberships have caps of their own).
     fn want(
         &mut self,
         client: ClientId,
@@ -472,7 +474,8 @@ impl ClientRecord {
         if !self.wants.contains_key(file) {
             if self.want_refusal(client, quotas, wanted).is_some() {
                 let before = self.wants.len();
-                self.wants.retain(|_, want| !want.reported.is_empty());
+                self.wants
+                    .retain(|file, want| !want.reported.is_empty() || self.joined.contains(file));
                 wanted.release(self.host, before - self.wants.len());
                 if let Some(refusal) = self.want_refusal(client, quotas, wanted) {
                     return Err(refusal);
@@ -706,7 +709,8 @@ impl Records {
         let Some(record) = self.files.get_mut(file) else {
             return Ok(None);
         };
-        if !asker.files.contains(file) && !asker.joined.contains(file) {
+        let joining = !asker.files.contains(file) && !asker.joined.contains(file);
+        if joining {
             if asker.files.len() + asker.joined.len() >= quotas.files {
                 let limit = quotas.files;
                 return Err(Refusal::TooManyFiles { client, limit });
@@ -714,15 +718,18 @@ impl Records {
             if let Some(refusal) = self.held.refusal(asker.host, &quotas) {
                 return Err(refusal);
             }
-            asker.joined.insert(file.clone());
-            self.held.take(asker.host);
-            record.members.insert(client);
         }
         let content = record.content;
+        // Before the membership is recorded: a refused request leaves none.
         let want = asker.want(client, file, content.info.sha1, &quotas, &mut self.wanted)?;
         let nth = want.lookups;
         want.lookups += 1;
         let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
+        if joining {
+            asker.joined.insert(file.clone());
+            self.held.take(asker.host);
+            record.members.insert(client);
+        }
         let record = &self.files[file];
         let clients = &self.clients;
         let skip: Vec<ClientId> = std::iter::once(client)
@@ -1514,6 +1521,12 @@ pub(super) mod tests {
         assert_eq!(first(&mut records, 4, "e"), Some(ClientId(9)));
         let refused = records.lookup(ClientId(3), &file("a"), false);
         assert!(matches!(refused, Err(Refusal::LookupsFull { limit: 5 })), "{refused:?}");
+        let refused = records.swarm(ClientId(3), &file("a"), true);
+        assert!(matches!(refused, Err(Refusal::LookupsFull { limit: 5 })), "{refused:?}");
+        assert!(
+            records.members(&file("a")).is_empty(),
+            "a refused swarm request left a member"
+        );
         // A lookup with no report pending is only a count: its own client
         // drops it to make room.
         assert_eq!(
@@ -1525,6 +1538,28 @@ pub(super) mod tests {
         assert!(records.forget(ClientId(1), 1));
         assert_eq!(first(&mut records, 2, "d"), Some(ClientId(9)));
         all_leave(&mut records, &[(2, 2), (3, 3), (4, 4), (9, 9)]);
+    }
+
+    #[test]
+    fn a_full_lookup_quota_keeps_the_state_of_the_swarms_a_client_is_in() {
+        let quotas = Quotas {
+            lookups: 2,
+            ..Quotas::default()
+        };
+        let mut records = records_with(0, 2, quotas);
+        for name in ["a", "b", "c"] {
+            records.announce(ClientId(1), &file(name), content(b"x")).unwrap();
+        }
+        assert!(records.swarm(ClientId(2), &file("a"), true).unwrap().is_some());
+        assert_eq!(first(&mut records, 2, "b"), Some(ClientId(1)));
+        // At the cap, the count of a whole-file lookup makes room; that of
+        // a swarm it is in stays (it varies the peers each refresh gets).
+        assert_eq!(first(&mut records, 2, "c"), Some(ClientId(1)));
+        let wants = &records.clients[&ClientId(2)].wants;
+        assert!(
+            wants.contains_key(&file("a")) && !wants.contains_key(&file("b")),
+            "{wants:?}"
+        );
     }
 
     #[test]

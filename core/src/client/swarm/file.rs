@@ -116,6 +116,8 @@ impl Run<'_> {
         if !self.delivered(peer, bytes.len() as u64, done) {
             return;
         }
+        // Before this piece counts: see `Run::ask_after_arrival`.
+        let endgame = self.plan.endgame();
         // Before the hashes, nothing was asked for, and nothing can be
         // checked: the piece is ignored, and stays to be asked for.
         let Some(part) = &self.part else {
@@ -125,7 +127,7 @@ impl Run<'_> {
             let taking = part.take_piece(index, bytes);
             self.checking.push(Box::pin(async move { (peer, index, taking.await) }));
         }
-        self.ask_after_arrival(peer);
+        self.ask_after_arrival(peer, endgame);
     }
 
     /// Piece `index` from `peer` was checked (and, if good, written).
