@@ -419,7 +419,10 @@ impl Scheduler {
 
     /// Takes back the requests in flight to `peer` for pieces one of
     /// `to` holds and has room in its pipeline for, so they can be asked
-    /// of it (the caller cancels them): returns those pieces.
+    /// of it (the caller cancels them): returns those pieces. Not the
+    /// piece `peer` has begun to send: it comes all the same, and `peer`
+    /// could be asked for it again meanwhile; if it stopped, the endgame
+    /// copies it once its pace shows it.
     pub fn withdraw(&mut self, peer: ClientId, to: &[ClientId]) -> Vec<usize> {
         let Some(p) = self.peers.get(&peer) else {
             return Vec::new();
@@ -432,7 +435,7 @@ impl Scheduler {
             })
             .collect();
         let mut movable = Vec::new();
-        for &index in &p.in_flight {
+        for &index in p.in_flight.iter().filter(|index| p.sending != Some(**index)) {
             let taker = room
                 .iter_mut()
                 .find(|(other, free)| *free > 0 && self.peers[other].bits.has(index));
@@ -811,6 +814,21 @@ mod tests {
         assert!(plan.started(peer(1), 0).is_empty());
         assert!(plan.started(peer(1), 2).is_empty());
         assert_eq!((plan.in_flight(peer(1)), plan.in_flight(peer(2))), (1, 1));
+    }
+
+    #[test]
+    fn the_piece_a_peer_is_sending_is_not_withdrawn_from_it() {
+        // More pieces than the endgame's: no copies are asked for.
+        let count = ENDGAME_PIECES + 4;
+        let mut plan = Scheduler::new(layout(count as u64), Bitfield::empty(count), 3, count);
+        plan.join(peer(1), Bitfield::full(count));
+        let asked = plan.requests(peer(1));
+        plan.join(peer(2), Bitfield::full(count));
+        assert!(plan.started(peer(1), asked[0]).is_empty());
+        let moved = plan.withdraw(peer(1), &[peer(2)]);
+        assert!(!moved.contains(&asked[0]), "the piece under way was taken back");
+        assert_eq!(moved.len(), asked.len() - 1);
+        assert_eq!(plan.in_flight(peer(1)), 1);
     }
 
     #[test]
