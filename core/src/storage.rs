@@ -24,7 +24,7 @@
 mod part;
 mod trees;
 
-pub use part::{PartData, PartFile, Resumed, WholeHash};
+pub use part::{PartData, PartFile, PartLock, Resumed, WholeHash};
 
 use std::collections::HashMap;
 use std::fs;
@@ -710,7 +710,7 @@ impl Received {
             path: target.to_owned(),
             source: e.error,
         })?;
-        sync_dir(dir).map_err(at(dir))?;
+        sync_after_rename(dir);
         Ok(file)
     }
 }
@@ -748,6 +748,19 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Syncs `dir` after a checked file was renamed into it, so the rename
+/// survives a power cut. A failure is a warning, not an error: the file is
+/// in place, whole and checked, and an error would tell the caller that
+/// it is not (a retry would then find the name taken).
+fn sync_after_rename(dir: &Path) {
+    if let Err(error) = sync_dir(dir) {
+        tracing::warn!(
+            "stored a file in {}, but syncing the folder failed (a power cut now may undo it): {error}",
+            dir.display()
+        );
+    }
 }
 
 /// Writes a temporary file and hashes what it writes, in one pass.

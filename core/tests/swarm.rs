@@ -347,7 +347,7 @@ async fn a_complete_record_resumed_in_finer_pieces_finishes_without_fetching_a_p
     };
     let part = downloader
         .folder()
-        .part(&name("f"), info, tree.root(), layer)
+        .part(&name("f"), info, tree.root(), layer, None)
         .await
         .unwrap();
     for index in 0..layout.count() {

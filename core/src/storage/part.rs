@@ -27,7 +27,9 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
-use super::{at, locked_temp, read_at, still_at, sync_dir, Folder, Known, Stamp, StorageError, LOCK_ATTEMPTS};
+use super::{
+    at, locked_temp, read_at, still_at, sync_after_rename, sync_dir, Folder, Known, Stamp, StorageError, LOCK_ATTEMPTS,
+};
 use crate::host::Host;
 use crate::pieces::{coarser_layer, hashes_from_bytes, Bitfield, Layer, Layout, PieceSize};
 use crate::protocol::{Digest, FileInfo, FileName, PARTIAL_SUFFIX, PIECES_SUFFIX, SWARM_PART_SUFFIX};
@@ -37,14 +39,27 @@ const RECORD_MAGIC: &[u8] = b"phile-pieces 1\n";
 
 /// What an interrupted download of a file left, in the pieces of the new
 /// attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Resumed {
     /// The piece hashes, when the record's piece size allows working them
     /// out (else they must be fetched again).
     pub hashes: Option<Vec<Digest>>,
     /// The pieces verified and on disk.
     pub verified: Bitfield,
+    /// The partial file, locked by this process since before its record
+    /// was read: for [`Folder::part`].
+    pub lock: PartLock,
 }
+
+/// The partial file of an interrupted download, locked by this process.
+///
+/// A new attempt takes the lock before it trusts the record, and keeps it
+/// until the piece hashes open the file ([`Folder::part`]), which may take
+/// a while (a record in coarser pieces than the attempt's cannot give
+/// them): meanwhile no other download of the name can write, remove or
+/// store the pieces the record lists.
+#[derive(Debug)]
+pub struct PartLock(fs::File);
 
 /// The header of a record, as JSON on its second line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -202,11 +217,34 @@ impl Folder {
         let (data, record) = self.swarm_paths(name);
         self.host
             .blocking(move || {
-                let resumed = read_record(&record, &data, info, root, piece)?;
-                if resumed.is_none() {
-                    remove_leftovers(&data, &record)?;
+                // Locked first, so the record read is of a file nobody else
+                // writes (a live download elsewhere is an error that says
+                // so, as it is for `part`).
+                let lock = if is_symlink(&data) {
+                    None
+                } else {
+                    lock_at(&data, &existing_part())?
+                };
+                let lock = match lock {
+                    Some(lock) => lock,
+                    None => {
+                        remove_leftovers(&data, &record)?;
+                        return Ok(None);
+                    }
+                };
+                match read_record(&record, &data, info, root, piece)? {
+                    Some((hashes, verified)) => Ok(Some(Resumed {
+                        hashes,
+                        verified,
+                        lock: PartLock(lock),
+                    })),
+                    // Locked by this process and still the file at `data`.
+                    None => {
+                        remove_if_there(&data)?;
+                        remove_if_there(&record)
+                    }
+                    .map(|()| None),
                 }
-                Ok(resumed)
             })
             .await
     }
@@ -214,17 +252,23 @@ impl Folder {
     /// Opens (or creates) the partial file of `name`, to hold content `info`
     /// with root `root` in the pieces of `layer`, locked by this process: a
     /// download under way in another process is an error that says so.
+    /// `resumed` is the lock of the file an earlier attempt left, taken by
+    /// [`Folder::resume`].
     pub async fn part(
         &self,
         name: &FileName,
         info: FileInfo,
         root: Digest,
         layer: Layer,
+        resumed: Option<PartLock>,
     ) -> Result<PartFile, StorageError> {
         let (path, record) = self.swarm_paths(name);
         let size = layer.layout().size;
         let opened = path.clone();
-        let file = self.host.blocking(move || open_locked(&opened, size)).await?;
+        let file = match resumed {
+            Some(PartLock(file)) => file,
+            None => self.host.blocking(move || open_locked(&opened, size)).await?,
+        };
         Ok(PartFile {
             data: PartData {
                 file: Arc::new(file),
@@ -374,8 +418,15 @@ impl PartFile {
                     return Err(StorageError::Busy { path });
                 }
                 put_in_place(&path, &target, replace)?;
-                sync_dir(&dir).map_err(at(&dir))?;
-                remove_if_there(&record)?;
+                sync_after_rename(&dir);
+                // From here the file is stored: a record left behind is
+                // not, and the next download of the name removes it.
+                if let Err(error) = remove_if_there(&record) {
+                    tracing::warn!(
+                        "stored {}, but could not remove its piece record: {error}",
+                        target.display()
+                    );
+                }
                 Ok::<_, StorageError>(Stamp::of(&file.metadata().map_err(at(&target))?))
             })
             .await?;
@@ -418,42 +469,70 @@ fn write_all_at(file: &fs::File, bytes: &[u8], offset: u64) -> io::Result<()> {
 }
 
 /// Opens the partial file at `path`, creating it with `size` bytes (sparse)
-/// if need be, and locks it for this process.
+/// if need be, and locks it for this process ([`lock_at`]).
+fn open_locked(path: &Path, size: u64) -> Result<fs::File, StorageError> {
+    let mut options = existing_part();
+    options.create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Like any file a program creates: it becomes the stored file.
+        options.mode(0o666);
+    }
+    let file = lock_at(path, &options)?.ok_or_else(|| at(path)(io::ErrorKind::NotFound.into()))?;
+    if file.metadata().map_err(at(path))?.len() != size {
+        file.set_len(size).map_err(at(path))?;
+    }
+    Ok(file)
+}
+
+/// How a partial file is opened: to read and write, never through a
+/// symbolic link.
+fn existing_part() -> fs::OpenOptions {
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options
+}
+
+/// Opens the file at `path` with `options` and locks it for this process;
+/// `None` if there is no file there (and `options` do not create one).
 ///
 /// The lock is taken after the open, so another download of the name may
 /// remove the file in between (it found it abandoned: unlocked). A lock on
 /// a removed file guards nothing, and two downloads would then write, and
 /// store, one name at once: the file locked must still be the one at
 /// `path`, or it is opened again.
-fn open_locked(path: &Path, size: u64) -> Result<fs::File, StorageError> {
-    let mut options = fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Like any file a program creates: it becomes the stored file.
-        options.mode(0o666).custom_flags(libc::O_NOFOLLOW);
-    }
+fn lock_at(path: &Path, options: &fs::OpenOptions) -> Result<Option<fs::File>, StorageError> {
     for _ in 0..LOCK_ATTEMPTS {
-        let file = options.open(path).map_err(at(path))?;
+        let file = match options.open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(at(path)(error)),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StorageError::Busy { path: path.to_owned() }),
             Err(fs::TryLockError::Error(error)) => return Err(at(path)(error)),
         }
-        if !still_at(&file, path)? {
-            continue;
+        if still_at(&file, path)? {
+            return Ok(Some(file));
         }
-        if file.metadata().map_err(at(path))?.len() != size {
-            file.set_len(size).map_err(at(path))?;
-        }
-        return Ok(file);
     }
     Err(StorageError::Busy { path: path.to_owned() })
 }
 
+/// What a record says, in the pieces of a new attempt: the piece hashes
+/// (if they can be worked out) and the pieces verified.
+type Recorded = (Option<Vec<Digest>>, Bitfield);
+
 /// Reads the record at `record` of the partial file at `data`, if both are
-/// there and describe content `info` with root `root`, in pieces of
+/// there and describe content `info` with root `root`: the piece hashes
+/// (if they can be worked out) and the pieces verified, in pieces of
 /// `piece` bytes.
 fn read_record(
     record: &Path,
@@ -461,7 +540,7 @@ fn read_record(
     info: FileInfo,
     root: Digest,
     piece: PieceSize,
-) -> Result<Option<Resumed>, StorageError> {
+) -> Result<Option<Recorded>, StorageError> {
     let mut bytes = Vec::new();
     match fs::File::open(record) {
         Ok(mut file) => file.read_to_end(&mut bytes).map_err(at(record))?,
@@ -491,10 +570,7 @@ fn read_record(
     };
     let wanted = Layout::new(info.size, piece);
     let hashes = (piece >= own.piece).then(|| coarser_layer(&own, layer.hashes(), piece));
-    Ok(Some(Resumed {
-        hashes,
-        verified: verified.covering(&own, &wanted),
-    }))
+    Ok(Some((hashes, verified.covering(&own, &wanted))))
 }
 
 /// The parts of a record: header, piece hashes, bitfield bytes.
@@ -587,7 +663,7 @@ fn remove_if_there(path: &Path) -> Result<(), StorageError> {
 fn remove_leftovers(data: &Path, record: &Path) -> Result<(), StorageError> {
     // A symbolic link is nobody's partial file (they are opened with
     // O_NOFOLLOW): removed, or no download of the name could ever open one.
-    if fs::symlink_metadata(data).is_ok_and(|found| found.file_type().is_symlink()) {
+    if is_symlink(data) {
         remove_if_there(data)?;
         return remove_if_there(record);
     }
@@ -607,6 +683,11 @@ fn remove_leftovers(data: &Path, record: &Path) -> Result<(), StorageError> {
     }
     remove_if_there(data)?;
     remove_if_there(record)
+}
+
+/// Whether `path` is a symbolic link.
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|found| found.file_type().is_symlink())
 }
 
 /// Reads all of the file at `path`.
@@ -666,8 +747,8 @@ mod tests {
         let folder = Folder::open(dir.path()).unwrap();
         let (bytes, info, root, layer) = file(100_000, 16 * 1024);
         let piece = layer.layout().piece;
-        assert_eq!(folder.resume(&name("f"), info, root, piece).await.unwrap(), None);
-        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        assert!(folder.resume(&name("f"), info, root, piece).await.unwrap().is_none());
+        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
         let mut verified = Bitfield::empty(layer.layout().count());
         for index in [0, 2, 6] {
             assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
@@ -687,18 +768,22 @@ mod tests {
         // A restart: the folder is opened again; nothing is cleaned away.
         let folder = Folder::open(dir.path()).unwrap();
         assert!(folder.list().unwrap().is_empty(), "a partial download is listed");
-        let resumed = folder.resume(&name("f"), info, root, piece).await.unwrap().unwrap();
-        assert_eq!(resumed.verified, verified);
-        assert_eq!(resumed.hashes.as_deref(), Some(layer.hashes()));
-        // The same, seen in pieces of 32 KiB: only whole ones count.
+        // Seen in pieces of 32 KiB: only whole ones count.
         let coarse = folder
             .resume(&name("f"), info, root, PieceSize::new(32 * 1024).unwrap())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(coarse.verified.iter_held().collect::<Vec<_>>(), [3]);
+        drop(coarse);
+        let resumed = folder.resume(&name("f"), info, root, piece).await.unwrap().unwrap();
+        assert_eq!(resumed.verified, verified);
+        assert_eq!(resumed.hashes.as_deref(), Some(layer.hashes()));
 
-        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let part = folder
+            .part(&name("f"), info, root, layer.clone(), Some(resumed.lock))
+            .await
+            .unwrap();
         for index in resumed.verified.iter_missing().collect::<Vec<_>>() {
             assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
         }
@@ -718,7 +803,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::open(dir.path()).unwrap();
         let (bytes, info, root, layer) = file(50_000, 16 * 1024);
-        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
         assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
         let mut verified = Bitfield::empty(layer.layout().count());
         verified.set(0);
@@ -726,7 +811,11 @@ mod tests {
         drop(part);
         let (_, other, other_root, _) = file(50_001, 16 * 1024);
         let piece = layer.layout().piece;
-        assert_eq!(folder.resume(&name("f"), other, other_root, piece).await.unwrap(), None);
+        assert!(folder
+            .resume(&name("f"), other, other_root, piece)
+            .await
+            .unwrap()
+            .is_none());
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
     }
 
@@ -736,7 +825,10 @@ mod tests {
         let folder = Folder::open(dir.path()).unwrap();
         for (file_name, live) in [("left", false), ("live", true)] {
             let (bytes, info, root, layer) = file(50_000, 16 * 1024);
-            let part = folder.part(&name(file_name), info, root, layer.clone()).await.unwrap();
+            let part = folder
+                .part(&name(file_name), info, root, layer.clone(), None)
+                .await
+                .unwrap();
             assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
             let mut verified = Bitfield::empty(layer.layout().count());
             verified.set(0);
@@ -770,12 +862,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::open(dir.path()).unwrap();
         let (_, info, root, layer) = file(20_000, 16 * 1024);
-        let first = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let first = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
         // A second handle stands for a second process: the lock is per
         // open file, so it is refused as another process would be.
-        let second = folder.part(&name("f"), info, root, layer).await.unwrap_err();
+        let second = folder.part(&name("f"), info, root, layer, None).await.unwrap_err();
         assert!(matches!(second, StorageError::Busy { .. }), "{second}");
         drop(first);
+    }
+
+    /// Resumed in coarser pieces than its record's, a download waits for
+    /// the piece hashes before it opens the partial file: meanwhile the
+    /// pieces its record lists are its own, as they are once it is open.
+    #[tokio::test]
+    async fn a_resumed_partial_file_is_locked_from_the_moment_its_record_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::open(dir.path()).unwrap();
+        let (bytes, info, root, layer) = file(100_000, 32 * 1024);
+        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
+        assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
+        let mut verified = Bitfield::empty(layer.layout().count());
+        verified.set(0);
+        part.save(&verified).await.unwrap();
+        drop(part);
+
+        let finer = PieceSize::new(16 * 1024).unwrap();
+        let resumed = folder.resume(&name("f"), info, root, finer).await.unwrap().unwrap();
+        assert_eq!(resumed.hashes, None, "finer pieces' hashes cannot be worked out");
+        assert_eq!(resumed.verified.iter_held().collect::<Vec<_>>(), [0, 1]);
+        let again = folder.resume(&name("f"), info, root, finer).await.unwrap_err();
+        assert!(matches!(again, StorageError::Busy { .. }), "{again}");
+        let opened = folder
+            .part(&name("f"), info, root, layer.clone(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(opened, StorageError::Busy { .. }), "{opened}");
+        folder.drop_swarm_leftovers(&name("f")).await.unwrap();
+        assert_eq!(entries(dir.path()).len(), 2, "removed from under the resumed download");
+
+        // The hashes came: the file opened is the one locked, pieces and all.
+        let part = folder
+            .part(&name("f"), info, root, layer.clone(), Some(resumed.lock))
+            .await
+            .unwrap();
+        assert!(part.bad_pieces(&verified).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -783,7 +912,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::open(dir.path()).unwrap().keeping_existing();
         let (bytes, info, root, layer) = file(40_000, 16 * 1024);
-        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
         let all = Bitfield::full(layer.layout().count());
         for index in 0..layer.layout().count() {
             assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
@@ -858,7 +987,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::open(dir.path()).unwrap().keeping_existing();
         let (bytes, info, root, layer) = file(40_000, 16 * 1024);
-        let part = folder.part(&name("f"), info, root, layer.clone()).await.unwrap();
+        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
         for index in 0..layer.layout().count() {
             assert!(part.take_piece(index, piece_of(&bytes, &layer, index)).await.unwrap());
         }

@@ -69,8 +69,16 @@ struct Gains {
     /// Conversations go one way, so these are swarm members it can draw
     /// from only once it connects to them too; the first downloaders of a
     /// swarm would otherwise know only the peers that came before them.
+    /// Each id once, and at most [`MAX_MET`]: the ids are the peers' own
+    /// claims, and one peer joining again and again under new ids must
+    /// not grow it without end.
     met: Vec<ClientId>,
 }
+
+/// The most downloaders a partial download remembers meeting. Far more
+/// than it ever connects to ([`crate::client::swarm::MAX_LINKS`]); past it,
+/// a new one is simply not news.
+pub const MAX_MET: usize = 4096;
 
 impl std::fmt::Debug for Partial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,8 +187,12 @@ impl Partial {
 impl Partial {
     /// Downloader `peer` opened a conversation with this download.
     pub fn meet(&self, peer: ClientId) {
-        self.state().met.push(peer);
-        self.met.notify_waiters();
+        let mut state = self.state();
+        if state.met.len() < MAX_MET && !state.met.contains(&peer) {
+            state.met.push(peer);
+            drop(state);
+            self.met.notify_waiters();
+        }
     }
 
     /// The downloaders met since the `seen`-th, with the count to remember
@@ -238,5 +250,40 @@ impl Swarms {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileName, Arc<Partial>>> {
         self.downloads.lock().expect("swarm downloads poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pieces::PieceSize;
+
+    fn partial() -> Partial {
+        let info = FileInfo {
+            size: 1 << 20,
+            sha1: Digest::of(b""),
+        };
+        let piece = PieceSize::new(256 * 1024).unwrap();
+        Partial::new(info, Digest::of(b"root"), Layout::new(info.size, piece))
+    }
+
+    #[test]
+    fn a_downloader_met_twice_is_news_once() {
+        let partial = partial();
+        partial.meet(ClientId(7));
+        partial.meet(ClientId(8));
+        partial.meet(ClientId(7));
+        assert_eq!(partial.met_since(0), (vec![ClientId(7), ClientId(8)], 2));
+    }
+
+    #[test]
+    fn downloaders_met_under_ever_new_ids_are_remembered_up_to_a_bound() {
+        let partial = partial();
+        for id in 0..MAX_MET as u64 + 100 {
+            partial.meet(ClientId(id));
+        }
+        let (met, seen) = partial.met_since(0);
+        assert_eq!((met.len(), seen), (MAX_MET, MAX_MET));
+        assert_eq!(met.last(), Some(&ClientId(MAX_MET as u64 - 1)));
     }
 }

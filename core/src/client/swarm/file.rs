@@ -48,7 +48,7 @@ impl Run<'_> {
     pub(super) async fn open_part(&mut self, layer: Layer) -> Result<(), DownloadError> {
         let folder = &self.client.folder;
         let part = folder
-            .part(&self.file, self.info, self.root, layer)
+            .part(&self.file, self.info, self.root, layer, self.resumed_lock.take())
             .await
             .map_err(ClientError::from)?;
         self.partial.open(part.layer().clone(), part.data(), self.plan.have());

@@ -60,7 +60,7 @@ use tokio::time::Instant;
 use super::{Client, ClientError, DownloadError, Downloaded, Fetched, Rejection};
 use crate::pieces::{Bitfield, Layer, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, Problem, SwarmPeer, Trace, TrackerReply, TrackerRequest};
-use crate::storage::{PartFile, WholeHash};
+use crate::storage::{PartFile, PartLock, WholeHash};
 use crate::swarm::scheduler::Scheduler;
 use crate::swarm::Partial;
 use crate::trace;
@@ -249,11 +249,12 @@ impl Client {
             .resume(&start.file, start.info, start.root, start.piece)
             .await
             .map_err(ClientError::from)?;
-        let (held, hashes) = match resumed {
-            Some(resumed) => (resumed.verified, resumed.hashes),
-            None => (Bitfield::empty(layout.count()), None),
+        let (held, hashes, lock) = match resumed {
+            Some(resumed) => (resumed.verified, resumed.hashes, Some(resumed.lock)),
+            None => (Bitfield::empty(layout.count()), None, None),
         };
         let mut run = Run::new(self, &start, layout, held);
+        run.resumed_lock = lock;
         // Served from now on: peers that connect early hear of every piece
         // this download gains.
         self.swarms.insert(&start.file, run.partial.clone());
@@ -281,6 +282,9 @@ struct Run<'a> {
     plan: Scheduler,
     /// The partial file, once the piece hashes are known.
     part: Option<PartFile>,
+    /// The partial file an earlier attempt left, locked since its record was
+    /// read, until the piece hashes open it as `part`.
+    resumed_lock: Option<PartLock>,
     /// The download as served to others.
     partial: Arc<Partial>,
     /// The peer asked for the piece hashes, if any.
@@ -381,6 +385,7 @@ impl<'a> Run<'a> {
             root: start.root,
             plan: Scheduler::new(layout, held, seed, pipeline),
             part: None,
+            resumed_lock: None,
             // The one announced at the start, if it is this download's.
             partial: client
                 .swarms
