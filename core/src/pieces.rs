@@ -352,6 +352,15 @@ impl Tree {
         fold(&self.leaves, 0, (self.leaves.len() as u64).next_power_of_two())
     }
 
+    /// The piece hashes of the file cut into pieces of `piece` bytes, as a
+    /// [`Layer`]: computed from the bytes, it needs no check.
+    pub fn piece_layer(&self, piece: PieceSize) -> Layer {
+        Layer {
+            layout: Layout::new(self.size, piece),
+            hashes: self.layer(piece),
+        }
+    }
+
     /// The piece hashes of the file cut into pieces of `piece` bytes.
     pub fn layer(&self, piece: PieceSize) -> Vec<Digest> {
         let layout = Layout::new(self.size, piece);
@@ -422,6 +431,22 @@ impl Layer {
     /// The hashes as bytes, 20 per piece: how they travel.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.hashes.iter().flat_map(|hash| hash.0).collect()
+    }
+
+    /// The hashes of the same file cut into pieces of `to` bytes (no
+    /// smaller than this layer's), as they travel, in chunks of at most
+    /// `chunk_len` bytes (a multiple of 20): a list of a million hashes is
+    /// sent without ever being held whole.
+    pub fn coarser_bytes(&self, to: PieceSize, chunk_len: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+        let coarse = Layout::new(self.layout.size, to);
+        let span = (coarse.leaves_per_node() / self.layout.leaves_per_node()) as usize;
+        let per_chunk = (chunk_len / 20).max(1);
+        self.hashes.chunks(span.saturating_mul(per_chunk)).map(move |fine| {
+            coarser_layer(&self.layout, fine, to)
+                .iter()
+                .flat_map(|hash| hash.0)
+                .collect()
+        })
     }
 }
 
@@ -705,6 +730,26 @@ mod tests {
                     tree.layer(piece(size)),
                     "{len} bytes into {size}-byte pieces"
                 );
+            }
+        }
+        // The same, in the wire's chunks, never whole.
+        for len in [1, 40_000, 600_000, 2_000_000] {
+            let tree = Tree::of(&content(len));
+            let fine = tree.piece_layer(PieceSize::SMALLEST);
+            for size in [16 * KIB, 64 * KIB, 4096 * KIB] {
+                let whole: Vec<u8> = tree.layer(piece(size)).iter().flat_map(|hash| hash.0).collect();
+                for chunk_len in [20, 60, 64 * 1024] {
+                    let chunks: Vec<Vec<u8>> = fine.coarser_bytes(piece(size), chunk_len).collect();
+                    assert!(
+                        chunks.iter().all(|chunk| chunk.len() <= chunk_len),
+                        "{len} in chunks of {chunk_len}"
+                    );
+                    assert_eq!(
+                        chunks.concat(),
+                        whole,
+                        "{len} bytes into {size}-byte pieces, chunks of {chunk_len}"
+                    );
+                }
             }
         }
         assert_eq!(remembered_piece_size(1 << 30), PieceSize::DEFAULT);

@@ -88,6 +88,9 @@ pub struct Folder {
     /// The hash tree of each file that needed one ([`trees`]), keyed and
     /// guarded like `known`.
     trees: Arc<Mutex<HashMap<FileName, trees::KnownTree>>>,
+    /// One pass over a file at a time: requests that need the same file
+    /// hashed wait for the pass under way and take what it found.
+    hashing: trees::HashTurns,
     /// Where blocking work runs.
     host: Arc<dyn Host>,
     /// Whether putting a file in place may replace one already there.
@@ -177,6 +180,7 @@ impl Folder {
             dir,
             known: Arc::default(),
             trees: Arc::default(),
+            hashing: trees::HashTurns::default(),
             host: Arc::new(OsHost),
             replace: true,
         }
@@ -308,24 +312,19 @@ impl Folder {
     /// version's bytes.
     pub async fn open_file(&self, name: &FileName) -> Result<HeldFile, StorageError> {
         let file = Arc::new(self.open_held(name)?);
-        let (path, known, name) = (self.path(name), self.known.clone(), name.clone());
-        let (reader, looked_up) = (file.clone(), path.clone());
-        let (lookup, cache) = (name.clone(), known.clone());
+        let known = self.known.clone();
+        let look = move |name: &FileName, stamp: Stamp| {
+            let remembered = known.lock().expect("digest cache poisoned").get(name).copied();
+            remembered.filter(|known| known.stamp == stamp).map(|known| known.info)
+        };
         // Most opens find the digest remembered: a short job. Only a hash
         // takes a long one.
-        let (stamp, remembered) = self
-            .host
-            .blocking(move || {
-                let stamp = Stamp::of(&reader.metadata().map_err(at(&looked_up))?);
-                let remembered = cache.lock().expect("digest cache poisoned").get(&lookup).copied();
-                Ok::<_, StorageError>((stamp, remembered.filter(|known| known.stamp == stamp)))
-            })
-            .await?;
-        let info = match remembered {
-            Some(known) => known.info,
-            None => {
-                let reader = file.clone();
-                self.host
+        let info = match self.remembered(&file, name, look).await? {
+            trees::Remembered::Found(info) => info,
+            trees::Remembered::NotYet(stamp, pass) => {
+                let (reader, path, name, known) = (file.clone(), self.path(name), name.clone(), self.known.clone());
+                let info = self
+                    .host
                     .long(move || {
                         let info = hash(&reader, &path)?;
                         known
@@ -334,7 +333,9 @@ impl Folder {
                             .insert(name, Known { stamp, info });
                         Ok::<_, StorageError>(info)
                     })
-                    .await?
+                    .await?;
+                drop(pass);
+                info
             }
         };
         Ok(HeldFile {

@@ -135,7 +135,7 @@ impl Client {
         let Source {
             peer: from, info, root, ..
         } = source;
-        self.folder.remember_root(file, info, root);
+        self.folder.remember_root(file, info, root, None);
         let event = Event::DownloadFinished {
             file: file.clone(),
             from: Some(from),

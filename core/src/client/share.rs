@@ -37,7 +37,7 @@ use super::turns::Turns;
 #[cfg(doc)]
 use super::turns::SLOT_STALL;
 use crate::connection::{Connection, ConnectionError};
-use crate::pieces::{coarser_layer, Bitfield, Layout, PieceSize};
+use crate::pieces::{Bitfield, Layer, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Request};
 use crate::server::Origin;
 use crate::storage::PartData;
@@ -385,7 +385,9 @@ impl Conversation<'_> {
                 // asks before it asks for pieces.)
                 turns.leave();
                 let layer = self.layer().await;
-                turns.while_queued(send_layer(layer, replies, &self.file)).await?;
+                turns
+                    .while_queued(send_layer(layer, &self.wanted, replies, &self.file))
+                    .await?;
             }
             PeerRequest::BadPiece { index } => {
                 // The check can take seconds (the hash of a whole file)
@@ -436,16 +438,16 @@ impl Conversation<'_> {
     /// The piece hashes for the downloader's piece size, when this side
     /// can work them out (a partial download only for piece sizes no finer
     /// than its own).
-    async fn layer(&self) -> Option<Vec<Digest>> {
+    async fn layer(&self) -> Option<Arc<Layer>> {
         match &self.pieces {
             Pieces::Whole { .. } => match self.seeder.folder.layer(&self.file, self.wanted.piece).await {
-                Ok((info, hashes)) if info.sha1 == self.sha1 => Some(hashes),
+                Ok((info, layer)) if info.sha1 == self.sha1 => Some(layer),
                 _ => None,
             },
             Pieces::Partial(partial) => partial
                 .layer()
                 .filter(|_| self.wanted.piece >= partial.layout().piece)
-                .map(|layer| coarser_layer(&partial.layout(), layer.hashes(), self.wanted.piece)),
+                .cloned(),
         }
     }
 
@@ -539,22 +541,29 @@ impl Conversation<'_> {
     }
 }
 
-/// Sends the piece hashes of `file`, or says it cannot give them (for
-/// that piece size).
+/// The most bytes of piece hashes a conversation holds at once while it
+/// sends them: a file of a million pieces has 20 MiB of them, and many
+/// conversations may send them at once.
+const LAYER_CHUNK: usize = 64 * 1024;
+
+/// Sends the piece hashes of `file` in the conversation's pieces,
+/// `wanted`, folded from `layer` (as fine or finer) a chunk at a time, or
+/// says it cannot give them (for that piece size).
 async fn send_layer(
-    hashes: Option<Vec<Digest>>,
+    layer: Option<Arc<Layer>>,
+    wanted: &Layout,
     replies: &mut Outbound,
     file: &FileName,
 ) -> Result<(), ConnectionError> {
-    let Some(hashes) = hashes else {
+    let Some(layer) = layer else {
         let reason = format!("cannot give the piece hashes of {file} for that piece size");
         return replies.message(&PeerReply::Refused { reason }).await;
     };
-    let bytes: Vec<u8> = hashes.iter().flat_map(|hash| hash.0).collect();
     let header = PeerReply::Layer {
-        pieces: hashes.len() as u64,
+        pieces: wanted.count() as u64,
     };
-    replies.message_with_body(&header, &bytes).await
+    let body = layer.coarser_bytes(wanted.piece, LAYER_CHUNK);
+    replies.message_with_chunks(&header, body).await
 }
 
 /// Resolves once `partial` gained more than `seen` pieces; never for a

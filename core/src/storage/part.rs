@@ -435,7 +435,7 @@ impl PartFile {
             .lock()
             .expect("digest cache poisoned")
             .insert(name.clone(), Known { stamp, info });
-        folder.remember_root(name, info, root);
+        folder.remember_root(name, info, root, Some(self.layer.clone()));
         Ok(())
     }
 

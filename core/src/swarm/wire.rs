@@ -187,6 +187,20 @@ impl Outbound {
         self.flush().await
     }
 
+    /// Sends one message and the raw body that follows it, made a chunk at
+    /// a time as the stream takes them: a long body is never held whole.
+    pub async fn message_with_chunks<T: Serialize>(
+        &mut self,
+        message: &T,
+        body: impl Iterator<Item = Vec<u8>>,
+    ) -> Result<(), ConnectionError> {
+        self.message(message).await?;
+        for chunk in body {
+            write_progressing(self.frames.get_mut(), &chunk, self.idle).await?;
+        }
+        self.flush().await
+    }
+
     /// Sends one message and then bytes `range` of `data` as its body:
     /// through the kernel (`sendfile`) where the stream can, as a whole
     /// file is sent, so a piece is never copied through this process;
@@ -204,9 +218,14 @@ impl Outbound {
         let file = data.file();
         let send = |cx: &mut Context<'_>, offset, len| stream.poll_send_file(cx, file, offset, len);
         let sent = send_file_range(send, range.clone(), self.idle).await?;
-        if range.start + sent < range.end {
-            let rest = data.read(range.start + sent..range.end).await?;
-            write_progressing(stream, &rest, self.idle).await?;
+        // A chunk at a time: a send that stalls (or waits for its turn)
+        // mid-piece holds a chunk, not a piece of up to 16 MiB.
+        let mut at = range.start + sent;
+        while at < range.end {
+            let end = range.end.min(at + READ_CHUNK);
+            let chunk = data.read(at..end).await?;
+            write_progressing(stream, &chunk, self.idle).await?;
+            at = end;
         }
         self.flush().await
     }
@@ -224,6 +243,10 @@ impl Outbound {
         let _ = timeout(self.idle, self.frames.get_mut().shutdown()).await;
     }
 }
+
+/// How much of a piece is read at a time where it cannot go through the
+/// kernel: the default piece size, so a default piece is one read.
+const READ_CHUNK: u64 = 256 * 1024;
 
 /// The two halves of one stream, each usable by its own task: what
 /// `tokio::io::split` does, except that the writing half can still send a
