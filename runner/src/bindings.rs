@@ -28,6 +28,17 @@ fn lift<T>(verdict: Verdict<T>) -> ScriptResult<T> {
     verdict.map_err(script_error)
 }
 
+/// A node started, or why not. A simulation out of room ends the attempt
+/// in a way no `try` can catch: the run starts over, and a script that
+/// caught it would go on (and print) differently from the attempt that
+/// counts.
+fn started<T>(world: &World, verdict: Verdict<T>) -> ScriptResult<T> {
+    verdict.map_err(|error| match world.needs_room() {
+        Some(_) => EvalAltResult::ErrorTerminated(error.into(), Position::NONE).into(),
+        None => script_error(error),
+    })
+}
+
 /// Notes the line of the call `ctx` is for: the events it causes carry it.
 fn at(world: &World, ctx: &NativeCallContext) {
     world.at_line(ctx.call_position().line().map(|line| line as u32));
@@ -51,12 +62,12 @@ fn register_nodes(engine: &mut Engine, world: &Rc<World>) {
     let w = world.clone();
     engine.register_fn("tracker", move |ctx: NativeCallContext, port: INT| {
         at(&w, &ctx);
-        lift(w.tracker(port))
+        started(&w, w.tracker(port))
     });
     let w = world.clone();
     engine.register_fn("client", move |ctx: NativeCallContext, id: INT| {
         at(&w, &ctx);
-        lift(w.client(id))
+        started(&w, w.client(id))
     });
     engine.register_get("id", |c: &mut ClientRef| c.id as INT);
     engine.register_fn("to_string", |c: &mut ClientRef| format!("client {}", c.id));

@@ -209,6 +209,10 @@ struct Inner {
     /// Clients whose `client_lost` is awaited, with the operation it
     /// belongs to.
     awaiting: HashMap<ClientId, u64>,
+    /// Clients moving to another tracker: the `client_lost` awaited is the
+    /// old tracker's, and leaves them registered (with the new one, whose
+    /// `registered` may come first).
+    moving: HashSet<ClientId>,
     /// `client_lost` events that came before the `killed` they belong to
     /// (in process mode they travel on another process's pipe).
     lost_early: HashMap<ClientId, (Subject, AnyEvent, f64)>,
@@ -256,6 +260,7 @@ impl EventLog {
                 out,
                 write_error: None,
                 registered: HashSet::new(),
+                moving: HashSet::new(),
                 awaiting: HashMap::new(),
                 lost_early: HashMap::new(),
                 misplaced: None,
@@ -335,6 +340,21 @@ impl EventLog {
         self.lock().awaiting.insert(client, op);
     }
 
+    /// Expects the tracker `client` is registered with, if the log says it
+    /// is registered, to forget it (its `client_lost`) because operation
+    /// `op` moves it to another tracker. Returns whether it awaits it: a
+    /// tracker that forgot the client already (its session timed out) has
+    /// nothing more to say.
+    pub fn await_move(&self, client: ClientId, op: u64) -> bool {
+        let mut inner = self.lock();
+        if !inner.registered.contains(&client) {
+            return false;
+        }
+        inner.awaiting.insert(client, op);
+        inner.moving.insert(client);
+        true
+    }
+
     /// Whether operation `op` still waits for an event.
     pub fn awaits(&self, op: u64) -> bool {
         self.lock().awaits(op)
@@ -347,25 +367,31 @@ impl EventLog {
     pub fn settle(&self, op: u64, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let mut inner = self.lock();
-        if let Some(client) = inner.lost_early.keys().next().copied() {
+        if let Some(client) = inner.lost_early.keys().min().copied() {
             inner.lost_early.remove(&client);
             return Err(format!(
-                "the tracker forgot client {client}, which nothing in operation {op} stopped"
+                "the tracker forgot client {client}, which nothing in this step stopped"
             ));
         }
         while inner.awaits(op) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let missing: Vec<String> = inner
+                let mut missing: Vec<ClientId> = inner
                     .awaiting
                     .iter()
                     .filter(|(_, awaited)| **awaited == op)
-                    .map(|(client, _)| client.to_string())
+                    .map(|(client, _)| *client)
                     .collect();
-                inner.awaiting.retain(|_, awaited| *awaited != op);
+                missing.sort();
+                for client in &missing {
+                    inner.awaiting.remove(client);
+                    inner.moving.remove(client);
+                }
                 inner.write_ended();
+                let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
                 return Err(format!(
-                    "operation {op} did not settle: the tracker did not notice that client {} went away",
+                    "the tracker did not notice within {} s that client {} went away (its `client_lost` never came)",
+                    limit.as_secs(),
                     missing.join(", ")
                 ));
             }
@@ -391,9 +417,9 @@ impl EventLog {
         match inner.pending.get_mut(&trace.op) {
             Some(operation) if !operation.ended => operation.events.push((trace.step, subject, event, at)),
             _ => inner.misplace(format!(
-                "{} arrived after operation {} had ended: {event:?}",
+                "{} ({}) arrived after the step that caused it had ended",
                 subject_name(subject),
-                trace.op
+                as_logged(&event)
             )),
         }
     }
@@ -437,6 +463,11 @@ impl EventLog {
     }
 }
 
+/// An event as its line in the log shows it.
+fn as_logged(event: &AnyEvent) -> String {
+    serde_json::to_string(event).expect("events always serialise")
+}
+
 fn subject_name(subject: Subject) -> String {
     match subject {
         Subject::Node(Node::Tracker) => "an event of the tracker".to_owned(),
@@ -459,7 +490,11 @@ impl Inner {
                 self.registered.insert(*client);
             }
             (_, AnyEvent::Node(Event::ClientLeft { client } | Event::ClientLost { client })) => {
-                self.registered.remove(client);
+                // The old tracker of a client that moved: still registered.
+                let moved = self.moving.remove(client);
+                if !moved {
+                    self.registered.remove(client);
+                }
             }
             (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { file, sent })) => {
                 if let (Some(file), Some(sent)) = (file, sent) {
@@ -502,7 +537,11 @@ impl Inner {
                 return;
             }
             (None, Untraced::Refused, _) => {
-                return self.misplace(format!("{} that no operation caused: {event:?}", subject_name(subject)))
+                return self.misplace(format!(
+                    "{} that no step of the script caused ({})",
+                    subject_name(subject),
+                    as_logged(&event)
+                ))
             }
         };
         self.track(op, subject, &event);
@@ -511,8 +550,9 @@ impl Inner {
                 operation.events.push((u32::MAX, subject, event, at));
             }
             _ => self.misplace(format!(
-                "{} came when no operation was open: {event:?}",
-                subject_name(subject)
+                "{} ({}) came between two steps of the script",
+                subject_name(subject),
+                as_logged(&event)
             )),
         }
         self.write_ended();
@@ -670,6 +710,36 @@ mod tests {
     }
 
     #[test]
+    fn a_client_moving_to_another_tracker_stays_registered_whichever_tracker_speaks_first() {
+        let (log, moving) = with_client_7();
+        assert!(log.await_move(ClientId(7), moving.op));
+        // The new tracker's `registered`, then the old one's `client_lost`.
+        log.record(moving, Node::Tracker, registered(7));
+        log.end(moving.op);
+        let lost = Event::ClientLost { client: ClientId(7) };
+        log.record(Trace::default(), Node::Tracker, lost.clone());
+        assert!(log.settle(moving.op, Duration::from_secs(1)).is_ok());
+        // Killed now, its loss to the new tracker is awaited.
+        let kill = log.begin();
+        let killed = Event::Killed { file: None, sent: None };
+        log.record(kill, Node::Client(ClientId(7)), killed);
+        log.end(kill.op);
+        assert!(log.awaits(kill.op), "the kill does not wait for the tracker");
+        log.record(Trace::default(), Node::Tracker, lost);
+        assert!(log.settle(kill.op, Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_client_its_tracker_forgot_already_moves_without_awaiting_a_loss() {
+        let (log, left) = with_client_7();
+        log.record(left, Node::Tracker, Event::ClientLeft { client: ClientId(7) });
+        log.end(left.op);
+        let moving = log.begin();
+        assert!(!log.await_move(ClientId(7), moving.op));
+        assert!(!log.awaits(moving.op));
+    }
+
+    #[test]
     fn holders_killed_in_one_step_are_listed_by_client_whatever_order_they_crash_in() {
         let log = log();
         let register = log.begin();
@@ -772,7 +842,10 @@ mod tests {
         log.record(op, Node::Tracker, registered(1));
         assert!(log.lines().is_empty());
         let misplaced = log.misplaced().expect("the late event was dropped quietly");
-        assert!(misplaced.contains("after operation 1 had ended"), "{misplaced}");
+        assert!(
+            misplaced.contains(r#"{"event":"registered","client":1}"#) && misplaced.contains("had ended"),
+            "{misplaced}"
+        );
     }
 
     #[test]

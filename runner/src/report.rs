@@ -43,14 +43,30 @@ impl ScriptFailure {
         }
     }
 
-    /// The message with every mention of `root` replaced by `$ROOT`, so it
-    /// reads the same whichever folder the run used.
+    /// The message with every path under `root` starting `$ROOT/`, so it
+    /// reads the same whichever folder the run used. Only a path is
+    /// replaced (the root, then a `/`, where a word may begin): with a root
+    /// of `out` or `.`, "timed out" and "test2.txt" stay as they are.
     pub fn message_without(&self, root: &Path) -> String {
         let root = root.display().to_string();
+        let root = root.trim_end_matches('/');
         if root.is_empty() {
             return self.message.clone();
         }
-        self.message.replace(&root, "$ROOT")
+        let prefix = format!("{root}/");
+        let mut out = String::with_capacity(self.message.len());
+        let mut rest = self.message.as_str();
+        while let Some(at) = rest.find(&prefix) {
+            let starts_word = rest[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|before| !(before.is_alphanumeric() || "./_-~".contains(before)));
+            out.push_str(&rest[..at]);
+            out.push_str(if starts_word { "$ROOT/" } else { &prefix });
+            rest = &rest[at + prefix.len()..];
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -330,5 +346,32 @@ mod tests {
             report: String::new(),
         };
         assert_eq!(failure.message_without(Path::new("/tmp/xyz")), "no file in $ROOT/10000");
+        assert_eq!(
+            failure.message_without(Path::new("/tmp/xyz/")),
+            "no file in $ROOT/10000"
+        );
+    }
+
+    #[test]
+    fn only_paths_under_the_root_are_hidden_not_words_that_look_like_it() {
+        let failure = |message: &str| ScriptFailure {
+            line: 1,
+            column: 1,
+            message: message.into(),
+            report: String::new(),
+        };
+        let timed_out = failure("download of test2.txt failed; timed out? see out/10000/x and 'out/1'");
+        assert_eq!(
+            timed_out.message_without(Path::new("out")),
+            "download of test2.txt failed; timed out? see $ROOT/10000/x and '$ROOT/1'"
+        );
+        let dotted = failure("no peer has test2.txt in ./10000/a.b");
+        assert_eq!(
+            dotted.message_without(Path::new(".")),
+            "no peer has test2.txt in $ROOT/10000/a.b"
+        );
+        // A longer path that merely ends the same way is not the root.
+        let other = failure("see /var/tmp/xyz/1");
+        assert_eq!(other.message_without(Path::new("/tmp/xyz")), "see /var/tmp/xyz/1");
     }
 }

@@ -67,6 +67,11 @@ pub const GROWTH: usize = 4;
 /// out at the tracker).
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
+/// How many crossings of the slowest link a quiet drive waits for, once
+/// its target is ready, for what is on its way (a reply, then a closing
+/// handshake) to arrive.
+const DRAIN_CROSSINGS: u32 = 4;
+
 /// A wait with nothing that could ever end it: the simulation is stuck.
 const STUCK: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -221,9 +226,12 @@ impl Sim {
     }
 
     /// Runs the simulation until `target` is ready; with `quiet`, also
-    /// until nothing moves any more. Virtual time passes only while every
-    /// task waits. Fails if the run's time limit passes, or if nothing
-    /// could ever make `target` ready.
+    /// until nothing moves any more, or the packets on their way had the
+    /// time to cross the slowest link a few times (periodic traffic over a
+    /// slow link never stops: heartbeats would keep a drain going for
+    /// ever). Virtual time passes only while every task waits. Fails if
+    /// the run's time limit passes, or if nothing could ever make `target`
+    /// ready.
     fn drive<T>(&mut self, target: impl Future<Output = T>, quiet: bool) -> Result<T, DriveError> {
         let Sim {
             runtime,
@@ -238,6 +246,9 @@ impl Sim {
         let outcome = runtime.block_on(async {
             let mut target = std::pin::pin!(target);
             let mut done = None;
+            // Once `target` is ready, how long a quiet drive drains.
+            let drain_until = |fabric: &Fabric| Instant::now() + fabric.longest_latency() * DRAIN_CROSSINGS;
+            let mut drained_at = None;
             loop {
                 while scheduler.ready() > 0 {
                     tokio::task::yield_now().await;
@@ -250,6 +261,7 @@ impl Sim {
                             return Ok(output);
                         }
                         done = Some(output);
+                        drained_at = Some(drain_until(fabric));
                     }
                 }
                 let moved = fabric.step(network);
@@ -257,7 +269,10 @@ impl Sim {
                     continue;
                 }
                 if let Some(output) = done.take() {
-                    if !fabric.in_flight() {
+                    // Ready while the simulation idled (a timer): what that
+                    // instant woke has run; a drive that is not quiet ends.
+                    let drained = drained_at.is_some_and(|until| Instant::now() >= until);
+                    if !quiet || !fabric.in_flight() || drained {
                         return Ok(output);
                     }
                     done = Some(output);
@@ -265,11 +280,15 @@ impl Sim {
                 if deadline.passed() {
                     return Err(DriveError::TimeLimit);
                 }
-                match scheduler
-                    .idle(target.as_mut(), fabric.next_delivery(), done.is_some())
-                    .await
-                {
-                    Idle::Ready(output) => done = Some(output),
+                let wake = match (fabric.next_delivery(), drained_at) {
+                    (Some(delivery), Some(until)) => Some(delivery.min(until)),
+                    (delivery, _) => delivery,
+                };
+                match scheduler.idle(target.as_mut(), wake, done.is_some()).await {
+                    Idle::Ready(output) => {
+                        done = Some(output);
+                        drained_at = Some(drain_until(fabric));
+                    }
                     Idle::Activity | Idle::Delivery => {}
                     Idle::Stuck => match done.take() {
                         Some(output) => return Ok(output),
@@ -481,6 +500,9 @@ impl Drop for Sim {
         }
         drop(self.runtime.take());
         drop(self.network.take());
+        // Each task's waker holds the scheduler, which holds the wakers:
+        // the cycle is broken here, or every simulation would leak them.
+        self.scheduler.tasks.lock().expect("tasks poisoned").clear();
     }
 }
 
@@ -595,6 +617,12 @@ impl Fabric {
     /// Whether packets are held back, still on their way.
     fn in_flight(&self) -> bool {
         !self.delayed.is_empty()
+    }
+
+    /// The latency of the slowest link.
+    fn longest_latency(&self) -> Duration {
+        let rules = self.rules.lock().expect("rules poisoned");
+        rules.latency.values().copied().max().unwrap_or_default()
     }
 }
 

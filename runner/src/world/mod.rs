@@ -271,7 +271,10 @@ impl World {
         };
         self.log.settle(trace.op, limit)?;
         match self.log.misplaced() {
-            Some(misplaced) => Err(format!("the event log lost its order: {misplaced}")),
+            Some(misplaced) => Err(format!(
+                "the event log lost its order: {misplaced}. Over real TCP, events that only timing \
+                 orders can race; run with --sim for a log that repeats exactly"
+            )),
             None => self.check_time_limit(),
         }
     }
@@ -438,9 +441,9 @@ impl World {
         let previous = self.slot(c, |slot| slot.tracker)?;
         let trace = self.log.begin();
         // Moving to another tracker drops the session with the first one,
-        // which then forgets the client.
+        // which then forgets the client (unless it did already).
         if previous.is_some_and(|previous| previous != tracker.addr) {
-            self.log.await_loss(ClientId(c.id), trace.op);
+            self.log.await_move(ClientId(c.id), trace.op);
         }
         let reply = self.call(node, trace, Command::Register { tracker: tracker.addr });
         self.end(trace)?;
