@@ -345,11 +345,14 @@ fn a_progress_bar_is_drawn_on_a_terminal() {
     std::fs::write(seeds.join("big.bin"), vec![1u8; 8_000_000]).unwrap();
     let (_tracker, addr) = tracker();
     let _seeder = peer("1", &seeds, &addr);
-    // `script` runs the command under a pseudo-terminal.
+    // `script` runs the command under a pseudo-terminal; its results go to
+    // a file, as `phile get ... > results` from a terminal would.
+    let results = dir.path().join("results");
     let command = format!(
-        "{} get big.bin --id 2 --dir {} --tracker {addr}",
+        "{} get big.bin --id 2 --dir {} --tracker {addr} > {}",
         env!("CARGO_BIN_EXE_phile"),
-        downloads.display()
+        downloads.display(),
+        results.display()
     );
     let output = Command::new("script")
         .args(["-qfec", &command, "/dev/null"])
@@ -373,6 +376,11 @@ fn a_progress_bar_is_drawn_on_a_terminal() {
     assert!(
         !screen.contains("pieces, drawing from"),
         "plain lines on a terminal: {screen:?}"
+    );
+    let results = std::fs::read_to_string(results).unwrap();
+    assert!(
+        results.starts_with("big.bin: 8000000 bytes from peer 1"),
+        "the result went elsewhere: {results:?}; the terminal showed {screen:?}"
     );
 }
 
@@ -511,6 +519,52 @@ fn a_server_that_never_answers_is_named_as_no_tracker_within_seconds() {
     );
     // Not the idle timeout (30 s).
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}
+
+/// A tracker that does not answer holds `get` and `peer` in registration
+/// for up to 10 s; Ctrl-C (SIGTERM) then must not wait for it.
+#[test]
+fn a_stop_while_registering_with_a_silent_tracker_ends_get_and_peer_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let dir = dir.path().to_str().unwrap();
+    let get = ["get", "x.txt", "--id", "1", "--dir", dir, "--tracker", &addr];
+    let peer = [
+        "peer",
+        "--id",
+        "2",
+        "--dir",
+        dir,
+        "--tracker",
+        &addr,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    for (args, code) in [(&get[..], 130), (&peer[..], 0)] {
+        let mut running = Running::start(args);
+        // Connected: it is registering, with its signal watch in place.
+        let (_held, _) = silent.accept().unwrap();
+        running.interrupt();
+        let exit = running.wait_within(Duration::from_secs(5));
+        let exit = exit.unwrap_or_else(|| panic!("{} went on registering after Ctrl-C", args[0]));
+        assert_eq!(exit.code(), Some(code), "{}: {}", args[0], running.stderr());
+    }
+}
+
+#[test]
+fn a_peer_whose_folder_disappears_withdraws_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = dir.path().join("seeds");
+    std::fs::create_dir(&seeds).unwrap();
+    std::fs::write(seeds.join("a.txt"), "a").unwrap();
+    let (_tracker, addr) = tracker();
+    let mut seeder = peer("1", &seeds, &addr);
+    assert_eq!(status(&addr)["files"].as_array().unwrap().len(), 1);
+    // Its disk unmounted, say: nothing it announced is there any more.
+    std::fs::remove_dir_all(&seeds).unwrap();
+    assert_eq!(seeder.line(), "withdrew a.txt (deleted or changed)");
+    assert_eq!(status(&addr)["files"].as_array().unwrap().len(), 0);
 }
 
 #[test]

@@ -126,9 +126,17 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     } else {
         folder.keeping_existing()
     };
-    let tracker = me.tracker_addr().await?;
+    // Finding the tracker and registering can take seconds (one that
+    // does not answer): a stop meanwhile ends `get` at once.
+    let Some(tracker) = stop.unless_requested(me.tracker_addr()).await else {
+        return Ok(interrupted_before_starting());
+    };
+    let tracker = tracker?;
     let client = crate::peer::start(me, tracker, folder, config).await?;
-    crate::register(&client, tracker).await?;
+    let Some(registered) = stop.unless_requested(crate::register(&client, tracker)).await else {
+        return Ok(interrupted_before_starting());
+    };
+    registered?;
 
     // Each file's result is printed as soon as it is known, so a small
     // file's line does not wait for a big one, nor go unseen on Ctrl-C.
@@ -158,9 +166,14 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
         _ = stop.requested() => {
             tell!("phile: stopping...");
             client.halt_downloads();
-            downloads.await;
+            let ok = downloads.await;
             if let Err(error) = client.leave(Duration::ZERO).await {
                 tracing::info!(%error, "could not say goodbye to the tracker");
+            }
+            // Every file in place all the same: what `get` is for is done.
+            if ok.iter().all(|ok| *ok) {
+                tell!("phile: interrupted, but every file had arrived");
+                return Ok(ExitCode::SUCCESS);
             }
             let kept = if args.single {
                 "nothing half-downloaded is kept"
@@ -178,14 +191,43 @@ pub async fn run(args: GetArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     }
     if args.seed {
         crate::peer::seed(&client, me, tracker, Duration::from_secs(2), &stop).await?;
-    } else if let Err(error) = client.leave(me.grace()).await {
-        tracing::warn!(%error, "could not say goodbye to the tracker");
+    } else {
+        leave(&client, me.grace(), &stop).await;
     }
     Ok(if missing == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What a stop before any download began exits with.
+fn interrupted_before_starting() -> ExitCode {
+    tell!("phile: interrupted before any download began");
+    ExitCode::from(130)
+}
+
+/// Says goodbye to the tracker and lets uploads to other downloaders (of a
+/// swarm this one drew from) finish for up to `grace`, saying so if they
+/// take more than a moment; a stop cuts them at once.
+async fn leave(client: &Client, grace: Duration, stop: &Stop) {
+    let leaving = client.leave(grace);
+    let mut leaving = std::pin::pin!(leaving);
+    // Not a wait for anything: only when to say why the exit takes time.
+    let moment = tokio::time::sleep(Duration::from_secs(1));
+    let left = tokio::select! {
+        left = &mut leaving => Some(left),
+        _ = moment => {
+            tell!(
+                "phile: letting uploads to other downloaders finish (at most {} s; Ctrl-C stops them now)",
+                grace.as_secs()
+            );
+            stop.unless_requested(&mut leaving).await
+        }
+    };
+    if let Some(Err(error)) = left {
+        tracing::warn!(%error, "could not say goodbye to the tracker");
+    }
 }
 
 /// A file name as the protocol allows it (no `/`, no `..`, ...).

@@ -226,6 +226,24 @@ async fn register(client: &Client, tracker: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
+/// `error` and its causes, as `{:#}` gives them, except a cause whose
+/// text the message before it already ends with (an I/O error that names
+/// its path and cause, then the same cause again).
+fn with_causes(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// The blocking threads of `get` and `peer`: one per core, two at the least.
 /// Long jobs (hashing a whole file, which a peer's complaint can start) run
 /// on threads of their own (`Host::run_long`), so they never hold these up.
@@ -317,6 +335,17 @@ impl Stop {
     /// Whether the process has been asked to stop.
     pub fn is_requested(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Runs `work` unless the process is asked to stop first (`None`
+    /// then): for what can take long before anything is under way, such
+    /// as finding and registering with a tracker that does not answer.
+    pub async fn unless_requested<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            _ = self.requested() => None,
+            done = work => Some(done),
+        }
     }
 }
 
@@ -429,7 +458,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // The chain may hold a tracker's or a peer's words.
-            tell!("phile: {}", printable(&format!("{error:#}")));
+            tell!("phile: {}", printable(&with_causes(&error)));
             ExitCode::FAILURE
         }
     }
@@ -437,7 +466,7 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes_per_sec, host_and_port, printable};
+    use super::{bytes_per_sec, host_and_port, printable, with_causes};
 
     #[test]
     fn a_tracker_address_needs_a_host_and_a_port() {
@@ -461,6 +490,22 @@ mod tests {
         for bad in ["", "M", "1.5M", "-1", "+1", "2MB", "2 M", "K2", "x", "20000000000G"] {
             assert!(bytes_per_sec(bad).is_err(), "{bad:?} was taken");
         }
+    }
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let storage = phile_core::storage::StorageError::Io {
+            path: "noread".into(),
+            source: io,
+        };
+        let error = anyhow::Error::from(storage);
+        assert_eq!(with_causes(&error), "noread: permission denied");
+        let wrapped = error.context("cannot open the folder");
+        assert_eq!(
+            with_causes(&wrapped),
+            "cannot open the folder: noread: permission denied"
+        );
     }
 
     #[test]

@@ -39,9 +39,16 @@ pub struct PeerArgs {
 pub async fn run(args: PeerArgs, stop: Stop) -> anyhow::Result<ExitCode> {
     let me = &args.identity;
     crate::existing_folder(&me.dir)?;
-    let tracker = me.tracker_addr().await?;
+    // A stop before the peer serves anything ends it at once, as later.
+    let Some(tracker) = stop.unless_requested(me.tracker_addr()).await else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let tracker = tracker?;
     let client = start(me, tracker, Folder::open(&me.dir)?, ClientConfig::default()).await?;
-    crate::register(&client, tracker).await?;
+    let Some(registered) = stop.unless_requested(crate::register(&client, tracker)).await else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    registered?;
     seed(&client, me, tracker, Duration::from_secs(args.rescan.max(1)), &stop).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -90,7 +97,7 @@ pub async fn seed(
             rejoin(client, tracker, &mut seeding, stop).await;
         }
         if let Err(error) = seeding.rescan(client, stop).await {
-            tracing::warn!(%error, "could not update the tracker; will register again");
+            tracing::warn!(%error, "could not bring the tracker up to date with the folder; trying again in {} s", rescan.as_secs());
         }
     }
     say!(
@@ -246,7 +253,8 @@ impl Seeding {
     /// file still being copied in is never announced half-way. Returns
     /// early, leaving the rest for the next rescan, when `stop` is requested.
     async fn rescan(&mut self, client: &Client, stop: &Stop) -> Result<(), ClientError> {
-        let present: Vec<FileName> = client.folder().list()?;
+        // Withdrawn first: a folder that cannot be listed (removed, or
+        // its disk gone) has none of its files any more.
         let gone: Vec<FileName> = self
             .known
             .iter()
@@ -259,6 +267,7 @@ impl Seeding {
             say!("withdrew {} (deleted or changed)", printable(file.as_str()));
         }
         self.retry_refused(client).await?;
+        let present: Vec<FileName> = client.folder().list()?;
         for file in present {
             if self.known.contains_key(&file) || self.refused.contains_key(&file) {
                 continue;

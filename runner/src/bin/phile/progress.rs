@@ -104,9 +104,9 @@ impl Display {
     pub fn line(&self, text: &str) {
         let text = &*printable(text);
         match &self.bars {
-            Some(bars) => {
-                let _ = bars.println(text);
-            }
+            // On standard output like the plain lines (a result redirected
+            // to a file must land there), with the bars out of the way.
+            Some(bars) => bars.suspend(|| say!("{text}")),
             None => say!("{text}"),
         }
     }
