@@ -16,6 +16,26 @@ pub fn peer_id(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("expected a peer id, a whole number such as 1 or 42, not {text:?}"))
 }
 
+/// The log filter `RUST_LOG` asks for, or `default` where it is unset;
+/// where it is set but cannot be read, `default` too, with the reason to
+/// tell the user (once logging is up): a typo must not silently turn the
+/// logs the user asked for off.
+pub fn log_filter(default: &str) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    use tracing_subscriber::EnvFilter;
+    match std::env::var("RUST_LOG") {
+        Ok(asked) if !asked.trim().is_empty() => match EnvFilter::try_new(&asked) {
+            Ok(filter) => (filter, None),
+            Err(error) => (
+                EnvFilter::new(default),
+                Some(format!(
+                    "RUST_LOG={asked:?} is not a log filter ({error}); logging as if it were {default:?}"
+                )),
+            ),
+        },
+        _ => (EnvFilter::new(default), None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,6 @@ use clap::{ArgGroup, Parser};
 use phile_core::protocol::count;
 use phile_runner::review::{html_report, mermaid, snapshot_view, Log, ReportExtras};
 use phile_runner::{run, RunOptions, Settings, Stats, DEFAULT_SEED};
-use tracing_subscriber::EnvFilter;
 
 /// Runs a phile scenario: a Rhai script that starts a tracker and clients,
 /// makes them register, upload and download over real TCP, and checks the
@@ -124,8 +123,12 @@ fn main() -> ExitCode {
         // set still decides. Set before any other thread starts.
         std::env::set_var("RUST_LOG", "error");
     }
+    let (filter, unreadable) = phile_runner::arguments::log_filter("warn");
+    if let Some(unreadable) = &unreadable {
+        eprintln!("phile-run: {unreadable}");
+    }
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     // Under --sim the run keeps virtual time: a wall-clock stamp on its log

@@ -568,6 +568,20 @@ fn a_peer_whose_folder_disappears_withdraws_its_files() {
 }
 
 #[test]
+fn a_log_filter_that_cannot_be_read_is_named_not_ignored() {
+    let got = Command::new(env!("CARGO_BIN_EXE_phile"))
+        .args(["status", "--tracker", "127.0.0.1:1"])
+        .env("RUST_LOG", "phile=loud")
+        .output()
+        .expect("phile runs");
+    let stderr = text(&got.stderr);
+    assert!(
+        stderr.starts_with("phile: RUST_LOG=\"phile=loud\" is not a log filter"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn every_command_explains_itself() {
     for command in ["tracker", "peer", "get", "status"] {
         let help = text(&phile(&[command, "--help"]).stdout);
@@ -1219,6 +1233,40 @@ fn a_file_that_appears_during_its_download_is_never_replaced() {
         ["x.bin"],
         "the dropped download was left behind"
     );
+}
+
+/// In a swarm the download is checked whole before it would be put in
+/// place: it is kept, and `--overwrite` then stores it at once.
+#[test]
+fn a_swarm_download_whose_name_is_taken_meanwhile_is_kept_for_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seeds, downloads) = seeds_and_downloads(dir.path());
+    let content = pattern(1_000_000);
+    std::fs::write(seeds.join("x.bin"), &content).unwrap();
+    let (_tracker, addr) = tracker();
+    let _seeder = peer_with("1", &seeds, &addr, &["--max-upload", "400K"]);
+    let mut get = Running::start(&get_args(&["x.bin"], "2", &downloads, &addr, &[]));
+    assert!(get.line().contains("pieces, drawing from"));
+    // The check before fetching found nothing; now someone puts a file there.
+    std::fs::write(downloads.join("x.bin"), "written meanwhile").unwrap();
+    let status = get.wait_within(Duration::from_secs(60)).expect("get ends");
+    let stdout = get.rest();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("is kept hidden, and --overwrite puts it in place"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(downloads.join("x.bin")).unwrap(),
+        "written meanwhile"
+    );
+
+    let again = phile(&get_args(&["x.bin"], "2", &downloads, &addr, &["--overwrite"]));
+    let stdout = text(&again.stdout);
+    assert!(again.status.success(), "{stdout}{}", text(&again.stderr));
+    assert!(stdout.contains("from the pieces an earlier attempt kept"), "{stdout}");
+    assert_eq!(std::fs::read(downloads.join("x.bin")).unwrap(), content);
+    assert_eq!(raw_entries(&downloads), ["x.bin"]);
 }
 
 #[test]

@@ -265,7 +265,15 @@ impl Run<'_> {
         let stored = part.store(&self.client.folder, &self.file).await;
         self.client.swarms.remove(&self.file);
         if let Err(error) = stored {
-            let _ = part.discard().await;
+            // The name is taken (a file put there meanwhile, which the
+            // folder does not replace): the file is checked whole, so it
+            // is kept, with a record of every piece, for an attempt that
+            // may replace it (`phile get --overwrite`) to store at once.
+            let taken =
+                matches!(&error, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists);
+            if !taken || part.save(self.plan.have()).await.is_err() {
+                let _ = part.discard().await;
+            }
             return Err(ClientError::from(error).into());
         }
         Ok(self.finished())

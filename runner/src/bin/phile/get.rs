@@ -79,8 +79,13 @@ enum Outcome {
     /// The folder holds something else under this name, and `--overwrite`
     /// was not given. `meanwhile`: it appeared while the download ran.
     Taken {
+        /// What holds the name, as "… already exists {it}" ends.
+        it: &'static str,
         /// Whether the file appeared while the download ran.
         meanwhile: bool,
+        /// Whether the download, checked whole, is kept for an attempt
+        /// with `--overwrite` (a swarm download's partial file is).
+        kept: bool,
     },
     /// The download failed.
     Failed(DownloadError),
@@ -255,14 +260,20 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
     };
     let replacing = match held {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
-        Ok(Some(Held::Other)) if !overwrite => return Outcome::Taken { meanwhile: false },
+        Ok(Some(Held::Other(it))) if !overwrite => {
+            return Outcome::Taken {
+                it,
+                meanwhile: false,
+                kept: false,
+            }
+        }
         Ok(held) => held.is_some(),
         Err(error) => return Outcome::Failed(ClientError::from(error).into()),
     };
     let started = Instant::now();
     let info = source.info;
     let received = client.receive(file, source).await;
-    arrived(client, file, info, started, received, replacing).await
+    arrived(client, file, info, started, received, replacing, false).await
 }
 
 /// [`fetch`] in pieces from a swarm.
@@ -278,10 +289,14 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     let Some(held) = until_halted(client, already(client.folder(), file, &info)).await else {
         return Outcome::halted(client);
     };
-    let replacing = matches!(held, Ok(Some(Held::Other)));
+    let replacing = matches!(held, Ok(Some(Held::Other(_))));
     let here = match held {
         Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
-        Ok(Some(Held::Other)) if !overwrite => Some(Outcome::Taken { meanwhile: false }),
+        Ok(Some(Held::Other(it))) if !overwrite => Some(Outcome::Taken {
+            it,
+            meanwhile: false,
+            kept: false,
+        }),
         Ok(_) => None,
         Err(error) => Some(Outcome::Failed(ClientError::from(error).into())),
     };
@@ -292,7 +307,7 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     }
     let started = Instant::now();
     let received = client.swarm_receive(start).await;
-    arrived(client, file, info, started, received, replacing).await
+    arrived(client, file, info, started, received, replacing, true).await
 }
 
 /// What `step` comes to, or `None` if the downloads are halted first
@@ -309,7 +324,8 @@ async fn until_halted<T>(client: &Client, step: impl std::future::Future<Output 
 
 /// What a download that ended with `received` comes to; a stored file is
 /// announced. `replacing`: a file of other content was there (and
-/// `--overwrite` allowed replacing it).
+/// `--overwrite` allowed replacing it). `swarm`: it was a swarm download
+/// (which keeps what it checked when the name is taken meanwhile).
 async fn arrived(
     client: &Client,
     file: &FileName,
@@ -317,6 +333,7 @@ async fn arrived(
     started: Instant,
     received: Result<Downloaded, DownloadError>,
     replacing: bool,
+    swarm: bool,
 ) -> Outcome {
     let downloaded = match received {
         Ok(downloaded) => downloaded,
@@ -327,7 +344,14 @@ async fn arrived(
         {
             return match already(client.folder(), file, &info).await {
                 Ok(Some(Held::Same)) => Outcome::AlreadyHere(info),
-                _ => Outcome::Taken { meanwhile: true },
+                held => Outcome::Taken {
+                    it: match held {
+                        Ok(Some(Held::Other(it))) => it,
+                        _ => OTHER_CONTENT,
+                    },
+                    meanwhile: true,
+                    kept: swarm,
+                },
             };
         }
         Err(error) => return Outcome::Failed(error),
@@ -356,9 +380,17 @@ async fn arrived(
 enum Held {
     /// A regular file with the size and SHA-1 the tracker records.
     Same,
-    /// Something else: other content, a folder, a link.
-    Other,
+    /// Something else: other content, a folder, a link (which, as the end
+    /// of "… already exists").
+    Other(&'static str),
 }
+
+/// What "… already exists" ends with for a file of other content.
+const OTHER_CONTENT: &str = "with other content";
+
+/// What "… already exists" ends with for a folder (which `--overwrite`
+/// does not replace).
+const AS_FOLDER: &str = "as a folder";
 
 /// What the folder holds under `file`, compared with the tracker's record
 /// `recorded`; `None` if nothing.
@@ -369,9 +401,19 @@ async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Resul
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(StorageError::Io { path, source: error }),
     };
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        return Ok(Some(Held::Other(AS_FOLDER)));
+    }
+    if kind.is_symlink() {
+        return Ok(Some(Held::Other("as a symbolic link")));
+    }
+    if !kind.is_file() {
+        return Ok(Some(Held::Other("and is not a regular file")));
+    }
     // Cheap first: a size that differs needs no hash.
-    if !metadata.is_file() || metadata.len() != recorded.size {
-        return Ok(Some(Held::Other));
+    if metadata.len() != recorded.size {
+        return Ok(Some(Held::Other(OTHER_CONTENT)));
     }
     match folder.hash(file).await {
         Ok(info) if info == *recorded => {
@@ -381,9 +423,9 @@ async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Resul
             }
             Ok(Some(Held::Same))
         }
-        Ok(_) => Ok(Some(Held::Other)),
+        Ok(_) => Ok(Some(Held::Other(OTHER_CONTENT))),
         // Replaced by something else between the look and the hash.
-        Err(StorageError::NotFound { .. }) => Ok(Some(Held::Other)),
+        Err(StorageError::NotFound { .. }) => Ok(Some(Held::Other(OTHER_CONTENT))),
         Err(error) => Err(error),
     }
 }
@@ -458,16 +500,22 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             "{file}: already here ({} bytes, sha1 {}), not fetched again",
             info.size, info.sha1
         )),
-        Outcome::Taken { meanwhile } => {
-            let when = if *meanwhile {
-                " (it appeared while the download ran; the download was dropped)"
-            } else {
-                ""
+        Outcome::Taken { it, meanwhile, kept } => {
+            let when = match (meanwhile, kept) {
+                (false, _) => "",
+                (true, false) => " (it appeared while the download ran; the download was dropped)",
+                (true, true) => {
+                    " (it appeared while the download ran; the download, checked whole, is kept hidden, \
+                     and --overwrite puts it in place without fetching it again)"
+                }
             };
             display.line(&format!(
-                "{file}: not fetched: {} already exists with other content{when}; \
-                 use --overwrite to replace it",
-                client.folder().path(file).display()
+                "{file}: not fetched: {} already exists {it}{when}; {}",
+                client.folder().path(file).display(),
+                match *it {
+                    AS_FOLDER => "move it away to fetch the file",
+                    _ => "use --overwrite to replace it",
+                }
             ))
         }
         // The error may quote the tracker; the display escapes it.

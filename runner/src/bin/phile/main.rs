@@ -38,7 +38,6 @@ use clap::{Args, Parser, Subcommand};
 use phile_core::client::Client;
 use phile_core::ClientId;
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// Peer-to-peer file transfer: a tracker knows who holds which file; peers
 /// fetch files straight from each other, verify them, and seed them on.
@@ -273,13 +272,28 @@ async fn resolve(addr: &str, preferred: impl Fn(&SocketAddr) -> bool) -> anyhow:
         .await
         .with_context(|| format!("cannot resolve the host of the tracker address {addr:?}"))?
         .collect();
-    found
-        .iter()
-        .find(|found| preferred(found))
-        .or(found.first())
+    let candidates: Vec<SocketAddr> = found.iter().copied().filter(|found| preferred(found)).collect();
+    let candidates = if candidates.is_empty() { found } else { candidates };
+    // A name with several addresses (`localhost`: 127.0.0.1 and ::1) may
+    // reach the tracker on only one of them: the first that accepts a
+    // connection, or else the first (whose error then says why).
+    if candidates.len() > 1 {
+        for candidate in &candidates {
+            let probe = tokio::net::TcpStream::connect(candidate);
+            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                return Ok(*candidate);
+            }
+        }
+    }
+    candidates
+        .first()
         .copied()
         .with_context(|| format!("the tracker address {addr:?} names no address"))
 }
+
+/// How long a tracker address that a name resolves to may take to accept a
+/// connection before the next one is tried.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Checks that `dir` is an existing folder.
 fn existing_folder(dir: &Path) -> anyhow::Result<()> {
@@ -403,11 +417,15 @@ fn main() -> ExitCode {
         Command::Tracker(_) | Command::Peer(_) => "warn,phile=info,phile_core=info",
         Command::Get(_) | Command::Status(_) | Command::Agent(_) => "warn",
     };
+    let (filter, unreadable) = phile_runner::arguments::log_filter(default_filter);
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
+        .with_env_filter(filter)
         .with_writer(progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(unreadable) = unreadable {
+        tell!("phile: {unreadable}");
+    }
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(%error, "could not raise the open-file limit");
     }

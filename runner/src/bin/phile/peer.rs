@@ -92,9 +92,10 @@ pub async fn seed(
             _ = stop.requested() => break,
             _ = ticks.tick() => {}
         }
-        // The tracker restarted, or the network dropped the session.
-        if !client.is_registered().await {
-            rejoin(client, tracker, &mut seeding, stop).await;
+        // The tracker restarted, or the network dropped the session:
+        // until it is back, there is nobody to tell about the folder.
+        if !client.is_registered().await && !rejoin(client, tracker, &mut seeding, stop).await {
+            continue;
         }
         if let Err(error) = seeding.rescan(client, stop).await {
             tracing::warn!(%error, "could not bring the tracker up to date with the folder; trying again in {} s", rescan.as_secs());
@@ -187,6 +188,9 @@ struct Seeding {
     refused: HashMap<FileName, Refused>,
     /// New or changed files, with their stamp at the last look.
     arriving: HashMap<FileName, Stamp>,
+    /// Whether the tracker could not be reached at the last try (said
+    /// once, not at every rescan while it is down).
+    tracker_lost: bool,
 }
 
 impl Seeding {
@@ -393,19 +397,29 @@ async fn announce_all(client: &Client, seeding: &Seeding, stop: &Stop) -> Result
 }
 
 /// Registers again and announces everything (the tracker restarted, or the
-/// network came back).
-async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding, stop: &Stop) {
-    match client.register(tracker).await {
-        Ok(()) => match announce_all(client, seeding, stop).await {
-            Ok(round) => {
-                say!(
-                    "registered again with {tracker}; announced {}",
-                    self::files(round.announced.len())
-                );
-                seeding.held(client, round);
-            }
-            Err(error) => tracing::warn!(%error, "registered again, but could not announce"),
-        },
-        Err(error) => tracing::warn!(%error, "the tracker is still unreachable; serving known peers meanwhile"),
+/// network came back); returns whether it did.
+async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding, stop: &Stop) -> bool {
+    if let Err(error) = client.register(tracker).await {
+        if !std::mem::replace(&mut seeding.tracker_lost, true) {
+            tracing::warn!(%error, "the tracker is unreachable; serving known peers meanwhile, and trying again at every rescan");
+        } else {
+            tracing::debug!(%error, "the tracker is still unreachable");
+        }
+        return false;
+    }
+    seeding.tracker_lost = false;
+    match announce_all(client, seeding, stop).await {
+        Ok(round) => {
+            say!(
+                "registered again with {tracker}; announced {}",
+                self::files(round.announced.len())
+            );
+            seeding.held(client, round);
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "registered again, but could not announce");
+            false
+        }
     }
 }
