@@ -235,6 +235,38 @@ fn time_is_virtual_under_the_simulator() {
 }
 
 #[test]
+fn a_slow_link_neither_stretches_a_sleep_nor_holds_up_a_kill() {
+    // Heartbeats cross a link of seconds: something is always on its way.
+    // A sleep still lets exactly its time pass, and a kill (which waits for
+    // the tracker to notice) ends: once, sleep(60) took 69 s on a 3 s link,
+    // and never ended on a 4 s one.
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        latency(a, t, 5000);
+        latency(b, t, 12000);
+        let before = now();
+        sleep(60);
+        assert(now() - before == 60.0, `sleep(60) took ${now() - before} s`);
+        b.kill();
+        a.write("x", "y");
+        a.upload("x");
+    "#;
+    let simulated = run_source_with(script, |o| {
+        o.settings.sim = true;
+        o.time_limit = std::time::Duration::from_secs(20);
+    });
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
+    let events = simulated.events();
+    let lost = events.iter().position(|e| e["event"] == "client_lost" && e["client"] == 2);
+    let announced = events.iter().position(|e| e["event"] == "announced");
+    assert!(lost.is_some() && lost < announced, "the kill did not wait for the tracker: {events:?}");
+}
+
+#[test]
 fn a_swarm_download_of_an_empty_file_ends_under_the_simulator() {
     // The whole-file hash once started an empty step over and over when
     // nothing was left to hash; under --sim that task was always ready, so

@@ -243,6 +243,8 @@ impl Run<'_> {
             let bad = part.bad_pieces(self.plan.have()).await.map_err(ClientError::from)?;
             if bad.is_empty() {
                 let _ = part.discard().await;
+                // Nothing left to record.
+                self.unsaved = false;
                 return Err(ClientError::Disk(format!(
                     "every piece of {} checks out, yet the whole file has sha1 {}, not {}: the tracker's record is inconsistent",
                     self.file, whole.sha1, self.info.sha1

@@ -442,9 +442,16 @@ impl<'a> Run<'a> {
             ended = self.steps() => Some(ended),
         };
         match ended {
-            Some(checked) => {
-                checked?;
-                self.store().await
+            Some(Ok(())) => self.store().await,
+            // Failed: the pieces checked so far are recorded, as when
+            // halted, for the next attempt (unless the client crashed).
+            Some(Err(error)) => {
+                if !self.client.crashed() {
+                    if let Err(unsaved) = self.wind_down().await {
+                        tracing::debug!(node = %self.client.id, error = %unsaved, "could not record the pieces of {}", self.file);
+                    }
+                }
+                Err(error)
             }
             None => {
                 if !self.client.crashed() {
