@@ -355,6 +355,16 @@ impl EventLog {
         true
     }
 
+    /// A move that [`EventLog::await_move`] awaited failed: the client
+    /// dropped its old session before it could open the new one, so it is
+    /// registered nowhere (the old tracker's `client_lost` is still
+    /// awaited, and it forgets the client too).
+    pub fn move_failed(&self, client: ClientId) {
+        let mut inner = self.lock();
+        inner.moving.remove(&client);
+        inner.registered.remove(&client);
+    }
+
     /// Whether operation `op` still waits for an event.
     pub fn awaits(&self, op: u64) -> bool {
         self.lock().awaits(op)
@@ -389,9 +399,13 @@ impl EventLog {
                 }
                 inner.write_ended();
                 let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+                // Under simulation the backend did the waiting: no limit here.
+                let within = match limit.is_zero() {
+                    true => String::new(),
+                    false => format!(" within {} s", limit.as_secs()),
+                };
                 return Err(format!(
-                    "the tracker did not notice within {} s that client {} went away (its `client_lost` never came)",
-                    limit.as_secs(),
+                    "the tracker did not notice{within} that client {} went away (its `client_lost` never came)",
                     missing.join(", ")
                 ));
             }
@@ -727,6 +741,23 @@ mod tests {
         assert!(log.awaits(kill.op), "the kill does not wait for the tracker");
         log.record(Trace::default(), Node::Tracker, lost);
         assert!(log.settle(kill.op, Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_client_whose_move_failed_is_registered_nowhere() {
+        let (log, moving) = with_client_7();
+        assert!(log.await_move(ClientId(7), moving.op));
+        log.end(moving.op);
+        let lost = Event::ClientLost { client: ClientId(7) };
+        log.record(Trace::default(), Node::Tracker, lost);
+        assert!(log.settle(moving.op, Duration::from_secs(1)).is_ok());
+        log.move_failed(ClientId(7));
+        // Killed now, nothing is awaited: no tracker knows it.
+        let kill = log.begin();
+        let killed = Event::Killed { file: None, sent: None };
+        log.record(kill, Node::Client(ClientId(7)), killed);
+        log.end(kill.op);
+        assert!(!log.awaits(kill.op));
     }
 
     #[test]

@@ -1253,8 +1253,16 @@ fn a_swarm_download_whose_name_is_taken_meanwhile_is_kept_for_overwrite() {
     let stdout = get.rest();
     assert_eq!(status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("is kept hidden, and --overwrite puts it in place"),
+        stdout.contains("is kept hidden, and the next attempt that may put it there stores it without fetching it again); use --overwrite"),
         "{stdout}"
+    );
+    // Asked again without --overwrite, it says the download is still kept.
+    let again = phile(&get_args(&["x.bin"], "2", &downloads, &addr, &[]));
+    assert!(
+        text(&again.stdout)
+            .contains("(what an earlier attempt fetched is kept hidden, for the next one); use --overwrite"),
+        "{}",
+        text(&again.stdout)
     );
     assert_eq!(
         std::fs::read_to_string(downloads.join("x.bin")).unwrap(),

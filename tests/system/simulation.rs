@@ -261,9 +261,34 @@ fn a_slow_link_neither_stretches_a_sleep_nor_holds_up_a_kill() {
     });
     assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
     let events = simulated.events();
-    let lost = events.iter().position(|e| e["event"] == "client_lost" && e["client"] == 2);
+    let lost = events
+        .iter()
+        .position(|e| e["event"] == "client_lost" && e["client"] == 2);
     let announced = events.iter().position(|e| e["event"] == "announced");
-    assert!(lost.is_some() && lost < announced, "the kill did not wait for the tracker: {events:?}");
+    assert!(
+        lost.is_some() && lost < announced,
+        "the kill did not wait for the tracker: {events:?}"
+    );
+}
+
+#[test]
+fn a_client_that_failed_to_move_to_another_tracker_can_still_be_killed() {
+    // The move dropped the session with the first tracker before the
+    // second failed to answer: the client is registered nowhere, and its
+    // kill awaits no tracker.
+    let script = r#"
+        let t1 = tracker(8000);
+        let t2 = tracker(8001);
+        let c = client(13000);
+        c.register(t1);
+        partition(c, t2);
+        let moved = true;
+        try { c.register(t2); } catch (e) { moved = false; }
+        assert(!moved, "the move went through a partition");
+        c.kill();
+    "#;
+    let simulated = run_source_with(script, |o| o.settings.sim = true);
+    assert!(simulated.outcome.failure.is_none(), "{:?}", simulated.outcome.failure);
 }
 
 #[test]

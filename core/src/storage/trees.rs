@@ -61,7 +61,13 @@ pub(super) struct HashTurn {
 impl HashTurns {
     /// Waits for the turn to hash `file`.
     pub(super) async fn take(&self, file: &FileName) -> HashTurn {
-        let turn = self.lock().entry(file.clone()).or_default().clone();
+        let turn = {
+            let mut turns = self.lock();
+            // A waiter cancelled after the last holder let go leaves its
+            // file's entry behind: swept here, so the map stays small.
+            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+            turns.entry(file.clone()).or_default().clone()
+        };
         HashTurn {
             file: file.clone(),
             turns: self.turns.clone(),
@@ -339,6 +345,24 @@ mod tests {
         assert_eq!(held.info().sha1, Digest::of(&bytes));
         assert_eq!(passes.load(Ordering::SeqCst), 1, "passes over the file");
         assert!(folder.hashing.lock().is_empty(), "turns left behind");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_cancelled_for_its_turn_leaves_no_entry_behind_for_long() {
+        let turns = Arc::new(HashTurns::default());
+        let held = turns.take(&name("a")).await;
+        let waiting = {
+            let turns = turns.clone();
+            tokio::spawn(async move { drop(turns.take(&name("a")).await) })
+        };
+        tokio::task::yield_now().await;
+        drop(held);
+        waiting.abort();
+        let _ = waiting.await;
+        let other = turns.take(&name("b")).await;
+        assert_eq!(turns.lock().keys().cloned().collect::<Vec<_>>(), [name("b")]);
+        drop(other);
+        assert!(turns.lock().is_empty());
     }
 
     /// The real host, counting its long jobs (the passes over files).

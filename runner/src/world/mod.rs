@@ -442,12 +442,14 @@ impl World {
         let trace = self.log.begin();
         // Moving to another tracker drops the session with the first one,
         // which then forgets the client (unless it did already).
-        if previous.is_some_and(|previous| previous != tracker.addr) {
-            self.log.await_move(ClientId(c.id), trace.op);
-        }
+        let moving =
+            previous.is_some_and(|previous| previous != tracker.addr) && self.log.await_move(ClientId(c.id), trace.op);
         let reply = self.call(node, trace, Command::Register { tracker: tracker.addr });
         self.end(trace)?;
         if let Reply::Failed { error } = reply {
+            if moving {
+                self.log.move_failed(ClientId(c.id));
+            }
             return Err(format!("client {} could not register: {error}", c.id));
         }
         if let Some(slot) = self.clients.borrow_mut().get_mut(&c.id) {

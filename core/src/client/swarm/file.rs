@@ -268,11 +268,12 @@ impl Run<'_> {
         self.client.swarms.remove(&self.file);
         if let Err(error) = stored {
             // The name is taken (a file put there meanwhile, which the
-            // folder does not replace): the file is checked whole, so it
-            // is kept, with a record of every piece, for an attempt that
-            // may replace it (`phile get --overwrite`) to store at once.
-            let taken =
-                matches!(&error, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists);
+            // folder does not replace, or a folder): the file is checked
+            // whole, so it is kept, with a record of every piece, for an
+            // attempt that may replace it (`phile get --overwrite`, or one
+            // after the folder is moved away) to store at once.
+            use std::io::ErrorKind::{AlreadyExists, IsADirectory};
+            let taken = matches!(&error, StorageError::Io { source, .. } if matches!(source.kind(), AlreadyExists | IsADirectory));
             if !taken || part.save(self.plan.have()).await.is_err() {
                 let _ = part.discard().await;
             }

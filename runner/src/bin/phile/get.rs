@@ -260,7 +260,8 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
     };
     let replacing = match held {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
-        Ok(Some(Held::Other(it))) if !overwrite => {
+        // `--overwrite` replaces a file, never a folder.
+        Ok(Some(Held::Other(it))) if !overwrite || it == AS_FOLDER => {
             return Outcome::Taken {
                 it,
                 meanwhile: false,
@@ -292,10 +293,11 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     let replacing = matches!(held, Ok(Some(Held::Other(_))));
     let here = match held {
         Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
-        Ok(Some(Held::Other(it))) if !overwrite => Some(Outcome::Taken {
+        // An earlier attempt may have kept the file, checked, hidden.
+        Ok(Some(Held::Other(it))) if !overwrite || it == AS_FOLDER => Some(Outcome::Taken {
             it,
             meanwhile: false,
-            kept: false,
+            kept: client.folder().swarm_part_len(file).is_some(),
         }),
         Ok(_) => None,
         Err(error) => Some(Outcome::Failed(ClientError::from(error).into())),
@@ -502,11 +504,12 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
         )),
         Outcome::Taken { it, meanwhile, kept } => {
             let when = match (meanwhile, kept) {
-                (false, _) => "",
+                (false, false) => "",
+                (false, true) => " (what an earlier attempt fetched is kept hidden, for the next one)",
                 (true, false) => " (it appeared while the download ran; the download was dropped)",
                 (true, true) => {
                     " (it appeared while the download ran; the download, checked whole, is kept hidden, \
-                     and --overwrite puts it in place without fetching it again)"
+                     and the next attempt that may put it there stores it without fetching it again)"
                 }
             };
             display.line(&format!(

@@ -93,13 +93,17 @@ pub async fn seed(
             _ = ticks.tick() => {}
         }
         // The tracker restarted, or the network dropped the session:
-        // until it is back, there is nobody to tell about the folder.
-        if !client.is_registered().await && !rejoin(client, tracker, &mut seeding, stop).await {
-            continue;
+        // until it is back, there is nobody to tell about the folder. A
+        // tracker that takes its time does not hold up a stop.
+        if !client.is_registered().await {
+            match stop.unless_requested(rejoin(client, tracker, &mut seeding, stop)).await {
+                None => break,
+                Some(false) => continue,
+                Some(true) => {}
+            }
         }
-        if let Err(error) = seeding.rescan(client, stop).await {
-            tracing::warn!(%error, "could not bring the tracker up to date with the folder; trying again in {} s", rescan.as_secs());
-        }
+        let rescanned = seeding.rescan(client, stop).await;
+        seeding.rescanned(rescanned, rescan);
     }
     say!(
         "stopping: telling the tracker, letting uploads finish (up to {} s)",
@@ -191,9 +195,30 @@ struct Seeding {
     /// Whether the tracker could not be reached at the last try (said
     /// once, not at every rescan while it is down).
     tracker_lost: bool,
+    /// Why the last rescan failed, if it did (said once, not at every
+    /// rescan while it goes on failing the same way).
+    rescan_failed: Option<String>,
 }
 
 impl Seeding {
+    /// Tells of a rescan that failed, once for as long as it fails the
+    /// same way (a folder that is gone, say).
+    fn rescanned(&mut self, outcome: Result<(), ClientError>, every: Duration) {
+        let error = match outcome {
+            Ok(()) => {
+                self.rescan_failed = None;
+                return;
+            }
+            Err(error) => error.to_string(),
+        };
+        if self.rescan_failed.as_ref() != Some(&error) {
+            tracing::warn!(%error, "could not rescan the folder or bring the tracker up to date; trying again every {} s", every.as_secs());
+        } else {
+            tracing::debug!(%error, "the rescan failed again");
+        }
+        self.rescan_failed = Some(error);
+    }
+
     /// Records what `round` announced or was refused, as the files are now.
     fn held(&mut self, client: &Client, round: Round) {
         self.known.clear();
@@ -399,7 +424,7 @@ async fn announce_all(client: &Client, seeding: &Seeding, stop: &Stop) -> Result
 /// Registers again and announces everything (the tracker restarted, or the
 /// network came back); returns whether it did.
 async fn rejoin(client: &Client, tracker: SocketAddr, seeding: &mut Seeding, stop: &Stop) -> bool {
-    if let Err(error) = client.register(tracker).await {
+    if let Err(error) = crate::register(client, tracker).await {
         if !std::mem::replace(&mut seeding.tracker_lost, true) {
             tracing::warn!(%error, "the tracker is unreachable; serving known peers meanwhile, and trying again at every rescan");
         } else {
