@@ -835,7 +835,15 @@ fn wait_for_recorded_pieces(get: &mut Running, dir: &Path, name: &str) -> Vec<St
 /// Interrupts `get`, a swarm download of `name` (`size` bytes) into `dir`
 /// that has recorded pieces, as Ctrl-C does, and checks that it stopped
 /// with 130 and its pieces kept. `printed`: what `get` printed so far.
-fn interrupt_and_check_the_pieces_are_kept(mut get: Running, printed: Vec<String>, dir: &Path, name: &str, size: u64) {
+/// Interrupts `get` and checks that it kept the pieces of `name` it had;
+/// returns the bytes it said it kept.
+fn interrupt_and_check_the_pieces_are_kept(
+    mut get: Running,
+    printed: Vec<String>,
+    dir: &Path,
+    name: &str,
+    size: u64,
+) -> u64 {
     get.interrupt();
     let status = get.child.wait().unwrap();
     let printed = printed.join("\n") + "\n" + &get.rest();
@@ -868,6 +876,12 @@ fn interrupt_and_check_the_pieces_are_kept(mut get: Running, printed: Vec<String
         "the partial file or its record is gone: {entries:?}"
     );
     assert_eq!(entries.len(), 2, "{entries:?}");
+    printed
+        .split_once(&kept)
+        .and_then(|(_, rest)| rest.split_once(" pieces checked ("))
+        .and_then(|(_, rest)| rest.split_once(" bytes)"))
+        .and_then(|(bytes, _)| bytes.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes in the line on what {name} keeps: {printed}"))
 }
 
 #[test]
@@ -897,7 +911,7 @@ fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
             break held;
         }
     };
-    interrupt_and_check_the_pieces_are_kept(first, printed, &downloads, "big.bin", 3_000_000);
+    let said_kept = interrupt_and_check_the_pieces_are_kept(first, printed, &downloads, "big.bin", 3_000_000);
 
     // The same command again: it resumes from the record.
     let again = phile(&get_args(&["big.bin"], "2", &downloads, &addr, &[]));
@@ -909,6 +923,9 @@ fn ctrl_c_keeps_the_checked_pieces_and_the_next_get_fetches_only_the_rest() {
         .and_then(|(kept, _)| kept.parse().ok())
         .unwrap_or_else(|| panic!("no resumed bytes reported: {stdout}"));
     assert!(kept > 0 && kept < 3_000_000, "kept {kept} bytes: {stdout}");
+    // Exactly what the interrupted one said it kept, pieces still being
+    // checked at the Ctrl-C included.
+    assert_eq!(kept, said_kept, "{stdout}");
     let said = shown * PieceSize::DEFAULT.bytes();
     assert!(
         kept >= said,

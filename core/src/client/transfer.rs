@@ -267,6 +267,13 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn tracker_lost(&self, file: &FileName, error: &str) {
         let _ = (file, error);
     }
+    /// A swarm download of `file` ended without the file (halted, or
+    /// failed), and recorded `held` of its `pieces` pieces (`bytes` bytes)
+    /// for the next attempt: pieces still being checked when it ended
+    /// are counted, as the last [`Progress::swarming`] could not.
+    fn kept(&self, file: &FileName, held: usize, pieces: usize, bytes: u64) {
+        let _ = (file, held, pieces, bytes);
+    }
 }
 
 /// A body sink that tells a [`Progress`] about every chunk it passes on.

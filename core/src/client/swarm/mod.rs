@@ -476,7 +476,13 @@ impl<'a> Run<'a> {
                 self.unsaved = true;
             }
         }
-        self.save().await
+        self.save().await?;
+        if let Some(progress) = &self.client.progress {
+            let have = self.plan.have();
+            let bytes = self.plan.layout().bytes_held(have);
+            progress.kept(&self.file, have.held(), have.len(), bytes);
+        }
+        Ok(())
     }
 
     /// The download's steps, until the whole file is checked.

@@ -189,6 +189,13 @@ impl Progress for Display {
         bar.set_message(message);
     }
 
+    fn kept(&self, file: &FileName, held: usize, pieces: usize, bytes: u64) {
+        self.pieces_held
+            .lock()
+            .expect("progress poisoned")
+            .insert(file.clone(), (held, pieces, bytes));
+    }
+
     fn tracker_lost(&self, file: &FileName, error: &str) {
         self.line(&format!(
             "{file}: warning: the tracker cannot be reached ({error}); going on with the peers it knows"
