@@ -741,6 +741,23 @@ mod tests {
         names
     }
 
+    /// Leaves what a download of `f` interrupted after its first piece
+    /// leaves: the partial file, and a record listing that piece (returned).
+    async fn interrupted_with_piece_0(
+        folder: &Folder,
+        bytes: &[u8],
+        info: FileInfo,
+        root: Digest,
+        layer: &Layer,
+    ) -> Bitfield {
+        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
+        assert!(part.take_piece(0, piece_of(bytes, layer, 0)).await.unwrap());
+        let mut verified = Bitfield::empty(layer.layout().count());
+        verified.set(0);
+        part.save(&verified).await.unwrap();
+        verified
+    }
+
     #[tokio::test]
     async fn verified_pieces_survive_a_restart_and_the_rest_is_fetched_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -803,12 +820,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::open(dir.path()).unwrap();
         let (bytes, info, root, layer) = file(50_000, 16 * 1024);
-        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
-        assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
-        let mut verified = Bitfield::empty(layer.layout().count());
-        verified.set(0);
-        part.save(&verified).await.unwrap();
-        drop(part);
+        interrupted_with_piece_0(&folder, &bytes, info, root, &layer).await;
         let (_, other, other_root, _) = file(50_001, 16 * 1024);
         let piece = layer.layout().piece;
         assert!(folder
@@ -878,12 +890,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = Folder::open(dir.path()).unwrap();
         let (bytes, info, root, layer) = file(100_000, 32 * 1024);
-        let part = folder.part(&name("f"), info, root, layer.clone(), None).await.unwrap();
-        assert!(part.take_piece(0, piece_of(&bytes, &layer, 0)).await.unwrap());
-        let mut verified = Bitfield::empty(layer.layout().count());
-        verified.set(0);
-        part.save(&verified).await.unwrap();
-        drop(part);
+        let verified = interrupted_with_piece_0(&folder, &bytes, info, root, &layer).await;
 
         let finer = PieceSize::new(16 * 1024).unwrap();
         let resumed = folder.resume(&name("f"), info, root, finer).await.unwrap().unwrap();
