@@ -8,9 +8,13 @@
 //! The tracker takes no one else's word for it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::oneshot;
+
+use crate::host::Host;
 use crate::protocol::{FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
+use crate::trace;
 
 use super::session::Session;
 
@@ -25,14 +29,18 @@ pub(crate) struct Holdings {
     announced: Mutex<HashMap<FileName, FileInfo>>,
     /// The client's session, while the client lives.
     session: Weak<SharedSession>,
+    /// Where a withdrawal runs, apart from the conversation that asked
+    /// for it.
+    host: Arc<dyn Host>,
 }
 
 impl Holdings {
-    /// No files announced yet, on `session`.
-    pub(crate) fn new(session: Weak<SharedSession>) -> Holdings {
+    /// No files announced yet, on `session`, withdrawals running on `host`.
+    pub(crate) fn new(session: Weak<SharedSession>, host: Arc<dyn Host>) -> Holdings {
         Holdings {
             announced: Mutex::default(),
             session,
+            host,
         }
     }
 
@@ -78,23 +86,40 @@ impl Holdings {
         let Some(session) = self.session.upgrade() else {
             return; // the client is gone, and its holdings with it
         };
-        let mut session = session.lock().await;
-        let Some(open) = session.as_mut() else {
-            return; // not registered: the tracker offers nothing of ours
-        };
-        let request = TrackerRequest::Withdraw {
-            file: file.clone(),
-            sha1: Some(version.sha1),
-            reason,
-        };
-        match open.request(request).await {
-            Ok(TrackerReply::Ack) => {}
-            Ok(other) => tracing::warn!(%file, ?other, "the tracker did not acknowledge a withdrawal"),
-            Err(error) => {
-                tracing::warn!(%file, %error, "could not withdraw a bad copy; the session is over");
-                // A broken session is no session, as for any request.
-                session.take();
-            }
+        // The request runs as a task of its own, and the caller waits for
+        // it. A conversation can be cut at any await (its peer server makes
+        // room for a newcomer): cut mid-request, it would leave the reply
+        // unread, the session out of step and the bad copy on offer until
+        // the next heartbeat noticed.
+        let (done, finished) = oneshot::channel();
+        let file = file.clone();
+        self.host.spawn(Box::pin(trace::inherit(async move {
+            send_withdrawal(&session, &file, version, reason).await;
+            let _ = done.send(());
+        })));
+        let _ = finished.await;
+    }
+}
+
+/// Tells the tracker, on `session`, that this client no longer offers
+/// version `version` of `file`.
+async fn send_withdrawal(session: &SharedSession, file: &FileName, version: FileInfo, reason: Option<Problem>) {
+    let mut session = session.lock().await;
+    let Some(open) = session.as_mut() else {
+        return; // not registered: the tracker offers nothing of ours
+    };
+    let request = TrackerRequest::Withdraw {
+        file: file.clone(),
+        sha1: Some(version.sha1),
+        reason,
+    };
+    match open.request(request).await {
+        Ok(TrackerReply::Ack) => {}
+        Ok(other) => tracing::warn!(%file, ?other, "the tracker did not acknowledge a withdrawal"),
+        Err(error) => {
+            tracing::warn!(%file, %error, "could not withdraw a bad copy; the session is over");
+            // A broken session is no session, as for any request.
+            session.take();
         }
     }
 }

@@ -175,7 +175,7 @@ impl Client {
         let reporter = Reporter::new(Node::Client(id), config.events.clone());
         let stop = CancellationToken::new();
         let session = Arc::new(Mutex::new(None));
-        let holdings = Arc::new(Holdings::new(Arc::downgrade(&session)));
+        let holdings = Arc::new(Holdings::new(Arc::downgrade(&session), host.clone()));
         let swarms = Arc::new(Swarms::default());
         let seeder = Arc::new(Seeder {
             folder: folder.clone(),
@@ -534,7 +534,10 @@ async fn ask_on(session: &SharedSession, id: ClientId, request: TrackerRequest) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Problem;
     use crate::{Tracker, TrackerConfig};
+    use std::future::Future as _;
+    use std::task::Poll;
 
     #[tokio::test]
     async fn a_request_set_aside_runs_to_its_end_by_itself_and_the_session_stays_in_step() {
@@ -555,6 +558,43 @@ mod tests {
         // The session is in step for the next request.
         let next = client.ask_tracker(TrackerRequest::Ping).await;
         assert!(matches!(next, Ok(TrackerReply::Ack)), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_withdrawal_whose_conversation_is_cut_still_reaches_the_tracker() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+        let start = |id: u64| {
+            let folder = Folder::create_empty(dir.path().join(id.to_string())).unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            Client::start(ClientId(id), folder, listener, ClientConfig::default()).unwrap()
+        };
+        let (holder, asker) = (start(1), start(2));
+        holder.register(tracker.local_addr()).await.unwrap();
+        asker.register(tracker.local_addr()).await.unwrap();
+        std::fs::write(dir.path().join("1").join("a.txt"), b"went bad").unwrap();
+        let file: FileName = "a.txt".parse().unwrap();
+        let info = holder.upload(&file).await.unwrap();
+
+        // The conversation that found the copy bad is cut after its first
+        // step, the request on its way: dropped half-way, as the peer
+        // server drops a conversation it cuts to make room.
+        let mut withdrawal = Box::pin(holder.holdings.withdraw_bad(&file, info, Some(Problem::WrongContent)));
+        let first_step = std::future::poll_fn(|cx| Poll::Ready(withdrawal.as_mut().poll(cx))).await;
+        assert!(first_step.is_pending(), "the withdrawal waits for the tracker");
+        drop(withdrawal);
+
+        // The session stays in step, and the tracker no longer offers it.
+        // (One turn of the runtime lets the withdrawal take the session
+        // first: the ping then waits its turn behind it.)
+        tokio::task::yield_now().await;
+        let next = holder.ask_tracker(TrackerRequest::Ping).await;
+        assert!(matches!(next, Ok(TrackerReply::Ack)), "{next:?}");
+        let lookup = TrackerRequest::Lookup { file, failover: false };
+        let offered = asker.ask_tracker(lookup).await;
+        assert!(matches!(offered, Ok(TrackerReply::NoPeer)), "{offered:?}");
     }
 
     #[tokio::test]
