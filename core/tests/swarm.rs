@@ -260,7 +260,8 @@ impl Conversation {
         }
     }
 
-    /// Asks for piece `index` and reads it.
+    /// Asks for piece `index` and reads it (noting the pieces shown
+    /// before it comes).
     async fn fetch(&mut self, index: usize, len: usize) {
         use phile_core::protocol::{PeerReply, PeerRequest, Request, Trace};
         let body = PeerRequest::Piece { index: index as u64 };
@@ -269,8 +270,15 @@ impl Conversation {
             body,
         };
         self.outbound.message(&request).await.unwrap();
-        let reply = self.inbound.message::<PeerReply>(None).await.unwrap();
-        assert_eq!(reply, Some(PeerReply::Piece { index: index as u64 }));
+        loop {
+            match self.inbound.message::<PeerReply>(None).await.unwrap() {
+                Some(PeerReply::Have { index }) => self.shown.set(index as usize),
+                reply => {
+                    assert_eq!(reply, Some(PeerReply::Piece { index: index as u64 }));
+                    break;
+                }
+            };
+        }
         self.inbound.body(len).await.unwrap();
     }
 
@@ -324,6 +332,29 @@ async fn a_seeder_beside_several_downloaders_shows_each_a_piece_at_a_time_until_
     ];
     assert_eq!(rest, [0, 2, 3]);
     assert!(third.shown.is_complete());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_sent_to_a_downloader_that_was_not_shown_them_do_not_end_super_seeding() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::bind("127.0.0.1:0", TrackerConfig::default()).await.unwrap();
+    let piece = 16 * 1024;
+    let bytes = content(4 * piece, 6);
+    let sha1 = Digest::of(&bytes);
+    let seeder = seeding(1, dir.path(), &tracker, "f", bytes).await;
+    let _first = Conversation::join(&seeder, 2, "f", sha1, 4, piece as u64).await;
+    let mut second = Conversation::join(&seeder, 3, "f", sha1, 4, piece as u64).await;
+    assert_eq!(second.shown.iter_held().collect::<Vec<_>>(), [0]);
+
+    // The second asks for every piece, last first, each before it was
+    // shown it (each piece sent shows it one more, from piece 1 on): it
+    // gets them, but 3 and 2 do not count as spread.
+    for index in [3, 2, 1, 0] {
+        second.fetch(index, piece).await;
+    }
+    // So a newcomer is still shown a piece at a time, not the whole file.
+    let third = Conversation::join(&seeder, 4, "f", sha1, 4, piece as u64).await;
+    assert_eq!(third.shown.iter_held().count(), 1, "{:?}", third.shown);
 }
 
 /// A `phile get` stopped during its final check leaves a record that lists

@@ -316,13 +316,18 @@ impl Conversation<'_> {
     }
 
     /// Takes the piece asked for that this client sent least often so far
-    /// (the first asked among equals) off the queue, counting it as sent.
+    /// (the first asked among equals) off the queue, counting it as sent
+    /// if the downloader was shown it. No honest downloader asks for a
+    /// piece it was not shown; one that does, and then stalls, must not
+    /// make a hidden piece look spread and end super-seeding early.
     fn least_sent(&mut self) -> Option<usize> {
         let mut tally = self.spread.tally();
         let index = tally.least_sent(self.queue.iter().copied())?;
         let at = self.queue.iter().position(|queued| *queued == index)?;
         self.queue.remove(at);
-        tally.send(index);
+        if self.told.has(index) {
+            tally.send(index);
+        }
         if tally.spread() {
             drop(tally);
             self.spread.spread.notify_waiters();
