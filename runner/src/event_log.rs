@@ -25,10 +25,15 @@
 //!
 //! Nothing is dropped quietly: an event that comes after its operation
 //! ended, or one that has no place, is an error the run fails with.
+//!
+//! Nor does a port the system chose get in: an address in an event's text
+//! (an error naming the tracker it lost) is written as the script gave it
+//! ([`EventLog::name_address`]), whatever the node really listens on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -222,6 +227,9 @@ struct Inner {
     /// filed under, with the file and the bytes sent, not yet told on the
     /// console ([`EventLog::take_fault_crashes`]).
     fault_crashes: Vec<(u64, ClientId, String, u64)>,
+    /// Where nodes really listen, and the address the script gave each,
+    /// as text: the first is written as the second.
+    addresses: Vec<(String, String)>,
 }
 
 /// An event filed under an operation: its step, who it is about, the
@@ -265,6 +273,7 @@ impl EventLog {
                 lost_early: HashMap::new(),
                 misplaced: None,
                 fault_crashes: Vec::new(),
+                addresses: Vec::new(),
             }),
             arrived: Condvar::new(),
             clock: std::sync::OnceLock::new(),
@@ -282,6 +291,19 @@ impl EventLog {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().expect("event log poisoned")
+    }
+
+    /// Writes `actual`, where a node really listens (a port the system
+    /// chose, a simulated address), as `scripted`, the address the script
+    /// gave it, wherever an event's text names it: the log then holds no
+    /// port the run happened to get, and is the same on every network.
+    pub fn name_address(&self, actual: SocketAddr, scripted: SocketAddr) {
+        let mut inner = self.lock();
+        let actual = actual.to_string();
+        inner.addresses.retain(|(known, _)| *known != actual);
+        if actual != scripted.to_string() {
+            inner.addresses.push((actual, scripted.to_string()));
+        }
     }
 
     /// Operations begun from now on come from script line `line`.
@@ -589,6 +611,10 @@ impl Inner {
     fn write_line(&mut self, node: Subject, event: &AnyEvent, line: Option<u32>) {
         let seq = self.lines.len() as u64;
         let text = serde_json::to_string(&Line { seq, node, event, line }).expect("events always serialise");
+        let text = self
+            .addresses
+            .iter()
+            .fold(text, |text, (actual, scripted)| replace_address(text, actual, scripted));
         if let Some(out) = &mut self.out {
             let written = writeln!(out, "{text}").and_then(|()| out.flush());
             if let Err(error) = written {
@@ -598,6 +624,29 @@ impl Inner {
         }
         self.lines.push(text);
     }
+}
+
+/// `text` with each mention of address `from` (not part of a longer
+/// address or port) written as `to`.
+fn replace_address(text: String, from: &str, to: &str) -> String {
+    if !text.contains(from) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices(from) {
+        let before = text[..at].chars().next_back();
+        let after = text[at + from.len()..].chars().next();
+        let longer = before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':')
+            || after.is_some_and(|c| c.is_ascii_digit());
+        if !longer {
+            out.push_str(&text[copied..at]);
+            out.push_str(to);
+            copied = at + from.len();
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Orders by client the runs of events that only timing orders: holders
@@ -671,6 +720,36 @@ mod tests {
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["client"].to_string())
             .collect();
         assert_eq!(clients, ["10", "11", "2"]);
+    }
+
+    #[test]
+    fn an_address_the_run_happened_to_get_is_written_as_the_script_gave_it() {
+        let log = log();
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        log.name_address(at("127.0.0.1:41234"), at("127.0.0.1:8000"));
+        log.name_address(at("10.0.0.1:49152"), at("127.0.0.1:0"));
+        let texts = [
+            "lost the session with the tracker at 127.0.0.1:41234: it closed",
+            "the tracker at 10.0.0.1:49152 closed the session",
+            // Longer addresses and ports, and a port alone, are left be.
+            "127.0.0.1:412345 and 127.0.0.1:4123 and 110.0.0.1:49152 and port 41234",
+        ];
+        for text in texts {
+            log.record_alone(Subject::Scenario, ScenarioEvent::Note { text: text.into() });
+        }
+        let written: Vec<String> = log
+            .lines()
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].to_string())
+            .collect();
+        assert_eq!(
+            written,
+            [
+                r#""lost the session with the tracker at 127.0.0.1:8000: it closed""#,
+                r#""the tracker at 127.0.0.1:0 closed the session""#,
+                r#""127.0.0.1:412345 and 127.0.0.1:4123 and 110.0.0.1:49152 and port 41234""#,
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rhai::{Engine, EvalAltResult, Position};
+use rhai::{Engine, EvalAltResult, ParseErrorType, Position};
 
 /// Why a script stopped, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +118,13 @@ fn describe(error: &EvalAltResult, functions: &[String]) -> (Position, String) {
             };
             (error.position(), message)
         }
+        EvalAltResult::ErrorParsing(ParseErrorType::VariableUndefined(name), position) => (
+            *position,
+            format!(
+                "no variable {name}: declare it with `let {name} = ...;` before its first use (a variable \
+                 declared inside {{ ... }} ends there)"
+            ),
+        ),
         EvalAltResult::ErrorParsing(..) if strip_position(error).ends_with("object map literal") => (
             error.position(),
             format!(
@@ -207,9 +214,11 @@ fn call_hint(call: &str, functions: &[String]) -> Option<String> {
     if !forms.is_empty() {
         return Some(format!("{name} takes {}", forms.join(" or ")));
     }
+    // Two typos in a name of four letters or fewer make another word.
+    let typos = if name.chars().count() <= 4 { 1 } else { 2 };
     let mut close: Vec<String> = (functions.iter())
         .map(name_of)
-        .filter(|known| strsim::damerau_levenshtein(known, name) <= 2)
+        .filter(|known| strsim::damerau_levenshtein(known, name) <= typos)
         .collect();
     close.dedup();
     match close.as_slice() {
@@ -256,6 +265,7 @@ mod tests {
             "set_rate(Client, int, int)",
             "download(Client, string)",
             "download(Client, string, map)",
+            "now()",
         ]
         .map(String::from)
         .to_vec()
@@ -306,6 +316,12 @@ mod tests {
         );
         assert_eq!(hint.as_deref(), Some("did you mean upload?"));
         assert_eq!(call_hint("frobnicate ()", &scenario_functions()), None);
+        // Not `now`: two letters of three is another word.
+        assert_eq!(call_hint("foo (Client)", &scenario_functions()), None);
+        assert_eq!(
+            call_hint("noe ()", &scenario_functions()).as_deref(),
+            Some("did you mean now?")
+        );
     }
 
     #[test]
@@ -313,6 +329,18 @@ mod tests {
         let error: Box<EvalAltResult> = Engine::new().compile("let tree = #{ 10000: [] };").unwrap_err().into();
         let (_, message) = describe(&error, &[]);
         assert!(message.contains("keys are names or strings in quotes"), "{message}");
+    }
+
+    #[test]
+    fn a_variable_used_before_it_is_declared_is_told_to_declare_it() {
+        let mut engine = Engine::new();
+        engine.set_strict_variables(true);
+        let error: Box<EvalAltResult> = engine.compile("print(tally);").unwrap_err().into();
+        let (_, message) = describe(&error, &[]);
+        assert!(
+            message.contains("no variable tally: declare it with `let tally"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -157,6 +157,32 @@ fn a_client_that_lost_its_tracker_session_is_told_so() {
 }
 
 #[test]
+fn a_session_lost_during_a_download_is_logged_with_the_scripted_address_and_says_what_to_do() {
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        a.write("x", "y");
+        a.upload("x");
+        partition(b, t);
+        b.download("x", #{ swarm: true });
+    "#;
+    let run = run_source_with(script, |o| o.settings.sim = true);
+    let failure = run.outcome.failure.expect("the session is lost mid-download");
+    assert!(failure.message.contains("register it again"), "{}", failure.message);
+    // The simulated address the tracker got is not in the log; the one
+    // the script gave it is.
+    let log = run.outcome.events.join("\n");
+    assert!(!log.contains("10.0.0."), "{log}");
+    assert!(
+        log.contains("lost the session with the tracker at 127.0.0.1:0:"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_second_swarm_download_of_a_file_under_way_fails_and_the_first_goes_on() {
     let script = r#"
         let t = tracker(0);

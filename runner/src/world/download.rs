@@ -258,7 +258,8 @@ impl World {
     /// The fewest seconds in which `bytes` bytes can get from `seeders` to
     /// every one of `downloaders` under their rate caps (`fluid_bound`).
     pub fn fluid_bound(&self, bytes: i64, seeder_refs: &[ClientRef], downloader_refs: &[ClientRef]) -> Verdict<f64> {
-        let bytes = u64::try_from(bytes).map_err(|_| format!("fluid_bound: {bytes} bytes is not a size"))?;
+        let bytes = u64::try_from(bytes)
+            .map_err(|_| format!("fluid_bound: {bytes} bytes is not a size: give the file's size, 0 or more bytes"))?;
         if seeder_refs.is_empty() {
             return Err("fluid_bound: give at least one seeder: with none, the file can never arrive".into());
         }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use phile_core::events::Node;
-use phile_core::storage::Folder;
+use phile_core::storage::{Folder, StorageError};
 use phile_core::{ClientId, FileInfo, FileName, Limits, Trace};
 use rand::Rng as _;
 use rand::SeedableRng;
@@ -296,16 +296,19 @@ impl World {
 
     /// `error` of client `c` as a sentence, after what could not be done,
     /// unless the error says it all (the client is not registered: that is
-    /// what to fix, and a client the script registered lost its session).
+    /// what to fix, and a client the script registered lost its session,
+    /// before or during this call).
     fn explain(&self, c: &ClientRef, what: String, error: NodeError) -> String {
+        const REGISTER_AGAIN: &str = "register it again with c.register(tracker), after heal() if it is \
+                                      partitioned, or catch the error with try { ... } catch (e) { ... }";
         let registered = self.slot(c, |slot| slot.tracker.is_some()).unwrap_or(false);
         match error {
             NodeError::NotRegistered(id) if registered => format!(
                 "client {id} lost its tracker session (the tracker went silent, a partition or a timeout cut \
-                 it off): register it again with c.register(tracker), after heal() if it is partitioned, or \
-                 catch the error with try {{ ... }} catch (e) {{ ... }}"
+                 it off): {REGISTER_AGAIN}"
             ),
             NodeError::NotRegistered(_) => error.to_string(),
+            NodeError::Tracker(_) if registered => format!("{what}: {error}; {REGISTER_AGAIN}"),
             error => format!("{what}: {error}"),
         }
     }
@@ -373,6 +376,7 @@ impl World {
             (backend.addr(key), backend.describe(key))
         };
         self.trackers.borrow_mut().push(key);
+        self.log.name_address(addr, scripted_address(port));
         self.log
             .record_alone(Subject::Node(Node::Tracker), ScenarioEvent::Started);
         self.count(|s| s.steps += 1);
@@ -387,7 +391,9 @@ impl World {
             .filter(|id| *id > 0)
             .ok_or_else(|| format!("client id {id} is not a positive integer"))?;
         if self.clients.borrow().contains_key(&id) {
-            return Err(format!("client {id} exists already in this scenario"));
+            return Err(format!(
+                "client {id} exists already in this scenario: use the one you have, or give this one another id"
+            ));
         }
         let port = self.client_port(id)?;
         let dir = self.settings.root.join(id.to_string());
@@ -431,8 +437,12 @@ impl World {
 
     fn start_client(&self, id: u64, dir: &std::path::Path, port: u16) -> Verdict<NodeKey> {
         let spec = self.spec(Some(id), Some(dir.to_owned()));
-        self.start_node(&spec, port)
-            .map_err(|error| format!("cannot start client {id}: {error}"))
+        let node = self
+            .start_node(&spec, port)
+            .map_err(|error| format!("cannot start client {id}: {error}"))?;
+        let addr = self.backend.borrow().addr(node);
+        self.log.name_address(addr, scripted_address(port));
+        Ok(node)
     }
 
     /// `c.register(t)`.
@@ -479,9 +489,7 @@ impl World {
         let len = u64::try_from(len).map_err(|_| format!("cannot write {len} bytes: the size must be 0 or more"))?;
         let fill = random_content(self.settings.seed, &file, len, self.deadline);
         self.folder_of(c)?.write_now(&file, fill).map_err(|e| match e {
-            phile_core::storage::StorageError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
-                source.to_string()
-            }
+            StorageError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut => source.to_string(),
             other => format!("cannot write {file}: {other}"),
         })?;
         self.count(|s| s.steps += 1);
@@ -526,7 +534,7 @@ impl World {
         let content = self
             .folder_of(c)?
             .read_now(&file)
-            .map_err(|e| format!("client {} cannot read {file}: {e}", c.id))?;
+            .map_err(|e| cannot_read(c, &file, e))?;
         String::from_utf8(content).map_err(|e| {
             format!(
                 "{file} of client {} is not UTF-8 text ({}); compare c.sha1(name) or c.size(name) instead",
@@ -539,9 +547,7 @@ impl World {
     /// `c.sha1(name)` and `c.size(name)`: of the bytes on disk now.
     pub fn info(&self, c: &ClientRef, name: &str) -> Verdict<FileInfo> {
         let file = parse_name(name)?;
-        self.folder_of(c)?
-            .hash_now(&file)
-            .map_err(|e| format!("client {} cannot read {file}: {e}", c.id))
+        self.folder_of(c)?.hash_now(&file).map_err(|e| cannot_read(c, &file, e))
     }
 
     /// `tree()`.
@@ -640,4 +646,20 @@ pub fn bytes(n: u64) -> String {
         0..1024 => format!("{n} bytes"),
         n => crate::review::text::bytes(n),
     }
+}
+
+/// Why client `c` could not read `file`, and, for a file it lacks, how to
+/// see what it holds.
+fn cannot_read(c: &ClientRef, file: &FileName, error: StorageError) -> String {
+    let hint = match error {
+        StorageError::NotFound { .. } => "; c.files() lists the files it holds",
+        _ => "",
+    };
+    format!("client {} cannot read {file}: {error}{hint}", c.id)
+}
+
+/// The address a script gives a node listening on `port`: the one it
+/// listens on over TCP without `--ephemeral-ports`.
+fn scripted_address(port: u16) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
 }
