@@ -54,6 +54,14 @@ pub enum SessionError {
         /// The cap.
         max: u64,
     },
+    /// The tracker refused a status request (it sends a few at once).
+    #[error("the tracker at {addr} refused the status request: {}", crate::protocol::printable(.reason))]
+    StatusRefused {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// What it said.
+        reason: String,
+    },
     /// The tracker answered something out of place.
     #[error("the tracker at {addr} answered {reply:?} out of place")]
     Unexpected {
@@ -124,6 +132,9 @@ impl StatusAnswer {
             Some(TrackerReply::StatusEnd) => {
                 self.ended = true;
                 return Ok(None);
+            }
+            Some(TrackerReply::Refused { reason }) if self.entries == 0 => {
+                return Err(SessionError::StatusRefused { addr, reason })
             }
             Some(other) => {
                 return Err(SessionError::Unexpected {

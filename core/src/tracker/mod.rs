@@ -27,13 +27,14 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
 pub use records::{Content, Holder, Quotas, Records, Refusal, SessionId, Swarm, SwarmMember};
-pub use status::{StatusCursor, StatusEntry};
+pub use status::{StatusCursor, StatusEntry, STATUS_ANSWERS, STATUS_ANSWERS_PER_ADDRESS};
 
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
 use crate::protocol::{ClientId, Request, SwarmPeer, Trace, TrackerReply, TrackerRequest};
-use crate::server::{self, Limits, ServerHandle};
+use crate::server::{self, Limits, Origin, ServerHandle};
+use status::StatusTurns;
 
 /// The port the seed's tracker listens on.
 pub const DEFAULT_PORT: u16 = 8000;
@@ -95,6 +96,7 @@ impl Tracker {
             records: Mutex::new(Records::with_quotas(config.seed, config.quotas)),
             reporter: Reporter::new(Node::Tracker, config.events),
             next_session: AtomicU64::new(1),
+            status_turns: StatusTurns::default(),
         });
         let limits = Limits {
             max_connections: config.max_sessions,
@@ -129,6 +131,8 @@ struct Shared {
     /// Numbers sessions, so an old session's end cannot unregister a client
     /// that registered again on a new one.
     next_session: AtomicU64,
+    /// The status answers being sent: a few at once, each holding a page.
+    status_turns: StatusTurns,
 }
 
 /// One client's session: what the connection has registered as.
@@ -173,7 +177,11 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
             }
         };
         if request.body == TrackerRequest::Status {
-            if let Err(error) = send_status(&shared, &mut connection).await {
+            let answered = match shared.status_turns.enter(Origin::from(session.remote.ip())) {
+                Ok(_turn) => send_status(&shared, &mut connection).await,
+                Err(reason) => connection.write(&TrackerReply::Refused { reason }).await,
+            };
+            if let Err(error) = answered {
                 tracing::info!(remote = %session.remote, %error, "status answer failed");
                 break;
             }
@@ -201,9 +209,10 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
 /// How many ids (clients, files, holders) one page of a status answer
 /// holds: the tracker reads a page under the lock, lets go of it, sends the
 /// page (however slowly the reader takes it), then reads the next one. So an
-/// answer costs a page of memory, not a copy of the records, and never keeps
-/// other sessions waiting for the lock.
-const STATUS_PAGE: usize = 4096;
+/// answer costs a page of memory (at most about 170 KiB, names of 255
+/// bytes), not a copy of the records, and never keeps other sessions
+/// waiting for the lock.
+const STATUS_PAGE: usize = 512;
 
 /// Streams a status answer: clients, files, then the end, a page at a time.
 /// On a busy tracker the answer is not one instant's picture: each page is

@@ -132,6 +132,22 @@ pub enum Refusal {
         /// [`Quotas::reports`].
         limit: usize,
     },
+    /// The clients of one address reported as many holders as they may.
+    #[error("clients from {host} have reported {limit} holders in their downloads under way, the most this tracker keeps for one address (start new downloads to clear them)")]
+    TooManyReportsFromHost {
+        /// The address.
+        host: Origin,
+        /// [`Quotas::reports_per_host`].
+        limit: usize,
+    },
+    /// All clients together reported as many holders as the tracker keeps.
+    #[error(
+        "the tracker already keeps {limit} reports of holders, the most it keeps (try again once some downloads end)"
+    )]
+    ReportsFull {
+        /// [`Quotas::reports_total`].
+        limit: usize,
+    },
 }
 
 /// The largest file the tracker records: the most a swarm download can
@@ -163,8 +179,7 @@ pub struct Quotas {
     /// Files all clients together may hold (or download in a swarm): what
     /// bounds the memory files cost the tracker however many addresses
     /// send (about a kilobyte a file at most; a file held by many costs
-    /// less). Reports are bounded per client, and clients by the
-    /// sessions the tracker serves at once.
+    /// less).
     pub files_total: usize,
     /// Files the clients of one address may have lookup state for,
     /// together ([`Quotas::lookups`] for one client): a lookup keeps
@@ -173,6 +188,13 @@ pub struct Quotas {
     /// Files all clients together may have lookup state for (about 500
     /// bytes each).
     pub lookups_total: usize,
+    /// Holders the clients of one address may have reported, together
+    /// ([`Quotas::reports`] for one client): ids cost nothing, so without
+    /// it one host could register thousands and have each report as many.
+    pub reports_per_host: usize,
+    /// Holders all clients together may have reported (about 40 bytes
+    /// each).
+    pub reports_total: usize,
 }
 
 impl Default for Quotas {
@@ -185,6 +207,8 @@ impl Default for Quotas {
             files_total: 4_000_000,
             lookups_per_host: 200_000,
             lookups_total: 4_000_000,
+            reports_per_host: 200_000,
+            reports_total: 4_000_000,
         }
     }
 }
@@ -254,6 +278,9 @@ pub struct Records {
     /// How many files the clients of each address have lookup state for
     /// (`ClientRecord::wants`), and all of them together.
     wanted: Held,
+    /// How many holders the clients of each address have reported
+    /// (`ClientRecord::reported`), and all of them together.
+    reports: Held,
 }
 
 /// Which cap of a [`Held`] count is reached.
@@ -470,6 +497,7 @@ impl ClientRecord {
         sha1: Digest,
         quotas: &Quotas,
         wanted: &mut Held,
+        reports: &mut Held,
     ) -> Result<&mut Want, Refusal> {
         if !self.wants.contains_key(file) {
             if self.want_refusal(client, quotas, wanted).is_some() {
@@ -493,6 +521,7 @@ impl ClientRecord {
             // The name now holds other content: reports about the old one
             // say nothing about the new.
             self.reported -= want.reported.len();
+            reports.release(self.host, want.reported.len());
             want.reported.clear();
             want.skipped = None;
             want.sha1 = sha1;
@@ -500,7 +529,6 @@ impl ClientRecord {
         Ok(want)
     }
 
-    /// Forgets the holders reported about `file`: a new download begins.
     /// Why the client may not have lookup state for one file more, if it
     /// may not: its own cap, its address's or the tracker's.
     fn want_refusal(&self, client: ClientId, quotas: &Quotas, wanted: &Held) -> Option<Refusal> {
@@ -517,9 +545,11 @@ impl ClientRecord {
         })
     }
 
-    fn clear_reports(&mut self, file: &FileName) {
+    /// Forgets the holders reported about `file`: a new download begins.
+    fn clear_reports(&mut self, file: &FileName, reports: &mut Held) {
         if let Some(want) = self.wants.get_mut(file) {
             self.reported -= want.reported.len();
+            reports.release(self.host, want.reported.len());
             want.reported.clear();
             want.skipped = None;
         }
@@ -543,6 +573,7 @@ impl Records {
             changes: 0,
             held: Held::default(),
             wanted: Held::default(),
+            reports: Held::default(),
         }
     }
 
@@ -656,17 +687,18 @@ impl Records {
             clients,
             files,
             wanted,
+            reports,
             ..
         } = self;
         let asker = clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
         if !failover {
-            asker.clear_reports(file);
+            asker.clear_reports(file, reports);
         }
         let Some(record) = files.get(file) else {
             return Ok(None);
         };
         let (content, stamp) = (record.content, record.stamp);
-        let want = asker.want(client, file, content.info.sha1, quotas, wanted)?;
+        let want = asker.want(client, file, content.info.sha1, quotas, wanted, reports)?;
         if want.skipped.as_ref().is_none_or(|(at, _)| *at != stamp) {
             // The holder list changed since the skipped positions were
             // worked out (or they never were): work them out again. A
@@ -704,7 +736,7 @@ impl Records {
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
         if fresh {
-            asker.clear_reports(file);
+            asker.clear_reports(file, &mut self.reports);
         }
         let Some(record) = self.files.get_mut(file) else {
             return Ok(None);
@@ -721,7 +753,14 @@ impl Records {
         }
         let content = record.content;
         // Before the membership is recorded: a refused request leaves none.
-        let want = asker.want(client, file, content.info.sha1, &quotas, &mut self.wanted)?;
+        let want = asker.want(
+            client,
+            file,
+            content.info.sha1,
+            &quotas,
+            &mut self.wanted,
+            &mut self.reports,
+        )?;
         let nth = want.lookups;
         want.lookups += 1;
         let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
@@ -782,18 +821,33 @@ impl Records {
         };
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).expect("checked above");
-        let reported = asker.reported;
-        let want = asker.want(client, file, sha1, &quotas, &mut self.wanted)?;
+        let (reported, host) = (asker.reported, asker.host);
+        let want = asker.want(client, file, sha1, &quotas, &mut self.wanted, &mut self.reports)?;
         // A holder reported before, on an earlier session of its, counts
         // once against the quota, but its new session is skipped too.
         let earlier = want.reported.insert(peer, holder_session);
         if earlier == Some(holder_session) {
             return Ok(true);
         }
-        if earlier.is_none() && reported >= quotas.reports {
-            want.reported.remove(&peer);
-            let limit = quotas.reports;
-            return Err(Refusal::TooManyReports { client, limit });
+        if earlier.is_none() {
+            let refusal = match self.reports.full(host, quotas.reports_per_host, quotas.reports_total) {
+                _ if reported >= quotas.reports => Some(Refusal::TooManyReports {
+                    client,
+                    limit: quotas.reports,
+                }),
+                Some(Full::Host) => Some(Refusal::TooManyReportsFromHost {
+                    host,
+                    limit: quotas.reports_per_host,
+                }),
+                Some(Full::Total) => Some(Refusal::ReportsFull {
+                    limit: quotas.reports_total,
+                }),
+                None => None,
+            };
+            if let Some(refusal) = refusal {
+                want.reported.remove(&peer);
+                return Err(refusal);
+            }
         }
         // Keep the skipped positions of the next lookup up to date.
         let holding = want.skipped.as_mut().filter(|(at, _)| *at == stamp).zip(position);
@@ -804,6 +858,7 @@ impl Records {
         }
         if earlier.is_none() {
             asker.reported += 1;
+            self.reports.take(host);
         }
         Ok(true)
     }
@@ -818,6 +873,7 @@ impl Records {
         let record = self.clients.remove(&client).expect("checked above");
         self.held.release(record.host, record.files.len() + record.joined.len());
         self.wanted.release(record.host, record.wants.len());
+        self.reports.release(record.host, record.reported);
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
@@ -902,7 +958,11 @@ impl Records {
     /// Whether the records hold nothing at all: no client, no file, no
     /// state of any kind (what is left once everyone has gone).
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty() && self.files.is_empty() && self.held.is_empty() && self.wanted.is_empty()
+        self.clients.is_empty()
+            && self.files.is_empty()
+            && self.held.is_empty()
+            && self.wanted.is_empty()
+            && self.reports.is_empty()
     }
 }
 
@@ -1480,6 +1540,55 @@ pub(super) mod tests {
         assert!(records.forget(ClientId(2), 2));
         records.announce(ClientId(1), &file("d"), content(b"d")).unwrap();
         all_leave(&mut records, &[(1, 1), (3, 3)]);
+    }
+
+    #[test]
+    fn the_clients_of_one_address_share_a_report_quota_and_give_it_back_as_they_go() {
+        let quotas = Quotas {
+            reports_per_host: 3,
+            reports_total: 4,
+            ..Quotas::default()
+        };
+        let mut records = Records::with_quotas(0, quotas);
+        let (here, there) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        for (id, host) in [(1, here), (2, here), (3, there)] {
+            records.register(ClientId(id), addr(id as u16), id, host).unwrap();
+        }
+        // Five holders of one file, from a third address.
+        for id in 5..10 {
+            records.register(ClientId(id), addr(id as u16), id, host()).unwrap();
+            records.announce(ClientId(id), &file("a"), content(b"x")).unwrap();
+        }
+        let sha1 = info(b"x").sha1;
+        let report = |records: &mut Records, id: u64, holder: u64| {
+            records.report(ClientId(id), &file("a"), ClientId(holder), sha1)
+        };
+        // Two ids from here report three holders: a fourth is refused,
+        // from either, though each is far from its own quota.
+        for (id, holder) in [(1, 5), (1, 6), (2, 5)] {
+            assert_eq!(report(&mut records, id, holder), Ok(true));
+        }
+        for id in [1, 2] {
+            let refused = report(&mut records, id, 7);
+            assert!(
+                matches!(refused, Err(Refusal::TooManyReportsFromHost { limit: 3, .. })),
+                "{refused:?}"
+            );
+        }
+        // Another address has its own, until the tracker's total is taken.
+        assert_eq!(report(&mut records, 3, 5), Ok(true));
+        let refused = report(&mut records, 3, 6);
+        assert!(matches!(refused, Err(Refusal::ReportsFull { limit: 4 })), "{refused:?}");
+        // A new download clears a client's reports, and a client that goes
+        // takes its own: each makes room again.
+        first(&mut records, 1, "a");
+        assert_eq!(report(&mut records, 3, 6), Ok(true));
+        assert!(records.forget(ClientId(2), 2));
+        assert_eq!(report(&mut records, 1, 7), Ok(true));
+        for id in 1..10 {
+            records.forget(ClientId(id), id);
+        }
+        assert!(records.is_empty(), "{records:?}");
     }
 
     #[test]

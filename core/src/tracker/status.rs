@@ -3,11 +3,66 @@
 //! answer never costs a copy of the records. A [`StatusCursor`] says where
 //! the next page goes on from, whatever changed in between.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Bound;
+use std::sync::Mutex;
 
 use super::records::{FileRecord, Records};
 use crate::protocol::{ClientId, FileInfo, FileName, STATUS_HOLDERS_PER_FRAME};
+use crate::server::Origin;
+
+/// The most status answers a tracker sends at once: each holds a page
+/// while its reader takes it, and a reader may never take it. Status is
+/// for people looking; downloads never need it.
+pub const STATUS_ANSWERS: usize = 64;
+
+/// The most status answers a tracker sends at once to one address (an
+/// IPv6 one by its /64), so one host cannot take them all.
+pub const STATUS_ANSWERS_PER_ADDRESS: usize = 4;
+
+/// The status answers being sent, by the address they go to.
+#[derive(Debug, Default)]
+pub(super) struct StatusTurns(Mutex<HashMap<Origin, usize>>);
+
+/// One status answer's place among those being sent; given back on drop.
+pub(super) struct StatusTurn<'a> {
+    turns: &'a StatusTurns,
+    origin: Origin,
+}
+
+impl StatusTurns {
+    /// A place for one more answer to `origin`, or the reason there is
+    /// none, for the asker.
+    pub(super) fn enter(&self, origin: Origin) -> Result<StatusTurn<'_>, String> {
+        let mut sending = self.0.lock().expect("status turns poisoned");
+        if sending.values().sum::<usize>() >= STATUS_ANSWERS {
+            return Err(format!(
+                "the tracker is sending {STATUS_ANSWERS} status answers already, the most it sends at once; try again shortly"
+            ));
+        }
+        let from_here = sending.entry(origin).or_default();
+        if *from_here >= STATUS_ANSWERS_PER_ADDRESS {
+            return Err(format!(
+                "the tracker is sending {STATUS_ANSWERS_PER_ADDRESS} status answers to {origin} already, the most it sends one address at once; try again once they are read"
+            ));
+        }
+        *from_here += 1;
+        Ok(StatusTurn { turns: self, origin })
+    }
+}
+
+impl Drop for StatusTurn<'_> {
+    fn drop(&mut self) {
+        let mut sending = self.turns.0.lock().expect("status turns poisoned");
+        if let Some(count) = sending.get_mut(&self.origin) {
+            *count -= 1;
+            if *count == 0 {
+                sending.remove(&self.origin);
+            }
+        }
+    }
+}
 
 /// One entry of a status answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,5 +279,34 @@ pub(super) mod tests {
             })
             .collect();
         assert_eq!(names, ["c", "d"]);
+    }
+
+    #[test]
+    fn a_few_status_answers_go_out_at_once_and_one_address_cannot_take_them_all() {
+        let turns = StatusTurns::default();
+        let origin = |n: u8| Origin::from(std::net::IpAddr::from([10, 0, 0, n]));
+        let here: Vec<_> = (0..STATUS_ANSWERS_PER_ADDRESS)
+            .map(|_| turns.enter(origin(1)).unwrap())
+            .collect();
+        let refused = turns.enter(origin(1)).err().unwrap();
+        assert!(refused.contains("to 10.0.0.1 already"), "{refused}");
+        // Another address has its own, until the tracker's are all taken.
+        let mut elsewhere = Vec::new();
+        for n in 2.. {
+            match turns.enter(origin(n)) {
+                Ok(turn) => elsewhere.push(turn),
+                Err(refused) => {
+                    assert!(refused.contains("the most it sends at once"), "{refused}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(here.len() + elsewhere.len(), STATUS_ANSWERS);
+        // An answer that ends gives its place back.
+        drop(here);
+        let again = turns.enter(origin(1));
+        assert!(again.is_ok());
+        drop((again, elsewhere));
+        assert!(turns.0.lock().unwrap().is_empty(), "a place was not given back");
     }
 }
