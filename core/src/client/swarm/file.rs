@@ -92,12 +92,15 @@ impl Run<'_> {
     /// The piece hashes came from `peer`: checked against the root, they
     /// open the partial file and the pieces can be asked for.
     pub(super) async fn take_layer(&mut self, peer: ClientId, hashes: Vec<Digest>) -> Result<(), DownloadError> {
-        if self.part.is_some() {
+        // Only an answer to the download's own question counts: one nobody
+        // asked for would cost a check on the download's loop, and a bad
+        // one would clear the questions still open.
+        if self.part.is_some() || self.layer_from.remove(&peer).is_none() {
             return Ok(());
         }
-        self.layer_from = None;
         match Layer::verified(self.plan.layout(), hashes, self.root) {
             Ok(layer) => {
+                self.layer_from.clear();
                 self.open_part(layer).await?;
                 self.ask_everyone();
             }

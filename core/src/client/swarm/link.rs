@@ -22,6 +22,7 @@ use super::Run;
 use crate::connection::{Connection, ConnectionError};
 use crate::pieces::{hashes_from_bytes, Bitfield, Layout};
 use crate::protocol::{ClientId, Digest, PeerReply, PeerRequest, Problem, Request};
+use crate::server::Limits;
 use crate::swarm::wire;
 
 /// What a connection to one peer reports to the download.
@@ -105,7 +106,7 @@ impl Run<'_> {
                     tracing::debug!(%peer, %addr, %error, "could not reach a peer of the swarm");
                     Some(Problem::Unreachable)
                 }
-                Ok(connection) => match join_conversation(connection, join, layout, limits.first_byte_timeout).await {
+                Ok(connection) => match join_conversation(connection, join, layout, &limits).await {
                     Err(problem) => Some(problem),
                     Ok(joined) => match converse(joined, layout, peer, &tell).await {
                         Conversed::Ended(problem) => problem,
@@ -138,18 +139,26 @@ enum Conversed {
     LetGo,
 }
 
+/// The slowest a peer may send its bitfield, in bytes a second, past the
+/// idle timeout: each read has the idle timeout, and a peer that sends a
+/// byte now and then would otherwise keep the download waiting on its
+/// join (a file of a million pieces has a 128 KiB bitfield).
+const SLOWEST_BITFIELD: u64 = 1024;
+
 /// Sends `join` on `connection`, reads the answer and the peer's bitfield.
 async fn join_conversation(
     mut connection: Connection,
     join: Request<PeerRequest>,
     layout: Layout,
-    first_byte: Duration,
+    limits: &Limits,
 ) -> Result<Joined, Problem> {
-    read_join_answer(&mut connection, join, layout, first_byte).await?;
+    read_join_answer(&mut connection, join, layout, limits.first_byte_timeout).await?;
     let (mut inbound, outbound) = wire::split(connection);
-    let bytes = inbound
-        .body(layout.count().div_ceil(8))
+    let len = layout.count().div_ceil(8);
+    let deadline = limits.idle_timeout + Duration::from_secs(len as u64 / SLOWEST_BITFIELD);
+    let bytes = tokio::time::timeout(deadline, inbound.body(len))
         .await
+        .map_err(|_| Problem::Stalled)?
         .map_err(|error| connection_problem(&error))?;
     let bits = Bitfield::from_bytes(layout.count(), bytes.to_vec()).map_err(|_| Problem::Garbled)?;
     Ok(Joined {

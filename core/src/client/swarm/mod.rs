@@ -119,6 +119,20 @@ const CROWD: usize = 8;
 /// [`IN_FLIGHT_BYTES`] allows, from four to this many pieces.
 pub(crate) const MAX_PIPELINE: usize = 64;
 
+/// How many peers a download asks for the piece hashes before any
+/// answers: one at first, and another each time those asked stay silent
+/// for the first-byte timeout. A holder that must hash the file first can
+/// take that long; one that never answers must not hold the download up
+/// for its idle timeout, meanwhile the conversations with every other peer,
+/// which have nothing asked of them, end.
+const LAYER_ASKS: usize = 3;
+
+/// How many ticks in a row a peer may deliver no whole piece, while it
+/// has requests in flight, before its requests that wait count as held
+/// up, to be moved to peers that deliver (as a silent peer's are). A peer
+/// that sends a byte now and then must not keep dozens of them for good.
+const SLOW_TICKS: u32 = 5;
+
 /// What a swarm download may be asked to do differently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwarmOptions {
@@ -287,8 +301,12 @@ struct Run<'a> {
     resumed_lock: Option<PartLock>,
     /// The download as served to others.
     partial: Arc<Partial>,
-    /// The peer asked for the piece hashes, if any.
-    layer_from: Option<ClientId>,
+    /// The peers asked for the piece hashes, each with its count of body
+    /// bytes when asked: one at first, another each time all those asked
+    /// stay silent for the first-byte timeout, [`LAYER_ASKS`] at most.
+    layer_from: BTreeMap<ClientId, u64>,
+    /// When a peer was last asked for the piece hashes.
+    layer_asked_at: Instant,
     /// Connected peers.
     peers: BTreeMap<ClientId, Peer>,
     /// Peers connecting.
@@ -394,7 +412,8 @@ impl<'a> Run<'a> {
                     partial.info == start.info && partial.root == start.root && partial.layout() == layout
                 })
                 .unwrap_or_else(|| Arc::new(Partial::new(start.info, start.root, layout))),
-            layer_from: None,
+            layer_from: BTreeMap::new(),
+            layer_asked_at: Instant::now(),
             peers: BTreeMap::new(),
             connecting: BTreeSet::new(),
             offered: Vec::new(),
@@ -568,6 +587,13 @@ impl<'a> Run<'a> {
     /// tick, measures the paces of pieces under way, and moves requests
     /// from peers that sat on them to peers that serve.
     fn retune(&mut self) {
+        for (id, peer) in &mut self.peers {
+            let owing = self.plan.in_flight(*id) > 0;
+            peer.pieceless_ticks = match peer.delivered == 0 && owing {
+                true => peer.pieceless_ticks + 1,
+                false => 0,
+            };
+        }
         // Before the counts of the last tick are reset below.
         let (waiting, serving) = self.who_serves();
         let quiet = self.quiet_pipeline();
@@ -577,6 +603,7 @@ impl<'a> Run<'a> {
         }
         self.pace_under_way();
         self.ask_elsewhere(waiting, serving);
+        self.relieve_slow_peers();
         self.ask_everyone();
     }
 
@@ -591,7 +618,7 @@ impl<'a> Run<'a> {
             // meanwhile: they must come whole within the idle timeout).
             let received = peer.received.load(Ordering::Relaxed);
             let blamed = self.blamed.contains(id);
-            if received != peer.received_seen && !blamed && self.layer_from != Some(*id) {
+            if received != peer.received_seen && !blamed && !self.layer_from.contains_key(id) {
                 peer.stall_clock = now;
             }
             peer.received_seen = received;

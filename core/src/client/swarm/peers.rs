@@ -34,6 +34,9 @@ pub(super) struct Peer {
     pub(super) received_seen: u64,
     /// Pieces it delivered since the last tick.
     pub(super) delivered: usize,
+    /// Ticks in a row in which it delivered no whole piece while it had
+    /// requests in flight.
+    pub(super) pieceless_ticks: u32,
     /// While it sends a piece: the window over which its pace is measured.
     /// Opened at any piece header, asked for or not, like the scheduler's
     /// record of the piece it sends; closed when the piece is in, or when
@@ -179,6 +182,7 @@ impl Run<'_> {
                         received,
                         received_seen: 0,
                         delivered: 0,
+                        pieceless_ticks: 0,
                         pace_window: None,
                     },
                 );
@@ -217,8 +221,10 @@ impl Run<'_> {
         }
         let owed_nothing = !self.owes(peer);
         if self.part.is_none() {
-            if self.layer_from.is_none() && self.can_help(peer) {
-                self.layer_from = Some(peer);
+            if self.may_ask_for_the_layer(peer) {
+                let received = self.peers[&peer].received.load(Ordering::Relaxed);
+                self.layer_from.insert(peer, received);
+                self.layer_asked_at = Instant::now();
                 self.send(peer, PeerRequest::Layer);
             }
         } else {
@@ -338,7 +344,25 @@ impl Run<'_> {
     /// Whether `peer` has been asked for something it has yet to send:
     /// pieces, or the piece hashes.
     pub(super) fn owes(&self, peer: ClientId) -> bool {
-        self.plan.in_flight(peer) > 0 || self.layer_from == Some(peer)
+        self.plan.in_flight(peer) > 0 || self.layer_from.contains_key(&peer)
+    }
+
+    /// Whether `peer`, which holds pieces, is to be asked for the piece
+    /// hashes now: nobody was, or all those asked ([`LAYER_ASKS`] at most)
+    /// have sent nothing since for the first-byte timeout.
+    fn may_ask_for_the_layer(&self, peer: ClientId) -> bool {
+        if self.layer_from.contains_key(&peer) || !self.can_help(peer) {
+            return false;
+        }
+        let silent = |(asked, received_then): (&ClientId, &u64)| {
+            self.peers
+                .get(asked)
+                .is_none_or(|p| p.received.load(Ordering::Relaxed) == *received_then)
+        };
+        self.layer_from.is_empty()
+            || (self.layer_from.len() < super::LAYER_ASKS
+                && self.layer_asked_at.elapsed() >= self.client.limits.first_byte_timeout
+                && self.layer_from.iter().all(silent))
     }
 
     /// Asks every connected peer for what it should send next.
@@ -465,9 +489,7 @@ impl Run<'_> {
             }
             _ => {}
         }
-        if self.layer_from == Some(peer) {
-            self.layer_from = None;
-        }
+        self.layer_from.remove(&peer);
         self.plan.leave(peer);
         self.ask_everyone();
     }
@@ -515,6 +537,39 @@ impl Run<'_> {
             if let (Some(clock), Some(p)) = (clock, self.peers.get_mut(&peer)) {
                 p.stall_clock = clock;
             }
+        }
+    }
+
+    /// Moves the requests waiting with peers that delivered no whole piece
+    /// for [`SLOW_TICKS`](super::SLOW_TICKS) ticks in a row, though bytes
+    /// came, to any other peer that holds those pieces and has room, idle
+    /// ones too. [`Run::ask_elsewhere`] moves a silent peer's to peers
+    /// that deliver, and the stall clock ends it; a peer that sends a byte
+    /// now and then is never silent, and could keep dozens of requests
+    /// for good. The piece it has begun stays with it, for the endgame to
+    /// copy once its pace shows it.
+    pub(super) fn relieve_slow_peers(&mut self) {
+        if self.part.is_none() {
+            return;
+        }
+        let slow: Vec<ClientId> = (self.peers.iter())
+            .filter(|(id, peer)| peer.pieceless_ticks >= super::SLOW_TICKS && !self.blamed.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        if slow.is_empty() {
+            return;
+        }
+        let takers: Vec<ClientId> = (self.peers.keys())
+            .filter(|id| !slow.contains(id) && !self.blamed.contains(id))
+            .copied()
+            .collect();
+        for &peer in &slow {
+            for index in self.plan.withdraw(peer, &takers) {
+                self.send(peer, PeerRequest::Cancel { index: index as u64 });
+            }
+        }
+        for peer in takers {
+            self.ask(peer);
         }
     }
 }
