@@ -128,10 +128,13 @@ pub(crate) const MAX_PIPELINE: usize = 64;
 const LAYER_ASKS: usize = 3;
 
 /// How many ticks in a row a peer may deliver no whole piece, while it
-/// has requests in flight, before its requests that wait count as held
-/// up, to be moved to peers that deliver (as a silent peer's are). A peer
-/// that sends a byte now and then must not keep dozens of them for good.
-const SLOW_TICKS: u32 = 5;
+/// has requests in flight, before its requests that wait are moved to any
+/// peer with room ([`Run::relieve_slow_peers`]): a peer that sends a byte
+/// now and then must not keep dozens of them for good. With 5, honest
+/// peers of big swarms met it too, and the `--sim` benchmark rows of 31
+/// and 64 downloaders took up to 1.2 % longer; with 10 they are as before
+/// (docs/swarm-measurements.md).
+const SLOW_TICKS: u32 = 10;
 
 /// What a swarm download may be asked to do differently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
