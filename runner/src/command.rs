@@ -133,9 +133,13 @@ pub enum NodeError {
     /// The tracker said no.
     #[error("the tracker refused: {0}")]
     Refused(String),
-    /// The tracker could not be reached, or the session broke.
+    /// The tracker could not be reached, or answered out of place.
     #[error("{0}")]
     Tracker(String),
+    /// The client's session with its tracker ended (it broke off, the
+    /// tracker closed it, or it went silent).
+    #[error("{0}")]
+    SessionEnded(String),
     /// The node's folder failed.
     #[error("{0}")]
     Folder(String),

@@ -229,7 +229,7 @@ struct Inner {
     fault_crashes: Vec<(u64, ClientId, String, u64)>,
     /// Where nodes really listen, and the address the script gave each,
     /// as text: the first is written as the second.
-    addresses: Vec<(String, String)>,
+    addresses: HashMap<String, String>,
 }
 
 /// An event filed under an operation: its step, who it is about, the
@@ -273,7 +273,7 @@ impl EventLog {
                 lost_early: HashMap::new(),
                 misplaced: None,
                 fault_crashes: Vec::new(),
-                addresses: Vec::new(),
+                addresses: HashMap::new(),
             }),
             arrived: Condvar::new(),
             clock: std::sync::OnceLock::new(),
@@ -299,11 +299,11 @@ impl EventLog {
     /// port the run happened to get, and is the same on every network.
     pub fn name_address(&self, actual: SocketAddr, scripted: SocketAddr) {
         let mut inner = self.lock();
-        let actual = actual.to_string();
-        inner.addresses.retain(|(known, _)| *known != actual);
-        if actual != scripted.to_string() {
-            inner.addresses.push((actual, scripted.to_string()));
-        }
+        let (actual, scripted) = (actual.to_string(), scripted.to_string());
+        match actual == scripted {
+            true => inner.addresses.remove(&actual),
+            false => inner.addresses.insert(actual, scripted),
+        };
     }
 
     /// Operations begun from now on come from script line `line`.
@@ -611,10 +611,7 @@ impl Inner {
     fn write_line(&mut self, node: Subject, event: &AnyEvent, line: Option<u32>) {
         let seq = self.lines.len() as u64;
         let text = serde_json::to_string(&Line { seq, node, event, line }).expect("events always serialise");
-        let text = self
-            .addresses
-            .iter()
-            .fold(text, |text, (actual, scripted)| replace_address(text, actual, scripted));
+        let text = with_scripted_addresses(text, &self.addresses);
         if let Some(out) = &mut self.out {
             let written = writeln!(out, "{text}").and_then(|()| out.flush());
             if let Err(error) = written {
@@ -626,26 +623,32 @@ impl Inner {
     }
 }
 
-/// `text` with each mention of address `from` (not part of a longer
-/// address or port) written as `to`.
-fn replace_address(text: String, from: &str, to: &str) -> String {
-    if !text.contains(from) {
+/// `text` with each address of `book` in it (an IPv4 address and port,
+/// not part of a longer word or number) written as the book says. One
+/// pass, whatever the size of the book, and an address written once is
+/// never looked at again.
+fn with_scripted_addresses(text: String, book: &HashMap<String, String>) -> String {
+    if book.is_empty() {
         return text;
     }
+    let is_address_char = |c: char| c.is_ascii_digit() || c == '.' || c == ':';
     let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    for (at, _) in text.match_indices(from) {
-        let before = text[..at].chars().next_back();
-        let after = text[at + from.len()..].chars().next();
-        let longer = before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':')
-            || after.is_some_and(|c| c.is_ascii_digit());
-        if !longer {
-            out.push_str(&text[copied..at]);
-            out.push_str(to);
-            copied = at + from.len();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let run_len = rest[start..]
+            .find(|c| !is_address_char(c))
+            .unwrap_or(rest.len() - start);
+        // A sentence may go on right after the address: "at 1.2.3.4:5: ...".
+        let run = rest[start..start + run_len].trim_end_matches(['.', ':']);
+        let after_word = rest[..start].chars().next_back().is_some_and(|c| c.is_alphanumeric());
+        out.push_str(&rest[..start]);
+        match book.get(run).filter(|_| !after_word) {
+            Some(scripted) => out.push_str(scripted),
+            None => out.push_str(run),
         }
+        rest = &rest[start + run.len()..];
     }
-    out.push_str(&text[copied..]);
+    out.push_str(rest);
     out
 }
 
@@ -728,9 +731,13 @@ mod tests {
         let at = |text: &str| text.parse::<SocketAddr>().unwrap();
         log.name_address(at("127.0.0.1:41234"), at("127.0.0.1:8000"));
         log.name_address(at("10.0.0.1:49152"), at("127.0.0.1:0"));
+        // One node's real address is another's scripted one: each is
+        // written once, as its own node's.
+        log.name_address(at("127.0.0.1:8000"), at("127.0.0.1:9000"));
         let texts = [
             "lost the session with the tracker at 127.0.0.1:41234: it closed",
             "the tracker at 10.0.0.1:49152 closed the session",
+            "127.0.0.1:41234 and 127.0.0.1:8000.",
             // Longer addresses and ports, and a port alone, are left be.
             "127.0.0.1:412345 and 127.0.0.1:4123 and 110.0.0.1:49152 and port 41234",
         ];
@@ -747,6 +754,7 @@ mod tests {
             [
                 r#""lost the session with the tracker at 127.0.0.1:8000: it closed""#,
                 r#""the tracker at 127.0.0.1:0 closed the session""#,
+                r#""127.0.0.1:8000 and 127.0.0.1:9000.""#,
                 r#""127.0.0.1:412345 and 127.0.0.1:4123 and 110.0.0.1:49152 and port 41234""#,
             ]
         );

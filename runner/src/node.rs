@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use phile_core::client::{ClientError, DownloadError, Downloaded, SwarmOptions};
+use phile_core::client::{ClientError, DownloadError, Downloaded, SessionError, SwarmOptions};
 use phile_core::events::EventSink;
 use phile_core::host::{BoxListener, Host};
 use phile_core::storage::{Folder, StorageError};
@@ -336,6 +336,9 @@ fn node_error(error: ClientError) -> NodeError {
         ClientError::NotRegistered(id) => NodeError::NotRegistered(id.0),
         ClientError::Stopped(id) => NodeError::Stopped(id.0),
         ClientError::Refused(reason) => NodeError::Refused(reason),
+        ClientError::Session(
+            error @ (SessionError::Lost { .. } | SessionError::Closed(_) | SessionError::OutOfStep(_)),
+        ) => NodeError::SessionEnded(error.to_string()),
         ClientError::Session(error) => NodeError::Tracker(error.to_string()),
         error @ (ClientError::GoodbyeUnanswered(_) | ClientError::UnreachableAtTrackerFamily { .. }) => {
             NodeError::Tracker(error.to_string())

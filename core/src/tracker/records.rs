@@ -821,33 +821,20 @@ impl Records {
         };
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).expect("checked above");
-        let (reported, host) = (asker.reported, asker.host);
-        let want = asker.want(client, file, sha1, &quotas, &mut self.wanted, &mut self.reports)?;
+        // Made first: it drops the reports about a version since replaced.
+        asker.want(client, file, sha1, &quotas, &mut self.wanted, &mut self.reports)?;
+        let (host, reported) = (asker.host, asker.reported);
+        let refusal = self.report_refusal(client, host, reported);
+        let want = want_mut(&mut self.clients, client, file);
         // A holder reported before, on an earlier session of its, counts
-        // once against the quota, but its new session is skipped too.
+        // once against the quotas, but its new session is skipped too.
         let earlier = want.reported.insert(peer, holder_session);
         if earlier == Some(holder_session) {
             return Ok(true);
         }
-        if earlier.is_none() {
-            let refusal = match self.reports.full(host, quotas.reports_per_host, quotas.reports_total) {
-                _ if reported >= quotas.reports => Some(Refusal::TooManyReports {
-                    client,
-                    limit: quotas.reports,
-                }),
-                Some(Full::Host) => Some(Refusal::TooManyReportsFromHost {
-                    host,
-                    limit: quotas.reports_per_host,
-                }),
-                Some(Full::Total) => Some(Refusal::ReportsFull {
-                    limit: quotas.reports_total,
-                }),
-                None => None,
-            };
-            if let Some(refusal) = refusal {
-                want.reported.remove(&peer);
-                return Err(refusal);
-            }
+        if let Some(refusal) = refusal.filter(|_| earlier.is_none()) {
+            want.reported.remove(&peer);
+            return Err(refusal);
         }
         // Keep the skipped positions of the next lookup up to date.
         let holding = want.skipped.as_mut().filter(|(at, _)| *at == stamp).zip(position);
@@ -857,10 +844,31 @@ impl Records {
             }
         }
         if earlier.is_none() {
-            asker.reported += 1;
+            self.clients.get_mut(&client).expect("checked above").reported += 1;
             self.reports.take(host);
         }
         Ok(true)
+    }
+
+    /// Why `client`, from `host`, which has `reported` holders reported,
+    /// may not report one more, if it may not: its own cap, its address's
+    /// or the tracker's.
+    fn report_refusal(&self, client: ClientId, host: Origin, reported: usize) -> Option<Refusal> {
+        let quotas = &self.quotas;
+        if reported >= quotas.reports {
+            let limit = quotas.reports;
+            return Some(Refusal::TooManyReports { client, limit });
+        }
+        let full = self.reports.full(host, quotas.reports_per_host, quotas.reports_total);
+        full.map(|full| match full {
+            Full::Host => Refusal::TooManyReportsFromHost {
+                host,
+                limit: quotas.reports_per_host,
+            },
+            Full::Total => Refusal::ReportsFull {
+                limit: quotas.reports_total,
+            },
+        })
     }
 
     /// Forgets `client`, everything it held and everything its lookups

@@ -308,7 +308,7 @@ impl World {
                  it off): {REGISTER_AGAIN}"
             ),
             NodeError::NotRegistered(_) => error.to_string(),
-            NodeError::Tracker(_) if registered => format!("{what}: {error}; {REGISTER_AGAIN}"),
+            NodeError::SessionEnded(_) => format!("{what}: {error}; {REGISTER_AGAIN}"),
             error => format!("{what}: {error}"),
         }
     }

@@ -37,6 +37,8 @@ pub(super) enum Heard {
         /// they come.
         received: Arc<AtomicU64>,
     },
+    /// The peer began to send the piece hashes (they follow).
+    LayerBegun,
     /// The piece hashes.
     Layer(Vec<Digest>),
     /// The peer began to send a piece (its bytes follow). Timed here, as
@@ -252,6 +254,11 @@ async fn listen(
                 // Told before the body is read: the download then takes
                 // back the copies of this piece that wait with other peers
                 // before they begin them too, and times the piece from here.
+                if let PeerReply::Layer { .. } = reply {
+                    if tell.send((peer, Heard::LayerBegun)).await.is_err() {
+                        return None;
+                    }
+                }
                 if let PeerReply::Piece { index } = reply {
                     let began = Heard::Started {
                         index: index as usize,

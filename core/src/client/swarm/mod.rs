@@ -304,10 +304,10 @@ struct Run<'a> {
     resumed_lock: Option<PartLock>,
     /// The download as served to others.
     partial: Arc<Partial>,
-    /// The peers asked for the piece hashes, each with its count of body
-    /// bytes when asked: one at first, another each time all those asked
-    /// stay silent for the first-byte timeout, [`LAYER_ASKS`] at most.
-    layer_from: BTreeMap<ClientId, u64>,
+    /// The peers asked for the piece hashes, each with whether it began
+    /// to answer: one at first, another each time none of those asked
+    /// began within the first-byte timeout, [`LAYER_ASKS`] at most.
+    layer_from: BTreeMap<ClientId, bool>,
     /// When a peer was last asked for the piece hashes.
     layer_asked_at: Instant,
     /// Connected peers.
@@ -617,8 +617,8 @@ impl<'a> Run<'a> {
         for (id, peer) in &mut self.peers {
             // Bytes came: a slow piece is no stalled one. Not for a peer
             // blamed (its answer to the complaint is what is awaited) or
-            // one asked for the piece hashes (nobody else is asked
-            // meanwhile: they must come whole within the idle timeout).
+            // one asked for the piece hashes (they must come whole within
+            // the idle timeout; few others are asked meanwhile).
             let received = peer.received.load(Ordering::Relaxed);
             let blamed = self.blamed.contains(id);
             if received != peer.received_seen && !blamed && !self.layer_from.contains_key(id) {

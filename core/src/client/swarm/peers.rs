@@ -193,6 +193,11 @@ impl Run<'_> {
                     self.nudge_if_idle(peer, index);
                 }
             }
+            Heard::LayerBegun => {
+                if let Some(begun) = self.layer_from.get_mut(&peer) {
+                    *begun = true;
+                }
+            }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
             Heard::Started { index, at, received } => self.began(peer, index, PaceWindow::new(at, received)),
             Heard::Piece { index, bytes, done } => self.take_piece(peer, index, bytes, done),
@@ -214,7 +219,8 @@ impl Run<'_> {
     }
 
     /// Asks `peer` for what it should send next: the piece hashes if they
-    /// are still unknown and nobody else was asked, else pieces.
+    /// are still unknown and it is its turn to be asked for them
+    /// ([`Run::may_ask_for_the_layer`]), else pieces.
     pub(super) fn ask(&mut self, peer: ClientId) {
         if !self.peers.contains_key(&peer) || self.blamed.contains(&peer) {
             return;
@@ -222,8 +228,7 @@ impl Run<'_> {
         let owed_nothing = !self.owes(peer);
         if self.part.is_none() {
             if self.may_ask_for_the_layer(peer) {
-                let received = self.peers[&peer].received.load(Ordering::Relaxed);
-                self.layer_from.insert(peer, received);
+                self.layer_from.insert(peer, false);
                 self.layer_asked_at = Instant::now();
                 self.send(peer, PeerRequest::Layer);
             }
@@ -348,21 +353,17 @@ impl Run<'_> {
     }
 
     /// Whether `peer`, which holds pieces, is to be asked for the piece
-    /// hashes now: nobody was, or all those asked ([`LAYER_ASKS`] at most)
-    /// have sent nothing since for the first-byte timeout.
+    /// hashes now: nobody was, or none of those asked
+    /// ([`LAYER_ASKS`](super::LAYER_ASKS) at most) began to answer within
+    /// the first-byte timeout of the last ask.
     fn may_ask_for_the_layer(&self, peer: ClientId) -> bool {
         if self.layer_from.contains_key(&peer) || !self.can_help(peer) {
             return false;
         }
-        let silent = |(asked, received_then): (&ClientId, &u64)| {
-            self.peers
-                .get(asked)
-                .is_none_or(|p| p.received.load(Ordering::Relaxed) == *received_then)
-        };
         self.layer_from.is_empty()
             || (self.layer_from.len() < super::LAYER_ASKS
                 && self.layer_asked_at.elapsed() >= self.client.limits.first_byte_timeout
-                && self.layer_from.iter().all(silent))
+                && self.layer_from.values().all(|begun| !begun))
     }
 
     /// Asks every connected peer for what it should send next.
