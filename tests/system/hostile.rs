@@ -848,6 +848,49 @@ async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them(
 }
 
 #[tokio::test]
+async fn readers_that_never_read_hold_a_few_status_answers_and_the_next_is_refused_with_a_reason() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tracker = Tracker::spawn(socket.listen(1024).unwrap(), TrackerConfig::default()).unwrap();
+    let addr = tracker.local_addr();
+    let mut holder = Raw::connect(addr).await;
+    holder.register(1, "127.0.0.1:9".parse().unwrap()).await;
+    let info = FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    };
+    for n in 0..5_000 {
+        holder
+            .announce(&format!("file-{n:05}"), info, phile_core::pieces::Tree::of(b"x").root())
+            .await;
+    }
+    // As many readers as one address may have answers under way: each
+    // reads the first entry, then nothing more.
+    let mut stalled = Vec::new();
+    for _ in 0..phile_core::tracker::STATUS_ANSWERS_PER_ADDRESS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut reader = Raw::from(socket.connect(addr).await.unwrap());
+        reader.request(TrackerRequest::Status).await;
+        assert!(matches!(
+            reader.reply::<TrackerReply>().await,
+            Some(TrackerReply::StatusClient { .. })
+        ));
+        stalled.push(reader);
+    }
+    let mut answer = phile_core::client::status(addr, StatusLimits::default()).await.unwrap();
+    let refused = answer.next().await.unwrap_err();
+    assert!(matches!(refused, SessionError::StatusRefused { .. }), "{refused:?}");
+    let message = refused.to_string();
+    assert!(message.contains("status answers to 127.0.0.1 already"), "{message}");
+    // Everything else goes on.
+    holder
+        .announce("zzz-late", info, phile_core::pieces::Tree::of(b"x").root())
+        .await;
+}
+
+#[tokio::test]
 async fn a_tracker_that_never_ends_its_status_answer_is_given_up_on() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
