@@ -56,6 +56,8 @@ enum Fault {
     TricklesPieces { fast: usize },
     /// Never answers the request for the piece hashes.
     KeepsTheHashes,
+    /// Begins its answer with the piece hashes, and sends nothing more.
+    BeginsTheHashesThenStalls,
     /// Sends its bitfield a byte every two seconds.
     TricklesItsBitfield,
 }
@@ -130,6 +132,14 @@ async fn serve(socket: TcpStream, bytes: Arc<Vec<u8>>, fault: Fault) {
     while let Some(request) = asks.recv().await {
         match (request, fault) {
             (PeerRequest::Layer, Fault::KeepsTheHashes) => {}
+            (PeerRequest::Layer, Fault::BeginsTheHashesThenStalls) => {
+                let reply = PeerReply::Layer {
+                    pieces: layout.count() as u64,
+                };
+                if write_reply(&mut write, &reply, &layer[..1]).await.is_err() {
+                    return;
+                }
+            }
             (PeerRequest::Layer, _) => {
                 let reply = PeerReply::Layer {
                     pieces: layout.count() as u64,
@@ -216,6 +226,13 @@ async fn a_peer_that_keeps_the_piece_hashes_cannot_fail_the_download() {
     // seeder is asked too, before its conversation ends for want of a
     // question.
     let (outcome, stored) = download_beside(Fault::KeepsTheHashes, Some(4_000_000), 10).await;
+    assert!(matches!(outcome, Some(Ok(()))), "{outcome:?}");
+    assert!(stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_begins_the_piece_hashes_and_stalls_cannot_fail_the_download() {
+    let (outcome, stored) = download_beside(Fault::BeginsTheHashesThenStalls, Some(4_000_000), 10).await;
     assert!(matches!(outcome, Some(Ok(()))), "{outcome:?}");
     assert!(stored);
 }

@@ -136,6 +136,15 @@ const LAYER_ASKS: usize = 3;
 /// (docs/swarm-measurements.md).
 const SLOW_TICKS: u32 = 10;
 
+/// How a peer's answer to the question for the piece hashes goes.
+#[derive(Clone, Copy, Debug)]
+struct LayerAnswer {
+    /// Whether it began: from then on every byte from the peer is of it.
+    begun: bool,
+    /// When it last moved: asked, begun, or bytes of it seen at a tick.
+    moved: Instant,
+}
+
 /// What a swarm download may be asked to do differently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SwarmOptions {
@@ -304,12 +313,10 @@ struct Run<'a> {
     resumed_lock: Option<PartLock>,
     /// The download as served to others.
     partial: Arc<Partial>,
-    /// The peers asked for the piece hashes, each with whether it began
-    /// to answer: one at first, another each time none of those asked
-    /// began within the first-byte timeout, [`LAYER_ASKS`] at most.
-    layer_from: BTreeMap<ClientId, bool>,
-    /// When a peer was last asked for the piece hashes.
-    layer_asked_at: Instant,
+    /// The peers asked for the piece hashes, with how each answer goes:
+    /// one at first, another each time none of those asked moved for the
+    /// first-byte timeout, [`LAYER_ASKS`] at most.
+    layer_from: BTreeMap<ClientId, LayerAnswer>,
     /// Connected peers.
     peers: BTreeMap<ClientId, Peer>,
     /// Peers connecting.
@@ -416,7 +423,6 @@ impl<'a> Run<'a> {
                 })
                 .unwrap_or_else(|| Arc::new(Partial::new(start.info, start.root, layout))),
             layer_from: BTreeMap::new(),
-            layer_asked_at: Instant::now(),
             peers: BTreeMap::new(),
             connecting: BTreeSet::new(),
             offered: Vec::new(),
@@ -621,8 +627,13 @@ impl<'a> Run<'a> {
             // the idle timeout; few others are asked meanwhile).
             let received = peer.received.load(Ordering::Relaxed);
             let blamed = self.blamed.contains(id);
-            if received != peer.received_seen && !blamed && !self.layer_from.contains_key(id) {
+            let answer = self.layer_from.get_mut(id);
+            if received != peer.received_seen && !blamed && answer.is_none() {
                 peer.stall_clock = now;
+            }
+            // Once its answer began, every byte from the peer is of it.
+            if let Some(answer) = answer.filter(|answer| answer.begun && received != peer.received_seen) {
+                answer.moved = now;
             }
             peer.received_seen = received;
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::link::{Heard, Requests};
-use super::{Run, CROWD, CROWDED_PIPELINE, MAX_LINKS, QUIET_PIPELINE, REFRESH_INTERVAL};
+use super::{LayerAnswer, Run, CROWD, CROWDED_PIPELINE, MAX_LINKS, QUIET_PIPELINE, REFRESH_INTERVAL};
 use crate::client::{DownloadError, Rejection, TransferError, REJECTIONS_LISTED};
 use crate::events::Event;
 use crate::protocol::{ClientId, PeerRequest, Problem, Request, SwarmPeer, Trace, TrackerRequest};
@@ -194,8 +194,11 @@ impl Run<'_> {
                 }
             }
             Heard::LayerBegun => {
-                if let Some(begun) = self.layer_from.get_mut(&peer) {
-                    *begun = true;
+                if let Some(answer) = self.layer_from.get_mut(&peer) {
+                    *answer = LayerAnswer {
+                        begun: true,
+                        moved: Instant::now(),
+                    };
                 }
             }
             Heard::Layer(hashes) => self.take_layer(peer, hashes).await?,
@@ -228,8 +231,11 @@ impl Run<'_> {
         let owed_nothing = !self.owes(peer);
         if self.part.is_none() {
             if self.may_ask_for_the_layer(peer) {
-                self.layer_from.insert(peer, false);
-                self.layer_asked_at = Instant::now();
+                let answer = LayerAnswer {
+                    begun: false,
+                    moved: Instant::now(),
+                };
+                self.layer_from.insert(peer, answer);
                 self.send(peer, PeerRequest::Layer);
             }
         } else {
@@ -353,17 +359,15 @@ impl Run<'_> {
     }
 
     /// Whether `peer`, which holds pieces, is to be asked for the piece
-    /// hashes now: nobody was, or none of those asked
-    /// ([`LAYER_ASKS`](super::LAYER_ASKS) at most) began to answer within
-    /// the first-byte timeout of the last ask.
+    /// hashes now: nobody was, or none of the answers asked for
+    /// ([`LAYER_ASKS`](super::LAYER_ASKS) at most) moved for the
+    /// first-byte timeout (none began, or those begun sent nothing more).
     fn may_ask_for_the_layer(&self, peer: ClientId) -> bool {
         if self.layer_from.contains_key(&peer) || !self.can_help(peer) {
             return false;
         }
-        self.layer_from.is_empty()
-            || (self.layer_from.len() < super::LAYER_ASKS
-                && self.layer_asked_at.elapsed() >= self.client.limits.first_byte_timeout
-                && self.layer_from.values().all(|begun| !begun))
+        let still = |answer: &LayerAnswer| answer.moved.elapsed() >= self.client.limits.first_byte_timeout;
+        self.layer_from.is_empty() || (self.layer_from.len() < super::LAYER_ASKS && self.layer_from.values().all(still))
     }
 
     /// Asks every connected peer for what it should send next.
