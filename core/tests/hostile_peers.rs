@@ -2,6 +2,8 @@
 //! byte now and then, or never answer a question, must neither hold a
 //! download up for good nor make it fail while an honest holder is there.
 //! Each fake peer holds every piece and is offered to the downloader first.
+//! The fake peers' sleeps are their misbehaviour (a byte every half second),
+//! never a wait for something to happen: each test waits on the download.
 
 use std::path::Path;
 use std::sync::Arc;
