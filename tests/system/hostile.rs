@@ -801,10 +801,18 @@ async fn one_client_cannot_make_the_tracker_hold_more_than_its_share() {
     assert_eq!(status_files(tracker.local_addr()).await.len(), 100);
 }
 
-#[tokio::test]
-async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them() {
-    // Small socket buffers on both sides: the answer backs up inside the
-    // tracker while the reader takes its time.
+/// The content of every file of [`tracker_of_5000_files`]: the byte `x`.
+fn one_byte() -> FileInfo {
+    FileInfo {
+        size: 1,
+        sha1: Digest::of(b"x"),
+    }
+}
+
+/// A tracker whose socket buffers are small, so a status answer backs up
+/// inside it while its reader takes its time, with 5,000 files of one
+/// byte ([`one_byte`]) announced by client 1, whose session is returned.
+async fn tracker_of_5000_files() -> (Tracker, SocketAddr, Raw) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_send_buffer_size(4096).unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -812,15 +820,21 @@ async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them(
     let addr = tracker.local_addr();
     let mut holder = Raw::connect(addr).await;
     holder.register(1, "127.0.0.1:9".parse().unwrap()).await;
-    let info = FileInfo {
-        size: 1,
-        sha1: Digest::of(b"x"),
-    };
     for n in 0..5_000 {
         holder
-            .announce(&format!("file-{n:05}"), info, phile_core::pieces::Tree::of(b"x").root())
+            .announce(
+                &format!("file-{n:05}"),
+                one_byte(),
+                phile_core::pieces::Tree::of(b"x").root(),
+            )
             .await;
     }
+    (tracker, addr, holder)
+}
+
+/// A status request to `addr` on a connection with a small receive
+/// buffer, whose first entry has been read, and nothing more.
+async fn status_reader_that_stops(addr: SocketAddr) -> Raw {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut reader = Raw::from(socket.connect(addr).await.unwrap());
@@ -829,11 +843,18 @@ async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them(
         reader.reply::<TrackerReply>().await,
         Some(TrackerReply::StatusClient { .. })
     ));
+    reader
+}
+
+#[tokio::test]
+async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them() {
+    let (_tracker, addr, mut holder) = tracker_of_5000_files().await;
+    let mut reader = status_reader_that_stops(addr).await;
     // While the answer is under way the tracker serves everyone else, and
     // what changes meanwhile shows in the part not yet sent: the tracker
     // reads its records a page at a time, it does not answer from a copy.
     holder
-        .announce("zzz-late", info, phile_core::pieces::Tree::of(b"x").root())
+        .announce("zzz-late", one_byte(), phile_core::pieces::Tree::of(b"x").root())
         .await;
     let mut names = Vec::new();
     loop {
@@ -849,35 +870,12 @@ async fn a_status_answer_streams_the_records_as_they_stand_without_copying_them(
 
 #[tokio::test]
 async fn readers_that_never_read_hold_a_few_status_answers_and_the_next_is_refused_with_a_reason() {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_send_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let tracker = Tracker::spawn(socket.listen(1024).unwrap(), TrackerConfig::default()).unwrap();
-    let addr = tracker.local_addr();
-    let mut holder = Raw::connect(addr).await;
-    holder.register(1, "127.0.0.1:9".parse().unwrap()).await;
-    let info = FileInfo {
-        size: 1,
-        sha1: Digest::of(b"x"),
-    };
-    for n in 0..5_000 {
-        holder
-            .announce(&format!("file-{n:05}"), info, phile_core::pieces::Tree::of(b"x").root())
-            .await;
-    }
+    let (_tracker, addr, mut holder) = tracker_of_5000_files().await;
     // As many readers as one address may have answers under way: each
     // reads the first entry, then nothing more.
     let mut stalled = Vec::new();
     for _ in 0..phile_core::tracker::STATUS_ANSWERS_PER_ADDRESS {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut reader = Raw::from(socket.connect(addr).await.unwrap());
-        reader.request(TrackerRequest::Status).await;
-        assert!(matches!(
-            reader.reply::<TrackerReply>().await,
-            Some(TrackerReply::StatusClient { .. })
-        ));
-        stalled.push(reader);
+        stalled.push(status_reader_that_stops(addr).await);
     }
     let mut answer = phile_core::client::status(addr, StatusLimits::default()).await.unwrap();
     let refused = answer.next().await.unwrap_err();
@@ -886,7 +884,7 @@ async fn readers_that_never_read_hold_a_few_status_answers_and_the_next_is_refus
     assert!(message.contains("status answers to 127.0.0.1 already"), "{message}");
     // Everything else goes on.
     holder
-        .announce("zzz-late", info, phile_core::pieces::Tree::of(b"x").root())
+        .announce("zzz-late", one_byte(), phile_core::pieces::Tree::of(b"x").root())
         .await;
 }
 
