@@ -529,6 +529,22 @@ impl ClientRecord {
         Ok(want)
     }
 
+    /// Whether `file` would be one file more for the client: it neither
+    /// holds it nor downloads it in its swarm.
+    fn lacks(&self, file: &FileName) -> bool {
+        !self.files.contains(file) && !self.joined.contains(file)
+    }
+
+    /// Why the client may not hold, or join the swarm of, one file more,
+    /// if it may not: its own cap, its address's or the tracker's.
+    fn file_refusal(&self, client: ClientId, quotas: &Quotas, held: &Held) -> Option<Refusal> {
+        if self.files.len() + self.joined.len() >= quotas.files {
+            let limit = quotas.files;
+            return Some(Refusal::TooManyFiles { client, limit });
+        }
+        held.refusal(self.host, quotas)
+    }
+
     /// Why the client may not have lookup state for one file more, if it
     /// may not: its own cap, its address's or the tracker's.
     fn want_refusal(&self, client: ClientId, quotas: &Quotas, wanted: &Held) -> Option<Refusal> {
@@ -636,13 +652,8 @@ impl Records {
         }
         let new_version = other.is_some();
         let record = &self.clients[&client];
-        let new = !record.files.contains(file) && !record.joined.contains(file);
-        if new && record.files.len() + record.joined.len() >= self.quotas.files {
-            let limit = self.quotas.files;
-            return Err(Refusal::TooManyFiles { client, limit });
-        }
-        let host = record.host;
-        if let Some(refusal) = self.held.refusal(host, &self.quotas).filter(|_| new) {
+        let (new, host) = (record.lacks(file), record.host);
+        if let Some(refusal) = record.file_refusal(client, &self.quotas, &self.held).filter(|_| new) {
             return Err(refusal);
         }
         if new_version {
@@ -704,11 +715,8 @@ impl Records {
             // worked out (or they never were): work them out again. A
             // report names the holder's session: one that went and came
             // back is another chance, not the holder that failed.
-            let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
-            let still = reported
-                .into_iter()
-                .filter(|(peer, session)| clients.get(peer).is_some_and(|holder| holder.session == *session))
-                .map(|(peer, _)| peer);
+            let reported = want.reported.clone();
+            let still = still_reported(&reported, clients);
             let positions = record.holders.positions(std::iter::once(client).chain(still));
             let want = want_mut(clients, client, file);
             want.skipped = Some((stamp, positions));
@@ -741,15 +749,9 @@ impl Records {
         let Some(record) = self.files.get_mut(file) else {
             return Ok(None);
         };
-        let joining = !asker.files.contains(file) && !asker.joined.contains(file);
-        if joining {
-            if asker.files.len() + asker.joined.len() >= quotas.files {
-                let limit = quotas.files;
-                return Err(Refusal::TooManyFiles { client, limit });
-            }
-            if let Some(refusal) = self.held.refusal(asker.host, &quotas) {
-                return Err(refusal);
-            }
+        let joining = asker.lacks(file);
+        if let Some(refusal) = asker.file_refusal(client, &quotas, &self.held).filter(|_| joining) {
+            return Err(refusal);
         }
         let content = record.content;
         // Before the membership is recorded: a refused request leaves none.
@@ -763,7 +765,7 @@ impl Records {
         )?;
         let nth = want.lookups;
         want.lookups += 1;
-        let reported: Vec<(ClientId, SessionId)> = want.reported.iter().map(|(p, s)| (*p, *s)).collect();
+        let reported = want.reported.clone();
         if joining {
             asker.joined.insert(file.clone());
             self.held.take(asker.host);
@@ -772,12 +774,7 @@ impl Records {
         let record = &self.files[file];
         let clients = &self.clients;
         let skip: Vec<ClientId> = std::iter::once(client)
-            .chain(
-                reported
-                    .into_iter()
-                    .filter(|(peer, session)| clients.get(peer).is_some_and(|holder| holder.session == *session))
-                    .map(|(peer, _)| peer),
-            )
+            .chain(still_reported(&reported, clients))
             .collect();
         let (held_skip, member_skip) = (
             record.holders.positions(skip.iter().copied()),
@@ -972,6 +969,22 @@ impl Records {
             && self.wanted.is_empty()
             && self.reports.is_empty()
     }
+}
+
+/// The holders in `reported` still on the session they were reported on:
+/// one that went and came back is another chance, not the holder that
+/// failed.
+fn still_reported(
+    reported: &BTreeMap<ClientId, SessionId>,
+    clients: &BTreeMap<ClientId, ClientRecord>,
+) -> Vec<ClientId> {
+    let still =
+        |(peer, session): (&ClientId, &SessionId)| clients.get(peer).is_some_and(|holder| holder.session == *session);
+    reported
+        .iter()
+        .filter(|entry| still(*entry))
+        .map(|(peer, _)| *peer)
+        .collect()
 }
 
 /// The lookup state of `client` for `file`, which must exist.
