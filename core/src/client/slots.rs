@@ -89,17 +89,25 @@ pub(crate) struct UploadSlots {
     stalled: Mutex<HashMap<Origin, Instant>>,
 }
 
+/// Which lane a slot serves a conversation in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// One of the slots of the conversations that read.
+    Reading,
+    /// The lagging lane's own slot.
+    Lagging,
+    /// A slot of those that read, lent to a lagging conversation while
+    /// none of them wanted it.
+    Lent,
+}
+
 /// One upload slot, given back on drop.
 #[derive(Debug)]
 pub(crate) struct Slot {
     /// Held until the drop (`None` only in it).
     permit: Option<OwnedSemaphorePermit>,
-    /// Whether a lagging conversation holds it: the lagging lane's slot,
-    /// or one of those that read, lent.
-    lagging: bool,
-    /// Whether it is a slot of those that read, lent to a lagging
-    /// conversation.
-    lent: bool,
+    /// The lane it serves in.
+    lane: Lane,
     /// When it was had.
     granted: Instant,
     /// Told once it is given back, for a slot of those that read.
@@ -107,15 +115,21 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Whether a lagging conversation holds it.
+    /// The lane it serves in.
+    pub(crate) fn lane(&self) -> Lane {
+        self.lane
+    }
+
+    /// Whether a lagging conversation holds it: the lagging lane's slot,
+    /// or one of those that read, lent.
     pub(crate) fn is_lagging(&self) -> bool {
-        self.lagging
+        self.lane != Lane::Reading
     }
 
     /// Whether it is a slot of those that read, lent to a lagging
     /// conversation while nobody else wanted it.
     pub(crate) fn is_lent(&self) -> bool {
-        self.lent
+        self.lane == Lane::Lent
     }
 
     /// When it was had.
@@ -187,7 +201,7 @@ impl UploadSlots {
         let never_closed = "upload slots are never closed";
         if !lagging {
             let permit = ReaderWait::start(&self).permit().await;
-            return self.slot(permit.expect(never_closed), false, false);
+            return self.slot(permit.expect(never_closed), Lane::Reading);
         }
         // Queue for the lane only in the address's one place, given up
         // once the slot is had: the address's next conversation then
@@ -206,7 +220,7 @@ impl UploadSlots {
             freed.as_mut().enable();
             // The lane's own slot first, then a loan.
             if let Some(permit) = lane.as_mut().now_or_never() {
-                return self.slot(permit.expect(never_closed), true, false);
+                return self.slot(permit.expect(never_closed), Lane::Lagging);
             }
             if head_of_loan_queue.is_some() {
                 if let Some(lent) = self.lend_idle() {
@@ -215,7 +229,7 @@ impl UploadSlots {
             }
             tokio::select! {
                 biased;
-                permit = &mut lane => return self.slot(permit.expect(never_closed), true, false),
+                permit = &mut lane => return self.slot(permit.expect(never_closed), Lane::Lagging),
                 head = &mut loan_queue, if head_of_loan_queue.is_none() => {
                     head_of_loan_queue = Some(head.expect(never_closed));
                 }
@@ -231,16 +245,15 @@ impl UploadSlots {
             return None;
         }
         let permit = self.prompt.clone().try_acquire_owned().ok()?;
-        Some(self.slot(permit, true, true))
+        Some(self.slot(permit, Lane::Lent))
     }
 
-    /// A slot of `permit`'s lane, had now.
-    fn slot(&self, permit: OwnedSemaphorePermit, lagging: bool, lent: bool) -> Slot {
-        let of_those_that_read = !lagging || lent;
+    /// A slot of `lane`, `permit`'s, had now.
+    fn slot(&self, permit: OwnedSemaphorePermit, lane: Lane) -> Slot {
+        let of_those_that_read = lane != Lane::Lagging;
         Slot {
             permit: Some(permit),
-            lagging,
-            lent,
+            lane,
             granted: Instant::now(),
             freed: of_those_that_read.then(|| self.prompt_freed.clone()),
         }

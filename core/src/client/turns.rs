@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::slots::{Slot, UploadSlots};
+use super::slots::{Lane, Slot, UploadSlots};
 use crate::server::Origin;
 
 /// How long a send may move no byte before its upload slot goes to the
@@ -230,10 +230,10 @@ impl Turns {
     /// till then it is kept, however slow the send.
     async fn hold<F: Future>(&mut self, slot: Slot, mut work: Pin<&mut F>) -> Result<(F::Output, Slot), TurnEnded> {
         let mut look = Look::now(&self.receiver_limited);
-        let mut lease_end = match (slot.is_lent(), slot.is_lagging()) {
-            (true, _) => look.at + LAGGING_STALL,
-            (false, true) => slot.granted() + LAGGING_LEASE,
-            (false, false) => look.at + TRICKLE_REVIEW,
+        let mut lease_end = match slot.lane() {
+            Lane::Lent => look.at + LAGGING_STALL,
+            Lane::Lagging => slot.granted() + LAGGING_LEASE,
+            Lane::Reading => look.at + TRICKLE_REVIEW,
         };
         let ended = loop {
             let checked = within_turn(work.as_mut(), &self.sent, stall_window(&slot), lease_end);
@@ -258,24 +258,12 @@ impl Turns {
                     // A loan's lease, as the lagging lane's slot has.
                     let leased = Instant::now() >= slot.granted() + LAGGING_LEASE;
                     if leased && self.slots.lagging_lane_wanted() {
-                        let trickling = Look::now(&self.receiver_limited).finds_trickling_since(&look);
-                        break if trickling {
-                            TurnEnded::Trickled
-                        } else {
-                            TurnEnded::LeaseOver
-                        };
+                        break self.lease_over(&look);
                     }
                     lease_end = Instant::now() + LAGGING_STALL;
                 }
                 Err(_) if slot.is_lagging() && !self.slots.lagging_lane_wanted() => continue,
-                Err(TurnEnded::LeaseOver) if slot.is_lagging() => {
-                    let trickling = Look::now(&self.receiver_limited).finds_trickling_since(&look);
-                    break if trickling {
-                        TurnEnded::Trickled
-                    } else {
-                        TurnEnded::LeaseOver
-                    };
-                }
+                Err(TurnEnded::LeaseOver) if slot.is_lagging() => break self.lease_over(&look),
                 Err(TurnEnded::LeaseOver) => {
                     let last = std::mem::replace(&mut look, Look::now(&self.receiver_limited));
                     if self.slots.prompt_lane_wanted() && look.finds_trickling_since(&last) {
@@ -292,6 +280,15 @@ impl Turns {
             self.lagging = true;
         }
         Err(ended)
+    }
+
+    /// How a lease that is over ended: as a stall if the downloader
+    /// trickled since `look`, by the kernel's count; else as a lease.
+    fn lease_over(&self, look: &Look) -> TurnEnded {
+        match Look::now(&self.receiver_limited).finds_trickling_since(look) {
+            true => TurnEnded::Trickled,
+            false => TurnEnded::LeaseOver,
+        }
     }
 
     /// Whether a lent slot, whose turn reached a check as `ended`, goes
