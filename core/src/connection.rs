@@ -166,9 +166,7 @@ impl Connection {
         idle_timeout: Duration,
         wrap: impl FnOnce(BoxStream) -> BoxStream,
     ) -> Result<Connection, ConnectionError> {
-        let stream = timeout(idle_timeout, host.connect(addr))
-            .await
-            .map_err(|_| ConnectionError::Idle(idle_timeout))??;
+        let stream = within(idle_timeout, host.connect(addr)).await??;
         Ok(Connection::new(wrap(stream), idle_timeout)?)
     }
 
@@ -199,33 +197,14 @@ impl Connection {
     /// Like [`Connection::read`], with a wait of `limit` instead of the idle
     /// timeout: for a session that may rightly stay quiet between requests.
     pub async fn read_within<T: DeserializeOwned>(&mut self, limit: Duration) -> Result<Option<T>, ConnectionError> {
-        let next = timeout(limit, self.frames.next())
-            .await
-            .map_err(|_| ConnectionError::Idle(limit))?;
-        self.decode_next(next)
-    }
-
-    fn decode_next<T: DeserializeOwned>(
-        &self,
-        next: Option<Result<BytesMut, io::Error>>,
-    ) -> Result<Option<T>, ConnectionError> {
-        match next {
-            None => Ok(None),
-            Some(Ok(payload)) => Ok(Some(protocol::decode(&payload)?)),
-            Some(Err(error)) if is_frame_too_large(&error) => Err(ConnectionError::FrameTooLarge),
-            // The decoder keeps what it could not use: bytes left over mean
-            // the stream ended (or broke) inside a frame.
-            Some(Err(_)) if !self.frames.read_buffer().is_empty() => Err(ConnectionError::ClosedMidFrame),
-            Some(Err(error)) => Err(ConnectionError::Io(error)),
-        }
+        let next = within(limit, self.frames.next()).await?;
+        decode_frame(next, self.frames.read_buffer())
     }
 
     /// Writes one message and flushes it.
     pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
         let payload = protocol::encode(message)?;
-        timeout(self.idle_timeout, self.frames.send(payload))
-            .await
-            .map_err(|_| ConnectionError::Idle(self.idle_timeout))??;
+        within(self.idle_timeout, self.frames.send(payload)).await??;
         Ok(())
     }
 
@@ -246,9 +225,7 @@ impl Connection {
         if sent < len {
             copy_body(stream, source, sent, len, idle).await?;
         }
-        timeout(idle, stream.flush())
-            .await
-            .map_err(|_| ConnectionError::Idle(idle))??;
+        within(idle, stream.flush()).await??;
         Ok(())
     }
 
@@ -283,9 +260,7 @@ impl Connection {
                         None => break,
                     }
                 } else {
-                    timeout(idle, limited.read_buf(&mut chunk))
-                        .await
-                        .map_err(|_| ConnectionError::Idle(idle))??
+                    within(idle, limited.read_buf(&mut chunk)).await??
                 };
                 if read == 0 {
                     return Err(ConnectionError::ClosedMidBody {
@@ -329,7 +304,7 @@ where
     while sent < len {
         let want = (len - sent).min(SEND_FILE_MAX) as usize;
         let moved = std::future::poll_fn(|cx| send(cx, range.start + sent, want));
-        match timeout(idle, moved).await.map_err(|_| ConnectionError::Idle(idle))? {
+        match within(idle, moved).await? {
             Ok(0) => return Err(ended_early(sent, len)),
             Ok(moved) => sent += moved as u64,
             Err(error) if error.kind() == io::ErrorKind::Unsupported => break,
@@ -348,9 +323,7 @@ pub(crate) async fn write_progressing<W: tokio::io::AsyncWrite + Unpin + ?Sized>
     idle: Duration,
 ) -> Result<(), ConnectionError> {
     while !bytes.is_empty() {
-        let written = timeout(idle, stream.write(bytes))
-            .await
-            .map_err(|_| ConnectionError::Idle(idle))??;
+        let written = within(idle, stream.write(bytes)).await??;
         if written == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero).into());
         }
@@ -381,6 +354,29 @@ async fn copy_body<S: BodySource>(
         buffer = filled;
     }
     Ok(())
+}
+
+/// `future`'s output, or [`ConnectionError::Idle`] if it takes longer than
+/// `limit`.
+pub(crate) async fn within<F: std::future::Future>(limit: Duration, future: F) -> Result<F::Output, ConnectionError> {
+    timeout(limit, future).await.map_err(|_| ConnectionError::Idle(limit))
+}
+
+/// The message in what a frame decoder gave (`next`), `Ok(None)` if the
+/// stream ended cleanly between frames. `leftover` is what the decoder
+/// kept unused: bytes there mean the stream ended (or broke) inside a
+/// frame.
+pub(crate) fn decode_frame<T: DeserializeOwned>(
+    next: Option<Result<BytesMut, io::Error>>,
+    leftover: &BytesMut,
+) -> Result<Option<T>, ConnectionError> {
+    match next {
+        None => Ok(None),
+        Some(Ok(payload)) => Ok(Some(protocol::decode(&payload)?)),
+        Some(Err(error)) if is_frame_too_large(&error) => Err(ConnectionError::FrameTooLarge),
+        Some(Err(_)) if !leftover.is_empty() => Err(ConnectionError::ClosedMidFrame),
+        Some(Err(error)) => Err(ConnectionError::Io(error)),
+    }
 }
 
 /// Whether the frame decoder refused a length prefix over the limit.

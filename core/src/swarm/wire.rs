@@ -22,10 +22,11 @@ use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::connection::{send_file_range, write_progressing, Connection, ConnectionError, CHUNK_LEN};
+use crate::connection::{
+    decode_frame, send_file_range, within, write_progressing, Connection, ConnectionError, CHUNK_LEN,
+};
 use crate::host::{BoxStream, Stream};
 use crate::protocol::{self, MAX_FRAME_LEN};
 use crate::storage::PartData;
@@ -78,24 +79,10 @@ impl Inbound {
         limit: Option<Duration>,
     ) -> Result<Option<T>, ConnectionError> {
         let next = match limit {
-            Some(limit) => timeout(limit, self.frames.next())
-                .await
-                .map_err(|_| ConnectionError::Idle(limit))?,
+            Some(limit) => within(limit, self.frames.next()).await?,
             None => self.frames.next().await,
         };
-        match next {
-            None => Ok(None),
-            Some(Ok(payload)) => Ok(Some(protocol::decode(&payload)?)),
-            Some(Err(error))
-                if error
-                    .get_ref()
-                    .is_some_and(|e| e.is::<tokio_util::codec::LengthDelimitedCodecError>()) =>
-            {
-                Err(ConnectionError::FrameTooLarge)
-            }
-            Some(Err(_)) if !self.frames.read_buffer().is_empty() => Err(ConnectionError::ClosedMidFrame),
-            Some(Err(error)) => Err(ConnectionError::Io(error)),
-        }
+        decode_frame(next, self.frames.read_buffer())
     }
 
     /// Exactly `len` raw bytes, the body after a header.
@@ -108,9 +95,7 @@ impl Inbound {
         while body.len() < len {
             let want = (len - body.len()).min(CHUNK_LEN) as u64;
             let mut limited = (&mut *self.frames.get_mut()).take(want);
-            let read = timeout(self.idle, limited.read_buf(&mut body))
-                .await
-                .map_err(|_| ConnectionError::Idle(self.idle))??;
+            let read = within(self.idle, limited.read_buf(&mut body)).await??;
             if read == 0 {
                 return Err(ConnectionError::ClosedMidBody {
                     received: body.len() as u64,
@@ -154,9 +139,7 @@ impl Outbound {
     pub async fn message<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
         let payload = protocol::encode(message)?;
         debug_assert!(payload.len() <= MAX_FRAME_LEN);
-        timeout(self.idle, self.frames.send(payload))
-            .await
-            .map_err(|_| ConnectionError::Idle(self.idle))??;
+        within(self.idle, self.frames.send(payload)).await??;
         Ok(())
     }
 
@@ -169,13 +152,9 @@ impl Outbound {
     ) -> Result<(), ConnectionError> {
         for message in messages {
             let payload = protocol::encode(&message)?;
-            timeout(self.idle, self.frames.feed(payload))
-                .await
-                .map_err(|_| ConnectionError::Idle(self.idle))??;
+            within(self.idle, self.frames.feed(payload)).await??;
         }
-        timeout(self.idle, SinkExt::<Bytes>::flush(&mut self.frames))
-            .await
-            .map_err(|_| ConnectionError::Idle(self.idle))??;
+        within(self.idle, SinkExt::<Bytes>::flush(&mut self.frames)).await??;
         Ok(())
     }
 
@@ -232,15 +211,13 @@ impl Outbound {
 
     /// Pushes out what the stream holds back.
     async fn flush(&mut self) -> Result<(), ConnectionError> {
-        timeout(self.idle, self.frames.get_mut().flush())
-            .await
-            .map_err(|_| ConnectionError::Idle(self.idle))??;
+        within(self.idle, self.frames.get_mut().flush()).await??;
         Ok(())
     }
 
     /// Closes this direction: the other side reads the end of the stream.
     pub async fn close(&mut self) {
-        let _ = timeout(self.idle, self.frames.get_mut().shutdown()).await;
+        let _ = within(self.idle, self.frames.get_mut().shutdown()).await;
     }
 }
 
