@@ -27,7 +27,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
 use crate::command::{Command, Reply};
-use crate::node::{Environment, Node, NodeSpec};
+use crate::node::{Environment, Node, NodeSpec, Role};
 
 /// A request from the runner.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,9 +121,13 @@ impl EventSink for Out {
 /// Runs an agent until the runner says to stop (or goes away).
 pub async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let out = Out(Arc::new(Mutex::new(std::io::stdout())));
+    let role = match (args.client, args.dir) {
+        (None, _) => Role::Tracker,
+        (Some(id), Some(dir)) => Role::Client { id, dir },
+        (Some(id), None) => anyhow::bail!("client {id} needs a folder: give --dir"),
+    };
     let spec = NodeSpec {
-        client: args.client,
-        dir: args.dir,
+        role,
         seed: args.seed,
         limits: Limits::default().with_idle_timeout(Duration::from_millis(args.idle_timeout_ms)),
     };

@@ -138,11 +138,6 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
-    // A scenario with many clients holds a few sockets per client; the
-    // default soft limit (often 1024) is far below what the system allows.
-    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::debug!(%error, "could not raise the open-file limit");
-    }
     let Some(script) = cli.script.clone() else {
         unreachable!("clap requires SCRIPT unless --render is given");
     };

@@ -6,6 +6,7 @@
 //! node reports its own events to the event sink it was started with.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,14 +32,36 @@ pub type HostCrash = Arc<dyn Fn() + Send + Sync>;
 /// How to start a node: everything but where it runs.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
-    /// `None` for a tracker; a client's id.
-    pub client: Option<u64>,
-    /// A client's folder (already prepared).
-    pub dir: Option<PathBuf>,
-    /// The seed of the tracker's random choices.
+    /// A tracker, or which client.
+    pub role: Role,
+    /// The seed of the node's random choices.
     pub seed: u64,
     /// Timeouts.
     pub limits: Limits,
+}
+
+/// What a node is.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// The tracker.
+    Tracker,
+    /// A client.
+    Client {
+        /// Its id.
+        id: u64,
+        /// Its folder (already prepared).
+        dir: PathBuf,
+    },
+}
+
+impl NodeSpec {
+    /// The client's id; `None` for the tracker.
+    pub fn client(&self) -> Option<u64> {
+        match self.role {
+            Role::Tracker => None,
+            Role::Client { id, .. } => Some(id),
+        }
+    }
 }
 
 /// What a node needs from the backend that runs it.
@@ -82,7 +105,7 @@ type Received = (Result<Downloaded, DownloadError>, Trace, Duration);
 impl Node {
     /// Starts a node of `spec` listening on `listener`.
     pub fn start(spec: &NodeSpec, listener: BoxListener, environment: Environment) -> std::io::Result<Node> {
-        let Some(id) = spec.client else {
+        let Role::Client { id, dir } = &spec.role else {
             let config = TrackerConfig {
                 seed: spec.seed,
                 limits: spec.limits,
@@ -92,8 +115,7 @@ impl Node {
             };
             return Ok(Node::Tracker(Tracker::spawn(listener, config)?));
         };
-        let dir = spec.dir.clone().expect("a client has a folder");
-        let folder = Folder::open(&dir).map_err(std::io::Error::other)?;
+        let folder = Folder::open(dir).map_err(std::io::Error::other)?;
         let faults = Arc::new(Faults::default());
         let config = ClientConfig {
             limits: spec.limits,
@@ -103,7 +125,7 @@ impl Node {
             ..ClientConfig::default()
         };
         let listener = Box::new(FaultyListener::new(listener, faults.clone()));
-        let client = Arc::new(Client::start(ClientId(id), folder, listener as BoxListener, config)?);
+        let client = Arc::new(Client::start(ClientId(*id), folder, listener as BoxListener, config)?);
         let (crashing, crash_host) = (Arc::downgrade(&client), environment.crash.clone());
         faults.on_crash(Box::new(move |trace, file, sent| {
             if let Some(client) = crashing.upgrade() {
@@ -219,16 +241,13 @@ impl ClientNode {
             Ok(source) => source,
             Err(error) => return self.not_downloaded(error),
         };
-        let (done, outcome) = oneshot::channel();
-        let (client, at, fetching) = (self.client.clone(), trace::next(), file.clone());
-        self.host.spawn(Box::pin(async move {
-            let (received, at) = traced(at, client.receive(&fetching, source)).await;
-            let _ = done.send((received, at, begun.elapsed()));
-        }));
-        self.transfers
-            .lock()
-            .expect("transfers poisoned")
-            .insert(transfer, (file, outcome));
+        let (client, fetching) = (self.client.clone(), file.clone());
+        self.run_aside(
+            transfer,
+            file,
+            begun,
+            async move { client.receive(&fetching, source).await },
+        );
         Reply::Started { from: source.peer.0 }
     }
 
@@ -239,18 +258,32 @@ impl ClientNode {
             Ok(start) => start,
             Err(error) => return self.not_downloaded(error),
         };
-        let peers = start.peers.len();
+        let (peers, client) = (start.peers.len(), self.client.clone());
+        self.run_aside(transfer, file, begun, async move { client.swarm_receive(start).await });
+        Reply::Swarming { peers }
+    }
+
+    /// Runs the rest of a download of `file`, begun by the script at
+    /// `begun`, in the background, on a trace of its own, as the runner's
+    /// transfer number `transfer`: [`ClientNode::finish_download`] waits
+    /// for it.
+    fn run_aside(
+        &self,
+        transfer: u64,
+        file: FileName,
+        begun: Instant,
+        download: impl Future<Output = Result<Downloaded, DownloadError>> + Send + 'static,
+    ) {
         let (done, outcome) = oneshot::channel();
-        let (client, at) = (self.client.clone(), trace::next());
+        let at = trace::next();
         self.host.spawn(Box::pin(async move {
-            let (received, at) = traced(at, client.swarm_receive(start)).await;
+            let (received, at) = traced(at, download).await;
             let _ = done.send((received, at, begun.elapsed()));
         }));
         self.transfers
             .lock()
             .expect("transfers poisoned")
             .insert(transfer, (file, outcome));
-        Reply::Swarming { peers }
     }
 
     /// Waits for a background transfer, then announces its file.
@@ -345,7 +378,7 @@ fn node_error(error: ClientError) -> NodeError {
         }
         ClientError::Unexpected(reply) => NodeError::Tracker(format!("unexpected answer from the tracker: {reply:?}")),
         ClientError::Storage(error) => NodeError::Folder(error.to_string()),
-        ClientError::Disk(error) => NodeError::Folder(error),
+        ClientError::Store(error) => NodeError::Folder(error.to_string()),
         ClientError::Changed(file) => NodeError::Folder(format!("{file} changed before it could be announced")),
     }
 }

@@ -12,17 +12,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::error::refusal;
-use super::transfer::{self, Rejected};
+use super::transfer::Rejected;
 use super::{Client, ClientError, DownloadError, Rejection};
 use crate::events::Event;
-use crate::protocol::{ClientId, Digest, FileInfo, FileName, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, Digest, FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
 use crate::storage::Received;
 use crate::trace;
-
-/// How many of the holders a download gave up on its error lists by name
-/// (the rest are counted): the error stays short, and its size bounded,
-/// however many holders failed.
-pub(super) const REJECTIONS_LISTED: usize = 10;
 
 /// How many holders one download tries before it gives up: far more than
 /// any honest swarm makes it fail, and a bound on what a tracker that keeps
@@ -165,51 +160,22 @@ impl Client {
         let mut tried = 0u64;
         loop {
             tried += 1;
-            let progress = self.progress.as_deref();
-            let fetched = transfer::fetch(
-                self.host.as_ref(),
-                self.id,
-                &self.folder,
-                file,
-                &source,
-                self.limits,
-                &self.rate,
-                progress,
-            )
-            .await;
+            let fetched = self.fetch(file, &source).await;
             let Rejected { error, complaint } = match fetched {
                 Ok(received) => return Ok((received, source)),
                 Err(rejected) => rejected,
             };
             let Some(problem) = error.problem() else {
                 // Our own folder failed: no other holder would do better.
-                let error = ClientError::Disk(error.to_string());
-                return Err(self.failed(file, error.into()));
+                return Err(self.failed(file, ClientError::Store(error).into()));
             };
             tracing::info!(node = %self.id, peer = %source.peer, %error, "giving up on this holder of {file}");
-            if let Some(progress) = &self.progress {
-                progress.rejected(file, source.peer, problem);
-            }
-            let reason = problem.describe().to_owned();
-            let event = Event::TransferRejected {
-                file: file.clone(),
-                peer: source.peer,
-                reason,
-            };
-            self.reporter.report(trace::next(), event);
+            let report = self.reject(file, source.peer, source.info.sha1, problem);
             // Wrong bytes: tell the holder, which checks its own copy (and
             // withdraws it if it really went bad) before it hangs up.
             if let Some(complaint) = complaint {
                 complaint.send().await;
             }
-            // The tracker stops offering this holder to us, for this
-            // version of the file, for the rest of this download.
-            let report = TrackerRequest::Report {
-                file: file.clone(),
-                peer: source.peer,
-                sha1: source.info.sha1,
-                problem,
-            };
             match self.ask_tracker(report).await {
                 Ok(TrackerReply::Ack) => {}
                 // Past a quota the tracker would offer this holder again:
@@ -217,13 +183,12 @@ impl Client {
                 Ok(other) => return Err(self.failed(file, refusal(other).into())),
                 Err(error) => return Err(self.failed(file, error.into())),
             }
-            if rejected.len() < REJECTIONS_LISTED {
-                rejected.push(Rejection {
-                    peer: source.peer,
-                    problem,
-                    error,
-                });
-            }
+            let rejection = Rejection {
+                peer: source.peer,
+                problem,
+                error,
+            };
+            rejection.list_in(&mut rejected);
             let next = match tried {
                 MAX_HOLDERS_TRIED.. => Ok(None),
                 _ => self.find(file, true).await,
@@ -276,6 +241,28 @@ impl Client {
                 tracing::warn!(node = %self.id, %error, "stored {file} but could not tell the tracker");
                 false
             }
+        }
+    }
+
+    /// Gives up on `peer` for `file` (version `sha1`), for `problem`: the
+    /// progress bar and the event log hear of it, and the report returned
+    /// makes the tracker stop offering `peer` to this client, for this
+    /// version, for the rest of this download.
+    pub(super) fn reject(&self, file: &FileName, peer: ClientId, sha1: Digest, problem: Problem) -> TrackerRequest {
+        if let Some(progress) = &self.progress {
+            progress.rejected(file, peer, problem);
+        }
+        let event = Event::TransferRejected {
+            file: file.clone(),
+            peer,
+            reason: problem.describe().to_owned(),
+        };
+        self.reporter.report(trace::next(), event);
+        TrackerRequest::Report {
+            file: file.clone(),
+            peer,
+            sha1,
+            problem,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{SessionError, TransferError};
 use crate::pieces::{InvalidPieceSize, TooManyPieces};
-use crate::protocol::{printable, ClientId, FileName, Problem, TrackerReply};
+use crate::protocol::{printable, ClientId, Digest, FileName, Problem, TrackerReply};
 use crate::storage::StorageError;
 
 /// Why a client operation failed.
@@ -45,9 +45,10 @@ pub enum ClientError {
     /// The client's folder failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// Writing a download to the client's folder failed.
+    /// Writing a download to the client's folder failed: the folder's
+    /// fault, not the holder's.
     #[error("the folder failed while storing a download: {0}")]
-    Disk(String),
+    Store(#[source] TransferError),
     /// A file changed in the folder between its download and its announce.
     #[error("{0} changed in the folder before it could be announced")]
     Changed(FileName),
@@ -105,11 +106,31 @@ pub enum DownloadError {
         /// Its size and the piece size.
         error: TooManyPieces,
     },
+    /// Every piece checked out against the hashes the tracker recorded, yet
+    /// the whole file did not: the record's hash tree root and its SHA-1
+    /// describe different content (its first announce was not honest).
+    #[error(
+        "every piece of {file} checks out, yet the whole file has sha1 {whole}, not {recorded}: the tracker's record \
+         is inconsistent"
+    )]
+    InconsistentRecord {
+        /// The file.
+        file: FileName,
+        /// The SHA-1 of the file the pieces make up.
+        whole: Digest,
+        /// The SHA-1 the tracker recorded.
+        recorded: Digest,
+    },
     /// The client itself could not go on (not registered, tracker gone,
     /// folder failing): not the file's fault.
     #[error(transparent)]
     Client(#[from] ClientError),
 }
+
+/// How many of the holders a download gave up on its error lists by name
+/// (the rest are counted): the error stays short, and its size bounded,
+/// however many holders failed.
+pub(super) const REJECTIONS_LISTED: usize = 10;
 
 /// A holder a download gave up on.
 #[derive(Debug)]
@@ -120,6 +141,16 @@ pub struct Rejection {
     pub problem: Problem,
     /// The details (byte counts, system errors), for logs.
     pub error: TransferError,
+}
+
+impl Rejection {
+    /// Adds this rejection to `listed`, unless that names
+    /// [`REJECTIONS_LISTED`] already.
+    pub(super) fn list_in(self, listed: &mut Vec<Rejection>) {
+        if listed.len() < REJECTIONS_LISTED {
+            listed.push(self);
+        }
+    }
 }
 
 /// The peers blamed in a swarm download, after a colon; nothing if none.

@@ -10,23 +10,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::oneshot;
-
 use crate::host::Host;
-use crate::protocol::{FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
-use crate::trace;
+use crate::protocol::{ClientId, FileInfo, FileName, Problem, TrackerReply, TrackerRequest};
 
-use super::session::Session;
-
-/// A client's session with the tracker, shared by its tasks. A tokio mutex:
-/// a request holds it across the wait for the reply.
-pub(crate) type SharedSession = tokio::sync::Mutex<Option<Session>>;
+use super::session::{self, SharedSession};
+use super::ClientError;
 
 /// The files a client announced on its current session.
 pub(crate) struct Holdings {
     /// Each file announced, with the content announced. A std mutex: held
     /// for a map operation, never across an `.await`.
     announced: Mutex<HashMap<FileName, FileInfo>>,
+    /// The client.
+    client: ClientId,
     /// The client's session, while the client lives.
     session: Weak<SharedSession>,
     /// Where a withdrawal runs, apart from the conversation that asked
@@ -35,10 +31,12 @@ pub(crate) struct Holdings {
 }
 
 impl Holdings {
-    /// No files announced yet, on `session`, withdrawals running on `host`.
-    pub(crate) fn new(session: Weak<SharedSession>, host: Arc<dyn Host>) -> Holdings {
+    /// No files announced yet by `client`, on `session`, withdrawals
+    /// running on `host`.
+    pub(crate) fn new(client: ClientId, session: Weak<SharedSession>, host: Arc<dyn Host>) -> Holdings {
         Holdings {
             announced: Mutex::default(),
+            client,
             session,
             host,
         }
@@ -91,35 +89,18 @@ impl Holdings {
         // room for a newcomer): cut mid-request, it would leave the reply
         // unread, the session out of step and the bad copy on offer until
         // the next heartbeat noticed.
-        let (done, finished) = oneshot::channel();
-        let file = file.clone();
-        self.host.spawn(Box::pin(trace::inherit(async move {
-            send_withdrawal(&session, &file, version, reason).await;
-            let _ = done.send(());
-        })));
-        let _ = finished.await;
-    }
-}
-
-/// Tells the tracker, on `session`, that this client no longer offers
-/// version `version` of `file`.
-async fn send_withdrawal(session: &SharedSession, file: &FileName, version: FileInfo, reason: Option<Problem>) {
-    let mut session = session.lock().await;
-    let Some(open) = session.as_mut() else {
-        return; // not registered: the tracker offers nothing of ours
-    };
-    let request = TrackerRequest::Withdraw {
-        file: file.clone(),
-        sha1: Some(version.sha1),
-        reason,
-    };
-    match open.request(request).await {
-        Ok(TrackerReply::Ack) => {}
-        Ok(other) => tracing::warn!(%file, ?other, "the tracker did not acknowledge a withdrawal"),
-        Err(error) => {
-            tracing::warn!(%file, %error, "could not withdraw a bad copy; the session is over");
-            // A broken session is no session, as for any request.
-            session.take();
+        let request = TrackerRequest::Withdraw {
+            file: file.clone(),
+            sha1: Some(version.sha1),
+            reason,
+        };
+        let reply = session::ask_aside(self.host.as_ref(), session, self.client, request);
+        match reply.await {
+            Ok(Ok(TrackerReply::Ack)) => {}
+            // Not registered: the tracker offers nothing of ours.
+            Ok(Err(ClientError::NotRegistered(_))) | Err(_) => {}
+            Ok(Ok(other)) => tracing::warn!(%file, ?other, "the tracker did not acknowledge a withdrawal"),
+            Ok(Err(error)) => tracing::warn!(%file, %error, "could not withdraw a bad copy; the session is over"),
         }
     }
 }

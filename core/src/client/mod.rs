@@ -62,11 +62,10 @@ use crate::server::{self, Limits, ServerHandle};
 use crate::storage::Folder;
 use crate::swarm::Swarms;
 use crate::trace;
-use download::REJECTIONS_LISTED;
 use error::refusal;
-use holdings::{Holdings, SharedSession};
+use holdings::Holdings;
 use serve::Seeder;
-use session::Session;
+use session::{Session, SharedSession};
 
 /// The least time either side of a transfer gives the other for the
 /// confirmation at its end: the downloader verifies and syncs the file
@@ -175,7 +174,7 @@ impl Client {
         let reporter = Reporter::new(Node::Client(id), config.events.clone());
         let stop = CancellationToken::new();
         let session = Arc::new(Mutex::new(None));
-        let holdings = Arc::new(Holdings::new(Arc::downgrade(&session), host.clone()));
+        let holdings = Arc::new(Holdings::new(id, Arc::downgrade(&session), host.clone()));
         let swarms = Arc::new(Swarms::default());
         let seeder = Arc::new(Seeder {
             folder: folder.clone(),
@@ -342,20 +341,14 @@ impl Client {
 
     /// Sends one request on the session and waits for its reply.
     async fn ask_tracker(&self, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
-        ask_on(&self.session, self.id, request).await
+        session::ask(&self.session, self.id, request).await
     }
 
-    /// Sends one request on the session in a task of its own, and hands
-    /// back where its reply will come. The request runs to its end even if
-    /// nobody waits for the reply any more: one dropped half-way would leave
-    /// its reply in the pipe, and the session out of step for the next.
+    /// Sends one request on the session in a task of its own, which runs
+    /// to its end whoever waits ([`session::ask_aside`]), and hands back
+    /// where its reply will come.
     fn ask_tracker_aside(&self, request: TrackerRequest) -> oneshot::Receiver<Result<TrackerReply, ClientError>> {
-        let (tell, reply) = oneshot::channel();
-        let (session, id) = (self.session.clone(), self.id);
-        self.host.spawn(Box::pin(trace::inherit(async move {
-            let _ = tell.send(ask_on(&session, id, request).await);
-        })));
-        reply
+        session::ask_aside(self.host.as_ref(), self.session.clone(), self.id, request)
     }
 
     /// Caps the client's upload and download at `up` and `down` bytes per
@@ -516,19 +509,6 @@ async fn send_heartbeats(node: ClientId, session: Weak<SharedSession>, interval:
             }
         }
     }
-}
-
-/// Sends one request on `session` (client `id`'s) and waits for its reply.
-async fn ask_on(session: &SharedSession, id: ClientId, request: TrackerRequest) -> Result<TrackerReply, ClientError> {
-    let mut current = session.lock().await;
-    let open = current.as_mut().ok_or(ClientError::NotRegistered(id))?;
-    let reply = open.request(request).await;
-    if reply.is_err() {
-        // A broken session is no session: the client is unregistered until
-        // it registers again.
-        current.take();
-    }
-    Ok(reply?)
 }
 
 #[cfg(test)]

@@ -1,15 +1,57 @@
 //! The client's side of its tracker session.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::ClientError;
 use crate::connection::{Connection, ConnectionError};
 use crate::host::{Host, OsHost};
-use crate::protocol::{Request, Trace, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, Request, Trace, TrackerReply, TrackerRequest};
 use crate::trace;
 use crate::tracker::StatusEntry;
+
+/// A client's session with the tracker, shared by its tasks; `None` while
+/// the client is not registered. A tokio mutex: a request holds it across
+/// the wait for its reply, so no other request's reply is taken for it.
+pub(crate) type SharedSession = tokio::sync::Mutex<Option<Session>>;
+
+/// Sends one request on `session` (client `id`'s) and waits for its reply.
+pub(crate) async fn ask(
+    session: &SharedSession,
+    id: ClientId,
+    request: TrackerRequest,
+) -> Result<TrackerReply, ClientError> {
+    let mut current = session.lock().await;
+    let open = current.as_mut().ok_or(ClientError::NotRegistered(id))?;
+    let reply = open.request(request).await;
+    if reply.is_err() {
+        // A broken session is no session: the client is unregistered until
+        // it registers again.
+        current.take();
+    }
+    Ok(reply?)
+}
+
+/// [`ask`] in a task of its own on `host`: hands back where the reply will
+/// come. The request runs to its end even if nobody waits for the reply
+/// any more: one cut half-way would leave its reply in the pipe, and the
+/// session out of step for the next.
+pub(crate) fn ask_aside(
+    host: &dyn Host,
+    session: Arc<SharedSession>,
+    id: ClientId,
+    request: TrackerRequest,
+) -> oneshot::Receiver<Result<TrackerReply, ClientError>> {
+    let (tell, reply) = oneshot::channel();
+    host.spawn(Box::pin(trace::inherit(async move {
+        let _ = tell.send(ask(&session, id, request).await);
+    })));
+    reply
+}
 
 /// Why the tracker could not be asked.
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,11 @@
 //! Fetching one file from one peer, verified against the tracker's record.
 
-use std::sync::Arc;
-
 use crate::connection::{BodySink, Connection, ConnectionError};
-use crate::host::Host;
 use crate::protocol::{printable, ClientId, Digest, FileName, PeerReply, PeerRequest, Problem, Request};
-use crate::rate::RateLimits;
-use crate::server::Limits;
-use crate::storage::{Folder, Received, StorageError};
+use crate::storage::{Received, StorageError};
 use crate::trace;
 
-use super::{Source, CONFIRMATION_WAIT};
+use super::{Client, Source, CONFIRMATION_WAIT};
 
 /// Why a peer did not deliver a file.
 #[derive(Debug, thiserror::Error)]
@@ -139,85 +134,86 @@ impl Complaint {
     }
 }
 
-/// Fetches `file` from `source` into a temporary file of `folder` and checks
-/// it against `source.info`. Nothing is left in the folder on failure.
-#[allow(clippy::too_many_arguments)] // each is a different concern of one transfer
-pub(crate) async fn fetch(
-    host: &dyn Host,
-    me: ClientId,
-    folder: &Folder,
-    file: &FileName,
-    source: &Source,
-    limits: Limits,
-    rate: &Arc<RateLimits>,
-    progress: Option<&dyn Progress>,
-) -> Result<Received, Rejected> {
-    let expected = source.info;
-    let wrap = |stream| rate.wrap(stream);
-    let mut connection = Connection::connect_wrapped(host, source.addr, limits.idle_timeout, wrap)
-        .await
-        .map_err(TransferError::Unreachable)?;
-    let get = PeerRequest::Get {
-        file: file.clone(),
-        client: me,
-    };
-    connection
-        .write(&Request {
-            trace: trace::next(),
-            body: get,
-        })
-        .await?;
-    // A holder that says nothing at first is given up on quickly; once it
-    // sends, the longer idle timeout applies.
-    let header = match connection.read_within::<PeerReply>(limits.first_byte_timeout).await {
-        Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited).into()),
-        other => other?,
-    };
-    match header {
-        Some(PeerReply::File { info }) if info.size == expected.size => {}
-        Some(PeerReply::File { info }) => {
-            return Err(TransferError::WrongSize {
-                offered: info.size,
-                expected: expected.size,
+impl Client {
+    /// Fetches `file` from `source` into a temporary file of the client's
+    /// folder and checks it against `source.info`. Nothing is left in the
+    /// folder on failure.
+    pub(super) async fn fetch(&self, file: &FileName, source: &Source) -> Result<Received, Rejected> {
+        let expected = source.info;
+        let mut connection = self.ask_for(file, source).await?;
+        let mut incoming = self.folder.incoming(file)?;
+        match self.progress.as_deref() {
+            Some(progress) => {
+                progress.begin(file, source.peer, expected.size);
+                let mut counted = Counted {
+                    sink: &mut incoming,
+                    file,
+                    received: 0,
+                    progress,
+                };
+                connection.read_body(expected.size, &mut counted).await?;
             }
-            .into());
+            None => connection.read_body(expected.size, &mut incoming).await?,
         }
-        Some(PeerReply::Refused { reason }) => return Err(TransferError::Refused(reason).into()),
-        Some(other) => return Err(TransferError::OutOfPlace(format!("{other:?}")).into()),
-        None => return Err(TransferError::NoAnswer.into()),
-    }
-    let mut incoming = folder.incoming(file)?;
-    match progress {
-        Some(progress) => {
-            progress.begin(file, source.peer, expected.size);
-            let mut counted = Counted {
-                sink: &mut incoming,
-                file,
-                received: 0,
-                progress,
-            };
-            connection.read_body(expected.size, &mut counted).await?;
+        let received = incoming.finish().await?;
+        let sha1 = received.info().sha1;
+        if sha1 != expected.sha1 {
+            // `received` is dropped here: the wrong bytes are deleted at once.
+            return Err(Rejected {
+                error: TransferError::WrongContent {
+                    received: sha1,
+                    expected: expected.sha1,
+                },
+                complaint: Some(Complaint {
+                    connection,
+                    sha1,
+                    file: file.clone(),
+                }),
+            });
         }
-        None => connection.read_body(expected.size, &mut incoming).await?,
+        confirm(&mut connection, sha1, file).await;
+        Ok(received)
     }
-    let received = incoming.finish().await?;
-    let sha1 = received.info().sha1;
-    if sha1 != expected.sha1 {
-        // `received` is dropped here: the wrong bytes are deleted at once.
-        return Err(Rejected {
-            error: TransferError::WrongContent {
-                received: sha1,
-                expected: expected.sha1,
-            },
-            complaint: Some(Complaint {
-                connection,
-                sha1,
-                file: file.clone(),
+
+    /// Connects to `source`, asks it for `file` and reads its answer: the
+    /// connection, ready for the file's bytes, if it offers the size the
+    /// tracker recorded.
+    async fn ask_for(&self, file: &FileName, source: &Source) -> Result<Connection, TransferError> {
+        let (idle, wrap) = (self.limits.idle_timeout, |stream| self.rate.wrap(stream));
+        let mut connection = Connection::connect_wrapped(self.host.as_ref(), source.addr, idle, wrap)
+            .await
+            .map_err(TransferError::Unreachable)?;
+        let get = PeerRequest::Get {
+            file: file.clone(),
+            client: self.id,
+        };
+        connection
+            .write(&Request {
+                trace: trace::next(),
+                body: get,
+            })
+            .await?;
+        // A holder that says nothing at first is given up on quickly; once it
+        // sends, the longer idle timeout applies.
+        let header = match connection
+            .read_within::<PeerReply>(self.limits.first_byte_timeout)
+            .await
+        {
+            Err(ConnectionError::Idle(waited)) => return Err(TransferError::Unresponsive(waited)),
+            other => other?,
+        };
+        let expected = source.info.size;
+        match header {
+            Some(PeerReply::File { info }) if info.size == expected => Ok(connection),
+            Some(PeerReply::File { info }) => Err(TransferError::WrongSize {
+                offered: info.size,
+                expected,
             }),
-        });
+            Some(PeerReply::Refused { reason }) => Err(TransferError::Refused(reason)),
+            Some(other) => Err(TransferError::OutOfPlace(format!("{other:?}"))),
+            None => Err(TransferError::NoAnswer),
+        }
     }
-    confirm(&mut connection, sha1, file).await;
-    Ok(received)
 }
 
 /// Sends `Received { sha1 }` and waits for the peer to close. The peer

@@ -41,9 +41,9 @@ const RECORD_MAGIC: &[u8] = b"phile-pieces 1\n";
 /// attempt.
 #[derive(Debug)]
 pub struct Resumed {
-    /// The piece hashes, when the record's piece size allows working them
-    /// out (else they must be fetched again).
-    pub hashes: Option<Vec<Digest>>,
+    /// The piece hashes, checked against the root, when the record's piece
+    /// size allows working them out (else they must be fetched again).
+    pub layer: Option<Layer>,
     /// The pieces verified and on disk.
     pub verified: Bitfield,
     /// The partial file, locked by this process since before its record
@@ -233,8 +233,8 @@ impl Folder {
                     }
                 };
                 match read_record(&record, &data, info, root, piece)? {
-                    Some((hashes, verified)) => Ok(Some(Resumed {
-                        hashes,
+                    Some((layer, verified)) => Ok(Some(Resumed {
+                        layer,
                         verified,
                         lock: PartLock(lock),
                     })),
@@ -528,7 +528,7 @@ fn lock_at(path: &Path, options: &fs::OpenOptions) -> Result<Option<fs::File>, S
 
 /// What a record says, in the pieces of a new attempt: the piece hashes
 /// (if they can be worked out) and the pieces verified.
-type Recorded = (Option<Vec<Digest>>, Bitfield);
+type Recorded = (Option<Layer>, Bitfield);
 
 /// Reads the record at `record` of the partial file at `data`, if both are
 /// there and describe content `info` with root `root`: the piece hashes
@@ -569,8 +569,11 @@ fn read_record(
         return Ok(None);
     };
     let wanted = Layout::new(info.size, piece);
-    let hashes = (piece >= own.piece).then(|| coarser_layer(&own, layer.hashes(), piece));
-    Ok(Some((hashes, verified.covering(&own, &wanted))))
+    // Coarser pieces' hashes are a level of the same tree, so they fold up
+    // to the root as well; finer ones cannot be worked out.
+    let coarse = (piece >= own.piece).then(|| coarser_layer(&own, layer.hashes(), piece));
+    let layer = coarse.and_then(|hashes| Layer::verified(wanted, hashes, root).ok());
+    Ok(Some((layer, verified.covering(&own, &wanted))))
 }
 
 /// The parts of a record: header, piece hashes, bitfield bytes.
@@ -795,7 +798,7 @@ mod tests {
         drop(coarse);
         let resumed = folder.resume(&name("f"), info, root, piece).await.unwrap().unwrap();
         assert_eq!(resumed.verified, verified);
-        assert_eq!(resumed.hashes.as_deref(), Some(layer.hashes()));
+        assert_eq!(resumed.layer.as_ref().map(Layer::hashes), Some(layer.hashes()));
 
         let part = folder
             .part(&name("f"), info, root, layer.clone(), Some(resumed.lock))
@@ -894,7 +897,7 @@ mod tests {
 
         let finer = PieceSize::new(16 * 1024).unwrap();
         let resumed = folder.resume(&name("f"), info, root, finer).await.unwrap().unwrap();
-        assert_eq!(resumed.hashes, None, "finer pieces' hashes cannot be worked out");
+        assert_eq!(resumed.layer, None, "finer pieces' hashes cannot be worked out");
         assert_eq!(resumed.verified.iter_held().collect::<Vec<_>>(), [0, 1]);
         let again = folder.resume(&name("f"), info, root, finer).await.unwrap_err();
         assert!(matches!(again, StorageError::Busy { .. }), "{again}");

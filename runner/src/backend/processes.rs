@@ -19,7 +19,7 @@ use phile_core::Trace;
 use super::{loopback, past_time_limit, Backend, Deadline, FileBudget, NodeKey, StartError, WallTime};
 use crate::agent::{Body, Line, Request};
 use crate::command::{Command, NodeError, Reply};
-use crate::node::NodeSpec;
+use crate::node::{NodeSpec, Role};
 
 /// Nodes in processes of their own.
 pub struct Processes {
@@ -70,7 +70,7 @@ impl Backend for Processes {
             "--idle-timeout-ms".to_owned(),
             spec.limits.idle_timeout.as_millis().to_string(),
         ];
-        if let (Some(id), Some(dir)) = (spec.client, &spec.dir) {
+        if let Role::Client { id, dir } = &spec.role {
             args.extend(["--client".to_owned(), id.to_string()]);
             args.extend(["--dir".to_owned(), dir.display().to_string()]);
         }

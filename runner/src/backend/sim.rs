@@ -358,7 +358,7 @@ fn host_ip(index: usize) -> IpAddr {
 
 impl Backend for Sim {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
-        let (host, ip) = self.host_for(spec.client)?;
+        let (host, ip) = self.host_for(spec.client())?;
         // A restarted client's old node is gone for good.
         if let Some(&old) = self.node_on_host.get(&host) {
             self.drop_node(old);
@@ -383,7 +383,7 @@ impl Backend for Sim {
         let node = Node::start(spec, listener, environment).map_err(|error| StartError::Other(error.to_string()))?;
         let addr = node.addr();
         self.nodes.push(SimNode {
-            client: spec.client,
+            client: spec.client(),
             host,
             addr,
             node: Some(Arc::new(node)),

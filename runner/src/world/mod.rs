@@ -38,7 +38,7 @@ use sha1::{Digest as _, Sha1};
 use crate::backend::{Backend, Deadline, NodeKey, StartError};
 use crate::command::{Command, NodeError, Reply};
 use crate::event_log::{EventLog, ScenarioEvent, Subject};
-use crate::node::NodeSpec;
+use crate::node::{NodeSpec, Role};
 use crate::tree::Tree;
 use crate::Output;
 
@@ -342,10 +342,9 @@ impl World {
         }
     }
 
-    fn spec(&self, client: Option<u64>, dir: Option<PathBuf>) -> NodeSpec {
+    fn spec(&self, role: Role) -> NodeSpec {
         NodeSpec {
-            client,
-            dir,
+            role,
             seed: self.settings.seed,
             limits: self.limits.get(),
         }
@@ -369,7 +368,7 @@ impl World {
     pub fn tracker(&self, port: i64) -> Verdict<TrackerRef> {
         let port = u16::try_from(port).map_err(|_| format!("tracker port {port} is not a port number (0 to 65535)"))?;
         let key = self
-            .start_node(&self.spec(None, None), port)
+            .start_node(&self.spec(Role::Tracker), port)
             .map_err(|error| format!("cannot start the tracker: {error}"))?;
         let (addr, process) = {
             let backend = self.backend.borrow();
@@ -436,7 +435,10 @@ impl World {
     }
 
     fn start_client(&self, id: u64, dir: &std::path::Path, port: u16) -> Verdict<NodeKey> {
-        let spec = self.spec(Some(id), Some(dir.to_owned()));
+        let spec = self.spec(Role::Client {
+            id,
+            dir: dir.to_owned(),
+        });
         let node = self
             .start_node(&spec, port)
             .map_err(|error| format!("cannot start client {id}: {error}"))?;

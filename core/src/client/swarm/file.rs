@@ -143,7 +143,7 @@ impl Run<'_> {
         let good = good.map_err(ClientError::from)?;
         let cancels = self.plan.checked(index, good);
         if !good {
-            self.blame(peer, index)?;
+            self.blame(peer, index);
             return Ok(());
         }
         let bytes = self.plan.layout().len(index);
@@ -248,11 +248,11 @@ impl Run<'_> {
                 let _ = part.discard().await;
                 // Nothing left to record.
                 self.unsaved = false;
-                return Err(ClientError::Disk(format!(
-                    "every piece of {} checks out, yet the whole file has sha1 {}, not {}: the tracker's record is inconsistent",
-                    self.file, whole.sha1, self.info.sha1
-                ))
-                .into());
+                return Err(DownloadError::InconsistentRecord {
+                    file: self.file.clone(),
+                    whole: whole.sha1,
+                    recorded: self.info.sha1,
+                });
             }
             for index in bad {
                 tracing::warn!(node = %self.client.id, "piece {index} of {} went bad on disk; fetching it again", self.file);

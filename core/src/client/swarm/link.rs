@@ -251,14 +251,16 @@ async fn listen(
             Ok(None) => return None,
             Err(error) => return Some(connection_problem(&error)),
             Ok(Some(reply)) => {
-                // Told before the body is read: the download then takes
-                // back the copies of this piece that wait with other peers
-                // before they begin them too, and times the piece from here.
+                // Told before the body is read, so the download knows the
+                // answer began and judges it by its bytes from here.
                 if let PeerReply::Layer { .. } = reply {
                     if tell.send((peer, Heard::LayerBegun)).await.is_err() {
                         return None;
                     }
                 }
+                // Told before the body is read: the download then takes
+                // back the copies of this piece that wait with other peers
+                // before they begin them too, and times the piece from here.
                 if let PeerReply::Piece { index } = reply {
                     let began = Heard::Started {
                         index: index as usize,

@@ -9,7 +9,8 @@
 //!    starts afresh;
 //! 2. connects to the peers (one connection each, [`MAX_LINKS`] at most),
 //!    learns which pieces each holds, and fetches the piece hashes from the
-//!    first one, checked against the root;
+//!    first one (from another too, up to [`LAYER_ASKS`], while no answer
+//!    moves), checked against the root;
 //! 3. asks each peer for several pieces at once, rarest first, with an
 //!    endgame ([`Scheduler`]); checks every piece as it arrives, writes it
 //!    to the partial file, and serves it to others from then on;
@@ -58,7 +59,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Client, ClientError, DownloadError, Downloaded, Fetched, Rejection};
-use crate::pieces::{Bitfield, Layer, Layout, PieceSize};
+use crate::pieces::{Bitfield, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, Problem, SwarmPeer, Trace, TrackerReply, TrackerRequest};
 use crate::storage::{PartFile, PartLock, WholeHash};
 use crate::swarm::scheduler::Scheduler;
@@ -135,6 +136,15 @@ const LAYER_ASKS: usize = 3;
 /// and 64 downloaders took up to 1.2 % longer; with 10 they are as before
 /// (docs/swarm-measurements.md).
 const SLOW_TICKS: u32 = 10;
+
+/// The least time a peer that owes pieces, or an answer to a complaint,
+/// may send nothing before the download drops it as stalled, however
+/// short the idle timeout. A blamed peer hashes its copy before it
+/// answers, as a holder does before the confirmation at the end of a
+/// whole-file transfer ([`CONFIRMATION_WAIT`](super::CONFIRMATION_WAIT)),
+/// and a scenario's idle timeout of a few milliseconds must not make the
+/// log depend on how busy the machine is.
+const LEAST_STALL: Duration = super::CONFIRMATION_WAIT;
 
 /// How a peer's answer to the question for the piece hashes goes.
 #[derive(Clone, Copy, Debug)]
@@ -275,8 +285,8 @@ impl Client {
             .resume(&start.file, start.info, start.root, start.piece)
             .await
             .map_err(ClientError::from)?;
-        let (held, hashes, lock) = match resumed {
-            Some(resumed) => (resumed.verified, resumed.hashes, Some(resumed.lock)),
+        let (held, layer, lock) = match resumed {
+            Some(resumed) => (resumed.verified, resumed.layer, Some(resumed.lock)),
             None => (Bitfield::empty(layout.count()), None, None),
         };
         let mut run = Run::new(self, &start, layout, held);
@@ -284,9 +294,7 @@ impl Client {
         // Served from now on: peers that connect early hear of every piece
         // this download gains.
         self.swarms.insert(&start.file, run.partial.clone());
-        if let Some(hashes) = hashes {
-            let layer =
-                Layer::verified(layout, hashes, start.root).map_err(|_| ClientError::Disk("bad record".into()))?;
+        if let Some(layer) = layer {
             run.open_part(layer).await?;
         }
         run.offer(&start.peers);
@@ -617,7 +625,8 @@ impl<'a> Run<'a> {
     }
 
     /// Drops the peers that owe something (or an answer to a complaint)
-    /// and sent nothing for the idle timeout.
+    /// and sent nothing for the idle timeout, or [`LEAST_STALL`] if that
+    /// is longer.
     fn drop_stalled(&mut self) {
         let now = Instant::now();
         for (id, peer) in &mut self.peers {
@@ -642,8 +651,7 @@ impl<'a> Run<'a> {
             .peers
             .iter()
             .filter(|(id, peer)| {
-                (self.owes(**id) || self.blamed.contains(id))
-                    && peer.stall_clock.elapsed() > idle.max(super::CONFIRMATION_WAIT)
+                (self.owes(**id) || self.blamed.contains(id)) && peer.stall_clock.elapsed() > idle.max(LEAST_STALL)
             })
             .map(|(id, _)| *id)
             .collect();

@@ -14,9 +14,8 @@ use tokio::time::Instant;
 
 use super::link::{Heard, Requests};
 use super::{LayerAnswer, Run, CROWD, CROWDED_PIPELINE, MAX_LINKS, QUIET_PIPELINE, REFRESH_INTERVAL};
-use crate::client::{DownloadError, Rejection, TransferError, REJECTIONS_LISTED};
-use crate::events::Event;
-use crate::protocol::{ClientId, PeerRequest, Problem, Request, SwarmPeer, Trace, TrackerRequest};
+use crate::client::{DownloadError, Rejection, TransferError};
+use crate::protocol::{ClientId, PeerRequest, Problem, Request, SwarmPeer, Trace};
 use crate::trace;
 
 /// A peer the download talks to.
@@ -425,24 +424,16 @@ impl Run<'_> {
     /// tells the tracker (which stops offering it to this client). Once
     /// per peer: several of its pieces may fail, checked after it was
     /// blamed for the first (or after its connection ended).
-    pub(super) fn blame(&mut self, peer: ClientId, index: usize) -> Result<(), DownloadError> {
+    pub(super) fn blame(&mut self, peer: ClientId, index: usize) {
         if !self.blamed.insert(peer) {
             // The piece is missing again: someone else is asked for it.
             self.ask_everyone();
-            return Ok(());
+            return;
         }
         let client = self.client;
         tracing::info!(node = %client.id, %peer, "piece {index} of {} failed its hash", self.file);
         let problem = Problem::WrongPiece;
-        if let Some(progress) = &client.progress {
-            progress.rejected(&self.file, peer, problem);
-        }
-        let event = Event::TransferRejected {
-            file: self.file.clone(),
-            peer,
-            reason: problem.describe().to_owned(),
-        };
-        client.reporter.report(trace::next(), event);
+        let report = client.reject(&self.file, peer, self.info.sha1, problem);
         self.banned.insert(peer);
         // Its connection may have ended first, leaving it to rest.
         self.resting.remove(&peer);
@@ -457,21 +448,12 @@ impl Run<'_> {
                 self.peers.remove(&peer);
             }
         }
-        let report = TrackerRequest::Report {
-            file: self.file.clone(),
-            peer,
-            sha1: self.info.sha1,
-            problem,
-        };
         self.reports.push(client.ask_tracker_aside(report));
-        if self.rejections.len() < REJECTIONS_LISTED {
-            let error = TransferError::WrongPiece { index };
-            self.rejections.push(Rejection { peer, problem, error });
-        }
+        let error = TransferError::WrongPiece { index };
+        Rejection { peer, problem, error }.list_in(&mut self.rejections);
         // The bad piece is missing again, and the copies that waited for
         // it may have been taken back when this peer began it.
         self.ask_everyone();
-        Ok(())
     }
 
     /// Forgets `peer`: what was in flight to it goes to others. One that

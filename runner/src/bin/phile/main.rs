@@ -426,9 +426,8 @@ fn main() -> ExitCode {
     if let Some(unreadable) = unreadable {
         tell!("phile: {unreadable}");
     }
-    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::debug!(%error, "could not raise the open-file limit");
-    }
+    // A peer serves up to 1,024 connections at once.
+    phile_runner::backend::raise_file_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if matches!(cli.command, Command::Get(_) | Command::Peer(_)) {
