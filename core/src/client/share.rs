@@ -184,22 +184,15 @@ impl Seeder {
         sha1: Digest,
         piece: u64,
     ) -> Option<Conversation<'_>> {
-        let refuse = |reason: String| PeerReply::Refused { reason };
-        let node = self.reporter.node();
-        let found = match PieceSize::new(piece) {
-            Err(error) => Err(refuse(error.to_string())),
-            Ok(piece) => self.pieces_of(&file, sha1).await.map(|found| (found, piece)),
-        };
-        let found = found.and_then(|((pieces, size), piece)| fits(size, piece).map(|()| ((pieces, size), piece)));
-        let ((pieces, size), piece) = match found {
-            Ok(found) => found,
+        let (pieces, wanted) = match self.accept_join(&file, sha1, piece).await {
+            Ok(accepted) => accepted,
             Err(refusal) => {
+                let node = self.reporter.node();
                 tracing::info!(%node, %to, "refused a swarm conversation about {file}: {refusal:?}");
                 let _ = replies.message(&refusal).await;
                 return None;
             }
         };
-        let wanted = Layout::new(size, piece);
         let spread = self.spread.of(&file, sha1, &wanted);
         // Beside other downloaders, a seeder shows each only a few pieces
         // until every piece went out once; alone, a downloader sees all.
@@ -208,20 +201,7 @@ impl Seeder {
         if let Pieces::Partial(partial) = &pieces {
             partial.meet(to);
         }
-        let told = match &pieces {
-            Pieces::Whole { .. } if hiding => {
-                let mut told = Bitfield::empty(wanted.count());
-                let mut tally = spread.tally();
-                for _ in 0..REVEALED {
-                    if let Some(index) = tally.reveal(&told) {
-                        told.set(index);
-                    }
-                }
-                told
-            }
-            Pieces::Whole { .. } => Bitfield::full(wanted.count()),
-            Pieces::Partial(partial) => partial.held_as(&wanted),
-        };
+        let told = first_shown(&pieces, &wanted, hiding, &spread);
         let seen = match &pieces {
             Pieces::Partial(partial) => partial.gained_since(usize::MAX, &wanted).1,
             Pieces::Whole { .. } => 0,
@@ -247,6 +227,18 @@ impl Seeder {
             pieces_sent: 0,
             bytes_sent: 0,
         })
+    }
+
+    /// What a `Join` for version `sha1` of `file`, in pieces of `piece`
+    /// bytes, is answered from, and the pieces it asks for; else the
+    /// refusal.
+    async fn accept_join(&self, file: &FileName, sha1: Digest, piece: u64) -> Result<(Pieces, Layout), PeerReply> {
+        let piece = PieceSize::new(piece).map_err(|error| PeerReply::Refused {
+            reason: error.to_string(),
+        })?;
+        let (pieces, size) = self.pieces_of(file, sha1).await?;
+        fits(size, piece)?;
+        Ok((pieces, Layout::new(size, piece)))
     }
 
     /// The pieces of version `sha1` of `file`, from a download under way or
@@ -583,6 +575,26 @@ async fn gained(partial: Option<&Partial>, seen: usize) {
 /// The message that says this side holds piece `index`.
 fn have(index: usize) -> PeerReply {
     PeerReply::Have { index: index as u64 }
+}
+
+/// The pieces a downloader is shown as it joins (cut as `wanted`): all a
+/// partial download has checked; all of a whole file, or, while `hiding`,
+/// the first few of the least spread.
+fn first_shown(pieces: &Pieces, wanted: &Layout, hiding: bool, spread: &FileSpread) -> Bitfield {
+    match pieces {
+        Pieces::Whole { .. } if hiding => {
+            let mut told = Bitfield::empty(wanted.count());
+            let mut tally = spread.tally();
+            for _ in 0..REVEALED {
+                if let Some(index) = tally.reveal(&told) {
+                    told.set(index);
+                }
+            }
+            told
+        }
+        Pieces::Whole { .. } => Bitfield::full(wanted.count()),
+        Pieces::Partial(partial) => partial.held_as(wanted),
+    }
 }
 
 /// Refuses pieces so small that a file of `size` bytes makes more than a
