@@ -183,6 +183,38 @@ fn a_session_lost_during_a_download_is_logged_with_the_scripted_address_and_says
 }
 
 #[test]
+fn a_download_that_fails_as_misuse_is_counted_as_the_log_has_it() {
+    let script = r#"
+        let t = tracker(0);
+        let a = client(1);
+        let b = client(2);
+        a.register(t);
+        b.register(t);
+        a.write("x", "y");
+        a.upload("x");
+        partition(b, t);
+        try {
+            b.download("x");
+        } catch (e) {
+            assert(e.contains("register it again"), e);
+        }
+    "#;
+    let run = run_source_with(script, |o| o.settings.sim = true);
+    assert!(run.outcome.failure.is_none(), "{:?}", run.outcome.failure);
+    let failed_in_log = run
+        .outcome
+        .events
+        .iter()
+        .filter(|e| e.contains("download_failed"))
+        .count();
+    assert_eq!(failed_in_log, 1, "{:#?}", run.outcome.events);
+    assert_eq!(
+        run.outcome.stats.downloads_failed, 1,
+        "the summary counts what the log holds"
+    );
+}
+
+#[test]
 fn a_second_swarm_download_of_a_file_under_way_fails_and_the_first_goes_on() {
     let script = r#"
         let t = tracker(0);

@@ -174,7 +174,13 @@ impl World {
                 Err(error)
             }
             Reply::Failed { error } => {
-                return Err(self.explain(c, format!("client {} cannot download {file}", c.id), error))
+                // A script error, but the client tried, and the log holds
+                // its `download_failed`: the summary counts it too. Not so
+                // a limit of the run, which stopped it first.
+                if !matches!(error, NodeError::Misuse(_) | NodeError::TimeLimit(_)) {
+                    self.count(|s| s.downloads_failed += 1);
+                }
+                return Err(self.explain(c, format!("client {} cannot download {file}", c.id), error));
             }
             other => return Err(format!("client {} answered {other:?} to a download", c.id)),
         };
