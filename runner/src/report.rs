@@ -31,9 +31,9 @@ impl ScriptFailure {
     /// that matched none of them.
     pub fn new(error: &EvalAltResult, script: &Path, functions: &[String]) -> ScriptFailure {
         let (position, message) = describe(error, functions);
-        let line = position.line().unwrap_or(0);
-        let column = position.position().unwrap_or(0);
         let source = std::fs::read_to_string(script).unwrap_or_default();
+        let at = (position.line().unwrap_or(0), position.position().unwrap_or(0));
+        let ((line, column), message) = closer_to_the_mistake(error, &source, at, message);
         let report = render(&script.display().to_string(), &source, line, column, &message);
         ScriptFailure {
             line,
@@ -237,6 +237,103 @@ fn strip_position(error: &EvalAltResult) -> String {
         .to_owned()
 }
 
+/// Where the mistake behind a parse error most likely is, and what to do,
+/// when the parser stopped somewhere else: a missing `;` belongs at the end
+/// of the statement before the token the parser stopped at, and a missing
+/// `}` closes the last block left open, which the parser only misses at
+/// the end of the script. Other errors stay `at`, with their `message`.
+fn closer_to_the_mistake(
+    error: &EvalAltResult,
+    source: &str,
+    at: (usize, usize),
+    message: String,
+) -> ((usize, usize), String) {
+    let EvalAltResult::ErrorParsing(ParseErrorType::MissingToken(token, _), _) = error else {
+        return (at, message);
+    };
+    let (line, column) = at;
+    match token.as_str() {
+        ";" => match end_of_code_before(source, line, column) {
+            Some(end) => (end, format!("{message}: add `;` at the end of this line")),
+            None => (at, message),
+        },
+        "}" => match last_unclosed_brace(source) {
+            Some(open) => (
+                open,
+                format!(
+                    "{message}: this `{{` is never closed (the parser reached line {line} looking for its `}}`); \
+                     add `}}` where its block ends"
+                ),
+            ),
+            None => (at, message),
+        },
+        _ => (at, message),
+    }
+}
+
+/// The line and column just after the last code before line `line`,
+/// column `column` (both 1-based): blank lines and `//` comments skipped.
+fn end_of_code_before(source: &str, line: usize, column: usize) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = source.lines().collect();
+    let last = line.min(lines.len());
+    (1..=last).rev().find_map(|number| {
+        let text = lines[number - 1];
+        let text = match number == line {
+            true => {
+                &text[..text
+                    .char_indices()
+                    .nth(column.saturating_sub(1))
+                    .map_or(text.len(), |(at, _)| at)]
+            }
+            false => text,
+        };
+        let code = text.split("//").next().unwrap_or("").trim_end();
+        (!code.is_empty()).then(|| (number, code.chars().count() + 1))
+    })
+}
+
+/// The line and column (1-based) of the last `{` of `source` that no `}`
+/// closes, outside strings and comments; `None` if every one is closed.
+fn last_unclosed_brace(source: &str) -> Option<(usize, usize)> {
+    enum Inside {
+        Code,
+        String(char),
+        LineComment,
+        BlockComment,
+    }
+    let mut open = Vec::new();
+    let mut inside = Inside::Code;
+    for (number, text) in source.lines().enumerate() {
+        let mut chars = text.chars().enumerate().peekable();
+        while let Some((at, c)) = chars.next() {
+            let next = chars.peek().map(|(_, next)| *next);
+            match (&inside, c) {
+                (Inside::Code, '/') if next == Some('/') => inside = Inside::LineComment,
+                (Inside::Code, '/') if next == Some('*') => {
+                    chars.next();
+                    inside = Inside::BlockComment;
+                }
+                (Inside::Code, '"' | '`' | '\'') => inside = Inside::String(c),
+                (Inside::Code, '{') => open.push((number + 1, at + 1)),
+                (Inside::Code, '}') => drop(open.pop()),
+                (Inside::String(_), '\\') => drop(chars.next()),
+                (Inside::String(delimiter), c) if c == *delimiter => inside = Inside::Code,
+                (Inside::BlockComment, '*') if next == Some('/') => {
+                    chars.next();
+                    inside = Inside::Code;
+                }
+                _ => {}
+            }
+        }
+        // A line comment ends with its line; so does a string, but for
+        // a template string (backquotes), which may span lines.
+        if matches!(inside, Inside::LineComment | Inside::String('"' | '\'')) {
+            inside = Inside::Code;
+        }
+    }
+    open.pop()
+}
+
 /// `SCRIPT:LINE:COLUMN: message` then a snippet of `source` with a caret.
 fn render(script: &str, source: &str, line: usize, column: usize, message: &str) -> String {
     let mut out = format!("{script}:{line}:{column}: {message}\n");
@@ -358,6 +455,49 @@ mod tests {
             render("s.rhai", source, 2, 7, "not registered"),
             "s.rhai:2:7: not registered\n  |\n2 |     b.download(\"x\");\n  |       ^\n"
         );
+    }
+
+    /// The failure `source` gives when parsed as a scenario.
+    fn parse_failure(source: &str) -> ScriptFailure {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("s.rhai");
+        std::fs::write(&script, source).unwrap();
+        let error = Engine::new().compile(source).unwrap_err();
+        ScriptFailure::new(&EvalAltResult::ErrorParsing(*error.0, error.1), &script, &[])
+    }
+
+    #[test]
+    fn a_missing_semicolon_is_shown_where_it_belongs() {
+        let failure = parse_failure("let a = 1\n\n// a comment\nlet b = 2;\n");
+        assert_eq!((failure.line, failure.column), (1, 10), "{}", failure.report);
+        assert!(
+            failure.message.contains("add `;` at the end of this line"),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.report.contains("1 | let a = 1\n  |          ^"),
+            "{}",
+            failure.report
+        );
+    }
+
+    #[test]
+    fn a_block_never_closed_is_shown_where_it_opens() {
+        let source = "let m = #{ a: 1 };\nif true {\n    let s = \"{ not a brace\"; // nor {\n    print(`${s} {`);\n";
+        let failure = parse_failure(source);
+        assert_eq!((failure.line, failure.column), (2, 9), "{}", failure.report);
+        assert!(
+            failure.message.contains("this `{` is never closed"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn other_parse_errors_stay_where_the_parser_stopped() {
+        let failure = parse_failure("let a = ;\n");
+        assert_eq!((failure.line, failure.column), (1, 9), "{}", failure.report);
     }
 
     #[test]
