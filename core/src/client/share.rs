@@ -170,7 +170,8 @@ impl Seeder {
         // as for a whole file (pieces sent in full).
         let (pieces, bytes, file) = (conversation.pieces_sent, conversation.bytes_sent, &conversation.file);
         if pieces > 0 {
-            tracing::info!(%node, "sent {pieces} pieces of {file} ({bytes} bytes) to {to}");
+            let noun = if pieces == 1 { "piece" } else { "pieces" };
+            tracing::info!(%node, "sent {pieces} {noun} of {file} ({bytes} bytes) to {to}");
         }
     }
 
