@@ -68,7 +68,7 @@ use crate::trace;
 use file::{settled, Checking, Hashing, Saving};
 use link::{Heard, Link};
 use peers::Peer;
-use tracker::{asked, Asking};
+use tracker::{asked, TrackerTalk};
 
 /// The most peers one download draws from at once. A downloader learns
 /// which pieces a peer holds only from peers it is connected to: with too
@@ -376,21 +376,8 @@ struct Run<'a> {
     unsaved: bool,
     /// The save of the record under way, if any.
     saving: Option<Saving>,
-    /// Since when the tracker could not be reached, if it could not when
-    /// last asked (the download goes on with the peers it knows).
-    tracker_lost: Option<Instant>,
-    /// Since when the tracker records other content under the name (its
-    /// owner announced a new version once nobody held this one), if it
-    /// does: its peers are not asked for, and the download goes on with
-    /// those it knows, as without a tracker.
-    rebound: Option<Instant>,
-    /// When the tracker was last asked for peers.
-    refreshed: Instant,
-    /// The request for more peers under way, if any.
-    asking: Option<Asking>,
-    /// Reports of blamed peers on their way to the tracker, answered
-    /// beside the download like requests for more peers.
-    reports: FuturesUnordered<Asking>,
+    /// What the download asked the tracker, and how the tracker is.
+    tracker: TrackerTalk,
     /// When a piece last checked out.
     last_piece_at: Instant,
     /// The most requests in flight to one peer.
@@ -452,11 +439,7 @@ impl<'a> Run<'a> {
             hashing: None,
             unsaved: false,
             saving: None,
-            tracker_lost: None,
-            rebound: None,
-            refreshed: now,
-            asking: None,
-            reports: FuturesUnordered::new(),
+            tracker: TrackerTalk::new(now),
             last_piece_at: now,
             pipeline,
             met: 0,
@@ -568,10 +551,10 @@ impl<'a> Run<'a> {
                 }
                 // Reports before requests for peers: an older report's
                 // answer must not clear a loss a newer request found.
-                Some(reply) = self.reports.next(), if !self.reports.is_empty() => {
+                Some(reply) = self.tracker.reports.next(), if !self.tracker.reports.is_empty() => {
                     self.reported(reply.unwrap_or(Err(ClientError::Stopped(self.client.id))))?;
                 }
-                reply = asked(&mut self.asking, self.client.id), if self.asking.is_some() => {
+                reply = asked(&mut self.tracker.asking, self.client.id), if self.tracker.asking.is_some() => {
                     self.take_peers(reply)?;
                 }
                 _ = partial.met_beyond(self.met) => self.meet(),
@@ -667,7 +650,7 @@ impl<'a> Run<'a> {
         // Once a tick: the last ask came a tick ago, give or take the
         // time the last tick's own work took (a strict "a whole interval
         // since" would skip every other tick).
-        let due = self.refreshed.elapsed() >= REFRESH_INTERVAL / 2;
+        let due = self.tracker.refreshed.elapsed() >= REFRESH_INTERVAL / 2;
         if wanting && due && !self.has_everything() {
             self.start_asking();
         }

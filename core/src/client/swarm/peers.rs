@@ -152,7 +152,7 @@ impl Run<'_> {
     /// check (and any withdrawal) is part of it, and the tracker hears of
     /// the report before the announce that ends the download.
     pub(super) fn awaiting_complaints(&self) -> bool {
-        !self.reports.is_empty() || self.peers.keys().any(|peer| self.blamed.contains(peer))
+        !self.tracker.reports.is_empty() || self.peers.keys().any(|peer| self.blamed.contains(peer))
     }
 
     /// Starts connecting to offered peers, up to [`MAX_LINKS`].
@@ -448,7 +448,7 @@ impl Run<'_> {
                 self.peers.remove(&peer);
             }
         }
-        self.reports.push(client.ask_tracker_aside(report));
+        self.tracker.reports.push(client.ask_tracker_aside(report));
         let error = TransferError::WrongPiece { index };
         Rejection { peer, problem, error }.list_in(&mut self.rejections);
         // The bad piece is missing again, and the copies that waited for

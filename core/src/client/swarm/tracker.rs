@@ -7,6 +7,7 @@
 //! reached is lived without, which takes state of its own (since when it
 //! was lost, the peers resting until they are tried again).
 
+use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -22,6 +23,39 @@ use crate::protocol::{ClientId, Digest, TrackerReply, TrackerRequest};
 /// in a task of its own, to its end, even if the download ends first.
 pub(super) type Asking = oneshot::Receiver<Result<TrackerReply, ClientError>>;
 
+/// What a download asked the tracker, and how the tracker is.
+pub(super) struct TrackerTalk {
+    /// Since when the tracker could not be reached, if it could not when
+    /// last asked (the download goes on with the peers it knows).
+    lost: Option<Instant>,
+    /// Since when the tracker records other content under the name (its
+    /// owner announced a new version once nobody held this one), if it
+    /// does: its peers are not asked for, and the download goes on with
+    /// those it knows, as without a tracker.
+    rebound: Option<Instant>,
+    /// When the tracker was last asked for peers.
+    pub(super) refreshed: Instant,
+    /// The request for more peers under way, if any.
+    pub(super) asking: Option<Asking>,
+    /// Reports of blamed peers on their way to the tracker, answered
+    /// beside the download like requests for more peers.
+    pub(super) reports: FuturesUnordered<Asking>,
+}
+
+impl TrackerTalk {
+    /// Nothing asked yet; the tracker as good as asked at `now` (it just
+    /// gave the first peers).
+    pub(super) fn new(now: Instant) -> TrackerTalk {
+        TrackerTalk {
+            lost: None,
+            rebound: None,
+            refreshed: now,
+            asking: None,
+            reports: FuturesUnordered::new(),
+        }
+    }
+}
+
 impl Run<'_> {
     /// Nobody to draw from: asks the tracker for more at once (then at every
     /// tick), and gives up when it knows of nobody left. Without the
@@ -32,12 +66,13 @@ impl Run<'_> {
         // Asked just now and answered: the next tick asks again. A request
         // under way (the tick's, as a rule) is awaited here, not left to
         // the loop, or a download stranded would never get to decide.
-        let answered_just_now = self.asking.is_none() && self.refreshed.elapsed() < REFRESH_INTERVAL / 2;
+        let answered_just_now =
+            self.tracker.asking.is_none() && self.tracker.refreshed.elapsed() < REFRESH_INTERVAL / 2;
         if !self.offered.is_empty() || answered_just_now {
             return Ok(());
         }
-        if self.asking.is_some() {
-            let reply = asked(&mut self.asking, self.client.id).await;
+        if self.tracker.asking.is_some() {
+            let reply = asked(&mut self.tracker.asking, self.client.id).await;
             self.take_peers(reply)?;
         }
         if self.offered.is_empty() {
@@ -53,7 +88,7 @@ impl Run<'_> {
     /// Since when the download goes on without the tracker's help: it
     /// cannot be reached, or it names other content now.
     pub(super) fn on_its_own(&self) -> Option<Instant> {
-        self.tracker_lost.or(self.rebound)
+        self.tracker.lost.or(self.tracker.rebound)
     }
 
     /// Whether a download without its tracker has tried the peers that
@@ -91,7 +126,7 @@ impl Run<'_> {
     pub(super) fn reported(&mut self, reply: Result<TrackerReply, ClientError>) -> Result<(), DownloadError> {
         match reply {
             Ok(TrackerReply::Ack) => {
-                self.tracker_lost = None;
+                self.tracker.lost = None;
                 Ok(())
             }
             Ok(other) => Err(refusal(other).into()),
@@ -105,7 +140,7 @@ impl Run<'_> {
 
     /// Asks the tracker for more peers and waits for the answer.
     async fn ask_for_peers(&mut self) -> Result<(), DownloadError> {
-        if self.rebound.is_some() {
+        if self.tracker.rebound.is_some() {
             return Ok(());
         }
         let mut asking = Some(self.ask_swarm());
@@ -116,14 +151,14 @@ impl Run<'_> {
     /// Asks the tracker for more peers, unless a request is under way; the
     /// answer comes in the download's loop.
     pub(super) fn start_asking(&mut self) {
-        if self.asking.is_none() && self.rebound.is_none() {
-            self.asking = Some(self.ask_swarm());
+        if self.tracker.asking.is_none() && self.tracker.rebound.is_none() {
+            self.tracker.asking = Some(self.ask_swarm());
         }
     }
 
     /// The request for more peers, sent.
     fn ask_swarm(&mut self) -> Asking {
-        self.refreshed = Instant::now();
+        self.tracker.refreshed = Instant::now();
         let request = TrackerRequest::Swarm {
             file: self.file.clone(),
             fresh: false,
@@ -149,7 +184,7 @@ impl Run<'_> {
             }
             Err(error) => return Err(error.into()),
         };
-        self.tracker_lost = None;
+        self.tracker.lost = None;
         // A rest that is over is over, whatever the answer: a peer that
         // rested and is not offered again is gone (a download stranded
         // waits on no rest that has ended).
@@ -166,7 +201,7 @@ impl Run<'_> {
     /// given back, so that its downloaders are not sent here.
     fn name_rebound(&mut self, recorded: Digest) {
         tracing::info!(node = %self.client.id, "{} now names other content; going on with the peers it knows", self.file);
-        self.rebound.get_or_insert_with(Instant::now);
+        self.tracker.rebound.get_or_insert_with(Instant::now);
         let leave = TrackerRequest::Withdraw {
             file: self.file.clone(),
             sha1: Some(recorded),
@@ -181,7 +216,7 @@ impl Run<'_> {
     /// at `debug`.
     fn lost_the_tracker(&mut self, error: &ClientError) {
         let (node, file) = (self.client.id, &self.file);
-        if self.tracker_lost.is_some() {
+        if self.tracker.lost.is_some() {
             tracing::debug!(%node, %error, "still no tracker to ask about {file}");
         } else {
             // A warning, but one the download handles: the display says
@@ -192,7 +227,7 @@ impl Run<'_> {
             if let (Some(progress), false) = (&self.client.progress, leaving) {
                 progress.tracker_lost(file, &error.to_string());
             }
-            self.tracker_lost = Some(Instant::now());
+            self.tracker.lost = Some(Instant::now());
         }
     }
 }
