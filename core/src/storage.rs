@@ -83,8 +83,8 @@ pub struct Folder {
     /// The folder's path (`ROOT/<id>` in a scenario).
     dir: PathBuf,
     /// The SHA-1 of each file hashed so far, with the stamp it had then.
-    /// Shared with blocking jobs; a std mutex, never held across an `.await`.
-    known: Arc<Mutex<HashMap<FileName, Known>>>,
+    /// Shared with blocking jobs.
+    known: Arc<Digests>,
     /// The hash tree of each file that needed one ([`trees`]), keyed and
     /// guarded like `known`.
     trees: Arc<Mutex<HashMap<FileName, trees::KnownTree>>>,
@@ -103,6 +103,27 @@ pub struct Folder {
 impl std::fmt::Debug for Folder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Folder").field("dir", &self.dir).finish()
+    }
+}
+
+/// The size and SHA-1 of each file of a folder hashed so far, with the
+/// stamp it had then. A std mutex, never held across an `.await`.
+#[derive(Debug, Default)]
+struct Digests(Mutex<HashMap<FileName, Known>>);
+
+impl Digests {
+    /// What `name` was found to be when it was last hashed.
+    fn get(&self, name: &FileName) -> Option<Known> {
+        self.lock().get(name).copied()
+    }
+
+    /// Remembers that `name`, stamped `stamp`, hashed to `info`.
+    fn remember(&self, name: FileName, stamp: Stamp, info: FileInfo) {
+        self.lock().insert(name, Known { stamp, info });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileName, Known>> {
+        self.0.lock().expect("digest cache poisoned")
     }
 }
 
@@ -258,17 +279,17 @@ impl Folder {
             .long(move || {
                 let stamp = Stamp::of(&file.metadata().map_err(at(&path))?);
                 let info = hash(&file, &path)?;
-                known
-                    .lock()
-                    .expect("digest cache poisoned")
-                    .insert(name, Known { stamp, info });
+                known.remember(name, stamp, info);
                 Ok(info)
             })
             .await
     }
 
-    /// [`Folder::hash`], blocking the caller: for code that runs off the
-    /// async runtime (a scenario script's thread).
+    /// The size and SHA-1 of the bytes a held file has on disk now, hashed
+    /// afresh, blocking the caller: for a scenario script's thread. Unlike
+    /// [`Folder::hash`], what the folder remembers is left as it was, so
+    /// a script that looks (`c.sha1(name)`) changes nothing the client
+    /// does: a liar stays a liar.
     pub fn hash_now(&self, name: &FileName) -> Result<FileInfo, StorageError> {
         hash(&self.open_held(name)?, &self.path(name))
     }
@@ -314,7 +335,7 @@ impl Folder {
         let file = Arc::new(self.open_held(name)?);
         let known = self.known.clone();
         let look = move |name: &FileName, stamp: Stamp| {
-            let remembered = known.lock().expect("digest cache poisoned").get(name).copied();
+            let remembered = known.get(name);
             remembered.filter(|known| known.stamp == stamp).map(|known| known.info)
         };
         // Most opens find the digest remembered: a short job. Only a hash
@@ -327,10 +348,7 @@ impl Folder {
                     .host
                     .long(move || {
                         let info = hash(&reader, &path)?;
-                        known
-                            .lock()
-                            .expect("digest cache poisoned")
-                            .insert(name, Known { stamp, info });
+                        known.remember(name, stamp, info);
                         Ok::<_, StorageError>(info)
                     })
                     .await?;
@@ -434,10 +452,7 @@ impl Folder {
     /// after cannot be mistaken for it).
     fn remember_stored(&self, name: &FileName, file: &fs::File, info: FileInfo) -> Result<(), StorageError> {
         let stamp = Stamp::of(&file.metadata().map_err(at(&self.path(name)))?);
-        self.known
-            .lock()
-            .expect("digest cache poisoned")
-            .insert(name.clone(), Known { stamp, info });
+        self.known.remember(name.clone(), stamp, info);
         Ok(())
     }
 }
@@ -833,22 +848,41 @@ fn read_whole(mut file: fs::File, path: &Path) -> Result<Vec<u8>, StorageError> 
 /// Size and SHA-1 of what `file` holds, read from its start.
 fn hash(file: &fs::File, path: &Path) -> Result<FileInfo, StorageError> {
     let mut hasher = Sha1::new();
-    let mut buffer = vec![0u8; CHUNK_LEN];
-    let mut size = 0u64;
-    loop {
-        let read = match read_at(file, &mut buffer, size) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(at(path)(error)),
-        };
-        hasher.update(&buffer[..read]);
-        size += read as u64;
-    }
+    let size = read_through(file, path, 0..u64::MAX, CHUNK_LEN, |chunk| hasher.update(chunk))?;
     Ok(FileInfo {
         size,
         sha1: Digest(hasher.finalize().into()),
     })
+}
+
+/// Reads the bytes `range` of `file` (at `path`, for errors), at most
+/// `chunk` bytes at a time, handing each read to `each`, until the range
+/// or the file ends: the byte after the last one read.
+fn read_through(
+    file: &fs::File,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    chunk: usize,
+    mut each: impl FnMut(&[u8]),
+) -> Result<u64, StorageError> {
+    let room = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+    let mut buffer = vec![0u8; chunk.min(room)];
+    let mut at_byte = range.start;
+    while at_byte < range.end {
+        let want = usize::try_from(range.end - at_byte)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
+        match read_at(file, &mut buffer[..want], at_byte) {
+            Ok(0) => break,
+            Ok(read) => {
+                each(&buffer[..read]);
+                at_byte += read as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(at(path)(error)),
+        }
+    }
+    Ok(at_byte)
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
 use super::{
-    at, locked_temp, read_at, still_at, sync_after_rename, sync_dir, Folder, Known, Stamp, StorageError, LOCK_ATTEMPTS,
+    at, locked_temp, read_at, read_through, still_at, sync_after_rename, sync_dir, Folder, Stamp, StorageError,
+    LOCK_ATTEMPTS,
 };
 use crate::host::Host;
 use crate::pieces::{coarser_layer, hashes_from_bytes, Bitfield, Layer, Layout, PieceSize};
@@ -367,19 +368,12 @@ impl PartFile {
         let (file, path, host) = (self.data.file.clone(), self.path.clone(), self.data.host.clone());
         async move {
             host.blocking(move || {
-                let mut buffer = vec![0u8; (to.saturating_sub(whole.hashed) as usize).min(HASH_CHUNK)];
-                while whole.hashed < to {
-                    let want = ((to - whole.hashed) as usize).min(buffer.len());
-                    match read_at(&file, &mut buffer[..want], whole.hashed) {
-                        Ok(0) => return Err(at(&path)(io::ErrorKind::UnexpectedEof.into())),
-                        Ok(read) => {
-                            whole.hasher.update(&buffer[..read]);
-                            whole.hashed += read as u64;
-                        }
-                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                        Err(error) => return Err(at(&path)(error)),
-                    }
+                let hasher = &mut whole.hasher;
+                let end = read_through(&file, &path, whole.hashed..to, HASH_CHUNK, |chunk| hasher.update(chunk))?;
+                if end < to {
+                    return Err(at(&path)(io::ErrorKind::UnexpectedEof.into()));
                 }
+                whole.hashed = end;
                 Ok(whole)
             })
             .await
@@ -430,11 +424,7 @@ impl PartFile {
                 Ok::<_, StorageError>(Stamp::of(&file.metadata().map_err(at(&target))?))
             })
             .await?;
-        folder
-            .known
-            .lock()
-            .expect("digest cache poisoned")
-            .insert(name.clone(), Known { stamp, info });
+        folder.known.remember(name.clone(), stamp, info);
         folder.remember_root(name, info, root, Some(self.layer.clone()));
         Ok(())
     }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use sha1::{Digest as _, Sha1};
 use tokio::sync::OwnedMutexGuard;
 
-use super::{at, read_at, Folder, Known, Stamp, StorageError};
+use super::{at, read_through, Folder, Stamp, StorageError};
 use crate::connection::CHUNK_LEN;
 use crate::pieces::{remembered_piece_size, Layer, PieceSize, Tree, TreeBuilder};
 use crate::protocol::{Digest, FileInfo, FileName};
@@ -114,7 +114,7 @@ impl Folder {
     /// swarm: announcing it, or giving its hashes to a swarm, then costs
     /// no pass over the file.
     pub fn remember_root(&self, name: &FileName, info: FileInfo, root: Digest, layer: Option<Arc<Layer>>) {
-        let known = self.known.lock().expect("digest cache poisoned").get(name).copied();
+        let known = self.known.get(name);
         if let Some(known) = known.filter(|known| known.info == info) {
             let tree = KnownTree {
                 stamp: known.stamp,
@@ -162,10 +162,7 @@ impl Folder {
                     root: tree.root(),
                     layer: Some(Arc::new(tree.piece_layer(fine))),
                 };
-                known
-                    .lock()
-                    .expect("digest cache poisoned")
-                    .insert(name.clone(), Known { stamp, info });
+                known.remember(name.clone(), stamp, info);
                 trees
                     .lock()
                     .expect("tree cache poisoned")
@@ -223,19 +220,10 @@ pub(super) enum Remembered<T> {
 pub(super) fn hash_with_tree(file: &fs::File, path: &Path) -> Result<(FileInfo, Tree), StorageError> {
     let mut hasher = Sha1::new();
     let mut tree = TreeBuilder::new();
-    let mut buffer = vec![0u8; CHUNK_LEN];
-    let mut size = 0u64;
-    loop {
-        let read = match read_at(file, &mut buffer, size) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(at(path)(error)),
-        };
-        hasher.update(&buffer[..read]);
-        tree.update(&buffer[..read]);
-        size += read as u64;
-    }
+    let size = read_through(file, path, 0..u64::MAX, CHUNK_LEN, |chunk| {
+        hasher.update(chunk);
+        tree.update(chunk);
+    })?;
     let info = FileInfo {
         size,
         sha1: Digest(hasher.finalize().into()),
