@@ -32,7 +32,7 @@ pub use status::{StatusCursor, StatusEntry, STATUS_ANSWERS, STATUS_ANSWERS_PER_A
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
-use crate::protocol::{ClientId, Request, SwarmPeer, Trace, TrackerReply, TrackerRequest};
+use crate::protocol::{ClientId, Digest, FileName, Problem, Request, SwarmPeer, Trace, TrackerReply, TrackerRequest};
 use crate::server::{self, Limits, Origin, ServerHandle};
 use status::StatusTurns;
 
@@ -245,48 +245,16 @@ impl Shared {
                 let addr = advertise.unwrap_or(SocketAddr::new(session.remote.ip(), port));
                 self.register(session, client, addr, trace)
             }
-            TrackerRequest::Announce { file, info, root } => session.registered().and_then(|client| {
-                self.records().announce(client, &file, Content { info, root })?;
-                self.reporter.report(trace, Event::Announced { client, file });
-                Ok(TrackerReply::Ack)
-            }),
-            TrackerRequest::Lookup { file, failover } => session.registered().and_then(|client| {
-                let holder = self.records().lookup(client, &file, failover)?;
-                Ok(match holder {
-                    Some(Holder { peer, addr, content }) => {
-                        self.reporter.report(trace, Event::PeerChosen { client, file, peer });
-                        TrackerReply::Peer {
-                            peer,
-                            addr,
-                            info: content.info,
-                            root: content.root,
-                        }
-                    }
-                    None => TrackerReply::NoPeer,
-                })
-            }),
-            // No event: how often a swarm download asks for more peers
-            // depends on timing.
-            TrackerRequest::Swarm { file, fresh } => session.registered().and_then(|client| {
-                let swarm = self.records().swarm(client, &file, fresh)?;
-                Ok(match swarm {
-                    Some(Swarm { content, peers }) => TrackerReply::Swarm {
-                        info: content.info,
-                        root: content.root,
-                        peers: peers
-                            .into_iter()
-                            .map(|SwarmMember { peer, addr, complete }| SwarmPeer { peer, addr, complete })
-                            .collect(),
-                    },
-                    None => TrackerReply::NoPeer,
-                })
-            }),
-            TrackerRequest::Leave => session.registered().map(|client| {
-                self.records().forget(client, session.id);
-                session.client = None;
-                self.reporter.report(trace, Event::ClientLeft { client });
-                TrackerReply::Ack
-            }),
+            TrackerRequest::Announce { file, info, root } => session
+                .registered()
+                .and_then(|client| self.announce(client, file, Content { info, root }, trace)),
+            TrackerRequest::Lookup { file, failover } => session
+                .registered()
+                .and_then(|client| self.lookup(client, file, failover, trace)),
+            TrackerRequest::Swarm { file, fresh } => {
+                session.registered().and_then(|client| self.swarm(client, &file, fresh))
+            }
+            TrackerRequest::Leave => session.registered().map(|client| self.leave(session, client, trace)),
             TrackerRequest::Report {
                 file,
                 peer,
@@ -302,23 +270,89 @@ impl Shared {
                 tracing::info!(%client, %peer, %file, ?problem, recorded, "holder reported");
                 Ok(TrackerReply::Ack)
             }),
-            TrackerRequest::Withdraw { file, sha1, reason } => session.registered().map(|client| {
-                let dropped = self.records().drop_holding(client, &file, sha1);
-                tracing::info!(%client, %file, dropped, "holder withdrew");
-                // A holder that found its own copy bad: the one way a copy
-                // stops being offered to everyone while its holder stays.
-                if let (true, Some(reason)) = (dropped, reason.filter(|reason| reason.is_bad_copy())) {
-                    self.reporter
-                        .report(trace, Event::HolderDropped { client, file, reason });
-                }
-                TrackerReply::Ack
-            }),
+            TrackerRequest::Withdraw { file, sha1, reason } => session
+                .registered()
+                .map(|client| self.withdraw(client, file, sha1, reason, trace)),
             TrackerRequest::Ping => session.registered().map(|_| TrackerReply::Ack),
             TrackerRequest::Status => unreachable!("status answers are streamed by the session loop"),
         };
         outcome.unwrap_or_else(|refusal| TrackerReply::Refused {
             reason: refusal.to_string(),
         })
+    }
+
+    /// Records that `client` holds `file` with `content`.
+    fn announce(
+        &self,
+        client: ClientId,
+        file: FileName,
+        content: Content,
+        trace: Trace,
+    ) -> Result<TrackerReply, Refusal> {
+        self.records().announce(client, &file, content)?;
+        self.reporter.report(trace, Event::Announced { client, file });
+        Ok(TrackerReply::Ack)
+    }
+
+    /// Chooses a holder of `file` for `client`'s download.
+    fn lookup(&self, client: ClientId, file: FileName, failover: bool, trace: Trace) -> Result<TrackerReply, Refusal> {
+        let Some(Holder { peer, addr, content }) = self.records().lookup(client, &file, failover)? else {
+            return Ok(TrackerReply::NoPeer);
+        };
+        self.reporter.report(trace, Event::PeerChosen { client, file, peer });
+        Ok(TrackerReply::Peer {
+            peer,
+            addr,
+            info: content.info,
+            root: content.root,
+        })
+    }
+
+    /// Records `client` in the swarm of `file` and offers it some of its
+    /// peers. No event: how often a swarm download asks for more peers
+    /// depends on timing.
+    fn swarm(&self, client: ClientId, file: &FileName, fresh: bool) -> Result<TrackerReply, Refusal> {
+        let Some(Swarm { content, peers }) = self.records().swarm(client, file, fresh)? else {
+            return Ok(TrackerReply::NoPeer);
+        };
+        let peers = peers
+            .into_iter()
+            .map(|SwarmMember { peer, addr, complete }| SwarmPeer { peer, addr, complete })
+            .collect();
+        Ok(TrackerReply::Swarm {
+            info: content.info,
+            root: content.root,
+            peers,
+        })
+    }
+
+    /// Forgets `client`, which says goodbye on `session`.
+    fn leave(&self, session: &mut Session, client: ClientId, trace: Trace) -> TrackerReply {
+        self.records().forget(client, session.id);
+        session.client = None;
+        self.reporter.report(trace, Event::ClientLeft { client });
+        TrackerReply::Ack
+    }
+
+    /// Stops offering `client`'s copy of `file` (version `sha1`, if given),
+    /// at its own request.
+    fn withdraw(
+        &self,
+        client: ClientId,
+        file: FileName,
+        sha1: Option<Digest>,
+        reason: Option<Problem>,
+        trace: Trace,
+    ) -> TrackerReply {
+        let dropped = self.records().drop_holding(client, &file, sha1);
+        tracing::info!(%client, %file, dropped, "holder withdrew");
+        // A holder that found its own copy bad: the one way a copy stops
+        // being offered to everyone while its holder stays.
+        if let (true, Some(reason)) = (dropped, reason.filter(|reason| reason.is_bad_copy())) {
+            self.reporter
+                .report(trace, Event::HolderDropped { client, file, reason });
+        }
+        TrackerReply::Ack
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, Records> {
