@@ -82,19 +82,47 @@ pub enum Line {
     },
 }
 
-/// How an agent is started (the hidden `phile agent` command).
-#[derive(Clone, Debug)]
+/// How an agent is started: the options of the hidden `phile agent`
+/// command, which [`AgentArgs::to_args`] writes and the command's parser
+/// reads back.
+#[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
-    /// `None`: a tracker; `Some(id)`: client `id`.
+    /// Run client ID (default: a tracker).
+    #[arg(long)]
     pub client: Option<u64>,
     /// The client's folder (already prepared by the runner).
+    #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Where to listen.
+    #[arg(long)]
     pub listen: SocketAddr,
-    /// The tracker's seed.
+    /// The seed of the node's random choices.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The idle timeout, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
     pub idle_timeout_ms: u64,
+}
+
+impl AgentArgs {
+    /// These options as the command line of `phile agent`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--listen".to_owned(),
+            self.listen.to_string(),
+            "--seed".to_owned(),
+            self.seed.to_string(),
+            "--idle-timeout-ms".to_owned(),
+            self.idle_timeout_ms.to_string(),
+        ];
+        if let Some(client) = self.client {
+            args.extend(["--client".to_owned(), client.to_string()]);
+        }
+        if let Some(dir) = &self.dir {
+            args.extend(["--dir".to_owned(), dir.display().to_string()]);
+        }
+        args
+    }
 }
 
 /// Writes lines to stdout, one whole line at a time.

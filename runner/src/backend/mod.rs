@@ -182,6 +182,18 @@ pub fn loopback(port: u16, ephemeral: bool) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, if ephemeral { 0 } else { port }))
 }
 
+/// The reply of client `client`'s node, gone (crashed, or its host down)
+/// before it could answer: a kill found what it wanted; anything else,
+/// that the client stopped.
+pub fn gone(kill: bool, client: u64) -> Reply {
+    match kill {
+        true => Reply::Done,
+        false => Reply::Failed {
+            error: NodeError::Stopped(client),
+        },
+    }
+}
+
 /// The reply of a node that could not finish before the time limit.
 pub fn past_time_limit(limit: Duration) -> Reply {
     Reply::Failed {

@@ -17,8 +17,8 @@ use phile_core::events::EventSink;
 use phile_core::Trace;
 
 use super::{loopback, past_time_limit, Backend, Deadline, FileBudget, NodeKey, StartError, WallTime};
-use crate::agent::{Body, Line, Request};
-use crate::command::{Command, NodeError, Reply};
+use crate::agent::{AgentArgs, Body, Line, Request};
+use crate::command::{Command, Reply};
 use crate::node::{NodeSpec, Role};
 
 /// Nodes in processes of their own.
@@ -62,18 +62,17 @@ impl Processes {
 impl Backend for Processes {
     fn start(&mut self, spec: &NodeSpec, port: u16) -> Result<NodeKey, StartError> {
         self.files.reserve_node()?;
-        let mut args = vec![
-            "--listen".to_owned(),
-            loopback(port, self.ephemeral_ports).to_string(),
-            "--seed".to_owned(),
-            spec.seed.to_string(),
-            "--idle-timeout-ms".to_owned(),
-            spec.limits.idle_timeout.as_millis().to_string(),
-        ];
-        if let Role::Client { id, dir } = &spec.role {
-            args.extend(["--client".to_owned(), id.to_string()]);
-            args.extend(["--dir".to_owned(), dir.display().to_string()]);
-        }
+        let (client, dir) = match &spec.role {
+            Role::Tracker => (None, None),
+            Role::Client { id, dir } => (Some(*id), Some(dir.clone())),
+        };
+        let args = AgentArgs {
+            client,
+            dir,
+            listen: loopback(port, self.ephemeral_ports),
+            seed: spec.seed,
+            idle_timeout_ms: spec.limits.idle_timeout.as_millis() as u64,
+        };
         let agent = Agent::spawn(&self.phile, &args, self.events.clone()).map_err(|error| {
             StartError::Other(format!(
                 "cannot start a node on port {port} as a process: {error} (is the port in use? try --ephemeral-ports)"
@@ -98,10 +97,7 @@ impl Backend for Processes {
             Ok(reply) => reply,
             Err(RecvTimeoutError::Timeout) => past_time_limit(self.deadline.limit),
             // The process ended without answering: it crashed.
-            Err(RecvTimeoutError::Disconnected) if kill => Reply::Done,
-            Err(RecvTimeoutError::Disconnected) => Reply::Failed {
-                error: NodeError::Stopped(self.agent(node).client),
-            },
+            Err(RecvTimeoutError::Disconnected) => super::gone(kill, self.agent(node).client),
         }
     }
 
@@ -153,10 +149,10 @@ struct Agent {
 impl Agent {
     /// Starts `phile agent ARGS`, waits until its node is up, and feeds its
     /// events to `events` from then on.
-    fn spawn(phile: &Path, args: &[String], events: Arc<dyn EventSink>) -> Result<Agent, String> {
+    fn spawn(phile: &Path, args: &AgentArgs, events: Arc<dyn EventSink>) -> Result<Agent, String> {
         let mut child = Process::new(phile)
             .arg("agent")
-            .args(args)
+            .args(args.to_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -181,14 +177,8 @@ impl Agent {
             let (pending, gone) = (pending.clone(), gone.clone());
             std::thread::spawn(move || read_lines(lines, events, pending, gone));
         }
-        let client = args
-            .iter()
-            .position(|arg| arg == "--client")
-            .and_then(|at| args.get(at + 1))
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(0);
         Ok(Agent {
-            client,
+            client: args.client.unwrap_or(0),
             child: Mutex::new(child),
             requests: Mutex::new(requests),
             pending,

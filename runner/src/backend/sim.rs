@@ -305,11 +305,11 @@ impl Sim {
     fn run_command(&mut self, key: NodeKey, trace: Trace, command: Command) -> Reply {
         let SimNode { client, host, .. } = self.nodes[key.0];
         let client = client.unwrap_or(0);
+        let kill = command == Command::Kill;
         let Some(node) = self.nodes[key.0].node.clone() else {
-            return stopped(&command, client);
+            return super::gone(kill, client);
         };
         let (replied, reply) = tokio::sync::oneshot::channel();
-        let kill = command == Command::Kill;
         let task: Task = Box::pin(async move {
             let _ = replied.send(node.execute(trace, command).await);
         });
@@ -320,7 +320,7 @@ impl Sim {
         match self.drive(reply, false) {
             Ok(Ok(reply)) => reply,
             // The host went down before the node could answer.
-            Ok(Err(_)) => stopped(if kill { &Command::Kill } else { &Command::Leave }, client),
+            Ok(Err(_)) => super::gone(kill, client),
             Err(DriveError::TimeLimit) => past_time_limit(self.deadline.limit),
             Err(DriveError::Stuck) => Reply::Failed {
                 error: NodeError::Misuse(
@@ -338,16 +338,6 @@ enum DriveError {
     TimeLimit,
     /// Nothing could ever happen any more.
     Stuck,
-}
-
-/// The reply of a node that is gone.
-fn stopped(command: &Command, client: u64) -> Reply {
-    match command {
-        Command::Kill => Reply::Done,
-        _ => Reply::Failed {
-            error: NodeError::Stopped(client),
-        },
-    }
 }
 
 /// The address of the `index`th host: 10.0.0.1, 10.0.0.2, ...

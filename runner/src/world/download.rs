@@ -113,6 +113,14 @@ impl World {
         }
     }
 
+    /// Counts and prints a download that ended without its file (an
+    /// outcome, not a script error), and hands its error back.
+    fn not_downloaded(&self, c: &ClientRef, file: &FileName, error: String) -> String {
+        self.count(|s| s.downloads_failed += 1);
+        self.say(c.id, format_args!("download {file}: failed: {error}"));
+        error
+    }
+
     /// Turns a node's reply to a download into the script's result, or a
     /// script error when the client itself failed.
     fn conclude(
@@ -162,17 +170,8 @@ impl World {
             // A downloader that went down while its transfer ran.
             Reply::Failed {
                 error: error @ NodeError::Stopped(_),
-            } => {
-                let error = error.to_string();
-                self.count(|s| s.downloads_failed += 1);
-                self.say(c.id, format_args!("download {file}: failed: {error}"));
-                Err(error)
-            }
-            Reply::NotDownloaded { error } => {
-                self.count(|s| s.downloads_failed += 1);
-                self.say(c.id, format_args!("download {file}: failed: {error}"));
-                Err(error)
-            }
+            } => Err(self.not_downloaded(c, &file, error.to_string())),
+            Reply::NotDownloaded { error } => Err(self.not_downloaded(c, &file, error)),
             Reply::Failed { error } => {
                 // A script error, but the client tried, and the log holds
                 // its `download_failed`: the summary counts it too. Not so

@@ -70,24 +70,7 @@ enum Command {
     Status(status::StatusArgs),
     /// One node of `phile-run --processes`, driven over stdin and stdout.
     #[command(hide = true)]
-    Agent(AgentCli),
-}
-
-/// Options of the hidden `phile agent`.
-#[derive(Debug, Args)]
-struct AgentCli {
-    /// Run client ID (default: a tracker).
-    #[arg(long)]
-    client: Option<u64>,
-    /// The client's folder.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    #[arg(long)]
-    listen: SocketAddr,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 30_000)]
-    idle_timeout_ms: u64,
+    Agent(phile_runner::agent::AgentArgs),
 }
 
 /// Who a peer is and where it stands: shared by `peer` and `get`.
@@ -456,16 +439,7 @@ fn main() -> ExitCode {
             Command::Peer(args) => peer::run(args, Stop::watch()?).await,
             Command::Get(args) => get::run(args, Stop::watch()?).await,
             Command::Status(args) => status::run(args).await,
-            Command::Agent(args) => {
-                let args = phile_runner::agent::AgentArgs {
-                    client: args.client,
-                    dir: args.dir,
-                    listen: args.listen,
-                    seed: args.seed,
-                    idle_timeout_ms: args.idle_timeout_ms,
-                };
-                phile_runner::agent::serve(args).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Agent(args) => phile_runner::agent::serve(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     // Tasks still running (a stuck upload past its grace) must not hold
