@@ -142,14 +142,15 @@ pub enum Event {
         /// The client.
         client: ClientId,
     },
-    /// The tracker stopped offering a holder whose copy of a file was
-    /// reported bad.
+    /// The tracker stopped offering a holder's copy of a file because the
+    /// holder withdrew it: told by a downloader that its bytes hashed
+    /// wrong, it checked its copy and found it bad.
     HolderDropped {
         /// The holder.
         client: ClientId,
         /// The file.
         file: FileName,
-        /// What the downloader found.
+        /// What the holder's check found.
         reason: Problem,
     },
     /// The client crashed: its server stopped at once, its transfers were

@@ -16,7 +16,7 @@
 //! Some events have no request behind them. The tracker noticing that a
 //! client's session dropped (`client_lost`) is awaited when a registered
 //! client is killed (the log sees its `killed` event), or when the runner
-//! says so ([`EventLog::await_loss`]: a client moving to another tracker):
+//! says so ([`EventLog::await_move`]: a client moving to another tracker):
 //! the log files it at the end of that operation and holds the operation
 //! open until it arrives ([`EventLog::settle`]). Under simulation, anything else no
 //! request caused (a session timing out while the script sleeps) belongs to
@@ -354,12 +354,6 @@ impl EventLog {
     /// Records an event of the runner's within an operation.
     pub fn record_in(&self, trace: Trace, subject: Subject, event: ScenarioEvent) {
         self.file(trace, subject, AnyEvent::Scenario(event));
-    }
-
-    /// Expects the tracker to forget `client` (its `client_lost`) because
-    /// of operation `op`, which then does not settle without it.
-    pub fn await_loss(&self, client: ClientId, op: u64) {
-        self.lock().awaiting.insert(client, op);
     }
 
     /// Expects the tracker `client` is registered with, if the log says it
