@@ -119,66 +119,87 @@ impl Records {
         let mut page = Vec::new();
         let mut spent = 0;
         while spent < budget.max(1) && cursor != StatusCursor::Done {
-            cursor = match &cursor {
-                StatusCursor::Start | StatusCursor::AfterClient(_) => {
-                    let next = match &cursor {
-                        StatusCursor::AfterClient(after) => {
-                            self.clients.range((Bound::Excluded(*after), Bound::Unbounded)).next()
-                        }
-                        _ => self.clients.iter().next(),
-                    };
-                    match next {
-                        Some((client, record)) => {
-                            page.push(StatusEntry::Client {
-                                client: *client,
-                                addr: record.addr,
-                                files: record.files.len() as u64,
-                            });
-                            spent += 1;
-                            StatusCursor::AfterClient(*client)
-                        }
-                        None => StatusCursor::Files,
+            let (entry, next) = match &cursor {
+                StatusCursor::Start | StatusCursor::AfterClient(_) => self.next_client(&cursor),
+                StatusCursor::Done => (None, StatusCursor::Done),
+                _ => {
+                    let room = budget.saturating_sub(spent + 1).min(STATUS_HOLDERS_PER_FRAME);
+                    match self.next_file_part(&cursor, room, page.is_empty()) {
+                        Some(step) => step,
+                        None => break, // no room left for a holder: next page
                     }
                 }
-                StatusCursor::Files | StatusCursor::AfterFile(_) | StatusCursor::InFile(..) => {
-                    let (next, after) = match &cursor {
-                        StatusCursor::InFile(file, holder) => match self.files.get_key_value(file) {
-                            Some(next) => (Some(next), Some(*holder)),
-                            None => (self.files_after(file), None),
-                        },
-                        StatusCursor::AfterFile(file) => (self.files_after(file), None),
-                        _ => (self.files.iter().next(), None),
-                    };
-                    match next {
-                        Some((file, record)) => {
-                            let rest = record.holders.after(after);
-                            let room = budget.saturating_sub(spent + 1).min(STATUS_HOLDERS_PER_FRAME);
-                            if room == 0 && !rest.is_empty() && !page.is_empty() {
-                                break; // no room left for a holder: next page
-                            }
-                            let holders = &rest[..rest.len().min(room.max(1))];
-                            // A file's first part goes out even with no
-                            // holder; a later part only with holders in it.
-                            if after.is_none() || !holders.is_empty() {
-                                spent += 1 + holders.len();
-                                page.push(StatusEntry::File {
-                                    file: file.clone(),
-                                    info: record.content.info,
-                                    holders: holders.to_vec(),
-                                });
-                            }
-                            match holders.last() {
-                                Some(last) if holders.len() < rest.len() => StatusCursor::InFile(file.clone(), *last),
-                                _ => StatusCursor::AfterFile(file.clone()),
-                            }
-                        }
-                        None => StatusCursor::Done,
-                    }
-                }
-                StatusCursor::Done => StatusCursor::Done,
             };
+            if let Some(entry) = entry {
+                spent += match &entry {
+                    StatusEntry::Client { .. } => 1,
+                    StatusEntry::File { holders, .. } => 1 + holders.len(),
+                };
+                page.push(entry);
+            }
+            cursor = next;
         }
         (page, cursor)
+    }
+
+    /// The entry of the client after `cursor` (at the start, or after a
+    /// client), and the cursor after it: the files once no client is left.
+    fn next_client(&self, cursor: &StatusCursor) -> (Option<StatusEntry>, StatusCursor) {
+        let next = match cursor {
+            StatusCursor::AfterClient(after) => self.clients.range((Bound::Excluded(*after), Bound::Unbounded)).next(),
+            _ => self.clients.iter().next(),
+        };
+        match next {
+            Some((client, record)) => {
+                let entry = StatusEntry::Client {
+                    client: *client,
+                    addr: record.addr,
+                    files: record.files.len() as u64,
+                };
+                (Some(entry), StatusCursor::AfterClient(*client))
+            }
+            None => (None, StatusCursor::Files),
+        }
+    }
+
+    /// The next part of a file's entry after `cursor` (among the files),
+    /// with at most `room` of its holders (one, if the page is `empty`, so
+    /// every page holds something), and the cursor after it. A file's first
+    /// part goes out even with no holder, a later one only with holders:
+    /// no entry, if there is none left. `None` if a holder is left that
+    /// the page has no room for.
+    fn next_file_part(
+        &self,
+        cursor: &StatusCursor,
+        room: usize,
+        empty: bool,
+    ) -> Option<(Option<StatusEntry>, StatusCursor)> {
+        let (next, after) = match cursor {
+            StatusCursor::InFile(file, holder) => match self.files.get_key_value(file) {
+                Some(next) => (Some(next), Some(*holder)),
+                None => (self.files_after(file), None),
+            },
+            StatusCursor::AfterFile(file) => (self.files_after(file), None),
+            _ => (self.files.iter().next(), None),
+        };
+        let Some((file, record)) = next else {
+            return Some((None, StatusCursor::Done));
+        };
+        let rest = record.holders.after(after);
+        if room == 0 && !rest.is_empty() && !empty {
+            return None;
+        }
+        let holders = &rest[..rest.len().min(room.max(1))];
+        let next = match holders.last() {
+            Some(last) if holders.len() < rest.len() => StatusCursor::InFile(file.clone(), *last),
+            _ => StatusCursor::AfterFile(file.clone()),
+        };
+        let entry = (after.is_none() || !holders.is_empty()).then(|| StatusEntry::File {
+            file: file.clone(),
+            info: record.content.info,
+            holders: holders.to_vec(),
+        });
+        Some((entry, next))
     }
 
     fn files_after(&self, file: &FileName) -> Option<(&FileName, &FileRecord)> {
