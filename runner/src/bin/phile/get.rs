@@ -79,8 +79,8 @@ enum Outcome {
     /// The folder holds something else under this name, and `--overwrite`
     /// was not given. `meanwhile`: it appeared while the download ran.
     Taken {
-        /// What holds the name, as "… already exists {it}" ends.
-        it: &'static str,
+        /// What holds the name.
+        it: Occupant,
         /// Whether the file appeared while the download ran.
         meanwhile: bool,
         /// Whether the download, checked whole, is kept for an attempt
@@ -260,8 +260,7 @@ async fn fetch(client: &Client, file: &FileName, overwrite: bool, swarm: bool) -
     };
     let replacing = match held {
         Ok(Some(Held::Same)) => return Outcome::AlreadyHere(source.info),
-        // `--overwrite` replaces a file, never a folder.
-        Ok(Some(Held::Other(it))) if !overwrite || it == AS_FOLDER => {
+        Ok(Some(Held::Other(it))) if it.keeps_out(overwrite) => {
             return Outcome::Taken {
                 it,
                 meanwhile: false,
@@ -294,7 +293,7 @@ async fn fetch_swarm(client: &Client, file: &FileName, overwrite: bool) -> Outco
     let here = match held {
         Ok(Some(Held::Same)) => Some(Outcome::AlreadyHere(info)),
         // An earlier attempt may have kept the file, checked, hidden.
-        Ok(Some(Held::Other(it))) if !overwrite || it == AS_FOLDER => Some(Outcome::Taken {
+        Ok(Some(Held::Other(it))) if it.keeps_out(overwrite) => Some(Outcome::Taken {
             it,
             meanwhile: false,
             kept: client.folder().swarm_part_len(file).is_some(),
@@ -349,7 +348,7 @@ async fn arrived(
                 held => Outcome::Taken {
                     it: match held {
                         Ok(Some(Held::Other(it))) => it,
-                        _ => OTHER_CONTENT,
+                        _ => Occupant::OtherContent,
                     },
                     meanwhile: true,
                     kept: swarm,
@@ -382,17 +381,50 @@ async fn arrived(
 enum Held {
     /// A regular file with the size and SHA-1 the tracker records.
     Same,
-    /// Something else: other content, a folder, a link (which, as the end
-    /// of "… already exists").
-    Other(&'static str),
+    /// Something else.
+    Other(Occupant),
 }
 
-/// What "… already exists" ends with for a file of other content.
-const OTHER_CONTENT: &str = "with other content";
+/// What holds a download's name in the folder, when it is not the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Occupant {
+    /// A file of other content.
+    OtherContent,
+    /// A folder.
+    Folder,
+    /// A symbolic link.
+    Link,
+    /// Something else that is not a regular file (a socket, a device).
+    NotRegular,
+}
 
-/// What "… already exists" ends with for a folder (which `--overwrite`
-/// does not replace).
-const AS_FOLDER: &str = "as a folder";
+impl Occupant {
+    /// Whether it keeps the download out: `--overwrite` replaces a file
+    /// (or a link, or whatever else is there), never a folder.
+    fn keeps_out(self, overwrite: bool) -> bool {
+        !overwrite || self == Occupant::Folder
+    }
+
+    /// What the user can do about it.
+    fn advice(self) -> &'static str {
+        match self {
+            Occupant::Folder => "move it away to fetch the file",
+            _ => "use --overwrite to replace it",
+        }
+    }
+}
+
+/// How "… already exists" ends for it.
+impl std::fmt::Display for Occupant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Occupant::OtherContent => "with other content",
+            Occupant::Folder => "as a folder",
+            Occupant::Link => "as a symbolic link",
+            Occupant::NotRegular => "and is not a regular file",
+        })
+    }
+}
 
 /// What the folder holds under `file`, compared with the tracker's record
 /// `recorded`; `None` if nothing.
@@ -405,17 +437,17 @@ async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Resul
     };
     let kind = metadata.file_type();
     if kind.is_dir() {
-        return Ok(Some(Held::Other(AS_FOLDER)));
+        return Ok(Some(Held::Other(Occupant::Folder)));
     }
     if kind.is_symlink() {
-        return Ok(Some(Held::Other("as a symbolic link")));
+        return Ok(Some(Held::Other(Occupant::Link)));
     }
     if !kind.is_file() {
-        return Ok(Some(Held::Other("and is not a regular file")));
+        return Ok(Some(Held::Other(Occupant::NotRegular)));
     }
     // Cheap first: a size that differs needs no hash.
     if metadata.len() != recorded.size {
-        return Ok(Some(Held::Other(OTHER_CONTENT)));
+        return Ok(Some(Held::Other(Occupant::OtherContent)));
     }
     match folder.hash(file).await {
         Ok(info) if info == *recorded => {
@@ -425,9 +457,9 @@ async fn already(folder: &Folder, file: &FileName, recorded: &FileInfo) -> Resul
             }
             Ok(Some(Held::Same))
         }
-        Ok(_) => Ok(Some(Held::Other(OTHER_CONTENT))),
+        Ok(_) => Ok(Some(Held::Other(Occupant::OtherContent))),
         // Replaced by something else between the look and the hash.
-        Err(StorageError::NotFound { .. }) => Ok(Some(Held::Other(OTHER_CONTENT))),
+        Err(StorageError::NotFound { .. }) => Ok(Some(Held::Other(Occupant::OtherContent))),
         Err(error) => Err(error),
     }
 }
@@ -515,10 +547,7 @@ fn report(display: &Display, client: &Client, file: &FileName, outcome: &Outcome
             display.line(&format!(
                 "{file}: not fetched: {} already exists {it}{when}; {}",
                 client.folder().path(file).display(),
-                match *it {
-                    AS_FOLDER => "move it away to fetch the file",
-                    _ => "use --overwrite to replace it",
-                }
+                it.advice()
             ))
         }
         // The error may quote the tracker; the display escapes it.
