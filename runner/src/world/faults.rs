@@ -5,13 +5,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use phile_core::events::Node;
 use phile_core::storage::Folder;
-use phile_core::ClientId;
 
 use super::{parse_name, ClientRef, Verdict, World};
 use crate::command::{Command, Reply};
-use crate::event_log::{ScenarioEvent, Subject};
+use crate::event_log::ScenarioEvent;
 use crate::faults::{Fault, FaultKind};
 
 impl World {
@@ -36,11 +34,7 @@ impl World {
     /// `c.leave()`: says goodbye to the tracker, then stops.
     pub fn leave(&self, c: &ClientRef) -> Verdict<()> {
         let node = self.live(c)?;
-        let reply = self.operation(|mut trace| {
-            let subject = Subject::Node(Node::Client(ClientId(c.id)));
-            self.log.record_in(trace.advance(), subject, ScenarioEvent::Left);
-            self.call(node, trace, Command::Leave)
-        })?;
+        let reply = self.act_as(c, node, ScenarioEvent::Left, Command::Leave)?;
         // Stopped either way: a goodbye the tracker did not answer only
         // leaves it to notice the end of the session by itself.
         self.mark_down(c, "left");
@@ -72,11 +66,7 @@ impl World {
             // A new process: no cap until the script sets one again.
             slot.rate = (0, 0);
         }
-        let reply = self.operation(|mut trace| {
-            let subject = Subject::Node(Node::Client(ClientId(c.id)));
-            self.log.record_in(trace.advance(), subject, ScenarioEvent::Restarted);
-            self.call(node, trace, Command::Rejoin { tracker })
-        })?;
+        let reply = self.act_as(c, node, ScenarioEvent::Restarted, Command::Rejoin { tracker })?;
         let announced = match reply {
             Reply::Announced { files } => files,
             Reply::Failed { error } => return Err(format!("client {} restarted but could not rejoin: {error}", c.id)),
@@ -110,8 +100,7 @@ impl World {
         }
         flip_middle_byte(&folder.path(&file)).map_err(|e| format!("client {} cannot corrupt {file}: {e}", c.id))?;
         let event = ScenarioEvent::Corrupted { file: file.to_string() };
-        self.log
-            .record_alone(Subject::Node(Node::Client(ClientId(c.id))), event);
+        self.log.record_alone(c.subject(), event);
         self.count(|s| s.steps += 1);
         self.say(
             c.id,
@@ -136,11 +125,7 @@ impl World {
             file: file.to_string(),
             after,
         };
-        let reply = self.operation(|mut trace| {
-            let subject = Subject::Node(Node::Client(ClientId(c.id)));
-            self.log.record_in(trace.advance(), subject, event);
-            self.call(node, trace, Command::Arm { fault })
-        })?;
+        let reply = self.act_as(c, node, event, Command::Arm { fault })?;
         if let Reply::Failed { error } = reply {
             return Err(format!("client {} cannot arm {verb}: {error}", c.id));
         }

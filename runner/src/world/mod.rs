@@ -99,6 +99,13 @@ pub struct ClientRef {
     pub id: u64,
 }
 
+impl ClientRef {
+    /// The client, as the event log names it.
+    fn subject(&self) -> Subject {
+        Subject::Node(Node::Client(ClientId(self.id)))
+    }
+}
+
 /// What the world keeps of each client.
 struct Slot {
     /// The running node, or the last one if it is down.
@@ -282,6 +289,15 @@ impl World {
     /// Carries `command` to `node`.
     fn call(&self, node: NodeKey, trace: Trace, command: Command) -> Reply {
         self.backend.borrow_mut().call(node, trace, command)
+    }
+
+    /// Carries `command` to client `c`'s `node` as one operation, which
+    /// begins with the scenario's `event` of `c` in the log.
+    fn act_as(&self, c: &ClientRef, node: NodeKey, event: ScenarioEvent, command: Command) -> Verdict<Reply> {
+        self.operation(|mut trace| {
+            self.log.record_in(trace.advance(), c.subject(), event);
+            self.call(node, trace, command)
+        })
     }
 
     /// Carries `command` to `node` as one operation; its error, if any, as

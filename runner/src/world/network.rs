@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use phile_core::events::Node;
-use phile_core::ClientId;
 
 use super::{ClientRef, TrackerRef, Verdict, World};
 use crate::backend::NodeKey;
@@ -66,12 +65,12 @@ impl World {
         };
         let (up, down) = (rate(up, "upload")?, rate(down, "download")?);
         let node = self.live(c)?;
-        let reply = self.operation(|mut trace| {
-            let subject = Subject::Node(Node::Client(ClientId(c.id)));
-            self.log
-                .record_in(trace.advance(), subject, ScenarioEvent::RateSet { up, down });
-            self.call(node, trace, Command::SetRate { up, down })
-        })?;
+        let reply = self.act_as(
+            c,
+            node,
+            ScenarioEvent::RateSet { up, down },
+            Command::SetRate { up, down },
+        )?;
         if let Reply::Failed { error } = reply {
             return Err(format!("client {} cannot set its rates: {error}", c.id));
         }
@@ -155,7 +154,7 @@ impl World {
             NodeRef::Tracker(tracker) => Ok((tracker.key, Subject::Node(Node::Tracker))),
             NodeRef::Client(c) => {
                 let key = self.slot(c, |slot| slot.node)?;
-                Ok((key, Subject::Node(Node::Client(ClientId(c.id)))))
+                Ok((key, c.subject()))
             }
         }
     }
