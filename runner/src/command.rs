@@ -113,6 +113,14 @@ pub enum Reply {
         /// Why, for the user.
         error: String,
     },
+    /// A download failed because the client itself could not go on (not
+    /// registered, its session lost, a refusal by the tracker): a script
+    /// error, as [`Reply::Failed`], but the client tried, and the log
+    /// holds its `download_failed`.
+    DownloadFailed {
+        /// Why.
+        error: NodeError,
+    },
     /// The command could not be carried out: a script error.
     Failed {
         /// Why.

@@ -343,7 +343,9 @@ impl ClientNode {
                     error: error.to_string(),
                 }
             }
-            DownloadError::Client(error) => failed(node_error(error)),
+            DownloadError::Client(error) => Reply::DownloadFailed {
+                error: node_error(error),
+            },
             other => Reply::NotDownloaded {
                 error: other.to_string(),
             },

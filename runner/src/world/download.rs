@@ -172,14 +172,14 @@ impl World {
                 error: error @ NodeError::Stopped(_),
             } => Err(self.not_downloaded(c, &file, error.to_string())),
             Reply::NotDownloaded { error } => Err(self.not_downloaded(c, &file, error)),
-            Reply::Failed { error } => {
-                // A script error, but the client tried, and the log holds
-                // its `download_failed`: the summary counts it too. Not so
-                // a limit of the run, which stopped it first.
-                if !matches!(error, NodeError::Misuse(_) | NodeError::TimeLimit(_)) {
-                    self.count(|s| s.downloads_failed += 1);
-                }
+            // A script error, but the client tried, and the log holds its
+            // `download_failed`: the summary counts it too.
+            Reply::DownloadFailed { error } => {
+                self.count(|s| s.downloads_failed += 1);
                 return Err(self.explain(c, format!("client {} cannot download {file}", c.id), error));
+            }
+            Reply::Failed { error } => {
+                return Err(self.explain(c, format!("client {} cannot download {file}", c.id), error))
             }
             other => return Err(format!("client {} answered {other:?} to a download", c.id)),
         };
