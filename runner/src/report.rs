@@ -252,12 +252,15 @@ fn closer_to_the_mistake(
         return (at, message);
     };
     let (line, column) = at;
+    let at_the_end = line > source.lines().count();
     match token.as_str() {
         ";" => match end_of_code_before(source, line, column) {
             Some(end) => (end, format!("{message}: add `;` at the end of this line")),
             None => (at, message),
         },
-        "}" => match last_unclosed_brace(source) {
+        // Only at the end: a `}` missing mid-script (a map literal's) is
+        // where the parser says.
+        "}" if at_the_end => match last_unclosed_brace(source) {
             Some(open) => (
                 open,
                 format!(
@@ -271,66 +274,103 @@ fn closer_to_the_mistake(
     }
 }
 
-/// The line and column just after the last code before line `line`,
-/// column `column` (both 1-based): blank lines and `//` comments skipped.
-fn end_of_code_before(source: &str, line: usize, column: usize) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = source.lines().collect();
-    let last = line.min(lines.len());
-    (1..=last).rev().find_map(|number| {
-        let text = lines[number - 1];
-        let text = match number == line {
-            true => {
-                &text[..text
-                    .char_indices()
-                    .nth(column.saturating_sub(1))
-                    .map_or(text.len(), |(at, _)| at)]
+/// What a character of a script is part of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lexed {
+    /// Code outside strings.
+    Code,
+    /// A string literal, its quotes included.
+    Text,
+    /// A comment.
+    Comment,
+}
+
+/// Calls `each` with the line and column (1-based) of every character of
+/// `source` and what it is part of: enough of Rhai's lexer to tell code
+/// from strings (`"…"`, `'…'`, and template strings in backquotes, which
+/// may span lines) and comments (`//` to the end of the line, and `/* */`,
+/// which nest).
+fn lex(source: &str, mut each: impl FnMut(usize, usize, char, Lexed)) {
+    let mut string: Option<char> = None;
+    let mut block_comments = 0usize;
+    for (number, text) in source.lines().enumerate() {
+        let mut line_comment = false;
+        let mut chars = text.chars().enumerate().peekable();
+        while let Some((at, c)) = chars.next() {
+            let next = chars.peek().map(|(_, next)| *next);
+            let (line, column) = (number + 1, at + 1);
+            if line_comment {
+                each(line, column, c, Lexed::Comment);
+            } else if block_comments > 0 {
+                each(line, column, c, Lexed::Comment);
+                let pair = match (c, next) {
+                    ('*', Some('/')) => Some(-1),
+                    ('/', Some('*')) => Some(1),
+                    _ => None,
+                };
+                if let Some(step) = pair {
+                    let (_, second) = chars.next().expect("peeked");
+                    each(line, column + 1, second, Lexed::Comment);
+                    block_comments = block_comments.saturating_add_signed(step);
+                }
+            } else if let Some(quote) = string {
+                each(line, column, c, Lexed::Text);
+                if c == '\\' {
+                    if let Some((at, escaped)) = chars.next() {
+                        each(line, at + 1, escaped, Lexed::Text);
+                    }
+                } else if c == quote {
+                    string = None;
+                }
+            } else {
+                match (c, next) {
+                    ('/', Some('/')) => {
+                        line_comment = true;
+                        each(line, column, c, Lexed::Comment);
+                    }
+                    ('/', Some('*')) => {
+                        chars.next();
+                        block_comments = 1;
+                        each(line, column, c, Lexed::Comment);
+                        each(line, column + 1, '*', Lexed::Comment);
+                    }
+                    ('"' | '`' | '\'', _) => {
+                        string = Some(c);
+                        each(line, column, c, Lexed::Text);
+                    }
+                    _ => each(line, column, c, Lexed::Code),
+                }
             }
-            false => text,
-        };
-        let code = text.split("//").next().unwrap_or("").trim_end();
-        (!code.is_empty()).then(|| (number, code.chars().count() + 1))
-    })
+        }
+        // A string ends with its line, but for a template string.
+        if string.is_some_and(|quote| quote != '`') {
+            string = None;
+        }
+    }
+}
+
+/// The line and column just after the last code or string before line
+/// `line`, column `column` (both 1-based), comments and blanks skipped.
+fn end_of_code_before(source: &str, line: usize, column: usize) -> Option<(usize, usize)> {
+    let mut end = None;
+    lex(source, |at_line, at_column, c, lexed| {
+        let before = (at_line, at_column) < (line, column);
+        if before && lexed != Lexed::Comment && !c.is_whitespace() {
+            end = Some((at_line, at_column + 1));
+        }
+    });
+    end
 }
 
 /// The line and column (1-based) of the last `{` of `source` that no `}`
 /// closes, outside strings and comments; `None` if every one is closed.
 fn last_unclosed_brace(source: &str) -> Option<(usize, usize)> {
-    enum Inside {
-        Code,
-        String(char),
-        LineComment,
-        BlockComment,
-    }
     let mut open = Vec::new();
-    let mut inside = Inside::Code;
-    for (number, text) in source.lines().enumerate() {
-        let mut chars = text.chars().enumerate().peekable();
-        while let Some((at, c)) = chars.next() {
-            let next = chars.peek().map(|(_, next)| *next);
-            match (&inside, c) {
-                (Inside::Code, '/') if next == Some('/') => inside = Inside::LineComment,
-                (Inside::Code, '/') if next == Some('*') => {
-                    chars.next();
-                    inside = Inside::BlockComment;
-                }
-                (Inside::Code, '"' | '`' | '\'') => inside = Inside::String(c),
-                (Inside::Code, '{') => open.push((number + 1, at + 1)),
-                (Inside::Code, '}') => drop(open.pop()),
-                (Inside::String(_), '\\') => drop(chars.next()),
-                (Inside::String(delimiter), c) if c == *delimiter => inside = Inside::Code,
-                (Inside::BlockComment, '*') if next == Some('/') => {
-                    chars.next();
-                    inside = Inside::Code;
-                }
-                _ => {}
-            }
-        }
-        // A line comment ends with its line; so does a string, but for
-        // a template string (backquotes), which may span lines.
-        if matches!(inside, Inside::LineComment | Inside::String('"' | '\'')) {
-            inside = Inside::Code;
-        }
-    }
+    lex(source, |line, column, c, lexed| match (c, lexed) {
+        ('{', Lexed::Code) => open.push((line, column)),
+        ('}', Lexed::Code) => drop(open.pop()),
+        _ => {}
+    });
     open.pop()
 }
 
@@ -492,6 +532,25 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    #[test]
+    fn a_missing_semicolon_is_placed_past_strings_and_comments() {
+        let failure = parse_failure("let u = \"http://x\" /* a\n note */\n/* another */\nlet b = 2;\n");
+        assert_eq!((failure.line, failure.column), (1, 19), "{}", failure.report);
+    }
+
+    #[test]
+    fn a_map_literal_left_open_mid_script_is_shown_where_the_parser_stopped() {
+        let failure = parse_failure("if true {\n  let m = #{ a: 1, b: 2 ;\n}\n");
+        assert_eq!(failure.line, 2, "{}", failure.report);
+        assert!(!failure.message.contains("never closed"), "{}", failure.message);
+    }
+
+    #[test]
+    fn nested_block_comments_hide_their_braces() {
+        let failure = parse_failure("/* a /* { */ } */\nif true {\n  let a = 1;\n");
+        assert_eq!((failure.line, failure.column), (2, 9), "{}", failure.report);
     }
 
     #[test]
