@@ -130,6 +130,9 @@ struct SimNode {
 impl Sim {
     /// A simulated network with room for `capacity` nodes, none started.
     pub fn new(capacity: usize, events: Arc<dyn EventSink>, deadline: Deadline) -> io::Result<Sim> {
+        // The network is simulated, but files are real: partial files,
+        // their locks and the files served hold descriptors.
+        super::raise_file_limit();
         let config = KernelConfig::default()
             // Packets are never lost except to a partition, where a
             // connection should go quiet rather than be reset by retries.
