@@ -143,14 +143,15 @@ pub enum Event {
         client: ClientId,
     },
     /// The tracker stopped offering a holder's copy of a file because the
-    /// holder withdrew it: told by a downloader that its bytes hashed
-    /// wrong, it checked its copy and found it bad.
+    /// holder withdrew it, having found the copy no longer what it
+    /// announced: on a downloader's complaint that its bytes hashed
+    /// wrong, or when asked to send a copy that changed since.
     HolderDropped {
         /// The holder.
         client: ClientId,
         /// The file.
         file: FileName,
-        /// What the holder's check found.
+        /// How the copy differs from what was announced.
         reason: Problem,
     },
     /// The client crashed: its server stopped at once, its transfers were
