@@ -24,6 +24,7 @@ pub mod client;
 pub mod connection;
 pub mod events;
 pub mod host;
+pub mod origin;
 pub mod pieces;
 pub mod protocol;
 pub mod rate;

@@ -37,9 +37,9 @@ use super::turns::Turns;
 #[cfg(doc)]
 use super::turns::SLOT_STALL;
 use crate::connection::{Connection, ConnectionError};
+use crate::origin::Origin;
 use crate::pieces::{Bitfield, Layer, Layout, PieceSize};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, PeerReply, PeerRequest, Request};
-use crate::server::Origin;
 use crate::storage::PartData;
 use crate::swarm::seeding::{Tally, REVEALED};
 use crate::swarm::wire::{self, Inbound, Outbound};

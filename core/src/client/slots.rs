@@ -42,7 +42,7 @@ use futures::FutureExt;
 use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::server::Origin;
+use crate::origin::Origin;
 
 /// How many pieces one client sends at once to downloaders that read.
 pub(crate) const UPLOAD_SLOTS: usize = 2;

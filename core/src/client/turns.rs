@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::slots::{Lane, Slot, UploadSlots};
-use crate::server::Origin;
+use crate::origin::Origin;
 
 /// How long a send may move no byte before its upload slot goes to the
 /// next conversation waiting. Longer than an honest downloader leaves a

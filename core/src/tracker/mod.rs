@@ -32,8 +32,9 @@ pub use status::{StatusCursor, StatusEntry, STATUS_ANSWERS, STATUS_ANSWERS_PER_A
 use crate::connection::{Connection, ConnectionError};
 use crate::events::{Event, EventSink, Node, Reporter};
 use crate::host::{BoxListener, Host, OsHost};
+use crate::origin::Origin;
 use crate::protocol::{ClientId, Digest, FileName, Problem, Request, SwarmPeer, Trace, TrackerReply, TrackerRequest};
-use crate::server::{self, Limits, Origin, ServerHandle};
+use crate::server::{self, Limits, ServerHandle};
 use status::StatusTurns;
 
 /// The port the seed's tracker listens on.

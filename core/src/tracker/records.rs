@@ -27,9 +27,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha1::{Digest as _, Sha1};
 
+use crate::origin::Origin;
 use crate::pieces::{MAX_PIECES, MAX_PIECE_LEN};
 use crate::protocol::{ClientId, Digest, FileInfo, FileName, SWARM_PEERS_PER_ANSWER};
-use crate::server::Origin;
 
 /// Identifies one session (one TCP connection) on the tracker, so that the
 /// end of an old session never removes a client that registered again.

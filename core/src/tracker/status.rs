@@ -9,8 +9,8 @@ use std::ops::Bound;
 use std::sync::Mutex;
 
 use super::records::{FileRecord, Records};
+use crate::origin::Origin;
 use crate::protocol::{ClientId, FileInfo, FileName, STATUS_HOLDERS_PER_FRAME};
-use crate::server::Origin;
 
 /// The most status answers a tracker sends at once: each holds a page
 /// while its reader takes it, and a reader may never take it. Status is
