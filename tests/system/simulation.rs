@@ -133,9 +133,9 @@ fn what_would_break_a_simulation_is_a_script_error_that_says_why() {
     run_ok("let t0 = timestamp(); assert(t0.elapsed >= 0.0, \"a wall clock\");");
 }
 
-#[test]
-fn a_client_that_lost_its_tracker_session_is_told_so() {
-    let script = r#"
+/// Clients 1 and 2 of one tracker, 1 holding `x`, and 2 cut off from the
+/// tracker: the start of the tests of a session lost.
+const PARTITIONED: &str = r#"
         let t = tracker(0);
         let a = client(1);
         let b = client(2);
@@ -144,10 +144,16 @@ fn a_client_that_lost_its_tracker_session_is_told_so() {
         a.write("x", "y");
         a.upload("x");
         partition(b, t);
+"#;
+
+#[test]
+fn a_client_that_lost_its_tracker_session_is_told_so() {
+    let script = PARTITIONED.to_owned()
+        + r#"
         sleep(45);
         b.download("x");
     "#;
-    let run = run_source_with(script, |o| o.settings.sim = true);
+    let run = run_source_with(&script, |o| o.settings.sim = true);
     let failure = run.outcome.failure.expect("a download without a session is misuse");
     assert!(
         failure.message.contains("client 2 lost its tracker session") && failure.message.contains("heal()"),
@@ -158,18 +164,11 @@ fn a_client_that_lost_its_tracker_session_is_told_so() {
 
 #[test]
 fn a_session_lost_during_a_download_is_logged_with_the_scripted_address_and_says_what_to_do() {
-    let script = r#"
-        let t = tracker(0);
-        let a = client(1);
-        let b = client(2);
-        a.register(t);
-        b.register(t);
-        a.write("x", "y");
-        a.upload("x");
-        partition(b, t);
+    let script = PARTITIONED.to_owned()
+        + r#"
         b.download("x", #{ swarm: true });
     "#;
-    let run = run_source_with(script, |o| o.settings.sim = true);
+    let run = run_source_with(&script, |o| o.settings.sim = true);
     let failure = run.outcome.failure.expect("the session is lost mid-download");
     assert!(failure.message.contains("register it again"), "{}", failure.message);
     // The simulated address the tracker got is not in the log; the one
@@ -184,22 +183,15 @@ fn a_session_lost_during_a_download_is_logged_with_the_scripted_address_and_says
 
 #[test]
 fn a_download_that_fails_as_misuse_is_counted_as_the_log_has_it() {
-    let script = r#"
-        let t = tracker(0);
-        let a = client(1);
-        let b = client(2);
-        a.register(t);
-        b.register(t);
-        a.write("x", "y");
-        a.upload("x");
-        partition(b, t);
+    let script = PARTITIONED.to_owned()
+        + r#"
         try {
             b.download("x");
         } catch (e) {
             assert(e.contains("register it again"), e);
         }
     "#;
-    let run = run_source_with(script, |o| o.settings.sim = true);
+    let run = run_source_with(&script, |o| o.settings.sim = true);
     assert!(run.outcome.failure.is_none(), "{:?}", run.outcome.failure);
     let failed_in_log = run
         .outcome
@@ -231,7 +223,7 @@ fn a_second_swarm_download_of_a_file_under_way_fails_and_the_first_goes_on() {
         assert(!second.ok && second.error.contains("another download of this file"), `${second}`);
         assert(first.wait().ok, "the first download was hurt");
     "#;
-    let run = run_source_with(script, |o| o.settings.sim = true);
+    let run = run_source_with(&script, |o| o.settings.sim = true);
     assert!(run.outcome.failure.is_none(), "{:?}", run.outcome.failure);
 }
 

@@ -9,7 +9,7 @@
 //!    starts afresh;
 //! 2. connects to the peers (one connection each, [`MAX_LINKS`] at most),
 //!    learns which pieces each holds, and fetches the piece hashes from the
-//!    first one (from another too, up to [`LAYER_ASKS`], while no answer
+//!    first one (from another too, up to three, while no answer
 //!    moves), checked against the root;
 //! 3. asks each peer for several pieces at once, rarest first, with an
 //!    endgame ([`Scheduler`]); checks every piece as it arrives, writes it
