@@ -223,7 +223,7 @@ fn a_second_swarm_download_of_a_file_under_way_fails_and_the_first_goes_on() {
         assert(!second.ok && second.error.contains("another download of this file"), `${second}`);
         assert(first.wait().ok, "the first download was hurt");
     "#;
-    let run = run_source_with(&script, |o| o.settings.sim = true);
+    let run = run_source_with(script, |o| o.settings.sim = true);
     assert!(run.outcome.failure.is_none(), "{:?}", run.outcome.failure);
 }
 
