@@ -62,6 +62,9 @@ enum Fault {
     BeginsTheHashesThenStalls,
     /// Sends its bitfield a byte every two seconds.
     TricklesItsBitfield,
+    /// Sends every piece, unasked, before the downloader has the piece
+    /// hashes; then answers what it is asked, as an honest peer would.
+    SendsEveryPieceUnasked,
 }
 
 async fn read_frame(socket: &mut OwnedReadHalf) -> Option<Vec<u8>> {
@@ -117,6 +120,16 @@ async fn serve(socket: TcpStream, bytes: Arc<Vec<u8>>, fault: Fault) {
     if write.write_all(bits.as_bytes()).await.is_err() {
         return;
     }
+    if let Fault::SendsEveryPieceUnasked = fault {
+        for index in 0..layout.count() {
+            let range = layout.range(index);
+            let body = &bytes[range.start as usize..range.end as usize];
+            let reply = PeerReply::Piece { index: index as u64 };
+            if write_reply(&mut write, &reply, body).await.is_err() {
+                return;
+            }
+        }
+    }
     // Requests in the order they came; a cancelled one is dropped.
     let (asked, mut asks) = mpsc::unbounded_channel::<PeerRequest>();
     tokio::spawn(async move {
@@ -147,6 +160,16 @@ async fn serve(socket: TcpStream, bytes: Arc<Vec<u8>>, fault: Fault) {
                     pieces: layout.count() as u64,
                 };
                 if write_reply(&mut write, &reply, &layer).await.is_err() {
+                    return;
+                }
+            }
+            (PeerRequest::Piece { index }, Fault::SendsEveryPieceUnasked) => {
+                let range = layout.range(index as usize);
+                let body = &bytes[range.start as usize..range.end as usize];
+                if write_reply(&mut write, &PeerReply::Piece { index }, body)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -245,4 +268,21 @@ async fn a_peer_that_trickles_its_bitfield_cannot_keep_a_hopeless_download_going
     let (outcome, stored) = download_beside(Fault::TricklesItsBitfield, None, 5).await;
     assert!(matches!(outcome, Some(Err(_))), "{outcome:?}");
     assert!(!stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_sent_before_the_piece_hashes_claim_nothing() {
+    // Pieces that come before the piece hashes are dropped unchecked; had
+    // they counted as in flight from the peer, nobody would be asked for
+    // them until the peer, owing them all and sending nothing more, was
+    // dropped as stalled after its idle timeout (30 s).
+    let started = std::time::Instant::now();
+    let (outcome, stored) = download_beside(Fault::SendsEveryPieceUnasked, Some(4_000_000), 30).await;
+    assert!(matches!(outcome, Some(Ok(()))), "{outcome:?}");
+    assert!(stored);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}: the early pieces held the download up"
+    );
 }
