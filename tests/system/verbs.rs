@@ -385,7 +385,13 @@ fn a_failed_run_logs_everything_up_to_the_failure() {
 
 #[test]
 fn a_runaway_script_is_stopped_by_the_time_limit() {
-    let run = run_source_with("loop { }", |o| o.time_limit = std::time::Duration::from_millis(200));
+    let run = run_source_with("loop { }", |o| {
+        o.time_limit = std::time::Duration::from_millis(200);
+        // Far past the default: a fast machine runs the default 100
+        // million operations of this loop within 200 ms, and that limit
+        // stopped it first. A broken time limit still fails, in seconds.
+        o.max_operations = 100 * phile_runner::DEFAULT_MAX_OPERATIONS;
+    });
     let failure = run.outcome.failure.expect("the loop was not stopped");
     assert!(failure.message.contains("time limit"), "{}", failure.message);
 }
