@@ -121,9 +121,10 @@ pub trait Host: Send + Sync + 'static {
     fn run_blocking(&self, job: Box<dyn FnOnce() + Send>) -> Task;
 
     /// Starts `job` as [`Host::run_blocking`] does, for a job that may take
-    /// seconds (hashing a whole file): a host that keeps few blocking
-    /// threads runs it on a thread of its own, so it never holds up the
-    /// short jobs of a download under way.
+    /// seconds (hashing a whole file), or that must keep pace with the
+    /// short jobs rather than wait behind them (the whole-file hash of a
+    /// swarm download): a host that keeps few blocking threads runs it on a
+    /// thread of its own, so the two never queue behind each other.
     fn run_long(&self, job: Box<dyn FnOnce() + Send>) -> Task {
         self.run_blocking(job)
     }

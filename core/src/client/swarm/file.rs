@@ -38,8 +38,8 @@ const HASH_STEP: u64 = 4 << 20;
 
 /// The most one step of the whole-file hash takes in (tens of
 /// milliseconds): a resumed download's held pieces are hashed in several
-/// steps, so no step holds a blocking thread for long (`phile get` keeps
-/// few).
+/// steps, so no step holds a thread for long, and a download that stops
+/// waits for one step at most.
 const HASH_STEP_MAX: u64 = 64 << 20;
 
 impl Run<'_> {
