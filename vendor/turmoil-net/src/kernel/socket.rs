@@ -1,6 +1,6 @@
 //! Kernel socket types and the per-host socket table.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use indexmap::IndexMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -151,7 +151,9 @@ pub enum SocketOptionKind {
 
 /// A kernel socket handle. Opaque, fd-like, `Copy` — carries no state
 /// on its own; all lookups go through the owning kernel's table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// PATCH (touched sockets): ordered, so the sockets touched are visited in
+// the table's order (fds are handed out in increasing order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fd(u64);
 
 /// TCP connection state.
@@ -332,6 +334,11 @@ pub struct ListenState {
     pub ready: VecDeque<Fd>,
     /// Tasks parked in `poll_accept`.
     pub accept_wakers: Vec<Waker>,
+    /// PATCH (touched sockets): the children made by `accept_syn`, with
+    /// the local address each was accepted on, that may still be
+    /// handshaking. Counted against the backlog instead of a scan of
+    /// every connection of the host; pruned as they finish.
+    pub handshaking: Vec<(SocketAddr, Fd)>,
 }
 
 impl ListenState {
@@ -340,6 +347,7 @@ impl ListenState {
             backlog,
             ready: VecDeque::new(),
             accept_wakers: Vec::new(),
+            handshaking: Vec::new(),
         }
     }
 }
@@ -467,7 +475,20 @@ pub struct BindKey {
 #[derive(Debug)]
 pub struct SocketTable {
     next_id: u64,
-    sockets: IndexMap<Fd, Socket>,
+    /// PATCH (touched sockets): a `BTreeMap`, not an `IndexMap`: fds are
+    /// handed out in increasing order, so the order is the same
+    /// (insertion order), and a removal no longer shifts every later
+    /// socket. Boxed: a host's table is a node of 11 entries even when it
+    /// holds two sockets, and thousands of hosts hold few.
+    sockets: BTreeMap<Fd, Box<Socket>>,
+    /// PATCH (touched sockets): the sockets reached through `get_mut` or
+    /// inserted since the kernel last took them (`take_touched`). Only
+    /// they can have anything new to send, or be ready to reap: a
+    /// socket's state changes only through `get_mut`.
+    touched: BTreeSet<Fd>,
+    /// PATCH (touched sockets): the 4-tuple each socket is indexed under
+    /// in `connections`, so its removal needs no scan.
+    connection_of: HashMap<Fd, (SocketAddr, SocketAddr)>,
     /// Reverse index for inbound demux: bound tuple → sockets. List
     /// (not single `Fd`) because `SO_REUSEPORT` permits multiple
     /// sockets to share the exact same tuple.
@@ -477,7 +498,10 @@ pub struct SocketTable {
     /// socket removal. Never contains wildcard locals — client
     /// sockets auto-bind concretely, and listener children inherit
     /// the concrete accepted local address.
-    connections: IndexMap<(SocketAddr, SocketAddr), Fd>,
+    ///
+    /// PATCH (touched sockets): a `HashMap`: nothing walks it in order
+    /// since the backlog count stopped scanning it.
+    connections: HashMap<(SocketAddr, SocketAddr), Fd>,
     ports: PortAllocator,
 }
 
@@ -485,9 +509,11 @@ impl SocketTable {
     pub fn new() -> Self {
         Self {
             next_id: 1,
-            sockets: IndexMap::new(),
+            sockets: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            connection_of: HashMap::new(),
             bindings: IndexMap::new(),
-            connections: IndexMap::new(),
+            connections: HashMap::new(),
             ports: PortAllocator::new(DEFAULT_EPHEMERAL_PORTS),
         }
     }
@@ -495,31 +521,59 @@ impl SocketTable {
     pub fn insert(&mut self, socket: Socket) -> Fd {
         let fd = Fd(self.next_id);
         self.next_id += 1;
-        self.sockets.insert(fd, socket);
+        self.sockets.insert(fd, Box::new(socket));
+        self.touched.insert(fd);
         fd
     }
 
     pub fn get(&self, fd: Fd) -> Option<&Socket> {
-        self.sockets.get(&fd)
+        self.sockets.get(&fd).map(|socket| &**socket)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Fd, &Socket)> {
-        self.sockets.iter().map(|(&fd, s)| (fd, s))
+        self.sockets.iter().map(|(&fd, s)| (fd, &**s))
     }
 
     pub fn get_mut(&mut self, fd: Fd) -> Option<&mut Socket> {
-        self.sockets.get_mut(&fd)
+        let socket = self.sockets.get_mut(&fd)?;
+        self.touched.insert(fd);
+        Some(&mut **socket)
+    }
+
+    /// PATCH (touched sockets): the sockets touched since the last call,
+    /// in the table's order; the set starts empty again.
+    pub fn take_touched(&mut self) -> Vec<Fd> {
+        std::mem::take(&mut self.touched).into_iter().collect()
+    }
+
+    /// PATCH (touched sockets): the sockets touched since the last
+    /// `take_touched`, in the table's order, the set kept.
+    pub fn touched(&self) -> Vec<Fd> {
+        self.touched.iter().copied().collect()
     }
 
     /// Remove a socket from the table, also clearing any binding or
     /// 4-tuple connection entry that points at it.
+    ///
+    /// PATCH (touched sockets): only the entries that can point at it are
+    /// visited (its bound tuple's, its own 4-tuple's), not every binding
+    /// and connection of the host.
     pub fn remove(&mut self, fd: Fd) -> Option<Socket> {
-        self.bindings.retain(|_, fds| {
-            fds.retain(|&f| f != fd);
-            !fds.is_empty()
-        });
-        self.connections.retain(|_, f| *f != fd);
-        self.sockets.shift_remove(&fd)
+        let socket = *self.sockets.remove(&fd)?;
+        if let Some(key) = &socket.bound {
+            if let Some(fds) = self.bindings.get_mut(key) {
+                fds.retain(|&f| f != fd);
+                if fds.is_empty() {
+                    self.bindings.shift_remove(key);
+                }
+            }
+        }
+        if let Some(tuple) = self.connection_of.remove(&fd) {
+            if self.connections.get(&tuple) == Some(&fd) {
+                self.connections.remove(&tuple);
+            }
+        }
+        Some(socket)
     }
 
     /// All sockets bound to `key`, in bind order.
@@ -542,20 +596,12 @@ impl SocketTable {
             "connection index requires concrete local addr"
         );
         self.connections.insert((local, remote), fd);
+        self.connection_of.insert(fd, (local, remote));
     }
 
     /// Look up a connected socket by its 4-tuple.
     pub fn find_connection(&self, local: SocketAddr, remote: SocketAddr) -> Option<Fd> {
         self.connections.get(&(local, remote)).copied()
-    }
-
-    /// Iterate connections matching `local` — any remote. Used to
-    /// count in-flight children of a listener.
-    pub fn connections_on(&self, local: SocketAddr) -> impl Iterator<Item = (SocketAddr, Fd)> + '_ {
-        self.connections
-            .iter()
-            .filter(move |((l, _), _)| *l == local)
-            .map(|((_, r), fd)| (*r, *fd))
     }
 
     /// Iterate all bindings on `(domain, ty, port)` regardless of local

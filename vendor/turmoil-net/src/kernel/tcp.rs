@@ -24,11 +24,10 @@
 //! counts packets could tell the difference, but the socket API
 //! can't.
 //!
-//! # Perf TODO
-//! - `segment_all` still sweeps every socket via `SocketTable::iter`
-//!   each egress to find ones with transmittable bytes. A dirty-set
-//!   (fd pushed whenever send_buf grows or a FIN becomes pending) would
-//!   cut that to an O(writers) scan.
+//! # Perf
+//! - PATCH (touched sockets): `segment_all` and `reap_closed` visit only
+//!   the sockets touched since the last egress (`SocketTable::touched`),
+//!   in the table's order, not every socket of the host.
 
 use std::io::{Error, ErrorKind, Result};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -425,7 +424,7 @@ fn accept_syn(
     // Count in-progress (SynReceived) children + ready children
     // against backlog. Linux separates SYN backlog from accept backlog;
     // we collapse them for v1.
-    let in_flight = count_children(k, listener_fd, local);
+    let in_flight = count_handshaking(k, listener_fd, local);
     let ready = k
         .lookup(listener_fd)
         .unwrap()
@@ -475,6 +474,10 @@ fn accept_syn(
         });
     }
     k.sockets.insert_connection(local, remote, child);
+    // PATCH (touched sockets): counted against the backlog while it
+    // handshakes.
+    let listen = k.sockets.get_mut(listener_fd).unwrap().listen.as_mut().unwrap();
+    listen.handshaking.push((local, child));
     emit(
         k,
         local,
@@ -705,10 +708,15 @@ pub(super) fn on_close(k: &mut Kernel, fd: Fd) -> bool {
 
 /// Reap any sockets the shim has dropped that have now reached a
 /// terminal TCP state. Called at the end of each `egress` pass.
+///
+/// PATCH (touched sockets): only the sockets touched since the last egress
+/// can have reached that state; the set starts empty again.
 pub(super) fn reap_closed(k: &mut Kernel) {
     let victims: Vec<Fd> = k
         .sockets
-        .iter()
+        .take_touched()
+        .into_iter()
+        .filter_map(|fd| k.sockets.get(fd).map(|s| (fd, s)))
         .filter(|(_, s)| {
             s.fd_closed
                 && s.tcb
@@ -811,20 +819,22 @@ fn find_listener(k: &Kernel, local: SocketAddr) -> Option<Fd> {
 /// Count child sockets owned by `listener_fd`'s tuple that are still
 /// handshaking (`SynReceived`). Charged against the listener's backlog
 /// alongside the accept-ready queue.
-fn count_children(k: &Kernel, listener_fd: Fd, local: SocketAddr) -> usize {
-    k.sockets
-        .connections_on(local)
-        .filter(|(_, fd)| {
-            if *fd == listener_fd {
-                return false;
-            }
-            k.sockets
-                .get(*fd)
-                .and_then(|s| s.tcb.as_ref())
-                .map(|t| t.state == TcpState::SynReceived)
-                .unwrap_or(false)
-        })
-        .count()
+///
+/// PATCH (touched sockets): from the listener's own list of the children
+/// it made, pruned of those that finished, instead of a scan of every
+/// connection of the host on each SYN.
+fn count_handshaking(k: &mut Kernel, listener_fd: Fd, local: SocketAddr) -> usize {
+    let listen = k.sockets.get_mut(listener_fd).unwrap().listen.as_mut().unwrap();
+    let mut handshaking = std::mem::take(&mut listen.handshaking);
+    handshaking.retain(|&(_, fd)| {
+        k.sockets
+            .get(fd)
+            .and_then(|s| s.tcb.as_ref())
+            .is_some_and(|t| t.state == TcpState::SynReceived)
+    });
+    let count = handshaking.iter().filter(|&&(on, _)| on == local).count();
+    k.sockets.get_mut(listener_fd).unwrap().listen.as_mut().unwrap().handshaking = handshaking;
+    count
 }
 
 fn emit(k: &mut Kernel, src: SocketAddr, dst: SocketAddr, seg: TcpSegment) {
@@ -1240,10 +1250,17 @@ fn emit_handshake(k: &mut Kernel, fd: Fd) {
 /// advertised window. Invoked by `egress` before the outbound drain,
 /// so newly-segmented packets ride the same pump that handles UDP and
 /// handshake traffic.
+///
+/// PATCH (touched sockets): only the sockets touched since the last egress,
+/// in the table's order. Any other socket was left by the last pass with
+/// nothing it could send, and nothing changed it since: the full scan
+/// found it again only to send nothing.
 pub(super) fn segment_all(k: &mut Kernel) {
     let candidates: Vec<Fd> = k
         .sockets
-        .iter()
+        .touched()
+        .into_iter()
+        .filter_map(|fd| k.sockets.get(fd).map(|s| (fd, s)))
         .filter(|(_, s)| {
             s.tcb
                 .as_ref()
