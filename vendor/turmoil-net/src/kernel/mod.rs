@@ -438,7 +438,14 @@ impl Kernel {
         let st = self.lookup_mut(fd)?;
         assert_eq!(st.ty, Type::Stream, "listen on non-Stream fd");
         assert!(st.bound.is_some(), "listen on unbound fd");
-        st.listen = Some(ListenState::new(backlog));
+        // PATCH (touched sockets): children still handshaking stay counted
+        // against the backlog when `listen` is called again, as when the
+        // count scanned the host's connections.
+        let handshaking = st.listen.take().map(|listen| listen.handshaking).unwrap_or_default();
+        st.listen = Some(ListenState {
+            handshaking,
+            ..ListenState::new(backlog)
+        });
         Ok(())
     }
 
