@@ -118,7 +118,8 @@ pub enum Refusal {
         limit: usize,
     },
     /// All clients together are in the middle of downloading as many
-    /// files as the tracker follows.
+    /// files as the tracker follows: a report, which needs state, is
+    /// refused (lookups are answered without it, [`Quotas::lookups_total`]).
     #[error("the tracker already follows {limit} downloads over all its clients, the most it holds (try again once some end)")]
     LookupsFull {
         /// [`Quotas::lookups_total`].
@@ -186,7 +187,13 @@ pub struct Quotas {
     /// state, and ids cost nothing.
     pub lookups_per_host: usize,
     /// Files all clients together may have lookup state for (about 500
-    /// bytes each).
+    /// bytes each). Past it, a lookup or swarm request is answered without
+    /// keeping any, as the client's first of the file would be (the
+    /// client's own cap and its address's still refuse): clients of 20
+    /// addresses could fill it, and a full tracker must not refuse every
+    /// new download. What it cannot keep is what needs state: the count
+    /// that spreads a client's repeated lookups over the holders, and the
+    /// reports of a failover (a report past the total is refused).
     pub lookups_total: usize,
     /// Holders the clients of one address may have reported, together
     /// ([`Quotas::reports`] for one client): ids cost nothing, so without
@@ -709,7 +716,22 @@ impl Records {
             return Ok(None);
         };
         let (content, stamp) = (record.content, record.stamp);
-        let want = asker.want(client, file, content.info.sha1, quotas, wanted, reports)?;
+        let want = match asker.want(client, file, content.info.sha1, quotas, wanted, reports) {
+            Ok(want) => want,
+            Err(Refusal::LookupsFull { .. }) => {
+                // Answered without state (`Quotas::lookups_total`). The
+                // client has none for the file, so no report about it
+                // either: only itself is skipped.
+                let skipped = record.holders.positions(std::iter::once(client));
+                let peer = pick(*seed, client, file, 0, &record.holders, &skipped);
+                return Ok(peer.map(|peer| Holder {
+                    peer,
+                    addr: clients[&peer].addr,
+                    content,
+                }));
+            }
+            Err(refusal) => return Err(refusal),
+        };
         if want.skipped.as_ref().is_none_or(|(at, _)| *at != stamp) {
             // The holder list changed since the skipped positions were
             // worked out (or they never were): work them out again. A
@@ -723,12 +745,9 @@ impl Records {
         }
         let want = want_mut(clients, client, file);
         let (_, skipped) = want.skipped.as_ref().expect("worked out above");
-        let eligible = record.holders.0.len() - skipped.len();
-        if eligible == 0 {
+        let Some(peer) = pick(*seed, client, file, want.lookups, &record.holders, skipped) else {
             return Ok(None);
-        }
-        let mut rng = choice_rng(*seed, client, file, want.lookups);
-        let peer = record.holders.nth_eligible(rng.random_range(0..eligible), skipped);
+        };
         want.lookups += 1;
         let addr = clients[&peer].addr;
         Ok(Some(Holder { peer, addr, content }))
@@ -755,17 +774,24 @@ impl Records {
         }
         let content = record.content;
         // Before the membership is recorded: a refused request leaves none.
-        let want = asker.want(
+        let kept = asker.want(
             client,
             file,
             content.info.sha1,
             &quotas,
             &mut self.wanted,
             &mut self.reports,
-        )?;
-        let nth = want.lookups;
-        want.lookups += 1;
-        let reported = want.reported.clone();
+        );
+        let (nth, reported) = match kept {
+            Ok(want) => {
+                want.lookups += 1;
+                (want.lookups - 1, want.reported.clone())
+            }
+            // Answered without state (`Quotas::lookups_total`), as the
+            // client's first request would be.
+            Err(Refusal::LookupsFull { .. }) => (0, BTreeMap::new()),
+            Err(refusal) => return Err(refusal),
+        };
         if joining {
             asker.joined.insert(file.clone());
             self.held.take(asker.host);
@@ -985,6 +1011,24 @@ fn still_reported(
         .filter(|entry| still(*entry))
         .map(|(peer, _)| *peer)
         .collect()
+}
+
+/// The holder the `nth` lookup of `file` by `client` picks among
+/// `holders`, but those at the `skipped` positions; `None` if none is left.
+fn pick(
+    seed: u64,
+    client: ClientId,
+    file: &FileName,
+    nth: u64,
+    holders: &Holders,
+    skipped: &[usize],
+) -> Option<ClientId> {
+    let eligible = holders.0.len() - skipped.len();
+    if eligible == 0 {
+        return None;
+    }
+    let mut rng = choice_rng(seed, client, file, nth);
+    Some(holders.nth_eligible(rng.random_range(0..eligible), skipped))
 }
 
 /// The lookup state of `client` for `file`, which must exist.
@@ -1649,25 +1693,33 @@ pub(super) mod tests {
         assert_eq!(first(&mut records, 3, "d"), Some(ClientId(9)));
         assert_eq!(records.report(ClientId(3), &file("d"), ClientId(9), sha1), Ok(true));
         assert_eq!(first(&mut records, 4, "e"), Some(ClientId(9)));
-        let refused = records.lookup(ClientId(3), &file("a"), false);
-        assert!(matches!(refused, Err(Refusal::LookupsFull { limit: 5 })), "{refused:?}");
-        let refused = records.swarm(ClientId(3), &file("a"), true);
-        assert!(matches!(refused, Err(Refusal::LookupsFull { limit: 5 })), "{refused:?}");
-        assert!(
-            records.members(&file("a")).is_empty(),
-            "a refused swarm request left a member"
+        // The tracker's total is taken: a lookup is still answered, and a
+        // swarm request too (its membership has caps of its own), but
+        // nothing is kept for them, so a report, which needs state, is
+        // refused.
+        assert_eq!(first(&mut records, 3, "a"), Some(ClientId(9)));
+        let swarm = records.swarm(ClientId(3), &file("b"), true).unwrap().unwrap();
+        assert_eq!(
+            swarm.peers.iter().map(|member| member.peer).collect::<Vec<_>>(),
+            [ClientId(9)]
         );
+        assert_eq!(records.members(&file("b")), [ClientId(3)]);
+        assert_eq!(records.wanted.total, 5, "state was kept past the total");
+        let refused = records.report(ClientId(3), &file("a"), ClientId(9), sha1);
+        assert!(matches!(refused, Err(Refusal::LookupsFull { limit: 5 })), "{refused:?}");
         // A lookup with no report pending is only a count: its own client
         // drops it to make room.
-        assert_eq!(
-            first(&mut records, 4, "a"),
-            Some(ClientId(9)),
+        assert_eq!(first(&mut records, 4, "a"), Some(ClientId(9)));
+        let wants = &records.clients[&ClientId(4)].wants;
+        assert!(
+            wants.contains_key(&file("a")) && !wants.contains_key(&file("e")),
             "its count for e made room"
         );
+        assert!(records.forget(ClientId(3), 3));
         // What a departing client held is free again.
         assert!(records.forget(ClientId(1), 1));
         assert_eq!(first(&mut records, 2, "d"), Some(ClientId(9)));
-        all_leave(&mut records, &[(2, 2), (3, 3), (4, 4), (9, 9)]);
+        all_leave(&mut records, &[(2, 2), (4, 4), (9, 9)]);
     }
 
     #[test]
