@@ -784,8 +784,9 @@ impl Records {
         );
         let (nth, reported) = match kept {
             Ok(want) => {
+                let nth = want.lookups;
                 want.lookups += 1;
-                (want.lookups - 1, want.reported.clone())
+                (nth, want.reported.clone())
             }
             // Answered without state (`Quotas::lookups_total`), as the
             // client's first request would be.
