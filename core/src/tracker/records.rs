@@ -118,8 +118,7 @@ pub enum Refusal {
         limit: usize,
     },
     /// All clients together are in the middle of downloading as many
-    /// files as the tracker follows: a report, which needs state, is
-    /// refused (lookups are answered without it, [`Quotas::lookups_total`]).
+    /// files as the tracker follows.
     #[error("the tracker already follows {limit} downloads over all its clients, the most it holds (try again once some end)")]
     LookupsFull {
         /// [`Quotas::lookups_total`].
@@ -151,6 +150,18 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// Whether this is a cap on lookup state (the client's, its
+    /// address's or the tracker's): a lookup past one is answered without
+    /// keeping state ([`Quotas::lookups`]); only a report is refused.
+    fn is_lookup_cap(&self) -> bool {
+        matches!(
+            self,
+            Refusal::TooManyDownloads { .. } | Refusal::TooManyDownloadsFromHost { .. } | Refusal::LookupsFull { .. }
+        )
+    }
+}
+
 /// The largest file the tracker records: the most a swarm download can
 /// cut into pieces (16 TiB). A bigger size can only be a lie, which would
 /// cost every downloader of the name memory for nothing.
@@ -167,6 +178,16 @@ pub struct Quotas {
     /// (which seeds the choice of holder) and its reports. State of files
     /// with no reports pending is dropped when this fills; only files in
     /// the middle of a failover count against it.
+    ///
+    /// Past this cap, or [`Quotas::lookups_per_host`], or
+    /// [`Quotas::lookups_total`], a lookup or swarm request is still
+    /// answered, without keeping any state, as the client's first of the
+    /// file would be: a cap bounds memory, and an answer kept nowhere
+    /// costs none. (Clients of 20 addresses could fill the total, and a
+    /// full tracker refused every new download.) What cannot be kept is
+    /// what needs state: the count that spreads a client's repeated
+    /// lookups over the holders, and the reports of a failover, which are
+    /// refused with the cap's name.
     pub lookups: usize,
     /// Holders one client may have reported, over all its downloads under
     /// way (a report lasts until the client begins a new download of that
@@ -187,13 +208,7 @@ pub struct Quotas {
     /// state, and ids cost nothing.
     pub lookups_per_host: usize,
     /// Files all clients together may have lookup state for (about 500
-    /// bytes each). Past it, a lookup or swarm request is answered without
-    /// keeping any, as the client's first of the file would be (the
-    /// client's own cap and its address's still refuse): clients of 20
-    /// addresses could fill it, and a full tracker must not refuse every
-    /// new download. What it cannot keep is what needs state: the count
-    /// that spreads a client's repeated lookups over the holders, and the
-    /// reports of a failover (a report past the total is refused).
+    /// bytes each).
     pub lookups_total: usize,
     /// Holders the clients of one address may have reported, together
     /// ([`Quotas::reports`] for one client): ids cost nothing, so without
@@ -718,10 +733,10 @@ impl Records {
         let (content, stamp) = (record.content, record.stamp);
         let want = match asker.want(client, file, content.info.sha1, quotas, wanted, reports) {
             Ok(want) => want,
-            Err(Refusal::LookupsFull { .. }) => {
-                // Answered without state (`Quotas::lookups_total`). The
-                // client has none for the file, so no report about it
-                // either: only itself is skipped.
+            Err(refusal) if refusal.is_lookup_cap() => {
+                // Answered without state (`Quotas::lookups`). The client
+                // has none for the file, so no report about it either:
+                // only itself is skipped.
                 let skipped = record.holders.positions(std::iter::once(client));
                 let peer = pick(*seed, client, file, 0, &record.holders, &skipped);
                 return Ok(peer.map(|peer| Holder {
@@ -788,9 +803,9 @@ impl Records {
                 want.lookups += 1;
                 (nth, want.reported.clone())
             }
-            // Answered without state (`Quotas::lookups_total`), as the
-            // client's first request would be.
-            Err(Refusal::LookupsFull { .. }) => (0, BTreeMap::new()),
+            // Answered without state (`Quotas::lookups`), as the client's
+            // first request would be.
+            Err(refusal) if refusal.is_lookup_cap() => (0, BTreeMap::new()),
             Err(refusal) => return Err(refusal),
         };
         if joining {
@@ -1479,13 +1494,17 @@ pub(super) mod tests {
         records
             .report(ClientId(6), &file("b"), ClientId(1), info(b"x").sha1)
             .unwrap();
-        let full = records.lookup(ClientId(6), &file("c"), false).unwrap_err();
+        // Past the cap, a lookup is answered, but nothing is kept for it:
+        // a report, which needs state, is refused.
+        assert_eq!(first(&mut records, 6, "c"), Some(ClientId(1)));
+        assert!(!records.clients[&ClientId(6)].wants.contains_key(&file("c")));
+        let full = records.report(ClientId(6), &file("c"), ClientId(1), info(b"x").sha1);
         assert_eq!(
             full,
-            Refusal::TooManyDownloads {
+            Err(Refusal::TooManyDownloads {
                 client: ClientId(6),
                 limit: 2
-            }
+            })
         );
         // ... and the report quota: a third holder reported is refused.
         let refused = records.report(ClientId(6), &file("a"), ClientId(2), info(b"x").sha1);
@@ -1678,18 +1697,21 @@ pub(super) mod tests {
             records.announce(ClientId(9), &file(name), content(b"x")).unwrap();
         }
         // Lookups with a report pending (a failover under way) on three
-        // files from here, by two ids: a fourth is refused, from either.
+        // files from here, by two ids: a fourth is answered, from either,
+        // but kept nowhere, so its report is refused.
         for (id, name) in [(1, "a"), (1, "b"), (2, "c")] {
             assert_eq!(first(&mut records, id, name), Some(ClientId(9)));
             assert_eq!(records.report(ClientId(id), &file(name), ClientId(9), sha1), Ok(true));
         }
         for id in [1, 2] {
-            let refused = records.lookup(ClientId(id), &file("d"), false);
+            assert_eq!(first(&mut records, id, "d"), Some(ClientId(9)));
+            let refused = records.report(ClientId(id), &file("d"), ClientId(9), sha1);
             assert!(
                 matches!(refused, Err(Refusal::TooManyDownloadsFromHost { .. })),
                 "{refused:?}"
             );
         }
+        assert_eq!(records.wanted.total, 3, "state was kept past the address's cap");
         // Another address has its own, until the tracker's total is taken.
         assert_eq!(first(&mut records, 3, "d"), Some(ClientId(9)));
         assert_eq!(records.report(ClientId(3), &file("d"), ClientId(9), sha1), Ok(true));
@@ -1720,6 +1742,7 @@ pub(super) mod tests {
         // What a departing client held is free again.
         assert!(records.forget(ClientId(1), 1));
         assert_eq!(first(&mut records, 2, "d"), Some(ClientId(9)));
+        assert!(records.clients[&ClientId(2)].wants.contains_key(&file("d")));
         all_leave(&mut records, &[(2, 2), (4, 4), (9, 9)]);
     }
 
