@@ -312,6 +312,10 @@ fn handle_established(
                 let data_bytes = if fin_acked { acked - 1 } else { acked };
                 if data_bytes > 0 {
                     let _ = tcb.send_buf.split_to(data_bytes as usize);
+                    // PATCH (drained buffers): see `poll_recv_buf`.
+                    if tcb.send_buf.is_empty() {
+                        tcb.send_buf = BytesMut::new();
+                    }
                 }
                 tcb.snd_una = s.ack;
                 // Progress — retx machinery resets.
@@ -1058,6 +1062,14 @@ pub(super) fn poll_recv_buf(
         let n = tcb.recv_buf.len().min(buf.remaining());
         let drained = tcb.recv_buf.split_to(n);
         buf.put_slice(&drained);
+        // PATCH (drained buffers): an emptied buffer gives its memory back,
+        // so a connection that waits holds none; it kept its capacity (up
+        // to the receive cap), which thousands of simulated connections
+        // made gigabytes. Only `len` counts for the window: no packet
+        // changes.
+        if tcb.recv_buf.is_empty() {
+            tcb.recv_buf = BytesMut::new();
+        }
         // Window-update trigger: if we freed ≥ half the recv cap,
         // advertise. Crude SWS avoidance; refine alongside real flow
         // control. PATCH: small reads that together free half the buffer
