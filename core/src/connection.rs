@@ -46,10 +46,12 @@ const EARLY_CHUNK_MIN: usize = 64 * 1024;
 /// within what every platform's `usize` and the kernel accept.
 const SEND_FILE_MAX: u64 = 1 << 30;
 
-/// The initial read and write buffers of a connection. Messages are a few
-/// hundred bytes, and a tracker keeps one connection per client, so small
-/// buffers (grown on demand) keep 10,000 sessions in a few dozen MiB.
-const FRAME_BUFFER_LEN: usize = 1024;
+/// The initial read and write buffers of a connection (and of each
+/// direction of a swarm conversation). Messages are a few hundred bytes, a
+/// tracker keeps one connection per client and a swarm peer dozens of
+/// conversations, so small buffers (grown on demand) keep 10,000 sessions
+/// in a few dozen MiB.
+pub(crate) const FRAME_BUFFER_LEN: usize = 1024;
 
 /// Why talking to the remote side failed.
 #[derive(Debug, thiserror::Error)]

@@ -176,8 +176,8 @@ impl SwarmSetup {
             sim(64, None),
             sim(128, None),
             // A thousand downloaders: 4 MiB in 64 KiB pieces, as many
-            // pieces as the 16 MiB file has. Two to three minutes of wall
-            // time and 4.4 GB of memory.
+            // pieces as the 16 MiB file has. About a minute of wall time
+            // for the swarm alone, and 1.6 GB of memory at its peak.
             SwarmSetup {
                 bytes: 4 << 20,
                 ..small_pieces(sim(1000, None))

@@ -25,11 +25,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::connection::{
-    decode_frame, send_file_range, within, write_progressing, Connection, ConnectionError, CHUNK_LEN,
+    decode_frame, send_file_range, within, write_progressing, Connection, ConnectionError, CHUNK_LEN, FRAME_BUFFER_LEN,
 };
 use crate::host::{BoxStream, Stream};
 use crate::protocol::{self, MAX_FRAME_LEN};
 use crate::storage::PartData;
+
+/// How many bytes of messages fed together are written at once.
+const BATCH_LEN: usize = 8 * 1024;
 
 /// Splits an open connection into its two directions. Bytes the connection
 /// had read ahead (requests sent without waiting) stay in the inbound half.
@@ -37,8 +40,13 @@ pub fn split(connection: Connection) -> (Inbound, Outbound) {
     let idle = connection.idle_timeout();
     let (stream, read_ahead) = connection.into_parts();
     let (read, write) = halves(stream);
-    let mut frames = FramedRead::new(read, protocol::frame_codec());
+    let mut frames = FramedRead::with_capacity(read, protocol::frame_codec(), FRAME_BUFFER_LEN);
     frames.read_buffer_mut().extend_from_slice(&read_ahead);
+    // Small buffers, but writes batched as before: messages fed together
+    // (a seeder's thousands of `Have`s) go out in writes of up to 8 KiB.
+    let sent = write.sent.clone();
+    let mut outbound = FramedWrite::with_capacity(write, protocol::frame_codec(), FRAME_BUFFER_LEN);
+    outbound.set_backpressure_boundary(BATCH_LEN);
     (
         Inbound {
             frames,
@@ -46,8 +54,8 @@ pub fn split(connection: Connection) -> (Inbound, Outbound) {
             received: Arc::default(),
         },
         Outbound {
-            sent: write.sent.clone(),
-            frames: FramedWrite::new(write, protocol::frame_codec()),
+            sent,
+            frames: outbound,
             idle,
         },
     )
