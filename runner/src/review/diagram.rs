@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use super::log::{EventKind, Log, LogEvent};
 use super::summary::{is_participant, RunSummary};
-use super::text::{bytes, clip, thousands};
+use super::text::{self, bytes, clip, thousands};
 
 /// Most columns a diagram draws; later nodes share the last one.
 pub const MAX_PARTICIPANTS: usize = 12;
@@ -302,7 +302,7 @@ fn steps_of(event: &LogEvent, cast: &Cast) -> Vec<Step> {
         EventKind::RateSet { up, down } => vec![note(
             own,
             Tone::Script,
-            format!("caps up {}, down {}", rate(*up), rate(*down)),
+            format!("caps up {}, down {}", cap(*up), cap(*down)),
         )],
         EventKind::Slept { seconds } => vec![everyone(Tone::Script, format!("{seconds} s pass"))],
         EventKind::NetworkChanged { change, a, b, ms } => {
@@ -332,10 +332,10 @@ fn steps_of(event: &LogEvent, cast: &Cast) -> Vec<Step> {
 }
 
 /// A rate cap for humans: "1.0 MB/s", or "none".
-fn rate(bytes_per_second: u64) -> String {
+fn cap(bytes_per_second: u64) -> String {
     match bytes_per_second {
         0 => "none".into(),
-        rate => format!("{}/s", bytes(rate)),
+        rate => text::rate(rate),
     }
 }
 

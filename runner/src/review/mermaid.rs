@@ -165,7 +165,7 @@ sequenceDiagram
         assert_eq!(
             notes,
             [
-                "    Note over n1: caps up 976.6 KiB/s, down none",
+                "    Note over n1: caps up 1.0 MB/s, down none",
                 "    Note over n1,n2: latency 100 ms",
                 "    Note over n0,n2: partition",
                 "    Note over n0,n2: 45 s pass",

@@ -39,6 +39,22 @@ pub(crate) fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A rate for people, in the decimal units rates are given in (as
+/// `set_rate` and `phile`'s caps take them): `500 B/s`, `1.0 MB/s`.
+pub(crate) fn rate(bytes_per_second: u64) -> String {
+    const UNITS: [&str; 4] = ["kB/s", "MB/s", "GB/s", "TB/s"];
+    if bytes_per_second < 1000 {
+        return format!("{bytes_per_second} B/s");
+    }
+    let mut value = bytes_per_second as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// `1 download`, `3 downloads`.
 pub(crate) fn plural(n: u64, word: &str) -> String {
     format!("{} {word}{}", thousands(n), if n == 1 { "" } else { "s" })
@@ -57,6 +73,9 @@ mod tests {
         assert_eq!(bytes(5), "5 B");
         assert_eq!(bytes(2 * 1024 * 1024), "2.0 MiB");
         assert_eq!(bytes(16000), "15.6 KiB");
+        assert_eq!(rate(500), "500 B/s");
+        assert_eq!(rate(1_000_000), "1.0 MB/s");
+        assert_eq!(rate(2_500_000_000), "2.5 GB/s");
         assert_eq!(plural(1, "download"), "1 download");
         assert_eq!(plural(2000, "client"), "2,000 clients");
     }

@@ -141,14 +141,14 @@ impl World {
                 // A download in the background ended when the file was
                 // stored, not when the script waited for it.
                 let now = took.map_or_else(|| self.now(), |took| started + took);
-                let secs = (now - started).as_secs_f64();
+                let secs = super::seconds(now - started);
                 self.count(|s| s.downloads_ok += 1);
                 self.downloads_timed.borrow_mut().push(super::fluid::Timed {
                     client: c.id,
                     file: file.to_string(),
                     bytes: info.size,
-                    started: started.as_secs_f64(),
-                    finished: now.as_secs_f64(),
+                    started: super::seconds(started),
+                    finished: super::seconds(now),
                 });
                 let sha1 = info.sha1.to_string();
                 let (size, ms) = (bytes(info.size), secs * 1e3);
@@ -289,7 +289,7 @@ impl World {
             bytes,
             downloaders: downloader_refs.iter().map(|c| c.id).collect(),
             bound_secs: bound,
-            at: self.now().as_secs_f64(),
+            at: super::seconds(self.now()),
         });
         Ok(bound)
     }

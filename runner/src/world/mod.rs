@@ -658,6 +658,14 @@ fn content_rng(seed: u64, file: &FileName) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
+/// A duration in seconds as a script reads it (`now()`, `r.secs`): divided
+/// once, so the closest number to the exact value. `as_secs_f64` rounds
+/// the fraction and then the sum, and 4.919 s printed as
+/// 4.9190000000000005.
+pub(crate) fn seconds(duration: Duration) -> f64 {
+    duration.as_nanos() as f64 / 1e9
+}
+
 /// A byte count for humans: "5 bytes", "4.0 MiB".
 pub fn bytes(n: u64) -> String {
     match n {
@@ -680,4 +688,17 @@ fn cannot_read(c: &ClientRef, file: &FileName, error: StorageError) -> String {
 /// listens on over TCP without `--ephemeral-ports`.
 fn scripted_address(port: u16) -> SocketAddr {
     SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_reads_seconds_as_they_would_be_written() {
+        // `Duration::as_secs_f64` gives 4.9190000000000005 here.
+        assert_eq!(seconds(Duration::from_millis(4919)).to_string(), "4.919");
+        assert_eq!(seconds(Duration::from_nanos(1)).to_string(), "0.000000001");
+        assert_eq!(seconds(Duration::from_secs(7 * 24 * 3600)), 604800.0);
+    }
 }

@@ -41,7 +41,7 @@ impl World {
     /// `now()`: seconds since the scenario started, virtual under
     /// simulation.
     pub fn seconds_now(&self) -> f64 {
-        self.now().as_secs_f64()
+        super::seconds(self.now())
     }
 
     /// `timestamp()`, Rhai's reading of the wall clock: refused under
