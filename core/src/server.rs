@@ -6,18 +6,18 @@
 //! exhaust memory or file descriptors), backs off when `accept` fails, and
 //! never lets one connection's error stop the listener. One remote address
 //! may hold only a share of the connections, so a single misbehaving host
-//! cannot take every slot. Once every slot is taken, a peer's server lets
-//! a newcomer whose address, counting it, holds fewer connections than
-//! the address that holds the most take the place of that address's
-//! newest, so a few addresses cannot keep everyone else out (it takes one
-//! connection from each of as many addresses as there are slots); the
-//! tracker's makes newcomers wait, since a cut
-//! session would unlist its client ([`Limits::make_room_at_cap`]).
+//! cannot take every slot. Once every slot is taken, a newcomer whose
+//! address, counting it, holds fewer connections than the address that
+//! holds the most takes the place of that address's newest, so a few
+//! addresses cannot keep everyone else out (it takes one connection from
+//! each of as many addresses as there are slots). That holds for the
+//! tracker too: a cut session unlists its client, but a tracker whose
+//! newcomers waited could be filled by four addresses for good.
 //! Shutdown is a cancellation
 //! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -35,21 +35,16 @@ use crate::origin::Origin;
 /// Bounds that keep a server responsive whatever its clients do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; past it, see
-    /// [`Limits::make_room_at_cap`].
+    /// Connections served at once. Past it, a newcomer from an address
+    /// that, counting it, holds fewer connections than the address that
+    /// holds the most cuts that address's newest connection and takes its
+    /// place (a cut conversation costs a downloader one peer, a cut
+    /// tracker session unlists its client); any other is closed at once.
     pub max_connections: usize,
     /// Connections served at once from one remote address (an IPv6 one by
     /// its /64, [`Origin`]); further ones are closed at once, so no single
     /// host can take every slot.
     pub max_per_address: usize,
-    /// What a newcomer gets once `max_connections` are served. If set (a
-    /// peer's server), a newcomer from an address that, counting it, holds
-    /// fewer connections than the address that holds the most cuts that
-    /// address's newest connection and takes its place, and any other is
-    /// closed at once: a cut conversation costs a downloader one peer. If
-    /// not (the tracker's), newcomers wait to be accepted until a
-    /// connection ends: a cut session would unlist its client.
-    pub make_room_at_cap: bool,
     /// The longest a read or write may make no progress before the
     /// connection is dropped (or a download fails over).
     pub idle_timeout: Duration,
@@ -73,7 +68,6 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             max_per_address: 256,
-            make_room_at_cap: true,
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(5),
@@ -199,16 +193,6 @@ where
         let handlers = TaskTracker::new();
         let never_closed = "the semaphore is never closed";
         loop {
-            // A server that makes no room waits for a free slot before it
-            // accepts: back-pressure, not overload.
-            let reserved = match self.limits.make_room_at_cap {
-                true => None,
-                false => tokio::select! {
-                    biased;
-                    _ = self.accepting.cancelled() => break,
-                    permit = permits.clone().acquire_owned() => Some(permit.expect(never_closed)),
-                },
-            };
             let (stream, from) = tokio::select! {
                 biased;
                 _ = self.accepting.cancelled() => break,
@@ -219,24 +203,21 @@ where
                 tracing::debug!(%from, "too many connections from one address; closing this one");
                 continue;
             };
-            let permit = match reserved {
-                Some(permit) => permit,
-                None => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) if per_address.make_room_for(&slot) => {
-                        tracing::debug!(%from, "every slot taken: cut the newest connection of the address that holds the most");
-                        // The cut connection's handler ends at its next poll.
-                        tokio::select! {
-                            biased;
-                            _ = self.accepting.cancelled() => break,
-                            permit = permits.clone().acquire_owned() => permit.expect(never_closed),
-                        }
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) if per_address.make_room_for(&slot) => {
+                    tracing::debug!(%from, "every slot taken: cut the newest connection of the address that holds the most");
+                    // The cut connection's handler ends at its next poll.
+                    tokio::select! {
+                        biased;
+                        _ = self.accepting.cancelled() => break,
+                        permit = permits.clone().acquire_owned() => permit.expect(never_closed),
                     }
-                    Err(_) => {
-                        tracing::debug!(%from, "every slot taken, none by an address that holds more; closing this one");
-                        continue;
-                    }
-                },
+                }
+                Err(_) => {
+                    tracing::debug!(%from, "every slot taken, none by an address that holds more; closing this one");
+                    continue;
+                }
             };
             let Some(connection) = self.connection(stream) else {
                 continue;
@@ -278,16 +259,62 @@ struct PerAddress(Arc<Mutex<Held>>);
 /// What [`PerAddress`] guards.
 #[derive(Default)]
 struct Held {
-    /// Each origin's connections by id (ids rise, so oldest first), each
-    /// with the token that cuts it: a connection ending costs a lookup,
+    /// Each origin's connections: a connection ending costs a lookup,
     /// however many its origin holds (the tracker's may hold 25,000).
-    by_origin: HashMap<Origin, BTreeMap<u64, CancellationToken>>,
+    by_origin: HashMap<Origin, Connections>,
+    /// The origins with live connections, by how many they hold and their
+    /// newest: the last holds the most. A newcomer at the cap finds whom
+    /// to cut in O(log n), not by counting every connection (the tracker
+    /// holds 100,000, and newcomers can come as fast as they like).
+    ranking: BTreeSet<Rank>,
     /// The id of the next connection.
     next: u64,
 }
 
+/// An origin's place in [`Held::ranking`]: its live connections, the id
+/// of its newest, and the origin.
+type Rank = (usize, u64, Origin);
+
 /// The connections of one origin.
-type Connections = BTreeMap<u64, CancellationToken>;
+#[derive(Default)]
+struct Connections {
+    /// Those still served, by id (ids rise, so oldest first), each with
+    /// the token that cuts it.
+    live: BTreeMap<u64, CancellationToken>,
+    /// Those cut to make room and not gone yet: they still count against
+    /// the origin's cap, but not as holding a place.
+    cut: BTreeSet<u64>,
+}
+
+impl Connections {
+    /// Where the origin stands among those with live connections, if it
+    /// has any.
+    fn rank(&self, origin: Origin) -> Option<Rank> {
+        let (newest, _) = self.live.last_key_value()?;
+        Some((self.live.len(), *newest, origin))
+    }
+
+    fn len(&self) -> usize {
+        self.live.len() + self.cut.len()
+    }
+}
+
+impl Held {
+    /// Changes `origin`'s connections with `change`, keeping the ranking
+    /// in step and leaving no entry for an origin with none.
+    fn update(&mut self, origin: Origin, change: impl FnOnce(&mut Connections)) {
+        let connections = self.by_origin.entry(origin).or_default();
+        if let Some(rank) = connections.rank(origin) {
+            self.ranking.remove(&rank);
+        }
+        change(connections);
+        match connections.rank(origin) {
+            Some(rank) => _ = self.ranking.insert(rank),
+            None if connections.len() == 0 => _ = self.by_origin.remove(&origin),
+            None => {}
+        }
+    }
+}
 
 impl PerAddress {
     /// A std mutex: held for a map update, never across an `.await`.
@@ -306,7 +333,7 @@ impl PerAddress {
         if held.by_origin.get(&origin).map_or(0, Connections::len) >= cap {
             return None;
         }
-        held.by_origin.entry(origin).or_default().insert(id, cut);
+        held.update(origin, |connections| _ = connections.live.insert(id, cut));
         held.next += 1;
         Some(AddressSlot {
             counts: self.clone(),
@@ -322,25 +349,25 @@ impl PerAddress {
     /// rise with every connection, so the choice depends on the order
     /// connections came in, never on the map's order or on addresses.
     fn make_room_for(&self, newcomer: &AddressSlot) -> bool {
-        let held = self.lock();
-        let live = |list: &Connections| list.values().filter(|cut| !cut.is_cancelled()).count();
-        let newest = |list: &Connections| {
-            list.iter()
-                .rev()
-                .find(|(_, cut)| !cut.is_cancelled())
-                .map(|(id, _)| *id)
-        };
-        let mine = held.by_origin.get(&newcomer.origin).map_or(0, live);
-        let biggest = held
+        let mut held = self.lock();
+        let mine = held
             .by_origin
-            .iter()
-            .filter(|(origin, _)| **origin != newcomer.origin)
-            .max_by_key(|(_, list)| (live(list), newest(list)));
-        let Some((_, list)) = biggest.filter(|(_, list)| live(list) > mine) else {
+            .get(&newcomer.origin)
+            .map_or(0, |connections| connections.live.len());
+        // The newcomer's own origin, if it holds the most, holds no more
+        // than itself; one that ties with it comes after it, and holds no
+        // more either.
+        let Some(&(live, _, biggest)) = held.ranking.last() else {
             return false;
         };
-        let newest = list.values().rev().find(|cut| !cut.is_cancelled());
-        newest.expect("it holds more than none").cancel();
+        if biggest == newcomer.origin || live <= mine {
+            return false;
+        }
+        held.update(biggest, |connections| {
+            let (id, cut) = connections.live.pop_last().expect("it holds more than none");
+            cut.cancel();
+            connections.cut.insert(id);
+        });
         true
     }
 }
@@ -354,13 +381,11 @@ struct AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut held = self.counts.lock();
-        if let Some(list) = held.by_origin.get_mut(&self.origin) {
-            list.remove(&self.id);
-            if list.is_empty() {
-                held.by_origin.remove(&self.origin);
-            }
-        }
+        let id = self.id;
+        self.counts.lock().update(self.origin, |connections| {
+            connections.live.remove(&id);
+            connections.cut.remove(&id);
+        });
     }
 }
 
@@ -427,6 +452,31 @@ mod tests {
         assert!(counts.make_room_for(&newcomer));
         assert!(crowd[1].1.is_cancelled(), "the newest still there");
         assert!(!crowd[0].1.is_cancelled());
+    }
+
+    #[test]
+    fn a_connection_cut_to_make_room_counts_against_its_address_until_it_is_gone() {
+        let counts = PerAddress::default();
+        let take = |address: &str| {
+            let cut = CancellationToken::new();
+            counts.take(ip(address), 2, cut.clone()).map(|slot| (slot, cut))
+        };
+        let mut crowd: Vec<_> = (0..2).map(|_| take("10.0.0.2").expect("under the cap")).collect();
+        let (newcomer, _) = take("10.0.0.1").expect("under the cap");
+        assert!(counts.make_room_for(&newcomer));
+        assert!(crowd[1].1.is_cancelled() && !crowd[0].1.is_cancelled());
+        assert!(take("10.0.0.2").is_none(), "the cut connection is not gone yet");
+        // Not holding a place, it is not cut again: the address holds one.
+        let (second, _) = take("10.0.0.1").expect("under the cap");
+        assert!(!counts.make_room_for(&second));
+        drop(crowd.pop());
+        let (again, _) = take("10.0.0.2").expect("the cut connection is gone");
+        drop((again, second, newcomer, crowd));
+        let held = counts.lock();
+        assert!(
+            held.by_origin.is_empty() && held.ranking.is_empty(),
+            "an entry left behind"
+        );
     }
 
     #[test]

@@ -44,11 +44,16 @@ pub async fn tracker() -> Tracker {
 
 /// Every event of the nodes it is attached to, to check what happened.
 #[derive(Default)]
-pub struct Recorded(Mutex<Vec<Event>>);
+pub struct Recorded {
+    events: Mutex<Vec<Event>>,
+    /// Woken at every event.
+    arrived: tokio::sync::Notify,
+}
 
 impl EventSink for Recorded {
     fn record(&self, _trace: Trace, _node: Node, event: Event) {
-        self.0.lock().unwrap().push(event);
+        self.events.lock().unwrap().push(event);
+        self.arrived.notify_waiters();
     }
 }
 
@@ -59,8 +64,28 @@ impl Recorded {
 
     /// The events recorded so far that `keep` picks.
     pub fn matching(&self, keep: impl Fn(&Event) -> bool) -> Vec<Event> {
-        let all = self.0.lock().unwrap();
+        let all = self.events.lock().unwrap();
         all.iter().filter(|event| keep(event)).cloned().collect()
+    }
+
+    /// Waits until an event that `keep` picks is recorded, at most 10 s.
+    pub async fn wait_for(&self, keep: impl Fn(&Event) -> bool) {
+        let wait = async {
+            loop {
+                // Registered before the check, so an event recorded in
+                // between still wakes it.
+                let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if !self.matching(&keep).is_empty() {
+                    return;
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the awaited event never came");
     }
 }
 

@@ -1441,6 +1441,67 @@ async fn addresses_that_fill_every_connection_slot_cannot_keep_another_out() {
     drop(stalled);
 }
 
+#[tokio::test]
+async fn addresses_that_fill_every_tracker_session_cannot_keep_another_out() {
+    // A tracker of 8 sessions, 2 per address: four addresses fill it with
+    // registered clients that would stay as long as they liked.
+    let events = Recorded::new();
+    let tracker = tracker_config(TrackerConfig {
+        max_sessions: 8,
+        events: Some(events.clone()),
+        ..TrackerConfig::default()
+    })
+    .await;
+    let mut sessions = Vec::new();
+    for (n, from) in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"].iter().enumerate() {
+        for k in 0..2 {
+            let mut raw = Raw::from(connect_from(from, tracker.local_addr()).await);
+            let id = 100 + 2 * n as u64 + k;
+            raw.register(id, "10.0.0.9:9000".parse().unwrap()).await;
+            sessions.push((id, raw));
+        }
+    }
+    // A client from another address gets in: every address holds two, and
+    // the newest session of them all (127.0.0.5's second) makes way. Its
+    // client is forgotten, as if it had left.
+    let dir = tempfile::tempdir().unwrap();
+    let honest = registered(1, dir.path(), &tracker).await;
+    let (cut, mut newest) = sessions.pop().expect("eight");
+    assert_eq!(
+        newest.reply::<TrackerReply>().await,
+        None,
+        "the newest session was not cut"
+    );
+    events.wait_for(|event| matches!(event, Event::ClientLost { .. })).await;
+    let lost = events.matching(|event| matches!(event, Event::ClientLost { .. }));
+    assert_eq!(lost, [Event::ClientLost { client: ClientId(cut) }]);
+    // A newcomer from an address that holds as many as any other, counting
+    // it, is closed at once: nobody else's session goes.
+    let mut refused = Raw::from(connect_from("127.0.0.5", tracker.local_addr()).await);
+    refused
+        .request(TrackerRequest::Register {
+            client: ClientId(200),
+            port: 1,
+            advertise: None,
+        })
+        .await;
+    assert_eq!(refused.reply::<TrackerReply>().await, None, "a newcomer cut a session");
+    // Everyone else is still served.
+    for (_, raw) in &mut sessions {
+        raw.request(TrackerRequest::Lookup {
+            file: name("nothing.txt"),
+            failover: false,
+        })
+        .await;
+        assert_eq!(raw.reply::<TrackerReply>().await, Some(TrackerReply::NoPeer));
+    }
+    assert!(honest.is_registered().await);
+    assert_eq!(
+        events.matching(|event| matches!(event, Event::ClientLost { .. })).len(),
+        1
+    );
+}
+
 /// A tracker and a seeder of a 64 MiB `big.bin` that waits two minutes
 /// for a stalled send before it gives up on the conversation: long enough
 /// that only giving back the upload slot lets anyone else be served

@@ -50,12 +50,16 @@ pub const MAX_SESSIONS: usize = 100_000;
 pub struct TrackerConfig {
     /// Seed of every random choice of a holder.
     pub seed: u64,
-    /// Timeouts (its `max_connections`, `max_per_address` and
-    /// `make_room_at_cap` are ignored: see `max_sessions`).
+    /// Timeouts (its `max_connections` and `max_per_address` are ignored:
+    /// see `max_sessions`).
     pub limits: Limits,
-    /// Sessions served at once; further connections wait to be accepted
-    /// (the tracker never cuts a session to make room for another). One
-    /// address may hold a quarter of them.
+    /// Sessions served at once. One address may hold a quarter of them.
+    /// Past it, a newcomer from an address that, counting it, holds fewer
+    /// sessions than the address that holds the most takes the place of
+    /// that address's newest session, whose client is forgotten as if it
+    /// had left ([`Limits::max_connections`]); any other newcomer is
+    /// closed at once. Were newcomers to wait instead, four addresses
+    /// could hold every session for as long as they liked.
     pub max_sessions: usize,
     /// What one client may make the tracker hold.
     pub quotas: Quotas,
@@ -93,21 +97,21 @@ impl Tracker {
 
     /// Serves sessions accepted on an already-bound `listener`.
     pub fn spawn(listener: impl Into<BoxListener>, config: TrackerConfig) -> std::io::Result<Tracker> {
+        let stopping = CancellationToken::new();
         let shared = Arc::new(Shared {
             records: Mutex::new(Records::with_quotas(config.seed, config.quotas)),
             reporter: Reporter::new(Node::Tracker, config.events),
             next_session: AtomicU64::new(1),
             status_turns: StatusTurns::default(),
+            stopping: stopping.clone(),
         });
         let limits = Limits {
             max_connections: config.max_sessions,
             max_per_address: config.max_sessions.div_ceil(4),
-            // A cut session would unlist its client: newcomers wait.
-            make_room_at_cap: false,
             ..config.limits
         };
         let serve = move |connection| run_session(shared.clone(), limits, connection);
-        let server = server::spawn(config.host, listener.into(), limits, CancellationToken::new(), serve)?;
+        let server = server::spawn(config.host, listener.into(), limits, stopping, serve)?;
         Ok(Tracker { server })
     }
 
@@ -134,10 +138,18 @@ struct Shared {
     next_session: AtomicU64,
     /// The status answers being sent: a few at once, each holding a page.
     status_turns: StatusTurns,
+    /// Cancelled when the tracker stops: its sessions end then, but their
+    /// clients are not lost to anyone.
+    stopping: CancellationToken,
 }
 
-/// One client's session: what the connection has registered as.
+/// One client's session: what the connection has registered as. However
+/// it ends (the client hangs up or goes silent, or the session is cut to
+/// make room for a newcomer's, dropping its task wherever it was), its
+/// client is forgotten then, unless the tracker itself is stopping.
 struct Session {
+    /// The tracker's state.
+    shared: Arc<Shared>,
     /// This session's number.
     id: SessionId,
     /// The client registered on this session, once it has registered.
@@ -149,6 +161,7 @@ struct Session {
 
 async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connection) {
     let mut session = Session {
+        shared: shared.clone(),
         id: shared.next_session.fetch_add(1, Ordering::Relaxed),
         client: None,
         remote: connection.peer_addr(),
@@ -194,15 +207,27 @@ async fn run_session(shared: Arc<Shared>, limits: Limits, mut connection: Connec
             break;
         }
     }
-    if let Some(client) = session.client {
-        let forgotten = shared
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(client) = self.client else {
+            return;
+        };
+        if self.shared.stopping.is_cancelled() {
+            return;
+        }
+        let forgotten = self
+            .shared
             .records
             .lock()
             .expect("records poisoned")
-            .forget(client, session.id);
+            .forget(client, self.id);
         if forgotten {
             // Not caused by any request: the session simply ended.
-            shared.reporter.report(Trace::default(), Event::ClientLost { client });
+            self.shared
+                .reporter
+                .report(Trace::default(), Event::ClientLost { client });
         }
     }
 }

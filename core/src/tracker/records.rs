@@ -188,6 +188,12 @@ pub struct Quotas {
     /// what needs state: the count that spreads a client's repeated
     /// lookups over the holders, and the reports of a failover, which are
     /// refused with the cap's name.
+    ///
+    /// The total is shared fairly, though: once it is taken, a client
+    /// whose address holds less than the one that holds the most (by two
+    /// or more) gets room, made by dropping all the lookup state of one
+    /// client of that address ([`Records::make_room`]). So is
+    /// [`Quotas::reports_total`].
     pub lookups: usize,
     /// Holders one client may have reported, over all its downloads under
     /// way (a report lasts until the client begins a new download of that
@@ -303,6 +309,21 @@ pub struct Records {
     /// How many holders the clients of each address have reported
     /// (`ClientRecord::reported`), and all of them together.
     reports: Held,
+    /// The clients of each address that may have lookup state, and those
+    /// that may have reports: where room is made once the tracker's total
+    /// is taken ([`Records::make_room`]). A client is listed when it gains
+    /// some, and unlisted when it goes or is found to have none left.
+    wanting: HashMap<Origin, BTreeSet<ClientId>>,
+    reporting: HashMap<Origin, BTreeSet<ClientId>>,
+}
+
+/// One of the tracker's totals that room is made in when it is taken.
+#[derive(Clone, Copy, Debug)]
+enum Budget {
+    /// Lookup state ([`Quotas::lookups_total`]).
+    Lookups,
+    /// Reports ([`Quotas::reports_total`]).
+    Reports,
 }
 
 /// Which cap of a [`Held`] count is reached.
@@ -320,6 +341,8 @@ enum Full {
 struct Held {
     /// By host; a host whose clients hold none is not listed.
     per_host: HashMap<Origin, usize>,
+    /// The listed hosts by how many they hold: the last holds the most.
+    ranking: BTreeSet<(usize, Origin)>,
     /// Over all hosts.
     total: usize,
 }
@@ -347,7 +370,10 @@ impl Held {
 
     /// Counts one file more for `host`.
     fn take(&mut self, host: Origin) {
-        *self.per_host.entry(host).or_default() += 1;
+        let held = self.per_host.entry(host).or_default();
+        self.ranking.remove(&(*held, host));
+        *held += 1;
+        self.ranking.insert((*held, host));
         self.total += 1;
     }
 
@@ -358,16 +384,29 @@ impl Held {
         }
         let held = self.per_host.entry(host).or_default();
         debug_assert!(*held >= count && self.total >= count, "released more than was taken");
+        self.ranking.remove(&(*held, host));
         // Saturating: a counting slip must never wrap into "full forever".
         *held = held.saturating_sub(count);
         self.total = self.total.saturating_sub(count);
-        if *held == 0 {
-            self.per_host.remove(&host);
+        match *held {
+            0 => _ = self.per_host.remove(&host),
+            left => _ = self.ranking.insert((left, host)),
         }
     }
 
+    /// How many the clients of `host` hold.
+    fn of(&self, host: Origin) -> usize {
+        self.per_host.get(&host).copied().unwrap_or(0)
+    }
+
+    /// The host whose clients hold the most (of those that hold as many,
+    /// the greatest address), with how many.
+    fn most(&self) -> Option<(usize, Origin)> {
+        self.ranking.last().copied()
+    }
+
     fn is_empty(&self) -> bool {
-        self.per_host.is_empty() && self.total == 0
+        self.per_host.is_empty() && self.ranking.is_empty() && self.total == 0
     }
 }
 
@@ -612,6 +651,8 @@ impl Records {
             held: Held::default(),
             wanted: Held::default(),
             reports: Held::default(),
+            wanting: HashMap::new(),
+            reporting: HashMap::new(),
         }
     }
 
@@ -712,6 +753,7 @@ impl Records {
     /// nobody is left. Without `failover`, a new download begins: the
     /// client's reports about `file` are forgotten first.
     pub fn lookup(&mut self, client: ClientId, file: &FileName, failover: bool) -> Result<Option<Holder>, Refusal> {
+        self.room_for_want(client, file);
         // Borrowed field by field: the asker's record changes while the
         // file's record and other clients' records are read.
         let Records {
@@ -721,9 +763,11 @@ impl Records {
             files,
             wanted,
             reports,
+            wanting,
             ..
         } = self;
         let asker = clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
+        let host = asker.host;
         if !failover {
             asker.clear_reports(file, reports);
         }
@@ -732,7 +776,10 @@ impl Records {
         };
         let (content, stamp) = (record.content, record.stamp);
         let want = match asker.want(client, file, content.info.sha1, quotas, wanted, reports) {
-            Ok(want) => want,
+            Ok(want) => {
+                wanting.entry(host).or_default().insert(client);
+                want
+            }
             Err(refusal) if refusal.is_lookup_cap() => {
                 // Answered without state (`Quotas::lookups`). The client
                 // has none for the file, so no report about it either:
@@ -775,6 +822,7 @@ impl Records {
     /// downloads the file. With `fresh`, a new download begins: the
     /// client's reports about `file` are forgotten first.
     pub fn swarm(&mut self, client: ClientId, file: &FileName, fresh: bool) -> Result<Option<Swarm>, Refusal> {
+        self.room_for_want(client, file);
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
         if fresh {
@@ -787,7 +835,7 @@ impl Records {
         if let Some(refusal) = asker.file_refusal(client, &quotas, &self.held).filter(|_| joining) {
             return Err(refusal);
         }
-        let content = record.content;
+        let (content, host) = (record.content, asker.host);
         // Before the membership is recorded: a refused request leaves none.
         let kept = asker.want(
             client,
@@ -801,6 +849,7 @@ impl Records {
             Ok(want) => {
                 let nth = want.lookups;
                 want.lookups += 1;
+                self.wanting.entry(host).or_default().insert(client);
                 (nth, want.reported.clone())
             }
             // Answered without state (`Quotas::lookups`), as the client's
@@ -858,11 +907,14 @@ impl Records {
             }
             _ => return Ok(false),
         };
+        self.room_for_want(client, file);
+        self.room_for_report(client, file, peer, sha1);
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).expect("checked above");
         // Made first: it drops the reports about a version since replaced.
         asker.want(client, file, sha1, &quotas, &mut self.wanted, &mut self.reports)?;
         let (host, reported) = (asker.host, asker.reported);
+        self.wanting.entry(host).or_default().insert(client);
         let refusal = self.report_refusal(client, host, reported);
         let want = want_mut(&mut self.clients, client, file);
         // A holder reported before, on an earlier session of its, counts
@@ -885,8 +937,108 @@ impl Records {
         if earlier.is_none() {
             self.clients.get_mut(&client).expect("checked above").reported += 1;
             self.reports.take(host);
+            self.reporting.entry(host).or_default().insert(client);
         }
         Ok(true)
+    }
+
+    /// Makes room in the tracker's total of lookup state for `client`'s
+    /// state of `file`, if the total is taken and the client would keep
+    /// some: it has none for the file, the file is known, and neither the
+    /// client nor its address is at its own cap.
+    fn room_for_want(&mut self, client: ClientId, file: &FileName) {
+        let Some(record) = self.clients.get(&client) else {
+            return;
+        };
+        let (quotas, host) = (&self.quotas, record.host);
+        let needed = self.wanted.total >= quotas.lookups_total
+            && !record.wants.contains_key(file)
+            && self.files.contains_key(file)
+            && record.wants.len() < quotas.lookups
+            && self.wanted.of(host) < quotas.lookups_per_host;
+        if needed {
+            self.make_room(host, Budget::Lookups);
+        }
+    }
+
+    /// Makes room in the tracker's total of reports for `client`'s report
+    /// of `peer` for version `sha1` of `file`, if the total is taken and
+    /// the report would cost one more: it is new, and neither the client
+    /// nor its address is at its own cap.
+    fn room_for_report(&mut self, client: ClientId, file: &FileName, peer: ClientId, sha1: Digest) {
+        let Some(record) = self.clients.get(&client) else {
+            return;
+        };
+        let (quotas, host) = (&self.quotas, record.host);
+        let known = record
+            .wants
+            .get(file)
+            .is_some_and(|want| want.sha1 == sha1 && want.reported.contains_key(&peer));
+        let needed = self.reports.total >= quotas.reports_total
+            && !known
+            && record.reported < quotas.reports
+            && self.reports.of(host) < quotas.reports_per_host;
+        if needed {
+            self.make_room(host, Budget::Reports);
+        }
+    }
+
+    /// Makes room for one more of `budget` for a client of `host`, the
+    /// tracker's total being taken: drops everything the lookups of one
+    /// client of the address that holds the most left behind (its counts
+    /// and its reports), if that address holds more than `host` would
+    /// with one more. Returns whether it did.
+    ///
+    /// Without it, clients of 20 addresses (one IPv6 /59) that filled a
+    /// total kept every other client's download from reporting a bad
+    /// holder until they left. With it, filling a total keeps out only
+    /// addresses that hold as much. What is dropped is what a lookup
+    /// left behind: the victim's repeated lookups pick the same holder
+    /// again, and a holder it reported may be offered to it again. Each
+    /// piece of state is dropped at most once after it was made, so
+    /// however much one call drops, the cost is O(log n) per piece made.
+    fn make_room(&mut self, host: Origin, budget: Budget) -> bool {
+        let (counts, listed) = match budget {
+            Budget::Lookups => (&self.wanted, &mut self.wanting),
+            Budget::Reports => (&self.reports, &mut self.reporting),
+        };
+        let Some((most, heaviest)) = counts.most() else {
+            return false;
+        };
+        if heaviest == host || most <= counts.of(host) + 1 {
+            return false;
+        }
+        let Some(candidates) = listed.get_mut(&heaviest) else {
+            return false;
+        };
+        let clients = &self.clients;
+        let has_some = |client: &ClientId| {
+            let record = clients.get(client).filter(|record| record.host == heaviest);
+            record.is_some_and(|record| match budget {
+                Budget::Lookups => !record.wants.is_empty(),
+                Budget::Reports => record.reported > 0,
+            })
+        };
+        // Listed clients found with nothing left are unlisted on the way.
+        let mut victim = None;
+        while let Some(client) = candidates.pop_first() {
+            if has_some(&client) {
+                victim = Some(client);
+                break;
+            }
+        }
+        if candidates.is_empty() {
+            listed.remove(&heaviest);
+        }
+        let Some(victim) = victim else {
+            return false;
+        };
+        let record = self.clients.get_mut(&victim).expect("found above");
+        self.wanted.release(heaviest, record.wants.len());
+        self.reports.release(heaviest, record.reported);
+        record.wants.clear();
+        record.reported = 0;
+        true
     }
 
     /// Why `client`, from `host`, which has `reported` holders reported,
@@ -921,6 +1073,14 @@ impl Records {
         self.held.release(record.host, record.files.len() + record.joined.len());
         self.wanted.release(record.host, record.wants.len());
         self.reports.release(record.host, record.reported);
+        for listed in [&mut self.wanting, &mut self.reporting] {
+            if let Some(clients) = listed.get_mut(&record.host) {
+                clients.remove(&client);
+                if clients.is_empty() {
+                    listed.remove(&record.host);
+                }
+            }
+        }
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
@@ -1010,6 +1170,8 @@ impl Records {
             && self.held.is_empty()
             && self.wanted.is_empty()
             && self.reports.is_empty()
+            && self.wanting.is_empty()
+            && self.reporting.is_empty()
     }
 }
 
@@ -1660,14 +1822,20 @@ pub(super) mod tests {
                 "{refused:?}"
             );
         }
-        // Another address has its own, until the tracker's total is taken.
+        // Another address has its own. Once the tracker's total is taken,
+        // room is made from the address that holds the most (client 1's
+        // reports go), while it holds more than this one would with one
+        // more.
         assert_eq!(report(&mut records, 3, 5), Ok(true));
-        let refused = report(&mut records, 3, 6);
+        assert_eq!(report(&mut records, 3, 6), Ok(true));
+        assert_eq!(records.clients[&ClientId(1)].reported, 0);
+        assert_eq!(report(&mut records, 3, 7), Ok(true));
+        let refused = report(&mut records, 3, 8);
         assert!(matches!(refused, Err(Refusal::ReportsFull { limit: 4 })), "{refused:?}");
         // A new download clears a client's reports, and a client that goes
         // takes its own: each makes room again.
-        first(&mut records, 1, "a");
-        assert_eq!(report(&mut records, 3, 6), Ok(true));
+        first(&mut records, 3, "a");
+        assert_eq!(report(&mut records, 3, 8), Ok(true));
         assert!(records.forget(ClientId(2), 2));
         assert_eq!(report(&mut records, 1, 7), Ok(true));
         for id in 1..10 {
@@ -1744,6 +1912,100 @@ pub(super) mod tests {
         assert_eq!(first(&mut records, 2, "d"), Some(ClientId(9)));
         assert!(records.clients[&ClientId(2)].wants.contains_key(&file("d")));
         all_leave(&mut records, &[(2, 2), (4, 4), (9, 9)]);
+    }
+
+    /// Records with the tracker's totals of lookup state and reports at
+    /// `lookups` and `reports`, clients 1 and 2 on one address, 3 on
+    /// another, and 9 holding files a to h from a third.
+    fn records_with_totals(lookups: usize, reports: usize) -> Records {
+        let quotas = Quotas {
+            lookups_total: lookups,
+            reports_total: reports,
+            ..Quotas::default()
+        };
+        let mut records = Records::with_quotas(0, quotas);
+        let hosts = [
+            (1, [10, 0, 0, 1]),
+            (2, [10, 0, 0, 1]),
+            (3, [10, 0, 0, 2]),
+            (9, [10, 0, 0, 9]),
+        ];
+        for (id, host) in hosts {
+            records
+                .register(ClientId(id), addr(id as u16), id, host.into())
+                .unwrap();
+        }
+        for name in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            records.announce(ClientId(9), &file(name), content(b"x")).unwrap();
+        }
+        records
+    }
+
+    #[test]
+    fn a_full_tracker_makes_room_for_lookup_state_from_the_address_that_holds_the_most() {
+        let mut records = records_with_totals(4, Quotas::default().reports_total);
+        let sha1 = info(b"x").sha1;
+        // One address fills the total: client 1 in a failover on a and b,
+        // client 2 with counts for c and d.
+        for (id, name) in [(1, "a"), (1, "b"), (2, "c"), (2, "d")] {
+            assert_eq!(first(&mut records, id, name), Some(ClientId(9)));
+        }
+        for name in ["a", "b"] {
+            assert_eq!(records.report(ClientId(1), &file(name), ClientId(9), sha1), Ok(true));
+        }
+        // Another address's client keeps state, and can report: the first
+        // client of the address that holds the most drops everything its
+        // lookups left, reports too.
+        assert_eq!(first(&mut records, 3, "e"), Some(ClientId(9)));
+        assert_eq!(records.report(ClientId(3), &file("e"), ClientId(9), sha1), Ok(true));
+        assert!(records.clients[&ClientId(1)].wants.is_empty());
+        assert_eq!(records.clients[&ClientId(1)].reported, 0);
+        assert_eq!((records.wanted.total, records.reports.total), (3, 1));
+        assert_eq!(next(&mut records, 3, "e"), None, "its report was kept");
+        // The full address fills the total again, and then makes room
+        // only from itself (its client's own count, as before): nobody
+        // holds more than it would.
+        assert_eq!(first(&mut records, 1, "a"), Some(ClientId(9)));
+        assert_eq!(first(&mut records, 1, "b"), Some(ClientId(9)));
+        let wants = &records.clients[&ClientId(1)].wants;
+        assert!(wants.contains_key(&file("b")) && !wants.contains_key(&file("a")));
+        assert!(records.clients[&ClientId(3)].wants.contains_key(&file("e")));
+        // It holds 3 against 1 here: another lookup from here makes room
+        // from it again, from the client listed first.
+        assert_eq!(first(&mut records, 3, "f"), Some(ClientId(9)));
+        assert!(records.clients[&ClientId(1)].wants.is_empty());
+        assert_eq!(records.clients[&ClientId(2)].wants.len(), 2);
+        assert_eq!(records.clients[&ClientId(3)].wants.len(), 2);
+        all_leave(&mut records, &[(1, 1), (2, 2), (3, 3), (9, 9)]);
+    }
+
+    #[test]
+    fn a_full_tracker_makes_room_for_reports_from_the_address_that_holds_the_most() {
+        let mut records = records_with_totals(Quotas::default().lookups_total, 3);
+        let sha1 = info(b"x").sha1;
+        let report = |records: &mut Records, id: u64, name: &str| {
+            assert_eq!(first(records, id, name), Some(ClientId(9)));
+            records.report(ClientId(id), &file(name), ClientId(9), sha1)
+        };
+        for (id, name) in [(2, "a"), (1, "b"), (1, "c")] {
+            assert_eq!(report(&mut records, id, name), Ok(true));
+        }
+        // Another address's report makes room: client 1's go, not client
+        // 2's, which has reported too.
+        assert_eq!(report(&mut records, 3, "d"), Ok(true));
+        assert_eq!(records.clients[&ClientId(1)].reported, 0);
+        assert_eq!(records.clients[&ClientId(2)].reported, 1);
+        assert_eq!(records.reports.total, 2);
+        // The full address can fill the total again, but not make room
+        // from an address that holds fewer.
+        assert_eq!(report(&mut records, 1, "e"), Ok(true));
+        let refused = report(&mut records, 1, "f");
+        assert!(matches!(refused, Err(Refusal::ReportsFull { limit: 3 })), "{refused:?}");
+        assert_eq!(records.clients[&ClientId(3)].reported, 1);
+        // Reporting a holder reported already costs nothing: no room made.
+        assert_eq!(records.report(ClientId(3), &file("d"), ClientId(9), sha1), Ok(true));
+        assert_eq!(records.clients[&ClientId(2)].reported, 1);
+        all_leave(&mut records, &[(1, 1), (2, 2), (3, 3), (9, 9)]);
     }
 
     #[test]
