@@ -466,9 +466,11 @@ mod tests {
         assert!(counts.make_room_for(&newcomer));
         assert!(crowd[1].1.is_cancelled() && !crowd[0].1.is_cancelled());
         assert!(take("10.0.0.2").is_none(), "the cut connection is not gone yet");
-        // Not holding a place, it is not cut again: the address holds one.
+        // Not holding a place, it is not cut again: the address holds one
+        // live connection, as few as a second newcomer's would with it.
         let (second, _) = take("10.0.0.1").expect("under the cap");
         assert!(!counts.make_room_for(&second));
+        assert!(!crowd[0].1.is_cancelled());
         drop(crowd.pop());
         let (again, _) = take("10.0.0.2").expect("the cut connection is gone");
         drop((again, second, newcomer, crowd));

@@ -217,12 +217,12 @@ impl Drop for Session {
         if self.shared.stopping.is_cancelled() {
             return;
         }
-        let forgotten = self
-            .shared
-            .records
-            .lock()
-            .expect("records poisoned")
-            .forget(client, self.id);
+        // Never a panic here: during another's unwinding it would abort.
+        let Ok(mut records) = self.shared.records.lock() else {
+            return;
+        };
+        let forgotten = records.forget(client, self.id);
+        drop(records);
         if forgotten {
             // Not caused by any request: the session simply ended.
             self.shared

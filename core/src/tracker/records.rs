@@ -309,13 +309,17 @@ pub struct Records {
     /// How many holders the clients of each address have reported
     /// (`ClientRecord::reported`), and all of them together.
     reports: Held,
-    /// The clients of each address that may have lookup state, and those
-    /// that may have reports: where room is made once the tracker's total
-    /// is taken ([`Records::make_room`]). A client is listed when it gains
-    /// some, and unlisted when it goes or is found to have none left.
-    wanting: HashMap<Origin, BTreeSet<ClientId>>,
-    reporting: HashMap<Origin, BTreeSet<ClientId>>,
+    /// The clients of each address with lookup state, by how much they
+    /// have, and those with reports, by how many: where room is made once
+    /// the tracker's total is taken ([`Records::make_room`]). Kept in step
+    /// by [`Records::listing`].
+    wanting: HashMap<Origin, Listed>,
+    reporting: HashMap<Origin, Listed>,
 }
+
+/// The clients of one address with some state, by how much they hold
+/// (then by id): the last holds the most.
+type Listed = BTreeSet<(usize, ClientId)>;
 
 /// One of the tracker's totals that room is made in when it is taken.
 #[derive(Clone, Copy, Debug)]
@@ -753,6 +757,11 @@ impl Records {
     /// nobody is left. Without `failover`, a new download begins: the
     /// client's reports about `file` are forgotten first.
     pub fn lookup(&mut self, client: ClientId, file: &FileName, failover: bool) -> Result<Option<Holder>, Refusal> {
+        self.listing(client, |records| records.lookup_listed(client, file, failover))
+    }
+
+    /// [`Records::lookup`], but for the lists of clients with state.
+    fn lookup_listed(&mut self, client: ClientId, file: &FileName, failover: bool) -> Result<Option<Holder>, Refusal> {
         self.room_for_want(client, file);
         // Borrowed field by field: the asker's record changes while the
         // file's record and other clients' records are read.
@@ -763,11 +772,9 @@ impl Records {
             files,
             wanted,
             reports,
-            wanting,
             ..
         } = self;
         let asker = clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
-        let host = asker.host;
         if !failover {
             asker.clear_reports(file, reports);
         }
@@ -776,10 +783,7 @@ impl Records {
         };
         let (content, stamp) = (record.content, record.stamp);
         let want = match asker.want(client, file, content.info.sha1, quotas, wanted, reports) {
-            Ok(want) => {
-                wanting.entry(host).or_default().insert(client);
-                want
-            }
+            Ok(want) => want,
             Err(refusal) if refusal.is_lookup_cap() => {
                 // Answered without state (`Quotas::lookups`). The client
                 // has none for the file, so no report about it either:
@@ -822,20 +826,28 @@ impl Records {
     /// downloads the file. With `fresh`, a new download begins: the
     /// client's reports about `file` are forgotten first.
     pub fn swarm(&mut self, client: ClientId, file: &FileName, fresh: bool) -> Result<Option<Swarm>, Refusal> {
-        self.room_for_want(client, file);
+        self.listing(client, |records| records.swarm_listed(client, file, fresh))
+    }
+
+    /// [`Records::swarm`], but for the lists of clients with state.
+    fn swarm_listed(&mut self, client: ClientId, file: &FileName, fresh: bool) -> Result<Option<Swarm>, Refusal> {
         let quotas = self.quotas;
         let asker = self.clients.get_mut(&client).ok_or(Refusal::NotRegistered)?;
         if fresh {
             asker.clear_reports(file, &mut self.reports);
         }
-        let Some(record) = self.files.get_mut(file) else {
+        if !self.files.contains_key(file) {
             return Ok(None);
-        };
+        }
         let joining = asker.lacks(file);
         if let Some(refusal) = asker.file_refusal(client, &quotas, &self.held).filter(|_| joining) {
             return Err(refusal);
         }
-        let (content, host) = (record.content, asker.host);
+        // After the refusals: a refused request makes no room.
+        self.room_for_want(client, file);
+        let asker = self.clients.get_mut(&client).expect("checked above");
+        let record = self.files.get_mut(file).expect("checked above");
+        let content = record.content;
         // Before the membership is recorded: a refused request leaves none.
         let kept = asker.want(
             client,
@@ -849,7 +861,6 @@ impl Records {
             Ok(want) => {
                 let nth = want.lookups;
                 want.lookups += 1;
-                self.wanting.entry(host).or_default().insert(client);
                 (nth, want.reported.clone())
             }
             // Answered without state (`Quotas::lookups`), as the client's
@@ -894,6 +905,17 @@ impl Records {
     /// the one recorded, or about a client that does not hold the file, is
     /// ignored. Returns whether it was recorded.
     pub fn report(&mut self, client: ClientId, file: &FileName, peer: ClientId, sha1: Digest) -> Result<bool, Refusal> {
+        self.listing(client, |records| records.report_listed(client, file, peer, sha1))
+    }
+
+    /// [`Records::report`], but for the lists of clients with state.
+    fn report_listed(
+        &mut self,
+        client: ClientId,
+        file: &FileName,
+        peer: ClientId,
+        sha1: Digest,
+    ) -> Result<bool, Refusal> {
         if !self.clients.contains_key(&client) {
             return Err(Refusal::NotRegistered);
         }
@@ -914,7 +936,6 @@ impl Records {
         // Made first: it drops the reports about a version since replaced.
         asker.want(client, file, sha1, &quotas, &mut self.wanted, &mut self.reports)?;
         let (host, reported) = (asker.host, asker.reported);
-        self.wanting.entry(host).or_default().insert(client);
         let refusal = self.report_refusal(client, host, reported);
         let want = want_mut(&mut self.clients, client, file);
         // A holder reported before, on an earlier session of its, counts
@@ -937,9 +958,29 @@ impl Records {
         if earlier.is_none() {
             self.clients.get_mut(&client).expect("checked above").reported += 1;
             self.reports.take(host);
-            self.reporting.entry(host).or_default().insert(client);
         }
         Ok(true)
+    }
+
+    /// Runs `request` for `client`, keeping its places in the lists of
+    /// clients with state ([`Records::wanting`], [`Records::reporting`])
+    /// in step with what its record holds after it: every change to a
+    /// client's state goes through a request of its own, or
+    /// [`Records::make_room`] and [`Records::forget`], which keep them
+    /// too.
+    fn listing<T>(&mut self, client: ClientId, request: impl FnOnce(&mut Records) -> T) -> T {
+        let before = self
+            .clients
+            .get(&client)
+            .map(|record| (record.host, record.wants.len(), record.reported));
+        let answer = request(self);
+        if let Some((host, wants, reported)) = before {
+            let after = self.clients.get(&client);
+            let (wants_after, reported_after) = after.map_or((0, 0), |record| (record.wants.len(), record.reported));
+            relist(&mut self.wanting, host, client, wants, wants_after);
+            relist(&mut self.reporting, host, client, reported, reported_after);
+        }
+        answer
     }
 
     /// Makes room in the tracker's total of lookup state for `client`'s
@@ -984,10 +1025,10 @@ impl Records {
     }
 
     /// Makes room for one more of `budget` for a client of `host`, the
-    /// tracker's total being taken: drops everything the lookups of one
-    /// client of the address that holds the most left behind (its counts
-    /// and its reports), if that address holds more than `host` would
-    /// with one more. Returns whether it did.
+    /// tracker's total being taken: drops everything the lookups of the
+    /// client that holds the most of the address that holds the most left
+    /// behind (its counts and its reports), if that address holds more
+    /// than `host` would with one more. Returns whether it did.
     ///
     /// Without it, clients of 20 addresses (one IPv6 /59) that filled a
     /// total kept every other client's download from reporting a bad
@@ -997,10 +1038,11 @@ impl Records {
     /// again, and a holder it reported may be offered to it again. Each
     /// piece of state is dropped at most once after it was made, so
     /// however much one call drops, the cost is O(log n) per piece made.
+    /// Room is not made for a request refused for another reason first.
     fn make_room(&mut self, host: Origin, budget: Budget) -> bool {
         let (counts, listed) = match budget {
-            Budget::Lookups => (&self.wanted, &mut self.wanting),
-            Budget::Reports => (&self.reports, &mut self.reporting),
+            Budget::Lookups => (&self.wanted, &self.wanting),
+            Budget::Reports => (&self.reports, &self.reporting),
         };
         let Some((most, heaviest)) = counts.most() else {
             return false;
@@ -1008,36 +1050,22 @@ impl Records {
         if heaviest == host || most <= counts.of(host) + 1 {
             return false;
         }
-        let Some(candidates) = listed.get_mut(&heaviest) else {
+        // The client of that address that holds the most: ids cost
+        // nothing, so the one that took the most pays, not the one with
+        // the smallest id.
+        let Some(&(_, victim)) = listed.get(&heaviest).and_then(BTreeSet::last) else {
             return false;
         };
-        let clients = &self.clients;
-        let has_some = |client: &ClientId| {
-            let record = clients.get(client).filter(|record| record.host == heaviest);
-            record.is_some_and(|record| match budget {
-                Budget::Lookups => !record.wants.is_empty(),
-                Budget::Reports => record.reported > 0,
-            })
-        };
-        // Listed clients found with nothing left are unlisted on the way.
-        let mut victim = None;
-        while let Some(client) = candidates.pop_first() {
-            if has_some(&client) {
-                victim = Some(client);
-                break;
-            }
-        }
-        if candidates.is_empty() {
-            listed.remove(&heaviest);
-        }
-        let Some(victim) = victim else {
+        let Some(record) = self.clients.get_mut(&victim) else {
             return false;
         };
-        let record = self.clients.get_mut(&victim).expect("found above");
-        self.wanted.release(heaviest, record.wants.len());
-        self.reports.release(heaviest, record.reported);
+        let (wants, reported) = (record.wants.len(), record.reported);
         record.wants.clear();
         record.reported = 0;
+        self.wanted.release(heaviest, wants);
+        self.reports.release(heaviest, reported);
+        relist(&mut self.wanting, heaviest, victim, wants, 0);
+        relist(&mut self.reporting, heaviest, victim, reported, 0);
         true
     }
 
@@ -1073,14 +1101,8 @@ impl Records {
         self.held.release(record.host, record.files.len() + record.joined.len());
         self.wanted.release(record.host, record.wants.len());
         self.reports.release(record.host, record.reported);
-        for listed in [&mut self.wanting, &mut self.reporting] {
-            if let Some(clients) = listed.get_mut(&record.host) {
-                clients.remove(&client);
-                if clients.is_empty() {
-                    listed.remove(&record.host);
-                }
-            }
-        }
+        relist(&mut self.wanting, record.host, client, record.wants.len(), 0);
+        relist(&mut self.reporting, record.host, client, record.reported, 0);
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
@@ -1172,6 +1194,22 @@ impl Records {
             && self.reports.is_empty()
             && self.wanting.is_empty()
             && self.reporting.is_empty()
+    }
+}
+
+/// Moves `client`, of `host`, in a list of clients with state, from
+/// holding `before` to holding `after` (none: off the list).
+fn relist(listed: &mut HashMap<Origin, Listed>, host: Origin, client: ClientId, before: usize, after: usize) {
+    if before == after {
+        return;
+    }
+    let clients = listed.entry(host).or_default();
+    clients.remove(&(before, client));
+    if after > 0 {
+        clients.insert((after, client));
+    }
+    if clients.is_empty() {
+        listed.remove(&host);
     }
 }
 
@@ -1943,38 +1981,33 @@ pub(super) mod tests {
 
     #[test]
     fn a_full_tracker_makes_room_for_lookup_state_from_the_address_that_holds_the_most() {
-        let mut records = records_with_totals(4, Quotas::default().reports_total);
+        let mut records = records_with_totals(5, Quotas::default().reports_total);
         let sha1 = info(b"x").sha1;
-        // One address fills the total: client 1 in a failover on a and b,
-        // client 2 with counts for c and d.
-        for (id, name) in [(1, "a"), (1, "b"), (2, "c"), (2, "d")] {
+        // One address holds four: client 1 in a failover on a, client 2
+        // with counts for b, c and d.
+        for (id, name) in [(1, "a"), (2, "b"), (2, "c"), (2, "d")] {
             assert_eq!(first(&mut records, id, name), Some(ClientId(9)));
         }
-        for name in ["a", "b"] {
-            assert_eq!(records.report(ClientId(1), &file(name), ClientId(9), sha1), Ok(true));
-        }
-        // Another address's client keeps state, and can report: the first
-        // client of the address that holds the most drops everything its
-        // lookups left, reports too.
+        assert_eq!(records.report(ClientId(1), &file("a"), ClientId(9), sha1), Ok(true));
+        // Another address fills the total, and then keeps state past it:
+        // the client of the first address that holds the most (not the
+        // smallest id) drops everything its lookups left.
         assert_eq!(first(&mut records, 3, "e"), Some(ClientId(9)));
-        assert_eq!(records.report(ClientId(3), &file("e"), ClientId(9), sha1), Ok(true));
-        assert!(records.clients[&ClientId(1)].wants.is_empty());
-        assert_eq!(records.clients[&ClientId(1)].reported, 0);
-        assert_eq!((records.wanted.total, records.reports.total), (3, 1));
-        assert_eq!(next(&mut records, 3, "e"), None, "its report was kept");
-        // The full address fills the total again, and then makes room
-        // only from itself (its client's own count, as before): nobody
-        // holds more than it would.
-        assert_eq!(first(&mut records, 1, "a"), Some(ClientId(9)));
-        assert_eq!(first(&mut records, 1, "b"), Some(ClientId(9)));
-        let wants = &records.clients[&ClientId(1)].wants;
-        assert!(wants.contains_key(&file("b")) && !wants.contains_key(&file("a")));
-        assert!(records.clients[&ClientId(3)].wants.contains_key(&file("e")));
-        // It holds 3 against 1 here: another lookup from here makes room
-        // from it again, from the client listed first.
         assert_eq!(first(&mut records, 3, "f"), Some(ClientId(9)));
-        assert!(records.clients[&ClientId(1)].wants.is_empty());
-        assert_eq!(records.clients[&ClientId(2)].wants.len(), 2);
+        assert!(records.clients[&ClientId(2)].wants.is_empty());
+        assert_eq!(records.clients[&ClientId(1)].reported, 1);
+        assert_eq!(records.report(ClientId(3), &file("f"), ClientId(9), sha1), Ok(true));
+        assert_eq!(next(&mut records, 3, "f"), None, "its report was kept");
+        assert_eq!((records.wanted.total, records.reports.total), (3, 2));
+        // The first address fills the total again, and then makes room
+        // only from itself (its client's own counts, as before): nobody
+        // holds more than it would.
+        assert_eq!(first(&mut records, 1, "b"), Some(ClientId(9)));
+        assert_eq!(first(&mut records, 1, "c"), Some(ClientId(9)));
+        assert_eq!(first(&mut records, 1, "d"), Some(ClientId(9)));
+        let wants = &records.clients[&ClientId(1)].wants;
+        let kept: Vec<&str> = wants.keys().map(|name| name.as_str()).collect();
+        assert_eq!(kept, ["a", "d"], "its report on a stays, its counts made room");
         assert_eq!(records.clients[&ClientId(3)].wants.len(), 2);
         all_leave(&mut records, &[(1, 1), (2, 2), (3, 3), (9, 9)]);
     }
@@ -1987,14 +2020,14 @@ pub(super) mod tests {
             assert_eq!(first(records, id, name), Some(ClientId(9)));
             records.report(ClientId(id), &file(name), ClientId(9), sha1)
         };
-        for (id, name) in [(2, "a"), (1, "b"), (1, "c")] {
+        for (id, name) in [(1, "a"), (2, "b"), (2, "c")] {
             assert_eq!(report(&mut records, id, name), Ok(true));
         }
-        // Another address's report makes room: client 1's go, not client
-        // 2's, which has reported too.
+        // Another address's report makes room: client 2's go, the client
+        // of the full address that reported the most.
         assert_eq!(report(&mut records, 3, "d"), Ok(true));
-        assert_eq!(records.clients[&ClientId(1)].reported, 0);
-        assert_eq!(records.clients[&ClientId(2)].reported, 1);
+        assert_eq!(records.clients[&ClientId(2)].reported, 0);
+        assert_eq!(records.clients[&ClientId(1)].reported, 1);
         assert_eq!(records.reports.total, 2);
         // The full address can fill the total again, but not make room
         // from an address that holds fewer.
@@ -2004,7 +2037,7 @@ pub(super) mod tests {
         assert_eq!(records.clients[&ClientId(3)].reported, 1);
         // Reporting a holder reported already costs nothing: no room made.
         assert_eq!(records.report(ClientId(3), &file("d"), ClientId(9), sha1), Ok(true));
-        assert_eq!(records.clients[&ClientId(2)].reported, 1);
+        assert_eq!(records.clients[&ClientId(1)].reported, 2);
         all_leave(&mut records, &[(1, 1), (2, 2), (3, 3), (9, 9)]);
     }
 
