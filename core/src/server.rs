@@ -12,12 +12,15 @@
 //! addresses cannot keep everyone else out (it takes one connection from
 //! each of as many addresses as there are slots). That holds for the
 //! tracker too: a cut session unlists its client, but a tracker whose
-//! newcomers waited could be filled by four addresses for good.
+//! newcomers waited could be filled by four addresses for good. An
+//! address makes room once a minute at most ([`ROOM_INTERVAL`]): a
+//! connection costs nothing, and the client it cuts may be cut again as
+//! soon as it comes back.
 //! Shutdown is a cancellation
 //! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -25,12 +28,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::Connection;
 use crate::host::{self, BoxListener, BoxStream, Host};
 use crate::origin::Origin;
+
+/// How often one address may make room at a full server. Without a bound,
+/// a tracker's client cut to make room (forgotten with its files) comes
+/// back as the newest of its address, and each connection from anywhere
+/// that holds fewer could cut it again and make it announce its folder
+/// once more.
+pub const ROOM_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Bounds that keep a server responsive whatever its clients do.
 #[derive(Clone, Copy, Debug)]
@@ -267,6 +278,10 @@ struct Held {
     /// to cut in O(log n), not by counting every connection (the tracker
     /// holds 100,000, and newcomers can come as fast as they like).
     ranking: BTreeSet<Rank>,
+    /// The origins that made room within [`ROOM_INTERVAL`], with when,
+    /// oldest first; `lately` holds the same origins, to look one up.
+    made_room: VecDeque<(Instant, Origin)>,
+    lately: HashSet<Origin>,
     /// The id of the next connection.
     next: u64,
 }
@@ -300,6 +315,17 @@ impl Connections {
 }
 
 impl Held {
+    /// Lets the origins that made room before `then` make room again.
+    fn forget_room_made_before(&mut self, then: Instant) {
+        while let Some(&(at, origin)) = self.made_room.front() {
+            if at >= then {
+                break;
+            }
+            self.made_room.pop_front();
+            self.lately.remove(&origin);
+        }
+    }
+
     /// Changes `origin`'s connections with `change`, keeping the ranking
     /// in step and leaving no entry for an origin with none.
     fn update(&mut self, origin: Origin, change: impl FnOnce(&mut Connections)) {
@@ -350,6 +376,13 @@ impl PerAddress {
     /// connections came in, never on the map's order or on addresses.
     fn make_room_for(&self, newcomer: &AddressSlot) -> bool {
         let mut held = self.lock();
+        let now = Instant::now();
+        if let Some(then) = now.checked_sub(ROOM_INTERVAL) {
+            held.forget_room_made_before(then);
+        }
+        if held.lately.contains(&newcomer.origin) {
+            return false;
+        }
         let mine = held
             .by_origin
             .get(&newcomer.origin)
@@ -368,6 +401,8 @@ impl PerAddress {
             cut.cancel();
             connections.cut.insert(id);
         });
+        held.made_room.push_back((now, newcomer.origin));
+        held.lately.insert(newcomer.origin);
         true
     }
 }
@@ -467,8 +502,8 @@ mod tests {
         assert!(crowd[1].1.is_cancelled() && !crowd[0].1.is_cancelled());
         assert!(take("10.0.0.2").is_none(), "the cut connection is not gone yet");
         // Not holding a place, it is not cut again: the address holds one
-        // live connection, as few as a second newcomer's would with it.
-        let (second, _) = take("10.0.0.1").expect("under the cap");
+        // live connection, as few as a newcomer's would with it.
+        let (second, _) = take("10.0.0.3").expect("under the cap");
         assert!(!counts.make_room_for(&second));
         assert!(!crowd[0].1.is_cancelled());
         drop(crowd.pop());
@@ -498,19 +533,40 @@ mod tests {
         assert!(counts.make_room_for(&newcomer));
         assert!(equal[2].1.is_cancelled());
         assert!(!equal[0].1.is_cancelled() && !equal[1].1.is_cancelled());
-        // Connections cut already are not counted: the next goes from
-        // the other address that holds three.
-        let (second, _) = take("10.0.0.1");
+        // Connections cut already are not counted: the next newcomer's
+        // goes from the other address that holds three.
+        let (second, _) = take("10.0.0.5");
         assert!(counts.make_room_for(&second));
         assert!(crowd[2].1.is_cancelled());
         assert!(!crowd[0].1.is_cancelled() && !crowd[1].1.is_cancelled());
-        // Now every address holds two: nobody holds more than a third
-        // newcomer's would, with it.
-        let (third, _) = take("10.0.0.1");
-        assert!(!counts.make_room_for(&third));
+        // Now every address holds two: nobody holds more than a newcomer
+        // from one of them would, with it.
+        let (from_the_pair, _) = take("10.0.0.3");
+        assert!(!counts.make_room_for(&from_the_pair));
         assert!(pair.iter().all(|(_, cut)| !cut.is_cancelled()));
-        // Nor does anybody hold more than a newcomer from the biggest.
         let (from_the_crowd, _) = take("10.0.0.2");
         assert!(!counts.make_room_for(&from_the_crowd));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_makes_room_once_a_minute() {
+        let counts = PerAddress::default();
+        let take = |address: &str| {
+            let cut = CancellationToken::new();
+            let slot = counts.take(ip(address), 8, cut.clone()).expect("under the cap");
+            (slot, cut)
+        };
+        let crowd: Vec<_> = (0..5).map(|_| take("10.0.0.2")).collect();
+        let (newcomer, _) = take("10.0.0.1");
+        assert!(counts.make_room_for(&newcomer));
+        // The crowd still holds four, against two: it could give more, but
+        // not to this address yet.
+        let (second, _) = take("10.0.0.1");
+        assert!(!counts.make_room_for(&second));
+        tokio::time::advance(ROOM_INTERVAL - Duration::from_millis(1)).await;
+        assert!(!counts.make_room_for(&second));
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(counts.make_room_for(&second));
+        assert!(crowd[4].1.is_cancelled() && crowd[3].1.is_cancelled() && !crowd[2].1.is_cancelled());
     }
 }
