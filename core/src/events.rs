@@ -155,16 +155,8 @@ pub enum Event {
         reason: Problem,
     },
     /// The client crashed: its server stopped at once, its transfers were
-    /// cut, its session dropped without a goodbye. When a fault caused it
-    /// mid-transfer, `file` and `sent` say where.
-    Killed {
-        /// The file being sent when the fault fired.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        file: Option<FileName>,
-        /// How many of its bytes had been sent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sent: Option<u64>,
-    },
+    /// cut, its session dropped without a goodbye.
+    Killed,
 }
 
 impl Event {
@@ -230,13 +222,7 @@ impl fmt::Display for Event {
                     reason.describe()
                 )
             }
-            Event::Killed {
-                file: Some(file),
-                sent: Some(sent),
-            } => {
-                write!(f, "killed by a fault after sending {sent} bytes of {file}")
-            }
-            Event::Killed { .. } => write!(f, "killed"),
+            Event::Killed => write!(f, "killed"),
         }
     }
 }

@@ -21,12 +21,13 @@ use std::time::Duration;
 
 use phile_core::events::{Event, EventSink, Node as NodeName};
 use phile_core::host::OsHost;
-use phile_core::{Limits, Trace};
+use phile_core::{ClientId, FileName, Limits, Trace};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
 use crate::command::{Command, Reply};
+use crate::event_log::Journal;
 use crate::node::{Environment, Node, NodeSpec, Role};
 
 /// A request from the runner.
@@ -72,6 +73,18 @@ pub enum Line {
         node: NodeName,
         /// What happened.
         event: Event,
+    },
+    /// A `kill_after` fault struck the client's transfer traced `trace`
+    /// ([`Journal::fault_struck`]): told before the `killed` it causes.
+    Struck {
+        /// The transfer.
+        trace: Trace,
+        /// The client.
+        client: ClientId,
+        /// The file being sent.
+        file: FileName,
+        /// How many of its bytes had been sent.
+        sent: u64,
     },
     /// The answer to request `id`.
     Reply {
@@ -143,6 +156,17 @@ impl Out {
 impl EventSink for Out {
     fn record(&self, trace: Trace, node: NodeName, event: Event) {
         self.send(&Line::Event { trace, node, event });
+    }
+}
+
+impl Journal for Out {
+    fn fault_struck(&self, client: ClientId, trace: Trace, file: FileName, sent: u64) {
+        self.send(&Line::Struck {
+            trace,
+            client,
+            file,
+            sent,
+        });
     }
 }
 

@@ -39,7 +39,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use phile_core::events::{Event, EventSink, Node};
-use phile_core::{ClientId, Trace};
+use phile_core::{ClientId, FileName, Trace};
 use serde::Serialize;
 
 /// The version of the log's format, written in its first event. Bumped when
@@ -108,6 +108,16 @@ pub enum ScenarioEvent {
         file: String,
         /// After how many bytes.
         after: u64,
+    },
+    /// A client crashed (the core's `killed`), with where, when a
+    /// scripted fault crashed it mid-transfer ([`Journal::fault_struck`]).
+    Killed {
+        /// The file being sent when the fault fired.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        /// How many of its bytes had been sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sent: Option<u64>,
     },
     /// The script capped a client's rates (`c.set_rate(up, down)`).
     RateSet {
@@ -227,6 +237,9 @@ struct Inner {
     /// filed under, with the file and the bytes sent, not yet told on the
     /// console ([`EventLog::take_fault_crashes`]).
     fault_crashes: Vec<(u64, ClientId, String, u64)>,
+    /// Where scripted faults struck, by client and the trace of the
+    /// transfer, until the `killed` event they cause comes.
+    strikes: HashMap<(ClientId, Trace), (String, u64)>,
     /// Where nodes really listen, and the address the script gave each,
     /// as text: the first is written as the second.
     addresses: HashMap<String, String>,
@@ -273,6 +286,7 @@ impl EventLog {
                 lost_early: HashMap::new(),
                 misplaced: None,
                 fault_crashes: Vec::new(),
+                strikes: HashMap::new(),
                 addresses: HashMap::new(),
             }),
             arrived: Condvar::new(),
@@ -526,9 +540,9 @@ impl Inner {
                     self.registered.remove(client);
                 }
             }
-            (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { file, sent })) => {
+            (Subject::Node(Node::Client(client)), AnyEvent::Scenario(ScenarioEvent::Killed { file, sent })) => {
                 if let (Some(file), Some(sent)) = (file, sent) {
-                    self.fault_crashes.push((op, client, file.to_string(), *sent));
+                    self.fault_crashes.push((op, client, file.clone(), *sent));
                 }
                 if let Some((subject, lost, lost_at)) = self.lost_early.remove(&client) {
                     if let Some(operation) = self.pending.get_mut(&op) {
@@ -655,7 +669,7 @@ fn with_scripted_addresses(text: String, book: &HashMap<String, String>) -> Stri
 fn order_races(events: &mut [Filed]) {
     // The kind of race (kills, losses), then the client it orders by.
     let racing = |(_, subject, event, _): &Filed| match (subject, event) {
-        (Subject::Node(Node::Client(client)), AnyEvent::Node(Event::Killed { .. })) => Some((0, *client)),
+        (Subject::Node(Node::Client(client)), AnyEvent::Scenario(ScenarioEvent::Killed { .. })) => Some((0, *client)),
         (_, AnyEvent::Node(Event::ClientLost { client })) => Some((1, *client)),
         _ => None,
     };
@@ -667,14 +681,41 @@ fn order_races(events: &mut [Filed]) {
 
 impl EventSink for EventLog {
     fn record(&self, trace: Trace, node: Node, event: Event) {
-        // Over a real network, what depends on timing (the bytes each
-        // peer of a swarm sent) stays out, so the log repeats; under
-        // simulation everything repeats, and it stays in.
-        let event = match self.lock().untraced {
-            Untraced::Refused => event.without_timing(),
-            Untraced::CurrentOperation => event,
+        let event = match event {
+            // Written with where a fault struck, if one caused it.
+            Event::Killed => {
+                let struck = match node {
+                    Node::Client(client) => self.lock().strikes.remove(&(client, trace)),
+                    Node::Tracker => None,
+                };
+                let (file, sent) = struck.unzip();
+                AnyEvent::Scenario(ScenarioEvent::Killed { file, sent })
+            }
+            // Over a real network, what depends on timing (the bytes each
+            // peer of a swarm sent) stays out, so the log repeats; under
+            // simulation everything repeats, and it stays in.
+            event => AnyEvent::Node(match self.lock().untraced {
+                Untraced::Refused => event.without_timing(),
+                Untraced::CurrentOperation => event,
+            }),
         };
-        self.file(trace, Subject::Node(node), AnyEvent::Node(event));
+        self.file(trace, Subject::Node(node), event);
+    }
+}
+
+/// Where the events of the nodes a runner starts go: the core's, and what
+/// a scripted fault tells of the crash it is about to cause, which the
+/// core (which knows nothing of faults) does not report.
+pub trait Journal: EventSink {
+    /// A `kill_after` fault struck `client`'s transfer traced `trace`,
+    /// after `sent` bytes of `file`: the client's `killed` event, which
+    /// comes next with the same trace, says so.
+    fn fault_struck(&self, client: ClientId, trace: Trace, file: FileName, sent: u64);
+}
+
+impl Journal for EventLog {
+    fn fault_struck(&self, client: ClientId, trace: Trace, file: FileName, sent: u64) {
+        self.lock().strikes.insert((client, trace), (file.to_string(), sent));
     }
 }
 
@@ -782,11 +823,7 @@ mod tests {
     #[test]
     fn a_killed_clients_loss_closes_the_operation_that_killed_it() {
         let (log, kill) = with_client_7();
-        log.record(
-            kill,
-            Node::Client(ClientId(7)),
-            Event::Killed { file: None, sent: None },
-        );
+        log.record(kill, Node::Client(ClientId(7)), Event::Killed);
         log.end(kill.op);
         assert_eq!(log.lines().len(), 1, "the kill was written before the tracker noticed");
         let later = log.begin();
@@ -816,7 +853,7 @@ mod tests {
         assert!(log.settle(moving.op, Duration::from_secs(1)).is_ok());
         // Killed now, its loss to the new tracker is awaited.
         let kill = log.begin();
-        let killed = Event::Killed { file: None, sent: None };
+        let killed = Event::Killed;
         log.record(kill, Node::Client(ClientId(7)), killed);
         log.end(kill.op);
         assert!(log.awaits(kill.op), "the kill does not wait for the tracker");
@@ -835,7 +872,7 @@ mod tests {
         log.move_failed(ClientId(7));
         // Killed now, nothing is awaited: no tracker knows it.
         let kill = log.begin();
-        let killed = Event::Killed { file: None, sent: None };
+        let killed = Event::Killed;
         log.record(kill, Node::Client(ClientId(7)), killed);
         log.end(kill.op);
         assert!(!log.awaits(kill.op));
@@ -863,7 +900,7 @@ mod tests {
         let holders_step = Trace { step: 1, ..download };
         log.record(Trace { step: 0, ..download }, Node::Tracker, registered(9));
         for client in [8, 7] {
-            let killed = Event::Killed { file: None, sent: None };
+            let killed = Event::Killed;
             log.record(holders_step, Node::Client(ClientId(client)), killed);
         }
         log.record(Trace { step: 2, ..download }, Node::Tracker, registered(10));
@@ -900,14 +937,12 @@ mod tests {
         let log = log();
         let (first, second) = (log.begin(), log.begin());
         for (download, client) in [(second, 8), (first, 7), (second, 6)] {
-            let killed = Event::Killed {
-                file: Some("f.bin".parse().unwrap()),
-                sent: Some(10),
-            };
-            log.record(download, Node::Client(ClientId(client)), killed);
+            log.fault_struck(ClientId(client), download, "f.bin".parse().unwrap(), 10);
+            log.record(download, Node::Client(ClientId(client)), Event::Killed);
         }
-        let plain_kill = Event::Killed { file: None, sent: None };
-        log.record(first, Node::Client(ClientId(5)), plain_kill);
+        // A strike of another transfer says nothing of this kill.
+        log.fault_struck(ClientId(5), second, "f.bin".parse().unwrap(), 10);
+        log.record(first, Node::Client(ClientId(5)), Event::Killed);
         let crashed = |op| -> Vec<u64> { log.take_fault_crashes(op).iter().map(|(c, ..)| c.0).collect() };
         assert_eq!(crashed(second.op), [6, 8], "by client, only the second download's");
         assert_eq!(crashed(first.op), [7], "a kill by the script is not a fault's");
@@ -922,11 +957,7 @@ mod tests {
             Node::Tracker,
             Event::ClientLost { client: ClientId(7) },
         );
-        log.record(
-            kill,
-            Node::Client(ClientId(7)),
-            Event::Killed { file: None, sent: None },
-        );
+        log.record(kill, Node::Client(ClientId(7)), Event::Killed);
         log.end(kill.op);
         assert!(log.settle(kill.op, Duration::from_millis(10)).is_ok());
         let last = log.lines().last().cloned().unwrap();
@@ -936,11 +967,7 @@ mod tests {
     #[test]
     fn a_loss_that_never_comes_is_an_error_naming_the_client() {
         let (log, kill) = with_client_7();
-        log.record(
-            kill,
-            Node::Client(ClientId(7)),
-            Event::Killed { file: None, sent: None },
-        );
+        log.record(kill, Node::Client(ClientId(7)), Event::Killed);
         log.end(kill.op);
         let error = log.settle(kill.op, Duration::from_millis(10)).unwrap_err();
         assert!(error.contains("client 7"), "{error}");

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use phile_core::client::{ClientError, DownloadError, Downloaded, SessionError, SwarmOptions};
-use phile_core::events::EventSink;
 use phile_core::host::{BoxListener, Host};
 use phile_core::storage::{Folder, StorageError};
 use phile_core::trace::{self, traced};
@@ -22,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::command::{Command, NodeError, Reply};
+use crate::event_log::Journal;
 use crate::faults::{Faults, FaultyListener};
 
 /// What a backend does, besides what the node does itself, when a client
@@ -68,8 +68,8 @@ impl NodeSpec {
 pub struct Environment {
     /// Where its sockets, tasks and blocking work live.
     pub host: Arc<dyn Host>,
-    /// Where its events go.
-    pub events: Arc<dyn EventSink>,
+    /// Where its events go, and where a fault that crashes it struck.
+    pub events: Arc<dyn Journal>,
     /// What else happens when it crashes.
     pub crash: HostCrash,
 }
@@ -109,7 +109,7 @@ impl Node {
             let config = TrackerConfig {
                 seed: spec.seed,
                 limits: spec.limits,
-                events: Some(environment.events),
+                events: Some(environment.events.clone()),
                 host: environment.host,
                 ..TrackerConfig::default()
             };
@@ -119,7 +119,7 @@ impl Node {
         let faults = Arc::new(Faults::default());
         let config = ClientConfig {
             limits: spec.limits,
-            events: Some(environment.events),
+            events: Some(environment.events.clone()),
             host: environment.host.clone(),
             seed: spec.seed,
             ..ClientConfig::default()
@@ -127,9 +127,12 @@ impl Node {
         let listener = Box::new(FaultyListener::new(listener, faults.clone()));
         let client = Arc::new(Client::start(ClientId(*id), folder, listener as BoxListener, config)?);
         let (crashing, crash_host) = (Arc::downgrade(&client), environment.crash.clone());
+        let journal = environment.events.clone();
         faults.on_crash(Box::new(move |trace, file, sent| {
             if let Some(client) = crashing.upgrade() {
-                client.crash(trace, Some((file, sent)));
+                // First, so the `killed` event the crash reports says where.
+                journal.fault_struck(client.id(), trace, file, sent);
+                client.crash(trace);
             }
             crash_host();
         }));

@@ -393,26 +393,24 @@ impl Client {
     }
 
     /// Crashes the client, as a process killed outright would: it reports
-    /// `killed` (with the file and byte count when a fault struck
-    /// mid-transfer) and then nothing more; the peer server stops at once,
+    /// `killed` and then nothing more; the peer server stops at once,
     /// transfers are cut mid-stream, the tracker session ends without a
     /// goodbye.
     pub async fn kill(&self) {
-        self.crash(trace::next(), None);
+        self.crash(trace::next());
         self.session.lock().await.take();
         self.server.shutdown().await;
     }
 
-    /// Crashes the client at once, from anywhere (a fault striking inside
-    /// a transfer traced `trace`, after sending `struck`'s bytes of its
-    /// file): reports `killed`, silences the client, and stops it. Its
-    /// session is dropped by the task watching for the stop.
-    pub fn crash(&self, trace: Trace, struck: Option<(FileName, u64)>) {
+    /// Crashes the client at once, from anywhere (inside a transfer traced
+    /// `trace`, say): reports `killed` with `trace`, silences the client,
+    /// and stops it. Its session is dropped by the task watching for the
+    /// stop.
+    pub fn crash(&self, trace: Trace) {
         if self.stop.is_cancelled() {
             return;
         }
-        let (file, sent) = struck.unzip();
-        self.reporter.report(trace, Event::Killed { file, sent });
+        self.reporter.report(trace, Event::Killed);
         self.reporter.silence();
         // Before the stop, so whoever the stop wakes knows it crashed.
         self.crashed.store(true, Ordering::SeqCst);

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use phile_core::events::EventSink;
 use phile_core::host::OsHost;
 use phile_core::Trace;
 use tokio::net::TcpListener;
@@ -16,6 +15,7 @@ use tokio::runtime::Runtime;
 
 use super::{loopback, past_time_limit, Backend, Deadline, FileBudget, NodeKey, StartError, WallTime};
 use crate::command::{Command, Reply};
+use crate::event_log::Journal;
 use crate::node::{Environment, Node, NodeSpec};
 
 /// Nodes in this process.
@@ -25,7 +25,7 @@ pub struct Local {
     /// Every node started, by key.
     nodes: Vec<Arc<Node>>,
     /// Where events go.
-    events: Arc<dyn EventSink>,
+    events: Arc<dyn Journal>,
     /// Bind free ports instead of the scripted ones.
     ephemeral_ports: bool,
     /// When the run must stop.
@@ -38,7 +38,7 @@ pub struct Local {
 
 impl Local {
     /// A backend with no nodes yet.
-    pub fn new(events: Arc<dyn EventSink>, ephemeral_ports: bool, deadline: Deadline) -> std::io::Result<Local> {
+    pub fn new(events: Arc<dyn Journal>, ephemeral_ports: bool, deadline: Deadline) -> std::io::Result<Local> {
         super::raise_file_limit();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

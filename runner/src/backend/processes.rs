@@ -13,12 +13,12 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use phile_core::events::EventSink;
 use phile_core::Trace;
 
 use super::{loopback, past_time_limit, Backend, Deadline, FileBudget, NodeKey, StartError, WallTime};
 use crate::agent::{AgentArgs, Body, Line, Request};
 use crate::command::{Command, Reply};
+use crate::event_log::Journal;
 use crate::node::{NodeSpec, Role};
 
 /// Nodes in processes of their own.
@@ -28,7 +28,7 @@ pub struct Processes {
     /// Every node started, by key.
     agents: Vec<Agent>,
     /// Where events go.
-    events: Arc<dyn EventSink>,
+    events: Arc<dyn Journal>,
     /// Bind free ports instead of the scripted ones.
     ephemeral_ports: bool,
     /// When the run must stop.
@@ -41,7 +41,7 @@ pub struct Processes {
 
 impl Processes {
     /// A backend with no nodes yet, running `phile` for each node.
-    pub fn new(phile: PathBuf, events: Arc<dyn EventSink>, ephemeral_ports: bool, deadline: Deadline) -> Processes {
+    pub fn new(phile: PathBuf, events: Arc<dyn Journal>, ephemeral_ports: bool, deadline: Deadline) -> Processes {
         super::raise_file_limit();
         Processes {
             phile,
@@ -149,7 +149,7 @@ struct Agent {
 impl Agent {
     /// Starts `phile agent ARGS`, waits until its node is up, and feeds its
     /// events to `events` from then on.
-    fn spawn(phile: &Path, args: &AgentArgs, events: Arc<dyn EventSink>) -> Result<Agent, String> {
+    fn spawn(phile: &Path, args: &AgentArgs, events: Arc<dyn Journal>) -> Result<Agent, String> {
         let mut child = Process::new(phile)
             .arg("agent")
             .args(args.to_args())
@@ -243,7 +243,7 @@ impl Drop for Agent {
 /// The reader thread: events into the log, replies to whoever waits.
 fn read_lines(
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    events: Arc<dyn EventSink>,
+    events: Arc<dyn Journal>,
     pending: Arc<Mutex<HashMap<u64, Sender<Reply>>>>,
     gone: Arc<AtomicBool>,
 ) {
@@ -251,6 +251,12 @@ fn read_lines(
         let Ok(text) = line else { break };
         match serde_json::from_str::<Line>(&text) {
             Ok(Line::Event { trace, node, event }) => events.record(trace, node, event),
+            Ok(Line::Struck {
+                trace,
+                client,
+                file,
+                sent,
+            }) => events.fault_struck(client, trace, file, sent),
             Ok(Line::Reply { id, reply }) => {
                 if let Some(waiting) = pending.lock().expect("pending poisoned").remove(&id) {
                     let _ = waiting.send(reply);

@@ -37,7 +37,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use phile_core::events::EventSink;
 use phile_core::host::{BoxListener, BoxStream, Host, Listener, PeerStream, Task};
 use phile_core::Trace;
 use tokio::runtime::Runtime;
@@ -48,6 +47,7 @@ use turmoil_net::{EnterGuard, HostId, KernelConfig, Net, Packet, Verdict};
 
 use super::{past_time_limit, Backend, Deadline, Network, NodeKey, StartError};
 use crate::command::{Command, NodeError, Reply};
+use crate::event_log::Journal;
 use crate::node::{Environment, HostCrash, Node, NodeSpec};
 
 /// How many nodes the first attempt makes room for. Idle hosts cost only
@@ -101,7 +101,7 @@ pub struct Sim {
     /// Packets on their way, and the rules they pass.
     fabric: Fabric,
     /// Where events go.
-    events: Arc<dyn EventSink>,
+    events: Arc<dyn Journal>,
     /// When the run must stop (wall clock).
     deadline: Deadline,
     /// Virtual time at the start of the run.
@@ -129,7 +129,7 @@ struct SimNode {
 
 impl Sim {
     /// A simulated network with room for `capacity` nodes, none started.
-    pub fn new(capacity: usize, events: Arc<dyn EventSink>, deadline: Deadline) -> io::Result<Sim> {
+    pub fn new(capacity: usize, events: Arc<dyn Journal>, deadline: Deadline) -> io::Result<Sim> {
         // The network is simulated, but files are real: partial files,
         // their locks and the files served hold descriptors.
         super::raise_file_limit();
