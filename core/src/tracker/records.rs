@@ -191,8 +191,8 @@ pub struct Quotas {
     ///
     /// The total is shared fairly, though: once it is taken, a client
     /// whose address holds less than the one that holds the most (by two
-    /// or more) gets room, made by dropping all the lookup state of one
-    /// client of that address ([`Records::make_room`]). So is
+    /// or more) gets room, made by dropping all the lookup state of that
+    /// address's client that holds the most. So is
     /// [`Quotas::reports_total`].
     pub lookups: usize,
     /// Holders one client may have reported, over all its downloads under

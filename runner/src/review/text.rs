@@ -26,33 +26,31 @@ pub(crate) fn thousands(n: u64) -> String {
 
 /// A size for people: `5 B`, `15.6 KiB`, `2.0 MiB`.
 pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
+    match n {
+        0..1024 => format!("{n} B"),
+        n => scaled(n, 1024.0, &["KiB", "MiB", "GiB", "TiB"]),
     }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A rate for people, in the decimal units rates are given in (as
 /// `set_rate` and `phile`'s caps take them): `500 B/s`, `1.0 MB/s`.
 pub(crate) fn rate(bytes_per_second: u64) -> String {
-    const UNITS: [&str; 4] = ["kB/s", "MB/s", "GB/s", "TB/s"];
-    if bytes_per_second < 1000 {
-        return format!("{bytes_per_second} B/s");
+    match bytes_per_second {
+        0..1000 => format!("{bytes_per_second} B/s"),
+        n => scaled(n, 1000.0, &["kB/s", "MB/s", "GB/s", "TB/s"]),
     }
-    let mut value = bytes_per_second as f64 / 1000.0;
+}
+
+/// `n` (at least `base`) in the largest of `units` it reaches, each `base`
+/// times the one before, with one decimal.
+fn scaled(n: u64, base: f64, units: &[&str]) -> String {
+    let mut value = n as f64 / base;
     let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
+    while value >= base && unit + 1 < units.len() {
+        value /= base;
         unit += 1;
     }
-    format!("{value:.1} {}", UNITS[unit])
+    format!("{value:.1} {}", units[unit])
 }
 
 /// `1 download`, `3 downloads`.
