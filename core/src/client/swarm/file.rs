@@ -147,8 +147,7 @@ impl Run<'_> {
             return Ok(());
         }
         let bytes = self.plan.layout().len(index);
-        *self.sources.entry(peer).or_default() += bytes;
-        self.sent_by[index] = Some(peer);
+        self.credit.sent(index, peer, bytes);
         self.partial.gain(index);
         self.unsaved = true;
         self.last_piece_at = Instant::now();
@@ -291,18 +290,7 @@ impl Run<'_> {
     fn forget(&mut self, index: usize) {
         self.plan.forget(index);
         self.partial.lose(index);
-        let bytes = self.plan.layout().len(index);
-        match self.sent_by[index].take() {
-            Some(sender) => {
-                if let Some(sent) = self.sources.get_mut(&sender) {
-                    *sent = sent.saturating_sub(bytes);
-                    if *sent == 0 {
-                        self.sources.remove(&sender);
-                    }
-                }
-            }
-            None => self.resumed = self.resumed.saturating_sub(bytes),
-        }
+        self.credit.take_back(index, self.plan.layout().len(index));
         self.unsaved = true;
     }
 
@@ -315,21 +303,15 @@ impl Run<'_> {
             bytes: self.info.size,
             sha1: self.info.sha1,
             swarm: true,
-            sources: Some(self.sources.clone()),
+            sources: Some(self.credit.sources().clone()),
         };
         client.reporter.report(trace::next(), event);
-        // The peer that sent most (the lowest id among equals).
-        let from = self
-            .sources
-            .iter()
-            .max_by_key(|(peer, bytes)| (**bytes, std::cmp::Reverse(**peer)))
-            .map_or(client.id, |(peer, _)| *peer);
         Downloaded {
-            from,
+            from: self.credit.most().unwrap_or(client.id),
             info: self.info,
             swarm: Some(Swarmed {
-                sources: std::mem::take(&mut self.sources),
-                resumed: self.resumed,
+                sources: self.credit.sources().clone(),
+                resumed: self.credit.resumed(),
                 piece_size: self.plan.layout().piece.bytes(),
             }),
         }

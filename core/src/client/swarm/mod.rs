@@ -43,6 +43,7 @@
 //! - `file.rs`: the partial file: pieces checked and written, the record of
 //!   them saved, the whole file hashed ahead, checked once more and stored.
 
+mod credit;
 mod file;
 mod link;
 mod peers;
@@ -65,6 +66,7 @@ use crate::storage::{PartFile, PartLock, WholeHash};
 use crate::swarm::scheduler::Scheduler;
 use crate::swarm::Partial;
 use crate::trace;
+use credit::Credit;
 use file::{settled, Checking, Hashing, Saving};
 use link::{Heard, Link};
 use peers::Peer;
@@ -351,13 +353,8 @@ struct Run<'a> {
     /// Peers blamed for a bad piece, and what they did (the first few,
     /// for the error if the download ends without the file).
     rejections: Vec<Rejection>,
-    /// Bytes of checked pieces from each peer.
-    sources: BTreeMap<ClientId, u64>,
-    /// Who sent each checked piece (`None`: none, or it was on disk when
-    /// the download began): a piece fetched again counts once.
-    sent_by: Vec<Option<ClientId>>,
-    /// Bytes already on disk when the download began (and still good).
-    resumed: u64,
+    /// Who sent the checked pieces.
+    credit: Credit,
     /// What the connections hear, as they hear it.
     heard: mpsc::Receiver<(ClientId, Heard)>,
     /// The other end, handed to each connection.
@@ -428,9 +425,7 @@ impl<'a> Run<'a> {
             broken: Vec::new(),
             blamed: BTreeSet::new(),
             rejections: Vec::new(),
-            sources: BTreeMap::new(),
-            sent_by: vec![None; layout.count()],
-            resumed,
+            credit: Credit::new(layout.count(), resumed),
             heard,
             tell,
             links: FuturesUnordered::new(),
