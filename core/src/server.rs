@@ -12,10 +12,11 @@
 //! addresses cannot keep everyone else out (it takes one connection from
 //! each of as many addresses as there are slots). That holds for the
 //! tracker too: a cut session unlists its client, but a tracker whose
-//! newcomers waited could be filled by four addresses for good. An
-//! address makes room once a minute at most ([`ROOM_INTERVAL`]): a
-//! connection costs nothing, and the client it cuts may be cut again as
-//! soon as it comes back.
+//! newcomers waited could be filled by four addresses for good. At the
+//! tracker, an address makes room once a minute at most
+//! ([`Limits::room_interval`]): a connection costs nothing, and the client
+//! it cuts, forgotten with its files, may be cut again as soon as it comes
+//! back to announce them all.
 //! Shutdown is a cancellation
 //! token: the loop stops accepting, every handler is cut, and
 //! [`ServerHandle::shutdown`] returns once all of them are gone.
@@ -36,11 +37,8 @@ use crate::connection::Connection;
 use crate::host::{self, BoxListener, BoxStream, Host};
 use crate::origin::Origin;
 
-/// How often one address may make room at a full server. Without a bound,
-/// a tracker's client cut to make room (forgotten with its files) comes
-/// back as the newest of its address, and each connection from anywhere
-/// that holds fewer could cut it again and make it announce its folder
-/// once more.
+/// How often one address may make room at a full tracker
+/// ([`Limits::room_interval`]).
 pub const ROOM_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Bounds that keep a server responsive whatever its clients do.
@@ -56,6 +54,15 @@ pub struct Limits {
     /// its /64, [`Origin`]); further ones are closed at once, so no single
     /// host can take every slot.
     pub max_per_address: usize,
+    /// How often one address may make room at a full server (zero: each
+    /// time it holds fewer). A peer's is zero: a cut conversation costs a
+    /// downloader one peer, and a bound would let a few addresses that
+    /// fill a peer keep an honest address's second connection out. The
+    /// tracker's is [`ROOM_INTERVAL`]: a client it cuts is forgotten with
+    /// its files, comes back as the newest of its address to announce
+    /// them all, and without a bound each connection from anywhere that
+    /// holds fewer could cut it again.
+    pub room_interval: Duration,
     /// The longest a read or write may make no progress before the
     /// connection is dropped (or a download fails over).
     pub idle_timeout: Duration,
@@ -79,6 +86,7 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             max_per_address: 256,
+            room_interval: Duration::ZERO,
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(5),
@@ -200,7 +208,7 @@ where
 {
     async fn accept_loop(self, mut listener: BoxListener) {
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        let per_address = PerAddress::default();
+        let per_address = PerAddress::new(self.limits.room_interval, self.limits.max_connections);
         let handlers = TaskTracker::new();
         let never_closed = "the semaphore is never closed";
         loop {
@@ -267,6 +275,15 @@ where
 #[derive(Clone, Default)]
 struct PerAddress(Arc<Mutex<Held>>);
 
+/// How often an address may make room, and the most addresses remembered
+/// as having made room lately (past it, nobody makes room until one is
+/// forgotten: the memory of it is bounded, however many addresses come).
+#[derive(Clone, Copy, Default)]
+struct RoomPolicy {
+    interval: Duration,
+    remembered: usize,
+}
+
 /// What [`PerAddress`] guards.
 #[derive(Default)]
 struct Held {
@@ -278,8 +295,11 @@ struct Held {
     /// to cut in O(log n), not by counting every connection (the tracker
     /// holds 100,000, and newcomers can come as fast as they like).
     ranking: BTreeSet<Rank>,
-    /// The origins that made room within [`ROOM_INTERVAL`], with when,
-    /// oldest first; `lately` holds the same origins, to look one up.
+    /// How often an origin may make room.
+    policy: RoomPolicy,
+    /// The origins that made room within the policy's interval, with
+    /// when, oldest first; `lately` holds the same origins, to look one
+    /// up.
     made_room: VecDeque<(Instant, Origin)>,
     lately: HashSet<Origin>,
     /// The id of the next connection.
@@ -343,6 +363,17 @@ impl Held {
 }
 
 impl PerAddress {
+    /// Counts in which an origin may make room once per `interval` (each
+    /// time, for zero), and at most `remembered` origins are remembered
+    /// as having made room.
+    fn new(interval: Duration, remembered: usize) -> PerAddress {
+        let policy = RoomPolicy { interval, remembered };
+        PerAddress(Arc::new(Mutex::new(Held {
+            policy,
+            ..Held::default()
+        })))
+    }
+
     /// A std mutex: held for a map update, never across an `.await`.
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.0.lock().expect("address counts poisoned")
@@ -376,12 +407,14 @@ impl PerAddress {
     /// connections came in, never on the map's order or on addresses.
     fn make_room_for(&self, newcomer: &AddressSlot) -> bool {
         let mut held = self.lock();
-        let now = Instant::now();
-        if let Some(then) = now.checked_sub(ROOM_INTERVAL) {
-            held.forget_room_made_before(then);
-        }
-        if held.lately.contains(&newcomer.origin) {
-            return false;
+        let (now, policy) = (Instant::now(), held.policy);
+        if !policy.interval.is_zero() {
+            if let Some(then) = now.checked_sub(policy.interval) {
+                held.forget_room_made_before(then);
+            }
+            if held.lately.contains(&newcomer.origin) || held.made_room.len() >= policy.remembered {
+                return false;
+            }
         }
         let mine = held
             .by_origin
@@ -401,8 +434,10 @@ impl PerAddress {
             cut.cancel();
             connections.cut.insert(id);
         });
-        held.made_room.push_back((now, newcomer.origin));
-        held.lately.insert(newcomer.origin);
+        if !policy.interval.is_zero() {
+            held.made_room.push_back((now, newcomer.origin));
+            held.lately.insert(newcomer.origin);
+        }
         true
     }
 }
@@ -549,8 +584,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_address_makes_room_once_a_minute() {
-        let counts = PerAddress::default();
+    async fn at_the_tracker_an_address_makes_room_once_a_minute() {
+        let counts = PerAddress::new(ROOM_INTERVAL, 2);
         let take = |address: &str| {
             let cut = CancellationToken::new();
             let slot = counts.take(ip(address), 8, cut.clone()).expect("under the cap");
@@ -568,5 +603,13 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2)).await;
         assert!(counts.make_room_for(&second));
         assert!(crowd[4].1.is_cancelled() && crowd[3].1.is_cancelled() && !crowd[2].1.is_cancelled());
+        // Two addresses remembered at most: past them, nobody makes room
+        // until the first is forgotten.
+        let (third, _) = take("10.0.0.3");
+        assert!(counts.make_room_for(&third));
+        let (fourth, _) = take("10.0.0.4");
+        assert!(!counts.make_room_for(&fourth));
+        tokio::time::advance(ROOM_INTERVAL + Duration::from_millis(1)).await;
+        assert!(counts.make_room_for(&fourth));
     }
 }

@@ -685,7 +685,14 @@ impl EventSink for EventLog {
             // Written with where a fault struck, if one caused it.
             Event::Killed => {
                 let struck = match node {
-                    Node::Client(client) => self.lock().strikes.remove(&(client, trace)),
+                    Node::Client(client) => {
+                        let mut inner = self.lock();
+                        let struck = inner.strikes.remove(&(client, trace));
+                        // A crashed client reports nothing more: a strike
+                        // whose crash it never reported goes too.
+                        inner.strikes.retain(|(struck, _), _| *struck != client);
+                        struck
+                    }
                     Node::Tracker => None,
                 };
                 let (file, sent) = struck.unzip();

@@ -50,15 +50,16 @@ pub const MAX_SESSIONS: usize = 100_000;
 pub struct TrackerConfig {
     /// Seed of every random choice of a holder.
     pub seed: u64,
-    /// Timeouts (its `max_connections` and `max_per_address` are ignored:
-    /// see `max_sessions`).
+    /// Timeouts (its `max_connections`, `max_per_address` and
+    /// `room_interval` are ignored: see `max_sessions`).
     pub limits: Limits,
     /// Sessions served at once. One address may hold a quarter of them.
     /// Past it, a newcomer from an address that, counting it, holds fewer
     /// sessions than the address that holds the most takes the place of
     /// that address's newest session, whose client is forgotten as if it
-    /// had left ([`Limits::max_connections`]); any other newcomer is
-    /// closed at once. Were newcomers to wait instead, four addresses
+    /// had left ([`Limits::max_connections`]), once a minute per address
+    /// at most ([`server::ROOM_INTERVAL`]); any other newcomer is closed
+    /// at once. Were newcomers to wait instead, four addresses
     /// could hold every session for as long as they liked.
     pub max_sessions: usize,
     /// What one client may make the tracker hold.
@@ -108,6 +109,7 @@ impl Tracker {
         let limits = Limits {
             max_connections: config.max_sessions,
             max_per_address: config.max_sessions.div_ceil(4),
+            room_interval: server::ROOM_INTERVAL,
             ..config.limits
         };
         let serve = move |connection| run_session(shared.clone(), limits, connection);
