@@ -1028,7 +1028,7 @@ impl Records {
     /// tracker's total being taken: drops everything the lookups of the
     /// client that holds the most of the address that holds the most left
     /// behind (its counts and its reports), if that address holds more
-    /// than `host` would with one more. Returns whether it did.
+    /// than `host` would with one more.
     ///
     /// Without it, clients of 20 addresses (one IPv6 /59) that filled a
     /// total kept every other client's download from reporting a bad
@@ -1039,34 +1039,39 @@ impl Records {
     /// piece of state is dropped at most once after it was made, so
     /// however much one call drops, the cost is O(log n) per piece made.
     /// Room is not made for a request refused for another reason first.
-    fn make_room(&mut self, host: Origin, budget: Budget) -> bool {
+    fn make_room(&mut self, host: Origin, budget: Budget) {
         let (counts, listed) = match budget {
             Budget::Lookups => (&self.wanted, &self.wanting),
             Budget::Reports => (&self.reports, &self.reporting),
         };
         let Some((most, heaviest)) = counts.most() else {
-            return false;
+            return;
         };
         if heaviest == host || most <= counts.of(host) + 1 {
-            return false;
+            return;
         }
         // The client of that address that holds the most: ids cost
         // nothing, so the one that took the most pays, not the one with
         // the smallest id.
         let Some(&(_, victim)) = listed.get(&heaviest).and_then(BTreeSet::last) else {
-            return false;
+            return;
         };
         let Some(record) = self.clients.get_mut(&victim) else {
-            return false;
+            return;
         };
         let (wants, reported) = (record.wants.len(), record.reported);
         record.wants.clear();
         record.reported = 0;
-        self.wanted.release(heaviest, wants);
-        self.reports.release(heaviest, reported);
-        relist(&mut self.wanting, heaviest, victim, wants, 0);
-        relist(&mut self.reporting, heaviest, victim, reported, 0);
-        true
+        self.let_go(heaviest, victim, wants, reported);
+    }
+
+    /// Takes `wants` lookup states and `reported` reports, just dropped
+    /// from `client`'s record, off the counts and lists of `host`.
+    fn let_go(&mut self, host: Origin, client: ClientId, wants: usize, reported: usize) {
+        self.wanted.release(host, wants);
+        self.reports.release(host, reported);
+        relist(&mut self.wanting, host, client, wants, 0);
+        relist(&mut self.reporting, host, client, reported, 0);
     }
 
     /// Why `client`, from `host`, which has `reported` holders reported,
@@ -1099,10 +1104,7 @@ impl Records {
         }
         let record = self.clients.remove(&client).expect("checked above");
         self.held.release(record.host, record.files.len() + record.joined.len());
-        self.wanted.release(record.host, record.wants.len());
-        self.reports.release(record.host, record.reported);
-        relist(&mut self.wanting, record.host, client, record.wants.len(), 0);
-        relist(&mut self.reporting, record.host, client, record.reported, 0);
+        self.let_go(record.host, client, record.wants.len(), record.reported);
         for file in record.files.iter().chain(&record.joined) {
             self.unhold(client, file);
         }
